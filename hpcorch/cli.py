@@ -1,0 +1,157 @@
+"""The ``hpcorch`` command: a thin click layer over the Python API.
+
+Imports stay lazy: listing, validating and dry runs must never import torch or submitit.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__
+from .errors import HpcorchError
+
+PROFILE_HELP = "Cluster profile: a name under cluster_profiles/ or a path to a YAML file."
+
+
+class HpcorchGroup(click.Group):
+    """Prints hpcorch's errors as one line on stderr and exits 2, without a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except HpcorchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def job_options(func):
+    """Options every command that takes a job shares."""
+    func = click.option("--run-dir", type=click.Path(file_okay=False),
+                        help="Where the run's checkpoints, logs, metrics and summary go "
+                             "[default: runs/JOB_NAME].")(func)
+    func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="Override a job key by dotted path, e.g. trainer.steps=50 (repeatable).")(func)
+    return func
+
+
+@click.group(cls=HpcorchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hpcorch")
+def main():
+    """Train Transformer language models on Slurm clusters: describe the cluster and the job
+    once, see exactly what will be submitted, submit, and resume after any interruption."""
+
+
+def _plan(job_path, profile_name, overrides, run_dir):
+    from .job import load_job
+    from .plan import make_plan
+    from .profile import load_profile
+
+    profile = load_profile(profile_name)
+    job = load_job(job_path, overrides)
+    return make_plan(job, profile, run_dir=run_dir, source=str(job_path))
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--profile", "-p", "profile_name", default="local", show_default=True, help=PROFILE_HELP)
+@click.option("--dry-run", is_flag=True, help="Print the exact sbatch script and submit nothing.")
+@click.option("--template-dir", type=click.Path(file_okay=False),
+              help="Your own template folder; hpcorch's templates are the fallback.")
+@job_options
+def submit(job, profile_name, dry_run, template_dir, overrides, run_dir):
+    """Submit JOB (a job YAML file) to the cluster of --profile."""
+    from .render import render_sbatch
+
+    plan = _plan(job, profile_name, overrides, run_dir)
+    script = render_sbatch(plan, template_dir)
+    if dry_run:
+        click.echo(script, nl=False)
+        return
+    from .submit import submit_plan
+
+    handle = submit_plan(plan, script)
+    click.echo(handle.describe())
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--profile", "-p", "profile_name", default="local", show_default=True, help=PROFILE_HELP)
+@click.option("--template-dir", type=click.Path(file_okay=False),
+              help="Your own template folder; hpcorch's templates are the fallback.")
+@job_options
+@click.pass_context
+def render(ctx, job, profile_name, template_dir, overrides, run_dir):
+    """Print the sbatch script for JOB (the same as submit --dry-run)."""
+    ctx.invoke(submit, job=job, profile_name=profile_name, dry_run=True,
+               template_dir=template_dir, overrides=overrides, run_dir=run_dir)
+
+
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--profile", "-p", "profile_name", default="local", show_default=True, help=PROFILE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@job_options
+def plan(job, profile_name, as_json, overrides, run_dir):
+    """Check that JOB fits the profile and show what it will use."""
+    from .plan import summarize
+
+    summary = summarize(_plan(job, profile_name, overrides, run_dir))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        width = max(map(len, summary))
+        for key, value in summary.items():
+            click.echo(f"{key:<{width}}  {value}")
+
+
+@main.group()
+def profile():
+    """List, show and validate cluster profiles."""
+
+
+@profile.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def profile_list(as_json):
+    """List the shipped profiles."""
+    from .profile import list_profiles, load_profile
+
+    rows = []
+    for name in list_profiles():
+        prof = load_profile(name)
+        rows.append({"name": name, "scheduler": prof.scheduler, "nodes": len(prof.all_hosts()),
+                     "partitions": [p.name for p in prof.partitions], "description": prof.description})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['name']:<12} {row['scheduler']:<6} {row['nodes']:>5} nodes  "
+                   f"{','.join(row['partitions']):<24} {row['description']}")
+
+
+@profile.command("show")
+@click.argument("name", default="local")
+def profile_show(name):
+    """Print a profile as hpcorch understands it (defaults filled in)."""
+    import yaml
+
+    from .profile import load_profile
+    from .schema import to_dict
+
+    click.echo(yaml.safe_dump(to_dict(load_profile(name)), sort_keys=False), nl=False)
+
+
+@profile.command("validate")
+@click.argument("names", nargs=-1, required=True)
+def profile_validate(names):
+    """Validate one or more profiles (names or paths); exit 2 on the first error."""
+    from .profile import load_profile
+
+    for name in names:
+        prof = load_profile(name)
+        click.echo(f"{name}: ok ({len(prof.all_hosts())} nodes, {len(prof.partitions)} partitions)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Job specs: what to train, with which resources, and how to survive interruptions."""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from . import units
+from .errors import ConfigError
+from .profile import check_constraint, check_env_names
+from .schema import Invalid, build, check_name, check_positive, read_yaml, set_dotted
+
+
+@dataclass
+class Resources:
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int | None = None  # default: one task per GPU, or 1 without GPUs
+    cpus_per_task: int = 1
+    mem: str | int | None = None       # per node, Slurm form (4000, 4000M, 64G); None = Slurm default
+    time: str | int = 60               # Slurm form: 90, 2:00:00, 1-00:00:00
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None         # hostlist of nodes never to run on
+
+    def __post_init__(self):
+        check_positive(self, "nodes", "cpus_per_task", "tasks_per_node")
+        check_positive(self, "gpus_per_node", allow_zero=True)
+        if self.tasks_per_node is None:
+            self.tasks_per_node = max(self.gpus_per_node, 1)
+        for key, value in (("partition", self.partition), ("account", self.account), ("qos", self.qos)):
+            check_name(key, value, f"a {key} name")
+        check_constraint("constraint", self.constraint)
+        try:
+            self.time_s = units.parse_time(self.time)
+        except ValueError as exc:
+            raise Invalid("time", str(exc)) from None
+        if self.time_s is None:
+            raise Invalid("time", "expected a finite time limit; requeue and signals need one")
+        try:
+            self.mem_mb = None if self.mem is None else units.parse_memory_mb(self.mem)
+            self.exclude_hosts = [] if self.exclude is None else units.expand_hostlist(self.exclude)
+        except ValueError as exc:
+            raise Invalid("mem" if "memory" in str(exc) else "exclude", str(exc)) from None
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+
+@dataclass
+class ModelSpec:
+    layers: int = 2
+    heads: int = 2
+    width: int = 64
+    seq_len: int = 64
+    vocab: int = 256
+    dropout: float = 0.0
+    bias: bool = False
+
+    def __post_init__(self):
+        check_positive(self, "layers", "heads", "width", "seq_len", "vocab")
+        if self.width % self.heads:
+            raise Invalid("width", f"expected a multiple of heads ({self.heads}), got {self.width}")
+        if not 0 <= self.dropout < 1:
+            raise Invalid("dropout", f"expected 0 <= dropout < 1, got {self.dropout}")
+
+
+@dataclass
+class DataSpec:
+    """``stdlib``: the running Python's standard library sources as bytes (no download).
+    ``text``: text files under ``path``. ``bin``: a uint16 token file at ``path``."""
+
+    source: Literal["stdlib", "text", "bin"] = "stdlib"
+    path: str | None = None
+    val_fraction: float = 0.05
+    max_bytes: int = 8_000_000  # cap on text read, so a tiny job starts in a second
+
+    def __post_init__(self):
+        if self.source != "stdlib" and not self.path:
+            raise Invalid("path", f"expected a path for data source {self.source!r}")
+        if not 0 < self.val_fraction < 0.5:
+            raise Invalid("val_fraction", f"expected 0 < val_fraction < 0.5, got {self.val_fraction}")
+        check_positive(self, "max_bytes")
+
+
+@dataclass
+class OptimizerSpec:
+    name: Literal["adamw", "adafactor"] = "adamw"
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    warmup_steps: int = 100
+
+    def __post_init__(self):
+        check_positive(self, "lr")
+        check_positive(self, "min_lr", "weight_decay", "grad_clip", "warmup_steps", allow_zero=True)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise Invalid("betas", f"expected two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
+class CheckpointSpec:
+    dir: str | None = None  # default: <run dir>/checkpoints
+    interval: int = 100     # steps between checkpoints
+    keep: int = 2
+    async_save: bool = False
+
+    def __post_init__(self):
+        check_positive(self, "interval")
+        if self.keep < 1:
+            raise Invalid("keep", f"expected at least 1 checkpoint kept, got {self.keep}")
+
+
+@dataclass
+class TrainerSpec:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    steps: int = 100
+    global_batch: int = 16  # sequences per optimizer step, over all ranks
+    micro_batch: int = 4    # sequences per forward/backward on one rank
+    seed: int = 1337
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    sharding: Literal["ddp", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False
+    compile: bool = False
+    grad_compression: Literal["none", "fp16", "bf16", "powersgd"] = "none"
+    eval_interval: int = 0  # 0: only at the end
+    eval_batches: int = 4
+    log_interval: int = 10
+    collective_timeout_s: int = 300
+
+    def __post_init__(self):
+        check_positive(self, "steps", "global_batch", "micro_batch", "eval_batches", "log_interval", "collective_timeout_s")
+        check_positive(self, "eval_interval", allow_zero=True)
+
+
+@dataclass
+class RequeuePolicy:
+    enabled: bool = True
+    max_preemptions: int = 20
+    max_timeouts: int = 5
+    max_node_failures: int = 3
+    signal: Literal["USR1", "USR2", "TERM"] = "USR2"
+    signal_lead_s: int = 120  # before the time limit: enough for one step and one checkpoint
+
+    def __post_init__(self):
+        check_positive(self, "max_preemptions", "max_timeouts", "max_node_failures", allow_zero=True)
+        if not 10 <= self.signal_lead_s <= 65535:
+            raise Invalid("signal_lead_s", f"expected 10 to 65535 seconds, got {self.signal_lead_s}")
+
+
+@dataclass
+class JobSpec:
+    name: str
+    resources: Resources = field(default_factory=Resources)
+    trainer: TrainerSpec = field(default_factory=TrainerSpec)
+    environment: dict[str, str | int | float] = field(default_factory=dict)
+    requeue: RequeuePolicy = field(default_factory=RequeuePolicy)
+    description: str = ""
+
+    def __post_init__(self):
+        check_name("name", self.name, "a job name")
+        try:
+            check_env_names(self.environment)
+        except Invalid as exc:
+            raise Invalid(f"environment.{exc.field}", exc.message) from None
+        tr, res = self.trainer, self.resources
+        per_step = tr.micro_batch * res.world_size
+        if tr.global_batch % per_step:
+            raise Invalid("trainer.global_batch",
+                          f"expected a multiple of micro_batch x ranks = {tr.micro_batch} x "
+                          f"{res.world_size} = {per_step}, got {tr.global_batch}")
+        if self.requeue.signal_lead_s >= res.time_s:
+            raise Invalid("requeue.signal_lead_s",
+                          f"expected less than the time limit ({res.time_s} s), got {self.requeue.signal_lead_s}")
+
+    @property
+    def grad_accum(self) -> int:
+        return self.trainer.global_batch // (self.trainer.micro_batch * self.resources.world_size)
+
+
+def load_job(path: str | os.PathLike, overrides: list[str] | tuple = ()) -> JobSpec:
+    """Load a job spec; ``overrides`` are ``KEY=VALUE`` strings applied before validation."""
+    path = Path(path)
+    data = read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "", f"expected a mapping at the top level, got {type(data).__name__}")
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError("--set", item, "expected KEY=VALUE, such as trainer.steps=50")
+        set_dotted(data, key.strip(), value, f"{path} (--set {key.strip()})")
+    return build(JobSpec, data, str(path))

@@ -1,0 +1,144 @@
+"""Fit a job to a cluster profile: every check a scheduler would do, before a queue slot is spent."""
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import units
+from .errors import PlanError
+from .job import JobSpec
+from .profile import ClusterProfile, Partition
+
+# Run directories reach #SBATCH --output, where sbatch does its own word splitting: keep them plain.
+_PATH_RE = re.compile(r"^[A-Za-z0-9_./+@:,=-]+$")
+
+RESUME_EXIT_CODE = 3  # the trainer checkpointed on a signal and wants to be started again
+
+
+@dataclass
+class Plan:
+    """Everything the sbatch template needs, resolved and checked."""
+
+    job: JobSpec
+    profile: ClusterProfile
+    partition: Partition
+    run_dir: Path
+    account: str | None
+    qos: str | None
+    constraint: str | None
+    time_minutes: int
+    modules: list[str]
+    environment: dict[str, str]
+    python: str = sys.executable
+    source: str = "job"
+    resume_exit_code: int = RESUME_EXIT_CODE
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def time_limit(self) -> str:
+        return units.format_time(self.time_minutes * 60)
+
+    @property
+    def world_size(self) -> int:
+        return self.job.resources.world_size
+
+
+def default_run_dir(job: JobSpec) -> Path:
+    return Path("runs") / job.name
+
+
+def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None = None,
+              source: str = "job", python: str | None = None) -> Plan:
+    """Check that ``job`` fits ``profile`` and resolve defaults; raise PlanError if not.
+
+    ``source`` names the job file in error messages.
+    """
+    res = job.resources
+
+    def fail(key: str, message: str) -> PlanError:
+        return PlanError(source, key, message)
+
+    try:
+        part = profile.partition(res.partition)
+    except KeyError:
+        raise fail("resources.partition", f"expected one of profile {profile.name!r}'s partitions "
+                   f"({', '.join(p.name for p in profile.partitions)}), got {res.partition!r}") from None
+    ntype = profile.node_types[part.node_type]
+    usable = [h for h in part.hosts if h not in res.exclude_hosts]
+    if res.nodes > len(usable):
+        raise fail("resources.nodes", f"asks for {res.nodes} nodes, but partition {part.name!r} has "
+                   f"{len(usable)}{' after exclusions' if res.exclude_hosts else ''}")
+    if res.gpus_per_node > ntype.gpus.count:
+        raise fail("resources.gpus_per_node", f"asks for {res.gpus_per_node} GPUs per node, but "
+                   f"partition {part.name!r} nodes ({part.node_type}) have {ntype.gpus.count}")
+    cpus = res.tasks_per_node * res.cpus_per_task
+    if cpus > ntype.cpus:
+        raise fail("resources.cpus_per_task", f"asks for {res.tasks_per_node} tasks x "
+                   f"{res.cpus_per_task} CPUs = {cpus} CPUs per node, but {part.node_type} nodes have {ntype.cpus}")
+    if res.mem_mb is not None and res.mem_mb > ntype.memory_mb:
+        raise fail("resources.mem", f"asks for {res.mem_mb} MB per node, but {part.node_type} "
+                   f"nodes have {ntype.memory_mb} MB")
+    if part.max_time_s is not None and res.time_s > part.max_time_s:
+        raise fail("resources.time", f"asks for {units.format_time(res.time_s)}, but partition "
+                   f"{part.name!r} allows at most {units.format_time(part.max_time_s)}")
+
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(job)
+    run_dir = run_dir.expanduser().absolute()
+    if not _PATH_RE.match(str(run_dir)):
+        raise PlanError("--run-dir", "", f"expected a path of letters, digits and _./+@:,=- "
+                        f"(it reaches #SBATCH lines), got {str(run_dir)!r}")
+
+    environment = {k: str(v) for k, v in profile.environment.variables.items()}
+    environment.update({k: str(v) for k, v in job.environment.items()})
+    plan = Plan(
+        job=job, profile=profile, partition=part, run_dir=run_dir,
+        account=res.account or profile.defaults.account,
+        qos=res.qos or profile.defaults.qos,
+        constraint=res.constraint or profile.defaults.constraint,
+        time_minutes=units.minutes_ceil(res.time_s),
+        modules=list(profile.environment.modules),
+        environment=environment, source=source,
+        python=python or sys.executable,
+    )
+    if job.trainer.checkpoint.interval > job.trainer.steps:
+        plan.notes.append("checkpoint.interval exceeds steps: only the final checkpoint is written")
+    return plan
+
+
+def summarize(plan: Plan) -> dict:
+    """A readable account of what the plan will use: resources, batch arithmetic, model size."""
+    from .train.config import GPTConfig
+
+    job, res, tr = plan.job, plan.job.resources, plan.job.trainer
+    model = GPTConfig.from_spec(tr.model)
+    gpu = plan.profile.node_types[plan.partition.node_type].gpus
+    tokens_per_step = tr.global_batch * tr.model.seq_len
+    summary = {
+        "job": job.name,
+        "profile": plan.profile.name,
+        "partition": plan.partition.name,
+        "nodes": res.nodes,
+        "tasks_per_node": res.tasks_per_node,
+        "world_size": plan.world_size,
+        "gpus": f"{res.nodes * res.gpus_per_node} x {gpu.model}" if res.gpus_per_node else "none (CPU)",
+        "time_limit": plan.time_limit,
+        "account": plan.account or "-",
+        "qos": plan.qos or "-",
+        "parameters": f"{model.num_params() / 1e6:.1f}M",
+        "flops_per_token": f"{model.flops_per_token():.3e}",
+        "tokens_per_step": tokens_per_step,
+        "grad_accumulation": job.grad_accum,
+        "total_tokens": f"{tokens_per_step * tr.steps:.3e}",
+        "sharding": tr.sharding,
+        "checkpoint_every": f"{tr.checkpoint.interval} steps, keep {tr.checkpoint.keep}",
+        "requeue": (f"on, {job.requeue.signal} {job.requeue.signal_lead_s}s before the limit"
+                    if job.requeue.enabled else "off"),
+        "run_dir": str(plan.run_dir),
+    }
+    if gpu.peak_tflops and res.gpus_per_node:
+        summary["peak_pflops"] = round(gpu.peak_tflops * res.nodes * res.gpus_per_node / 1000, 2)
+    for i, note in enumerate(plan.notes):
+        summary[f"note{i + 1}"] = note
+    return summary

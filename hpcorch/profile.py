@@ -1,0 +1,256 @@
+"""Cluster profiles: partitions, node types, GPUs, InfiniBand, switch tree, environment."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from . import units
+from .errors import ConfigError
+from .schema import ENV_NAME_RE, Invalid, build, check_name, check_positive, read_yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILES_DIR = REPO_ROOT / "cluster_profiles"
+DEFAULT_PROFILE = "local"
+
+
+@dataclass
+class Login:
+    """Where a remote client reaches the cluster's login node over SSH."""
+
+    host: str
+    user: str | None = None
+    port: int = 22
+    key_file: str | None = None
+
+    def __post_init__(self):
+        check_name("host", self.host, "a host name")
+        check_name("user", self.user, "a user name")
+        if not 0 < self.port < 65536:
+            raise Invalid("port", f"expected a TCP port 1-65535, got {self.port}")
+
+
+@dataclass
+class GPUs:
+    count: int = 0
+    model: str | None = None
+    memory_gb: int = 0
+    interconnect: Literal["nvlink", "pcie", "none"] = "none"
+    peak_tflops: float = 0.0  # dense bf16 per GPU; the denominator of MFU
+
+    def __post_init__(self):
+        check_positive(self, "count", "memory_gb", "peak_tflops", allow_zero=True)
+        check_name("model", self.model, "a GPU model name")
+
+
+@dataclass
+class NodeType:
+    """``cpus`` and ``memory_mb`` may be ``auto`` (this machine) in a local profile."""
+
+    cpus: int | Literal["auto"]
+    memory_mb: int | Literal["auto"]
+    gpus: GPUs = field(default_factory=GPUs)
+    features: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.cpus == "auto":
+            self.cpus = os.cpu_count() or 1
+        if self.memory_mb == "auto":
+            self.memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+        check_positive(self, "cpus", "memory_mb")
+        for i, feature in enumerate(self.features):
+            check_name(f"features[{i}]", feature, "a feature name")
+
+
+@dataclass
+class Partition:
+    name: str
+    nodes: str
+    node_type: str
+    max_time: str | int = "UNLIMITED"
+    default: bool = False
+    priority_tier: int = 1
+
+    def __post_init__(self):
+        check_name("name", self.name, "a partition name")
+        try:
+            self.hosts = units.expand_hostlist(self.nodes)
+        except ValueError as exc:
+            raise Invalid("nodes", str(exc)) from None
+        try:
+            self.max_time_s = units.parse_time(self.max_time)
+        except ValueError as exc:
+            raise Invalid("max_time", str(exc)) from None
+        check_positive(self, "priority_tier")
+
+
+@dataclass
+class InfiniBand:
+    hcas: list[str]
+    ports: int = 1
+    link_rate_gbps: int = 200
+    rails_per_node: int = 1
+
+    def __post_init__(self):
+        for i, hca in enumerate(self.hcas):
+            check_name(f"hcas[{i}]", hca, "an HCA name such as mlx5_0")
+        check_positive(self, "ports", "link_rate_gbps", "rails_per_node")
+        if self.rails_per_node > len(self.hcas) * self.ports:
+            raise Invalid("rails_per_node", f"expected at most {len(self.hcas) * self.ports} "
+                                            f"(HCAs x ports), got {self.rails_per_node}")
+
+
+@dataclass
+class LeafSwitch:
+    name: str
+    nodes: str
+
+    def __post_init__(self):
+        check_name("name", self.name, "a switch name")
+        try:
+            self.hosts = units.expand_hostlist(self.nodes)
+        except ValueError as exc:
+            raise Invalid("nodes", str(exc)) from None
+
+
+@dataclass
+class SpineSwitch:
+    name: str
+    switches: list[str]
+
+    def __post_init__(self):
+        check_name("name", self.name, "a switch name")
+
+
+@dataclass
+class SwitchTree:
+    leaves: list[LeafSwitch] = field(default_factory=list)
+    spines: list[SpineSwitch] = field(default_factory=list)
+
+    def __post_init__(self):
+        leaf_names = {leaf.name for leaf in self.leaves}
+        for i, spine in enumerate(self.spines):
+            for j, child in enumerate(spine.switches):
+                if child not in leaf_names and child not in {s.name for s in self.spines}:
+                    raise Invalid(f"spines[{i}].switches[{j}]", f"expected a known switch, got {child!r}")
+
+
+@dataclass
+class Network:
+    infiniband: InfiniBand | None = None
+    switches: SwitchTree = field(default_factory=SwitchTree)
+
+
+@dataclass
+class Environment:
+    """Set up in every job script: ``module load`` lines, then exported variables."""
+
+    modules: list[str] = field(default_factory=list)
+    variables: dict[str, str | int | float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for i, module in enumerate(self.modules):
+            if not module or not all(c.isalnum() or c in "_.+-/@" for c in module):
+                raise Invalid(f"modules[{i}]", f"expected a module name such as cuda/12.4, got {module!r}")
+        check_env_names(self.variables)
+
+
+def check_env_names(variables: dict) -> None:
+    for name in variables:
+        if not ENV_NAME_RE.match(name):
+            raise Invalid(name, "expected an environment variable name (letters, digits, '_')")
+
+
+@dataclass
+class Defaults:
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+
+    def __post_init__(self):
+        check_name("account", self.account, "an account name")
+        check_name("qos", self.qos, "a QOS name")
+        check_constraint("constraint", self.constraint)
+
+
+def check_constraint(key: str, value: str | None) -> None:
+    """Slurm constraints combine feature names with & | , [ ] * and digits; nothing else."""
+    if value is not None and (not value or not all(c.isalnum() or c in "_.-&|,[]*:" for c in value)):
+        raise Invalid(key, f"expected a Slurm constraint such as 'h100&ib', got {value!r}")
+
+
+@dataclass
+class ClusterProfile:
+    name: str
+    scheduler: Literal["slurm", "local"]
+    node_types: dict[str, NodeType]
+    partitions: list[Partition]
+    description: str = ""
+    login: Login | None = None
+    network: Network = field(default_factory=Network)
+    environment: Environment = field(default_factory=Environment)
+    defaults: Defaults = field(default_factory=Defaults)
+
+    def __post_init__(self):
+        check_name("name", self.name, "a profile name")
+        for name in self.node_types:
+            check_name(f"node_types.{name}", name, "a node type name")
+        if not self.partitions:
+            raise Invalid("partitions", "expected at least one partition")
+        seen = set()
+        for i, part in enumerate(self.partitions):
+            if part.name in seen:
+                raise Invalid(f"partitions[{i}].name", f"duplicate partition {part.name!r}")
+            seen.add(part.name)
+            if part.node_type not in self.node_types:
+                raise Invalid(f"partitions[{i}].node_type",
+                              f"expected one of {sorted(self.node_types)}, got {part.node_type!r}")
+        defaults = [p.name for p in self.partitions if p.default]
+        if len(defaults) > 1:
+            raise Invalid("partitions", f"expected at most one default partition, got {defaults}")
+        known = set(self.all_hosts())
+        for i, leaf in enumerate(self.network.switches.leaves):
+            stray = [h for h in leaf.hosts if h not in known]
+            if stray:
+                raise Invalid(f"network.switches.leaves[{i}].nodes",
+                              f"expected nodes of this cluster's partitions, got unknown {stray[:3]}")
+
+    def partition(self, name: str | None) -> Partition:
+        """The named partition, or the default one (the first if none is marked)."""
+        if name is None:
+            return next((p for p in self.partitions if p.default), self.partitions[0])
+        for part in self.partitions:
+            if part.name == name:
+                return part
+        raise KeyError(name)
+
+    def all_hosts(self) -> list[str]:
+        hosts: dict[str, None] = {}
+        for part in self.partitions:
+            hosts.update(dict.fromkeys(part.hosts))
+        return list(hosts)
+
+    def node_type_of(self, host: str) -> str:
+        return next(p.node_type for p in self.partitions if host in p.hosts)
+
+
+def resolve_profile_path(name_or_path: str | os.PathLike) -> Path:
+    """A profile is a name under ``cluster_profiles/`` or a path to a YAML file."""
+    text = str(name_or_path)
+    if os.sep in text or text.endswith((".yaml", ".yml")):
+        return Path(text)
+    return PROFILES_DIR / f"{text}.yaml"
+
+
+def load_profile(name_or_path: str | os.PathLike = DEFAULT_PROFILE) -> ClusterProfile:
+    """Load and validate a cluster profile; raise ConfigError naming the file and key."""
+    path = resolve_profile_path(name_or_path)
+    if not path.exists():
+        available = ", ".join(list_profiles()) or "none"
+        raise ConfigError(str(path), "", f"no such profile (shipped profiles: {available})")
+    return build(ClusterProfile, read_yaml(path), str(path))
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))

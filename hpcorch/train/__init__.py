@@ -1,0 +1,1 @@
+"""The trainer that hpcorch jobs run. Importing this package does not import torch."""
