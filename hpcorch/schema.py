@@ -147,6 +147,31 @@ def _build_dataclass(cls: type, value: Any, source: str, path: str) -> Any:
         raise ConfigError(source, _join(path, exc.field), exc.message) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without YAML 1.1's traps for this domain.
+
+    An unquoted ``2:00:00`` stays the string Slurm means (YAML 1.1 reads it as the base-60
+    integer 7200, which would become 7200 minutes), and ``3e-4`` is a float (YAML 1.1 wants
+    ``3.0e-4``).
+    """
+
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _INT, re.compile(r"^[-+]?(?:0|[1-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    _FLOAT, re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_yaml(path: Path) -> Any:
     """Parse a YAML file; syntax errors become a ConfigError with line and column."""
     try:
@@ -154,7 +179,7 @@ def read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -162,15 +187,29 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(str(path), "", f"invalid YAML: {where}{problem}") from None
 
 
+def parse_override(raw: str) -> Any:
+    """A ``--set`` value: numbers, booleans, null and [lists] as YAML reads them; anything else
+    is the raw text, byte for byte (YAML would drop a ``# ...`` tail or a second line)."""
+    text = raw.strip()
+    if "\n" in raw or "\r" in raw or not text:
+        return raw
+    try:
+        value = parse_yaml(raw)
+    except yaml.YAMLError:
+        return raw
+    if value is None:
+        return None if text in ("null", "~", "Null", "NULL") else raw
+    if isinstance(value, str):
+        return value if text[0] in "'\"" else raw
+    return value
+
+
 def set_dotted(data: dict, dotted: str, raw: str, source: str) -> None:
     """Apply ``--set a.b.c=VALUE`` to parsed YAML; VALUE is parsed as a YAML scalar."""
     keys = dotted.split(".")
     if not all(keys):
         raise ConfigError(source, dotted, "expected a dotted key path such as trainer.steps")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    value = parse_override(raw)
     node = data
     for i, key in enumerate(keys[:-1]):
         child = node.get(key)

@@ -72,8 +72,15 @@ def parse_memory_mb(text: str | int) -> int:
     return int(mb)
 
 
+_HOSTLIST_PART = re.compile(r"^[A-Za-z0-9._-]+(\[\d+(-\d+)?(,\d+(-\d+)?)*\])?$")
+
+
 def expand_hostlist(expr: str) -> list[str]:
     """Host names in a Slurm hostlist (``gpu[001-128,130]``), in Slurm's order."""
+    # Slurm (22.05) allows one bracket per element and nothing after it; python-hostlist is laxer.
+    parts = re.split(r",(?![^\[]*\])", expr)
+    if not all(_HOSTLIST_PART.match(p) for p in parts):
+        raise ValueError(f"expected a Slurm hostlist such as node[1-4] or gpu[001-128,130], got {expr!r}")
     try:
         hosts = _hostlist.expand_hostlist(expr)
     except _hostlist.BadHostlist as exc:

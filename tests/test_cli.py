@@ -1,0 +1,88 @@
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_cli
+
+
+def test_version():
+    out = run_cli("--version")
+    assert out.returncode == 0 and "hpcorch, version" in out.stdout
+
+
+def test_dry_run_prints_the_golden_script(repo):
+    out = run_cli("submit", "jobs/gpt2-124m.yaml", "--profile", "h100-ndr", "--dry-run",
+                  "--run-dir", "/scratch/runs/gpt2-124m")
+    assert out.returncode == 0, out.stderr
+    golden = (repo / "tests/golden/h100-ndr__gpt2-124m.sbatch").read_text()
+    assert out.stdout == golden.replace("python3 -u", f"{sys.executable} -u")
+
+
+def test_render_is_an_alias(repo):
+    args = ["jobs/gpt-tiny.yaml", "-p", "devcluster", "--run-dir", "/r", "--set", "trainer.steps=5"]
+    assert run_cli("render", *args).stdout == run_cli("submit", *args, "--dry-run").stdout
+
+
+def test_profile_path_accepted(repo):
+    out = run_cli("submit", "jobs/gpt-tiny.yaml", "-p", repo / "cluster_profiles/devcluster.yaml", "--dry-run")
+    assert out.returncode == 0 and "#SBATCH --partition=batch" in out.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["submit", "jobs/gpt-1.3b.yaml", "-p", "devcluster", "--dry-run"],
+     "jobs/gpt-1.3b.yaml: resources.nodes: asks for 8 nodes"),
+    (["submit", "jobs/gpt-tiny.yaml", "--set", "trainer.steps=x", "--dry-run"], "trainer.steps: expected an integer"),
+    (["submit", "jobs/nope.yaml", "--dry-run"], "jobs/nope.yaml: cannot read"),
+    (["submit", "jobs/gpt-tiny.yaml", "-p", "mars", "--dry-run"], "no such profile"),
+    (["profile", "validate", "local", "tests/golden"], "cannot read"),
+    (["plan", "jobs/gpt-tiny.yaml", "--set", "resources.cpus_per_task=999"], "resources.cpus_per_task"),
+])
+def test_errors_exit_2_without_traceback(args, fragment):
+    out = run_cli(*args)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert fragment in out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.startswith("error: ")
+
+
+def test_bad_yaml_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nresources: {nodes: 1\n")
+    out = run_cli("submit", bad, "--dry-run")
+    assert out.returncode == 2 and "invalid YAML: line" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_usage_error_exits_2():
+    assert run_cli("submit").returncode == 2
+
+
+def test_profile_commands():
+    listing = run_cli("profile", "list", "--json")
+    assert listing.returncode == 0 and '"devcluster"' in listing.stdout
+    shown = run_cli("profile", "show", "devcluster")
+    assert "urgent" in shown.stdout and "leaf1" in shown.stdout
+    assert run_cli("profile", "validate", "local", "devcluster", "h100-ndr", "a100-hdr").returncode == 0
+
+
+def test_plan_json():
+    import json
+
+    out = run_cli("plan", "jobs/gpt2-124m.yaml", "-p", "a100-hdr", "--json")
+    data = json.loads(out.stdout)
+    assert data["world_size"] == 4 and data["parameters"] == "123.6M"
+
+
+def test_help_everywhere():
+    for args in (["--help"], ["submit", "--help"], ["profile", "--help"], ["plan", "--help"]):
+        out = run_cli(*args)
+        assert out.returncode == 0 and "Usage:" in out.stdout
+
+
+def test_dry_run_imports_neither_torch_nor_submitit():
+    code = ("import sys\nfrom hpcorch.cli import main\n"
+            "try:\n    main(['submit', 'jobs/gpt-tiny.yaml', '-p', 'devcluster', '--dry-run'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'submitit', 'numpy', 'paramiko') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=str(__import__("conftest").REPO))
+    assert out.stdout.strip().splitlines()[-1] == "[]"
