@@ -106,6 +106,32 @@ def plan(job, profile_name, as_json, overrides, run_dir):
             click.echo(f"{key:<{width}}  {value}")
 
 
+@main.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@click.option("--nproc", "-n", type=click.IntRange(1), default=None,
+              help="Rank processes on this machine [default: the job's tasks_per_node].")
+@click.option("--resume-step", type=int, help="Resume from this committed step instead of the latest.")
+@click.option("--peak-tflops", type=float, help="Per-rank peak TFLOP/s, to report MFU.")
+@job_options
+def train(job, nproc, resume_step, peak_tflops, overrides, run_dir):
+    """Train JOB here in NPROC local processes (gloo on CPU, NCCL on GPUs).
+
+    SIGTERM, SIGINT (Ctrl-C) or SIGUSR2 make every rank checkpoint at the next step boundary
+    and exit with status 3. Running the same command again resumes from the latest checkpoint.
+    """
+    from .run import prepare_run_dir
+
+    job_spec, job_file, run_path = prepare_run_dir(job, overrides, run_dir, nproc=nproc)
+    from .train.launch import launch_local
+
+    extra = (["--resume-step", str(resume_step)] if resume_step is not None else []) + \
+        (["--peak-tflops", str(peak_tflops)] if peak_tflops else [])
+    code = launch_local(job_file, run_path, job_spec.resources.tasks_per_node, extra)
+    if code == 3:
+        click.echo(f"checkpointed; run the same command again to resume ({run_path})", err=True)
+    sys.exit(code)
+
+
 @main.group()
 def profile():
     """List, show and validate cluster profiles."""

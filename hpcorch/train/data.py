@@ -1,0 +1,92 @@
+"""Token data with one seeded global sample order and a global consumed-samples cursor.
+
+Sample ``i`` is the window ``tokens[i*T : i*T + T + 1]``. Global position ``g`` maps to a sample
+through a per-epoch permutation seeded by (seed, epoch), so the sequence of samples depends only
+on the seed and the data, never on the number of ranks. A step consumes ``global_batch``
+consecutive positions; rank ``r`` reads its contiguous share of them. Resuming at any cursor on
+any world size therefore continues the same sequence: nothing repeated, nothing skipped.
+"""
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_SEPARATOR = b"\n\x00\n"  # between files: a byte that text never contains
+
+
+def stdlib_files() -> list[Path]:
+    """The running interpreter's standard library sources, in a fixed order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return sorted((p for p in root.rglob("*.py") if "site-packages" not in p.parts),
+                  key=lambda p: p.relative_to(root).as_posix())
+
+
+def text_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.as_posix())
+
+
+def read_bytes(files: list[Path], max_bytes: int) -> np.ndarray:
+    chunks, total = [], 0
+    for f in files:
+        data = f.read_bytes()
+        chunks.append(data + _SEPARATOR)
+        total += len(chunks[-1])
+        if total >= max_bytes:
+            break
+    return np.frombuffer(b"".join(chunks)[:max_bytes], dtype=np.uint8)
+
+
+def load_tokens(spec) -> np.ndarray:
+    """All tokens of a job's ``trainer.data`` section (byte-level, or uint16 from a .bin file)."""
+    if spec.source == "bin":
+        return np.memmap(spec.path, dtype=np.uint16, mode="r")
+    files = stdlib_files() if spec.source == "stdlib" else text_files(Path(spec.path))
+    if not files:
+        raise FileNotFoundError(f"no text files under {spec.path}")
+    return read_bytes(files, spec.max_bytes)
+
+
+class SampleOrder:
+    """The seeded global order of the samples of one split."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int):
+        self.tokens, self.seq_len, self.seed = tokens, seq_len, seed
+        self.num_samples = (len(tokens) - 1) // seq_len
+        if self.num_samples < 1:
+            raise ValueError(f"{len(tokens)} tokens are too few for sequences of {seq_len}")
+        self._epoch, self._perm = -1, None
+
+    def sample_id(self, position: int) -> int:
+        epoch, offset = divmod(position, self.num_samples)
+        if epoch != self._epoch:
+            rng = np.random.Generator(np.random.PCG64([self.seed, epoch]))
+            self._epoch, self._perm = epoch, rng.permutation(self.num_samples)
+        return int(self._perm[offset])
+
+    def batch(self, positions: range) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        ids = [self.sample_id(p) for p in positions]
+        T = self.seq_len
+        rows = np.stack([np.asarray(self.tokens[i * T: i * T + T + 1], dtype=np.int64) for i in ids])
+        data = torch.from_numpy(rows)
+        return ids, data[:, :-1], data[:, 1:]
+
+
+class DataSource:
+    """Train and validation splits (the last ``val_fraction`` of the tokens is validation)."""
+
+    def __init__(self, spec, seq_len: int, seed: int):
+        tokens = load_tokens(spec)
+        split = int(len(tokens) * (1 - spec.val_fraction))
+        self.train = SampleOrder(tokens[:split], seq_len, seed)
+        self.val = SampleOrder(tokens[split:], seq_len, seed + 1)
+
+    def rank_positions(self, cursor: int, global_batch: int, rank: int, world: int) -> range:
+        """This rank's contiguous share of the global batch that starts at ``cursor``."""
+        share = global_batch // world
+        start = cursor + rank * share
+        return range(start, start + share)

@@ -1,0 +1,79 @@
+"""``hpcorch train``: N local rank processes on this machine (gloo on CPU, NCCL on GPUs).
+
+The launcher forwards SIGTERM, SIGINT and SIGUSR2 to every rank (each then checkpoints at the
+next step boundary), and ends the others if one rank fails, so a dead peer never hangs the run.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_local(job_file: Path, run_dir: Path, nproc: int, extra_args: list[str] = (),
+                 env: dict | None = None, grace_s: float = 30.0) -> int:
+    """Run ranks 0..nproc-1 of ``python -m hpcorch.train`` and return the run's exit code:
+    0 done, 3 every rank checkpointed on a signal, otherwise the first failing rank's code."""
+    port = free_port()
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    procs = []
+    for rank in range(nproc):
+        rank_env = {**os.environ, **(env or {}), "RANK": str(rank), "WORLD_SIZE": str(nproc),
+                    "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        rank_env.setdefault("OMP_NUM_THREADS", str(threads))
+        cmd = [sys.executable, "-u", "-m", "hpcorch.train", "--job", str(job_file),
+               "--run-dir", str(run_dir), *extra_args]
+        procs.append(subprocess.Popen(cmd, env=rank_env, start_new_session=True))
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    try:
+        return _wait(procs, grace_s)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for p in procs:  # never leave a rank behind
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _wait(procs: list[subprocess.Popen], grace_s: float) -> int:
+    failed_at = None
+    while True:
+        codes = [p.poll() for p in procs]
+        if all(c is not None for c in codes):
+            break
+        bad = [c for c in codes if c not in (None, 0, 3)]
+        if bad and failed_at is None:
+            failed_at = time.monotonic()
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+        if failed_at is not None and time.monotonic() - failed_at > grace_s:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        time.sleep(0.05)
+    codes = [p.returncode for p in procs]
+    failures = [c for c in codes if c not in (0, 3)]
+    if failures:
+        return failures[0] if failures[0] > 0 else 128 - failures[0]
+    return 3 if 3 in codes else 0
