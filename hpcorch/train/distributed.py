@@ -60,5 +60,7 @@ def init_distributed(timeout_s: int = 300) -> DistEnv:
 
 
 def shutdown() -> None:
+    """Leave together: a rank that tears gloo down while a peer is still talking aborts it."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

@@ -1,0 +1,66 @@
+"""Checkpointer protocol in one process: commit marker, digests, pruning, async."""
+import json
+
+import pytest
+import torch
+
+from hpcorch.train.checkpoint import COMMIT, CheckpointError, Checkpointer, step_dir
+
+
+def _state(step):
+    return {"model": {"w": torch.full((256,), float(step))}}
+
+
+def _save(ck, step):
+    ck.save(step, _state(step), {"rng": step}, {"note": step})
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_keep_last_k_after_commit(tmp_path, async_save):
+    ck = Checkpointer(tmp_path, rank=0, world_size=1, keep=2, async_save=async_save)
+    for step in (10, 20, 30):
+        _save(ck, step)
+    ck.wait()
+    assert ck.committed_steps() == [20, 30]
+    step, shared, local, record = ck.load_latest()
+    assert step == 30 and shared["model"]["w"][0] == 30 and local == {"rng": 30} and record["note"] == 30
+
+
+def test_uncommitted_is_ignored(tmp_path):
+    ck = Checkpointer(tmp_path, rank=0, world_size=1, keep=3)
+    _save(ck, 10)
+    _save(ck, 20)
+    (step_dir(tmp_path, 20) / COMMIT).unlink()
+    assert ck.load_latest()[0] == 10
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_corrupted_latest_falls_back(tmp_path, damage):
+    ck = Checkpointer(tmp_path, rank=0, world_size=1, keep=3)
+    _save(ck, 10)
+    _save(ck, 20)
+    target = step_dir(tmp_path, 20) / "shared.pt"
+    data = target.read_bytes()
+    if damage == "truncate":
+        target.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        target.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    else:
+        target.unlink()
+    messages = []
+    assert ck.load_latest(log=messages.append)[0] == 10
+    assert "skipping corrupted checkpoint" in messages[0]
+    with pytest.raises(CheckpointError):
+        ck.load(20)
+
+
+def test_commit_waits_for_every_rank(tmp_path):
+    ck0 = Checkpointer(tmp_path, rank=0, world_size=2, keep=2, commit_timeout_s=0.5)
+    with pytest.raises(CheckpointError, match="rank 1 did not finish"):
+        _save(ck0, 10)
+    assert ck0.committed_steps() == []
+    Checkpointer(tmp_path, rank=1, world_size=2).save(20, None, {"rng": 1}, {})
+    _save(ck0, 20)
+    record = json.loads((step_dir(tmp_path, 20) / COMMIT).read_text())
+    assert set(record["files"]) == {"shared.pt", "rank_00000.pt", "rank_00001.pt"}
+

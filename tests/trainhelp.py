@@ -1,0 +1,65 @@
+"""Helpers for trainer tests: tiny runs through the real `hpcorch train` launcher."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["trainer.model.layers=1", "trainer.model.width=32", "trainer.model.heads=2",
+        "trainer.model.seq_len=32", "trainer.global_batch=8", "trainer.micro_batch=2",
+        "trainer.steps=24", "trainer.checkpoint.interval=6", "trainer.checkpoint.keep=2",
+        "trainer.optimizer.warmup_steps=4", "trainer.data.max_bytes=400000", "trainer.eval_interval=0",
+        "trainer.log_interval=100", "trainer.collective_timeout_s=60"]
+
+
+def train_cmd(run_dir: Path, nproc: int, *extra: str) -> list[str]:
+    sets = [a for s in TINY + list(extra) for a in ("--set", s)]
+    return [sys.executable, "-m", "hpcorch.cli", "train", "jobs/gpt-tiny.yaml", "--nproc", str(nproc),
+            "--run-dir", str(run_dir), *sets]
+
+
+def train(run_dir: Path, nproc: int = 2, *extra: str, env: dict | None = None, timeout: float = 240):
+    return subprocess.run(train_cmd(run_dir, nproc, *extra), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def train_and_signal(run_dir: Path, at_step: int, nproc: int = 2, sig=signal.SIGTERM,
+                     *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Start a run and send ``sig`` to the launcher once rank 0 reports ``at_step``."""
+    proc = subprocess.Popen(train_cmd(run_dir, nproc, *extra), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        progress = run_dir / "progress.json"
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if json.loads(progress.read_text())["step"] >= at_step:
+                    proc.send_signal(sig)
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.02)
+        out, _ = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """Per-step losses from metrics.jsonl (a later line for the same step wins)."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["loss"]
+    return out
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
