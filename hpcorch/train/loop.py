@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
 from ..job import JobSpec
 from .checkpoint import Checkpointer, CheckpointError
 from .config import GPTConfig
@@ -108,8 +109,8 @@ class Trainer:
         self.stop_signal = 0
         self.world = env.world_size
         if self.tr.global_batch % (self.tr.micro_batch * self.world):
-            raise ValueError(f"trainer.global_batch {self.tr.global_batch} is not a multiple of "
-                             f"micro_batch x world size = {self.tr.micro_batch} x {self.world}")
+            raise ConfigError(job.name, "trainer.global_batch", f"expected a multiple of micro_batch x "
+                              f"world size = {self.tr.micro_batch} x {self.world}, got {self.tr.global_batch}")
         self.accum = self.tr.global_batch // (self.tr.micro_batch * self.world)
         ckpt_dir = Path(self.tr.checkpoint.dir) if self.tr.checkpoint.dir else self.run_dir / "checkpoints"
         self.ckpt = Checkpointer(ckpt_dir, env.rank, self.world, keep=self.tr.checkpoint.keep,
@@ -156,6 +157,11 @@ class Trainer:
             return
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 
+        if kind in ("bf16", "powersgd") and self.env.backend != "nccl":
+            # torch's bf16 hook refuses gloo; PowerSGD's chained collectives, issued from callback
+            # threads, reach gloo in different orders on different ranks (a collective mismatch).
+            raise ConfigError(self.job.name, "trainer.grad_compression",
+                              f"{kind} compression needs NCCL on CUDA; use fp16 on CPU (gloo)")
         if kind == "powersgd":
             state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=2,
                                                 start_powerSGD_iter=2, random_seed=self.tr.seed)
