@@ -1,0 +1,303 @@
+"""A real Slurm cluster on this machine, from a cluster profile: ``hpcorch devcluster``.
+
+munged, MariaDB, slurmdbd, slurmctld and one slurmd per emulated node, each with its own
+ports, sockets, pid file and log under one state directory, so that it never touches a
+system Slurm and ``down`` stops exactly what ``up`` started.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import HpcorchError
+from .profile import ClusterProfile, load_profile
+from .slurmconf import LocalCluster, write_configs
+
+DEFAULT_STATE_DIR = Path(os.environ.get("HPCORCH_DEVCLUSTER_DIR", "/tmp/hpcorch-devcluster"))
+PACKAGES = ["slurm-wlm", "slurmdbd", "munge", "mariadb-server"]
+INSTALL_COMMAND = ("apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "
+                   + " ".join(PACKAGES))
+MUNGE_SOCKET = "/run/munge/munge.socket.2"
+REQUIRED = ["slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "mariadb-install-db", "mariadb",
+            "sacctmgr", "sinfo", "sbatch", "scontrol"]
+
+
+class DevClusterError(HpcorchError):
+    pass
+
+
+@dataclass
+class Daemon:
+    """A process of the dev cluster, known by its pid file and its executable's name."""
+
+    name: str
+    pid_file: Path
+    log_file: Path
+    exe: str
+
+    def pid(self) -> int | None:
+        """The pid if the pid file names a live process of the expected program (never a
+        recycled pid that now belongs to something else)."""
+        import psutil
+
+        try:
+            pid = int(self.pid_file.read_text().split()[0])
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            if Path(proc.exe()).name != self.exe and proc.name() != self.exe:
+                return None
+            return pid
+        except (OSError, ValueError, IndexError, psutil.Error):
+            return None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+class DevCluster:
+    """The dev cluster described by ``profile``, living in ``state_dir``."""
+
+    def __init__(self, profile: ClusterProfile | str = "devcluster", state_dir: Path | None = None,
+                 port_base: int = 16800):
+        self.profile = load_profile(profile) if isinstance(profile, str) else profile
+        self.local = LocalCluster(state_dir or DEFAULT_STATE_DIR, port_base=port_base)
+        self.etc = self.local.path("etc")
+        self.env = {**os.environ, "SLURM_CONF": str(self.etc / "slurm.conf")}
+
+    # ----- the daemons -------------------------------------------------------------------------
+    def _p(self, *parts) -> Path:
+        return self.local.path(*parts)
+
+    def daemons(self) -> list[Daemon]:
+        """Every daemon, in start order."""
+        run, log = self._p("run"), self._p("log")
+        out = [Daemon("munged", run / "munged.pid", log / "munged.log", "munged"),
+               Daemon("mariadb", run / "mariadb.pid", log / "mariadb.log", "mariadbd"),
+               Daemon("slurmdbd", run / "slurmdbd.pid", log / "slurmdbd.log", "slurmdbd"),
+               Daemon("slurmctld", run / "slurmctld.pid", log / "slurmctld.log", "slurmctld")]
+        out += [Daemon(f"slurmd {h}", run / f"slurmd-{h}.pid", log / f"slurmd-{h}.log", "slurmd")
+                for h in self.profile.all_hosts()]
+        return out
+
+    def running(self) -> dict[str, int | None]:
+        return {d.name: d.pid() for d in self.daemons()}
+
+    def is_up(self) -> bool:
+        """Up when every Slurm daemon and MariaDB run (munged may be the system's own)."""
+        return all(pid for name, pid in self.running().items() if name != "munged")
+
+    # ----- up --------------------------------------------------------------------------------
+    def check_prerequisites(self) -> None:
+        if os.geteuid() != 0:
+            raise DevClusterError("the dev cluster needs root (slurmd, munged and mknod do)")
+        missing = [b for b in REQUIRED if not shutil.which(b, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")]
+        if missing:
+            raise DevClusterError(f"missing {', '.join(missing)}; install the Debian packages with:\n  "
+                                  f"{INSTALL_COMMAND}\n(or run: hpcorch devcluster install)")
+
+    def up(self, timeout_s: float = 180.0, log=print) -> float:
+        """Start every daemon not already running and wait until every node is idle.
+        Returns the seconds it took."""
+        self.check_prerequisites()
+        if self.is_up():
+            raise DevClusterError(f"the dev cluster in {self.local.state_dir} is already running "
+                                  f"(hpcorch devcluster status; hpcorch devcluster down)")
+        start = time.monotonic()
+        for sub in ("etc", "run", "log", "ctld", "spool", "dev", "munge", "mysql"):
+            self._p(sub).mkdir(parents=True, exist_ok=True)
+        write_configs(self.profile, self.etc, self.local)
+        self._make_gpu_devices()
+        steps = [self._start_munged, self._start_mariadb, self._start_slurmdbd, self._register_cluster,
+                 self._start_slurmctld, self._start_slurmds]
+        for step in steps:
+            step()
+        self._wait_idle(timeout_s - (time.monotonic() - start))
+        took = time.monotonic() - start
+        log(f"dev cluster '{self.profile.name}' up in {took:.1f} s: {len(self.profile.all_hosts())} nodes idle; "
+            f"export SLURM_CONF={self.etc / 'slurm.conf'}")
+        return took
+
+    def _make_gpu_devices(self) -> None:
+        count = max((nt.gpus.count for nt in self.profile.node_types.values()), default=0)
+        for i in range(count):
+            dev = self._p("dev", f"nvidia{i}")
+            if not dev.exists():
+                os.mknod(dev, 0o666 | 0o020000, os.makedev(195, i))  # character device, like NVIDIA's
+
+    def _daemon(self, name: str) -> Daemon:
+        return next(d for d in self.daemons() if d.name == name)
+
+    def _run_daemon(self, name: str, cmd: list[str], wait_for=None, timeout_s: float = 60.0) -> None:
+        """Start a daemon (it forks into the background itself) and wait until it is alive."""
+        daemon = self._daemon(name)
+        if daemon.pid():
+            return
+        with open(daemon.log_file, "ab") as out:
+            proc = subprocess.run(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=timeout_s)
+        if proc.returncode != 0:
+            raise self._failed(daemon, f"exited with status {proc.returncode}")
+        self._wait(lambda: daemon.pid() and (wait_for is None or wait_for()), timeout_s,
+                   lambda: self._failed(daemon, "did not come up"))
+
+    def _failed(self, daemon: Daemon, why: str) -> DevClusterError:
+        return DevClusterError(f"{daemon.name} {why}; the end of {daemon.log_file}:\n{daemon.log_tail()}")
+
+    @staticmethod
+    def _wait(predicate, timeout_s: float, error) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise error()
+            time.sleep(0.1)
+
+    def _start_munged(self) -> None:
+        """Slurm 22.05's clients (sacctmgr among them) ignore AuthInfo=socket=... and always use
+        munge's default socket: reuse a munged already serving it (and leave it alone on
+        ``down``), or start ours there."""
+        sock = Path(MUNGE_SOCKET)
+        if self._munge_answers():
+            return
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        key = self._p("munge", "munge.key")
+        if not key.exists():
+            shutil.copyfile("/etc/munge/munge.key", key)
+            key.chmod(0o400)
+        self._run_daemon("munged", ["munged", "--force", f"--socket={sock}", f"--key-file={key}",
+                                    f"--pid-file={self._p('run', 'munged.pid')}",
+                                    f"--log-file={self._p('log', 'munged.log')}",
+                                    f"--seed-file={self._p('munge', 'munged.seed')}"],
+                         wait_for=self._munge_answers)
+
+    @staticmethod
+    def _munge_answers() -> bool:
+        probe = subprocess.run(["munge", "-n"], capture_output=True, timeout=10)
+        return probe.returncode == 0
+
+    def _mysql(self, sql: str) -> None:
+        subprocess.run(["mariadb", f"--socket={self._p('mysql', 'mysqld.sock')}", "-u", "root", "-e", sql],
+                       check=True, capture_output=True, timeout=60)
+
+    def _start_mariadb(self) -> None:
+        daemon = self._daemon("mariadb")
+        if daemon.pid():
+            return
+        mysql_dir, data = self._p("mysql"), self._p("mysql", "data")
+        shutil.chown(mysql_dir, "mysql", "mysql")
+        fresh = not (data / "mysql").exists()
+        if fresh:
+            with open(daemon.log_file, "ab") as out:
+                subprocess.run(["mariadb-install-db", "--user=mysql", f"--datadir={data}",
+                                "--auth-root-authentication-method=socket", "--skip-test-db"],
+                               stdout=out, stderr=subprocess.STDOUT, check=True, timeout=120)
+        sock = self._p("mysql", "mysqld.sock")
+        with open(daemon.log_file, "ab") as out:
+            subprocess.Popen(["mariadbd", "--no-defaults", "--user=mysql", f"--datadir={data}",
+                              f"--socket={sock}", f"--port={self.local.mysql_port}", "--bind-address=127.0.0.1",
+                              f"--pid-file={daemon.pid_file}", "--skip-name-resolve",
+                              "--innodb-buffer-pool-size=64M"],
+                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        shutil.chown(self._p("run"), "mysql", "mysql")
+        self._wait(lambda: sock.exists() and daemon.pid(), 60, lambda: self._failed(daemon, "did not come up"))
+        pw = self.local.db_password
+        self._mysql(f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{pw}'; "
+                    f"CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '{pw}'; "
+                    "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1'; "
+                    "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;")
+
+    def _port_open(self, port: int) -> bool:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    def _start_slurmdbd(self) -> None:
+        self._run_daemon("slurmdbd", ["slurmdbd"], wait_for=lambda: self._port_open(self.local.dbd_port))
+
+    def _register_cluster(self) -> None:
+        name = self.profile.name
+        shown = subprocess.run(["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"], env=self.env,
+                               capture_output=True, text=True, timeout=60)
+        if name not in shown.stdout.split():
+            subprocess.run(["sacctmgr", "-i", "add", "cluster", name], env=self.env, check=True,
+                           capture_output=True, timeout=60)
+
+    def _start_slurmctld(self) -> None:
+        self._run_daemon("slurmctld", ["slurmctld"], wait_for=lambda: self._port_open(self.local.ctld_port))
+
+    def _start_slurmds(self) -> None:
+        for host in self.profile.all_hosts():
+            self._run_daemon(f"slurmd {host}", ["slurmd", "-N", host])
+
+    def sinfo_states(self) -> dict[str, str]:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=self.env, capture_output=True,
+                             text=True, timeout=30)
+        return dict(line.split() for line in out.stdout.splitlines() if line.strip())
+
+    def _wait_idle(self, timeout_s: float) -> None:
+        hosts = self.profile.all_hosts()
+        ok = lambda: all(self.sinfo_states().get(h, "").rstrip("*") == "idle" for h in hosts)  # noqa: E731
+        self._wait(ok, max(timeout_s, 10), lambda: DevClusterError(
+            f"nodes did not become idle: {self.sinfo_states()}; see {self._p('log')}"))
+
+    # ----- down ------------------------------------------------------------------------------
+    def down(self, timeout_s: float = 60.0, log=print) -> list[str]:
+        """Cancel the cluster's jobs, then stop exactly the daemons named by its pid files,
+        in reverse start order. Returns the names of what was stopped."""
+        if self._daemon("slurmctld").pid():
+            subprocess.run(["scancel", "--full", "--quiet", "--user=root"], env=self.env,
+                           capture_output=True, timeout=30)
+            self._drain_jobs()
+        stopped = []
+        for daemon in reversed(self.daemons()):
+            pid = daemon.pid()
+            if pid is None:
+                continue
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while daemon.pid() == pid and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if daemon.pid() == pid:
+                os.kill(pid, signal.SIGKILL)
+            stopped.append(daemon.name)
+        log(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        return stopped
+
+    def _active_jobs(self) -> list[str]:
+        out = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True,
+                             timeout=30)
+        return out.stdout.split()
+
+    def _drain_jobs(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self._active_jobs() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    # ----- reporting -------------------------------------------------------------------------
+    def env_line(self) -> str:
+        return f"export SLURM_CONF={self.etc / 'slurm.conf'}"
+
+    def status(self) -> str:
+        lines = [f"state directory: {self.local.state_dir}"]
+        for name, pid in self.running().items():
+            lines.append(f"  {name:<14} {'running, pid ' + str(pid) if pid else 'stopped'}")
+        if self._daemon("slurmctld").pid():
+            out = subprocess.run(["sinfo"], env=self.env, capture_output=True, text=True, timeout=30)
+            lines.append(out.stdout.rstrip())
+        return "\n".join(lines)
+
+
+def install(log=print) -> None:
+    """Install the Debian packages the dev cluster needs (as root)."""
+    log(f"+ {INSTALL_COMMAND}")
+    subprocess.run(["bash", "-c", INSTALL_COMMAND], check=True)
