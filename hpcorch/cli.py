@@ -179,5 +179,87 @@ def profile_validate(names):
         click.echo(f"{name}: ok ({len(prof.all_hosts())} nodes, {len(prof.partitions)} partitions)")
 
 
+@profile.command("slurm-conf")
+@click.argument("name", default="devcluster")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="slurm-conf", show_default=True,
+              help="Folder to write slurm.conf, gres.conf and topology.conf into.")
+@click.option("--devcluster", "dev", is_flag=True,
+              help="Write the files for a dev cluster on this machine (adds cgroup.conf and slurmdbd.conf).")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="The dev cluster's state directory.")
+def profile_slurm_conf(name, out_dir, dev, state_dir):
+    """Generate Slurm's configuration files from a cluster profile."""
+    from pathlib import Path
+
+    from .profile import load_profile
+    from .slurmconf import LocalCluster, write_configs
+
+    local = None
+    if dev:
+        from .devcluster import DEFAULT_STATE_DIR
+
+        local = LocalCluster(Path(state_dir) if state_dir else DEFAULT_STATE_DIR)
+    for path in write_configs(load_profile(name), Path(out_dir), local):
+        click.echo(path)
+
+
+def devcluster_options(func):
+    func = click.option("--state-dir", type=click.Path(file_okay=False),
+                        help="Private folder for the cluster's configs, sockets, pid files, logs "
+                             "[default: $HPCORCH_DEVCLUSTER_DIR or /tmp/hpcorch-devcluster].")(func)
+    func = click.option("--profile", "-p", "profile_name", default="devcluster", show_default=True,
+                        help=PROFILE_HELP)(func)
+    return func
+
+
+def _devcluster(profile_name, state_dir):
+    from pathlib import Path
+
+    from .devcluster import DevCluster
+
+    return DevCluster(profile_name, Path(state_dir) if state_dir else None)
+
+
+@main.group()
+def devcluster():
+    """A real Slurm cluster on this machine (root): emulated nodes and GPUs, accounting."""
+
+
+@devcluster.command("up")
+@devcluster_options
+@click.option("--timeout", type=float, default=180, show_default=True, help="Seconds to wait for idle nodes.")
+def devcluster_up(profile_name, state_dir, timeout):
+    """Start munged, MariaDB, slurmdbd, slurmctld and one slurmd per node; wait until idle."""
+    _devcluster(profile_name, state_dir).up(timeout_s=timeout, log=click.echo)
+
+
+@devcluster.command("down")
+@devcluster_options
+def devcluster_down(profile_name, state_dir):
+    """Cancel the cluster's jobs and stop exactly the daemons that `up` started."""
+    _devcluster(profile_name, state_dir).down(log=click.echo)
+
+
+@devcluster.command("status")
+@devcluster_options
+def devcluster_status(profile_name, state_dir):
+    """Show the daemons and sinfo."""
+    click.echo(_devcluster(profile_name, state_dir).status())
+
+
+@devcluster.command("env")
+@devcluster_options
+def devcluster_env(profile_name, state_dir):
+    """Print the line a shell needs: eval "$(hpcorch devcluster env)"."""
+    click.echo(_devcluster(profile_name, state_dir).env_line())
+
+
+@devcluster.command("install")
+def devcluster_install():
+    """Install the Debian packages the dev cluster needs (apt-get, as root)."""
+    from .devcluster import install
+
+    install(log=click.echo)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -70,7 +70,7 @@ class DevCluster:
     def __init__(self, profile: ClusterProfile | str = "devcluster", state_dir: Path | None = None,
                  port_base: int = 16800):
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
-        self.local = LocalCluster(state_dir or DEFAULT_STATE_DIR, port_base=port_base)
+        self.local = LocalCluster(Path(state_dir) if state_dir else DEFAULT_STATE_DIR, port_base=port_base)
         self.etc = self.local.path("etc")
         self.env = {**os.environ, "SLURM_CONF": str(self.etc / "slurm.conf")}
 
@@ -194,12 +194,18 @@ class DevCluster:
             return
         mysql_dir, data = self._p("mysql"), self._p("mysql", "data")
         shutil.chown(mysql_dir, "mysql", "mysql")
-        fresh = not (data / "mysql").exists()
-        if fresh:
+        for parent in mysql_dir.parents:  # MariaDB runs as 'mysql': it must reach its folder
+            if not parent.stat().st_mode & 0o001:
+                raise DevClusterError(f"MariaDB runs as user 'mysql', which cannot enter {parent} "
+                                      f"(mode {oct(parent.stat().st_mode & 0o777)}); choose a --state-dir "
+                                      f"whose parents are world-searchable")
+        if not (data / "mysql").exists():
             with open(daemon.log_file, "ab") as out:
-                subprocess.run(["mariadb-install-db", "--user=mysql", f"--datadir={data}",
-                                "--auth-root-authentication-method=socket", "--skip-test-db"],
-                               stdout=out, stderr=subprocess.STDOUT, check=True, timeout=120)
+                init = subprocess.run(["mariadb-install-db", "--user=mysql", f"--datadir={data}",
+                                       "--auth-root-authentication-method=socket", "--skip-test-db"],
+                                      stdout=out, stderr=subprocess.STDOUT, timeout=180)
+            if init.returncode != 0:
+                raise self._failed(daemon, "could not initialise its data directory")
         sock = self._p("mysql", "mysqld.sock")
         with open(daemon.log_file, "ab") as out:
             subprocess.Popen(["mariadbd", "--no-defaults", "--user=mysql", f"--datadir={data}",
