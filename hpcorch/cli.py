@@ -59,9 +59,15 @@ def _plan(job_path, profile_name, overrides, run_dir):
 @click.option("--dry-run", is_flag=True, help="Print the exact sbatch script and submit nothing.")
 @click.option("--template-dir", type=click.Path(file_okay=False),
               help="Your own template folder; hpcorch's templates are the fallback.")
+@click.option("--wait/--no-wait", default=None,
+              help="Follow rank 0's log until the job ends [default: wait for local, not for Slurm].")
 @job_options
-def submit(job, profile_name, dry_run, template_dir, overrides, run_dir):
-    """Submit JOB (a job YAML file) to the cluster of --profile."""
+def submit(job, profile_name, dry_run, template_dir, wait, overrides, run_dir):
+    """Submit JOB (a job YAML file) to the cluster of --profile.
+
+    With the default `local` profile the job runs here through submitit's local executor, with
+    the same checkpoint and requeue behaviour as on Slurm.
+    """
     from .render import render_sbatch
 
     plan = _plan(job, profile_name, overrides, run_dir)
@@ -71,8 +77,23 @@ def submit(job, profile_name, dry_run, template_dir, overrides, run_dir):
         return
     from .submit import submit_plan
 
-    handle = submit_plan(plan, script)
-    click.echo(handle.describe())
+    submission = submit_plan(plan, script, profile_name)
+    click.echo(submission.describe(), err=True)
+    if wait if wait is not None else plan.profile.scheduler == "local":
+        sys.exit(_follow_to_end(submission.entry))
+
+
+def _follow_to_end(entry) -> int:
+    """Stream rank 0's log until the job ends; exit status 0 only if it completed."""
+    from .status import progress, states
+    from .submit import follow, rank_log
+
+    final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "STOPPED"}
+    follow(rank_log(entry), lambda: states([entry])[entry.key].split()[0] in final,
+           lambda text: click.echo(text, nl=False))
+    state = states([entry])[entry.key]
+    click.echo(f"job {entry.job_id}: {state}; {json.dumps(progress(entry))}", err=True)
+    return 0 if state == "COMPLETED" else 1
 
 
 @main.command()
@@ -130,6 +151,102 @@ def train(job, nproc, resume_step, peak_tflops, overrides, run_dir):
     if code == 3:
         click.echo(f"checkpointed; run the same command again to resume ({run_path})", err=True)
     sys.exit(code)
+
+
+def _entry(ref):
+    from .registry import Registry
+
+    return Registry().get(ref)
+
+
+@main.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_jobs(as_json):
+    """List submitted jobs with their states (one batched squeue/sacct call)."""
+    from .registry import Registry
+    from .status import states
+
+    entries = Registry().all()
+    current = states(entries)
+    rows = [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": current[e.key],
+             "run_dir": e.run_dir} for e in entries]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'#':>4} {'job id':>8}  {'name':<14} {'profile':<12} {'state':<22} run dir")
+    for r in rows:
+        click.echo(f"{r['key']:>4} {r['job_id']:>8}  {r['name']:<14} {r['profile']:<12} {r['state']:<22} {r['run_dir']}")
+
+
+@main.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(ref, as_json):
+    """State, restarts, latest checkpoint, last loss and tokens/s of job REF
+    (a registry number, Slurm job id, job name or run directory)."""
+    from .status import progress, states
+
+    entry = _entry(ref)
+    info = {"key": entry.key, "job_id": entry.job_id, "name": entry.name, "state": states([entry])[entry.key],
+            **progress(entry), "run_dir": entry.run_dir}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            click.echo(f"{key:<18} {value}")
+
+
+@main.command()
+@click.argument("ref")
+@click.option("--rank", type=click.IntRange(0), default=0, show_default=True, help="Whose log.")
+@click.option("--err", "stream", flag_value="err", default="out", help="Standard error instead of output.")
+@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing until the job ends.")
+def logs(ref, rank, stream, follow_):
+    """Print a rank's log of job REF."""
+    from .status import states
+    from .submit import follow, rank_log
+
+    entry = _entry(ref)
+    path = rank_log(entry, rank, stream)
+    if not path.exists() and not follow_:
+        raise HpcorchError(f"no log yet at {path}")
+    final = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "STOPPED")
+    done = (lambda: states([entry])[entry.key].split()[0] in final) if follow_ else (lambda: True)
+    follow(path, done, lambda text: click.echo(text, nl=False))
+
+
+@main.command()
+@click.argument("ref")
+def cancel(ref):
+    """Cancel job REF. Its ranks get SIGTERM and checkpoint first; `hpcorch resume` continues it."""
+    import os
+    import signal
+
+    from .slurm import Slurm
+
+    entry = _entry(ref)
+    if entry.scheduler == "slurm":
+        Slurm(env=entry.env).cancel(entry.job_id)
+    else:
+        try:
+            os.kill(int(entry.job_id), signal.SIGTERM)  # the local controller forwards it to every rank
+        except ProcessLookupError:
+            pass
+    click.echo(f"cancel sent to job {entry.job_id}")
+
+
+@main.command()
+@click.argument("ref")
+@click.option("--exclude", help="Also exclude these nodes (a Slurm hostlist).")
+@click.option("--wait/--no-wait", default=None, help="Follow rank 0's log until the job ends.")
+def resume(ref, exclude, wait):
+    """Submit job REF again from its latest checkpoint, excluding nodes that failed under it."""
+    from .resume import resume_entry
+
+    submission = resume_entry(_entry(ref), extra_exclude=exclude)
+    click.echo(submission.describe(), err=True)
+    if wait if wait is not None else submission.entry.scheduler == "local":
+        sys.exit(_follow_to_end(submission.entry))
 
 
 @main.group()

@@ -149,7 +149,7 @@ class RequeuePolicy:
     max_preemptions: int = 20
     max_timeouts: int = 5
     max_node_failures: int = 3
-    signal: Literal["USR1", "USR2", "TERM"] = "USR2"
+    signal: Literal["USR1", "USR2"] = "USR2"  # SIGTERM means cancel: checkpoint, never requeue
     signal_lead_s: int = 120  # before the time limit: enough for one step and one checkpoint
 
     def __post_init__(self):

@@ -14,9 +14,6 @@ from .profile import ClusterProfile, Partition
 # Run directories reach #SBATCH --output, where sbatch does its own word splitting: keep them plain.
 _PATH_RE = re.compile(r"^[A-Za-z0-9_./+@:,=-]+$")
 
-RESUME_EXIT_CODE = 3  # the trainer checkpointed on a signal and wants to be started again
-
-
 @dataclass
 class Plan:
     """Everything the sbatch template needs, resolved and checked."""
@@ -33,12 +30,23 @@ class Plan:
     environment: dict[str, str]
     python: str = sys.executable
     source: str = "job"
-    resume_exit_code: int = RESUME_EXIT_CODE
     notes: list[str] = field(default_factory=list)
 
     @property
     def time_limit(self) -> str:
         return units.format_time(self.time_minutes * 60)
+
+    @property
+    def submitit_folder(self) -> str:
+        """Where submitit keeps the pickled task, per-rank logs and results (``%j``: job id)."""
+        return f"{self.run_dir}/submitit/%j"
+
+    @property
+    def submitit_command(self) -> str:
+        """The command submitit runs on each task (as its executor spells it)."""
+        import shlex
+
+        return f"{shlex.quote(self.python)} -u -m submitit.core._submit {shlex.quote(self.submitit_folder)}"
 
     @property
     def world_size(self) -> int:

@@ -27,13 +27,11 @@ def launch_local(job_file: Path, run_dir: Path, nproc: int, extra_args: list[str
     """Run ranks 0..nproc-1 of ``python -m hpcorch.train`` and return the run's exit code:
     0 done, 3 every rank checkpointed on a signal, otherwise the first failing rank's code."""
     port = free_port()
-    threads = max(1, (os.cpu_count() or 1) // nproc)
     procs = []
     for rank in range(nproc):
         rank_env = {**os.environ, **(env or {}), "RANK": str(rank), "WORLD_SIZE": str(nproc),
                     "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
                     "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        rank_env.setdefault("OMP_NUM_THREADS", str(threads))
         cmd = [sys.executable, "-u", "-m", "hpcorch.train", "--job", str(job_file),
                "--run-dir", str(run_dir), *extra_args]
         procs.append(subprocess.Popen(cmd, env=rank_env, start_new_session=True))

@@ -107,6 +107,7 @@ class Trainer:
         self.peak_flops = (peak_tflops or 0) * 1e12
         self.resume_step = resume_step
         self.stop_signal = 0
+        self.agreed_signal = 0
         self.world = env.world_size
         if self.tr.global_batch % (self.tr.micro_batch * self.world):
             raise ConfigError(job.name, "trainer.global_batch", f"expected a multiple of micro_batch x "
@@ -128,6 +129,10 @@ class Trainer:
         return torch.bfloat16 if want == "bf16" else None
 
     def _build(self) -> None:
+        if "OMP_NUM_THREADS" not in os.environ:
+            # The thread count changes CPU reduction order: pin it so that every launcher of
+            # the same job computes the same numbers.
+            torch.set_num_threads(self.job.resources.cpus_per_task)
         _seed_everything(self.tr.seed)  # same initial weights on every rank
         model = GPT(self.cfg, activation_checkpointing=self.tr.activation_checkpointing).to(self.env.device)
         self.raw_model = model
@@ -302,6 +307,10 @@ class Trainer:
         dist.all_reduce(flags, op=dist.ReduceOp.SUM)
         st.last_loss = flags[0].item() / self.world
         self._stop_agreed = flags[1].item() > 0
+        if self._stop_agreed:  # which signal: the submission layer acts on it (requeue or stop)
+            agreed = torch.tensor(float(self.stop_signal), device=self.env.device)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+            self.agreed_signal = int(agreed.item())
         st.step += 1
         st.consumed_samples += tr.global_batch
         st.tokens += tr.global_batch * self.cfg.seq_len
@@ -369,7 +378,7 @@ class Trainer:
                 if self._saved_step != self.state.step:
                     self.save()
                 self.ckpt.wait()
-                self.log(f"hpcorch: stopped by signal {signal.Signals(self.stop_signal or signal.SIGTERM).name} "
+                self.log(f"hpcorch: stopped by signal {signal.Signals(self.agreed_signal).name} "
                          f"at step {self.state.step}; checkpoint committed, exit {self.stop.exit_code}")
                 return self.stop.exit_code
             self.ckpt.wait()

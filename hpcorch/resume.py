@@ -1,0 +1,52 @@
+"""Bring a job that ended without finishing back from its latest checkpoint."""
+from __future__ import annotations
+
+from .job import load_job
+from .plan import make_plan
+from .profile import load_profile
+from .registry import Entry, Registry
+from .render import render_sbatch
+from .slurm import Slurm
+from .submit import Submission, submit_plan
+from .units import compress_hostlist, expand_hostlist
+
+
+def failed_nodes(entry: Entry) -> list[str]:
+    """Nodes that failed under the job: those of its runs that ended NODE_FAIL, and those of
+    its allocations that Slurm now reports down, drained or failing."""
+    slurm = Slurm(env=entry.env)
+    out = slurm.run("sacct", "-j", entry.job_id, "--duplicates", "-X", "-n", "-P", "-o", "State,NodeList",
+                    check=False)
+    used, failed = set(), set()
+    for line in out.splitlines():
+        state, _, nodes = line.partition("|")
+        if not nodes or nodes == "None assigned":
+            continue
+        hosts = expand_hostlist(nodes)
+        used.update(hosts)
+        if state.startswith("NODE_FAIL"):
+            failed.update(hosts)
+    for host in used - failed:
+        if slurm.node_state(host).rstrip("*~#$@+").lower() in ("down", "drained", "draining", "fail", "failing"):
+            failed.add(host)
+    return sorted(failed)
+
+
+def resume_entry(entry: Entry, extra_exclude: str | None = None, registry: Registry | None = None) -> Submission:
+    """Resubmit ``entry``'s resolved job into the same run directory (the trainer resumes from
+    its latest committed checkpoint), excluding failed nodes on Slurm."""
+    overrides = []
+    if entry.scheduler == "slurm":
+        exclude = set(expand_hostlist(entry.exclude)) if entry.exclude else set()
+        exclude.update(failed_nodes(entry))
+        if extra_exclude:
+            exclude.update(expand_hostlist(extra_exclude))
+        if exclude:
+            overrides.append(f"resources.exclude={compress_hostlist(sorted(exclude))}")
+    job = load_job(entry.job_file, overrides)
+    plan = make_plan(job, load_profile(entry.profile), run_dir=entry.run_dir, source=entry.job_file)
+    import os
+
+    if entry.slurm_conf:
+        os.environ["SLURM_CONF"] = entry.slurm_conf
+    return submit_plan(plan, render_sbatch(plan), entry.profile, registry=registry, resumed_from=entry.key)

@@ -1,0 +1,175 @@
+"""What submitit runs on every task of a job: set up torch.distributed from submitit's
+environment, train, and after a signal-driven checkpoint either requeue (within the job's
+restart budgets) or stop.
+
+This module is imported on compute nodes; it must not import torch at module level, because
+the login node pickles :class:`TrainTask` without needing torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+LOCAL_REQUEUE_EXIT = 144  # submitit's local controller restarts every task on this code
+
+
+class NotRequeued(RuntimeError):
+    """The run checkpointed but will not be requeued (budget spent, cancelled): resume it later."""
+
+
+@dataclass
+class TrainTask:
+    job_file: str
+    run_dir: str
+    scheduler: str                 # "slurm" or "local"
+    peak_tflops: float | None = None
+
+    # ----- entry point on every task ------------------------------------------------------------
+    def __call__(self) -> dict:
+        import submitit
+
+        from .job import load_job
+
+        job = load_job(self.job_file)
+        env = submitit.helpers.TorchDistributedEnvironment()
+        env.export(set_cuda_visible_devices=False)
+        os.environ["MASTER_ADDR"] = resolve_address(env.master_addr)
+        budget = RestartBudget(Path(self.run_dir), job.requeue)
+        if self.scheduler == "slurm" and env.rank == 0:
+            budget.account_unplanned_restart()
+        code, stop_signal = self._train(job)
+        if code == 0:
+            return json.loads((Path(self.run_dir) / "summary.json").read_text()) if env.rank == 0 else {}
+        return self._after_checkpoint(job, budget, stop_signal, env.rank)
+
+    def _train(self, job) -> tuple[int, int]:
+        import signal
+
+        from .train.distributed import init_distributed, shutdown
+        from .train.loop import StopPolicy, Trainer
+
+        requeue_signal = getattr(signal, f"SIG{job.requeue.signal}")
+        dist_env = init_distributed(job.trainer.collective_timeout_s)
+        trainer = Trainer(job, Path(self.run_dir), dist_env, peak_tflops=self.peak_tflops,
+                          stop=StopPolicy(signals=(requeue_signal, signal.SIGTERM, signal.SIGINT)))
+        code = trainer.run()
+        shutdown()
+        return code, trainer.agreed_signal
+
+    def _after_checkpoint(self, job, budget: "RestartBudget", stop_signal: int, rank: int):
+        import signal
+
+        if self.scheduler == "local":
+            os._exit(LOCAL_REQUEUE_EXIT)  # submitit's controller starts every task again
+        requeue_signal = getattr(signal, f"SIG{job.requeue.signal}")
+        if stop_signal != requeue_signal or not job.requeue.enabled:
+            raise NotRequeued(f"stopped by {signal.Signals(stop_signal).name}; checkpoint committed. "
+                              f"Continue with: hpcorch resume {self.run_dir}")
+        job_id = os.environ["SLURM_JOB_ID"]
+        if rank == 0:
+            kind = "timeout" if near_time_limit(job_id, job.requeue.signal_lead_s) else "preemption"
+            refusal = budget.spend(kind)
+            if refusal:
+                budget.note_refusal(refusal)
+                raise NotRequeued(refusal)
+            subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+        else:
+            time.sleep(2)
+            if budget.refused():
+                raise NotRequeued(budget.refused())
+        # Slurm now ends this run and queues the job again; wait to be stopped rather than
+        # report a result for a run that is not over.
+        time.sleep(600)
+        os._exit(3)
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit calls this only if its own handler still holds the signal (before training
+        started): nothing is lost then, so requeue the same task."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def resolve_address(host: str) -> str:
+    """``host`` if it resolves, else the NodeAddr Slurm knows it by (emulated nodes, or
+    clusters whose node names are not in DNS)."""
+    try:
+        socket.gethostbyname(host)
+        return host
+    except OSError:
+        pass
+    out = subprocess.run(["scontrol", "show", "node", host, "--oneliner"], capture_output=True,
+                         text=True, timeout=30)
+    for token in out.stdout.split():
+        if token.startswith("NodeAddr="):
+            return token.split("=", 1)[1]
+    raise RuntimeError(f"cannot resolve {host} and Slurm knows no NodeAddr for it")
+
+
+def near_time_limit(job_id: str, lead_s: int) -> bool:
+    """Whether the signal came because the time limit is near (rather than preemption)."""
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%L"], capture_output=True, text=True,
+                         timeout=30).stdout.strip()
+    from .units import parse_time
+
+    try:
+        left = parse_time(out) if out and out not in ("INVALID", "NOT_SET") else None
+    except ValueError:
+        left = None
+    return left is not None and left <= lead_s + 60
+
+
+class RestartBudget:
+    """Requeues by cause, counted in the run directory so that they survive every restart."""
+
+    def __init__(self, run_dir: Path, policy):
+        self.path, self.policy = run_dir / "restarts.json", policy
+
+    def load(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {"preemption": 0, "timeout": 0, "node_failure": 0, "refused": ""}
+
+    def _save(self, data: dict) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.path)
+
+    def spend(self, kind: str) -> str:
+        """Count one requeue of ``kind``; a non-empty reason if its budget is spent."""
+        data = self.load()
+        limit = {"preemption": self.policy.max_preemptions, "timeout": self.policy.max_timeouts,
+                 "node_failure": self.policy.max_node_failures}[kind]
+        if data[kind] >= limit:
+            return f"{kind} budget spent ({data[kind]} of {limit}); checkpoint committed, not requeued"
+        data[kind] += 1
+        data["refused"] = ""
+        self._save(data)
+        return ""
+
+    def account_unplanned_restart(self) -> None:
+        """A restart that no signal of ours asked for (Slurm requeued after a node failure)."""
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        data = self.load()
+        planned = data["preemption"] + data["timeout"] + data["node_failure"]
+        if restarts > planned:
+            refusal = self.spend("node_failure")
+            if refusal:
+                self.note_refusal(refusal)
+                print(f"hpcorch: {refusal}", file=sys.stderr, flush=True)
+                raise NotRequeued(refusal)
+
+    def note_refusal(self, reason: str) -> None:
+        data = self.load()
+        data["refused"] = reason
+        self._save(data)
+
+    def refused(self) -> str:
+        return self.load().get("refused", "")
