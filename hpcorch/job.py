@@ -11,6 +11,7 @@ from . import units
 from .errors import ConfigError
 from .profile import check_constraint, check_env_names
 from .schema import Invalid, build, check_name, check_positive, read_yaml, set_dotted
+from .train.config import GPTConfig
 
 
 @dataclass
@@ -50,24 +51,6 @@ class Resources:
     @property
     def world_size(self) -> int:
         return self.nodes * self.tasks_per_node
-
-
-@dataclass
-class ModelSpec:
-    layers: int = 2
-    heads: int = 2
-    width: int = 64
-    seq_len: int = 64
-    vocab: int = 256
-    dropout: float = 0.0
-    bias: bool = False
-
-    def __post_init__(self):
-        check_positive(self, "layers", "heads", "width", "seq_len", "vocab")
-        if self.width % self.heads:
-            raise Invalid("width", f"expected a multiple of heads ({self.heads}), got {self.width}")
-        if not 0 <= self.dropout < 1:
-            raise Invalid("dropout", f"expected 0 <= dropout < 1, got {self.dropout}")
 
 
 @dataclass
@@ -120,7 +103,7 @@ class CheckpointSpec:
 
 @dataclass
 class TrainerSpec:
-    model: ModelSpec = field(default_factory=ModelSpec)
+    model: GPTConfig = field(default_factory=GPTConfig)
     data: DataSpec = field(default_factory=DataSpec)
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)

@@ -117,10 +117,8 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
 
 def summarize(plan: Plan) -> dict:
     """A readable account of what the plan will use: resources, batch arithmetic, model size."""
-    from .train.config import GPTConfig
-
     job, res, tr = plan.job, plan.job.resources, plan.job.trainer
-    model = GPTConfig.from_spec(tr.model)
+    model = tr.model
     gpu = plan.profile.node_types[plan.partition.node_type].gpus
     tokens_per_step = tr.global_batch * tr.model.seq_len
     summary = {

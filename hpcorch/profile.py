@@ -63,6 +63,13 @@ class NodeType:
             check_name(f"features[{i}]", feature, "a feature name")
 
 
+def _hosts(field: str, expr: str) -> list[str]:
+    try:
+        return units.expand_hostlist(expr)
+    except ValueError as exc:
+        raise Invalid(field, str(exc)) from None
+
+
 @dataclass
 class Partition:
     name: str
@@ -74,10 +81,7 @@ class Partition:
 
     def __post_init__(self):
         check_name("name", self.name, "a partition name")
-        try:
-            self.hosts = units.expand_hostlist(self.nodes)
-        except ValueError as exc:
-            raise Invalid("nodes", str(exc)) from None
+        self.hosts = _hosts("nodes", self.nodes)
         try:
             self.max_time_s = units.parse_time(self.max_time)
         except ValueError as exc:
@@ -108,10 +112,7 @@ class LeafSwitch:
 
     def __post_init__(self):
         check_name("name", self.name, "a switch name")
-        try:
-            self.hosts = units.expand_hostlist(self.nodes)
-        except ValueError as exc:
-            raise Invalid("nodes", str(exc)) from None
+        self.hosts = _hosts("nodes", self.nodes)
 
 
 @dataclass

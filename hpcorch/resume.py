@@ -12,24 +12,19 @@ from .units import compress_hostlist, expand_hostlist
 
 
 def failed_nodes(entry: Entry) -> list[str]:
-    """Nodes that failed under the job: those of its runs that ended NODE_FAIL, and those of
-    its allocations that Slurm now reports down, drained or failing."""
+    """Nodes that ran the job (any of its runs, requeues included) and that Slurm now reports
+    down, drained or failing: a node that failed and was brought back is not excluded."""
     slurm = Slurm(env=entry.env)
-    out = slurm.run("sacct", "-j", entry.job_id, "--duplicates", "-X", "-n", "-P", "-o", "State,NodeList",
+    out = slurm.run("sacct", "-j", entry.job_id, "--duplicates", "-X", "-n", "-P", "-o", "NodeList",
                     check=False)
-    used, failed = set(), set()
-    for line in out.splitlines():
-        state, _, nodes = line.partition("|")
-        if not nodes or nodes == "None assigned":
-            continue
-        hosts = expand_hostlist(nodes)
-        used.update(hosts)
-        if state.startswith("NODE_FAIL"):
-            failed.update(hosts)
-    for host in used - failed:
-        if slurm.node_state(host).rstrip("*~#$@+").lower() in ("down", "drained", "draining", "fail", "failing"):
-            failed.add(host)
-    return sorted(failed)
+    # The controller knows the latest allocation at once; accounting may lag behind it.
+    latest = slurm.job(entry.job_id).get("NodeList", "")
+    used = set()
+    for nodes in out.split() + [latest]:
+        if nodes and nodes not in ("None", "(null)"):
+            used.update(expand_hostlist(nodes))
+    unhealthy = {"DOWN", "DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING", "NOT_RESPONDING"}
+    return sorted(h for h in used if slurm.node_flags(h) & unhealthy)
 
 
 def resume_entry(entry: Entry, extra_exclude: str | None = None, registry: Registry | None = None) -> Submission:

@@ -116,6 +116,15 @@ class Slurm:
         out = self.run("sinfo", "-h", "-N", "-n", node, "-o", "%T")
         return out.split()[0] if out.split() else "UNKNOWN"
 
+    def node_flags(self, node: str) -> set[str]:
+        """Every word of the node's state as the controller holds it (``DOWN+COMPLETING`` ->
+        {"DOWN", "COMPLETING"}); sinfo shows only one of them."""
+        out = self.run("scontrol", "show", "node", node, "--oneliner", check=False)
+        for token in out.split():
+            if token.startswith("State="):
+                return set(token[len("State="):].rstrip("*~#$@").replace("*", "").split("+"))
+        return set()
+
     def cancel(self, job_id: str, signal: str | None = None, batch_only: bool = False) -> None:
         args = ["scancel"]
         if signal:

@@ -2,8 +2,10 @@
 script it sends is the one our template renders (byte for byte what ``--dry-run`` prints)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,15 +62,35 @@ def submit_plan(plan: Plan, script: str, profile_ref: str, registry: Registry | 
     (run_dir / "logs").mkdir(exist_ok=True)
     task = TrainTask(str(job_file), str(run_dir), plan.profile.scheduler, _peak_tflops(plan))
     if plan.profile.scheduler == "slurm":
-        executor = _executor_class()(plan, script)
+        job = _executor_class()(plan, script).submit(task)
     else:
-        executor = _local_executor(plan)
-    job = executor.submit(task)
+        # The local controller outlives this command: give it a log file, not our terminal
+        # (a caller reading our output would otherwise wait for the whole run).
+        with _stdio_to(run_dir / "logs" / "controller.log"):
+            job = _local_executor(plan).submit(task)
     entry = (registry or Registry()).add(
         job.job_id, plan.job.name, profile_ref, plan.profile.scheduler, str(run_dir), str(job_file),
         slurm_conf=os.environ.get("SLURM_CONF"), exclude=plan.job.resources.exclude,
         resumed_from=resumed_from)
     return Submission(entry, job)
+
+
+@contextlib.contextmanager
+def _stdio_to(path: Path):
+    """Point file descriptors 1 and 2 at ``path`` while children are started."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
 
 
 def _local_executor(plan: Plan):

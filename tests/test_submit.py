@@ -138,6 +138,7 @@ def test_time_limit_checkpoints_and_requeues(ctx, tmp_path):
     run = tmp_path / "run"
     job = ctx.submit(run, "resources.time=1", "requeue.signal_lead_s=40", "trainer.steps=1000000")
     job_id = job["job_id"]
+    wait_progress(run, 5)
     ctx.slurm.wait_for(job_id, {"PENDING", "REQUEUED"}, timeout_s=150, poll_s=1)
     budget = json.loads((run / "restarts.json").read_text())
     assert budget["timeout"] == 1 and budget["preemption"] == 0
@@ -169,7 +170,8 @@ def test_failed_job_resumes_without_the_failed_node(ctx, tmp_path, reference):
     assert resumed["job_id"] != job["job_id"]
     _finish(ctx, resumed["job_id"])
     info = ctx.slurm.job(resumed["job_id"])
-    assert victim not in expand_hostlist(info["NodeList"]) and victim in info.get("ExcNodeList", "")
+    assert victim not in expand_hostlist(info["NodeList"])
+    assert expand_hostlist(info["ExcNodeList"]) == [victim]
     got = _summary(run)
     assert got["weights_sha256"] == reference["weights_sha256"]
     assert 0 <= got["steps_recomputed"] <= 25
@@ -195,7 +197,9 @@ def test_ls_and_status_json(ctx, tmp_path):
     _finish(ctx, job["job_id"])
     rows = json.loads(ctx.cli("ls", "--json").stdout)
     assert [r["state"] for r in rows if r["job_id"] == job["job_id"]] == ["COMPLETED"]
-    info = ctx.entry(job["key"] and str(job["key"]))
+    info = ctx.entry(str(job["key"]))
+    assert info["state"] == "COMPLETED"
     assert info["latest_checkpoint"] == 20 and info["step"] == 20 and info["loss"] > 0
-    logs = ctx.cli("logs", str(job["key"]), "--rank", "3")
-    assert "Job completed successfully" in logs.stdout + logs.stderr or logs.stdout == "" or True
+    assert info["tokens_per_s"] > 0 and info["restarts"] == 0
+    rank3 = ctx.cli("logs", str(job["key"]), "--rank", "3").stdout
+    assert "global_rank=3(4)" in rank3 and "Job completed successfully" in rank3

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..schema import Invalid, check_positive
+
 
 @dataclass(frozen=True)
 class GPTConfig:
+    """The model's shape; also the ``trainer.model`` section of a job spec."""
+
     layers: int = 2
     heads: int = 2
     width: int = 64
@@ -14,11 +18,12 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = False
 
-    @classmethod
-    def from_spec(cls, spec) -> "GPTConfig":
-        """From a job's ``trainer.model`` section."""
-        return cls(layers=spec.layers, heads=spec.heads, width=spec.width, seq_len=spec.seq_len,
-                   vocab=spec.vocab, dropout=spec.dropout, bias=spec.bias)
+    def __post_init__(self):
+        check_positive(self, "layers", "heads", "width", "seq_len", "vocab")
+        if self.width % self.heads:
+            raise Invalid("width", f"expected a multiple of heads ({self.heads}), got {self.width}")
+        if not 0 <= self.dropout < 1:
+            raise Invalid("dropout", f"expected 0 <= dropout < 1, got {self.dropout}")
 
     def num_params(self, include_position: bool = False) -> int:
         """Parameters of the model (the head is tied to the token embedding)."""

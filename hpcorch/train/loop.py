@@ -20,7 +20,6 @@ import torch.distributed as dist
 from ..errors import ConfigError
 from ..job import JobSpec
 from .checkpoint import Checkpointer, CheckpointError
-from .config import GPTConfig
 from .data import DataSource
 from .distributed import DistEnv
 from .model import GPT
@@ -60,7 +59,7 @@ def lr_at(step: int, opt, total_steps: int) -> float:
 def fingerprint(job: JobSpec) -> dict:
     """What must not change between a checkpoint and the run that resumes it."""
     tr = job.trainer
-    return {"model": vars(GPTConfig.from_spec(tr.model)), "global_batch": tr.global_batch,
+    return {"model": vars(tr.model), "global_batch": tr.global_batch,
             "seed": tr.seed, "data": {"source": tr.data.source, "path": tr.data.path,
                                       "val_fraction": tr.data.val_fraction, "max_bytes": tr.data.max_bytes},
             "optimizer": tr.optimizer.name, "sharding": tr.sharding}
@@ -117,7 +116,7 @@ class Trainer:
         self.ckpt = Checkpointer(ckpt_dir, env.rank, self.world, keep=self.tr.checkpoint.keep,
                                  async_save=self.tr.checkpoint.async_save,
                                  commit_timeout_s=self.tr.collective_timeout_s)
-        self.cfg = GPTConfig.from_spec(self.tr.model)
+        self.cfg = self.tr.model
         self.precision = self._precision()
         self.state = RunState()
 
@@ -289,6 +288,14 @@ class Trainer:
     # ----- the loop ---------------------------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum  # only a flag: ranks agree at the next step boundary
+        self.signal_time = time.time()
+
+    def event(self, name: str, **fields) -> None:
+        """Rank 0 appends timestamped events (start, first step, signal, checkpoint) to
+        ``events.jsonl``: when a run was stopped and how long it took to come back."""
+        if self.env.is_main:
+            with open(self.run_dir / "events.jsonl", "a") as f:
+                f.write(json.dumps({"event": name, "time": time.time(), **fields}) + "\n")
 
     def _sync_context(self, last_micro: bool):
         if last_micro:
@@ -362,11 +369,16 @@ class Trainer:
             self.log(f"hpcorch: {'resumed at step ' + str(self.state.step) if resumed else 'starting'}; "
                      f"{self.cfg.num_params() / 1e6:.2f}M parameters, world {self.world}, "
                      f"accumulation {self.accum}, {self.env.backend} on {self.env.device.type}")
+        import psutil
+
+        self.event("process_start", time=psutil.Process().create_time(), step=self.state.step,
+                   restarts=self.state.restarts)
         metrics = open(self.run_dir / "metrics.jsonl", "a") if self.env.is_main else None
         trace = self._open_trace()
         flops_per_step = self.cfg.flops_per_token() * self.tr.global_batch * self.cfg.seq_len
         self.model.train()
         self._stop_agreed = False
+        first_step = True
         try:
             while self.state.step < self.tr.steps and not self._stop_agreed:
                 t0 = time.perf_counter()
@@ -375,6 +387,9 @@ class Trainer:
                     torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
                 st = self.state
+                if first_step:
+                    self.event("first_step", step=st.step)
+                    first_step = False
                 if trace:
                     trace.write(json.dumps({"step": st.step, "rank": self.env.rank, "samples": seen}) + "\n")
                 record = {"step": st.step, "loss": st.last_loss, "lr": lr, "grad_norm": grad_norm,
@@ -397,6 +412,9 @@ class Trainer:
                 if self._saved_step != self.state.step:
                     self.save()
                 self.ckpt.wait()
+                self.event("signal", signal=self.agreed_signal,
+                           time=getattr(self, "signal_time", time.time()), step=self.state.step)
+                self.event("checkpoint_committed", step=self.state.step)
                 self.log(f"hpcorch: stopped by signal {signal.Signals(self.agreed_signal).name} "
                          f"at step {self.state.step}; checkpoint committed, exit {self.stop.exit_code}")
                 return self.stop.exit_code

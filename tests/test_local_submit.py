@@ -1,0 +1,65 @@
+"""The embedded default: `hpcorch submit` with the local profile, through submitit's local executor."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from slurmhelp import wait_progress
+from trainhelp import REPO, TINY, summary, train
+
+pytestmark = pytest.mark.timeout(600)
+LOCAL = ["trainer.steps=100", "trainer.checkpoint.interval=40", "trainer.model.width=128",
+         "trainer.model.layers=2", "trainer.model.seq_len=64"]
+
+
+def _submit(run_dir, home, *extra, wait=True):
+    sets = [a for s in TINY + LOCAL + list(extra) for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "hpcorch.cli", "submit", "jobs/gpt-tiny.yaml", "--run-dir", str(run_dir), *sets]
+    if not wait:
+        cmd.append("--no-wait")
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HPCORCH_HOME": str(home)})
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ref")
+    out = train(run, 2, *LOCAL)
+    assert out.returncode == 0, out.stderr
+    return summary(run)
+
+
+def test_local_submit_trains_like_hpcorch_train(tmp_path, reference):
+    out = _submit(tmp_path / "run", tmp_path / "home")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "hpcorch: done at step 100" in out.stdout
+    assert summary(tmp_path / "run")["weights_sha256"] == reference["weights_sha256"]
+    assert "COMPLETED" in out.stderr
+
+
+def test_local_preemption_signal_requeues_and_resumes_exactly(tmp_path, reference):
+    run, home = tmp_path / "run", tmp_path / "home"
+    out = _submit(run, home, wait=False)
+    assert out.returncode == 0, out.stderr
+    from hpcorch.registry import Registry
+
+    controller = int(Registry(home / "registry.sqlite").all()[-1].job_id)
+    wait_progress(run, 5)
+    ranks = psutil.Process(controller).children()
+    assert len(ranks) == 2
+    for rank in ranks:  # what a scheduler does on preemption
+        rank.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 240
+    while not (run / "summary.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    got = summary(run)
+    assert got["weights_sha256"] == reference["weights_sha256"]
+    assert got["restarts"] == 1 and got["steps_recomputed"] == 0
+    events = [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
+    assert events.count("process_start") == 2 and "checkpoint_committed" in events
+    psutil.Process(controller).wait(timeout=60)
