@@ -82,6 +82,15 @@ class Slurm:
             states[job_id] = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
         return states
 
+    def wait_for_accounting(self, job_id: str, state: str, timeout_s: float = 60.0) -> str:
+        """Wait until sacct (slurmdbd, which lags the controller) reports ``state``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            got = self.sacct_states([job_id]).get(job_id, "UNKNOWN")
+            if got == state or time.monotonic() > deadline:
+                return got
+            time.sleep(0.5)
+
     def wait_for(self, job_id: str, states: set[str] | str, timeout_s: float = 120.0,
                  poll_s: float = 0.5) -> str:
         """Wait until the job is in one of ``states``; raise with its history on timeout."""

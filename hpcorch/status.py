@@ -10,8 +10,9 @@ from .slurm import Slurm, SlurmError
 
 
 def slurm_states(entries: list[Entry]) -> dict[str, str]:
-    """States of many Slurm jobs: one squeue call for live jobs and one sacct call for the rest,
-    per cluster (SLURM_CONF)."""
+    """States of many Slurm jobs, per cluster (SLURM_CONF): one squeue call answers for every
+    job the controller still holds (finished ones too, for MinJobAge), one sacct call for the
+    older ones. The controller comes first: accounting lags behind it."""
     states: dict[str, str] = {}
     by_conf: dict[str | None, list[str]] = {}
     for e in entries:
@@ -23,7 +24,7 @@ def slurm_states(entries: list[Entry]) -> dict[str, str]:
         except SlurmError:
             pass  # no accounting: squeue alone still answers for live jobs
         try:
-            out = slurm.run("squeue", "-h", "-o", "%i|%T|%r", "-j", ",".join(ids), check=False)
+            out = slurm.run("squeue", "-h", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(ids), check=False)
         except SlurmError:
             out = ""
         for line in out.splitlines():

@@ -51,7 +51,7 @@ def test_two_nodes_two_tasks_each(slurm, jobs, tmp_path):
         assert fields["cvd"] == "0,1"
         nodes.add(fields["node"])
     assert len(nodes) == 2
-    assert slurm.sacct_states([job_id]) == {job_id: "COMPLETED"}
+    assert slurm.wait_for_accounting(job_id, "COMPLETED") == "COMPLETED"
 
 
 def test_requeue_after_node_down(slurm, jobs, tmp_path):

@@ -95,8 +95,7 @@ def test_two_nodes_match_a_local_run(ctx, tmp_path, reference):
     got = _summary(run)
     assert got["weights_sha256"] == reference["weights_sha256"]
     assert got["world_size"] == 4 and got["restarts"] == 0
-    nodes = ctx.slurm.sacct_states([job["job_id"]])
-    assert nodes == {job["job_id"]: "COMPLETED"}
+    assert ctx.slurm.wait_for_accounting(job["job_id"], "COMPLETED") == "COMPLETED"
     # The script submitit sent is the dry run, byte for byte.
     dry = ctx.cli("submit", "jobs/gpt-tiny.yaml", "-p", "devcluster", "--run-dir", run, *_sets(), "--dry-run")
     sent = (run / "submitit" / job["job_id"] / f"{job['job_id']}_submission.sh").read_text()

@@ -54,6 +54,7 @@ def launch_local(job_file: Path, run_dir: Path, nproc: int, extra_args: list[str
 
 
 def _wait(procs: list[subprocess.Popen], grace_s: float) -> int:
+    first_failure = None  # the root cause, not a rank we terminated because of it
     failed_at = None
     while True:
         codes = [p.poll() for p in procs]
@@ -61,7 +62,7 @@ def _wait(procs: list[subprocess.Popen], grace_s: float) -> int:
             break
         bad = [c for c in codes if c not in (None, 0, 3)]
         if bad and failed_at is None:
-            failed_at = time.monotonic()
+            first_failure, failed_at = bad[0], time.monotonic()
             for p in procs:
                 if p.poll() is None:
                     p.terminate()
@@ -71,7 +72,8 @@ def _wait(procs: list[subprocess.Popen], grace_s: float) -> int:
                     p.kill()
         time.sleep(0.05)
     codes = [p.returncode for p in procs]
-    failures = [c for c in codes if c not in (0, 3)]
-    if failures:
-        return failures[0] if failures[0] > 0 else 128 - failures[0]
+    if first_failure is None:
+        first_failure = next((c for c in codes if c not in (0, 3)), None)
+    if first_failure is not None:
+        return first_failure if first_failure > 0 else 128 - first_failure
     return 3 if 3 in codes else 0
