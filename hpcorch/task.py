@@ -65,12 +65,12 @@ class TrainTask:
     def _after_checkpoint(self, job, budget: "RestartBudget", stop_signal: int, rank: int):
         import signal
 
-        if self.scheduler == "local":
-            os._exit(LOCAL_REQUEUE_EXIT)  # submitit's controller starts every task again
         requeue_signal = getattr(signal, f"SIG{job.requeue.signal}")
-        if stop_signal != requeue_signal or not job.requeue.enabled:
+        if stop_signal != requeue_signal or not job.requeue.enabled:  # a cancel: stop for good
             raise NotRequeued(f"stopped by {signal.Signals(stop_signal).name}; checkpoint committed. "
                               f"Continue with: hpcorch resume {self.run_dir}")
+        if self.scheduler == "local":
+            os._exit(LOCAL_REQUEUE_EXIT)  # submitit's controller starts every task again
         job_id = os.environ["SLURM_JOB_ID"]
         if rank != 0:
             # Rank 0 decides; a refusal makes it fail, and srun (--kill-on-bad-exit) ends us.

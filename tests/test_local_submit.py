@@ -63,3 +63,29 @@ def test_local_preemption_signal_requeues_and_resumes_exactly(tmp_path, referenc
     events = [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
     assert events.count("process_start") == 2 and "checkpoint_committed" in events
     psutil.Process(controller).wait(timeout=60)
+
+
+def test_local_cancel_stops_for_good_and_resume_continues(tmp_path, reference):
+    run, home = tmp_path / "run", tmp_path / "home"
+    assert _submit(run, home, wait=False).returncode == 0
+    from hpcorch.registry import Registry
+
+    controller = int(Registry(home / "registry.sqlite").all()[-1].job_id)
+    wait_progress(run, 5)
+    env = {**os.environ, "HPCORCH_HOME": str(home)}
+    cli = [sys.executable, "-m", "hpcorch.cli"]
+    assert subprocess.run(cli + ["cancel", str(run)], cwd=REPO, env=env, timeout=60).returncode == 0
+    psutil.Process(controller).wait(timeout=120)
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events].count("process_start") == 1  # not restarted
+    stopped = next(e["step"] for e in events if e["event"] == "checkpoint_committed")
+    assert not (run / "summary.json").exists() and stopped < 100
+    status = subprocess.run(cli + ["status", str(run), "--json"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=60)
+    info = json.loads(status.stdout)
+    assert info["state"] == "STOPPED" and info["latest_checkpoint"] == stopped
+    resumed = subprocess.run(cli + ["resume", str(run)], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    got = summary(run)
+    assert got["weights_sha256"] == reference["weights_sha256"] and got["steps_recomputed"] == 0

@@ -115,3 +115,33 @@ def test_missing_resume_step_is_an_error(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "no committed checkpoint at step 5" in out.stderr
     assert sys  # noqa
+
+
+def test_dead_peer_ends_the_run(tmp_path):
+    """A rank killed with SIGKILL mid-run must end the whole run, not leave the others hanging."""
+    import os
+    import subprocess
+    import time
+
+    import psutil
+
+    from trainhelp import REPO, train_cmd
+
+    proc = subprocess.Popen(train_cmd(tmp_path, 2, "trainer.steps=100000"), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        from slurmhelp import wait_progress
+
+        wait_progress(tmp_path, 3)
+        ranks = [p for p in psutil.Process(proc.pid).children() if "hpcorch.train" in " ".join(p.cmdline())]
+        assert len(ranks) == 2
+        os.kill(ranks[1].pid, signal.SIGKILL)
+        start = time.monotonic()
+        code = proc.wait(timeout=120)
+        assert code == 137  # the root cause: rank 1 was killed
+        assert time.monotonic() - start < 60
+        assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
