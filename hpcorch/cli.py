@@ -77,20 +77,22 @@ def submit(job, profile_name, dry_run, template_dir, wait, overrides, run_dir):
         return
     from .submit import submit_plan
 
-    submission = submit_plan(plan, script, profile_name)
+    _report(submit_plan(plan, script, profile_name), wait)
+
+
+def _report(submission, wait) -> None:
+    """Say what was submitted; then, if asked (by default for local jobs), follow it to the end."""
     click.echo(submission.describe(), err=True)
-    if wait if wait is not None else plan.profile.scheduler == "local":
+    if wait if wait is not None else submission.entry.scheduler == "local":
         sys.exit(_follow_to_end(submission.entry))
 
 
 def _follow_to_end(entry) -> int:
     """Stream rank 0's log until the job ends; exit status 0 only if it completed."""
-    from .status import progress, states
+    from .status import has_ended, progress, states
     from .submit import follow, rank_log
 
-    final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "STOPPED"}
-    follow(rank_log(entry), lambda: states([entry])[entry.key].split()[0] in final,
-           lambda text: click.echo(text, nl=False))
+    follow(rank_log(entry), lambda: has_ended(entry), lambda text: click.echo(text, nl=False))
     state = states([entry])[entry.key]
     click.echo(f"job {entry.job_id}: {state}; {json.dumps(progress(entry))}", err=True)
     return 0 if state == "COMPLETED" else 1
@@ -203,15 +205,14 @@ def status(ref, as_json):
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing until the job ends.")
 def logs(ref, rank, stream, follow_):
     """Print a rank's log of job REF."""
-    from .status import states
+    from .status import has_ended
     from .submit import follow, rank_log
 
     entry = _entry(ref)
     path = rank_log(entry, rank, stream)
     if not path.exists() and not follow_:
         raise HpcorchError(f"no log yet at {path}")
-    final = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "STOPPED")
-    done = (lambda: states([entry])[entry.key].split()[0] in final) if follow_ else (lambda: True)
+    done = (lambda: has_ended(entry)) if follow_ else (lambda: True)
     follow(path, done, lambda text: click.echo(text, nl=False))
 
 
@@ -243,10 +244,7 @@ def resume(ref, exclude, wait):
     """Submit job REF again from its latest checkpoint, excluding nodes that failed under it."""
     from .resume import resume_entry
 
-    submission = resume_entry(_entry(ref), extra_exclude=exclude)
-    click.echo(submission.describe(), err=True)
-    if wait if wait is not None else submission.entry.scheduler == "local":
-        sys.exit(_follow_to_end(submission.entry))
+    _report(resume_entry(_entry(ref), extra_exclude=exclude), wait)
 
 
 @main.group()

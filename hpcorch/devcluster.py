@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import HpcorchError
 from .profile import ClusterProfile, load_profile
+from .slurm import Slurm
 from .slurmconf import LocalCluster, write_configs
 
 DEFAULT_STATE_DIR = Path(os.environ.get("HPCORCH_DEVCLUSTER_DIR", "/tmp/hpcorch-devcluster"))
@@ -72,7 +73,8 @@ class DevCluster:
         self.profile = load_profile(profile) if isinstance(profile, str) else profile
         self.local = LocalCluster(Path(state_dir) if state_dir else DEFAULT_STATE_DIR, port_base=port_base)
         self.etc = self.local.path("etc")
-        self.env = {**os.environ, "SLURM_CONF": str(self.etc / "slurm.conf")}
+        self.env = {**os.environ, "SLURM_CONF": str(self.etc / "slurm.conf")}  # for the daemons
+        self.slurm = Slurm(env={"SLURM_CONF": str(self.etc / "slurm.conf")})  # for the clients
 
     # ----- the daemons -------------------------------------------------------------------------
     def _p(self, *parts) -> Path:
@@ -232,11 +234,9 @@ class DevCluster:
 
     def _register_cluster(self) -> None:
         name = self.profile.name
-        shown = subprocess.run(["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"], env=self.env,
-                               capture_output=True, text=True, timeout=60)
-        if name not in shown.stdout.split():
-            subprocess.run(["sacctmgr", "-i", "add", "cluster", name], env=self.env, check=True,
-                           capture_output=True, timeout=60)
+        shown = self.slurm.run("sacctmgr", "-n", "-P", "show", "cluster", "format=cluster", check=False)
+        if name not in shown.split():
+            self.slurm.run("sacctmgr", "-i", "add", "cluster", name)
 
     def _start_slurmctld(self) -> None:
         self._run_daemon("slurmctld", ["slurmctld"], wait_for=lambda: self._port_open(self.local.ctld_port))
@@ -246,9 +246,8 @@ class DevCluster:
             self._run_daemon(f"slurmd {host}", ["slurmd", "-N", host])
 
     def sinfo_states(self) -> dict[str, str]:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], env=self.env, capture_output=True,
-                             text=True, timeout=30)
-        return dict(line.split() for line in out.stdout.splitlines() if line.strip())
+        out = self.slurm.run("sinfo", "-h", "-N", "-o", "%N %T", check=False)
+        return dict(line.split() for line in out.splitlines() if line.strip())
 
     def _wait_idle(self, timeout_s: float) -> None:
         hosts = self.profile.all_hosts()
@@ -261,8 +260,7 @@ class DevCluster:
         """Cancel the cluster's jobs, then stop exactly the daemons named by its pid files,
         in reverse start order. Returns the names of what was stopped."""
         if self._daemon("slurmctld").pid():
-            subprocess.run(["scancel", "--full", "--quiet", "--user=root"], env=self.env,
-                           capture_output=True, timeout=30)
+            self.slurm.run("scancel", "--full", "--quiet", "--user=root", check=False)
             self._drain_jobs()
         stopped = []
         for daemon in reversed(self.daemons()):
@@ -280,9 +278,7 @@ class DevCluster:
         return stopped
 
     def _active_jobs(self) -> list[str]:
-        out = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True,
-                             timeout=30)
-        return out.stdout.split()
+        return self.slurm.run("squeue", "-h", "-o", "%i", check=False).split()
 
     def _drain_jobs(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -298,8 +294,7 @@ class DevCluster:
         for name, pid in self.running().items():
             lines.append(f"  {name:<14} {'running, pid ' + str(pid) if pid else 'stopped'}")
         if self._daemon("slurmctld").pid():
-            out = subprocess.run(["sinfo"], env=self.env, capture_output=True, text=True, timeout=30)
-            lines.append(out.stdout.rstrip())
+            lines.append(self.slurm.run("sinfo", check=False).rstrip())
         return "\n".join(lines)
 
 

@@ -135,6 +135,12 @@ class RequeuePolicy:
     signal: Literal["USR1", "USR2"] = "USR2"  # SIGTERM means cancel: checkpoint, never requeue
     signal_lead_s: int = 120  # before the time limit: enough for one step and one checkpoint
 
+    @property
+    def signum(self) -> int:
+        import signal
+
+        return getattr(signal, f"SIG{self.signal}")
+
     def __post_init__(self):
         check_positive(self, "max_preemptions", "max_timeouts", "max_node_failures", allow_zero=True)
         if not 10 <= self.signal_lead_s <= 65535:

@@ -1,6 +1,8 @@
 """Bring a job that ended without finishing back from its latest checkpoint."""
 from __future__ import annotations
 
+import os
+
 from .job import load_job
 from .plan import make_plan
 from .profile import load_profile
@@ -40,8 +42,6 @@ def resume_entry(entry: Entry, extra_exclude: str | None = None, registry: Regis
             overrides.append(f"resources.exclude={compress_hostlist(sorted(exclude))}")
     job = load_job(entry.job_file, overrides)
     plan = make_plan(job, load_profile(entry.profile), run_dir=entry.run_dir, source=entry.job_file)
-    import os
-
-    if entry.slurm_conf:
+    if entry.slurm_conf:  # submitit's sbatch reads it from the environment
         os.environ["SLURM_CONF"] = entry.slurm_conf
     return submit_plan(plan, render_sbatch(plan), entry.profile, registry=registry, resumed_from=entry.key)

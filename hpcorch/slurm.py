@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from .errors import HpcorchError
 
+# States after which a job runs no more (unless requeued by hand).
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                 "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
@@ -54,15 +55,19 @@ class Slurm:
             raise SlurmError(f"sbatch --test-only rejected the script: {proc.stderr.strip()}")
         return proc.stderr.strip()
 
-    def job(self, job_id: str) -> dict[str, str]:
-        """``scontrol show job`` as a dict (empty once Slurm has forgotten the job)."""
-        out = self.run("scontrol", "show", "job", "--oneliner", job_id, check=False)
+    def show(self, kind: str, name: str) -> dict[str, str]:
+        """``scontrol show KIND NAME`` as a dict (empty if Slurm does not know it)."""
+        out = self.run("scontrol", "show", kind, "--oneliner", name, check=False)
         fields: dict[str, str] = {}
         for token in out.split():
             key, sep, value = token.partition("=")
             if sep:
                 fields[key] = value
         return fields
+
+    def job(self, job_id: str) -> dict[str, str]:
+        """``scontrol show job`` as a dict (empty once Slurm has forgotten the job)."""
+        return self.show("job", job_id)
 
     def state(self, job_id: str) -> str:
         """The job's state: scontrol while the controller knows it, else sacct."""
@@ -128,11 +133,8 @@ class Slurm:
     def node_flags(self, node: str) -> set[str]:
         """Every word of the node's state as the controller holds it (``DOWN+COMPLETING`` ->
         {"DOWN", "COMPLETING"}); sinfo shows only one of them."""
-        out = self.run("scontrol", "show", "node", node, "--oneliner", check=False)
-        for token in out.split():
-            if token.startswith("State="):
-                return set(token[len("State="):].rstrip("*~#$@").replace("*", "").split("+"))
-        return set()
+        state = self.show("node", node).get("State", "")
+        return set(state.rstrip("*~#$@").replace("*", "").split("+")) if state else set()
 
     def cancel(self, job_id: str, signal: str | None = None, batch_only: bool = False) -> None:
         args = ["scancel"]

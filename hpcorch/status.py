@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from .registry import Entry
-from .slurm import Slurm, SlurmError
+from .slurm import FINAL_STATES, Slurm, SlurmError
 
 
 def slurm_states(entries: list[Entry]) -> dict[str, str]:
@@ -51,6 +51,11 @@ def states(entries: list[Entry]) -> dict[int, str]:
     slurm = slurm_states([e for e in entries if e.scheduler == "slurm"])
     return {e.key: slurm.get(e.job_id, "UNKNOWN") if e.scheduler == "slurm" else local_state(e)
             for e in entries}
+
+
+def has_ended(entry: Entry) -> bool:
+    """Whether the job runs no more (a local job that stopped counts as ended)."""
+    return states([entry])[entry.key].split()[0] in FINAL_STATES | {"STOPPED"}
 
 
 def _json(path: Path) -> dict:

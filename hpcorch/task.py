@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -54,10 +53,9 @@ class TrainTask:
         from .train.distributed import init_distributed, shutdown
         from .train.loop import StopPolicy, Trainer
 
-        requeue_signal = getattr(signal, f"SIG{job.requeue.signal}")
         dist_env = init_distributed(job.trainer.collective_timeout_s)
         trainer = Trainer(job, Path(self.run_dir), dist_env, peak_tflops=self.peak_tflops,
-                          stop=StopPolicy(signals=(requeue_signal, signal.SIGTERM, signal.SIGINT)))
+                          stop=StopPolicy(signals=(job.requeue.signum, signal.SIGTERM, signal.SIGINT)))
         code = trainer.run()
         shutdown()
         return code, trainer.agreed_signal
@@ -65,8 +63,7 @@ class TrainTask:
     def _after_checkpoint(self, job, budget: "RestartBudget", stop_signal: int, rank: int):
         import signal
 
-        requeue_signal = getattr(signal, f"SIG{job.requeue.signal}")
-        if stop_signal != requeue_signal or not job.requeue.enabled:  # a cancel: stop for good
+        if stop_signal != job.requeue.signum or not job.requeue.enabled:  # a cancel: stop for good
             raise NotRequeued(f"stopped by {signal.Signals(stop_signal).name}; checkpoint committed. "
                               f"Continue with: hpcorch resume {self.run_dir}")
         if self.scheduler == "local":
@@ -84,7 +81,9 @@ class TrainTask:
         if refusal:
             budget.note_refusal(refusal)
             raise NotRequeued(refusal)
-        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
+        from .slurm import Slurm
+
+        Slurm().run("scontrol", "requeue", job_id)
         # The requeue is registered: leaving now (without a result) lets Slurm end the other
         # ranks and queue the job again.
         os._exit(3)
@@ -105,19 +104,20 @@ def resolve_address(host: str) -> str:
         return host
     except OSError:
         pass
-    out = subprocess.run(["scontrol", "show", "node", host, "--oneliner"], capture_output=True,
-                         text=True, timeout=30)
-    for token in out.stdout.split():
-        if token.startswith("NodeAddr="):
-            return token.split("=", 1)[1]
-    raise RuntimeError(f"cannot resolve {host} and Slurm knows no NodeAddr for it")
+    from .slurm import Slurm
+
+    address = Slurm().show("node", host).get("NodeAddr")
+    if not address:
+        raise RuntimeError(f"cannot resolve {host} and Slurm knows no NodeAddr for it")
+    return address
 
 
 def near_time_limit(job_id: str, lead_s: int) -> bool:
     """Whether the signal came because the time limit is near (rather than preemption)."""
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%L"], capture_output=True, text=True,
-                         timeout=30).stdout.strip()
+    from .slurm import Slurm
     from .units import parse_time
+
+    out = Slurm().run("squeue", "-h", "-j", job_id, "-o", "%L", check=False).strip()
 
     try:
         left = parse_time(out) if out and out not in ("INVALID", "NOT_SET") else None

@@ -35,8 +35,10 @@ class Jobs:
         return job_id
 
     def cleanup(self) -> None:
+        from hpcorch.slurm import FINAL_STATES
+
         for job_id in self.ids:
-            if self.slurm.state(job_id) not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "UNKNOWN"):
+            if self.slurm.state(job_id) not in FINAL_STATES | {"UNKNOWN"}:
                 self.slurm.cancel(job_id)
 
 

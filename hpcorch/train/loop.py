@@ -107,6 +107,7 @@ class Trainer:
         self.resume_step = resume_step
         self.stop_signal = 0
         self.agreed_signal = 0
+        self._saved_step = -1  # the step of the newest checkpoint this process knows of
         self.world = env.world_size
         if self.tr.global_batch % (self.tr.micro_batch * self.world):
             raise ConfigError(job.name, "trainer.global_batch", f"expected a multiple of micro_batch x "
@@ -362,7 +363,6 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._build()
         resumed = self.restore()
-        self._saved_step = self.state.step if resumed else -1
         if self.env.is_main:
             self._account_restart(resumed)
             self._write_progress()
