@@ -45,15 +45,15 @@ def main() -> None:
 
     import submitit
 
-    from hpcorch.devcluster import DevCluster
-    from hpcorch.job import load_job
+    from hpcorch.cluster.devcluster import DevCluster
+    from hpcorch.spec.job import load_job
     from hpcorch.plan import make_plan
-    from hpcorch.profile import load_profile
+    from hpcorch.spec.profile import load_profile
     from hpcorch.registry import Registry
     from hpcorch.render import render_sbatch
-    from hpcorch.slurm import Slurm
-    from hpcorch.submit import submit_plan
-    from hpcorch.task import TrainTask
+    from hpcorch.cluster.slurm import Slurm
+    from hpcorch.submit.executor import submit_plan
+    from hpcorch.submit.task import TrainTask
 
     cluster = DevCluster()
     if not cluster.is_up():
@@ -107,7 +107,7 @@ def main() -> None:
 
 def preemption(plan, script, slurm, tmp) -> None:
     from hpcorch.registry import Registry
-    from hpcorch.submit import submit_plan
+    from hpcorch.submit.executor import submit_plan
 
     run = plan.run_dir
     entry = submit_plan(plan, script, "devcluster", Registry()).entry

@@ -26,7 +26,7 @@ def main() -> None:
 
     import torch
 
-    from hpcorch.job import load_job
+    from hpcorch.spec.job import load_job
     from hpcorch.train.distributed import init_distributed
     from hpcorch.train.launch import free_port
     from hpcorch.train.loop import Trainer

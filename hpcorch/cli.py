@@ -44,9 +44,9 @@ def main():
 
 
 def _plan(job_path, profile_name, overrides, run_dir):
-    from .job import load_job
+    from .spec.job import load_job
     from .plan import make_plan
-    from .profile import load_profile
+    from .spec.profile import load_profile
 
     profile = load_profile(profile_name)
     job = load_job(job_path, overrides)
@@ -75,7 +75,7 @@ def submit(job, profile_name, dry_run, template_dir, wait, overrides, run_dir):
     if dry_run:
         click.echo(script, nl=False)
         return
-    from .submit import submit_plan
+    from .submit.executor import submit_plan
 
     _report(submit_plan(plan, script, profile_name), wait)
 
@@ -90,7 +90,7 @@ def _report(submission, wait) -> None:
 def _follow_to_end(entry) -> int:
     """Stream rank 0's log until the job ends; exit status 0 only if it completed."""
     from .status import has_ended, progress, states
-    from .submit import follow, rank_log
+    from .submit.executor import follow, rank_log
 
     follow(rank_log(entry), lambda: has_ended(entry), lambda text: click.echo(text, nl=False))
     state = states([entry])[entry.key]
@@ -206,7 +206,7 @@ def status(ref, as_json):
 def logs(ref, rank, stream, follow_):
     """Print a rank's log of job REF."""
     from .status import has_ended
-    from .submit import follow, rank_log
+    from .submit.executor import follow, rank_log
 
     entry = _entry(ref)
     path = rank_log(entry, rank, stream)
@@ -223,7 +223,7 @@ def cancel(ref):
     import os
     import signal
 
-    from .slurm import Slurm
+    from .cluster.slurm import Slurm
 
     entry = _entry(ref)
     if entry.scheduler == "slurm":
@@ -256,7 +256,7 @@ def profile():
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def profile_list(as_json):
     """List the shipped profiles."""
-    from .profile import list_profiles, load_profile
+    from .spec.profile import list_profiles, load_profile
 
     rows = []
     for name in list_profiles():
@@ -277,8 +277,8 @@ def profile_show(name):
     """Print a profile as hpcorch understands it (defaults filled in)."""
     import yaml
 
-    from .profile import load_profile
-    from .schema import to_dict
+    from .spec.profile import load_profile
+    from .spec.schema import to_dict
 
     click.echo(yaml.safe_dump(to_dict(load_profile(name)), sort_keys=False), nl=False)
 
@@ -287,7 +287,7 @@ def profile_show(name):
 @click.argument("names", nargs=-1, required=True)
 def profile_validate(names):
     """Validate one or more profiles (names or paths); exit 2 on the first error."""
-    from .profile import load_profile
+    from .spec.profile import load_profile
 
     for name in names:
         prof = load_profile(name)
@@ -305,12 +305,12 @@ def profile_slurm_conf(name, out_dir, dev, state_dir):
     """Generate Slurm's configuration files from a cluster profile."""
     from pathlib import Path
 
-    from .profile import load_profile
-    from .slurmconf import LocalCluster, write_configs
+    from .spec.profile import load_profile
+    from .cluster.slurmconf import LocalCluster, write_configs
 
     local = None
     if dev:
-        from .devcluster import DEFAULT_STATE_DIR
+        from .cluster.devcluster import DEFAULT_STATE_DIR
 
         local = LocalCluster(Path(state_dir) if state_dir else DEFAULT_STATE_DIR)
     for path in write_configs(load_profile(name), Path(out_dir), local):
@@ -329,7 +329,7 @@ def devcluster_options(func):
 def _devcluster(profile_name, state_dir):
     from pathlib import Path
 
-    from .devcluster import DevCluster
+    from .cluster.devcluster import DevCluster
 
     return DevCluster(profile_name, Path(state_dir) if state_dir else None)
 
@@ -371,7 +371,7 @@ def devcluster_env(profile_name, state_dir):
 @devcluster.command("install")
 def devcluster_install():
     """Install the Debian packages the dev cluster needs (apt-get, as root)."""
-    from .devcluster import install
+    from .cluster.devcluster import install
 
     install(log=click.echo)
 

@@ -6,10 +6,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import units
+from .spec import units
 from .errors import PlanError
-from .job import JobSpec
-from .profile import ClusterProfile, Partition
+from .spec.job import JobSpec
+from .spec.profile import ClusterProfile, Partition
 
 # Run directories reach #SBATCH --output, where sbatch does its own word splitting: keep them plain.
 _PATH_RE = re.compile(r"^[A-Za-z0-9_./+@:,=-]+$")

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import os
 
-from .job import load_job
+from .spec.job import load_job
 from .plan import make_plan
-from .profile import load_profile
+from .spec.profile import load_profile
 from .registry import Entry, Registry
 from .render import render_sbatch
-from .slurm import Slurm
-from .submit import Submission, submit_plan
-from .units import compress_hostlist, expand_hostlist
+from .cluster.slurm import Slurm
+from .submit.executor import Submission, submit_plan
+from .spec.units import compress_hostlist, expand_hostlist
 
 
 def failed_nodes(entry: Entry) -> list[str]:

@@ -5,9 +5,9 @@ import os
 from pathlib import Path
 
 from .errors import ConfigError
-from .job import JobSpec, load_job
+from .spec.job import JobSpec, load_job
 from .plan import default_run_dir
-from .schema import to_dict
+from .spec.schema import to_dict
 
 
 def write_resolved_job(job: JobSpec, run_dir: Path) -> Path:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from .registry import Entry
-from .slurm import FINAL_STATES, Slurm, SlurmError
+from .cluster.slurm import FINAL_STATES, Slurm, SlurmError
 
 
 def slurm_states(entries: list[Entry]) -> dict[str, str]:

@@ -15,7 +15,7 @@ def _needs_install() -> bool:
 
 @pytest.fixture(scope="session")
 def devcluster():
-    from hpcorch.devcluster import DevCluster, install
+    from hpcorch.cluster.devcluster import DevCluster, install
 
     if os.geteuid() != 0:
         pytest.skip("the dev cluster needs root")
@@ -33,7 +33,7 @@ def devcluster():
 @pytest.fixture
 def slurm(devcluster):
     """Slurm's commands aimed at the dev cluster; nodes are back to idle after each test."""
-    from hpcorch.slurm import Slurm
+    from hpcorch.cluster.slurm import Slurm
 
     s = Slurm(env={"SLURM_CONF": str(devcluster.etc / "slurm.conf")})
     yield s

@@ -35,7 +35,7 @@ class Jobs:
         return job_id
 
     def cleanup(self) -> None:
-        from hpcorch.slurm import FINAL_STATES
+        from hpcorch.cluster.slurm import FINAL_STATES
 
         for job_id in self.ids:
             if self.slurm.state(job_id) not in FINAL_STATES | {"UNKNOWN"}:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from hpcorch.job import DataSpec
+from hpcorch.spec.job import DataSpec
 from hpcorch.train.data import DataSource, stdlib_files
 
 

@@ -6,8 +6,8 @@ import subprocess
 import pytest
 
 from conftest import run_cli
-from hpcorch.profile import load_profile
-from hpcorch.slurmconf import LocalCluster, slurm_conf, write_configs
+from hpcorch.spec.profile import load_profile
+from hpcorch.cluster.slurmconf import LocalCluster, slurm_conf, write_configs
 
 
 def test_slurm_conf_from_devcluster_profile(tmp_path):
@@ -42,7 +42,7 @@ def test_cli_slurm_conf_dev_files(tmp_path):
 @pytest.mark.slurm
 @pytest.mark.timeout(300)
 def test_second_cluster_and_down_touches_nothing_else(devcluster, tmp_path):
-    from hpcorch.devcluster import DevCluster
+    from hpcorch.cluster.devcluster import DevCluster
 
     assert run_cli("devcluster", "up").returncode == 2  # already running: a clear refusal
     env = run_cli("devcluster", "env")

@@ -1,9 +1,9 @@
 import pytest
 
 from hpcorch.errors import ConfigError, PlanError
-from hpcorch.job import load_job
+from hpcorch.spec.job import load_job
 from hpcorch.plan import make_plan, summarize
-from hpcorch.profile import load_profile
+from hpcorch.spec.profile import load_profile
 
 JOBS = ["gpt-tiny", "gpt2-124m", "gpt-1.3b"]
 
@@ -69,7 +69,7 @@ def test_job_errors_name_key(tmp_path, text, key, expected):
 
 
 def test_yaml_reads_slurm_times_and_floats_as_meant():
-    from hpcorch.schema import parse_yaml
+    from hpcorch.spec.schema import parse_yaml
 
     data = parse_yaml("t: 2:00:00\nu: 1-00:00:00\nlr: 3e-4\nn: 12\nf: 0.5\nh: 0x10\ns: .\nv: 1.2.3")
     assert data == {"t": "2:00:00", "u": "1-00:00:00", "lr": 3e-4, "n": 12, "f": 0.5, "h": 16,

@@ -3,9 +3,9 @@ import subprocess
 
 import pytest
 
-from hpcorch import units
+from hpcorch.spec import units
 from hpcorch.errors import ConfigError
-from hpcorch.profile import list_profiles, load_profile
+from hpcorch.spec.profile import list_profiles, load_profile
 
 
 def test_shipped_profiles_load():

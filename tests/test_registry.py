@@ -5,9 +5,9 @@ import sys
 import pytest
 
 from hpcorch.errors import HpcorchError
-from hpcorch.job import RequeuePolicy
+from hpcorch.spec.job import RequeuePolicy
 from hpcorch.registry import Registry
-from hpcorch.task import NotRequeued, RestartBudget
+from hpcorch.submit.task import NotRequeued, RestartBudget
 
 WRITER = """
 import sys

@@ -5,9 +5,9 @@ import subprocess
 import pytest
 
 from hpcorch.errors import ConfigError, PlanError, RenderError
-from hpcorch.job import load_job
+from hpcorch.spec.job import load_job
 from hpcorch.plan import make_plan
-from hpcorch.profile import list_profiles, load_profile
+from hpcorch.spec.profile import list_profiles, load_profile
 from hpcorch.render import render_sbatch
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")

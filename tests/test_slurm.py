@@ -3,11 +3,11 @@ import re
 
 import pytest
 
-from hpcorch.job import load_job
+from hpcorch.spec.job import load_job
 from hpcorch.plan import make_plan
-from hpcorch.profile import load_profile
+from hpcorch.spec.profile import load_profile
 from hpcorch.render import render_sbatch
-from hpcorch.slurmconf import topology_conf
+from hpcorch.cluster.slurmconf import topology_conf
 from slurmhelp import Jobs, script, wait_for_file
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
@@ -28,7 +28,7 @@ def test_shipped_jobs_pass_test_only(repo, slurm, tmp_path, job):
 
 
 def test_test_only_rejects_what_does_not_fit(slurm):
-    from hpcorch.slurm import SlurmError
+    from hpcorch.cluster.slurm import SlurmError
 
     with pytest.raises(SlurmError, match="rejected"):
         slurm.test_only(script("true", "--nodes=5", "--time=1"))
@@ -74,7 +74,7 @@ def test_requeue_after_node_down(slurm, jobs, tmp_path):
 
 
 def _expand(hostlist):
-    from hpcorch.units import expand_hostlist
+    from hpcorch.spec.units import expand_hostlist
 
     return expand_hostlist(hostlist)
 

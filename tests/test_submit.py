@@ -118,7 +118,7 @@ def test_preemption_requeues_and_resumes_exactly(ctx, tmp_path, reference):
 
 
 def test_node_down_requeues_and_completes_elsewhere(ctx, tmp_path, reference):
-    from hpcorch.units import expand_hostlist
+    from hpcorch.spec.units import expand_hostlist
 
     run = tmp_path / "run"
     job = ctx.submit(run)
@@ -155,7 +155,7 @@ def test_time_limit_checkpoints_and_requeues(ctx, tmp_path):
 
 
 def test_failed_job_resumes_without_the_failed_node(ctx, tmp_path, reference):
-    from hpcorch.units import expand_hostlist
+    from hpcorch.spec.units import expand_hostlist
 
     run = tmp_path / "run"
     job = ctx.submit(run, "requeue.enabled=false")

@@ -43,7 +43,7 @@ def test_signal_stop_and_resume_is_exact(baseline, tmp_path, sig):
 
 
 def _expected_samples(steps, global_batch=8):
-    from hpcorch.job import load_job
+    from hpcorch.spec.job import load_job
     from hpcorch.train.data import DataSource
     from trainhelp import REPO, TINY
 

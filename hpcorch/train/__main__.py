@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from ..errors import HpcorchError
-    from ..job import load_job
+    from ..spec.job import load_job
     from .checkpoint import CheckpointError
     from .distributed import init_distributed, shutdown
     from .loop import Trainer

@@ -31,7 +31,7 @@ def _from_slurm() -> None:
     env["WORLD_SIZE"] = env["SLURM_NTASKS"]
     env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
     if "MASTER_ADDR" not in env:
-        from ..units import expand_hostlist
+        from ..spec.units import expand_hostlist
 
         env["MASTER_ADDR"] = expand_hostlist(env["SLURM_JOB_NODELIST"])[0]
     # A port derived from the job id: the same on every node, different between jobs.

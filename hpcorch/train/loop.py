@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
-from ..job import JobSpec
+from ..spec.job import JobSpec
 from .checkpoint import Checkpointer, CheckpointError
 from .data import DataSource
 from .distributed import DistEnv

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .config import GPTConfig
+from ..spec.model import GPTConfig
 
 
 class CausalSelfAttention(nn.Module):

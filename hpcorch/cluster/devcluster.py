@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HpcorchError
-from .profile import ClusterProfile, load_profile
+from ..errors import HpcorchError
+from ..spec.profile import ClusterProfile, load_profile
 from .slurm import Slurm
 from .slurmconf import LocalCluster, write_configs
 

@@ -33,7 +33,7 @@ class TrainTask:
     def __call__(self) -> dict:
         import submitit
 
-        from .job import load_job
+        from ..spec.job import load_job
 
         job = load_job(self.job_file)
         env = submitit.helpers.TorchDistributedEnvironment()
@@ -50,8 +50,8 @@ class TrainTask:
     def _train(self, job) -> tuple[int, int]:
         import signal
 
-        from .train.distributed import init_distributed, shutdown
-        from .train.loop import StopPolicy, Trainer
+        from ..train.distributed import init_distributed, shutdown
+        from ..train.loop import StopPolicy, Trainer
 
         dist_env = init_distributed(job.trainer.collective_timeout_s)
         trainer = Trainer(job, Path(self.run_dir), dist_env, peak_tflops=self.peak_tflops,
@@ -81,7 +81,7 @@ class TrainTask:
         if refusal:
             budget.note_refusal(refusal)
             raise NotRequeued(refusal)
-        from .slurm import Slurm
+        from ..cluster.slurm import Slurm
 
         Slurm().run("scontrol", "requeue", job_id)
         # The requeue is registered: leaving now (without a result) lets Slurm end the other
@@ -104,7 +104,7 @@ def resolve_address(host: str) -> str:
         return host
     except OSError:
         pass
-    from .slurm import Slurm
+    from ..cluster.slurm import Slurm
 
     address = Slurm().show("node", host).get("NodeAddr")
     if not address:
@@ -114,8 +114,8 @@ def resolve_address(host: str) -> str:
 
 def near_time_limit(job_id: str, lead_s: int) -> bool:
     """Whether the signal came because the time limit is near (rather than preemption)."""
-    from .slurm import Slurm
-    from .units import parse_time
+    from ..cluster.slurm import Slurm
+    from ..spec.units import parse_time
 
     out = Slurm().run("squeue", "-h", "-j", job_id, "-o", "%L", check=False).strip()
 

@@ -9,7 +9,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from .errors import HpcorchError
+from ..errors import HpcorchError
 
 # States after which a job runs no more (unless requeued by hand).
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",

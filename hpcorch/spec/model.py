@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..schema import Invalid, check_positive
+from .schema import Invalid, check_positive
 
 
 @dataclass(frozen=True)

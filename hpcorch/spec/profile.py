@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Literal
 
 from . import units
-from .errors import ConfigError
+from ..errors import ConfigError
 from .schema import ENV_NAME_RE, Invalid, build, check_name, check_positive, read_yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO_ROOT / "cluster_profiles"
 DEFAULT_PROFILE = "local"
 

@@ -12,8 +12,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from .profile import ClusterProfile
-from .units import compress_hostlist, format_time
+from ..spec.profile import ClusterProfile
+from ..spec.units import compress_hostlist, format_time
 
 
 @dataclass

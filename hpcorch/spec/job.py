@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 from . import units
-from .errors import ConfigError
+from ..errors import ConfigError
 from .profile import check_constraint, check_env_names
 from .schema import Invalid, build, check_name, check_positive, read_yaml, set_dotted
-from .train.config import GPTConfig
+from .model import GPTConfig
 
 
 @dataclass

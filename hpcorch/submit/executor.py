@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HpcorchError
-from .plan import Plan
-from .registry import Entry, Registry
-from .run import write_resolved_job
+from ..errors import HpcorchError
+from ..plan import Plan
+from ..registry import Entry, Registry
+from ..run import write_resolved_job
 from .task import TrainTask
 
 

@@ -1,0 +1,161 @@
+"""How a run stops and comes back: the one statement of the stop/requeue protocol.
+
+1. **Signal.** The scheduler, or the user, signals every rank. The job's ``requeue.signal``
+   (USR2 by default, sent ``signal_lead_s`` before the time limit or on preemption) means "you
+   will be stopped; come back". SIGTERM and SIGINT mean "cancel". (:func:`stop_signals`)
+2. **Flag.** The rank's handler only records the signal; it never acts inside the handler.
+   (``hpcorch.train.stop.StopAgreement``)
+3. **Agreement at a step boundary.** The flag rides on the step's loss all-reduce, so every
+   rank learns of a signal any rank got at the same step; then the ranks agree on which one.
+4. **Checkpoint.** Every rank writes its part; rank 0 commits. Nothing of the step is lost.
+5. **Decision.** :func:`classify` names the cause (time left decides timeout versus
+   preemption) and :func:`decide`, a pure function of cause x budget x scheduler x rank, says
+   what to do: requeue, stop, refuse (the cause's budget is spent), or follow rank 0.
+6. **Action per scheduler.** :func:`carry_out`: on Slurm rank 0 runs ``scontrol requeue`` and
+   leaves (Slurm ends the other ranks and queues the job); under submitit's local controller
+   rank 0 exits :data:`LOCAL_REQUEUE` and the controller starts every task again; under
+   ``hpcorch train`` the launcher exits :data:`CHECKPOINTED` and the user runs it again.
+
+A node failure sends no signal: Slurm requeues the job itself, and the next attempt counts it
+(:func:`unplanned_restart`) against ``max_node_failures`` before it trains.
+
+Budgets are counted in the run directory (``restarts.json``), so they survive every restart.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import signal
+from dataclasses import dataclass
+from typing import Callable
+
+from .rundir import RunDir, atomic_write
+
+# Exit codes, named once.
+DONE = 0
+CLEAR_ERROR = 2        # a one-line error was printed (config, checkpoint, busy run directory)
+CHECKPOINTED = 3       # every rank checkpointed on a signal: start the same command again
+LOCAL_REQUEUE = 144    # submitit's local controller starts every task again on this code
+
+SCHEDULERS = ("slurm", "local", "process")  # process: `hpcorch train`, no scheduler
+
+
+class Cause(str, enum.Enum):
+    PREEMPTION = "preemption"
+    TIMEOUT = "timeout"
+    NODE_FAILURE = "node_failure"
+    CANCEL = "cancel"
+
+
+class Action(str, enum.Enum):
+    REQUEUE = "requeue"   # come back (a node failure: carry on with this attempt)
+    STOP = "stop"         # checkpoint committed; nothing restarts the job
+    REFUSE = "refuse"     # the cause's budget is spent: stop, and say why
+    FOLLOW = "follow"     # not rank 0: do what rank 0's action brings about
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+
+
+def stop_signals(scheduler: str, policy) -> tuple[int, ...]:
+    """The signals that stop training at the next step boundary."""
+    if scheduler == "process":
+        return (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+    return (policy.signum, signal.SIGTERM, signal.SIGINT)
+
+
+def classify(signum: int, policy, time_left_s: int | None) -> Cause:
+    """Why the ranks were signalled: a cancel, or (for the requeue signal) the time limit when
+    little time is left, else preemption."""
+    if signum != policy.signum:
+        return Cause.CANCEL
+    if time_left_s is not None and time_left_s <= policy.signal_lead_s + 60:
+        return Cause.TIMEOUT
+    return Cause.PREEMPTION
+
+
+def budget_limit(policy, cause: Cause) -> int:
+    return {Cause.PREEMPTION: policy.max_preemptions, Cause.TIMEOUT: policy.max_timeouts,
+            Cause.NODE_FAILURE: policy.max_node_failures}[cause]
+
+
+def decide(cause: Cause, spent: dict[str, int], policy, scheduler: str, rank: int) -> Decision:
+    """What a rank does after the signal's checkpoint (or, for a node failure, at start-up)."""
+    if scheduler == "process":
+        return Decision(Action.STOP, "checkpointed; run the same command again to resume")
+    if rank != 0:
+        return Decision(Action.FOLLOW, "rank 0 decides")
+    if cause is Cause.CANCEL:
+        return Decision(Action.STOP, "cancelled; checkpoint committed")
+    if not policy.enabled:
+        return Decision(Action.STOP, "requeue.enabled is false; checkpoint committed, not requeued")
+    limit, used = budget_limit(policy, cause), spent.get(cause.value, 0)
+    if used >= limit:
+        return Decision(Action.REFUSE, f"{cause.value} budget spent ({used} of {limit}); "
+                                       "checkpoint committed, not requeued")
+    return Decision(Action.REQUEUE, f"{cause.value} {used + 1} of {limit}")
+
+
+def unplanned_restart(restart_count: int, spent: dict[str, int]) -> bool:
+    """Whether Slurm restarted the job more often than our own requeues explain (a node
+    failure: Slurm requeued it without a signal of ours)."""
+    planned = sum(spent.get(c.value, 0) for c in (Cause.PREEMPTION, Cause.TIMEOUT, Cause.NODE_FAILURE))
+    return restart_count > planned
+
+
+class RestartBudget:
+    """Requeues spent per cause and the last refusal, in ``restarts.json``."""
+
+    EMPTY = {"preemption": 0, "timeout": 0, "node_failure": 0, "refused": ""}
+
+    def __init__(self, run: RunDir):
+        self.path = run.restarts_file
+
+    def load(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return dict(self.EMPTY)
+        return {**self.EMPTY, **data}
+
+    def _save(self, data: dict) -> None:
+        atomic_write(self.path, json.dumps(data))
+
+    def record(self, cause: Cause, decision: Decision) -> None:
+        """Count a granted requeue, or note a refusal (``hpcorch status`` shows it)."""
+        data = self.load()
+        if decision.action is Action.REQUEUE:
+            data[cause.value] += 1
+            data["refused"] = ""
+        elif decision.action is Action.REFUSE:
+            data["refused"] = decision.reason
+        else:
+            return
+        self._save(data)
+
+    def refused(self) -> str:
+        return self.load().get("refused", "")
+
+
+class NotRequeued(RuntimeError):
+    """The run checkpointed and ends here; the message says why."""
+
+
+def carry_out(decision: Decision, scheduler: str, requeue_on_slurm: Callable[[], None],
+              exit_now: Callable[[int], None], wait_to_be_ended: Callable[[], None]) -> None:
+    """Do what ``decision`` says on ``scheduler``. The effects are passed in (the caller owns
+    the Slurm client and the process), so this statement stays free of both."""
+    action = decision.action
+    if action in (Action.STOP, Action.REFUSE):
+        raise NotRequeued(decision.reason)
+    if scheduler == "local":
+        # The controller restarts every task if any exits LOCAL_REQUEUE: only rank 0 may.
+        exit_now(LOCAL_REQUEUE if action is Action.REQUEUE else CHECKPOINTED)
+    elif action is Action.REQUEUE:
+        requeue_on_slurm()
+        exit_now(CHECKPOINTED)  # the requeue is registered: Slurm ends the others and queues the job
+    else:
+        wait_to_be_ended()      # rank 0 requeues or fails; srun --kill-on-bad-exit ends us

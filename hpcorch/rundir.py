@@ -1,0 +1,272 @@
+"""The run directory: the one owner of every file and folder of a run.
+
+Like submitit's ``JobPaths``, :class:`RunDir` names every path; nothing else in hpcorch joins a
+file name onto a run directory. It also offers the reads ``hpcorch status`` needs (progress,
+last metrics, restart budgets, committed checkpoints, the lease) without importing torch, and
+:func:`atomic_write` is the one way any of its files is written.
+
+Layout (``R`` the run directory)::
+
+    R/job.yaml               the resolved job every rank and every restart reads
+    R/lease.json             which job (and attempt) may write here now; see :class:`Lease`
+    R/checkpoints/step_NNNNNNNNN/   (or the job's trainer.checkpoint.dir)
+    R/metrics.jsonl          one line per step (rank 0)
+    R/events.jsonl           process starts, first steps, signals, committed checkpoints
+    R/progress.json          furthest step, restarts, steps recomputed (rewritten every step)
+    R/restarts.json          requeues spent per cause, and the last refusal
+    R/summary.json           written once the run completes
+    R/logs/%j.out|err        the batch script's own output; logs/controller.log (local)
+    R/submitit/%j/           submitit's pickles and per-rank logs (submitit's JobPaths names)
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Callable
+
+from .errors import HpcorchError
+
+COMMIT_MARKER = "COMMITTED"
+_STEP_PREFIX = "step_"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes | str, durable: bool = True,
+                 fault: Callable[[IO[bytes], bytes], None] | None = None) -> None:
+    """Write ``data`` to ``path`` so that a crash at any moment leaves the old file or the new
+    one, never a part: a temporary file, fsync, rename, fsync of the directory.
+
+    ``durable=False`` skips both fsyncs, for files rewritten at every step whose loss on a
+    power cut costs nothing (a process crash never loses them). ``fault`` is a test hook that
+    may act on the half-written temporary file (see ``hpcorch.train.faults``).
+    """
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        if fault is not None:
+            fault(f, raw)
+        f.write(raw)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from ``path``; {} if it is missing or unreadable."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def last_json_line(path: Path, max_bytes: int = 65536) -> dict:
+    """The last JSON line of a file, reading only its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            lines = f.read().splitlines()
+        return json.loads(lines[-1]) if lines else {}
+    except (OSError, ValueError):
+        return {}
+
+
+class CheckpointLayout:
+    """Names inside a checkpoint root: one ``step_NNNNNNNNN`` folder per step, complete only
+    when it holds the ``COMMITTED`` marker (written last)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def step_dir(self, step: int) -> Path:
+        return self.root / f"{_STEP_PREFIX}{step:09d}"
+
+    @staticmethod
+    def step_of(folder: Path) -> int | None:
+        name = folder.name
+        if not name.startswith(_STEP_PREFIX):
+            return None
+        try:
+            return int(name[len(_STEP_PREFIX):])
+        except ValueError:
+            return None
+
+    def step_dirs(self) -> dict[int, Path]:
+        found = {}
+        for d in self.root.glob(f"{_STEP_PREFIX}*"):
+            step = self.step_of(d)
+            if step is not None:
+                found[step] = d
+        return found
+
+    def committed_steps(self) -> list[int]:
+        """Steps whose folder holds the commit marker, oldest first."""
+        return sorted(s for s, d in self.step_dirs().items() if (d / COMMIT_MARKER).exists())
+
+
+@dataclass
+class Lease:
+    """Who may write into a run directory now.
+
+    A file, not a lock held by a process, so it survives the node failure that ends its holder:
+    whether the holder is still alive is decided by asking its scheduler (Slurm's view of the
+    job, or the local process table), never by the file's age.
+    """
+
+    scheduler: str          # "slurm", "local" (submitit's local controller) or "process" (hpcorch train)
+    job_id: str             # Slurm job id, or the controller's / launcher's pid
+    attempt: int = 0        # SLURM_RESTART_COUNT of the attempt that last claimed it
+    host: str = field(default_factory=socket.gethostname)
+    started: float = 0.0    # the holder process's start time (guards against pid reuse)
+    slurm_conf: str | None = None  # which cluster to ask
+    claimed: float = field(default_factory=time.time)
+
+    def names(self) -> str:
+        kind = {"slurm": "Slurm job", "local": "local job", "process": "hpcorch train process"}
+        return f"{kind.get(self.scheduler, self.scheduler)} {self.job_id}"
+
+
+class RunDirBusy(HpcorchError):
+    """Another live job or process holds the run directory's lease."""
+
+
+class RunDir:
+    """Every path of one run, and the reads that observe it without torch."""
+
+    def __init__(self, root: str | os.PathLike, checkpoint_dir: str | os.PathLike | None = None):
+        self.root = Path(root).expanduser().absolute()
+        self.checkpoints = Path(checkpoint_dir).expanduser().absolute() if checkpoint_dir \
+            else self.root / "checkpoints"
+
+    @classmethod
+    def for_job(cls, root: str | os.PathLike, job) -> "RunDir":
+        """The run directory of ``job`` (a JobSpec): honours ``trainer.checkpoint.dir``."""
+        return cls(root, job.trainer.checkpoint.dir)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> "RunDir":
+        """An existing run directory, its checkpoint folder read from its resolved job."""
+        from .spec.job import load_job
+
+        run = cls(root)
+        if run.job_file.exists():
+            try:
+                return cls.for_job(root, load_job(run.job_file))
+            except HpcorchError:
+                pass  # a job file we cannot read still leaves the other files readable
+        return run
+
+    # ----- names ---------------------------------------------------------------------------
+    job_file = property(lambda self: self.root / "job.yaml")
+    lease_file = property(lambda self: self.root / "lease.json")
+    metrics = property(lambda self: self.root / "metrics.jsonl")
+    events = property(lambda self: self.root / "events.jsonl")
+    progress_file = property(lambda self: self.root / "progress.json")
+    restarts_file = property(lambda self: self.root / "restarts.json")
+    summary_file = property(lambda self: self.root / "summary.json")
+    logs = property(lambda self: self.root / "logs")
+    controller_log = property(lambda self: self.root / "logs" / "controller.log")
+
+    def batch_log(self, stream: str = "out", job_id: str = "%j") -> Path:
+        """The batch script's own stdout/stderr (``#SBATCH --output``; ``%j`` for Slurm)."""
+        return self.logs / f"{job_id}.{stream}"
+
+    @property
+    def submitit_folder(self) -> str:
+        """submitit's folder per job, as a pattern (``%j``: the job id)."""
+        return f"{self.root}/submitit/%j"
+
+    def rank_log_pattern(self, stream: str = "out") -> str:
+        """The per-rank log as srun's ``--output`` pattern. submitit's ``JobPaths`` spells
+        the same name (a test checks that they agree); this copy keeps dry runs free of
+        importing submitit."""
+        return f"{self.submitit_folder}/%j_%t_log.{stream}"
+
+    def rank_log(self, job_id: str, rank: int = 0, stream: str = "out") -> Path:
+        """Rank ``rank``'s log of job ``job_id``, named by submitit's own ``JobPaths``."""
+        from submitit.core.utils import JobPaths
+
+        paths = JobPaths(self.submitit_folder, job_id=job_id, task_id=rank)
+        return paths.stdout if stream == "out" else paths.stderr
+
+    @property
+    def checkpoint_layout(self) -> CheckpointLayout:
+        return CheckpointLayout(self.checkpoints)
+
+    # ----- writes --------------------------------------------------------------------------
+    def create(self) -> "RunDir":
+        """Make the folders a run writes into."""
+        for folder in (self.root, self.logs):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write_job(self, job) -> Path:
+        """``job.yaml``: the job exactly as validated (overrides applied)."""
+        import yaml
+
+        from .spec.schema import to_dict
+
+        self.create()
+        atomic_write(self.job_file, yaml.safe_dump(to_dict(job), sort_keys=False))
+        return self.job_file
+
+    def append_event(self, name: str, **fields) -> None:
+        """Append a timestamped event (``time`` may be given: when it really happened)."""
+        record = {"event": name, "time": time.time(), **fields}
+        with open(self.events, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ----- reads (no torch) ----------------------------------------------------------------
+    def progress(self) -> dict:
+        return read_json(self.progress_file)
+
+    def last_metrics(self) -> dict:
+        return last_json_line(self.metrics)
+
+    def restarts(self) -> dict:
+        return read_json(self.restarts_file)
+
+    def summary(self) -> dict:
+        return read_json(self.summary_file)
+
+    def latest_checkpoint(self) -> int | None:
+        steps = self.checkpoint_layout.committed_steps()
+        return steps[-1] if steps else None
+
+    # ----- the lease -----------------------------------------------------------------------
+    def lease(self) -> Lease | None:
+        data = read_json(self.lease_file)
+        try:
+            return Lease(**data) if data else None
+        except TypeError:
+            return None
+
+    def claim(self, lease: Lease, is_live: Callable[[Lease], bool]) -> None:
+        """Take the lease for ``lease``'s holder, unless another holder that ``is_live`` says
+        is still alive has it: then raise :class:`RunDirBusy`. The same holder (a requeued
+        attempt of the same job) renews it."""
+        current = self.lease()
+        if current and (current.scheduler, current.job_id) != (lease.scheduler, lease.job_id) \
+                and is_live(current):
+            raise RunDirBusy(f"run directory {self.root} is in use by {current.names()} "
+                             f"(on {current.host}); it restarts by itself if it was requeued. "
+                             f"Cancel it first, or use another --run-dir")
+        self.create()
+        atomic_write(self.lease_file, json.dumps(asdict(lease)))
