@@ -124,7 +124,7 @@ def preemption(plan, script, slurm, tmp) -> None:
     deadline = time.monotonic() + 300
     while slurm.state(entry.job_id) != "COMPLETED" and time.monotonic() < deadline:
         if slurm.state(entry.job_id) == "PENDING":
-            slurm.start_now(entry.job_id)
+            slurm.update_job(entry.job_id, StartTime="now")
         time.sleep(0.5)
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     signal_t = next(e["time"] for e in events if e["event"] == "signal")

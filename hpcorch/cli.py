@@ -16,7 +16,15 @@ PROFILE_HELP = "Cluster profile: a name under cluster_profiles/ or a path to a Y
 
 
 class HpcorchGroup(click.Group):
-    """Prints hpcorch's errors as one line on stderr and exits 2, without a traceback."""
+    """Prints hpcorch's errors as one line on stderr and exits 2, without a traceback, and lists
+    commands in the order of the workflow rather than the alphabet."""
+
+    ORDER = ("plan", "render", "submit", "train", "ls", "status", "logs", "cancel", "resume",
+             "profile", "devcluster")
+
+    def list_commands(self, ctx):
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: self.ORDER.index(n) if n in self.ORDER else len(self.ORDER))
 
     def invoke(self, ctx):
         try:
@@ -36,97 +44,124 @@ def job_options(func):
     return func
 
 
+def profile_option(func):
+    return click.option("--profile", "-p", "profile_name", default="local", show_default=True,
+                        help=PROFILE_HELP)(func)
+
+
+def template_option(func):
+    return click.option("--template-dir", type=click.Path(file_okay=False),
+                        help="Your own template folder; hpcorch's templates are the fallback.")(func)
+
+
 @click.group(cls=HpcorchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hpcorch")
-def main():
+@click.option("-v", "--verbose", count=True,
+              help="More detail: -v shows hpcorch's and submitit's progress lines, -vv debug output.")
+@click.pass_context
+def main(ctx, verbose):
     """Train Transformer language models on Slurm clusters: describe the cluster and the job
     once, see exactly what will be submitted, submit, and resume after any interruption."""
+    ctx.obj = {"verbose": verbose}
+    _setup_logging(verbose)
 
 
-def _plan(job_path, profile_name, overrides, run_dir):
-    from .spec.job import load_job
-    from .plan import make_plan
-    from .spec.profile import load_profile
+def _setup_logging(verbose: int) -> None:
+    """Warnings only by default; -v: hpcorch's and submitit's INFO lines; -vv: DEBUG."""
+    import logging
 
-    profile = load_profile(profile_name)
-    job = load_job(job_path, overrides)
-    return make_plan(job, profile, run_dir=run_dir, source=str(job_path))
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("submitit").setLevel(level)
+
+
+def _verbose() -> bool:
+    ctx = click.get_current_context()
+    return bool((ctx.find_root().obj or {}).get("verbose"))
+
+
+def _echo(text: str) -> None:
+    click.echo(text, nl=False)
 
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("--profile", "-p", "profile_name", default="local", show_default=True, help=PROFILE_HELP)
+@profile_option
 @click.option("--dry-run", is_flag=True, help="Print the exact sbatch script and submit nothing.")
-@click.option("--template-dir", type=click.Path(file_okay=False),
-              help="Your own template folder; hpcorch's templates are the fallback.")
+@click.option("--check", is_flag=True,
+              help="Ask the live cluster whether it would accept the job (sbatch --test-only); submit nothing.")
+@template_option
 @click.option("--wait/--no-wait", default=None,
               help="Follow rank 0's log until the job ends [default: wait for local, not for Slurm].")
 @job_options
-def submit(job, profile_name, dry_run, template_dir, wait, overrides, run_dir):
+def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run_dir):
     """Submit JOB (a job YAML file) to the cluster of --profile.
 
     With the default `local` profile the job runs here through submitit's local executor, with
     the same checkpoint and requeue behaviour as on Slurm.
     """
-    from .render import render_sbatch
+    from . import service
 
-    plan = _plan(job, profile_name, overrides, run_dir)
-    script = render_sbatch(plan, template_dir)
+    plan = service.plan(job, profile_name, overrides, run_dir)
+    script = service.render(plan, template_dir)
     if dry_run:
         click.echo(script, nl=False)
         return
-    from .submit.executor import submit_plan
-
-    _report(submit_plan(plan, script, profile_name), wait)
+    if check:
+        click.echo(service.check(plan, script))
+        return
+    _report(service.submit(plan, script), wait)
 
 
 def _report(submission, wait) -> None:
     """Say what was submitted; then, if asked (by default for local jobs), follow it to the end."""
+    from . import service
+
+    entry = submission.entry
     click.echo(submission.describe(), err=True)
-    if wait if wait is not None else submission.entry.scheduler == "local":
-        sys.exit(_follow_to_end(submission.entry))
-
-
-def _follow_to_end(entry) -> int:
-    """Stream rank 0's log until the job ends; exit status 0 only if it completed."""
-    from .status import has_ended, progress, states
-    from .submit.executor import follow, rank_log
-
-    follow(rank_log(entry), lambda: has_ended(entry), lambda text: click.echo(text, nl=False))
-    state = states([entry])[entry.key]
-    click.echo(f"job {entry.job_id}: {state}; {json.dumps(progress(entry))}", err=True)
-    return 0 if state == "COMPLETED" else 1
+    if wait if wait is not None else entry.scheduler == "local":
+        state = service.wait(entry, _echo, show_submitit=_verbose())
+        info = service.status(str(entry.key))
+        click.echo(f"job {entry.job_id}: {state}; step {info['step']}, latest checkpoint "
+                   f"{info['latest_checkpoint']}, loss {info['loss']}", err=True)
+        sys.exit(0 if state == "COMPLETED" else 1)
 
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("--profile", "-p", "profile_name", default="local", show_default=True, help=PROFILE_HELP)
-@click.option("--template-dir", type=click.Path(file_okay=False),
-              help="Your own template folder; hpcorch's templates are the fallback.")
+@profile_option
+@template_option
 @job_options
 @click.pass_context
 def render(ctx, job, profile_name, template_dir, overrides, run_dir):
     """Print the sbatch script for JOB (the same as submit --dry-run)."""
-    ctx.invoke(submit, job=job, profile_name=profile_name, dry_run=True,
+    ctx.invoke(submit, job=job, profile_name=profile_name, dry_run=True, check=False,
                template_dir=template_dir, overrides=overrides, run_dir=run_dir)
 
 
 @main.command()
 @click.argument("job", type=click.Path(dir_okay=False))
-@click.option("--profile", "-p", "profile_name", default="local", show_default=True, help=PROFILE_HELP)
+@profile_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @job_options
 def plan(job, profile_name, as_json, overrides, run_dir):
     """Check that JOB fits the profile and show what it will use."""
+    from . import service
     from .plan import summarize
 
-    summary = summarize(_plan(job, profile_name, overrides, run_dir))
+    summary = summarize(service.plan(job, profile_name, overrides, run_dir))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        width = max(map(len, summary))
-        for key, value in summary.items():
-            click.echo(f"{key:<{width}}  {value}")
+        _table(summary)
+
+
+def _table(info: dict) -> None:
+    width = max(map(len, info))
+    for key, value in info.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        click.echo(f"{key:<{width}}  {'-' if value is None else value}")
 
 
 @main.command()
@@ -142,36 +177,21 @@ def train(job, nproc, resume_step, peak_tflops, overrides, run_dir):
     SIGTERM, SIGINT (Ctrl-C) or SIGUSR2 make every rank checkpoint at the next step boundary
     and exit with status 3. Running the same command again resumes from the latest checkpoint.
     """
-    from .run import prepare_run_dir
+    from . import protocol, service
 
-    job_spec, job_file, run_path = prepare_run_dir(job, overrides, run_dir, nproc=nproc)
-    from .train.launch import launch_local
-
-    extra = (["--resume-step", str(resume_step)] if resume_step is not None else []) + \
-        (["--peak-tflops", str(peak_tflops)] if peak_tflops else [])
-    code = launch_local(job_file, run_path, job_spec.resources.tasks_per_node, extra)
-    if code == 3:
+    code, run_path = service.train(job, nproc, overrides, run_dir, resume_step, peak_tflops)
+    if code == protocol.CHECKPOINTED:
         click.echo(f"checkpointed; run the same command again to resume ({run_path})", err=True)
     sys.exit(code)
-
-
-def _entry(ref):
-    from .registry import Registry
-
-    return Registry().get(ref)
 
 
 @main.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_jobs(as_json):
     """List submitted jobs with their states (one batched squeue/sacct call)."""
-    from .registry import Registry
-    from .status import states
+    from . import service
 
-    entries = Registry().all()
-    current = states(entries)
-    rows = [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": current[e.key],
-             "run_dir": e.run_dir} for e in entries]
+    rows = service.jobs()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -186,16 +206,13 @@ def list_jobs(as_json):
 def status(ref, as_json):
     """State, restarts, latest checkpoint, last loss and tokens/s of job REF
     (a registry number, Slurm job id, job name or run directory)."""
-    from .status import progress, states
+    from . import service
 
-    entry = _entry(ref)
-    info = {"key": entry.key, "job_id": entry.job_id, "name": entry.name, "state": states([entry])[entry.key],
-            **progress(entry), "run_dir": entry.run_dir}
+    info = service.status(ref)
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
-        for key, value in info.items():
-            click.echo(f"{key:<18} {value}")
+        _table(info)
 
 
 @main.command()
@@ -205,35 +222,18 @@ def status(ref, as_json):
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing until the job ends.")
 def logs(ref, rank, stream, follow_):
     """Print a rank's log of job REF."""
-    from .status import has_ended
-    from .submit.executor import follow, rank_log
+    from . import service
 
-    entry = _entry(ref)
-    path = rank_log(entry, rank, stream)
-    if not path.exists() and not follow_:
-        raise HpcorchError(f"no log yet at {path}")
-    done = (lambda: has_ended(entry)) if follow_ else (lambda: True)
-    follow(path, done, lambda text: click.echo(text, nl=False))
+    service.logs(ref, _echo, rank=rank, stream=stream, follow=follow_, show_submitit=_verbose())
 
 
 @main.command()
 @click.argument("ref")
 def cancel(ref):
     """Cancel job REF. Its ranks get SIGTERM and checkpoint first; `hpcorch resume` continues it."""
-    import os
-    import signal
+    from . import service
 
-    from .cluster.slurm import Slurm
-
-    entry = _entry(ref)
-    if entry.scheduler == "slurm":
-        Slurm(env=entry.env).cancel(entry.job_id)
-    else:
-        try:
-            os.kill(int(entry.job_id), signal.SIGTERM)  # the local controller forwards it to every rank
-        except ProcessLookupError:
-            pass
-    click.echo(f"cancel sent to job {entry.job_id}")
+    click.echo(service.cancel(ref))
 
 
 @main.command()
@@ -242,9 +242,9 @@ def cancel(ref):
 @click.option("--wait/--no-wait", default=None, help="Follow rank 0's log until the job ends.")
 def resume(ref, exclude, wait):
     """Submit job REF again from its latest checkpoint, excluding nodes that failed under it."""
-    from .resume import resume_entry
+    from . import service
 
-    _report(resume_entry(_entry(ref), extra_exclude=exclude), wait)
+    _report(service.resume(ref, exclude=exclude), wait)
 
 
 @main.group()

@@ -8,11 +8,13 @@ from pathlib import Path
 
 from .spec import units
 from .errors import PlanError
+from .rundir import RunDir
 from .spec.job import JobSpec
 from .spec.profile import ClusterProfile, Partition
 
 # Run directories reach #SBATCH --output, where sbatch does its own word splitting: keep them plain.
 _PATH_RE = re.compile(r"^[A-Za-z0-9_./+@:,=-]+$")
+
 
 @dataclass
 class Plan:
@@ -30,6 +32,7 @@ class Plan:
     environment: dict[str, str]
     python: str = sys.executable
     source: str = "job"
+    profile_ref: str = ""  # the profile as the user named it (a name or a path), for resume
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -37,16 +40,16 @@ class Plan:
         return units.format_time(self.time_minutes * 60)
 
     @property
-    def submitit_folder(self) -> str:
-        """Where submitit keeps the pickled task, per-rank logs and results (``%j``: job id)."""
-        return f"{self.run_dir}/submitit/%j"
+    def run(self) -> RunDir:
+        """The run directory's owner: every file name the script and the ranks use."""
+        return RunDir.for_job(self.run_dir, self.job)
 
     @property
     def submitit_command(self) -> str:
         """The command submitit runs on each task (as its executor spells it)."""
         import shlex
 
-        return f"{shlex.quote(self.python)} -u -m submitit.core._submit {shlex.quote(self.submitit_folder)}"
+        return f"{shlex.quote(self.python)} -u -m submitit.core._submit {shlex.quote(self.run.submitit_folder)}"
 
     @property
     def world_size(self) -> int:

@@ -20,7 +20,8 @@ class PollTimeout(TimeoutError):
 def poll_until(check: Callable[[], T], timeout_s: float | None, interval_s: float = 0.5,
                backoff: float = 1.0, max_interval_s: float | None = None,
                what: str | Callable[[], str] = "condition") -> T:
-    """Call ``check`` until it returns a truthy value and return that value.
+    """Call ``check`` until it returns something other than None or False, and return it
+    (so a step number 0 counts as an answer).
 
     ``timeout_s`` None waits forever. On the deadline raise :class:`PollTimeout` naming
     ``what`` (a string, or a callable that describes the state seen so far).
@@ -29,7 +30,7 @@ def poll_until(check: Callable[[], T], timeout_s: float | None, interval_s: floa
     delay = interval_s
     while True:
         result = check()
-        if result:
+        if result is not None and result is not False:
             return result
         now = time.monotonic()
         if deadline is not None and now >= deadline:

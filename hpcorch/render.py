@@ -79,7 +79,7 @@ def render_sbatch(plan: Plan, template_dir: str | Path | None = None,
     env = environment(template_dir)
     try:
         tmpl = env.get_template(template)
-        text = tmpl.render(plan=plan, job=plan.job, res=plan.job.resources, profile=plan.profile,
+        text = tmpl.render(plan=plan, run=plan.run, job=plan.job, res=plan.job.resources, profile=plan.profile,
                            version=__version__, **extra)
     except jinja2.TemplateError as exc:
         raise RenderError(f"template {template}: {exc}") from None

@@ -258,15 +258,24 @@ class RunDir:
         except TypeError:
             return None
 
-    def claim(self, lease: Lease, is_live: Callable[[Lease], bool]) -> None:
-        """Take the lease for ``lease``'s holder, unless another holder that ``is_live`` says
-        is still alive has it: then raise :class:`RunDirBusy`. The same holder (a requeued
-        attempt of the same job) renews it."""
+    def ensure_free(self, lease: Lease, is_live: Callable[[Lease], bool]) -> None:
+        """Raise :class:`RunDirBusy` if another holder than ``lease``'s, one that ``is_live``
+        says still runs (or is requeued), holds the lease. The same holder (a requeued
+        attempt of the same job) may go on."""
         current = self.lease()
         if current and (current.scheduler, current.job_id) != (lease.scheduler, lease.job_id) \
                 and is_live(current):
-            raise RunDirBusy(f"run directory {self.root} is in use by {current.names()} "
-                             f"(on {current.host}); it restarts by itself if it was requeued. "
-                             f"Cancel it first, or use another --run-dir")
+            raise RunDirBusy(f"run directory {self.root} is in use by {current.names()} (on "
+                             f"{current.host}), which is running or will restart by itself; cancel it "
+                             f"first or use another --run-dir (if it is gone for good, remove "
+                             f"{self.lease_file})")
+
+    def take(self, lease: Lease) -> None:
+        """Record ``lease``'s holder as the one writer of this run directory."""
         self.create()
         atomic_write(self.lease_file, json.dumps(asdict(lease)))
+
+    def claim(self, lease: Lease, is_live: Callable[[Lease], bool]) -> None:
+        """:meth:`ensure_free`, then :meth:`take`."""
+        self.ensure_free(lease, is_live)
+        self.take(lease)

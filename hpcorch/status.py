@@ -1,12 +1,19 @@
-"""What a job is doing: scheduler state (batched over many jobs) and the run directory's progress."""
+"""Observe jobs: scheduler states (batched over many jobs), a run's progress from its run
+directory, whether a lease holder is alive, and following a log as it grows."""
 from __future__ import annotations
 
-import json
-import os
+import re
 from pathlib import Path
+from typing import Callable
 
-from .registry import Entry
 from .cluster.slurm import FINAL_STATES, Slurm, SlurmError
+from .poll import Backoff
+from .registry import Entry
+from .rundir import Lease, RunDir
+
+ENDED_STATES = FINAL_STATES | {"STOPPED"}  # STOPPED: a local job whose controller is gone
+# submitit's own bookkeeping lines in a rank's log ("submitit INFO (2026-...) - Job completed")
+_SUBMITIT_LINE = re.compile(r"^submitit (INFO|DEBUG) \(")
 
 
 def slurm_states(entries: list[Entry]) -> dict[str, str]:
@@ -33,63 +40,126 @@ def slurm_states(entries: list[Entry]) -> dict[str, str]:
     return states
 
 
-def local_state(entry: Entry) -> str:
+def process_alive(pid: int, started: float = 0.0) -> bool:
+    """Whether ``pid`` runs and (when ``started`` is known) is the same process that started
+    then, not a later one that reused the number."""
     import psutil
 
-    if psutil.pid_exists(int(entry.job_id)):
-        try:
-            if psutil.Process(int(entry.job_id)).status() != psutil.STATUS_ZOMBIE:
-                return "RUNNING"
-        except psutil.Error:
-            pass
-    if (Path(entry.run_dir) / "summary.json").exists():
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not started or abs(proc.create_time() - started) < 1.0
+    except psutil.Error:
+        return False
+
+
+def local_state(entry: Entry) -> str:
+    if process_alive(int(entry.job_id)):
+        return "RUNNING"
+    if RunDir.open(entry.run_dir).summary_file.exists():
         return "COMPLETED"
     return "STOPPED"
 
 
 def states(entries: list[Entry]) -> dict[int, str]:
+    """Each entry's current state, keyed by registry number."""
     slurm = slurm_states([e for e in entries if e.scheduler == "slurm"])
     return {e.key: slurm.get(e.job_id, "UNKNOWN") if e.scheduler == "slurm" else local_state(e)
             for e in entries}
 
 
+def base_state(state: str) -> str:
+    """``PENDING (BeginTime)`` -> ``PENDING``."""
+    return state.split()[0] if state else "UNKNOWN"
+
+
 def has_ended(entry: Entry) -> bool:
-    """Whether the job runs no more (a local job that stopped counts as ended)."""
-    return states([entry])[entry.key].split()[0] in FINAL_STATES | {"STOPPED"}
+    """Whether the job runs no more and nothing will restart it by itself."""
+    return base_state(states([entry])[entry.key]) in ENDED_STATES
 
 
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+def lease_is_live(lease: Lease) -> bool:
+    """Ask the holder's scheduler whether the job or process that holds a lease still runs (or
+    will run again: a requeued Slurm job is pending). A holder that cannot be asked (another
+    host's process, an unreachable cluster) counts as alive: never two writers."""
+    import socket
 
-
-def last_line(path: Path, max_bytes: int = 65536) -> dict:
-    """The last JSON line of a file, reading only its end."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            lines = f.read().splitlines()
-        return json.loads(lines[-1]) if lines else {}
-    except (OSError, ValueError):
-        return {}
+    if lease.scheduler == "slurm":
+        slurm = Slurm(env={"SLURM_CONF": lease.slurm_conf} if lease.slurm_conf else None)
+        try:
+            return base_state(slurm.state(lease.job_id)) not in FINAL_STATES | {"UNKNOWN"}
+        except SlurmError:
+            return True
+    if lease.host != socket.gethostname():
+        return True
+    return process_alive(int(lease.job_id), lease.started)
 
 
 def progress(entry: Entry) -> dict:
     """Restarts, latest committed checkpoint, last loss and throughput from the run directory."""
-    run = Path(entry.run_dir)
-    prog, metrics = _json(run / "progress.json"), last_line(run / "metrics.jsonl")
-    budget = _json(run / "restarts.json")
-    ckpts = sorted(p.parent.name for p in (run / "checkpoints").glob("step_*/COMMITTED"))
+    run = RunDir.open(entry.run_dir)
+    prog, metrics, budget = run.progress(), run.last_metrics(), run.restarts()
     return {
         "step": prog.get("step"),
         "restarts": prog.get("restarts", 0),
         "requeues": {k: budget.get(k, 0) for k in ("preemption", "timeout", "node_failure")},
-        "latest_checkpoint": int(ckpts[-1].split("_")[1]) if ckpts else None,
+        "latest_checkpoint": run.latest_checkpoint(),
         "loss": metrics.get("loss"),
         "tokens_per_s": metrics.get("tokens_per_s"),
         "note": budget.get("refused") or None,
     }
+
+
+def advice(entry: Entry, state: str) -> str | None:
+    """What the user should do next, if anything: ``resume`` only when the job has ended
+    without completing (nothing restarts it by itself)."""
+    base = base_state(state)
+    if base == "COMPLETED":
+        return None
+    if base in ENDED_STATES:
+        return f"hpcorch resume {entry.key}"
+    if base in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"):
+        return "none: Slurm starts it again by itself"
+    return None
+
+
+def follow(path: Path, done: Callable[[], bool], write: Callable[[str], None], poll_s: float = 0.5,
+           backoff: Backoff | None = None, show_submitit: bool = False) -> None:
+    """Pass ``path``'s text to ``write`` as it grows, until ``done()`` and the end is read.
+
+    The file is read every ``poll_s``; ``done`` (which asks the scheduler) only when
+    ``backoff`` says so, like submitit's watcher. submitit's INFO lines are left out unless
+    ``show_submitit``.
+    """
+    import time
+
+    backoff = backoff or Backoff()
+    offset, pending = 0, ""
+    while True:
+        finished = backoff.due() and done()
+        try:
+            with open(path, errors="replace") as f:
+                f.seek(offset)
+                chunk = f.read()
+                offset = f.tell()
+        except OSError:
+            chunk = ""
+        text, pending = _complete_lines(pending + chunk, flush=finished)
+        if text:
+            write(text if show_submitit else _without_submitit(text))
+        if finished:
+            return
+        time.sleep(poll_s)
+
+
+def _complete_lines(text: str, flush: bool) -> tuple[str, str]:
+    """Split off a trailing partial line (kept for the next read) unless flushing."""
+    if flush or text.endswith("\n"):
+        return text, ""
+    cut = text.rfind("\n") + 1
+    return text[:cut], text[cut:]
+
+
+def _without_submitit(text: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if not _SUBMITIT_LINE.match(line))

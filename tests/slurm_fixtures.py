@@ -33,9 +33,9 @@ def devcluster():
 @pytest.fixture
 def slurm(devcluster):
     """Slurm's commands aimed at the dev cluster; nodes are back to idle after each test."""
-    from hpcorch.cluster.slurm import Slurm
+    from slurmhelp import TestSlurm
 
-    s = Slurm(env={"SLURM_CONF": str(devcluster.etc / "slurm.conf")})
+    s = TestSlurm(env={"SLURM_CONF": str(devcluster.etc / "slurm.conf")})
     yield s
     for node in devcluster.profile.all_hosts():
         if s.node_state(node).rstrip("*~#") not in ("idle", "mixed", "allocated"):

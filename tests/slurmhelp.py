@@ -1,8 +1,44 @@
 """Helpers for tests on the dev cluster: scripts, job tracking, output files."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
+
+from hpcorch.cluster.slurm import Slurm
+from hpcorch.poll import poll_until
+
+
+class TestSlurm(Slurm):
+    """Slurm's commands plus the operations only tests perform (an operator's, not a user's)."""
+
+    __test__ = False  # not a pytest class
+
+    def start_now(self, job_id: str) -> None:
+        """A requeued job waits ~120 s (BeginTime); let it start at once."""
+        self.update_job(job_id, StartTime="now")
+
+    def set_node(self, node: str, state: str, reason: str = "hpcorch") -> None:
+        args = ["scontrol", "update", f"NodeName={node}", f"State={state}"]
+        if state.upper() in ("DOWN", "DRAIN"):
+            args.append(f"Reason={reason}")
+        self.run(*args)
+
+    def node_state(self, node: str) -> str:
+        out = self.run("sinfo", "-h", "-N", "-n", node, "-o", "%T")
+        return out.split()[0] if out.split() else "UNKNOWN"
+
+    def wait_for_accounting(self, job_id: str, state: str, timeout_s: float = 60.0) -> str:
+        """Wait until sacct (slurmdbd, which lags the controller) reports ``state``."""
+        got = {}
+
+        def reached():
+            got["state"] = self.sacct_states([job_id]).get(job_id, "UNKNOWN")
+            return got["state"] == state
+
+        try:
+            poll_until(reached, timeout_s, interval_s=0.5)
+        except TimeoutError:
+            pass
+        return got["state"]
 
 
 def script(body: str, *directives: str) -> str:
@@ -11,16 +47,17 @@ def script(body: str, *directives: str) -> str:
 
 
 def wait_for_file(path: Path, predicate=lambda text: bool(text), timeout_s: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def text():
         try:
-            text = path.read_text()
-            if predicate(text):
-                return text
+            content = path.read_text()
         except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{path} did not appear as expected in {timeout_s:.0f} s")
+            return None
+        return content if predicate(content) else None
+
+    try:
+        return poll_until(text, timeout_s, interval_s=0.2)
+    except TimeoutError:
+        raise AssertionError(f"{path} did not appear as expected in {timeout_s:.0f} s") from None
 
 
 class Jobs:
@@ -44,15 +81,15 @@ class Jobs:
 
 def wait_progress(run_dir: Path, step: int, timeout_s: float = 120.0) -> int:
     """Wait until the run's rank 0 reports at least ``step``; returns the step seen."""
-    import json
+    from hpcorch.rundir import RunDir
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            seen = json.loads((run_dir / "progress.json").read_text())["step"]
-            if seen >= step:
-                return seen
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{run_dir} did not reach step {step} in {timeout_s:.0f} s")
+    run = RunDir(run_dir)
+
+    def reached():
+        seen = run.progress().get("step")
+        return seen if seen is not None and seen >= step else None
+
+    try:
+        return poll_until(reached, timeout_s, interval_s=0.1)
+    except TimeoutError:
+        raise AssertionError(f"{run_dir} did not reach step {step} in {timeout_s:.0f} s") from None

@@ -1,13 +1,10 @@
-import json
 import subprocess
 import sys
 
 import pytest
 
 from hpcorch.errors import HpcorchError
-from hpcorch.spec.job import RequeuePolicy
 from hpcorch.registry import Registry
-from hpcorch.submit.task import NotRequeued, RestartBudget
 
 WRITER = """
 import sys
@@ -41,19 +38,3 @@ def test_lookup_by_key_id_name_and_run_dir(tmp_path):
     assert reg.get(str(tmp_path / "ra")).key == a.key
     with pytest.raises(HpcorchError, match="no job"):
         reg.get("nope")
-
-
-def test_restart_budgets_count_by_cause(tmp_path, monkeypatch):
-    budget = RestartBudget(tmp_path, RequeuePolicy(max_preemptions=2, max_timeouts=1, max_node_failures=1))
-    assert budget.spend("preemption") == "" and budget.spend("preemption") == ""
-    assert "preemption budget spent (2 of 2)" in budget.spend("preemption")
-    assert budget.spend("timeout") == "" and "timeout budget spent" in budget.spend("timeout")
-    data = json.loads((tmp_path / "restarts.json").read_text())
-    assert (data["preemption"], data["timeout"], data["node_failure"]) == (2, 1, 0)
-    # Slurm restarted the job 4 times, 3 of them ours: the 4th was a node failure.
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "4")
-    budget.account_unplanned_restart()
-    assert budget.load()["node_failure"] == 1
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "5")
-    with pytest.raises(NotRequeued, match="node_failure budget spent"):
-        budget.account_unplanned_restart()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HpcorchError
+from ..poll import PollTimeout, poll_until
 from ..spec.profile import ClusterProfile, load_profile
 from .slurm import Slurm
 from .slurmconf import LocalCluster, write_configs
@@ -157,11 +158,10 @@ class DevCluster:
 
     @staticmethod
     def _wait(predicate, timeout_s: float, error) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise error()
-            time.sleep(0.1)
+        try:
+            poll_until(lambda: bool(predicate()) or None, timeout_s, interval_s=0.1)
+        except PollTimeout:
+            raise error() from None
 
     def _start_munged(self) -> None:
         """Slurm 22.05's clients (sacctmgr among them) ignore AuthInfo=socket=... and always use
@@ -268,10 +268,9 @@ class DevCluster:
             if pid is None:
                 continue
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            while daemon.pid() == pid and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if daemon.pid() == pid:
+            try:
+                poll_until(lambda: daemon.pid() != pid, timeout_s, interval_s=0.1)
+            except PollTimeout:
                 os.kill(pid, signal.SIGKILL)
             stopped.append(daemon.name)
         log(f"stopped: {', '.join(stopped) or 'nothing was running'}")
@@ -281,9 +280,10 @@ class DevCluster:
         return self.slurm.run("squeue", "-h", "-o", "%i", check=False).split()
 
     def _drain_jobs(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self._active_jobs() and time.monotonic() < deadline:
-            time.sleep(0.5)
+        try:
+            poll_until(lambda: not self._active_jobs(), timeout_s, interval_s=0.5)
+        except PollTimeout:
+            pass  # the daemons are stopped next either way
 
     # ----- reporting -------------------------------------------------------------------------
     def env_line(self) -> str:

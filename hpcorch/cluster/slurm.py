@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 
 from ..errors import HpcorchError
+from ..poll import PollTimeout, poll_until
 
 # States after which a job runs no more (unless requeued by hand).
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
@@ -87,48 +87,26 @@ class Slurm:
             states[job_id] = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
         return states
 
-    def wait_for_accounting(self, job_id: str, state: str, timeout_s: float = 60.0) -> str:
-        """Wait until sacct (slurmdbd, which lags the controller) reports ``state``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            got = self.sacct_states([job_id]).get(job_id, "UNKNOWN")
-            if got == state or time.monotonic() > deadline:
-                return got
-            time.sleep(0.5)
-
     def wait_for(self, job_id: str, states: set[str] | str, timeout_s: float = 120.0,
                  poll_s: float = 0.5) -> str:
         """Wait until the job is in one of ``states``; raise with its history on timeout."""
         wanted = {states} if isinstance(states, str) else set(states)
-        deadline = time.monotonic() + timeout_s
-        seen = []
-        while True:
+        seen: list[str] = []
+
+        def reached() -> str | None:
             state = self.state(job_id)
             if not seen or seen[-1] != state:
                 seen.append(state)
-            if state in wanted:
-                return state
-            if time.monotonic() > deadline:
-                raise SlurmError(f"job {job_id} did not reach {sorted(wanted)} in {timeout_s:.0f} s "
-                                 f"(states seen: {' -> '.join(seen)})")
-            time.sleep(poll_s)
+            return state if state in wanted else None
+
+        try:
+            return poll_until(reached, timeout_s, interval_s=poll_s)
+        except PollTimeout:
+            raise SlurmError(f"job {job_id} did not reach {sorted(wanted)} in {timeout_s:.0f} s "
+                             f"(states seen: {' -> '.join(seen)})") from None
 
     def update_job(self, job_id: str, **fields: str) -> None:
         self.run("scontrol", "update", f"JobId={job_id}", *(f"{k}={v}" for k, v in fields.items()))
-
-    def start_now(self, job_id: str) -> None:
-        """A requeued job waits ~120 s (BeginTime); let it start at once."""
-        self.update_job(job_id, StartTime="now")
-
-    def set_node(self, node: str, state: str, reason: str = "hpcorch") -> None:
-        args = ["scontrol", "update", f"NodeName={node}", f"State={state}"]
-        if state.upper() in ("DOWN", "DRAIN"):
-            args.append(f"Reason={reason}")
-        self.run(*args)
-
-    def node_state(self, node: str) -> str:
-        out = self.run("sinfo", "-h", "-N", "-n", node, "-o", "%T")
-        return out.split()[0] if out.split() else "UNKNOWN"
 
     def node_flags(self, node: str) -> set[str]:
         """Every word of the node's state as the controller holds it (``DOWN+COMPLETING`` ->

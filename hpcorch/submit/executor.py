@@ -1,20 +1,20 @@
-"""Submit a plan: submitit pickles the training task and runs it on every rank; the sbatch
-script it sends is the one our template renders (byte for byte what ``--dry-run`` prints)."""
+"""Hand a plan to submitit: it pickles the training task and runs it on every rank. On Slurm
+the sbatch script it sends is the one our template renders (byte for byte what ``--dry-run``
+prints); with the ``local`` profile submitit's local controller runs the ranks here."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HpcorchError
 from ..plan import Plan
-from ..registry import Entry, Registry
-from ..run import write_resolved_job
 from .task import TrainTask
+
+log = logging.getLogger(__name__)
 
 
 class SubmitError(HpcorchError):
@@ -28,7 +28,7 @@ def _executor_class():
 
     class TemplateSlurmExecutor(submitit.SlurmExecutor):
         def __init__(self, plan: Plan, script: str):
-            super().__init__(folder=plan.submitit_folder, python=shlex.quote(plan.python),
+            super().__init__(folder=plan.run.submitit_folder, python=shlex.quote(plan.python),
                              max_num_timeout=plan.job.requeue.max_timeouts)
             self.plan, self.script = plan, script
             res = plan.job.resources
@@ -44,35 +44,20 @@ def _executor_class():
     return TemplateSlurmExecutor
 
 
-@dataclass
-class Submission:
-    entry: Entry
-    job: object  # submitit.Job
-
-    def describe(self) -> str:
-        e = self.entry
-        return f"submitted job {e.job_id} (hpcorch #{e.key}, {e.name}) on {e.profile}; run dir {e.run_dir}"
-
-
-def submit_plan(plan: Plan, script: str, profile_ref: str, registry: Registry | None = None,
-                resumed_from: int | None = None) -> Submission:
-    """Write the run directory, submit through submitit, and record the job."""
-    run_dir = plan.run_dir
-    job_file = write_resolved_job(plan.job, run_dir)
-    (run_dir / "logs").mkdir(exist_ok=True)
-    task = TrainTask(str(job_file), str(run_dir), plan.profile.scheduler, _peak_tflops(plan))
+def start(plan: Plan, script: str):
+    """Write the run directory's job file and submit; returns submitit's Job."""
+    run = plan.run
+    job_file = run.write_job(plan.job)
+    task = TrainTask(str(job_file), str(run.root), plan.profile.scheduler, _peak_tflops(plan))
     if plan.profile.scheduler == "slurm":
         job = _executor_class()(plan, script).submit(task)
     else:
         # The local controller outlives this command: give it a log file, not our terminal
         # (a caller reading our output would otherwise wait for the whole run).
-        with _stdio_to(run_dir / "logs" / "controller.log"):
+        with _stdio_to(run.controller_log):
             job = _local_executor(plan).submit(task)
-    entry = (registry or Registry()).add(
-        job.job_id, plan.job.name, profile_ref, plan.profile.scheduler, str(run_dir), str(job_file),
-        slurm_conf=os.environ.get("SLURM_CONF"), exclude=plan.job.resources.exclude,
-        resumed_from=resumed_from)
-    return Submission(entry, job)
+    log.info("submitted job %s with submitit (folder %s)", job.job_id, run.submitit_folder)
+    return job
 
 
 @contextlib.contextmanager
@@ -81,9 +66,9 @@ def _stdio_to(path: Path):
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    with open(path, "ab") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
+    with open(path, "ab") as log_file:
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
     try:
         yield
     finally:
@@ -97,7 +82,7 @@ def _local_executor(plan: Plan):
     import submitit
 
     res = plan.job.resources
-    executor = submitit.LocalExecutor(folder=plan.submitit_folder)
+    executor = submitit.LocalExecutor(folder=plan.run.submitit_folder)
     setup = [f"export {k}={shlex.quote(v)}" for k, v in plan.environment.items()]
     executor.update_parameters(tasks_per_node=res.world_size, nodes=1, timeout_min=plan.time_minutes,
                                signal_delay_s=plan.job.requeue.signal_lead_s,
@@ -108,26 +93,3 @@ def _local_executor(plan: Plan):
 def _peak_tflops(plan: Plan) -> float | None:
     gpus = plan.profile.node_types[plan.partition.node_type].gpus
     return gpus.peak_tflops if plan.job.resources.gpus_per_node and gpus.peak_tflops else None
-
-
-def rank_log(entry: Entry, rank: int = 0, stream: str = "out") -> Path:
-    return Path(entry.run_dir) / "submitit" / entry.job_id / f"{entry.job_id}_{rank}_log.{stream}"
-
-
-def follow(path: Path, done, write, poll_s: float = 0.5) -> None:
-    """Pass ``path``'s text to ``write`` as it grows, until ``done()`` and the end is read."""
-    offset = 0
-    while True:
-        finished = done()
-        try:
-            with open(path, errors="replace") as f:
-                f.seek(offset)
-                chunk = f.read()
-                offset = f.tell()
-        except OSError:
-            chunk = ""
-        if chunk:
-            write(chunk)
-        if finished:
-            return
-        time.sleep(poll_s)

@@ -1,25 +1,27 @@
-"""What submitit runs on every task of a job: set up torch.distributed from submitit's
-environment, train, and after a signal-driven checkpoint either requeue (within the job's
-restart budgets) or stop.
+"""What submitit runs on every task of a job: join torch.distributed through submitit's
+environment, run the rank (the same entry as ``hpcorch train``'s processes), then carry out
+the stop/requeue protocol's decision (see :mod:`hpcorch.protocol`).
 
-This module is imported on compute nodes; it must not import torch at module level, because
-the login node pickles :class:`TrainTask` without needing torch.
+Imported on the login node to pickle :class:`TrainTask`: no torch at module level.
 """
 from __future__ import annotations
 
-import json
+import logging
 import os
+import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-LOCAL_REQUEUE_EXIT = 144  # submitit's local controller restarts every task on this code
+from .. import protocol
+from ..protocol import Action, Cause, NotRequeued, RestartBudget
+from ..rundir import Lease, RunDir
+
+log = logging.getLogger(__name__)
 
 
-class NotRequeued(RuntimeError):
-    """The run checkpointed but will not be requeued (budget spent, cancelled): resume it later."""
+class RankFailed(RuntimeError):
+    """The rank ended with an error (its log has the one-line reason)."""
 
 
 @dataclass
@@ -29,64 +31,61 @@ class TrainTask:
     scheduler: str                 # "slurm" or "local"
     peak_tflops: float | None = None
 
-    # ----- entry point on every task ------------------------------------------------------------
     def __call__(self) -> dict:
         import submitit
 
         from ..spec.job import load_job
+        from ..train.rank import run_rank
 
         job = load_job(self.job_file)
         env = submitit.helpers.TorchDistributedEnvironment()
         env.export(set_cuda_visible_devices=False)
         os.environ["MASTER_ADDR"] = resolve_address(env.master_addr)
-        budget = RestartBudget(Path(self.run_dir), job.requeue)
+        job_id = submitit.JobEnvironment().job_id
+        run = RunDir.for_job(self.run_dir, job)
+        budget = RestartBudget(run)
+        self._claim(run, job_id, env.rank)
         if self.scheduler == "slurm" and env.rank == 0:
-            budget.account_unplanned_restart()
-        code, stop_signal = self._train(job)
-        if code == 0:
-            return json.loads((Path(self.run_dir) / "summary.json").read_text()) if env.rank == 0 else {}
-        return self._after_checkpoint(job, budget, stop_signal, env.rank)
+            self._count_unplanned_restart(job, budget)
+        outcome = run_rank(self.job_file, self.run_dir, self.scheduler, peak_tflops=self.peak_tflops)
+        if outcome.exit_code == protocol.DONE:
+            return run.summary() if env.rank == 0 else {}
+        if outcome.exit_code != protocol.CHECKPOINTED:
+            raise RankFailed(f"rank {env.rank} failed with exit code {outcome.exit_code}")
+        time_left = _time_left_s(job_id) if self.scheduler == "slurm" and env.rank == 0 else None
+        cause = protocol.classify(outcome.agreed_signal, job.requeue, time_left)
+        decision = protocol.decide(cause, budget.load(), job.requeue, self.scheduler, env.rank)
+        budget.record(cause, decision)
+        log.info("after %s: %s (%s)", cause.value, decision.action.value, decision.reason)
+        protocol.carry_out(decision, self.scheduler,
+                           requeue_on_slurm=lambda: _slurm().run("scontrol", "requeue", job_id),
+                           exit_now=os._exit, wait_to_be_ended=_wait_to_be_ended)
+        return {}
 
-    def _train(self, job) -> tuple[int, int]:
-        import signal
+    def _claim(self, run: RunDir, job_id: str, rank: int) -> None:
+        """Every rank refuses a run directory another live job holds (so none waits for a
+        peer that gave up); rank 0 records this job and attempt as the holder."""
+        from ..status import lease_is_live
 
-        from ..train.distributed import init_distributed, shutdown
-        from ..train.loop import StopPolicy, Trainer
+        lease = Lease(self.scheduler, job_id, attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+                      started=_holder_start_time(self.scheduler), slurm_conf=os.environ.get("SLURM_CONF"))
+        run.ensure_free(lease, lease_is_live)
+        if rank == 0:
+            run.take(lease)
 
-        dist_env = init_distributed(job.trainer.collective_timeout_s)
-        trainer = Trainer(job, Path(self.run_dir), dist_env, peak_tflops=self.peak_tflops,
-                          stop=StopPolicy(signals=(job.requeue.signum, signal.SIGTERM, signal.SIGINT)))
-        code = trainer.run()
-        shutdown()
-        return code, trainer.agreed_signal
-
-    def _after_checkpoint(self, job, budget: "RestartBudget", stop_signal: int, rank: int):
-        import signal
-
-        if stop_signal != job.requeue.signum or not job.requeue.enabled:  # a cancel: stop for good
-            raise NotRequeued(f"stopped by {signal.Signals(stop_signal).name}; checkpoint committed. "
-                              f"Continue with: hpcorch resume {self.run_dir}")
-        if self.scheduler == "local":
-            os._exit(LOCAL_REQUEUE_EXIT)  # submitit's controller starts every task again
-        job_id = os.environ["SLURM_JOB_ID"]
-        if rank != 0:
-            # Rank 0 decides; a refusal makes it fail, and srun (--kill-on-bad-exit) ends us.
-            # Slurm's own SIGTERM must end this process at once, not set a training flag.
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            time.sleep(600)
-            os._exit(3)
-        kind = "timeout" if near_time_limit(job_id, job.requeue.signal_lead_s) else "preemption"
-        refusal = budget.spend(kind)
-        if refusal:
-            budget.note_refusal(refusal)
-            raise NotRequeued(refusal)
-        from ..cluster.slurm import Slurm
-
-        Slurm().run("scontrol", "requeue", job_id)
-        # The requeue is registered: leaving now (without a result) lets Slurm end the other
-        # ranks and queue the job again.
-        os._exit(3)
+    @staticmethod
+    def _count_unplanned_restart(job, budget: RestartBudget) -> None:
+        """A restart no signal of ours asked for (Slurm requeued after a node failure)."""
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        spent = budget.load()
+        if not protocol.unplanned_restart(restarts, spent):
+            return
+        cause = Cause.NODE_FAILURE
+        decision = protocol.decide(cause, spent, job.requeue, "slurm", 0)
+        budget.record(cause, decision)
+        if decision.action is not Action.REQUEUE:
+            log.error("hpcorch: %s", decision.reason)
+            raise NotRequeued(decision.reason)
 
     def checkpoint(self, *args, **kwargs):
         """submitit calls this only if its own handler still holds the signal (before training
@@ -94,6 +93,31 @@ class TrainTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)
+
+
+def _slurm():
+    from ..cluster.slurm import Slurm
+
+    return Slurm()
+
+
+def _holder_start_time(scheduler: str) -> float:
+    """When the lease holder process started: the local controller (our parent) for a local
+    job, so a reused pid is never taken for it; unused on Slurm."""
+    if scheduler != "local":
+        return 0.0
+    import psutil
+
+    return psutil.Process(os.getppid()).create_time()
+
+
+def _wait_to_be_ended() -> None:
+    """Not rank 0 on Slurm: rank 0 requeues (Slurm then ends us) or fails (srun
+    --kill-on-bad-exit ends us). Slurm's SIGTERM must end us at once, not set a training flag."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    time.sleep(600)
+    os._exit(protocol.CHECKPOINTED)
 
 
 def resolve_address(host: str) -> str:
@@ -104,73 +128,18 @@ def resolve_address(host: str) -> str:
         return host
     except OSError:
         pass
-    from ..cluster.slurm import Slurm
-
-    address = Slurm().show("node", host).get("NodeAddr")
+    address = _slurm().show("node", host).get("NodeAddr")
     if not address:
         raise RuntimeError(f"cannot resolve {host} and Slurm knows no NodeAddr for it")
     return address
 
 
-def near_time_limit(job_id: str, lead_s: int) -> bool:
-    """Whether the signal came because the time limit is near (rather than preemption)."""
-    from ..cluster.slurm import Slurm
+def _time_left_s(job_id: str) -> int | None:
+    """Seconds until the job's time limit, as squeue reports them (None if unknown)."""
     from ..spec.units import parse_time
 
-    out = Slurm().run("squeue", "-h", "-j", job_id, "-o", "%L", check=False).strip()
-
+    out = _slurm().run("squeue", "-h", "-j", job_id, "-o", "%L", check=False).strip()
     try:
-        left = parse_time(out) if out and out not in ("INVALID", "NOT_SET") else None
+        return parse_time(out) if out and out not in ("INVALID", "NOT_SET") else None
     except ValueError:
-        left = None
-    return left is not None and left <= lead_s + 60
-
-
-class RestartBudget:
-    """Requeues by cause, counted in the run directory so that they survive every restart."""
-
-    def __init__(self, run_dir: Path, policy):
-        self.path, self.policy = run_dir / "restarts.json", policy
-
-    def load(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {"preemption": 0, "timeout": 0, "node_failure": 0, "refused": ""}
-
-    def _save(self, data: dict) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.path)
-
-    def spend(self, kind: str) -> str:
-        """Count one requeue of ``kind``; a non-empty reason if its budget is spent."""
-        data = self.load()
-        limit = {"preemption": self.policy.max_preemptions, "timeout": self.policy.max_timeouts,
-                 "node_failure": self.policy.max_node_failures}[kind]
-        if data[kind] >= limit:
-            return f"{kind} budget spent ({data[kind]} of {limit}); checkpoint committed, not requeued"
-        data[kind] += 1
-        data["refused"] = ""
-        self._save(data)
-        return ""
-
-    def account_unplanned_restart(self) -> None:
-        """A restart that no signal of ours asked for (Slurm requeued after a node failure)."""
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-        data = self.load()
-        planned = data["preemption"] + data["timeout"] + data["node_failure"]
-        if restarts > planned:
-            refusal = self.spend("node_failure")
-            if refusal:
-                self.note_refusal(refusal)
-                print(f"hpcorch: {refusal}", file=sys.stderr, flush=True)
-                raise NotRequeued(refusal)
-
-    def note_refusal(self, reason: str) -> None:
-        data = self.load()
-        data["refused"] = reason
-        self._save(data)
-
-    def refused(self) -> str:
-        return self.load().get("refused", "")
+        return None

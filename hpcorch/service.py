@@ -1,0 +1,236 @@
+"""hpcorch's service API: the functions the ``hpcorch`` command is a thin layer over, and the
+ones to call from Python.
+
+    from hpcorch import service
+
+    plan = service.plan("jobs/gpt2-124m.yaml", "h100-ndr", overrides=["trainer.steps=50"])
+    print(service.render(plan))            # the exact sbatch script
+    print(service.check(plan))             # sbatch --test-only on the live cluster
+    sub = service.submit(plan)             # the job, recorded in the registry
+    service.status(sub.entry.key)          # state, progress, what to do next
+    service.resume(sub.entry.key)          # after it ended without completing
+
+A job is named by its registry number, Slurm job id, name (the newest) or run directory.
+Nothing here imports torch or submitit until a job is really submitted or trained.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from . import status as observe
+from .errors import ConfigError, HpcorchError
+from .plan import Plan, default_run_dir, make_plan
+from .registry import Entry, Registry
+from .rundir import Lease, RunDir
+from .spec.job import load_job
+from .spec.profile import DEFAULT_PROFILE, load_profile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Submission:
+    entry: Entry
+    job: object  # submitit.Job
+
+    def describe(self) -> str:
+        e = self.entry
+        return f"submitted job {e.job_id} (hpcorch #{e.key}, {e.name}) on {e.profile}; run dir {e.run_dir}"
+
+
+# ----- spec -> plan -> script -------------------------------------------------------------------
+def plan(job: str | os.PathLike, profile: str | os.PathLike = DEFAULT_PROFILE, overrides: Iterable[str] = (),
+         run_dir: str | os.PathLike | None = None) -> Plan:
+    """Load ``job`` and ``profile``, apply ``overrides`` (``KEY=VALUE``), and check the fit."""
+    spec = load_job(job, list(overrides))
+    result = make_plan(spec, load_profile(profile), run_dir=run_dir, source=str(job))
+    result.profile_ref = str(profile)
+    return result
+
+
+def render(plan: Plan, template_dir: str | os.PathLike | None = None) -> str:
+    """The sbatch script ``plan`` submits, byte for byte."""
+    from .render import render_sbatch
+
+    return render_sbatch(plan, template_dir)
+
+
+def check(plan: Plan, script: str | None = None) -> str:
+    """Ask the live cluster whether it would accept the script (``sbatch --test-only``);
+    returns Slurm's answer (when and where it would start), raises with Slurm's refusal."""
+    from .cluster.slurm import Slurm
+
+    if plan.profile.scheduler != "slurm":
+        raise HpcorchError(f"--check asks a Slurm cluster; profile {plan.profile.name!r} has none")
+    return Slurm().test_only(script if script is not None else render(plan))
+
+
+# ----- submit, resume ---------------------------------------------------------------------------
+def submit(plan: Plan, script: str | None = None, registry: Registry | None = None,
+           resumed_from: int | None = None) -> Submission:
+    """Submit ``plan`` (with ``script``, or the shipped template's), take the run directory's
+    lease for the new job, and record it in the registry."""
+    from .submit.executor import start
+
+    script = script if script is not None else render(plan)
+    run = plan.run
+    run.ensure_free(Lease(plan.profile.scheduler, ""), observe.lease_is_live)
+    job = start(plan, script)
+    run.take(_holder_lease(plan.profile.scheduler, str(job.job_id)))
+    entry = (registry or Registry()).add(
+        job.job_id, plan.job.name, plan.profile_ref or plan.profile.name, plan.profile.scheduler,
+        str(run.root), str(run.job_file), slurm_conf=os.environ.get("SLURM_CONF"),
+        exclude=plan.job.resources.exclude, resumed_from=resumed_from)
+    return Submission(entry, job)
+
+
+def _holder_lease(scheduler: str, job_id: str) -> Lease:
+    started = 0.0
+    if scheduler == "local":  # the controller's pid: remember its start, pids are reused
+        import psutil
+
+        started = psutil.Process(int(job_id)).create_time()
+    return Lease(scheduler, job_id, started=started, slurm_conf=os.environ.get("SLURM_CONF"))
+
+
+def resume(ref: str, exclude: str | None = None, registry: Registry | None = None) -> Submission:
+    """Submit job ``ref`` again into its run directory (the ranks resume from the latest
+    committed checkpoint), excluding nodes that failed under it. Refused while the job is
+    pending, running or requeued, and for a completed job: there is nothing to resume."""
+    from .spec.units import compress_hostlist, expand_hostlist
+
+    registry = registry or Registry()
+    entry = registry.get(ref)
+    state = observe.states([entry])[entry.key]
+    base = observe.base_state(state)
+    if base == "COMPLETED":
+        raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) completed; nothing to resume")
+    if base not in observe.ENDED_STATES:
+        restarts = "Slurm starts it again by itself" if base in ("PENDING", "REQUEUED") else "it is still live"
+        raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) is {state}: {restarts}; "
+                           f"nothing to resume (cancel it first to start it anew)")
+    overrides = []
+    if entry.scheduler == "slurm":
+        excluded = set(expand_hostlist(entry.exclude)) if entry.exclude else set()
+        excluded.update(failed_nodes(entry))
+        if exclude:
+            try:
+                excluded.update(expand_hostlist(exclude))
+            except ValueError as exc:
+                raise ConfigError("--exclude", "", str(exc)) from None
+        if excluded:
+            overrides.append(f"resources.exclude={compress_hostlist(sorted(excluded))}")
+        if entry.slurm_conf:  # submitit's sbatch reads it from the environment
+            os.environ["SLURM_CONF"] = entry.slurm_conf
+    again = plan(entry.job_file, entry.profile, overrides, run_dir=entry.run_dir)
+    return submit(again, registry=registry, resumed_from=entry.key)
+
+
+def failed_nodes(entry: Entry) -> list[str]:
+    """Nodes that ran the job (any of its runs, requeues included) and that Slurm now reports
+    down, drained or failing: a node that failed and was brought back is not excluded."""
+    from .cluster.slurm import Slurm
+    from .spec.units import expand_hostlist
+
+    slurm = Slurm(env=entry.env)
+    out = slurm.run("sacct", "-j", entry.job_id, "--duplicates", "-X", "-n", "-P", "-o", "NodeList",
+                    check=False)
+    latest = slurm.job(entry.job_id).get("NodeList", "")  # accounting may lag the controller
+    used = set()
+    for nodes in out.split() + [latest]:
+        if nodes and nodes not in ("None", "(null)"):
+            used.update(expand_hostlist(nodes))
+    unhealthy = {"DOWN", "DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING", "NOT_RESPONDING"}
+    return sorted(h for h in used if slurm.node_flags(h) & unhealthy)
+
+
+# ----- observe and operate ----------------------------------------------------------------------
+def jobs(registry: Registry | None = None) -> list[dict]:
+    """Every registered job with its state (one batched squeue/sacct call per cluster)."""
+    entries = (registry or Registry()).all()
+    current = observe.states(entries)
+    return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": current[e.key],
+             "run_dir": e.run_dir} for e in entries]
+
+
+def status(ref: str, registry: Registry | None = None) -> dict:
+    """State, restarts, latest checkpoint, last loss, tokens/s, and what to do next."""
+    entry = (registry or Registry()).get(ref)
+    state = observe.states([entry])[entry.key]
+    return {"key": entry.key, "job_id": entry.job_id, "name": entry.name, "state": state,
+            **observe.progress(entry), "next": observe.advice(entry, state), "run_dir": entry.run_dir}
+
+
+def cancel(ref: str, registry: Registry | None = None) -> str:
+    """Cancel job ``ref``: its ranks checkpoint on SIGTERM and the job ends. Returns what was done."""
+    import signal
+
+    entry = (registry or Registry()).get(ref)
+    if entry.scheduler == "slurm":
+        from .cluster.slurm import Slurm
+
+        Slurm(env=entry.env).cancel(entry.job_id)
+        return f"cancel sent to job {entry.job_id}"
+    lease = RunDir.open(entry.run_dir).lease()
+    started = lease.started if lease and lease.job_id == entry.job_id else 0.0
+    if not observe.process_alive(int(entry.job_id), started):
+        return f"job {entry.job_id} is not running; nothing to cancel"
+    os.kill(int(entry.job_id), signal.SIGTERM)  # the local controller forwards it to every rank
+    return f"cancel sent to job {entry.job_id}"
+
+
+def logs(ref: str, write: Callable[[str], None], rank: int = 0, stream: str = "out", follow: bool = False,
+         show_submitit: bool = False, registry: Registry | None = None) -> None:
+    """Pass rank ``rank``'s log of job ``ref`` to ``write``; with ``follow`` until the job ends."""
+    entry = (registry or Registry()).get(ref)
+    path = RunDir(entry.run_dir).rank_log(entry.job_id, rank, stream)
+    if not path.exists() and not follow:
+        raise HpcorchError(f"no log yet at {path}")
+    done = (lambda: observe.has_ended(entry)) if follow else (lambda: True)
+    observe.follow(path, done, write, backoff=_scheduler_backoff(entry), show_submitit=show_submitit)
+
+
+def wait(entry: Entry, write: Callable[[str], None], show_submitit: bool = False) -> str:
+    """Follow rank 0's log until the job ends; returns its final state."""
+    path = RunDir(entry.run_dir).rank_log(entry.job_id)
+    observe.follow(path, lambda: observe.has_ended(entry), write, backoff=_scheduler_backoff(entry),
+                   show_submitit=show_submitit)
+    return observe.states([entry])[entry.key]
+
+
+def _scheduler_backoff(entry: Entry):
+    """Slurm is asked at most every 15 s after a short ramp (as submitit's watcher backs off);
+    a local job's state is the process table, cheap to read twice a second."""
+    from .poll import Backoff
+
+    return Backoff(1.0, 2.0, 15.0) if entry.scheduler == "slurm" else Backoff(0.5, 1.0, 0.5)
+
+
+# ----- train here ------------------------------------------------------------------------------
+def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[str] = (),
+          run_dir: str | os.PathLike | None = None, resume_step: int | None = None,
+          peak_tflops: float | None = None) -> tuple[int, Path]:
+    """Train ``job`` in ``nproc`` processes on this machine (``hpcorch train``); returns the exit
+    code (``protocol.CHECKPOINTED`` after a signal: run it again to resume) and the run dir."""
+    import psutil
+
+    from .train.launch import launch_local
+
+    overrides = list(overrides)
+    if nproc is not None:
+        overrides += ["resources.nodes=1", f"resources.tasks_per_node={nproc}"]
+    spec = load_job(job, overrides)
+    if spec.resources.nodes != 1:
+        raise ConfigError(str(job), "resources.nodes",
+                          f"a local run uses one node, got {spec.resources.nodes}; pass --nproc")
+    run = RunDir.for_job(run_dir if run_dir else default_run_dir(spec), spec)
+    me = psutil.Process()
+    run.claim(Lease("process", str(me.pid), started=me.create_time()), observe.lease_is_live)
+    job_file = run.write_job(spec)
+    extra = (["--resume-step", str(resume_step)] if resume_step is not None else []) + \
+        (["--peak-tflops", str(peak_tflops)] if peak_tflops else [])
+    return launch_local(job_file, run.root, spec.resources.tasks_per_node, extra), run.root
