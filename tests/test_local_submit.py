@@ -66,16 +66,25 @@ def test_local_preemption_signal_requeues_and_resumes_exactly(tmp_path, referenc
 
 
 def test_local_cancel_stops_for_good_and_resume_continues(tmp_path, reference):
-    run, home = tmp_path / "run", tmp_path / "home"
-    assert _submit(run, home, wait=False).returncode == 0
+    """Also: checkpoints in the job's own checkpoint.dir are what status reports, and nothing
+    else may train into the run directory while the job lives."""
+    run, home, ckpts = tmp_path / "run", tmp_path / "home", tmp_path / "elsewhere"
+    assert _submit(run, home, f"trainer.checkpoint.dir={ckpts}", wait=False).returncode == 0
     from hpcorch.registry import Registry
 
     controller = int(Registry(home / "registry.sqlite").all()[-1].job_id)
     wait_progress(run, 5)
     env = {**os.environ, "HPCORCH_HOME": str(home)}
     cli = [sys.executable, "-m", "hpcorch.cli"]
+    second = _submit(run, home, f"trainer.checkpoint.dir={ckpts}", wait=False)
+    assert second.returncode == 2 and f"in use by local job {controller}" in second.stderr, second.stderr
+    here = train(run, 2, *LOCAL)
+    assert here.returncode == 2 and f"in use by local job {controller}" in here.stderr, here.stderr
     assert subprocess.run(cli + ["cancel", str(run)], cwd=REPO, env=env, timeout=60).returncode == 0
     psutil.Process(controller).wait(timeout=120)
+    again = subprocess.run(cli + ["cancel", str(run)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "nothing to cancel" in again.stdout
+    assert not (run / "checkpoints").exists() and list(ckpts.glob("step_*/COMMITTED"))
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events].count("process_start") == 1  # not restarted
     stopped = next(e["step"] for e in events if e["event"] == "checkpoint_committed")
@@ -84,6 +93,7 @@ def test_local_cancel_stops_for_good_and_resume_continues(tmp_path, reference):
                             text=True, timeout=60)
     info = json.loads(status.stdout)
     assert info["state"] == "STOPPED" and info["latest_checkpoint"] == stopped
+    assert info["next"] == f"hpcorch resume {info['key']}"
     resumed = subprocess.run(cli + ["resume", str(run)], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -21,11 +21,11 @@ def _sets(extra=()):
     return [a for s in TINY + CLUSTER + list(extra) for a in ("--set", s)]
 
 
-def hpcorch(*args, home, slurm_conf, timeout=120):
+def hpcorch(*args, home, slurm_conf, timeout=120, expect=0):
     env = {**os.environ, "HPCORCH_HOME": str(home), "SLURM_CONF": slurm_conf}
     out = subprocess.run([sys.executable, "-m", "hpcorch.cli", *map(str, args)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.returncode == expect, out.stdout + out.stderr
     return out
 
 
@@ -46,8 +46,8 @@ def ctx(slurm, devcluster, tmp_path):
             jobs.ids.append(info["job_id"])
             return info
 
-        def cli(self, *args):
-            return hpcorch(*args, home=tmp_path / "home", slurm_conf=conf)
+        def cli(self, *args, expect=0):
+            return hpcorch(*args, home=tmp_path / "home", slurm_conf=conf, expect=expect)
 
     ctx = Ctx()
     ctx.slurm, ctx.jobs = slurm, jobs
@@ -106,6 +106,7 @@ def test_preemption_requeues_and_resumes_exactly(ctx, tmp_path, reference):
     run = tmp_path / "run"
     job = ctx.submit(run)
     wait_progress(run, 40)
+    _second_writers_are_refused(ctx, run, job, "still live")
     urgent = ctx.jobs.submit(script("sleep 1", "--partition=urgent", "--nodes=4", "--exclusive", "--time=2",
                                     f"--output={tmp_path}/urgent.out"))
     assert ctx.slurm.wait_for(urgent, "COMPLETED", timeout_s=150) == "COMPLETED"
@@ -115,6 +116,22 @@ def test_preemption_requeues_and_resumes_exactly(ctx, tmp_path, reference):
     assert got["restarts"] == 1 and got["steps_recomputed"] == 0
     budget = json.loads((run / "restarts.json").read_text())
     assert (budget["preemption"], budget["timeout"], budget["node_failure"]) == (1, 0, 0)
+
+
+def _second_writers_are_refused(ctx, run, job, why):
+    """While a job is live (running, or requeued and pending) nothing else may train into its
+    run directory: not a resume, not a second submit, not a local `hpcorch train`."""
+    refused = ctx.cli("resume", job["key"], expect=2).stderr
+    assert why in refused and "nothing to resume" in refused and "Traceback" not in refused
+    again = ctx.cli("submit", "jobs/gpt-tiny.yaml", "-p", "devcluster", "--run-dir", run, *_sets(), expect=2)
+    assert f"in use by Slurm job {job['job_id']}" in again.stderr
+    local = subprocess.run([sys.executable, "-m", "hpcorch.cli", "train", "jobs/gpt-tiny.yaml", "--nproc", "1",
+                            "--run-dir", str(run), *_sets(["resources.nodes=1", "resources.tasks_per_node=1"])],
+                           cwd=REPO, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "SLURM_CONF": str(ctx.slurm.env["SLURM_CONF"])})
+    assert local.returncode == 2 and f"in use by Slurm job {job['job_id']}" in local.stderr, local.stderr
+    rows = [r for r in json.loads(ctx.cli("ls", "--json").stdout) if r["run_dir"] == str(run)]
+    assert len(rows) == 1, rows  # no second job was started
 
 
 def test_node_down_requeues_and_completes_elsewhere(ctx, tmp_path, reference):
@@ -139,6 +156,8 @@ def test_time_limit_checkpoints_and_requeues(ctx, tmp_path):
     job_id = job["job_id"]
     wait_progress(run, 5)
     ctx.slurm.wait_for(job_id, {"PENDING", "REQUEUED"}, timeout_s=150, poll_s=1)
+    _second_writers_are_refused(ctx, run, job, "Slurm starts it again by itself")
+    assert "Slurm starts it again" in ctx.entry(job_id)["next"]
     budget = json.loads((run / "restarts.json").read_text())
     assert budget["timeout"] == 1 and budget["preemption"] == 0
     stopped = json.loads((run / "progress.json").read_text())["step"]
@@ -200,5 +219,10 @@ def test_ls_and_status_json(ctx, tmp_path):
     assert info["state"] == "COMPLETED"
     assert info["latest_checkpoint"] == 20 and info["step"] == 20 and info["loss"] > 0
     assert info["tokens_per_s"] > 0 and info["restarts"] == 0
-    rank3 = ctx.cli("logs", str(job["key"]), "--rank", "3").stdout
+    assert info["next"] is None  # completed: nothing to do
+    rank3 = ctx.cli("-v", "logs", str(job["key"]), "--rank", "3").stdout
     assert "global_rank=3(4)" in rank3 and "Job completed successfully" in rank3
+    quiet = ctx.cli("logs", str(job["key"]), "--rank", "3").stdout
+    assert "submitit INFO" not in quiet and "submitit INFO" in rank3
+    refused = ctx.cli("resume", job["key"], expect=2).stderr
+    assert "completed; nothing to resume" in refused

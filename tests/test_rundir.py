@@ -1,0 +1,115 @@
+"""The run directory's owner: names, atomic writes, reads without torch, and the lease."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from hpcorch.rundir import COMMIT_MARKER, Lease, RunDir, RunDirBusy, atomic_write
+from hpcorch.spec.job import load_job
+from hpcorch.status import lease_is_live
+from trainhelp import REPO, train_cmd
+
+
+def test_checkpoints_follow_the_jobs_checkpoint_dir(tmp_path):
+    job = load_job(REPO / "jobs/gpt-tiny.yaml", [f"trainer.checkpoint.dir={tmp_path / 'ck'}"])
+    run = RunDir.for_job(tmp_path / "run", job)
+    run.write_job(job)
+    assert run.checkpoints == tmp_path / "ck"
+    for step, committed in ((10, True), (20, True), (30, False)):
+        folder = run.checkpoint_layout.step_dir(step)
+        folder.mkdir(parents=True)
+        if committed:
+            (folder / COMMIT_MARKER).write_text("{}")
+    reopened = RunDir.open(tmp_path / "run")  # as `hpcorch status` sees it: from job.yaml
+    assert reopened.checkpoints == tmp_path / "ck" and reopened.latest_checkpoint() == 20
+    assert RunDir(tmp_path / "run").latest_checkpoint() is None  # the default folder is empty
+
+
+def test_rank_log_names_agree_with_submitit(tmp_path):
+    from submitit.core.utils import JobPaths
+
+    run = RunDir(tmp_path)
+    for stream in ("out", "err"):
+        pattern = run.rank_log_pattern(stream)
+        paths = JobPaths(run.submitit_folder)  # submitit's own pattern, %j and %t unexpanded
+        assert pattern == str(paths.stdout if stream == "out" else paths.stderr)
+        assert run.rank_log("42", 3, stream) == tmp_path / "submitit" / "42" / f"42_3_log.{stream}"
+
+
+def test_atomic_write_leaves_the_old_file_when_the_writer_dies(tmp_path):
+    path = tmp_path / "state.json"
+    atomic_write(path, '{"v": 1}')
+
+    def die(f, data):
+        f.write(data[:3])
+        raise KeyboardInterrupt  # the writer stops halfway
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, '{"v": 2}', fault=die)
+    assert json.loads(path.read_text()) == {"v": 1}
+    atomic_write(path, b'{"v": 3}', durable=False)
+    assert json.loads(path.read_text()) == {"v": 3}
+
+
+def test_reads_tolerate_missing_and_partial_files(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.progress() == {} and run.last_metrics() == {} and run.lease() is None
+    run.metrics.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n')
+    assert run.last_metrics()["loss"] == 1.5
+    run.lease_file.write_text("{not json")
+    assert run.lease() is None
+
+
+def test_lease_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+    run = RunDir(tmp_path)
+    first = Lease("slurm", "100")
+    run.claim(first, is_live=lambda lease: True)  # no holder yet
+    run.claim(Lease("slurm", "100", attempt=1), is_live=lambda lease: True)  # the same job, requeued
+    assert run.lease().attempt == 1
+    with pytest.raises(RunDirBusy, match="in use by Slurm job 100"):
+        run.claim(Lease("slurm", "200"), is_live=lambda lease: True)
+    run.claim(Lease("slurm", "200"), is_live=lambda lease: False)  # the holder has ended
+    assert run.lease().job_id == "200"
+
+
+def test_process_leases_are_checked_against_the_process_table():
+    me = psutil.Process()
+    assert lease_is_live(Lease("process", str(me.pid), started=me.create_time()))
+    assert not lease_is_live(Lease("process", str(me.pid), started=me.create_time() - 3600))  # pid reused
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert not lease_is_live(Lease("process", str(dead.pid)))
+    assert lease_is_live(Lease("process", "1", host="another-host"))  # cannot ask: never two writers
+
+
+@pytest.mark.timeout(180)
+def test_second_train_into_a_live_run_directory_is_refused(tmp_path):
+    run = tmp_path / "run"
+    first = subprocess.Popen(train_cmd(run, 1, "trainer.steps=100000", "trainer.checkpoint.interval=1000"),
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "progress.json").exists() and time.monotonic() < deadline:
+            assert first.poll() is None, first.stdout.read()
+            time.sleep(0.2)
+        job_before = (run / "job.yaml").read_text()
+        second = subprocess.run(train_cmd(run, 1, "trainer.steps=7"), cwd=REPO, capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert f"in use by hpcorch train process {first.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert (run / "job.yaml").read_text() == job_before  # the refused run wrote nothing
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 3
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    after = subprocess.run(train_cmd(run, 1, "trainer.steps=100000", "trainer.checkpoint.interval=1000",
+                                     "trainer.steps=3"), cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert after.returncode == 2 and "checkpoint" in after.stderr  # lease free; the config check speaks now
