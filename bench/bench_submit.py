@@ -13,6 +13,7 @@ Usage: python bench/bench_submit.py [--repeat N]
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -52,7 +53,7 @@ def main() -> None:
     from hpcorch.registry import Registry
     from hpcorch.render import render_sbatch
     from hpcorch.cluster.slurm import Slurm
-    from hpcorch.submit.executor import submit_plan
+    from hpcorch import service
     from hpcorch.submit.task import TrainTask
 
     cluster = DevCluster()
@@ -77,19 +78,23 @@ def main() -> None:
                              slurm_additional_parameters={"requeue": True})
         submitted.append(ex.submit(TrainTask(str(tmp / "job.yaml"), str(tmp / "plainrun"), "slurm")).job_id)
 
+    fresh = itertools.count()  # one run directory per submission: a live job holds its directory's lease
+
     def hpcorch_api():
-        submitted.append(submit_plan(plan, script, "devcluster", Registry()).entry.job_id)
+        each = service.plan(REPO / "jobs/gpt-tiny.yaml", "devcluster", SETS, run_dir=tmp / f"api{next(fresh)}")
+        submitted.append(service.submit(each, script).entry.job_id)
 
     def hpcorch_cli():
         sets = [a for s in SETS for a in ("--set", s)]
         subprocess.run([sys.executable, "-m", "hpcorch.cli", "submit", "jobs/gpt-tiny.yaml", "-p", "devcluster",
-                        "--run-dir", str(tmp / "cli"), *sets], cwd=REPO, check=True, capture_output=True)
+                        "--run-dir", str(tmp / f"cli{next(fresh)}"), *sets], cwd=REPO, check=True,
+                       capture_output=True)
         submitted.append(Registry().all()[-1].job_id)
 
     times = {}
     try:
         for name, fn in [("raw sbatch", raw_sbatch), ("plain submitit", plain_submitit),
-                         ("hpcorch submit_plan", hpcorch_api), ("hpcorch submit (CLI)", hpcorch_cli)]:
+                         ("hpcorch service.submit", hpcorch_api), ("hpcorch submit (CLI)", hpcorch_cli)]:
             times[name] = median_time(fn, args.repeat)
             for job_id in submitted:
                 slurm.cancel(job_id)
@@ -106,11 +111,10 @@ def main() -> None:
 
 
 def preemption(plan, script, slurm, tmp) -> None:
-    from hpcorch.registry import Registry
-    from hpcorch.submit.executor import submit_plan
+    from hpcorch import service
 
     run = plan.run_dir
-    entry = submit_plan(plan, script, "devcluster", Registry()).entry
+    entry = service.submit(plan, script).entry
     while True:
         try:
             if json.loads((run / "progress.json").read_text())["step"] >= 120:

@@ -27,6 +27,17 @@ def test_shipped_jobs_pass_test_only(repo, slurm, tmp_path, job):
     assert re.search(r"to start at", message), message
 
 
+def test_submit_check_asks_the_live_cluster(slurm, tmp_path):
+    from conftest import run_cli
+
+    env = {"SLURM_CONF": slurm.env["SLURM_CONF"], "HPCORCH_HOME": str(tmp_path / "home")}
+    ok = run_cli("submit", "jobs/gpt-tiny.yaml", "-p", "devcluster", "--check", "--run-dir", tmp_path / "r", env=env)
+    assert ok.returncode == 0 and "to start at" in ok.stdout, ok.stderr
+    local = run_cli("submit", "jobs/gpt-tiny.yaml", "--check", env=env)
+    assert local.returncode == 2 and "--check asks a Slurm cluster" in local.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "home" / "registry.sqlite").exists()
+
+
 def test_test_only_rejects_what_does_not_fit(slurm):
     from hpcorch.cluster.slurm import SlurmError
 
