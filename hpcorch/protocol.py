@@ -37,7 +37,6 @@ CLEAR_ERROR = 2        # a one-line error was printed (config, checkpoint, busy 
 CHECKPOINTED = 3       # every rank checkpointed on a signal: start the same command again
 LOCAL_REQUEUE = 144    # submitit's local controller starts every task again on this code
 
-SCHEDULERS = ("slurm", "local", "process")  # process: `hpcorch train`, no scheduler
 
 
 class Cause(str, enum.Enum):

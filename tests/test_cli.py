@@ -86,3 +86,18 @@ def test_dry_run_imports_neither_torch_nor_submitit():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=str(__import__("conftest").REPO))
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_status_and_ls_import_neither_torch_nor_submitit(tmp_path):
+    """Observing a run reads its run directory and asks the scheduler: no torch, no submitit."""
+    code = ("import sys\nfrom hpcorch.registry import Registry\nfrom hpcorch.cli import main\n"
+            f"Registry().add('999999999', 'gpt-tiny', 'local', 'local', {str(tmp_path / 'run')!r}, 'job.yaml')\n"
+            "for args in (['status', '1'], ['ls'], ['plan', 'jobs/gpt-tiny.yaml']):\n"
+            "    try:\n        main(args)\n    except SystemExit as exc:\n        assert not exc.code, exc.code\n"
+            "print(sorted(m for m in ('torch', 'submitit', 'numpy', 'paramiko') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=str(__import__("conftest").REPO), env={**__import__("os").environ,
+                                                                 "HPCORCH_HOME": str(tmp_path / "home")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert "STOPPED" in out.stdout and "hpcorch resume 1" in out.stdout

@@ -4,11 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
+from hpcorch.poll import poll_until
 from slurmhelp import wait_progress
 from trainhelp import REPO, TINY, summary, train
 
@@ -54,9 +54,7 @@ def test_local_preemption_signal_requeues_and_resumes_exactly(tmp_path, referenc
     assert len(ranks) == 2
     for rank in ranks:  # what a scheduler does on preemption
         rank.send_signal(signal.SIGUSR2)
-    deadline = time.monotonic() + 240
-    while not (run / "summary.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    poll_until(lambda: (run / "summary.json").exists() or None, 240, what=f"{run}/summary.json")
     got = summary(run)
     assert got["weights_sha256"] == reference["weights_sha256"]
     assert got["restarts"] == 1 and got["steps_recomputed"] == 0

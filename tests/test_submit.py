@@ -73,19 +73,17 @@ def _summary(run_dir):
 
 def _finish(ctx, job_id, timeout_s=240):
     """Wait for the job, letting a requeued run start at once instead of after ~120 s."""
-    import time
+    from hpcorch.poll import poll_until
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def completed():
         state = ctx.slurm.state(job_id)
-        if state == "COMPLETED":
-            return
         if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
             raise AssertionError(f"job {job_id} ended {state}")
         if state == "PENDING" and "BeginTime" in ctx.slurm.job(job_id).get("Reason", ""):
             ctx.slurm.start_now(job_id)
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not complete in {timeout_s} s")
+        return state == "COMPLETED" or None
+
+    poll_until(completed, timeout_s, interval_s=0.5, what=f"job {job_id} COMPLETED")
 
 
 def test_two_nodes_match_a_local_run(ctx, tmp_path, reference):
