@@ -175,9 +175,7 @@ def cancel(ref: str, registry: Registry | None = None) -> str:
 
         Slurm(env=entry.env).cancel(entry.job_id)
         return f"cancel sent to job {entry.job_id}"
-    lease = RunDir.open(entry.run_dir).lease()
-    started = lease.started if lease and lease.job_id == entry.job_id else 0.0
-    if not observe.process_alive(int(entry.job_id), started):
+    if not observe.local_controller_alive(entry):
         return f"job {entry.job_id} is not running; nothing to cancel"
     os.kill(int(entry.job_id), signal.SIGTERM)  # the local controller forwards it to every rank
     return f"cancel sent to job {entry.job_id}"

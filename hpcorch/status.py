@@ -54,11 +54,23 @@ def process_alive(pid: int, started: float = 0.0) -> bool:
         return False
 
 
+def local_controller_alive(entry: Entry) -> bool:
+    """Whether a local job's controller still runs: its pid, checked against the start time
+    its run directory's lease recorded (a reused pid is not the job)."""
+    lease = RunDir.open(entry.run_dir).lease()
+    started = lease.started if lease and (lease.scheduler, lease.job_id) == ("local", entry.job_id) else 0.0
+    return process_alive(int(entry.job_id), started)
+
+
 def local_state(entry: Entry) -> str:
-    if process_alive(int(entry.job_id)):
+    if local_controller_alive(entry):
         return "RUNNING"
-    if RunDir.open(entry.run_dir).summary_file.exists():
-        return "COMPLETED"
+    summary = RunDir.open(entry.run_dir).summary_file
+    try:  # a summary from an earlier run in the same directory does not count
+        if summary.stat().st_mtime >= entry.submitted:
+            return "COMPLETED"
+    except OSError:
+        pass
     return "STOPPED"
 
 
