@@ -25,7 +25,7 @@ def main() -> None:
 
     import torch
 
-    from hpcorch.train.checkpoint import Checkpointer
+    from hpcorch.train.store import CheckpointStore
 
     root = Path(tempfile.mkdtemp(dir=args.dir, prefix="hpcorch-bench-"))
     n = args.mb * 2**20 // 4
@@ -49,12 +49,12 @@ def main() -> None:
 
     raw_w = best(lambda: raw_write(root / "raw.bin"))
     raw_r = best(lambda: (root / "raw.bin").read_bytes())
-    sync = Checkpointer(root / "sync", 0, 1, keep=1)
+    sync = CheckpointStore(root / "sync", 0, 1, keep=1)
     steps = iter(range(1, 1000))
     save_s = best(lambda: sync.save(next(steps), state, {"rng": 0}, {}))
     step = sync.committed_steps()[-1]
     load_s = best(lambda: sync.load(step))
-    asy = Checkpointer(root / "async", 0, 1, keep=1, async_save=True)
+    asy = CheckpointStore(root / "async", 0, 1, keep=1, async_save=True)
     blocked, total = [], []
     for _ in range(args.repeat):
         start = time.perf_counter()

@@ -135,12 +135,12 @@ def preemption(plan, script, slurm, tmp) -> None:
     commit = next(e for e in events if e["event"] == "checkpoint_committed")
     starts = [e for e in events if e["event"] == "process_start"]
     firsts = [e for e in events if e["event"] == "first_step"]
-    from hpcorch.train.checkpoint import Checkpointer
+    from hpcorch.train.store import CheckpointStore
 
-    ck = Checkpointer(run / "checkpoints", 0, 1)
+    ck = CheckpointStore(run / "checkpoints", 0, 1)
     step = ck.committed_steps()[-1]
     shared, local, _ = ck.load(step)
-    probe = Checkpointer(tmp / "probe", 0, 1)
+    probe = CheckpointStore(tmp / "probe", 0, 1)
     save_s = median_time(lambda: probe.save(int(time.time() * 1000), shared, local, {}), 3)
     torch_s = median_time(lambda: subprocess.run([sys.executable, "-c", "import torch"], check=True), 3)
     to_commit = commit["time"] - signal_t

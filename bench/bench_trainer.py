@@ -29,20 +29,18 @@ def main() -> None:
     from hpcorch.spec.job import load_job
     from hpcorch.train.distributed import init_distributed
     from hpcorch.train.launch import free_port
-    from hpcorch.train.loop import Trainer
     from hpcorch.train.model import GPT
+    from hpcorch.train.trainer import Trainer
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(free_port()))
     job = load_job(REPO / "jobs/gpt-tiny.yaml", ["resources.tasks_per_node=1", *args.overrides])
     env = init_distributed()
-    trainer = Trainer(job, Path(tempfile.mkdtemp()), env)
-    trainer._build()
-    trainer._stop_agreed = False
+    trainer = Trainer(job, Path(tempfile.mkdtemp()), env, stop_signals=())  # builds the model
 
     tr = job.trainer
     torch.manual_seed(tr.seed)
-    bare = GPT(trainer.cfg)
+    bare = GPT(tr.model)
     opt = torch.optim.AdamW(bare.parameters(), lr=tr.optimizer.lr)
     _, x, y = trainer.data.train.batch(range(tr.micro_batch))
     accum = trainer.accum
@@ -68,7 +66,7 @@ def main() -> None:
         base.append(timed(bare_step))
     o, b = statistics.median(ours), statistics.median(base)
     tokens = tr.global_batch * tr.model.seq_len
-    print(f"model {trainer.cfg.num_params() / 1e6:.2f}M params, {tokens} tokens/step, accumulation {accum}, "
+    print(f"model {tr.model.num_params() / 1e6:.2f}M params, {tokens} tokens/step, accumulation {accum}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"{'loop':<22}{'median step s':>14}{'tokens/s':>12}{'ratio':>8}")
     print(f"{'bare loop':<22}{b:>14.4f}{tokens / b:>12.0f}{1.0:>8.2f}")

@@ -1,10 +1,15 @@
-"""Checkpointer protocol in one process: commit marker, digests, pruning, async."""
+"""The checkpoint store's protocol in one process: commit marker, digests, pruning, async."""
 import json
 
 import pytest
 import torch
 
-from hpcorch.train.checkpoint import COMMIT, CheckpointError, Checkpointer, step_dir
+from hpcorch.rundir import COMMIT_MARKER as COMMIT, CheckpointLayout
+from hpcorch.train.store import CheckpointError, CheckpointStore
+
+
+def step_dir(root, step):
+    return CheckpointLayout(root).step_dir(step)
 
 
 def _state(step):
@@ -17,7 +22,7 @@ def _save(ck, step):
 
 @pytest.mark.parametrize("async_save", [False, True])
 def test_keep_last_k_after_commit(tmp_path, async_save):
-    ck = Checkpointer(tmp_path, rank=0, world_size=1, keep=2, async_save=async_save)
+    ck = CheckpointStore(tmp_path, rank=0, world_size=1, keep=2, async_save=async_save)
     for step in (10, 20, 30):
         _save(ck, step)
     ck.wait()
@@ -27,7 +32,7 @@ def test_keep_last_k_after_commit(tmp_path, async_save):
 
 
 def test_uncommitted_is_ignored(tmp_path):
-    ck = Checkpointer(tmp_path, rank=0, world_size=1, keep=3)
+    ck = CheckpointStore(tmp_path, rank=0, world_size=1, keep=3)
     _save(ck, 10)
     _save(ck, 20)
     (step_dir(tmp_path, 20) / COMMIT).unlink()
@@ -36,7 +41,7 @@ def test_uncommitted_is_ignored(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
 def test_corrupted_latest_falls_back(tmp_path, damage):
-    ck = Checkpointer(tmp_path, rank=0, world_size=1, keep=3)
+    ck = CheckpointStore(tmp_path, rank=0, world_size=1, keep=3)
     _save(ck, 10)
     _save(ck, 20)
     target = step_dir(tmp_path, 20) / "shared.pt"
@@ -55,11 +60,11 @@ def test_corrupted_latest_falls_back(tmp_path, damage):
 
 
 def test_commit_waits_for_every_rank(tmp_path):
-    ck0 = Checkpointer(tmp_path, rank=0, world_size=2, keep=2, commit_timeout_s=0.5)
+    ck0 = CheckpointStore(tmp_path, rank=0, world_size=2, keep=2, commit_timeout_s=0.5)
     with pytest.raises(CheckpointError, match="rank 1 did not finish"):
         _save(ck0, 10)
     assert ck0.committed_steps() == []
-    Checkpointer(tmp_path, rank=1, world_size=2).save(20, None, {"rng": 1}, {})
+    CheckpointStore(tmp_path, rank=1, world_size=2).save(20, None, {"rng": 1}, {})
     _save(ck0, 20)
     record = json.loads((step_dir(tmp_path, 20) / COMMIT).read_text())
     assert set(record["files"]) == {"shared.pt", "rank_00000.pt", "rank_00001.pt"}

@@ -1,4 +1,8 @@
-"""torch.distributed from the environment: torchrun/submitit variables, or Slurm's own."""
+"""torch.distributed from the environment.
+
+Every launcher sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT itself:
+``hpcorch train``'s local launcher and submitit's ``TorchDistributedEnvironment.export()``.
+"""
 from __future__ import annotations
 
 import datetime
@@ -22,25 +26,8 @@ class DistEnv:
         return self.rank == 0
 
 
-def _from_slurm() -> None:
-    """Fill RANK/WORLD_SIZE/... from Slurm's task variables when a launcher did not."""
-    env = os.environ
-    if "RANK" in env or "SLURM_PROCID" not in env:
-        return
-    env["RANK"] = env["SLURM_PROCID"]
-    env["WORLD_SIZE"] = env["SLURM_NTASKS"]
-    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-    if "MASTER_ADDR" not in env:
-        from ..spec.units import expand_hostlist
-
-        env["MASTER_ADDR"] = expand_hostlist(env["SLURM_JOB_NODELIST"])[0]
-    # A port derived from the job id: the same on every node, different between jobs.
-    env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
-
-
 def init_distributed(timeout_s: int = 300) -> DistEnv:
     """Join the process group; NCCL on CUDA, gloo on CPU. A dead peer raises after ``timeout_s``."""
-    _from_slurm()
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

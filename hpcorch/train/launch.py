@@ -1,7 +1,17 @@
 """``hpcorch train``: N local rank processes on this machine (gloo on CPU, NCCL on GPUs).
 
-The launcher forwards SIGTERM, SIGINT and SIGUSR2 to every rank (each then checkpoints at the
-next step boundary), and ends the others if one rank fails, so a dead peer never hangs the run.
+The launcher forwards the stop signals (SIGTERM, SIGINT, SIGUSR2) to every rank (each then
+checkpoints at the next step boundary), and ends the others if one rank fails, so a dead peer
+never hangs the run.
+
+Why this launcher exists next to ``hpcorch submit -p local``: ``train`` is a foreground
+command with no scheduler. A signal means "stop and let me run it again": every rank
+checkpoints and the run exits :data:`protocol.CHECKPOINTED` (3); nothing restarts it.
+``submit -p local`` goes through submitit's local controller to emulate a scheduler: requeue
+by exit 144 (:data:`protocol.LOCAL_REQUEUE`), restart budgets, a job id. Both start each rank
+through the same entry (:func:`hpcorch.train.rank.run_rank`, scheduler "process" here, "local"
+there) and both follow the same decision table (:func:`protocol.decide`), so they cannot
+differ in restart semantics by accident.
 """
 from __future__ import annotations
 
@@ -13,7 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+from ..protocol import CHECKPOINTED, DONE, stop_signals
+
+FORWARDED = stop_signals("process", None)  # `hpcorch train` has no requeue policy
 
 
 def free_port() -> int:
@@ -25,7 +37,8 @@ def free_port() -> int:
 def launch_local(job_file: Path, run_dir: Path, nproc: int, extra_args: list[str] = (),
                  env: dict | None = None, grace_s: float = 30.0) -> int:
     """Run ranks 0..nproc-1 of ``python -m hpcorch.train`` and return the run's exit code:
-    0 done, 3 every rank checkpointed on a signal, otherwise the first failing rank's code."""
+    DONE, CHECKPOINTED (every rank checkpointed on a signal), otherwise the first failing
+    rank's code."""
     port = free_port()
     procs = []
     for rank in range(nproc):
@@ -60,7 +73,7 @@ def _wait(procs: list[subprocess.Popen], grace_s: float) -> int:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
             break
-        bad = [c for c in codes if c not in (None, 0, 3)]
+        bad = [c for c in codes if c not in (None, DONE, CHECKPOINTED)]
         if bad and failed_at is None:
             first_failure, failed_at = bad[0], time.monotonic()
             for p in procs:
@@ -73,7 +86,7 @@ def _wait(procs: list[subprocess.Popen], grace_s: float) -> int:
         time.sleep(0.05)
     codes = [p.returncode for p in procs]
     if first_failure is None:
-        first_failure = next((c for c in codes if c not in (0, 3)), None)
+        first_failure = next((c for c in codes if c not in (DONE, CHECKPOINTED)), None)
     if first_failure is not None:
         return first_failure if first_failure > 0 else 128 - first_failure
-    return 3 if 3 in codes else 0
+    return CHECKPOINTED if CHECKPOINTED in codes else DONE

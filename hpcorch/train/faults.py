@@ -1,0 +1,65 @@
+"""Fault injection and tracing hooks for tests, all in one place. Each is off unless its
+environment variable is set:
+
+``HPCORCH_CRASH_IN_SAVE=STEP[:RANK]``
+    The rank (every rank, or only ``RANK``) kills itself with SIGKILL halfway through really
+    writing its first checkpoint file of step ``STEP``: the crash the commit protocol must
+    survive (:func:`crash_in_save`, used as :func:`hpcorch.rundir.atomic_write`'s ``fault``).
+``HPCORCH_SAMPLE_TRACE=DIR``
+    Each rank appends the sample ids it trained on per step to ``DIR/rankN.jsonl``
+    (:class:`SampleTrace`), to check that a resume on another world size sees every sample once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import IO, Callable
+
+CRASH_IN_SAVE = "HPCORCH_CRASH_IN_SAVE"
+SAMPLE_TRACE = "HPCORCH_SAMPLE_TRACE"
+
+Fault = Callable[[IO[bytes], bytes], None]
+
+
+def crash_in_save(step: int, rank: int) -> Fault | None:
+    """The ``fault`` hook that kills this process mid-write, if asked for at ``step`` and
+    ``rank``; None otherwise."""
+    spec = os.environ.get(CRASH_IN_SAVE)
+    if not spec:
+        return None
+    want_step, _, want_rank = spec.partition(":")
+    if int(want_step) != step or (want_rank and int(want_rank) != rank):
+        return None
+    return _kill_midway
+
+
+def _kill_midway(f: IO[bytes], data: bytes) -> None:
+    """Write and fsync half of ``data``, then die as a node failure would: no cleanup."""
+    f.write(data[: len(data) // 2])
+    f.flush()
+    os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SampleTrace:
+    """This rank's trace of the sample ids per step; does nothing unless enabled."""
+
+    def __init__(self, rank: int, folder: str | None = None):
+        folder = folder if folder is not None else os.environ.get(SAMPLE_TRACE)
+        self.rank = rank
+        self._file = None
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            self._file = open(Path(folder) / f"rank{rank}.jsonl", "a")
+
+    def write(self, step: int, samples: list[int]) -> None:
+        """Record the samples this rank trained on at ``step``."""
+        if self._file:
+            self._file.write(json.dumps({"step": step, "rank": self.rank, "samples": samples}) + "\n")
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,68 @@
+"""Run one rank of a training run: the one entry used by ``python -m hpcorch.train`` (the
+processes of ``hpcorch train``) and by the submitit task (``hpcorch submit``).
+
+Importing this module does not import torch; :func:`run_rank` does.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import protocol
+
+# Who started the rank: `hpcorch train` (no scheduler), Slurm, or submitit's local controller.
+SCHEDULERS = ("process", "slurm", "local")
+
+
+@dataclass(frozen=True)
+class RankOutcome:
+    """How the rank ended: :data:`protocol.DONE`, :data:`protocol.CHECKPOINTED` (then
+    ``agreed_signal`` is the signal the ranks stopped on) or :data:`protocol.CLEAR_ERROR`."""
+
+    exit_code: int
+    agreed_signal: int = 0
+
+
+def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tflops: float | None = None,
+             resume_step: int | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RankOutcome:
+    """Load the job, join the process group, train, leave the group together.
+
+    ``scheduler`` ("process", "slurm" or "local") picks the stop signals
+    (:func:`protocol.stop_signals`). A configuration or checkpoint problem is printed as one
+    ``error: ...`` line on stderr and returned as :data:`protocol.CLEAR_ERROR`, no traceback.
+    """
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+    from ..errors import HpcorchError
+    from ..spec.job import load_job
+    from .distributed import init_distributed, shutdown
+    from .store import CheckpointError
+    from .trainer import Trainer
+
+    try:
+        job = load_job(job_file, list(overrides))
+        env = init_distributed(job.trainer.collective_timeout_s)
+        setup_logging(env.rank)
+        trainer = Trainer(job, Path(run_dir), env, protocol.stop_signals(scheduler, job.requeue),
+                          peak_tflops=peak_tflops, resume_step=resume_step)
+        code = trainer.run()
+    except (HpcorchError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return RankOutcome(protocol.CLEAR_ERROR)
+    shutdown()
+    return RankOutcome(code, trainer.agreed_signal)
+
+
+def setup_logging(rank: int) -> None:
+    """Send hpcorch's log lines to this rank's stdout as bare messages: INFO on rank 0,
+    warnings only on the others (their lines would repeat rank 0's). Leaves logging alone
+    if the process (or its launcher) has configured it already."""
+    root, ours = logging.getLogger(), logging.getLogger("hpcorch")
+    if root.handlers or ours.handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO if rank == 0 else logging.WARNING)

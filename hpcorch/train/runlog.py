@@ -1,0 +1,168 @@
+"""What a run reports, and where it goes: per-step metrics, events, progress, the summary and
+the console lines, each written by a :class:`Sink`.
+
+Only rank 0 reports (the other ranks' :class:`RunLogger` has no sinks). File names come from
+:class:`hpcorch.rundir.RunDir`. A new destination (TensorBoard, W&B) is one more sink passed
+to :class:`RunLogger`; the trainer does not change.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from ..rundir import RunDir, atomic_write
+from .state import TrainState
+
+log = logging.getLogger("hpcorch.train")
+
+
+class Sink:
+    """A destination of a run's reports. Every method is optional (the default ignores it)."""
+
+    def on_step(self, record: dict) -> None:
+        """One finished step: step, loss, lr, grad_norm, step_time_s, tokens_per_s, mfu,
+        max_mem_mb and, on evaluation steps, val_loss."""
+
+    def on_event(self, name: str, fields: dict) -> None:
+        """Something that happened once: process_start, first_step, signal, checkpoint_committed."""
+
+    def on_summary(self, summary: dict) -> None:
+        """The completed run's summary."""
+
+    def close(self) -> None:
+        """Release files or connections; no calls follow."""
+
+
+class MetricsFile(Sink):
+    """``metrics.jsonl``: one JSON line per step, flushed at once (``hpcorch logs`` follows it)."""
+
+    def __init__(self, run: RunDir):
+        self._file = open(run.metrics, "a")
+
+    def on_step(self, record: dict) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class EventsFile(Sink):
+    """``events.jsonl``: timestamped events (when a run stopped, how long it took to come back)."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def on_event(self, name: str, fields: dict) -> None:
+        self.run.append_event(name, **fields)
+
+
+class ProgressFile(Sink):
+    """``progress.json``: the furthest step, restarts, steps recomputed and the last loss.
+    Rewritten every step, so not fsynced: a crash of the process never loses it."""
+
+    def __init__(self, run: RunDir, state: TrainState):
+        self.path, self.state = run.progress_file, state
+
+    def write(self) -> None:
+        st = self.state
+        atomic_write(self.path, json.dumps({"step": st.step, "restarts": st.restarts,
+                                            "steps_recomputed": st.steps_recomputed,
+                                            "loss": st.last_loss}), durable=False)
+
+    def on_step(self, record: dict) -> None:
+        self.write()
+
+
+class SummaryFile(Sink):
+    """``summary.json``, written once (durably) when the run completes."""
+
+    def __init__(self, run: RunDir):
+        self.path = run.summary_file
+
+    def on_summary(self, summary: dict) -> None:
+        atomic_write(self.path, json.dumps(summary, indent=2) + "\n")
+
+
+class Console(Sink):
+    """Human-readable lines through the ``hpcorch.train`` logger (the rank's stdout)."""
+
+    def __init__(self, total_steps: int, log_interval: int):
+        self.total_steps, self.log_interval = total_steps, log_interval
+
+    def on_step(self, record: dict) -> None:
+        step = record["step"]
+        if step % self.log_interval and step != 1:
+            return
+        mfu = f" mfu {record['mfu'] * 100:.1f}%" if record["mfu"] else ""
+        log.info(f"step {step:>6}/{self.total_steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
+                 f"{record['tokens_per_s']:,.0f} tok/s{mfu}")
+
+    def on_summary(self, summary: dict) -> None:
+        log.info(f"hpcorch: done at step {summary['final_step']}, loss {summary['final_loss']:.4f}, "
+                 f"val {summary['val_loss']:.4f}, weights {summary['weights_sha256'][:16]}")
+
+
+class RunLogger:
+    """Rank 0's reports of one run, fanned out to sinks; on other ranks every call is a no-op.
+
+    ``progress.json`` also carries the restart accounting: the furthest step any process of
+    the run reached survives crashes there, so a restart knows how many steps it recomputes.
+    """
+
+    def __init__(self, run: RunDir, state: TrainState, is_main: bool, total_steps: int,
+                 log_interval: int, extra_sinks: tuple[Sink, ...] = ()):
+        self.run, self.state, self.is_main = run, state, is_main
+        self.progress = ProgressFile(run, state)
+        self.sinks: list[Sink] = []
+        if is_main:
+            # The order matters to readers: progress.json announces a step (tests signal on
+            # it) only after metrics.jsonl holds it, and the console's last line only after
+            # summary.json exists.
+            self.sinks = [MetricsFile(run), self.progress, EventsFile(run), SummaryFile(run),
+                          Console(total_steps, log_interval), *extra_sinks]
+
+    def info(self, message: str) -> None:
+        """A console line (rank 0 only)."""
+        if self.is_main:
+            log.info(message)
+
+    def start(self, resumed: bool, setup: str) -> None:
+        """Account a restart, write the first progress, say how the run starts and record
+        the process start."""
+        if not self.is_main:
+            return
+        self._account_restart(resumed)
+        self.progress.write()
+        st = self.state
+        self.info(f"hpcorch: {'resumed at step ' + str(st.step) if resumed else 'starting'}; {setup}")
+        import psutil
+
+        # The process's real start time: the restart took from the stop event until then.
+        self.event("process_start", time=psutil.Process().create_time(), step=st.step, restarts=st.restarts)
+
+    def _account_restart(self, resumed: bool) -> None:
+        """Restarts and steps recomputed: an earlier process of this run left progress.json."""
+        prior = self.run.progress()
+        if prior:
+            self.state.restarts = prior["restarts"] + 1
+            self.state.steps_recomputed = prior["steps_recomputed"] + max(0, prior["step"] - self.state.step)
+        elif resumed:
+            self.state.restarts = 1
+
+    def step(self, record: dict) -> None:
+        for sink in self.sinks:
+            sink.on_step(record)
+
+    def event(self, name: str, **fields) -> None:
+        for sink in self.sinks:
+            sink.on_event(name, fields)
+
+    def summary(self, summary: dict) -> None:
+        for sink in self.sinks:
+            sink.on_summary(summary)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []

@@ -1,0 +1,49 @@
+"""Stopping at a step boundary on a signal, with every rank agreeing (steps 2 and 3 of the
+protocol in :mod:`hpcorch.protocol`).
+
+The handler only records the signal and when it came. At the end of each step the flag rides
+on the loss all-reduce that happens anyway, so a signal costs no extra collective until one
+arrives; then one MAX all-reduce agrees on which signal it was (the submission layer acts on
+it). Every rank issues exactly this sequence, so none can wait in a collective the others skip.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+import torch
+import torch.distributed as dist
+
+
+class StopAgreement:
+    """The stop flag of one rank and the ranks' agreement on it."""
+
+    def __init__(self, signals: tuple[int, ...], device: torch.device, world_size: int):
+        self.signals, self.device, self.world_size = tuple(signals), device, world_size
+        self.requested = 0          # the signal this rank received (0: none)
+        self.signal_time: float | None = None
+        self.agreed = False         # some rank received a signal: stop after this step
+        self.agreed_signal = 0      # the highest signal number any rank received
+
+    def install(self) -> None:
+        """Route the stop signals to :meth:`on_signal`."""
+        for signum in self.signals:
+            signal.signal(signum, self.on_signal)
+
+    def on_signal(self, signum: int, _frame=None) -> None:
+        """Only a flag: acting inside a handler could interrupt a collective or a write."""
+        self.requested = signum
+        self.signal_time = time.time()
+
+    def reduce_loss(self, local_loss: torch.Tensor) -> float:
+        """The mean loss over ranks, from one all-reduce that also carries the stop flag.
+        Sets :attr:`agreed` and, if a stop is agreed, :attr:`agreed_signal`."""
+        flags = torch.stack([local_loss, torch.tensor(float(self.requested), device=self.device)])
+        dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+        loss = flags[0].item() / self.world_size
+        self.agreed = flags[1].item() > 0
+        if self.agreed:
+            agreed = torch.tensor(float(self.requested), device=self.device)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+            self.agreed_signal = int(agreed.item())
+        return loss

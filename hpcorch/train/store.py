@@ -1,0 +1,211 @@
+"""Crash-safe checkpoint storage: one directory per step, a commit marker written last.
+
+Each rank writes its files (through :func:`hpcorch.rundir.atomic_write`: temporary name, fsync,
+rename) and then a ``rank_NNNNN.done`` record listing their sizes and SHA-256 digests. Rank 0
+waits for every rank's record and only then writes the commit marker (same protocol), so a
+checkpoint that lacks the marker, or whose files do not match the digests in it, is never
+loaded. Older checkpoints are deleted only after a newer one is committed. Rank 0's waiting
+uses the file system, not a collective, which lets an asynchronous save finish in a
+background thread while training goes on.
+
+Folder names, the marker and "which steps are committed" come from
+:class:`hpcorch.rundir.CheckpointLayout`, so ``hpcorch status`` and the trainer agree.
+This module stores opaque states; :mod:`hpcorch.train.checkpoint` decides what is in them.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..poll import PollTimeout, poll_until
+from ..rundir import COMMIT_MARKER, CheckpointLayout, atomic_write
+from .faults import crash_in_save
+
+SHARED_FILE = "shared.pt"  # written by rank 0 only: model and optimizer
+
+_logger = logging.getLogger("hpcorch.train")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: missing, uncommitted, corrupted or incompatible."""
+
+
+def rank_file(rank: int) -> str:
+    """The file of ``rank``'s own state (its RNG)."""
+    return f"rank_{rank:05d}.pt"
+
+
+def done_file(rank: int) -> str:
+    """``rank``'s record of the files it wrote, with their sizes and digests."""
+    return f"rank_{rank:05d}.done"
+
+
+def to_cpu(obj: Any) -> Any:
+    """A host-memory copy of a (nested) state, so that training may overwrite the original."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def _serialize(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _deserialize(data: bytes) -> Any:
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+
+def _digest(data: bytes) -> dict:
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+class CheckpointStore:
+    """Saves and finds checkpoints under ``root`` for one rank of a run."""
+
+    def __init__(self, root: Path, rank: int, world_size: int, keep: int = 2,
+                 async_save: bool = False, commit_timeout_s: float = 600.0):
+        self.layout = CheckpointLayout(root)
+        self.root, self.rank, self.world_size = self.layout.root, rank, world_size
+        self.keep, self.async_save, self.commit_timeout_s = keep, async_save, commit_timeout_s
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ----- saving -------------------------------------------------------------------------
+    def save(self, step: int, shared: dict | None, local: dict, meta: dict) -> float:
+        """Save ``shared`` (written by rank 0 only: model, optimizer), ``local`` (this rank's own
+        state: RNG) and ``meta`` (in the commit marker). Returns the seconds training was blocked.
+
+        In async mode the call returns once the state is copied to host memory; at most one
+        save is in flight (a new save first waits for the previous one).
+        """
+        start = time.perf_counter()
+        self.wait()
+        if self.async_save:
+            shared, local = to_cpu(shared), to_cpu(local)
+            self._thread = threading.Thread(target=self._write_guarded, args=(step, shared, local, meta),
+                                            name=f"checkpoint-{step}", daemon=True)
+            self._thread.start()
+        else:
+            self._write(step, shared, local, meta)
+        return time.perf_counter() - start
+
+    def wait(self) -> None:
+        """Block until the save in flight (if any) is committed; re-raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise CheckpointError(f"asynchronous checkpoint save failed: {error}") from error
+
+    def _write_guarded(self, *args) -> None:
+        try:
+            self._write(*args)
+        except BaseException as exc:  # surfaced by the next wait()
+            self._error = exc
+
+    def _write(self, step: int, shared: dict | None, local: dict, meta: dict) -> None:
+        d = self.layout.step_dir(step)
+        d.mkdir(parents=True, exist_ok=True)
+        # The fault hook hits the first (largest) file this rank writes.
+        fault = crash_in_save(step, self.rank)
+        files = {}
+        if self.rank == 0 and shared is not None:
+            files[SHARED_FILE] = self._write_file(d / SHARED_FILE, _serialize(shared), fault)
+            fault = None
+        files[rank_file(self.rank)] = self._write_file(d / rank_file(self.rank), _serialize(local), fault)
+        atomic_write(d / done_file(self.rank), json.dumps(files))
+        if self.rank == 0:
+            record = {"step": step, "world_size": self.world_size, "files": self._gather_manifest(d), **meta}
+            atomic_write(d / COMMIT_MARKER, json.dumps(record, indent=1))
+            self._prune()
+
+    @staticmethod
+    def _write_file(path: Path, data: bytes, fault) -> dict:
+        atomic_write(path, data, fault=fault)
+        return _digest(data)
+
+    def _gather_manifest(self, d: Path) -> dict:
+        """Every rank's file records, once all are there (rank 0, before it commits)."""
+        def missing() -> list[int]:
+            return [r for r in range(self.world_size) if not (d / done_file(r)).exists()]
+
+        try:
+            # The other ranks usually finish first (rank 0 also writes the model): start
+            # with short pauses, then back off so a slow file system is not hammered.
+            poll_until(lambda: not missing(), self.commit_timeout_s, interval_s=0.01, backoff=1.5,
+                       max_interval_s=0.25, what=f"every rank's part of {d}")
+        except PollTimeout:
+            raise CheckpointError(f"rank {missing()[0]} did not finish its part of {d} in "
+                                  f"{self.commit_timeout_s:.0f} s; not committed") from None
+        manifest: dict = {}
+        for r in range(self.world_size):
+            manifest.update(json.loads((d / done_file(r)).read_text()))
+        return manifest
+
+    def _prune(self) -> None:
+        """Keep the newest ``keep`` committed steps; drop uncommitted leftovers older than them."""
+        committed = self.committed_steps()
+        keep = set(committed[-self.keep:])
+        newest = committed[-1] if committed else -1
+        for step, d in self.layout.step_dirs().items():
+            if step in keep:
+                continue
+            if step in committed or step < newest:
+                shutil.rmtree(d, ignore_errors=True)
+
+    # ----- finding and loading --------------------------------------------------------------
+    def committed_steps(self) -> list[int]:
+        """Steps with a commit marker, oldest first."""
+        return self.layout.committed_steps()
+
+    def load(self, step: int) -> tuple[dict, dict | None, dict]:
+        """(shared state, this rank's local state or None, commit record) of ``step``.
+
+        Every file is read once and checked against the size and SHA-256 in the commit record
+        before anything is deserialized.
+        """
+        d = self.layout.step_dir(step)
+        try:
+            record = json.loads((d / COMMIT_MARKER).read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{d}: not a committed checkpoint ({exc})") from None
+        blobs = {}
+        for name, info in record["files"].items():
+            try:
+                data = (d / name).read_bytes()
+            except OSError:
+                raise CheckpointError(f"{d / name}: missing") from None
+            if _digest(data) != {"size": info["size"], "sha256": info["sha256"]}:
+                raise CheckpointError(f"{d / name}: size or SHA-256 does not match the commit record")
+            blobs[name] = data
+        own = blobs.get(rank_file(self.rank))
+        shared = _deserialize(blobs[SHARED_FILE])
+        local = _deserialize(own) if own else None
+        return shared, local, record
+
+    def load_latest(self, log: Callable[[str], None] = _logger.info) -> tuple[int, dict, dict | None, dict] | None:
+        """The newest committed checkpoint that verifies, as (step, shared, local, record);
+        corrupted ones are reported through ``log`` and skipped; None if there is none."""
+        for step in reversed(self.committed_steps()):
+            try:
+                return (step, *self.load(step))
+            except CheckpointError as exc:
+                log(f"hpcorch: skipping corrupted checkpoint: {exc}")
+        return None

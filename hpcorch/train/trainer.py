@@ -1,0 +1,207 @@
+"""The training loop of one rank, as a sequence of calls to its components: the parallel model
+(:mod:`.parallel`), the optimizer and LR schedule (:mod:`.optim`), the data (:mod:`.data`), the
+checkpointer (:mod:`.checkpoint`), the stop agreement (:mod:`.stop`) and the run logger
+(:mod:`.runlog`). The rules that keep it bit-exact across restarts are in :mod:`.determinism`.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .. import protocol
+from ..errors import ConfigError
+from ..rundir import RunDir
+from ..spec.job import JobSpec
+from .checkpoint import Checkpointer, weights_digest
+from .data import DataSource
+from .determinism import pin_threads
+from .distributed import DistEnv
+from .faults import SampleTrace
+from .optim import build_optimizer, lr_at, set_lr
+from .parallel import build_parallel_model
+from .runlog import RunLogger, Sink
+from .state import TrainState
+from .stop import StopAgreement
+from .store import CheckpointStore
+
+
+def accumulation_steps(job: JobSpec, world_size: int) -> int:
+    """Micro-batches per step on each rank; the global batch must split evenly."""
+    tr = job.trainer
+    if tr.global_batch % (tr.micro_batch * world_size):
+        raise ConfigError(job.name, "trainer.global_batch", f"expected a multiple of micro_batch x "
+                          f"world size = {tr.micro_batch} x {world_size}, got {tr.global_batch}")
+    return tr.global_batch // (tr.micro_batch * world_size)
+
+
+class Trainer:
+    """Trains ``job`` in ``run_dir`` on this rank. Building happens here, after the stop
+    signals are caught (a signal during a slow build still ends in a clean stop); :meth:`run`
+    restores, trains and saves. ``sinks`` are more destinations for rank 0's reports."""
+
+    def __init__(self, job: JobSpec, run_dir: str | Path, env: DistEnv, stop_signals: tuple[int, ...],
+                 peak_tflops: float | None = None, resume_step: int | None = None,
+                 sinks: tuple[Sink, ...] = ()):
+        tr = job.trainer
+        self.job, self.tr, self.env, self.world = job, tr, env, env.world_size
+        self.accum = accumulation_steps(job, self.world)
+        self.resume_step = resume_step
+        self.peak_flops = (peak_tflops or 0) * 1e12
+        self.tokens_per_step = tr.global_batch * tr.model.seq_len
+        self.flops_per_step = tr.model.flops_per_token() * self.tokens_per_step
+        self.state = TrainState()
+        self.stop = StopAgreement(stop_signals, env.device, self.world)
+        self.stop.install()
+        self.run_dir = RunDir.for_job(run_dir, job)
+        self.run_dir.root.mkdir(parents=True, exist_ok=True)
+
+        # Build in the order the determinism rules need: threads, seed + model, optimizer,
+        # data, then DDP's settling backward (which needs a batch and the optimizer's params).
+        pin_threads(job.resources.cpus_per_task)
+        self.parallel = build_parallel_model(job, env)
+        self.optimizer = build_optimizer(self.parallel.module, tr.optimizer, env.device, tr.sharding)
+        self.data = DataSource(tr.data, tr.model.seq_len, tr.seed)
+        _, x, y = self.data.val.batch(range(tr.micro_batch))
+        self.parallel.settle(x, y)
+
+        self.runlog = RunLogger(self.run_dir, self.state, env.is_main, tr.steps, tr.log_interval, sinks)
+        store = CheckpointStore(self.run_dir.checkpoints, env.rank, self.world, keep=tr.checkpoint.keep,
+                                async_save=tr.checkpoint.async_save,
+                                commit_timeout_s=tr.collective_timeout_s)
+        self.checkpointer = Checkpointer(store, job, env.rank, self.parallel.module, self.optimizer,
+                                         log=self.runlog.info)
+        self.trace = SampleTrace(env.rank)
+        self.steps_this_process = 0
+
+    @property
+    def agreed_signal(self) -> int:
+        """The signal the ranks agreed to stop on (0 if none)."""
+        return self.stop.agreed_signal
+
+    # ----- the run ----------------------------------------------------------------------------
+    def run(self) -> int:
+        """Train until ``trainer.steps`` or an agreed stop. Returns :data:`protocol.DONE` or,
+        after a committed checkpoint on a signal, :data:`protocol.CHECKPOINTED`."""
+        try:
+            resumed = self.checkpointer.restore(self.state, self.resume_step)
+            self.runlog.start(resumed, self._setup_line())
+            self.parallel.model.train()
+            while self.state.step < self.tr.steps and not self.stop.agreed:
+                self.runlog.step(self._timed_step())
+                if self._checkpoint_due():
+                    self.checkpointer.save(self.state)
+            if self.stop.agreed:
+                return self._stop()
+            self.checkpointer.wait()
+            self._finish()
+            return protocol.DONE
+        finally:
+            self.runlog.close()
+            self.trace.close()
+
+    def _setup_line(self) -> str:
+        env = self.env
+        return (f"{self.tr.model.num_params() / 1e6:.2f}M parameters, world {self.world}, "
+                f"accumulation {self.accum}, {env.backend} on {env.device.type}")
+
+    def _checkpoint_due(self) -> bool:
+        step = self.state.step
+        return step % self.tr.checkpoint.interval == 0 or step == self.tr.steps
+
+    def _timed_step(self) -> dict:
+        """One step, traced, measured and (on evaluation steps) evaluated: its metrics record."""
+        start = time.perf_counter()
+        lr, grad_norm, seen = self.train_step()
+        if self.env.device.type == "cuda":
+            torch.cuda.synchronize()  # the step's kernels are done: honest timings
+        dt = time.perf_counter() - start
+        st = self.state
+        self.steps_this_process += 1
+        if self.steps_this_process == 1:
+            self.runlog.event("first_step", step=st.step)
+        self.trace.write(st.step, seen)
+        record = {"step": st.step, "loss": st.last_loss, "lr": lr, "grad_norm": grad_norm,
+                  "step_time_s": dt, "tokens_per_s": self.tokens_per_step / dt,
+                  "mfu": self.flops_per_step / dt / (self.peak_flops * self.world) if self.peak_flops else None,
+                  "max_mem_mb": max_memory_mb(self.env.device)}
+        if self.tr.eval_interval and st.step % self.tr.eval_interval == 0:
+            record["val_loss"] = self.evaluate()
+        return record
+
+    def train_step(self) -> tuple[float, float, list[int]]:
+        """One optimizer step over this rank's share of the global batch. Returns the LR, the
+        gradient norm before clipping and the sample ids this rank trained on."""
+        tr, st, device = self.tr, self.state, self.env.device
+        lr = lr_at(st.step, tr.optimizer, tr.steps)
+        set_lr(self.optimizer, lr)
+        positions = self.data.rank_positions(st.consumed_samples, tr.global_batch, self.env.rank, self.world)
+        loss_sum = torch.zeros((), device=device)
+        seen: list[int] = []
+        for k in range(self.accum):
+            ids, x, y = self.data.train.batch(positions[k * tr.micro_batch:(k + 1) * tr.micro_batch])
+            seen += ids
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with self.parallel.no_sync(k == self.accum - 1), self.parallel.autocast():
+                _, loss = self.parallel.model(x, y)
+            (loss / self.accum).backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parallel.model.parameters(), tr.optimizer.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        st.last_loss = self.stop.reduce_loss(loss_sum / self.accum)  # also agrees on a stop
+        st.advance(tr.global_batch, tr.model.seq_len)
+        return lr, float(grad_norm), seen
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss over ``eval_batches`` micro-batches per rank (a collective)."""
+        model, tr, rank = self.parallel.model, self.tr, self.env.rank
+        model.eval()
+        total = torch.zeros((), device=self.env.device)
+        for b in range(tr.eval_batches):
+            start = (b * self.world + rank) * tr.micro_batch
+            _, x, y = self.data.val.batch(range(start, start + tr.micro_batch))
+            with self.parallel.autocast():
+                _, loss = model(x.to(self.env.device), y.to(self.env.device))
+            total += loss.float()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        model.train()
+        return total.item() / (tr.eval_batches * self.world)
+
+    def _stop(self) -> int:
+        """After an agreed stop: make sure this step is committed, then report it."""
+        st = self.state
+        if self.checkpointer.saved_step != st.step:
+            self.checkpointer.save(st)
+        self.checkpointer.wait()
+        signal_time = self.stop.signal_time if self.stop.signal_time is not None else time.time()
+        self.runlog.event("signal", signal=self.agreed_signal, time=signal_time, step=st.step)
+        self.runlog.event("checkpoint_committed", step=st.step)
+        self.runlog.info(f"hpcorch: stopped by signal {signal.Signals(self.agreed_signal).name} "
+                         f"at step {st.step}; checkpoint committed, exit {protocol.CHECKPOINTED}")
+        return protocol.CHECKPOINTED
+
+    def _finish(self) -> None:
+        """Evaluate, digest the weights and write the summary."""
+        val_loss = self.evaluate()
+        model_sd, _ = self.checkpointer.full_state()  # a collective under FSDP: every rank
+        if not self.env.is_main:
+            return
+        st = self.state
+        self.runlog.summary({"job": self.job.name, "final_step": st.step, "final_loss": st.last_loss,
+                             "val_loss": val_loss, "tokens": st.tokens, "restarts": st.restarts,
+                             "steps_recomputed": st.steps_recomputed, "world_size": self.world,
+                             "weights_sha256": weights_digest(model_sd)})
+
+
+def max_memory_mb(device: torch.device) -> float:
+    """Peak memory of this rank: allocated on the GPU, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
