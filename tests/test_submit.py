@@ -150,7 +150,9 @@ def test_node_down_requeues_and_completes_elsewhere(ctx, tmp_path, reference):
 
 def test_time_limit_checkpoints_and_requeues(ctx, tmp_path):
     run = tmp_path / "run"
-    job = ctx.submit(run, "resources.time=1", "requeue.signal_lead_s=40", "trainer.steps=1000000")
+    # Slurm sends --signal up to one 30 s check early: with a 60 s limit and a 10 s lead it comes
+    # 20-50 s after the start, after training has begun (a 40 s lead let it come at once).
+    job = ctx.submit(run, "resources.time=1", "requeue.signal_lead_s=10", "trainer.steps=1000000")
     job_id = job["job_id"]
     wait_progress(run, 5)
     ctx.slurm.wait_for(job_id, {"PENDING", "REQUEUED"}, timeout_s=150, poll_s=1)
