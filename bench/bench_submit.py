@@ -3,7 +3,7 @@ and raw sbatch, and how fast a preempted run checkpoints and comes back.
 
 1. Submission latency, each measured in this run and cancelled at once:
    raw `sbatch` of the rendered script; plain submitit submitting the same training task;
-   hpcorch's submit_plan in-process; the whole `hpcorch submit` CLI process.
+   hpcorch's service.submit in-process; the whole `hpcorch submit` CLI process.
 2. Preemption: a 2-node tiny training job is preempted by an `urgent` job; from its
    events.jsonl: signal -> committed checkpoint (against the same checkpoint's plain save time)
    and process start -> first training step after the restart (against `python -c "import torch"`).
@@ -52,7 +52,8 @@ def main() -> None:
     from hpcorch.spec.profile import load_profile
     from hpcorch.registry import Registry
     from hpcorch.render import render_sbatch
-    from hpcorch.cluster.slurm import Slurm
+    sys.path.insert(0, str(REPO / "tests"))
+    from slurmhelp import TestSlurm as Slurm  # sbatch, wait_for, update_job: a tester's tools
     from hpcorch import service
     from hpcorch.submit.task import TrainTask
 
@@ -113,23 +114,23 @@ def main() -> None:
 def preemption(plan, script, slurm, tmp) -> None:
     from hpcorch import service
 
+    from hpcorch.poll import poll_until
+    from hpcorch.rundir import RunDir
+
     run = plan.run_dir
     entry = service.submit(plan, script).entry
-    while True:
-        try:
-            if json.loads((run / "progress.json").read_text())["step"] >= 120:
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.1)
+    poll_until(lambda: RunDir(run).progress().get("step", 0) >= 120 or None, 600, interval_s=0.1)
     urgent = slurm.sbatch("#!/bin/bash\nsleep 1\n", "--partition=urgent", "--nodes=4", "--exclusive", "--time=2",
                           f"--output={tmp}/urgent.out")
     slurm.wait_for(urgent, "COMPLETED", timeout_s=180)
-    deadline = time.monotonic() + 300
-    while slurm.state(entry.job_id) != "COMPLETED" and time.monotonic() < deadline:
-        if slurm.state(entry.job_id) == "PENDING":
+
+    def completed():
+        state = slurm.state(entry.job_id)
+        if state == "PENDING":  # requeued: start now instead of after BeginTime
             slurm.update_job(entry.job_id, StartTime="now")
-        time.sleep(0.5)
+        return state == "COMPLETED" or None
+
+    poll_until(completed, 300, interval_s=0.5, what=f"job {entry.job_id} COMPLETED")
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     signal_t = next(e["time"] for e in events if e["event"] == "signal")
     commit = next(e for e in events if e["event"] == "checkpoint_committed")

@@ -67,12 +67,12 @@ def main(ctx, verbose):
 
 
 def _setup_logging(verbose: int) -> None:
-    """Warnings only by default; -v: hpcorch's and submitit's INFO lines; -vv: DEBUG."""
+    """Warnings only by default; -v: hpcorch's and submitit's INFO lines; -vv: DEBUG.
+    (submitit's logger follows hpcorch's level once submitit is imported, at submission.)"""
     import logging
 
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("submitit").setLevel(level)
 
 
 def _verbose() -> bool:

@@ -29,11 +29,12 @@ import signal
 from dataclasses import dataclass
 from typing import Callable
 
+from .errors import HpcorchError
 from .rundir import RunDir, atomic_write
 
 # Exit codes, named once.
 DONE = 0
-CLEAR_ERROR = 2        # a one-line error was printed (config, checkpoint, busy run directory)
+CLEAR_ERROR = HpcorchError.exit_code  # 2: a one-line error was printed (config, checkpoint, busy run dir)
 CHECKPOINTED = 3       # every rank checkpointed on a signal: start the same command again
 LOCAL_REQUEUE = 144    # submitit's local controller starts every task again on this code
 
@@ -111,17 +112,10 @@ class RestartBudget:
     EMPTY = {"preemption": 0, "timeout": 0, "node_failure": 0, "refused": ""}
 
     def __init__(self, run: RunDir):
-        self.path = run.restarts_file
+        self.run = run
 
     def load(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return dict(self.EMPTY)
-        return {**self.EMPTY, **data}
-
-    def _save(self, data: dict) -> None:
-        atomic_write(self.path, json.dumps(data))
+        return {**self.EMPTY, **self.run.restarts()}
 
     def record(self, cause: Cause, decision: Decision) -> None:
         """Count a granted requeue, or note a refusal (``hpcorch status`` shows it)."""
@@ -133,10 +127,7 @@ class RestartBudget:
             data["refused"] = decision.reason
         else:
             return
-        self._save(data)
-
-    def refused(self) -> str:
-        return self.load().get("refused", "")
+        atomic_write(self.run.restarts_file, json.dumps(data))
 
 
 class NotRequeued(RuntimeError):

@@ -85,9 +85,10 @@ class Registry:
         finally:
             conn.close()
 
-    def get(self, ref: str, conn: sqlite3.Connection | None = None) -> Entry:
+    def get(self, ref: str | int, conn: sqlite3.Connection | None = None) -> Entry:
         """A job by registry key (``3``), Slurm id (``s1234`` or ``1234`` if no key matches),
         name (newest first) or run directory."""
+        ref = str(ref)  # a registry number may come as an int from Python callers
         own = conn is None
         conn = conn or self._connect()
         try:

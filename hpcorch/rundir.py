@@ -23,14 +23,17 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, Iterator
 
 from .errors import HpcorchError
 
 COMMIT_MARKER = "COMMITTED"
+LEASE_ENV = "HPCORCH_LEASE"  # the holder's token, for the ranks it starts: see RunDir.check_fence
 _STEP_PREFIX = "step_"
 
 
@@ -54,7 +57,8 @@ def atomic_write(path: Path, data: bytes | str, durable: bool = True,
     """
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(path.name + ".tmp")
+    # A name of this writer's own: two processes (or a save thread) never share a temp file.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident() % 10**6}.tmp")
     with open(tmp, "wb") as f:
         if fault is not None:
             fault(f, raw)
@@ -137,6 +141,22 @@ class Lease:
     started: float = 0.0    # the holder process's start time (guards against pid reuse)
     slurm_conf: str | None = None  # which cluster to ask
     claimed: float = field(default_factory=time.time)
+
+    @classmethod
+    def for_holder(cls, scheduler: str, job_id: str, attempt: int = 0, slurm_conf: str | None = None) -> "Lease":
+        """The lease of a holder. A local holder is a pid: its start time is recorded too, so
+        a later process that reuses the number is never taken for it."""
+        started = 0.0
+        if scheduler in ("local", "process"):
+            import psutil
+
+            started = psutil.Process(int(job_id)).create_time()
+        return cls(scheduler, job_id, attempt=attempt, started=started, slurm_conf=slurm_conf)
+
+    def token(self) -> str:
+        """What the holder's ranks carry (``HPCORCH_LEASE``) to prove, before they commit, that
+        the run directory is still theirs."""
+        return f"{self.scheduler}:{self.job_id}:{self.attempt}"
 
     def names(self) -> str:
         kind = {"slurm": "Slurm job", "local": "local job", "process": "hpcorch train process"}
@@ -224,7 +244,10 @@ class RunDir:
         from .spec.schema import to_dict
 
         self.create()
-        atomic_write(self.job_file, yaml.safe_dump(to_dict(job), sort_keys=False))
+        data = to_dict(job)
+        if job.trainer.checkpoint.dir:  # absolute: every reader resolves it alike, wherever it runs
+            data["trainer"]["checkpoint"]["dir"] = str(self.checkpoints)
+        atomic_write(self.job_file, yaml.safe_dump(data, sort_keys=False))
         return self.job_file
 
     def append_event(self, name: str, **fields) -> None:
@@ -274,6 +297,31 @@ class RunDir:
         """Record ``lease``'s holder as the one writer of this run directory."""
         self.create()
         atomic_write(self.lease_file, json.dumps(asdict(lease)))
+
+    @contextmanager
+    def lease_lock(self) -> Iterator[None]:
+        """Serialise check-then-take of the lease between processes on this file system (two
+        submits into one directory at once: the second sees the first's job)."""
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lease.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def check_fence(self) -> None:
+        """Before a commit: if this process was started under a lease (``HPCORCH_LEASE``), the
+        lease must still name that holder and attempt. A rank of an attempt that was replaced
+        (a node cut off, then requeued; a launcher killed, then started again) stops here
+        instead of committing beside the new one."""
+        mine = os.environ.get(LEASE_ENV)
+        current = self.lease()
+        if mine and current is not None and current.token() != mine:
+            raise RunDirBusy(f"run directory {self.root} now belongs to {current.names()} (attempt "
+                             f"{current.attempt}), not to this process's {mine}; not committing")
 
     def claim(self, lease: Lease, is_live: Callable[[Lease], bool]) -> None:
         """:meth:`ensure_free`, then :meth:`take`."""

@@ -25,7 +25,7 @@ from . import status as observe
 from .errors import ConfigError, HpcorchError
 from .plan import Plan, default_run_dir, make_plan
 from .registry import Entry, Registry
-from .rundir import Lease, RunDir
+from .rundir import LEASE_ENV, Lease, RunDir
 from .spec.job import load_job
 from .spec.profile import DEFAULT_PROFILE, load_profile
 
@@ -78,23 +78,16 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
 
     script = script if script is not None else render(plan)
     run = plan.run
-    run.ensure_free(Lease(plan.profile.scheduler, ""), observe.lease_is_live)
-    job = start(plan, script)
-    run.take(_holder_lease(plan.profile.scheduler, str(job.job_id)))
+    scheduler = plan.profile.scheduler
+    with run.lease_lock():  # a concurrent submit into the same directory waits, then sees our job
+        run.ensure_free(Lease(scheduler, ""), observe.lease_is_live)
+        job = start(plan, script)
+        run.take(Lease.for_holder(scheduler, str(job.job_id), slurm_conf=os.environ.get("SLURM_CONF")))
     entry = (registry or Registry()).add(
-        job.job_id, plan.job.name, plan.profile_ref or plan.profile.name, plan.profile.scheduler,
+        job.job_id, plan.job.name, plan.profile_ref or plan.profile.name, scheduler,
         str(run.root), str(run.job_file), slurm_conf=os.environ.get("SLURM_CONF"),
         exclude=plan.job.resources.exclude, resumed_from=resumed_from)
     return Submission(entry, job)
-
-
-def _holder_lease(scheduler: str, job_id: str) -> Lease:
-    started = 0.0
-    if scheduler == "local":  # the controller's pid: remember its start, pids are reused
-        import psutil
-
-        started = psutil.Process(int(job_id)).create_time()
-    return Lease(scheduler, job_id, started=started, slurm_conf=os.environ.get("SLURM_CONF"))
 
 
 def resume(ref: str, exclude: str | None = None, registry: Registry | None = None) -> Submission:
@@ -106,13 +99,12 @@ def resume(ref: str, exclude: str | None = None, registry: Registry | None = Non
     registry = registry or Registry()
     entry = registry.get(ref)
     state = observe.states([entry])[entry.key]
-    base = observe.base_state(state)
-    if base == "COMPLETED":
+    if observe.base_state(state) == "COMPLETED":
         raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) completed; nothing to resume")
-    if base not in observe.ENDED_STATES:
-        restarts = "Slurm starts it again by itself" if base in ("PENDING", "REQUEUED") else "it is still live"
-        raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) is {state}: {restarts}; "
-                           f"nothing to resume (cancel it first to start it anew)")
+    if not observe.has_ended(state):
+        next_step = observe.advice(entry, state) or "it is still live"
+        raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) is {state}; nothing to resume "
+                           f"(next: {next_step}; cancel it first to start it anew)")
     overrides = []
     if entry.scheduler == "slurm":
         excluded = set(expand_hostlist(entry.exclude)) if entry.exclude else set()
@@ -188,16 +180,40 @@ def logs(ref: str, write: Callable[[str], None], rank: int = 0, stream: str = "o
     path = RunDir(entry.run_dir).rank_log(entry.job_id, rank, stream)
     if not path.exists() and not follow:
         raise HpcorchError(f"no log yet at {path}")
-    done = (lambda: observe.has_ended(entry)) if follow else (lambda: True)
+    done = _ended_or_given_up(entry) if follow else (lambda: True)
     observe.follow(path, done, write, backoff=_scheduler_backoff(entry), show_submitit=show_submitit)
 
 
 def wait(entry: Entry, write: Callable[[str], None], show_submitit: bool = False) -> str:
     """Follow rank 0's log until the job ends; returns its final state."""
     path = RunDir(entry.run_dir).rank_log(entry.job_id)
-    observe.follow(path, lambda: observe.has_ended(entry), write, backoff=_scheduler_backoff(entry),
+    observe.follow(path, _ended_or_given_up(entry), write, backoff=_scheduler_backoff(entry),
                    show_submitit=show_submitit)
     return observe.states([entry])[entry.key]
+
+
+UNKNOWN_PATIENCE_S = 300.0
+
+
+def _ended_or_given_up(entry: Entry, patience_s: float = UNKNOWN_PATIENCE_S) -> Callable[[], bool]:
+    """A ``done`` test for followers: the job has ended. A scheduler that cannot say anything
+    (UNKNOWN) for ``patience_s`` in a row ends the following with an error, not a hang."""
+    import time
+
+    unknown_since: list[float] = []
+
+    def done() -> bool:
+        state = observe.states([entry])[entry.key]
+        if observe.base_state(state) != "UNKNOWN":
+            unknown_since.clear()
+            return observe.has_ended(state)
+        unknown_since[:] = unknown_since or [time.monotonic()]
+        if time.monotonic() - unknown_since[0] > patience_s:
+            raise HpcorchError(f"job {entry.job_id}: the scheduler has not answered for {patience_s:.0f} s "
+                               f"(state UNKNOWN); stopped following")
+        return False
+
+    return done
 
 
 def _scheduler_backoff(entry: Entry):
@@ -214,8 +230,6 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
           peak_tflops: float | None = None) -> tuple[int, Path]:
     """Train ``job`` in ``nproc`` processes on this machine (``hpcorch train``); returns the exit
     code (``protocol.CHECKPOINTED`` after a signal: run it again to resume) and the run dir."""
-    import psutil
-
     from .train.launch import launch_local
 
     overrides = list(overrides)
@@ -226,9 +240,11 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
         raise ConfigError(str(job), "resources.nodes",
                           f"a local run uses one node, got {spec.resources.nodes}; pass --nproc")
     run = RunDir.for_job(run_dir if run_dir else default_run_dir(spec), spec)
-    me = psutil.Process()
-    run.claim(Lease("process", str(me.pid), started=me.create_time()), observe.lease_is_live)
+    lease = Lease.for_holder("process", str(os.getpid()))
+    with run.lease_lock():
+        run.claim(lease, observe.lease_is_live)
     job_file = run.write_job(spec)
     extra = (["--resume-step", str(resume_step)] if resume_step is not None else []) + \
         (["--peak-tflops", str(peak_tflops)] if peak_tflops else [])
-    return launch_local(job_file, run.root, spec.resources.tasks_per_node, extra), run.root
+    code = launch_local(job_file, run.root, spec.resources.tasks_per_node, extra, env={LEASE_ENV: lease.token()})
+    return code, run.root

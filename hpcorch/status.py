@@ -18,8 +18,9 @@ _SUBMITIT_LINE = re.compile(r"^submitit (INFO|DEBUG) \(")
 
 def slurm_states(entries: list[Entry]) -> dict[str, str]:
     """States of many Slurm jobs, per cluster (SLURM_CONF): one squeue call answers for every
-    job the controller still holds (finished ones too, for MinJobAge), one sacct call for the
-    older ones. The controller comes first: accounting lags behind it."""
+    job the controller still holds, one sacct call for the older ones. The controller comes
+    first: accounting lags behind it. A job neither knows has ENDED; UNKNOWN only when the
+    controller itself cannot be asked."""
     states: dict[str, str] = {}
     by_conf: dict[str | None, list[str]] = {}
     for e in entries:
@@ -29,13 +30,13 @@ def slurm_states(entries: list[Entry]) -> dict[str, str]:
         try:
             states.update(slurm.sacct_states(ids))
         except SlurmError:
-            pass  # no accounting: squeue alone still answers for live jobs
+            pass  # no accounting: the controller alone still answers for the jobs it holds
         try:
-            out = slurm.run("squeue", "-h", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(ids), check=False)
+            held = slurm.queue(ids)
         except SlurmError:
-            out = ""
-        for line in out.splitlines():
-            job_id, state, reason = (line.split("|") + ["", ""])[:3]
+            continue
+        for job_id in ids:
+            state, reason = held.get(job_id, (states.get(job_id, "ENDED"), ""))
             states[job_id] = f"{state} ({reason})" if state == "PENDING" and reason not in ("", "None") else state
     return states
 
@@ -56,16 +57,21 @@ def process_alive(pid: int, started: float = 0.0) -> bool:
 
 def local_controller_alive(entry: Entry) -> bool:
     """Whether a local job's controller still runs: its pid, checked against the start time
-    its run directory's lease recorded (a reused pid is not the job)."""
-    lease = RunDir.open(entry.run_dir).lease()
-    started = lease.started if lease and (lease.scheduler, lease.job_id) == ("local", entry.job_id) else 0.0
-    return process_alive(int(entry.job_id), started)
+    its run directory's lease recorded. Once the lease names another holder, that one is the
+    live writer (it could only take the lease after this job ended): a pid reused since is
+    not this job."""
+    lease = RunDir(entry.run_dir).lease()
+    if lease is None:
+        return process_alive(int(entry.job_id))
+    if (lease.scheduler, lease.job_id) != ("local", entry.job_id):
+        return False
+    return process_alive(int(entry.job_id), lease.started)
 
 
 def local_state(entry: Entry) -> str:
     if local_controller_alive(entry):
         return "RUNNING"
-    summary = RunDir.open(entry.run_dir).summary_file
+    summary = RunDir(entry.run_dir).summary_file
     try:  # a summary from an earlier run in the same directory does not count
         if summary.stat().st_mtime >= entry.submitted:
             return "COMPLETED"
@@ -86,21 +92,26 @@ def base_state(state: str) -> str:
     return state.split()[0] if state else "UNKNOWN"
 
 
-def has_ended(entry: Entry) -> bool:
-    """Whether the job runs no more and nothing will restart it by itself."""
-    return base_state(states([entry])[entry.key]) in ENDED_STATES
+def has_ended(state: str) -> bool:
+    """Whether a job in ``state`` runs no more and nothing restarts it by itself (UNKNOWN, a
+    controller that cannot be asked, is not an end)."""
+    return base_state(state) in ENDED_STATES
+
+
+def entry_has_ended(entry: Entry) -> bool:
+    return has_ended(states([entry])[entry.key])
 
 
 def lease_is_live(lease: Lease) -> bool:
     """Ask the holder's scheduler whether the job or process that holds a lease still runs (or
     will run again: a requeued Slurm job is pending). A holder that cannot be asked (another
-    host's process, an unreachable cluster) counts as alive: never two writers."""
+    host's process, an unreachable controller) counts as alive: never two writers."""
     import socket
 
     if lease.scheduler == "slurm":
         slurm = Slurm(env={"SLURM_CONF": lease.slurm_conf} if lease.slurm_conf else None)
         try:
-            return base_state(slurm.state(lease.job_id)) not in FINAL_STATES | {"UNKNOWN"}
+            return not has_ended(slurm.state(lease.job_id))
         except SlurmError:
             return True
     if lease.host != socket.gethostname():
@@ -129,9 +140,11 @@ def advice(entry: Entry, state: str) -> str | None:
     base = base_state(state)
     if base == "COMPLETED":
         return None
-    if base in ENDED_STATES:
+    if has_ended(state):
         return f"hpcorch resume {entry.key}"
-    if base in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"):
+    if base == "REQUEUE_HOLD" or "JobHeldUser" in state or "JobHeldAdmin" in state:
+        return f"none until released: scontrol release {entry.job_id}"
+    if base in ("REQUEUED", "REQUEUE_FED") or (base == "PENDING" and "BeginTime" in state):
         return "none: Slurm starts it again by itself"
     return None
 

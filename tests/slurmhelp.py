@@ -12,6 +12,32 @@ class TestSlurm(Slurm):
 
     __test__ = False  # not a pytest class
 
+    def sbatch(self, script: str, *options: str) -> str:
+        """Submit a script given as text; returns the job id."""
+        out = self.run("sbatch", "--parsable", *options, input=script)
+        return out.strip().split(";")[0]
+
+    def update_job(self, job_id: str, **fields: str) -> None:
+        self.run("scontrol", "update", f"JobId={job_id}", *(f"{k}={v}" for k, v in fields.items()))
+
+    def wait_for(self, job_id: str, states: set[str] | str, timeout_s: float = 120.0,
+                 poll_s: float = 0.5) -> str:
+        """Wait until the job is in one of ``states``; fail with its history on timeout."""
+        wanted = {states} if isinstance(states, str) else set(states)
+        seen: list[str] = []
+
+        def reached():
+            state = self.state(job_id)
+            if not seen or seen[-1] != state:
+                seen.append(state)
+            return state if state in wanted else None
+
+        try:
+            return poll_until(reached, timeout_s, interval_s=poll_s)
+        except TimeoutError:
+            raise AssertionError(f"job {job_id} did not reach {sorted(wanted)} in {timeout_s:.0f} s "
+                                 f"(states seen: {' -> '.join(seen)})") from None
+
     def start_now(self, job_id: str) -> None:
         """A requeued job waits ~120 s (BeginTime); let it start at once."""
         self.update_job(job_id, StartTime="now")
@@ -75,7 +101,7 @@ class Jobs:
         from hpcorch.cluster.slurm import FINAL_STATES
 
         for job_id in self.ids:
-            if self.slurm.state(job_id) not in FINAL_STATES | {"UNKNOWN"}:
+            if self.slurm.state(job_id) not in FINAL_STATES:
                 self.slurm.cancel(job_id)
 
 

@@ -79,9 +79,9 @@ def test_budget_counts_granted_requeues_and_notes_refusals(tmp_path):
         budget.record(cause, decide(cause, budget.load(), policy, "slurm", 0))
     data = json.loads((tmp_path / "restarts.json").read_text())
     assert (data["preemption"], data["timeout"]) == (2, 0)
-    assert "preemption budget spent (2 of 2)" in budget.refused()
+    assert "preemption budget spent (2 of 2)" in budget.load()["refused"]
     budget.record(Cause.TIMEOUT, decide(Cause.TIMEOUT, budget.load(), policy, "slurm", 0))
-    assert budget.load()["timeout"] == 1 and budget.refused() == ""
+    assert budget.load()["timeout"] == 1 and budget.load()["refused"] == ""
     budget.record(Cause.CANCEL, Decision(Action.STOP, "cancelled"))  # nothing to count
     assert budget.load()["timeout"] == 1
 

@@ -114,3 +114,78 @@ def test_second_train_into_a_live_run_directory_is_refused(tmp_path):
     after = subprocess.run(train_cmd(run, 1, "trainer.steps=100000", "trainer.checkpoint.interval=1000",
                                      "trainer.steps=3"), cwd=REPO, capture_output=True, text=True, timeout=60)
     assert after.returncode == 0 and "resumed at step" in after.stdout, after.stdout + after.stderr
+
+
+def test_only_the_lease_holders_attempt_may_commit(tmp_path, monkeypatch):
+    from hpcorch.rundir import LEASE_ENV
+
+    run = RunDir(tmp_path)
+    run.take(Lease("slurm", "7", attempt=1))
+    monkeypatch.delenv(LEASE_ENV, raising=False)
+    run.check_fence()  # started without a lease (python -m hpcorch.train by hand): no fence
+    monkeypatch.setenv(LEASE_ENV, Lease("slurm", "7", attempt=1).token())
+    run.check_fence()
+    monkeypatch.setenv(LEASE_ENV, Lease("slurm", "7", attempt=0).token())  # the replaced attempt
+    with pytest.raises(RunDirBusy, match="not committing"):
+        run.check_fence()
+
+
+def test_a_fenced_rank_writes_no_commit_marker(tmp_path):
+    torch = pytest.importorskip("torch")
+    from hpcorch.train.store import CheckpointStore
+
+    def taken_over():
+        raise RunDirBusy("run directory now belongs to Slurm job 8")
+
+    store = CheckpointStore(tmp_path, rank=0, world_size=1, fence=taken_over)
+    with pytest.raises(RunDirBusy):
+        store.save(5, {"w": torch.zeros(3)}, {"rng": 1}, {})
+    assert store.committed_steps() == [] and not (tmp_path / "step_000000005" / COMMIT_MARKER).exists()
+
+
+def test_relative_checkpoint_dir_is_written_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    job = load_job(REPO / "jobs/gpt-tiny.yaml", ["trainer.checkpoint.dir=ck"])
+    RunDir.for_job(tmp_path / "run", job).write_job(job)
+    monkeypatch.chdir("/")  # status, or a resume, from somewhere else
+    assert RunDir.open(tmp_path / "run").checkpoints == tmp_path / "ck"
+
+
+def test_a_local_job_whose_lease_moved_on_is_not_running(tmp_path):
+    from hpcorch.registry import Registry
+    from hpcorch.status import local_state
+
+    reg = Registry(tmp_path / "r.sqlite")
+    me = psutil.Process()
+    entry = reg.add(str(me.pid), "job", "local", "local", str(tmp_path / "run"), "job.yaml")
+    run = RunDir(tmp_path / "run")
+    run.take(Lease("local", str(me.pid), started=me.create_time()))
+    assert local_state(entry) == "RUNNING"
+    run.take(Lease("process", "1"))  # a later writer took the directory: our pid is someone else now
+    assert local_state(entry) == "STOPPED"
+    assert reg.get(entry.key).job_id == str(me.pid)  # registry numbers may be ints from Python
+
+
+def test_followers_give_up_on_a_scheduler_that_never_answers(tmp_path, monkeypatch):
+    from hpcorch.errors import HpcorchError
+    from hpcorch.registry import Registry
+    from hpcorch.service import _ended_or_given_up
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no squeue, no sacct: the state stays UNKNOWN
+    entry = Registry(tmp_path / "r.sqlite").add("123", "job", "x", "slurm", str(tmp_path), "job.yaml")
+    done = _ended_or_given_up(entry, patience_s=0.05)
+    assert done() is False
+    time.sleep(0.1)
+    with pytest.raises(HpcorchError, match="has not answered"):
+        done()
+
+
+def test_submit_without_slurm_is_one_clear_line(tmp_path):
+    from conftest import run_cli
+
+    env = {"PATH": str(tmp_path / "empty"), "HPCORCH_HOME": str(tmp_path / "home")}
+    for extra in ([], ["--check"]):
+        out = run_cli("submit", "jobs/gpt-tiny.yaml", "-p", "devcluster", "--run-dir", tmp_path / "r", *extra,
+                      env=env)
+        assert out.returncode == 2 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1

@@ -9,11 +9,13 @@ import subprocess
 from dataclasses import dataclass
 
 from ..errors import HpcorchError
-from ..poll import PollTimeout, poll_until
 
-# States after which a job runs no more (unless requeued by hand).
+# States after which a job runs no more (unless requeued by hand). ENDED: the controller no
+# longer holds the job and accounting cannot say how it ended (it is not pending or running:
+# the controller would know it).
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+                "BOOT_FAIL", "DEADLINE", "PREEMPTED", "ENDED"}
+_FORGOTTEN = "Invalid job id specified"  # what scontrol and squeue say of a job they do not hold
 
 
 class SlurmError(HpcorchError):
@@ -27,33 +29,43 @@ class Slurm:
     env: dict | None = None
     timeout_s: float = 60.0
 
-    def run(self, *args: str, input: str | None = None, check: bool = True) -> str:
+    def _call(self, args: list[str], input: str | None = None) -> subprocess.CompletedProcess:
         env = {**os.environ, **(self.env or {})}
         try:
-            proc = subprocess.run(list(args), input=input, env=env, capture_output=True, text=True,
+            return subprocess.run(args, input=input, env=env, capture_output=True, text=True,
                                   timeout=self.timeout_s)
         except FileNotFoundError:
             raise SlurmError(f"{args[0]}: not found; is Slurm installed and on PATH?") from None
         except subprocess.TimeoutExpired:
             raise SlurmError(f"{' '.join(args)}: no answer in {self.timeout_s:.0f} s") from None
+
+    def run(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        """Run a Slurm command; its stdout. ``check``: raise with Slurm's message on failure."""
+        proc = self._call(list(args), input)
         if check and proc.returncode != 0:
             raise SlurmError(f"{' '.join(args[:2])} failed: {proc.stderr.strip() or proc.stdout.strip()}")
         return proc.stdout
 
-    def sbatch(self, script: str, *options: str) -> str:
-        """Submit a script given as text; returns the job id."""
-        out = self.run("sbatch", "--parsable", *options, input=script)
-        return out.strip().split(";")[0]
-
     def test_only(self, script: str, *options: str) -> str:
         """``sbatch --test-only``: validate against the running cluster without submitting.
         Returns Slurm's message (on stderr, even on success)."""
-        env = {**os.environ, **(self.env or {})}
-        proc = subprocess.run(["sbatch", "--test-only", *options], input=script, env=env,
-                              capture_output=True, text=True, timeout=self.timeout_s)
+        proc = self._call(["sbatch", "--test-only", *options], input=script)
         if proc.returncode != 0:
             raise SlurmError(f"sbatch --test-only rejected the script: {proc.stderr.strip()}")
         return proc.stderr.strip()
+
+    def queue(self, job_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """(state, reason) of each job the controller still holds, finished ones included (for
+        MinJobAge), from one squeue call. A job missing from the answer is not held; raise if
+        the controller cannot be asked."""
+        proc = self._call(["squeue", "-h", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
+        if proc.returncode != 0 and _FORGOTTEN not in proc.stderr:
+            raise SlurmError(f"squeue failed: {proc.stderr.strip()}")
+        held = {}
+        for line in proc.stdout.splitlines():
+            job_id, state, reason = (line.split("|") + ["", ""])[:3]
+            held[job_id] = (state, reason)
+        return held
 
     def show(self, kind: str, name: str) -> dict[str, str]:
         """``scontrol show KIND NAME`` as a dict (empty if Slurm does not know it)."""
@@ -70,11 +82,15 @@ class Slurm:
         return self.show("job", job_id)
 
     def state(self, job_id: str) -> str:
-        """The job's state: scontrol while the controller knows it, else sacct."""
-        state = self.job(job_id).get("JobState")
-        if state:
-            return state
-        return self.sacct_states([job_id]).get(job_id, "UNKNOWN")
+        """The job's state: the controller's while it holds the job, else accounting's, else
+        ENDED (not held by the controller: not pending, not running)."""
+        held = self.queue([job_id]).get(job_id)
+        if held:
+            return held[0]
+        try:
+            return self.sacct_states([job_id]).get(job_id, "ENDED")
+        except SlurmError:
+            return "ENDED"
 
     def sacct_states(self, job_ids: list[str]) -> dict[str, str]:
         """States of many jobs in one sacct call (allocations only, not steps)."""
@@ -86,27 +102,6 @@ class Slurm:
             job_id, _, state = line.partition("|")
             states[job_id] = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
         return states
-
-    def wait_for(self, job_id: str, states: set[str] | str, timeout_s: float = 120.0,
-                 poll_s: float = 0.5) -> str:
-        """Wait until the job is in one of ``states``; raise with its history on timeout."""
-        wanted = {states} if isinstance(states, str) else set(states)
-        seen: list[str] = []
-
-        def reached() -> str | None:
-            state = self.state(job_id)
-            if not seen or seen[-1] != state:
-                seen.append(state)
-            return state if state in wanted else None
-
-        try:
-            return poll_until(reached, timeout_s, interval_s=poll_s)
-        except PollTimeout:
-            raise SlurmError(f"job {job_id} did not reach {sorted(wanted)} in {timeout_s:.0f} s "
-                             f"(states seen: {' -> '.join(seen)})") from None
-
-    def update_job(self, job_id: str, **fields: str) -> None:
-        self.run("scontrol", "update", f"JobId={job_id}", *(f"{k}={v}" for k, v in fields.items()))
 
     def node_flags(self, node: str) -> set[str]:
         """Every word of the node's state as the controller holds it (``DOWN+COMPLETING`` ->

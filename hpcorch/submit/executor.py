@@ -46,18 +46,43 @@ def _executor_class():
 
 def start(plan: Plan, script: str):
     """Write the run directory's job file and submit; returns submitit's Job."""
+    import submitit
+
+    _align_submitit_logging()
     run = plan.run
     job_file = run.write_job(plan.job)
     task = TrainTask(str(job_file), str(run.root), plan.profile.scheduler, _peak_tflops(plan))
-    if plan.profile.scheduler == "slurm":
-        job = _executor_class()(plan, script).submit(task)
-    else:
-        # The local controller outlives this command: give it a log file, not our terminal
-        # (a caller reading our output would otherwise wait for the whole run).
-        with _stdio_to(run.controller_log):
-            job = _local_executor(plan).submit(task)
+    try:
+        if plan.profile.scheduler == "slurm":
+            job = _executor_class()(plan, script).submit(task)
+        else:
+            # The local controller outlives this command: give it a log file, not our terminal
+            # (a caller reading our output would otherwise wait for the whole run).
+            with _stdio_to(run.controller_log):
+                job = _local_executor(plan).submit(task)
+    except submitit.core.utils.FailedJobError as exc:
+        raise SubmitError(f"sbatch rejected the job: {_slurm_message(str(exc))}") from None
+    except RuntimeError as exc:
+        if "srun" not in str(exc):
+            raise
+        raise SubmitError("no Slurm here (srun is not on PATH): submit from the cluster's login node, "
+                          "or use -p local") from None
     log.info("submitted job %s with submitit (folder %s)", job.job_id, run.submitit_folder)
     return job
+
+
+def _slurm_message(text: str) -> str:
+    """Slurm's own words in submitit's error (its ``sbatch: error: ...`` lines)."""
+    lines = [line.strip() for line in text.splitlines() if "error:" in line]
+    return "; ".join(line.split("error:", 1)[1].strip() for line in lines) or text.strip().splitlines()[-1]
+
+
+def _align_submitit_logging() -> None:
+    """submitit configures its logger (INFO, its own handlers) when imported: follow hpcorch's
+    level instead (-v shows its lines), and never print them twice through the root logger."""
+    submitit_log = logging.getLogger("submitit")
+    submitit_log.setLevel(logging.getLogger("hpcorch").getEffectiveLevel())
+    submitit_log.propagate = False
 
 
 @contextlib.contextmanager

@@ -10,18 +10,24 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
 from .. import protocol
+from ..errors import HpcorchError
 from ..protocol import Action, Cause, NotRequeued, RestartBudget
-from ..rundir import Lease, RunDir
+from ..rundir import LEASE_ENV, Lease, RunDir
 
 log = logging.getLogger(__name__)
 
 
 class RankFailed(RuntimeError):
     """The rank ended with an error (its log has the one-line reason)."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"the rank failed with exit code {exit_code}")
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -32,6 +38,18 @@ class TrainTask:
     peak_tflops: float | None = None
 
     def __call__(self) -> dict:
+        """Train this rank. Errors end the task with one ``error:`` line and an exit code (see
+        :mod:`hpcorch.protocol`), never with a traceback in the rank's log."""
+        try:
+            return self._run()
+        except (HpcorchError, NotRequeued) as exc:
+            code = protocol.CHECKPOINTED if isinstance(exc, NotRequeued) else protocol.CLEAR_ERROR
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        except RankFailed as exc:  # the rank printed its own one-line reason
+            code = exc.exit_code
+        sys.exit(code)  # SystemExit passes through submitit's handler: no traceback, this exit code
+
+    def _run(self) -> dict:
         import submitit
 
         from ..spec.job import load_job
@@ -51,9 +69,9 @@ class TrainTask:
         if outcome.exit_code == protocol.DONE:
             return run.summary() if env.rank == 0 else {}
         if outcome.exit_code != protocol.CHECKPOINTED:
-            raise RankFailed(f"rank {env.rank} failed with exit code {outcome.exit_code}")
-        time_left = _time_left_s(job_id) if self.scheduler == "slurm" and env.rank == 0 else None
-        cause = protocol.classify(outcome.agreed_signal, job.requeue, time_left)
+            raise RankFailed(outcome.exit_code)
+        cause = protocol.classify(outcome.agreed_signal, job.requeue,
+                                  self._time_left_s(job_id) if env.rank == 0 else None)
         decision = protocol.decide(cause, budget.load(), job.requeue, self.scheduler, env.rank)
         budget.record(cause, decision)
         log.info("after %s: %s (%s)", cause.value, decision.action.value, decision.reason)
@@ -64,14 +82,32 @@ class TrainTask:
 
     def _claim(self, run: RunDir, job_id: str, rank: int) -> None:
         """Every rank refuses a run directory another live job holds (so none waits for a
-        peer that gave up); rank 0 records this job and attempt as the holder."""
+        peer that gave up) and carries this attempt's lease token (checked before each commit);
+        rank 0 records this job and attempt as the holder."""
         from ..status import lease_is_live
 
-        lease = Lease(self.scheduler, job_id, attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
-                      started=_holder_start_time(self.scheduler), slurm_conf=os.environ.get("SLURM_CONF"))
+        attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        lease = Lease.for_holder(self.scheduler, job_id, attempt=attempt, slurm_conf=os.environ.get("SLURM_CONF"))
         run.ensure_free(lease, lease_is_live)
+        os.environ[LEASE_ENV] = lease.token()
         if rank == 0:
             run.take(lease)
+
+    def _time_left_s(self, job_id: str) -> int | None:
+        """Seconds until the time limit: squeue's word on Slurm; under submitit's local
+        controller its per-run timeout less the time this task (started with the run) has run."""
+        if self.scheduler == "local":
+            import psutil
+
+            limit = int(os.environ.get("SUBMITIT_LOCAL_TIMEOUT_S", "0") or 0)
+            return limit - int(time.time() - psutil.Process().create_time()) if limit else None
+        from ..spec.units import parse_time
+
+        out = _slurm().run("squeue", "-h", "-j", job_id, "-o", "%L", check=False).strip()
+        try:
+            return parse_time(out) if out and out not in ("INVALID", "NOT_SET") else None
+        except ValueError:
+            return None
 
     @staticmethod
     def _count_unplanned_restart(job, budget: RestartBudget) -> None:
@@ -101,16 +137,6 @@ def _slurm():
     return Slurm()
 
 
-def _holder_start_time(scheduler: str) -> float:
-    """When the lease holder process started: the local controller (our parent) for a local
-    job, so a reused pid is never taken for it; unused on Slurm."""
-    if scheduler != "local":
-        return 0.0
-    import psutil
-
-    return psutil.Process(os.getppid()).create_time()
-
-
 def _wait_to_be_ended() -> None:
     """Not rank 0 on Slurm: rank 0 requeues (Slurm then ends us) or fails (srun
     --kill-on-bad-exit ends us). Slurm's SIGTERM must end us at once, not set a training flag."""
@@ -132,14 +158,3 @@ def resolve_address(host: str) -> str:
     if not address:
         raise RuntimeError(f"cannot resolve {host} and Slurm knows no NodeAddr for it")
     return address
-
-
-def _time_left_s(job_id: str) -> int | None:
-    """Seconds until the job's time limit, as squeue reports them (None if unknown)."""
-    from ..spec.units import parse_time
-
-    out = _slurm().run("squeue", "-h", "-j", job_id, "-o", "%L", check=False).strip()
-    try:
-        return parse_time(out) if out and out not in ("INVALID", "NOT_SET") else None
-    except ValueError:
-        return None

@@ -11,7 +11,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .rank import SCHEDULERS, run_rank
+    from .rank import run_rank
 
     parser = argparse.ArgumentParser(prog="python -m hpcorch.train", description=__doc__.splitlines()[0])
     parser.add_argument("--job", required=True, help="job YAML (the resolved copy in the run dir)")
@@ -19,10 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--resume-step", type=int, help="resume from this committed step, not the latest")
     parser.add_argument("--peak-tflops", type=float, help="per-rank peak for MFU (default: none)")
-    parser.add_argument("--scheduler", choices=SCHEDULERS, default="process",
-                        help="who started this rank; picks the stop signals (default: process)")
     args = parser.parse_args(argv)
-    return run_rank(args.job, args.run_dir, args.scheduler, peak_tflops=args.peak_tflops,
+    return run_rank(args.job, args.run_dir, "process", peak_tflops=args.peak_tflops,
                     resume_step=args.resume_step, overrides=args.overrides).exit_code
 
 

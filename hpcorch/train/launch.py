@@ -10,8 +10,9 @@ checkpoints and the run exits :data:`protocol.CHECKPOINTED` (3); nothing restart
 ``submit -p local`` goes through submitit's local controller to emulate a scheduler: requeue
 by exit 144 (:data:`protocol.LOCAL_REQUEUE`), restart budgets, a job id. Both start each rank
 through the same entry (:func:`hpcorch.train.rank.run_rank`, scheduler "process" here, "local"
-there) and both follow the same decision table (:func:`protocol.decide`), so they cannot
-differ in restart semantics by accident.
+there), with the exit codes and stop signals :mod:`hpcorch.protocol` names, and the
+decision table (:func:`protocol.decide`) states both rows side by side (its "process" row:
+stop, never requeue), so they cannot differ in restart semantics by accident.
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 
 from ..poll import PollTimeout, poll_until
-from ..rundir import COMMIT_MARKER, CheckpointLayout, atomic_write
+from ..rundir import COMMIT_MARKER, CheckpointLayout, atomic_write, fsync_dir
 from .faults import crash_in_save
 
 SHARED_FILE = "shared.pt"  # written by rank 0 only: model and optimizer
@@ -78,8 +78,10 @@ class CheckpointStore:
     """Saves and finds checkpoints under ``root`` for one rank of a run."""
 
     def __init__(self, root: Path, rank: int, world_size: int, keep: int = 2,
-                 async_save: bool = False, commit_timeout_s: float = 600.0):
+                 async_save: bool = False, commit_timeout_s: float = 600.0,
+                 fence: Callable[[], None] = lambda: None):
         self.layout = CheckpointLayout(root)
+        self.fence = fence  # raises if this process may no longer commit (the run dir's lease moved on)
         self.root, self.rank, self.world_size = self.layout.root, rank, world_size
         self.keep, self.async_save, self.commit_timeout_s = keep, async_save, commit_timeout_s
         self._thread: threading.Thread | None = None
@@ -133,6 +135,7 @@ class CheckpointStore:
         atomic_write(d / done_file(self.rank), json.dumps(files))
         if self.rank == 0:
             record = {"step": step, "world_size": self.world_size, "files": self._gather_manifest(d), **meta}
+            self.fence()
             atomic_write(d / COMMIT_MARKER, json.dumps(record, indent=1))
             self._prune()
 
@@ -168,6 +171,13 @@ class CheckpointStore:
             if step in keep:
                 continue
             if step in committed or step < newest:
+                # The marker goes first, durably: a crash halfway through the removal leaves
+                # an uncommitted folder (ignored, removed later), never a committed one with
+                # files missing.
+                marker = d / COMMIT_MARKER
+                if marker.exists():
+                    marker.unlink()
+                    fsync_dir(d)
                 shutil.rmtree(d, ignore_errors=True)
 
     # ----- finding and loading --------------------------------------------------------------

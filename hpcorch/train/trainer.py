@@ -71,7 +71,7 @@ class Trainer:
         self.runlog = RunLogger(self.run_dir, self.state, env.is_main, tr.steps, tr.log_interval, sinks)
         store = CheckpointStore(self.run_dir.checkpoints, env.rank, self.world, keep=tr.checkpoint.keep,
                                 async_save=tr.checkpoint.async_save,
-                                commit_timeout_s=tr.collective_timeout_s)
+                                commit_timeout_s=tr.collective_timeout_s, fence=self.run_dir.check_fence)
         self.checkpointer = Checkpointer(store, job, env.rank, self.parallel.module, self.optimizer,
                                          log=self.runlog.info)
         self.trace = SampleTrace(env.rank)
