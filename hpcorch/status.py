@@ -98,10 +98,6 @@ def has_ended(state: str) -> bool:
     return base_state(state) in ENDED_STATES
 
 
-def entry_has_ended(entry: Entry) -> bool:
-    return has_ended(states([entry])[entry.key])
-
-
 def lease_is_live(lease: Lease) -> bool:
     """Ask the holder's scheduler whether the job or process that holds a lease still runs (or
     will run again: a requeued Slurm job is pending). A holder that cannot be asked (another
