@@ -12,7 +12,8 @@ import click
 from . import __version__
 from .errors import HpcorchError
 
-PROFILE_HELP = "Cluster profile: a name under cluster_profiles/ or a path to a YAML file."
+PROFILE_HELP = ("Cluster profile: a name (see `hpcorch profile list`) or a path to a YAML file "
+                "[default: $HPCORCH_PROFILE, else local].")
 
 
 class HpcorchGroup(click.Group):
@@ -20,7 +21,7 @@ class HpcorchGroup(click.Group):
     commands in the order of the workflow rather than the alphabet."""
 
     ORDER = ("plan", "render", "submit", "train", "ls", "status", "logs", "cancel", "resume",
-             "profile", "devcluster")
+             "profile", "jobs", "devcluster")
 
     def list_commands(self, ctx):
         names = super().list_commands(ctx)
@@ -45,8 +46,7 @@ def job_options(func):
 
 
 def profile_option(func):
-    return click.option("--profile", "-p", "profile_name", default="local", show_default=True,
-                        help=PROFILE_HELP)(func)
+    return click.option("--profile", "-p", "profile_name", default=None, help=PROFILE_HELP)(func)
 
 
 def template_option(func):
@@ -255,7 +255,7 @@ def profile():
 @profile.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def profile_list(as_json):
-    """List the shipped profiles."""
+    """List the profiles found by name: yours ($HPCORCH_PROFILE_PATH, $HPCORCH_HOME/profiles), then the shipped ones."""
     from .spec.profile import list_profiles, load_profile
 
     rows = []
@@ -266,13 +266,32 @@ def profile_list(as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    click.echo(f"{'name':<12} {'kind':<6} {'nodes':>5}        {'partitions':<24} description")
     for row in rows:
         click.echo(f"{row['name']:<12} {row['scheduler']:<6} {row['nodes']:>5} nodes  "
                    f"{','.join(row['partitions']):<24} {row['description']}")
 
 
+@main.group()
+def jobs():
+    """The jobs found by name (hpcorch plan gpt2-124m works from any folder)."""
+
+
+@jobs.command("list")
+def jobs_list():
+    """List the jobs found by name: yours in $HPCORCH_HOME/jobs, then the shipped ones."""
+    from .spec.catalog import names
+    from .spec.job import load_job
+
+    click.echo(f"{'name':<14} {'nodes':>5} {'gpus/node':>9} {'parameters':>11}  description")
+    for name, path in names("jobs").items():
+        job = load_job(path)
+        click.echo(f"{name:<14} {job.resources.nodes:>5} {job.resources.gpus_per_node:>9} "
+                   f"{job.trainer.model.num_params() / 1e6:>10.1f}M  {job.description}")
+
+
 @profile.command("show")
-@click.argument("name", default="local")
+@click.argument("name", required=False)
 def profile_show(name):
     """Print a profile as hpcorch understands it (defaults filled in)."""
     import yaml

@@ -1,13 +1,13 @@
 """The local registry of submitted jobs: SQLite, safe for concurrent CLI calls."""
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import HpcorchError
+from .spec.catalog import hpcorch_home
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -46,8 +46,7 @@ class Entry:
 
 
 def default_path() -> Path:
-    home = Path(os.environ.get("HPCORCH_HOME", Path.home() / ".hpcorch"))
-    return home / "registry.sqlite"
+    return hpcorch_home() / "registry.sqlite"
 
 
 class Registry:

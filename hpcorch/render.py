@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .errors import RenderError
 from .plan import Plan
+from .spec.catalog import TEMPLATES_DIR
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 DEFAULT_TEMPLATE = "sbatch.sh.j2"
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:=,@%+-]*$")

@@ -27,7 +27,7 @@ from .plan import Plan, default_run_dir, make_plan
 from .registry import Entry, Registry
 from .rundir import LEASE_ENV, Lease, RunDir
 from .spec.job import load_job
-from .spec.profile import DEFAULT_PROFILE, load_profile
+from .spec.profile import load_profile
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,16 @@ class Submission:
 
 
 # ----- spec -> plan -> script -------------------------------------------------------------------
-def plan(job: str | os.PathLike, profile: str | os.PathLike = DEFAULT_PROFILE, overrides: Iterable[str] = (),
+def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overrides: Iterable[str] = (),
          run_dir: str | os.PathLike | None = None) -> Plan:
-    """Load ``job`` and ``profile``, apply ``overrides`` (``KEY=VALUE``), and check the fit."""
+    """Load ``job`` (a path or a job name) and ``profile`` (a name or a path; default
+    ``$HPCORCH_PROFILE`` or ``local``), apply ``overrides`` (``KEY=VALUE``), check the fit."""
+    from .spec.catalog import default_profile
+
+    profile = str(profile) if profile is not None else default_profile()
     spec = load_job(job, list(overrides))
     result = make_plan(spec, load_profile(profile), run_dir=run_dir, source=str(job))
-    result.profile_ref = str(profile)
+    result.profile_ref = profile
     return result
 
 

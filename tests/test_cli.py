@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -101,3 +102,22 @@ def test_status_and_ls_import_neither_torch_nor_submitit(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert "STOPPED" in out.stdout and "hpcorch resume 1" in out.stdout
+
+
+def test_profile_search_path_and_default(tmp_path, repo):
+    home, extra = tmp_path / "home", tmp_path / "site"
+    (home / "profiles").mkdir(parents=True)
+    extra.mkdir()
+    mine = (repo / "cluster_profiles/devcluster.yaml").read_text().replace("name: devcluster", "name: mine")
+    (home / "profiles" / "mine.yaml").write_text(mine)
+    (extra / "local.yaml").write_text((repo / "cluster_profiles/local.yaml").read_text()
+                                      .replace("description:", "description: site copy;"))
+    env = {"HPCORCH_HOME": str(home), "HPCORCH_PROFILE_PATH": str(extra)}
+    listed = run_cli("profile", "list", env=env).stdout
+    assert "mine" in listed and "h100-ndr" in listed
+    assert "site copy" in run_cli("profile", "show", "local", env=env).stdout  # the search path wins
+    out = run_cli("plan", "gpt-tiny", "--json", env={**env, "HPCORCH_PROFILE": "mine"})
+    assert out.returncode == 0 and json.loads(out.stdout)["profile"] == "mine", out.stderr
+    wrong = run_cli("plan", "gpt-tiny", "-p", "h100", env=env)
+    assert wrong.returncode == 2 and "did you mean 'h100-ndr'" in wrong.stderr
+    assert "hpcorch/profiles" not in wrong.stderr  # no install paths in messages

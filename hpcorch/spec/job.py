@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from . import units
+from . import catalog, units
 from ..errors import ConfigError
 from .profile import check_constraint, check_env_names
 from .schema import Invalid, build, check_name, check_positive, read_yaml, set_dotted
@@ -178,7 +178,14 @@ class JobSpec:
 
 
 def load_job(path: str | os.PathLike, overrides: list[str] | tuple = ()) -> JobSpec:
-    """Load a job spec; ``overrides`` are ``KEY=VALUE`` strings applied before validation."""
+    """Load a job spec from a path, or a name (``gpt2-124m``: the user's jobs, then the shipped
+    ones); ``overrides`` are ``KEY=VALUE`` strings applied before validation."""
+    text = str(path)
+    if catalog.is_name(text) and not Path(text).exists():
+        found = catalog.find("jobs", text)
+        if found is None:
+            raise ConfigError(f"job {text!r}", "", catalog.unknown("jobs", text))
+        path = found
     path = Path(path)
     data = read_yaml(path)
     if data is None:

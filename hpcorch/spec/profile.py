@@ -6,13 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from . import units
+from . import catalog, units
 from ..errors import ConfigError
 from .schema import ENV_NAME_RE, Invalid, build, check_name, check_positive, read_yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PROFILES_DIR = REPO_ROOT / "cluster_profiles"
-DEFAULT_PROFILE = "local"
 
 
 @dataclass
@@ -236,22 +233,21 @@ class ClusterProfile:
         return next(p.node_type for p in self.partitions if host in p.hosts)
 
 
-def resolve_profile_path(name_or_path: str | os.PathLike) -> Path:
-    """A profile is a name under ``cluster_profiles/`` or a path to a YAML file."""
-    text = str(name_or_path)
-    if os.sep in text or text.endswith((".yaml", ".yml")):
-        return Path(text)
-    return PROFILES_DIR / f"{text}.yaml"
-
-
-def load_profile(name_or_path: str | os.PathLike = DEFAULT_PROFILE) -> ClusterProfile:
-    """Load and validate a cluster profile; raise ConfigError naming the file and key."""
-    path = resolve_profile_path(name_or_path)
-    if not path.exists():
-        available = ", ".join(list_profiles()) or "none"
-        raise ConfigError(str(path), "", f"no such profile (shipped profiles: {available})")
+def load_profile(name_or_path: str | os.PathLike | None = None) -> ClusterProfile:
+    """Load and validate a cluster profile, by name (see :mod:`hpcorch.spec.catalog` for where
+    names are looked up; default ``HPCORCH_PROFILE`` or ``local``) or path; raise ConfigError
+    naming the file and key."""
+    text = str(name_or_path) if name_or_path is not None else catalog.default_profile()
+    if catalog.is_name(text):
+        path = catalog.find("profiles", text)
+        if path is None:
+            raise ConfigError(f"profile {text!r}", "", catalog.unknown("profiles", text))
+    else:
+        path = Path(text)
+        if not path.exists():
+            raise ConfigError(text, "", "no such profile file")
     return build(ClusterProfile, read_yaml(path), str(path))
 
 
 def list_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+    return list(catalog.names("profiles"))
