@@ -89,13 +89,12 @@ def decide(cause: Cause, spent: dict[str, int], policy, scheduler: str, rank: in
     if rank != 0:
         return Decision(Action.FOLLOW, "rank 0 decides")
     if cause is Cause.CANCEL:
-        return Decision(Action.STOP, "cancelled; checkpoint committed")
+        return Decision(Action.STOP, "cancelled")
     if not policy.enabled:
-        return Decision(Action.STOP, "requeue.enabled is false; checkpoint committed, not requeued")
+        return Decision(Action.STOP, "requeue.enabled is false; not requeued")
     limit, used = budget_limit(policy, cause), spent.get(cause.value, 0)
     if used >= limit:
-        return Decision(Action.REFUSE, f"{cause.value} budget spent ({used} of {limit}); "
-                                       "checkpoint committed, not requeued")
+        return Decision(Action.REFUSE, f"{cause.value} budget spent ({used} of {limit}); not requeued")
     return Decision(Action.REQUEUE, f"{cause.value} {used + 1} of {limit}")
 
 

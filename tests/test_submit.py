@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from slurmhelp import Jobs, script, wait_progress
+from slurmhelp import Jobs, script, wait_for_file, wait_progress
 from trainhelp import REPO, TINY
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(480)]
@@ -130,6 +130,27 @@ def _second_writers_are_refused(ctx, run, job, why):
     assert local.returncode == 2 and f"in use by Slurm job {job['job_id']}" in local.stderr, local.stderr
     rows = [r for r in json.loads(ctx.cli("ls", "--json").stdout) if r["run_dir"] == str(run)]
     assert len(rows) == 1, rows  # no second job was started
+
+
+def test_preemption_during_start_up_counts_as_preemption(ctx, tmp_path, reference):
+    """A signal that reaches submitit's own handler (before the trainer has started) is a
+    preemption within its budget, never a node failure, and loses nothing."""
+    from hpcorch.rundir import RunDir
+
+    run = tmp_path / "run"
+    job = ctx.submit(run, "requeue.max_node_failures=0", "environment.HPCORCH_START_DELAY_S=30")
+    job_id = job["job_id"]
+    ctx.slurm.wait_for(job_id, "RUNNING", timeout_s=60)
+    rank0 = RunDir(run).rank_log(job_id, 0)
+    wait_for_file(rank0, lambda text: "Loading pickle" in text)  # submitit's handler is in place
+    ctx.slurm.run("scancel", "--signal=USR2", job_id)  # to the ranks, as a preemption sends it
+    _finish(ctx, job_id)
+    log = RunDir(run).rank_log(job_id, 0, "err").read_text()
+    assert "signalled before training started (preemption)" in log, log[-2000:]
+    budget = json.loads((run / "restarts.json").read_text())
+    assert (budget["preemption"], budget["node_failure"]) == (1, 0), budget
+    got = _summary(run)
+    assert got["weights_sha256"] == reference["weights_sha256"] and got["steps_recomputed"] == 0
 
 
 def test_node_down_requeues_and_completes_elsewhere(ctx, tmp_path, reference):

@@ -18,6 +18,7 @@ from .. import protocol
 from ..errors import HpcorchError
 from ..protocol import Action, Cause, NotRequeued, RestartBudget
 from ..rundir import LEASE_ENV, Lease, RunDir
+from ..train.faults import start_delay
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class TrainTask:
         self._claim(run, job_id, env.rank)
         if self.scheduler == "slurm" and env.rank == 0:
             self._count_unplanned_restart(job, budget)
+        start_delay()
         outcome = run_rank(self.job_file, self.run_dir, self.scheduler, peak_tflops=self.peak_tflops)
         if outcome.exit_code == protocol.DONE:
             return run.summary() if env.rank == 0 else {}
@@ -75,9 +77,12 @@ class TrainTask:
         decision = protocol.decide(cause, budget.load(), job.requeue, self.scheduler, env.rank)
         budget.record(cause, decision)
         log.info("after %s: %s (%s)", cause.value, decision.action.value, decision.reason)
-        protocol.carry_out(decision, self.scheduler,
-                           requeue_on_slurm=lambda: _slurm().run("scontrol", "requeue", job_id),
-                           exit_now=os._exit, wait_to_be_ended=_wait_to_be_ended)
+        try:
+            protocol.carry_out(decision, self.scheduler,
+                               requeue_on_slurm=lambda: _slurm().run("scontrol", "requeue", job_id),
+                               exit_now=os._exit, wait_to_be_ended=_wait_to_be_ended)
+        except NotRequeued as exc:
+            raise NotRequeued(f"{exc}; checkpoint committed at step {run.latest_checkpoint()}") from None
         return {}
 
     def _claim(self, run: RunDir, job_id: str, rank: int) -> None:
@@ -124,10 +129,23 @@ class TrainTask:
             raise NotRequeued(decision.reason)
 
     def checkpoint(self, *args, **kwargs):
-        """submitit calls this only if its own handler still holds the signal (before training
-        started): nothing is lost then, so requeue the same task."""
+        """submitit calls this on rank 0 only while its own handler still holds the signal
+        (before the trainer took over): nothing is lost then. The early signal is counted as
+        what it is (a preemption or the time limit; never later mistaken for a node failure)
+        and requeued within that budget; returning None tells submitit not to requeue."""
         import submitit
 
+        from ..spec.job import load_job
+
+        job = load_job(self.job_file)
+        budget = RestartBudget(RunDir.for_job(self.run_dir, job))
+        job_id = submitit.JobEnvironment().job_id
+        cause = protocol.classify(job.requeue.signum, job.requeue, self._time_left_s(job_id))
+        decision = protocol.decide(cause, budget.load(), job.requeue, self.scheduler, 0)
+        budget.record(cause, decision)
+        log.warning("hpcorch: signalled before training started (%s): %s", cause.value, decision.reason)
+        if decision.action is not Action.REQUEUE:
+            return None
         return submitit.helpers.DelayedSubmission(self)
 
 

@@ -8,6 +8,9 @@ environment variable is set:
 ``HPCORCH_SAMPLE_TRACE=DIR``
     Each rank appends the sample ids it trained on per step to ``DIR/rankN.jsonl``
     (:class:`SampleTrace`), to check that a resume on another world size sees every sample once.
+``HPCORCH_START_DELAY_S=SECONDS``
+    A submitted rank waits this long before it starts training (:func:`start_delay`): a window
+    in which a signal reaches submitit's own handler, as an early preemption does.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from typing import IO, Callable
 
 CRASH_IN_SAVE = "HPCORCH_CRASH_IN_SAVE"
 SAMPLE_TRACE = "HPCORCH_SAMPLE_TRACE"
+START_DELAY = "HPCORCH_START_DELAY_S"
 
 Fault = Callable[[IO[bytes], bytes], None]
 
@@ -63,3 +67,12 @@ class SampleTrace:
         if self._file:
             self._file.close()
             self._file = None
+
+
+def start_delay() -> None:
+    """Sleep ``HPCORCH_START_DELAY_S`` seconds, if set (only on the first attempt of a job)."""
+    import time
+
+    seconds = float(os.environ.get(START_DELAY, "0") or 0)
+    if seconds > 0 and not int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0):
+        time.sleep(seconds)
