@@ -78,15 +78,23 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
            resumed_from: int | None = None) -> Submission:
     """Submit ``plan`` (with ``script``, or the shipped template's), take the run directory's
     lease for the new job, and record it in the registry."""
-    from .submit.executor import start
+    from .submit.executor import SubmitError, start
 
     script = script if script is not None else render(plan)
     run = plan.run
     scheduler = plan.profile.scheduler
-    with run.lease_lock():  # a concurrent submit into the same directory waits, then sees our job
-        run.ensure_free(Lease(scheduler, ""), observe.lease_is_live)
-        job = start(plan, script)
-        run.take(Lease.for_holder(scheduler, str(job.job_id), slurm_conf=os.environ.get("SLURM_CONF")))
+    fresh = not run.root.exists()
+    try:
+        with run.lease_lock():  # a concurrent submit into the same directory waits, then sees our job
+            run.ensure_free(Lease(scheduler, ""), observe.lease_is_live)
+            job = start(plan, script)
+            run.take(Lease.for_holder(scheduler, str(job.job_id), slurm_conf=os.environ.get("SLURM_CONF")))
+    except SubmitError:
+        if fresh:  # a rejected submission leaves nothing behind (an existing run directory stays)
+            import shutil
+
+            shutil.rmtree(run.root, ignore_errors=True)
+        raise
     entry = (registry or Registry()).add(
         job.job_id, plan.job.name, plan.profile_ref or plan.profile.name, scheduler,
         str(run.root), str(run.job_file), slurm_conf=os.environ.get("SLURM_CONF"),

@@ -247,3 +247,18 @@ def test_ls_and_status_json(ctx, tmp_path):
     assert "submitit INFO" not in quiet and "submitit INFO" in rank3
     refused = ctx.cli("resume", job["key"], expect=2).stderr
     assert "completed; nothing to resume" in refused
+
+
+def test_sbatch_rejection_is_one_line_and_leaves_nothing(ctx, tmp_path, repo):
+    """The live cluster refuses what the profile allows (a partition Slurm does not have)."""
+    profile = (repo / "cluster_profiles/devcluster.yaml").read_text().replace(
+        "partitions:\n", "partitions:\n  - name: ghost\n    nodes: node[1-4]\n    node_type: emu\n", 1)
+    (tmp_path / "ghost.yaml").write_text(profile)
+    run = tmp_path / "run"
+    out = ctx.cli("submit", "gpt-tiny", "-p", tmp_path / "ghost.yaml", "--run-dir", run,
+                  "--set", "resources.partition=ghost", expect=2)
+    assert out.stderr.startswith("error: sbatch rejected the job: ") and "partition" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert not run.exists()
+    assert json.loads(ctx.cli("ls", "--json").stdout) == []
+

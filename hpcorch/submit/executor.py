@@ -4,6 +4,7 @@ prints); with the ``local`` profile submitit's local controller runs the ranks h
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shlex
@@ -54,7 +55,9 @@ def start(plan: Plan, script: str):
     task = TrainTask(str(job_file), str(run.root), plan.profile.scheduler, _peak_tflops(plan))
     try:
         if plan.profile.scheduler == "slurm":
-            job = _executor_class()(plan, script).submit(task)
+            # submitit prints sbatch's refusal before raising it: say it once, in our words.
+            with contextlib.redirect_stderr(io.StringIO()):
+                job = _executor_class()(plan, script).submit(task)
         else:
             # The local controller outlives this command: give it a log file, not our terminal
             # (a caller reading our output would otherwise wait for the whole run).
