@@ -1,29 +1,47 @@
-"""The local registry of submitted jobs: SQLite, safe for concurrent CLI calls."""
+"""The local registry of submitted jobs: SQLite, safe for concurrent CLI calls.
+
+Rows are read by column name, and the schema carries a version (``PRAGMA user_version``):
+each entry of :data:`MIGRATIONS` brings a registry one version further, so a registry written
+by an older hpcorch opens and is upgraded in place. On a network file system (where
+``~/.hpcorch`` usually lives on clusters) SQLite's WAL mode is unsafe; the classic rollback
+journal is used there instead.
+"""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from .errors import HpcorchError
 from .spec.catalog import hpcorch_home
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    key INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL,          -- Slurm job id, or the local controller's pid
-    name TEXT NOT NULL,
-    profile TEXT NOT NULL,         -- as given: a name or a path
-    scheduler TEXT NOT NULL,
-    run_dir TEXT NOT NULL,
-    job_file TEXT NOT NULL,
-    slurm_conf TEXT,               -- SLURM_CONF at submit time, so status asks the same cluster
-    exclude TEXT,
-    submitted REAL NOT NULL,
-    resumed_from INTEGER
-)
-"""
+MIGRATIONS = [
+    # 1: the first registry.
+    """CREATE TABLE IF NOT EXISTS jobs (
+        key INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,          -- Slurm job id, or the local controller's pid
+        name TEXT NOT NULL,
+        profile TEXT NOT NULL,         -- as given: a name or a path
+        scheduler TEXT NOT NULL,
+        run_dir TEXT NOT NULL,
+        job_file TEXT NOT NULL,
+        slurm_conf TEXT,               -- SLURM_CONF at submit time, so status asks the same cluster
+        exclude TEXT,
+        submitted REAL NOT NULL,
+        resumed_from INTEGER
+    )""",
+    # 2: a local job's controller start time, so a reused pid is never taken for the job.
+    "ALTER TABLE jobs ADD COLUMN started REAL",
+]
+
+# File systems on which SQLite's WAL (shared memory between processes) is unsafe.
+NETWORK_FILE_SYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3", "smbfs", "ceph",
+                        "fuse.sshfs", "fuse.glusterfs", "glusterfs", "panfs", "afs", "9p", "fuse.ceph"}
 
 
 @dataclass
@@ -39,14 +57,44 @@ class Entry:
     exclude: str | None
     submitted: float
     resumed_from: int | None
+    started: float | None = None
 
     @property
     def env(self) -> dict:
         return {"SLURM_CONF": self.slurm_conf} if self.slurm_conf else {}
 
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Entry":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: row[k] for k in row.keys() if k in names})
+
 
 def default_path() -> Path:
     return hpcorch_home() / "registry.sqlite"
+
+
+def file_system_type(path: Path, mounts: str | None = None) -> str:
+    """The type of the file system holding ``path`` (from ``/proc/mounts``; "" if unknown)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return ""
+    target, best, kind = str(Path(path).resolve()), -1, ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best:
+            best, kind = len(point), fields[2]
+    return kind
+
+
+def journal_mode(path: Path, mounts: str | None = None) -> str:
+    """WAL where it is safe (a local disk), the rollback journal on network file systems."""
+    return "DELETE" if file_system_type(path, mounts) in NETWORK_FILE_SYSTEMS else "WAL"
 
 
 class Registry:
@@ -54,54 +102,80 @@ class Registry:
         self.path = Path(path) if path else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def _connect(self) -> sqlite3.Connection:
-        # WAL lets readers and one writer work at once; busy_timeout makes concurrent writers
-        # wait instead of failing with "database is locked".
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(SCHEMA)
-        return conn
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection with the schema brought up to date; SQLite's own failures (a corrupted
+        or foreign file) become one clear error naming the file."""
+        conn = None
+        try:
+            # busy_timeout makes concurrent writers wait instead of failing with "database is locked".
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute(f"PRAGMA journal_mode = {journal_mode(self.path.parent)}")
+            self._migrate(conn)
+            yield conn
+        except sqlite3.DatabaseError as exc:
+            raise HpcorchError(f"{self.path}: not a usable hpcorch registry ({exc}); move it aside "
+                               f"to start a new one") from None
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise HpcorchError(f"{self.path}: written by a newer hpcorch (schema {version}, this one knows "
+                               f"{len(MIGRATIONS)}); upgrade hpcorch")
+        if version == len(MIGRATIONS):
+            return
+        conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then see it done
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0 and _has_table(conn, "jobs"):
+                version = 1  # written before versions were recorded: the first schema
+            for number, statement in enumerate(MIGRATIONS[version:], start=version + 1):
+                conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def add(self, job_id: str, name: str, profile: str, scheduler: str, run_dir: str, job_file: str,
             slurm_conf: str | None = None, exclude: str | None = None,
-            resumed_from: int | None = None) -> Entry:
-        conn = self._connect()
-        try:
+            resumed_from: int | None = None, started: float | None = None) -> Entry:
+        with self._connect() as conn:
             cur = conn.execute(
                 "INSERT INTO jobs (job_id, name, profile, scheduler, run_dir, job_file, slurm_conf, exclude,"
-                " submitted, resumed_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " submitted, resumed_from, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, name, profile, scheduler, run_dir, job_file, slurm_conf, exclude, time.time(),
-                 resumed_from))
-            return self.get(str(cur.lastrowid), conn)
-        finally:
-            conn.close()
+                 resumed_from, started))
+            return self._get(str(cur.lastrowid), conn)
 
     def all(self) -> list[Entry]:
-        conn = self._connect()
-        try:
-            return [Entry(*row) for row in conn.execute("SELECT * FROM jobs ORDER BY key")]
-        finally:
-            conn.close()
+        with self._connect() as conn:
+            return [Entry.from_row(row) for row in conn.execute("SELECT * FROM jobs ORDER BY key")]
 
-    def get(self, ref: str | int, conn: sqlite3.Connection | None = None) -> Entry:
+    def get(self, ref: str | int) -> Entry:
         """A job by registry key (``3``), Slurm id (``s1234`` or ``1234`` if no key matches),
         name (newest first) or run directory."""
-        ref = str(ref)  # a registry number may come as an int from Python callers
-        own = conn is None
-        conn = conn or self._connect()
-        try:
-            queries = [("SELECT * FROM jobs WHERE key = ?", ref if ref.isdigit() else None),
-                       ("SELECT * FROM jobs WHERE job_id = ? ORDER BY key DESC", ref.removeprefix("s")),
-                       ("SELECT * FROM jobs WHERE name = ? ORDER BY key DESC", ref),
-                       ("SELECT * FROM jobs WHERE run_dir = ? ORDER BY key DESC", str(Path(ref).absolute()))]
-            for sql, arg in queries:
-                if arg is None:
-                    continue
-                row = conn.execute(sql, (arg,)).fetchone()
-                if row:
-                    return Entry(*row)
-        finally:
-            if own:
-                conn.close()
+        with self._connect() as conn:
+            return self._get(str(ref), conn)
+
+    def _get(self, ref: str, conn: sqlite3.Connection) -> Entry:
+        queries = [("SELECT * FROM jobs WHERE key = ?", ref if ref.isdigit() else None),
+                   ("SELECT * FROM jobs WHERE job_id = ? ORDER BY key DESC", ref.removeprefix("s")),
+                   ("SELECT * FROM jobs WHERE name = ? ORDER BY key DESC", ref),
+                   ("SELECT * FROM jobs WHERE run_dir = ? ORDER BY key DESC", os.path.abspath(ref))]
+        for sql, arg in queries:
+            if arg is None:
+                continue
+            row = conn.execute(sql, (arg,)).fetchone()
+            if row:
+                return Entry.from_row(row)
         raise HpcorchError(f"no job {ref!r} in the registry {self.path} (see: hpcorch ls)")
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None

@@ -88,7 +88,8 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
         with run.lease_lock():  # a concurrent submit into the same directory waits, then sees our job
             run.ensure_free(Lease(scheduler, ""), observe.lease_is_live)
             job = start(plan, script)
-            run.take(Lease.for_holder(scheduler, str(job.job_id), slurm_conf=os.environ.get("SLURM_CONF")))
+            holder = Lease.for_holder(scheduler, str(job.job_id), slurm_conf=os.environ.get("SLURM_CONF"))
+            run.take(holder)
     except SubmitError:
         if fresh:  # a rejected submission leaves nothing behind (an existing run directory stays)
             import shutil
@@ -98,7 +99,7 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
     entry = (registry or Registry()).add(
         job.job_id, plan.job.name, plan.profile_ref or plan.profile.name, scheduler,
         str(run.root), str(run.job_file), slurm_conf=os.environ.get("SLURM_CONF"),
-        exclude=plan.job.resources.exclude, resumed_from=resumed_from)
+        exclude=plan.job.resources.exclude, resumed_from=resumed_from, started=holder.started or None)
     return Submission(entry, job)
 
 

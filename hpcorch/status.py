@@ -57,9 +57,11 @@ def process_alive(pid: int, started: float = 0.0) -> bool:
 
 def local_controller_alive(entry: Entry) -> bool:
     """Whether a local job's controller still runs: its pid, checked against the start time
-    its run directory's lease recorded. Once the lease names another holder, that one is the
-    live writer (it could only take the lease after this job ended): a pid reused since is
-    not this job."""
+    recorded at submission (in the registry, or the run directory's lease). Once the lease
+    names another holder, that one is the live writer (it could only take the lease after
+    this job ended): a pid reused since is not this job."""
+    if entry.started:
+        return process_alive(int(entry.job_id), entry.started)
     lease = RunDir(entry.run_dir).lease()
     if lease is None:
         return process_alive(int(entry.job_id))

@@ -2,7 +2,10 @@
 environment, run the rank (the same entry as ``hpcorch train``'s processes), then carry out
 the stop/requeue protocol's decision (see :mod:`hpcorch.protocol`).
 
-Imported on the login node to pickle :class:`TrainTask`: no torch at module level.
+Imported on the login node to pickle :class:`TrainTask`: no torch at module level. What
+:meth:`TrainTask.checkpoint` needs is imported here, at module level, on purpose: submitit may
+call it from a signal handler while the task is still importing, and an import started inside
+the handler would meet half-imported modules.
 """
 from __future__ import annotations
 
@@ -14,10 +17,15 @@ import sys
 import time
 from dataclasses import dataclass
 
+import psutil
+
 from .. import protocol
+from ..cluster.slurm import Slurm
 from ..errors import HpcorchError
 from ..protocol import Action, Cause, NotRequeued, RestartBudget
 from ..rundir import LEASE_ENV, Lease, RunDir
+from ..spec.job import load_job
+from ..spec.units import parse_time
 from ..train.faults import start_delay
 
 log = logging.getLogger(__name__)
@@ -53,7 +61,6 @@ class TrainTask:
     def _run(self) -> dict:
         import submitit
 
-        from ..spec.job import load_job
         from ..train.rank import run_rank
 
         job = load_job(self.job_file)
@@ -102,12 +109,8 @@ class TrainTask:
         """Seconds until the time limit: squeue's word on Slurm; under submitit's local
         controller its per-run timeout less the time this task (started with the run) has run."""
         if self.scheduler == "local":
-            import psutil
-
             limit = int(os.environ.get("SUBMITIT_LOCAL_TIMEOUT_S", "0") or 0)
             return limit - int(time.time() - psutil.Process().create_time()) if limit else None
-        from ..spec.units import parse_time
-
         out = _slurm().run("squeue", "-h", "-j", job_id, "-o", "%L", check=False).strip()
         try:
             return parse_time(out) if out and out not in ("INVALID", "NOT_SET") else None
@@ -135,23 +138,23 @@ class TrainTask:
         and requeued within that budget; returning None tells submitit not to requeue."""
         import submitit
 
-        from ..spec.job import load_job
-
-        job = load_job(self.job_file)
-        budget = RestartBudget(RunDir.for_job(self.run_dir, job))
-        job_id = submitit.JobEnvironment().job_id
-        cause = protocol.classify(job.requeue.signum, job.requeue, self._time_left_s(job_id))
-        decision = protocol.decide(cause, budget.load(), job.requeue, self.scheduler, 0)
-        budget.record(cause, decision)
+        try:
+            job = load_job(self.job_file)
+            budget = RestartBudget(RunDir.for_job(self.run_dir, job))
+            job_id = submitit.JobEnvironment().job_id
+            cause = protocol.classify(job.requeue.signum, job.requeue, self._time_left_s(job_id))
+            decision = protocol.decide(cause, budget.load(), job.requeue, self.scheduler, 0)
+            budget.record(cause, decision)
+        except Exception as exc:  # inside a signal handler: never fail the job over the book-keeping
+            log.warning("hpcorch: signalled before training started; not counted (%s)", exc)
+            return submitit.helpers.DelayedSubmission(self)
         log.warning("hpcorch: signalled before training started (%s): %s", cause.value, decision.reason)
         if decision.action is not Action.REQUEUE:
             return None
         return submitit.helpers.DelayedSubmission(self)
 
 
-def _slurm():
-    from ..cluster.slurm import Slurm
-
+def _slurm() -> Slurm:
     return Slurm()
 
 
