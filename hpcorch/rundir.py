@@ -25,6 +25,7 @@ import os
 import socket
 import threading
 import time
+import contextlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,14 +60,20 @@ def atomic_write(path: Path, data: bytes | str, durable: bool = True,
     raw = data.encode() if isinstance(data, str) else data
     # A name of this writer's own: two processes (or a save thread) never share a temp file.
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident() % 10**6}.tmp")
-    with open(tmp, "wb") as f:
-        if fault is not None:
-            fault(f, raw)
-        f.write(raw)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            if fault is not None:
+                fault(f, raw)
+            f.write(raw)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A failed write (a full disk) must not leave its partial file to keep the disk full.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     if durable:
         fsync_dir(path.parent)
 
@@ -231,6 +238,19 @@ class RunDir:
         return CheckpointLayout(self.checkpoints)
 
     # ----- writes --------------------------------------------------------------------------
+    def check_location(self) -> None:
+        """Raise one clear error if the run directory (or its checkpoint folder) cannot be
+        made where it is asked for: a file stands in the way, or a folder is not writable."""
+        for wanted in (self.root, self.checkpoints):
+            for folder in (wanted, *wanted.parents):
+                if not folder.exists():
+                    continue
+                if not folder.is_dir():
+                    raise HpcorchError(f"{wanted}: {folder} is a file, not a directory")
+                if not os.access(folder, os.W_OK | os.X_OK):
+                    raise HpcorchError(f"{wanted}: {folder} is not writable")
+                break
+
     def create(self) -> "RunDir":
         """Make the folders a run writes into."""
         for folder in (self.root, self.logs):

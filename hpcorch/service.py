@@ -83,6 +83,7 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
     script = script if script is not None else render(plan)
     run = plan.run
     scheduler = plan.profile.scheduler
+    run.check_location()
     fresh = not run.root.exists()
     try:
         with run.lease_lock():  # a concurrent submit into the same directory waits, then sees our job
@@ -253,6 +254,7 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
         raise ConfigError(str(job), "resources.nodes",
                           f"a local run uses one node, got {spec.resources.nodes}; pass --nproc")
     run = RunDir.for_job(run_dir if run_dir else default_run_dir(spec), spec)
+    run.check_location()
     lease = Lease.for_holder("process", str(os.getpid()))
     with run.lease_lock():
         run.claim(lease, observe.lease_is_live)

@@ -112,3 +112,12 @@ def test_run_dir_must_be_plain(repo):
     for bad in ["/tmp/a b", "/tmp/x\n#SBATCH --uid=0", "/tmp/$(id)", "/tmp/%j"]:
         with pytest.raises(PlanError, match="--run-dir"):
             make_plan(job, load_profile("devcluster"), run_dir=bad)
+
+
+def test_set_typos_blame_the_set_not_the_file(repo):
+    with pytest.raises(ConfigError) as err:
+        load_job(repo / "jobs/gpt-tiny.yaml", ["trainer.stepz=5"])
+    assert "(--set trainer.stepz)" in str(err.value) and "unknown key" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_job(repo / "jobs/gpt-tiny.yaml", ["trainer.steps=fifty"])
+    assert "(--set trainer.steps)" in str(err.value)

@@ -189,3 +189,23 @@ def test_submit_without_slurm_is_one_clear_line(tmp_path):
                       env=env)
         assert out.returncode == 2 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_directory_below_a_file_is_one_clear_error(tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "afile").write_text("x")
+    env = {"HPCORCH_HOME": str(tmp_path / "home")}
+    for command in (["submit", "gpt-tiny", "--no-wait"], ["train", "gpt-tiny", "--nproc", "1"]):
+        out = run_cli(*command, "--run-dir", tmp_path / "afile" / "run", env=env)
+        assert out.returncode == 2 and "is a file, not a directory" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_failed_writes_leave_no_temporary_files(tmp_path):
+    def disk_full(f, data):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(tmp_path / "x.json", "{}", fault=disk_full)
+    assert list(tmp_path.iterdir()) == []

@@ -198,4 +198,16 @@ def load_job(path: str | os.PathLike, overrides: list[str] | tuple = ()) -> JobS
         if not sep:
             raise ConfigError("--set", item, "expected KEY=VALUE, such as trainer.steps=50")
         set_dotted(data, key.strip(), value, f"{path} (--set {key.strip()})")
-    return build(JobSpec, data, str(path))
+    try:
+        return build(JobSpec, data, str(path))
+    except ConfigError as exc:
+        raise _blame_override(exc, path, overrides) from None
+
+
+def _blame_override(exc: ConfigError, path: Path, overrides) -> ConfigError:
+    """An error at (or under) a key that ``--set`` gave names the ``--set``, not the file."""
+    for item in reversed(list(overrides)):
+        key = item.partition("=")[0].strip()
+        if exc.key == key or exc.key.startswith(key + "."):
+            return ConfigError(f"{path} (--set {key})", exc.key, exc.message)
+    return exc
