@@ -37,7 +37,7 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
     from ..errors import HpcorchError
     from ..spec.job import load_job
-    from .distributed import init_distributed, shutdown
+    from .distributed import abandon, init_distributed, shutdown
     from .store import CheckpointError
     from .trainer import Trainer
 
@@ -50,6 +50,7 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
         code = trainer.run()
     except (HpcorchError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        abandon()
         return RankOutcome(protocol.CLEAR_ERROR)
     shutdown()
     return RankOutcome(code, trainer.agreed_signal)
