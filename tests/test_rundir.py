@@ -209,3 +209,19 @@ def test_failed_writes_leave_no_temporary_files(tmp_path):
     with pytest.raises(OSError):
         atomic_write(tmp_path / "x.json", "{}", fault=disk_full)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stale_summary_does_not_make_a_local_job_completed(tmp_path):
+    from hpcorch.registry import Registry
+    from hpcorch.status import local_state
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text("{}")
+    os.utime(run / "summary.json", (time.time() - 3600, time.time() - 3600))  # from an earlier run
+    entry = Registry(tmp_path / "r.sqlite").add(str(dead.pid), "job", "local", "local", str(run), "job.yaml")
+    assert local_state(entry) == "STOPPED"
+    (run / "summary.json").write_text("{}")  # written by this submission's ranks
+    assert local_state(entry) == "COMPLETED"
