@@ -94,6 +94,21 @@ def test_sigkill_mid_checkpoint_keeps_previous(baseline, tmp_path):
     assert not (ckpts / "step_000000012.tmp").exists()
 
 
+def test_sigkill_while_pruning_never_leaves_a_half_deleted_commit(baseline, tmp_path):
+    # Rank 0 kills itself halfway through deleting step 6's checkpoint (pruned when 18 commits).
+    crashed = train(tmp_path, 2, env={"HPCORCH_CRASH_IN_PRUNE": "6"})
+    assert crashed.returncode == 137, crashed.stdout + crashed.stderr
+    ckpts = tmp_path / "checkpoints"
+    old = ckpts / "step_000000006"
+    assert old.exists() and not (old / "COMMITTED").exists()  # half deleted, and not committed
+    assert (ckpts / "step_000000018" / "COMMITTED").exists()
+    resumed = train(tmp_path, 2)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed at step 18" in resumed.stdout and "skipping corrupted" not in resumed.stdout
+    assert summary(tmp_path)["weights_sha256"] == summary(baseline)["weights_sha256"]
+    assert not old.exists()  # a later prune removed the leftover
+
+
 def test_config_mismatch_fails_loudly(baseline, tmp_path):
     first = train(tmp_path, 2, "trainer.steps=6")
     assert first.returncode == 0

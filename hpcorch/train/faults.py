@@ -8,6 +8,9 @@ environment variable is set:
 ``HPCORCH_SAMPLE_TRACE=DIR``
     Each rank appends the sample ids it trained on per step to ``DIR/rankN.jsonl``
     (:class:`SampleTrace`), to check that a resume on another world size sees every sample once.
+``HPCORCH_CRASH_IN_PRUNE=STEP``
+    Rank 0 kills itself with SIGKILL halfway through deleting the old checkpoint of step
+    ``STEP`` (:func:`crash_in_prune`): a pruned checkpoint must never look committed.
 ``HPCORCH_START_DELAY_S=SECONDS``
     A submitted rank waits this long before it starts training (:func:`start_delay`): a window
     in which a signal reaches submitit's own handler, as an early preemption does.
@@ -23,6 +26,7 @@ from typing import IO, Callable
 CRASH_IN_SAVE = "HPCORCH_CRASH_IN_SAVE"
 SAMPLE_TRACE = "HPCORCH_SAMPLE_TRACE"
 START_DELAY = "HPCORCH_START_DELAY_S"
+CRASH_IN_PRUNE = "HPCORCH_CRASH_IN_PRUNE"
 
 Fault = Callable[[IO[bytes], bytes], None]
 
@@ -45,6 +49,13 @@ def _kill_midway(f: IO[bytes], data: bytes) -> None:
     f.flush()
     os.fsync(f.fileno())
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash_in_prune(step: int) -> None:
+    """Called after each file of step ``step``'s checkpoint is deleted: dies at the first one
+    if asked for."""
+    if os.environ.get(CRASH_IN_PRUNE) == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class SampleTrace:

@@ -28,7 +28,7 @@ import torch
 
 from ..poll import PollTimeout, poll_until
 from ..rundir import COMMIT_MARKER, CheckpointLayout, atomic_write, fsync_dir
-from .faults import crash_in_save
+from .faults import crash_in_prune, crash_in_save
 
 SHARED_FILE = "shared.pt"  # written by rank 0 only: model and optimizer
 
@@ -171,14 +171,7 @@ class CheckpointStore:
             if step in keep:
                 continue
             if step in committed or step < newest:
-                # The marker goes first, durably: a crash halfway through the removal leaves
-                # an uncommitted folder (ignored, removed later), never a committed one with
-                # files missing.
-                marker = d / COMMIT_MARKER
-                if marker.exists():
-                    marker.unlink()
-                    fsync_dir(d)
-                shutil.rmtree(d, ignore_errors=True)
+                _remove_checkpoint(step, d)
 
     # ----- finding and loading --------------------------------------------------------------
     def committed_steps(self) -> list[int]:
@@ -219,3 +212,20 @@ class CheckpointStore:
             except CheckpointError as exc:
                 log(f"hpcorch: skipping corrupted checkpoint: {exc}")
         return None
+
+
+def _remove_checkpoint(step: int, folder: Path) -> None:
+    """Delete a checkpoint folder, its commit marker first and durably: a crash halfway
+    through leaves an uncommitted folder (ignored, and removed by a later prune), never a
+    committed one with files missing."""
+    marker = folder / COMMIT_MARKER
+    if marker.exists():
+        marker.unlink()
+        fsync_dir(folder)
+    for path in sorted(folder.iterdir()):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        crash_in_prune(step)
+    shutil.rmtree(folder, ignore_errors=True)
