@@ -15,7 +15,6 @@ Nothing here imports torch or submitit until a job is really submitted or traine
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,6 @@ from .registry import Entry, Registry
 from .rundir import LEASE_ENV, Lease, RunDir
 from .spec.job import load_job
 from .spec.profile import load_profile
-
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class Submission:
@@ -110,6 +106,10 @@ def resume(ref: str, exclude: str | None = None, registry: Registry | None = Non
     pending, running or requeued, and for a completed job: there is nothing to resume."""
     from .spec.units import compress_hostlist, expand_hostlist
 
+    try:  # the user's input first, before any scheduler is asked
+        asked = set(expand_hostlist(exclude)) if exclude else set()
+    except ValueError as exc:
+        raise ConfigError("--exclude", "", str(exc)) from None
     registry = registry or Registry()
     entry = registry.get(ref)
     state = observe.states([entry])[entry.key]
@@ -123,11 +123,7 @@ def resume(ref: str, exclude: str | None = None, registry: Registry | None = Non
     if entry.scheduler == "slurm":
         excluded = set(expand_hostlist(entry.exclude)) if entry.exclude else set()
         excluded.update(failed_nodes(entry))
-        if exclude:
-            try:
-                excluded.update(expand_hostlist(exclude))
-            except ValueError as exc:
-                raise ConfigError("--exclude", "", str(exc)) from None
+        excluded.update(asked)
         if excluded:
             overrides.append(f"resources.exclude={compress_hostlist(sorted(excluded))}")
         if entry.slurm_conf:  # submitit's sbatch reads it from the environment
@@ -194,16 +190,20 @@ def logs(ref: str, write: Callable[[str], None], rank: int = 0, stream: str = "o
     path = RunDir(entry.run_dir).rank_log(entry.job_id, rank, stream)
     if not path.exists() and not follow:
         raise HpcorchError(f"no log yet at {path}")
-    done = _ended_or_given_up(entry) if follow else (lambda: True)
-    observe.follow(path, done, write, backoff=_scheduler_backoff(entry), show_submitit=show_submitit)
+    _follow(entry, path, write, follow, show_submitit)
 
 
 def wait(entry: Entry, write: Callable[[str], None], show_submitit: bool = False) -> str:
     """Follow rank 0's log until the job ends; returns its final state."""
-    path = RunDir(entry.run_dir).rank_log(entry.job_id)
-    observe.follow(path, _ended_or_given_up(entry), write, backoff=_scheduler_backoff(entry),
-                   show_submitit=show_submitit)
+    _follow(entry, RunDir(entry.run_dir).rank_log(entry.job_id), write, True, show_submitit)
     return observe.states([entry])[entry.key]
+
+
+def _follow(entry: Entry, path: Path, write: Callable[[str], None], until_end: bool, show_submitit: bool) -> None:
+    """Pass ``path``'s text to ``write``; with ``until_end`` as it grows, until the job ends
+    (Slurm asked with back-off)."""
+    done = _ended_or_given_up(entry) if until_end else (lambda: True)
+    observe.follow(path, done, write, backoff=_scheduler_backoff(entry), show_submitit=show_submitit)
 
 
 UNKNOWN_PATIENCE_S = 300.0

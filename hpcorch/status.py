@@ -17,10 +17,9 @@ _SUBMITIT_LINE = re.compile(r"^submitit (INFO|DEBUG) \(")
 
 
 def slurm_states(entries: list[Entry]) -> dict[str, str]:
-    """States of many Slurm jobs, per cluster (SLURM_CONF): one squeue call answers for every
-    job the controller still holds, one sacct call for the older ones. The controller comes
-    first: accounting lags behind it. A job neither knows has ENDED; UNKNOWN only when the
-    controller itself cannot be asked."""
+    """States of many Slurm jobs, batched per cluster (SLURM_CONF) as :meth:`Slurm.states`
+    decides them; PENDING carries its reason. If the controller cannot be asked, accounting
+    alone answers, and a job it does not know is UNKNOWN."""
     states: dict[str, str] = {}
     by_conf: dict[str | None, list[str]] = {}
     for e in entries:
@@ -28,15 +27,13 @@ def slurm_states(entries: list[Entry]) -> dict[str, str]:
     for conf, ids in by_conf.items():
         slurm = Slurm(env={"SLURM_CONF": conf} if conf else None)
         try:
-            states.update(slurm.sacct_states(ids))
+            found = slurm.states(ids)
         except SlurmError:
-            pass  # no accounting: the controller alone still answers for the jobs it holds
-        try:
-            held = slurm.queue(ids)
-        except SlurmError:
-            continue
-        for job_id in ids:
-            state, reason = held.get(job_id, (states.get(job_id, "ENDED"), ""))
+            try:
+                found = {j: (state, "") for j, state in slurm.sacct_states(ids).items()}
+            except SlurmError:
+                continue
+        for job_id, (state, reason) in found.items():
             states[job_id] = f"{state} ({reason})" if state == "PENDING" and reason not in ("", "None") else state
     return states
 

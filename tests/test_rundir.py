@@ -225,3 +225,10 @@ def test_a_stale_summary_does_not_make_a_local_job_completed(tmp_path):
     assert local_state(entry) == "STOPPED"
     (run / "summary.json").write_text("{}")  # written by this submission's ranks
     assert local_state(entry) == "COMPLETED"
+
+
+def test_resume_with_a_bad_exclude_is_one_clear_error(tmp_path):
+    from conftest import run_cli
+
+    out = run_cli("resume", "1", "--exclude", "bad[", env={"HPCORCH_HOME": str(tmp_path / "home")})
+    assert out.returncode == 2 and out.stderr.startswith("error: --exclude: ") and "Traceback" not in out.stderr

@@ -81,16 +81,21 @@ class Slurm:
         """``scontrol show job`` as a dict (empty once Slurm has forgotten the job)."""
         return self.show("job", job_id)
 
-    def state(self, job_id: str) -> str:
-        """The job's state: the controller's while it holds the job, else accounting's, else
-        ENDED (not held by the controller: not pending, not running)."""
-        held = self.queue([job_id]).get(job_id)
-        if held:
-            return held[0]
+    def states(self, job_ids: list[str]) -> dict[str, tuple[str, str]]:
+        """(state, reason) of each job: the controller's while it holds the job, else
+        accounting's, else ENDED (not held by the controller: not pending, not running).
+        One squeue call, and one sacct call for the jobs the controller no longer holds.
+        Raise if the controller cannot be asked."""
+        held = self.queue(job_ids)
         try:
-            return self.sacct_states([job_id]).get(job_id, "ENDED")
+            accounted = self.sacct_states([j for j in job_ids if j not in held])
         except SlurmError:
-            return "ENDED"
+            accounted = {}  # no accounting: what the controller does not hold has ended
+        return {j: held.get(j) or (accounted.get(j, "ENDED"), "") for j in job_ids}
+
+    def state(self, job_id: str) -> str:
+        """The job's state, as :meth:`states` decides it."""
+        return self.states([job_id])[job_id][0]
 
     def sacct_states(self, job_ids: list[str]) -> dict[str, str]:
         """States of many jobs in one sacct call (allocations only, not steps)."""
