@@ -294,12 +294,11 @@ def jobs_list():
 @click.argument("name", required=False)
 def profile_show(name):
     """Print a profile as hpcorch understands it (defaults filled in)."""
-    import yaml
-
     from .spec.profile import load_profile
     from .spec.schema import to_dict
+    from .spec.yamlio import dump_yaml
 
-    click.echo(yaml.safe_dump(to_dict(load_profile(name)), sort_keys=False), nl=False)
+    click.echo(dump_yaml(to_dict(load_profile(name))), nl=False)
 
 
 @profile.command("validate")

@@ -97,7 +97,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
 
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(job)
     run_dir = run_dir.expanduser().absolute()
-    if not _PATH_RE.match(str(run_dir)):
+    if not _PATH_RE.fullmatch(str(run_dir)):
         raise PlanError("--run-dir", "", f"expected a path of letters, digits and _./+@:,=- "
                         f"(it reaches #SBATCH lines), got {str(run_dir)!r}")
 

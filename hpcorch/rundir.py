@@ -259,15 +259,18 @@ class RunDir:
 
     def write_job(self, job) -> Path:
         """``job.yaml``: the job exactly as validated (overrides applied)."""
-        import yaml
-
         from .spec.schema import to_dict
+        from .spec.yamlio import dump_yaml, parse_yaml
 
         self.create()
         data = to_dict(job)
         if job.trainer.checkpoint.dir:  # absolute: every reader resolves it alike, wherever it runs
             data["trainer"]["checkpoint"]["dir"] = str(self.checkpoints)
-        atomic_write(self.job_file, yaml.safe_dump(data, sort_keys=False))
+        text = dump_yaml(data)
+        # Every rank rebuilds the job from this file: it must read back as exactly this job.
+        if parse_yaml(text, str(self.job_file)) != data:
+            raise HpcorchError(f"{self.job_file}: the resolved job does not read back as written")
+        atomic_write(self.job_file, text)
         return self.job_file
 
     def append_event(self, name: str, **fields) -> None:

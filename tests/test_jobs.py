@@ -69,9 +69,9 @@ def test_job_errors_name_key(tmp_path, text, key, expected):
 
 
 def test_yaml_reads_slurm_times_and_floats_as_meant():
-    from hpcorch.spec.schema import parse_yaml
+    from hpcorch.spec.yamlio import parse_yaml
 
-    data = parse_yaml("t: 2:00:00\nu: 1-00:00:00\nlr: 3e-4\nn: 12\nf: 0.5\nh: 0x10\ns: .\nv: 1.2.3")
+    data = parse_yaml("t: 2:00:00\nu: 1-00:00:00\nlr: 3e-4\nn: 12\nf: 0.5\nh: 0x10\ns: .\nv: 1.2.3", "t.yaml")
     assert data == {"t": "2:00:00", "u": "1-00:00:00", "lr": 3e-4, "n": 12, "f": 0.5, "h": 16,
                     "s": ".", "v": "1.2.3"}
 

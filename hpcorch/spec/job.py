@@ -9,8 +9,9 @@ from typing import Literal
 
 from . import catalog, units
 from ..errors import ConfigError
-from .profile import check_constraint, check_env_names
-from .schema import Invalid, build, check_name, check_positive, read_yaml, set_dotted
+from .profile import check_constraint
+from .yamlio import read_yaml
+from .schema import Invalid, build, check_env_names, check_name, check_positive, set_dotted
 from .model import GPTConfig
 
 
@@ -124,6 +125,8 @@ class TrainerSpec:
     def __post_init__(self):
         check_positive(self, "steps", "global_batch", "micro_batch", "eval_batches", "log_interval", "collective_timeout_s")
         check_positive(self, "eval_interval", allow_zero=True)
+        if not 0 <= self.seed < 2**64:
+            raise Invalid("seed", f"expected 0 <= seed < 2**64 (what torch accepts), got {self.seed}")
 
 
 @dataclass

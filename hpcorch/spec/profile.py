@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from . import catalog, units
 from ..errors import ConfigError
-from .schema import ENV_NAME_RE, Invalid, build, check_name, check_positive, read_yaml
+from .yamlio import read_yaml
+from .schema import Invalid, build, check_env_names, check_name, check_positive
 
 
 
@@ -51,6 +53,8 @@ class NodeType:
     features: list[str] = field(default_factory=list)
 
     def __post_init__(self):
+        # Remembered so that a Slurm profile can refuse them: 'auto' describes this machine.
+        self.auto = [key for key in ("cpus", "memory_mb") if getattr(self, key) == "auto"]
         if self.cpus == "auto":
             self.cpus = os.cpu_count() or 1
         if self.memory_mb == "auto":
@@ -140,6 +144,10 @@ class Network:
     switches: SwitchTree = field(default_factory=SwitchTree)
 
 
+# A module name never starts with '-': `module load --help` would run an option, not a module.
+_MODULE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-/@]{0,199}")
+
+
 @dataclass
 class Environment:
     """Set up in every job script: ``module load`` lines, then exported variables."""
@@ -149,15 +157,9 @@ class Environment:
 
     def __post_init__(self):
         for i, module in enumerate(self.modules):
-            if not module or not all(c.isalnum() or c in "_.+-/@" for c in module):
+            if not _MODULE_RE.fullmatch(module):
                 raise Invalid(f"modules[{i}]", f"expected a module name such as cuda/12.4, got {module!r}")
         check_env_names(self.variables)
-
-
-def check_env_names(variables: dict) -> None:
-    for name in variables:
-        if not ENV_NAME_RE.match(name):
-            raise Invalid(name, "expected an environment variable name (letters, digits, '_')")
 
 
 @dataclass
@@ -192,8 +194,12 @@ class ClusterProfile:
 
     def __post_init__(self):
         check_name("name", self.name, "a profile name")
-        for name in self.node_types:
+        for name, node_type in self.node_types.items():
             check_name(f"node_types.{name}", name, "a node type name")
+            if self.scheduler == "slurm" and node_type.auto:
+                raise Invalid(f"node_types.{name}.{node_type.auto[0]}",
+                              "expected a number: 'auto' describes this machine, which only a "
+                              "local profile may do")
         if not self.partitions:
             raise Invalid("partitions", "expected at least one partition")
         seen = set()

@@ -8,16 +8,21 @@ which raises :class:`Invalid`; the loader adds the path.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import re
 import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-import yaml
-
 from ..errors import ConfigError
+from .yamlio import parse_override, shown
 
 T = TypeVar("T")
+
+# Integers beyond 64 bits are never meant here (seeds go up to 2**64 - 1), and huge ones make
+# arithmetic and error messages slow.
+MAX_INT = 2**64 - 1
 
 
 class Invalid(ValueError):
@@ -29,15 +34,38 @@ class Invalid(ValueError):
 
 
 # Names that end up in #SBATCH lines, file names or shell words: no spaces, quotes or newlines.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def check_name(field: str, value: str | None, what: str = "a name") -> None:
     """Names reach #SBATCH lines, where no quoting exists, so only a safe alphabet passes."""
-    if value is not None and not NAME_RE.match(value):
+    if value is not None and not NAME_RE.fullmatch(value):
         raise Invalid(field, f"expected {what} of letters, digits, '_', '.', '+' or '-' "
-                             f"(starting with a letter or digit), got {value!r}")
+                             f"(starting with a letter or digit), got {shown(value)}")
+
+
+# Bash refuses to assign these (read-only or special), or assigning them breaks the job script,
+# Slurm's bookkeeping or the launcher that hpcorch and submitit set up on every rank.
+RESERVED_ENV = frozenset("""
+    BASHOPTS BASH_ARGC BASH_ARGV BASH_COMMAND BASH_ENV BASH_LINENO BASH_SOURCE BASH_SUBSHELL
+    BASH_VERSINFO BASH_VERSION BASHPID DIRSTACK ENV EUID FUNCNAME GROUPS HISTCMD HOME HOSTNAME
+    IFS LINENO OLDPWD OPTARG OPTIND PATH PPID PS4 PWD RANDOM SECONDS SHELL SHELLOPTS SHLVL UID
+    USER LD_LIBRARY_PATH LD_PRELOAD PYTHONPATH PYTHONHOME MASTER_ADDR MASTER_PORT RANK
+    LOCAL_RANK WORLD_SIZE LOCAL_WORLD_SIZE GROUP_RANK
+""".split())
+RESERVED_ENV_PREFIXES = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "SUBMITIT_", "HPCORCH_", "BASH_FUNC_")
+
+
+def check_env_names(variables: dict) -> None:
+    """Names a job script may export: identifiers, and none that the shell, Slurm or the
+    launcher own (``PATH`` replaced wholesale would hide the job's Python)."""
+    for name in variables:
+        if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
+            raise Invalid(name, "expected an environment variable name (letters, digits, '_')")
+        if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
+            raise Invalid(name, "is set by the shell, Slurm or hpcorch itself; choose another "
+                                "name (for PATH and friends, load a module instead)")
 
 
 def check_positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
@@ -47,7 +75,7 @@ def check_positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
             continue
         if value < 0 or (value == 0 and not allow_zero):
             raise Invalid(name, f"expected a {'non-negative' if allow_zero else 'positive'} "
-                                f"number, got {value!r}")
+                                f"number, got {shown(value)}")
 
 
 def _type_name(tp: Any) -> str:
@@ -89,19 +117,19 @@ def _convert(tp: Any, value: Any, source: str, path: str) -> Any:
                 errors.append(exc)
         if len(errors) == 1:
             raise errors[0]
-        raise ConfigError(source, path, f"expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(source, path, f"expected {_type_name(tp)}, got {shown(value)}")
     if origin is Literal:
         if value not in get_args(tp):
-            raise ConfigError(source, path, f"expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(source, path, f"expected {_type_name(tp)}, got {shown(value)}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, list):
-            raise ConfigError(source, path, f"expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(source, path, f"expected {_type_name(tp)}, got {shown(value)}")
         items = [_convert(get_args(tp)[0], v, source, f"{path}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(source, path, f"expected {_type_name(tp)}, got {value!r}")
+            raise ConfigError(source, path, f"expected {_type_name(tp)}, got {shown(value)}")
         key_t, val_t = get_args(tp)
         return {_convert(key_t, k, source, _join(path, k)): _convert(val_t, v, source, _join(path, k))
                 for k, v in value.items()}
@@ -109,31 +137,49 @@ def _convert(tp: Any, value: Any, source: str, path: str) -> Any:
         return _build_dataclass(tp, value, source, path)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(source, path, f"expected a number, got {value!r}")
+            raise ConfigError(source, path, f"expected a number, got {shown(value)}")
+        if isinstance(value, int) and abs(value) > MAX_INT or not math.isfinite(value):
+            raise ConfigError(source, path, f"expected a finite number, got {shown(value)}")
         return float(value)
     if tp is int or tp is bool or tp is str:
         # bool is a subclass of int; "yes" must not become an int, nor 1 a string.
         if type(value) is not tp:
-            raise ConfigError(source, path, f"expected {_type_name(tp)}, got {value!r}")
-        if tp is str and ("\n" in value or "\r" in value or "\0" in value):
-            raise ConfigError(source, path, "expected a single line, got a newline or NUL")
+            raise ConfigError(source, path, f"expected {_type_name(tp)}, got {shown(value)}")
+        if tp is int and not -MAX_INT <= value <= MAX_INT:
+            raise ConfigError(source, path, f"expected an integer of at most 64 bits, got {shown(value)}")
+        if tp is str:
+            _check_text(value, source, path)
         return value
     if tp is Any:
         return value
     raise TypeError(f"schema: unsupported annotation {tp!r}")
 
 
+def _check_text(value: str, source: str, path: str) -> None:
+    if "\n" in value or "\r" in value or "\0" in value:
+        raise ConfigError(source, path, "expected a single line, got a newline or NUL")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(source, path, f"expected text, got a lone surrogate in {shown(value)}") from None
+
+
+def _unknown_key(key: Any, known) -> str:
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key; {hint}expected one of: {', '.join(sorted(known))}"
+
+
 def _build_dataclass(cls: type, value: Any, source: str, path: str) -> Any:
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        raise ConfigError(source, path, f"expected a mapping, got {value!r}")
+        raise ConfigError(source, path, f"expected a mapping, got {shown(value)}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in value if k not in fields]
     if unknown:
-        raise ConfigError(source, _join(path, unknown[0]),
-                          f"unknown key; expected one of: {', '.join(sorted(fields))}")
+        raise ConfigError(source, _join(path, str(unknown[0])), _unknown_key(unknown[0], fields))
     kwargs = {}
     for name, f in fields.items():
         if name in value:
@@ -146,69 +192,12 @@ def _build_dataclass(cls: type, value: Any, source: str, path: str) -> Any:
         raise ConfigError(source, _join(path, exc.field), exc.message) from None
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader without YAML 1.1's traps for this domain.
-
-    An unquoted ``2:00:00`` stays the string Slurm means (YAML 1.1 reads it as the base-60
-    integer 7200, which would become 7200 minutes), and ``3e-4`` is a float (YAML 1.1 wants
-    ``3.0e-4``).
-    """
-
-
-_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    _INT, re.compile(r"^[-+]?(?:0|[1-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"), list("-+0123456789"))
-_Loader.add_implicit_resolver(
-    _FLOAT, re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
-
-
-def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
-
-
-def read_yaml(path: Path) -> Any:
-    """Parse a YAML file; syntax errors become a ConfigError with line and column."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
-    try:
-        return parse_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(str(path), "", f"invalid YAML: {where}{problem}") from None
-
-
-def parse_override(raw: str) -> Any:
-    """A ``--set`` value: numbers, booleans, null and [lists] as YAML reads them; anything else
-    is the raw text, byte for byte (YAML would drop a ``# ...`` tail or a second line)."""
-    text = raw.strip()
-    if "\n" in raw or "\r" in raw or not text:
-        return raw
-    try:
-        value = parse_yaml(raw)
-    except yaml.YAMLError:
-        return raw
-    if value is None:
-        return None if text in ("null", "~", "Null", "NULL") else raw
-    if isinstance(value, str):
-        return value if text[0] in "'\"" else raw
-    return value
-
-
 def set_dotted(data: dict, dotted: str, raw: str, source: str) -> None:
     """Apply ``--set a.b.c=VALUE`` to parsed YAML; VALUE is parsed as a YAML scalar."""
     keys = dotted.split(".")
     if not all(keys):
         raise ConfigError(source, dotted, "expected a dotted key path such as trainer.steps")
-    value = parse_override(raw)
+    value = parse_override(raw, source)
     node = data
     for i, key in enumerate(keys[:-1]):
         child = node.get(key)

@@ -66,7 +66,11 @@ def parse_memory_mb(text: str | int) -> int:
     m = _MEM_RE.match(str(text).strip())
     if not m:
         raise ValueError(f"expected a memory size such as 4000M or 64G, got {text!r}")
-    mb = int(m["n"]) * _MEM_FACTORS[m["unit"].upper()]
+    number, unit = int(m["n"]), m["unit"].upper()
+    if unit == "K" and number % 1024:
+        raise ValueError(f"expected a memory size in whole megabytes, got {text!r} "
+                         f"({number / 1024:.3f}M); write it in M or G")
+    mb = number * _MEM_FACTORS[unit]
     if mb < 1:
         raise ValueError(f"expected at least 1M of memory, got {text!r}")
     return int(mb)

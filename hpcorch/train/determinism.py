@@ -55,7 +55,7 @@ def seed_everything(seed: int) -> None:
 
 def fresh_rank_seed(seed: int, rank: int, step: int) -> int:
     """The seed of a rank that the checkpoint has no RNG state for (rule 3)."""
-    return seed + _RANK_SEED_STRIDE * (rank + 1) + step
+    return (seed + _RANK_SEED_STRIDE * (rank + 1) + step) % 2**64  # torch takes < 2**64
 
 
 def rng_state() -> dict:
