@@ -8,10 +8,19 @@ class HpcorchError(Exception):
     exit_code = 2
 
 
+_CUT = "... (cut)"
+
+
 class ConfigError(HpcorchError):
     """A profile or job file is wrong: names the file, the key path and what was expected."""
 
+    # Messages echo what the user wrote; a megabyte-long value must still give one short line.
+    MAX_MESSAGE = 400
+
     def __init__(self, source: str, key: str, message: str):
+        if len(message) > self.MAX_MESSAGE + len(_CUT):
+            message = message[:self.MAX_MESSAGE] + _CUT
+        source, key = source[:self.MAX_MESSAGE], key[:self.MAX_MESSAGE]
         self.source, self.key, self.message = source, key, message
         where = f"{source}: {key}" if key else source
         super().__init__(f"{where}: {message}")
