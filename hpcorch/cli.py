@@ -50,7 +50,8 @@ def profile_option(func):
 
 
 def template_option(func):
-    return click.option("--template-dir", type=click.Path(file_okay=False),
+    # No click check here: render.environment refuses a missing folder or a file as one error line.
+    return click.option("--template-dir", type=click.Path(),
                         help="Your own template folder; hpcorch's templates are the fallback.")(func)
 
 
