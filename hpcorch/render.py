@@ -190,6 +190,12 @@ def render_sbatch(plan: Plan, template_dir: str | Path | None = None,
         raise RenderError(f"{where}: {_one_line(exc.message)}") from None
     except jinja2.TemplateError as exc:
         raise RenderError(f"template {template}: {_one_line(exc)}") from None
+    except RecursionError:
+        raise RenderError(f"template {template}: templates extend or include each other in a "
+                          "cycle (use 'hpcorch/NAME' for the shipped template)") from None
+    except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as exc:
+        # A template is the user's code: its mistakes are one line, not a Jinja traceback.
+        raise RenderError(f"template {template}: {type(exc).__name__}: {_one_line(exc)}") from None
     text = _check_placement(text)
     _check_directives(text)
     return text

@@ -155,3 +155,17 @@ def test_marker_characters_in_a_template_or_value_are_refused(repo, tmp_path):
 def test_a_syntax_error_is_one_line_naming_the_line(repo, tmp_path):
     _refused(repo, tmp_path, "{% extends 'hpcorch/sbatch.sh.j2' %}\n{% block x %}\n{{ oops(\n",
              r"template sbatch.sh.j2, line 3: unexpected 'end of template'")
+
+
+def test_templates_extending_each_other_in_a_cycle_are_one_error(repo, tmp_path):
+    (tmp_path / "base.sh.j2").write_text("{% extends 'sbatch.sh.j2' %}\n")
+    _refused(repo, tmp_path, "{% extends 'base.sh.j2' %}\n", "extend or include each other in a cycle")
+
+
+@pytest.mark.parametrize("source, match", [
+    ("{{ 1/0 }}\n", "ZeroDivisionError"),
+    ("{{ [1][5] }}\n", "UndefinedError|IndexError|undefined"),
+    ("{{ 'a' + 1 }}\n", "TypeError"),
+])
+def test_a_template_that_raises_is_one_error(repo, tmp_path, source, match):
+    _refused(repo, tmp_path, source, match)
