@@ -158,11 +158,11 @@ def plan(job, profile_name, as_json, overrides, run_dir):
 
 
 def _table(info: dict) -> None:
+    from .display import cell
+
     width = max(map(len, info))
     for key, value in info.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k} {v}" for k, v in value.items())
-        click.echo(f"{key:<{width}}  {'-' if value is None else value}")
+        click.echo(f"{key:<{width}}  {cell(key, value)}")
 
 
 @main.command()

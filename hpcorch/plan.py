@@ -119,7 +119,8 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
 
 
 def summarize(plan: Plan) -> dict:
-    """A readable account of what the plan will use: resources, batch arithmetic, model size."""
+    """What the plan will use: resources, batch arithmetic, model size (raw numbers; the CLI
+    adds separators and units, see :mod:`hpcorch.display`)."""
     job, res, tr = plan.job, plan.job.resources, plan.job.trainer
     model = tr.model
     gpu = plan.profile.node_types[plan.partition.node_type].gpus
@@ -135,11 +136,11 @@ def summarize(plan: Plan) -> dict:
         "time_limit": plan.time_limit,
         "account": plan.account or "-",
         "qos": plan.qos or "-",
-        "parameters": f"{model.num_params() / 1e6:.1f}M",
-        "flops_per_token": f"{model.flops_per_token():.3e}",
+        "parameters": model.num_params(),
+        "flops_per_token": round(model.flops_per_token()),
         "tokens_per_step": tokens_per_step,
         "grad_accumulation": job.grad_accum,
-        "total_tokens": f"{tokens_per_step * tr.steps:.3e}",
+        "total_tokens": tokens_per_step * tr.steps,
         "sharding": tr.sharding,
         "checkpoint_every": f"{tr.checkpoint.interval} steps, keep {tr.checkpoint.keep}",
         "requeue": (f"on, {job.requeue.signal} {job.requeue.signal_lead_s}s before the limit"

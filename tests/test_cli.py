@@ -70,7 +70,16 @@ def test_plan_json():
 
     out = run_cli("plan", "jobs/gpt2-124m.yaml", "-p", "a100-hdr", "--json")
     data = json.loads(out.stdout)
-    assert data["world_size"] == 4 and data["parameters"] == "123.6M"
+    assert data["world_size"] == 4 and data["parameters"] == 123_587_328
+    assert json.loads(run_cli("plan", "gpt-1.3b", "-p", "h100-ndr", "--json").stdout)["total_tokens"] == 41_943_040_000
+
+
+def test_plan_numbers_for_people():
+    out = run_cli("plan", "jobs/gpt2-124m.yaml", "-p", "h100-ndr").stdout
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    assert lines["parameters"] == "123.6 M" and lines["flops_per_token"] == "854.8 MFLOP"
+    assert lines["tokens_per_step"] == "262,144"
+    assert lines["total_tokens"] == "1,310,720,000 (1.3 B)" and lines["peak_pflops"] == "3.96 PFLOP/s"
 
 
 def test_help_everywhere():
