@@ -10,6 +10,7 @@ import sys
 import click
 
 from . import __version__
+from .completion import complete_jobs, complete_profiles, complete_refs, script
 from .errors import HpcorchError
 
 PROFILE_HELP = ("Cluster profile: a name (see `hpcorch profile list`) or a path to a YAML file "
@@ -21,7 +22,7 @@ class HpcorchGroup(click.Group):
     commands in the order of the workflow rather than the alphabet."""
 
     ORDER = ("plan", "render", "submit", "train", "ls", "status", "logs", "cancel", "resume",
-             "profile", "jobs", "devcluster")
+             "profile", "jobs", "devcluster", "completion")
 
     def list_commands(self, ctx):
         names = super().list_commands(ctx)
@@ -46,7 +47,18 @@ def job_options(func):
 
 
 def profile_option(func):
-    return click.option("--profile", "-p", "profile_name", default=None, help=PROFILE_HELP)(func)
+    return click.option("--profile", "-p", "profile_name", default=None, help=PROFILE_HELP,
+                        shell_complete=complete_profiles)(func)
+
+
+def job_argument(func):
+    """A job file or a job name (``gpt2-124m``)."""
+    return click.argument("job", type=click.Path(dir_okay=False), shell_complete=complete_jobs)(func)
+
+
+def ref_argument(func):
+    """A job in the registry: number, Slurm job id, name or run directory."""
+    return click.argument("ref", shell_complete=complete_refs)(func)
 
 
 def template_option(func):
@@ -86,7 +98,7 @@ def _echo(text: str) -> None:
 
 
 @main.command()
-@click.argument("job", type=click.Path(dir_okay=False))
+@job_argument
 @profile_option
 @click.option("--dry-run", is_flag=True, help="Print the exact sbatch script and submit nothing.")
 @click.option("--check", is_flag=True,
@@ -129,7 +141,7 @@ def _report(submission, wait) -> None:
 
 
 @main.command()
-@click.argument("job", type=click.Path(dir_okay=False))
+@job_argument
 @profile_option
 @template_option
 @job_options
@@ -141,7 +153,7 @@ def render(ctx, job, profile_name, template_dir, overrides, run_dir):
 
 
 @main.command()
-@click.argument("job", type=click.Path(dir_okay=False))
+@job_argument
 @profile_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @job_options
@@ -166,7 +178,7 @@ def _table(info: dict) -> None:
 
 
 @main.command()
-@click.argument("job", type=click.Path(dir_okay=False))
+@job_argument
 @click.option("--nproc", "-n", type=click.IntRange(1), default=None,
               help="Rank processes on this machine [default: the job's tasks_per_node].")
 @click.option("--resume-step", type=int, help="Resume from this committed step instead of the latest.")
@@ -202,7 +214,7 @@ def list_jobs(as_json):
 
 
 @main.command()
-@click.argument("ref")
+@ref_argument
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(ref, as_json):
     """State, restarts, latest checkpoint, last loss and tokens/s of job REF
@@ -217,7 +229,7 @@ def status(ref, as_json):
 
 
 @main.command()
-@click.argument("ref")
+@ref_argument
 @click.option("--rank", type=click.IntRange(0), default=0, show_default=True, help="Whose log.")
 @click.option("--err", "stream", flag_value="err", default="out", help="Standard error instead of output.")
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing until the job ends.")
@@ -229,7 +241,7 @@ def logs(ref, rank, stream, follow_):
 
 
 @main.command()
-@click.argument("ref")
+@ref_argument
 def cancel(ref):
     """Cancel job REF. Its ranks get SIGTERM and checkpoint first; `hpcorch resume` continues it."""
     from . import service
@@ -238,7 +250,7 @@ def cancel(ref):
 
 
 @main.command()
-@click.argument("ref")
+@ref_argument
 @click.option("--exclude", help="Also exclude these nodes (a Slurm hostlist).")
 @click.option("--wait/--no-wait", default=None, help="Follow rank 0's log until the job ends.")
 def resume(ref, exclude, wait):
@@ -292,7 +304,7 @@ def jobs_list():
 
 
 @profile.command("show")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_profiles)
 def profile_show(name):
     """Print a profile as hpcorch understands it (defaults filled in)."""
     from .spec.profile import load_profile
@@ -395,5 +407,14 @@ def devcluster_install():
     install(log=click.echo)
 
 
+
+@main.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell):
+    """Print the shell completion script (profile names, job names, job refs):
+    `eval "$(hpcorch completion bash)"` in ~/.bashrc."""
+    click.echo(script(main, shell), nl=False)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog_name="hpcorch"))

@@ -130,3 +130,20 @@ def test_profile_search_path_and_default(tmp_path, repo):
     wrong = run_cli("plan", "gpt-tiny", "-p", "h100", env=env)
     assert wrong.returncode == 2 and "did you mean 'h100-ndr'" in wrong.stderr
     assert "hpcorch/profiles" not in wrong.stderr  # no install paths in messages
+
+
+def test_shell_completion_offers_profiles_jobs_and_refs(tmp_path):
+    def complete(*words):
+        env = {"COMP_WORDS": " ".join(("hpcorch",) + words), "COMP_CWORD": str(len(words)),
+               "_HPCORCH_COMPLETE": "bash_complete", "HPCORCH_HOME": str(tmp_path)}
+        return run_cli(*words[:1], env=env).stdout.split()
+
+    assert "plain,h100-ndr" in complete("plan", "gpt2-124m", "-p", "h1")
+    assert {"plain,gpt2-124m", "plain,gpt-tiny"} <= set(complete("plan", "gpt"))
+    assert complete("status", "") == []  # an empty registry offers nothing and does not fail
+    from hpcorch.registry import Registry
+
+    Registry(tmp_path / "registry.sqlite").add("77", "my-run", "local", "local", str(tmp_path / "r"), "j.yaml")
+    assert "plain,my-run" in complete("status", "my")
+    script = run_cli("completion", "bash")
+    assert script.returncode == 0 and "_HPCORCH_COMPLETE" in script.stdout
