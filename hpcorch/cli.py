@@ -10,6 +10,7 @@ import sys
 import click
 
 from . import __version__
+from .cluster.commands import devcluster, devcluster_options
 from .completion import complete_jobs, complete_profiles, complete_refs, script
 from .errors import HpcorchError
 
@@ -27,6 +28,13 @@ class HpcorchGroup(click.Group):
     def list_commands(self, ctx):
         names = super().list_commands(ctx)
         return sorted(names, key=lambda n: self.ORDER.index(n) if n in self.ORDER else len(self.ORDER))
+
+    def format_commands(self, ctx, formatter):
+        # click cuts each one-liner at ~45 characters; wrapping keeps the whole sentence.
+        rows = [(name, self.get_command(ctx, name).get_short_help_str(limit=300))
+                for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx):
         try:
@@ -67,7 +75,20 @@ def template_option(func):
                         help="Your own template folder; hpcorch's templates are the fallback.")(func)
 
 
-@click.group(cls=HpcorchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+EXAMPLES = """Examples:
+
+\b
+  hpcorch plan gpt2-124m -p h100-ndr            does it fit? what will it use?
+  hpcorch submit gpt2-124m -p h100-ndr --dry-run   the exact sbatch script
+  hpcorch submit gpt2-124m -p h100-ndr          submit, then walk away
+  hpcorch ls                                    every job and its state
+  hpcorch logs 3 -f                             follow rank 0's log of job 3
+  hpcorch resume 3 --exclude gpu017             again from the last checkpoint
+"""
+
+
+@click.group(cls=HpcorchGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=EXAMPLES)
 @click.version_option(__version__, prog_name="hpcorch")
 @click.option("-v", "--verbose", count=True,
               help="More detail: -v shows hpcorch's and submitit's progress lines, -vv debug output.")
@@ -348,64 +369,7 @@ def profile_slurm_conf(name, out_dir, dev, state_dir):
         click.echo(path)
 
 
-def devcluster_options(func):
-    func = click.option("--state-dir", type=click.Path(file_okay=False),
-                        help="Private folder for the cluster's configs, sockets, pid files, logs "
-                             "[default: $HPCORCH_DEVCLUSTER_DIR or /tmp/hpcorch-devcluster].")(func)
-    func = click.option("--profile", "-p", "profile_name", default="devcluster", show_default=True,
-                        help=PROFILE_HELP)(func)
-    return func
-
-
-def _devcluster(profile_name, state_dir):
-    from pathlib import Path
-
-    from .cluster.devcluster import DevCluster
-
-    return DevCluster(profile_name, Path(state_dir) if state_dir else None)
-
-
-@main.group()
-def devcluster():
-    """A real Slurm cluster on this machine (root): emulated nodes and GPUs, accounting."""
-
-
-@devcluster.command("up")
-@devcluster_options
-@click.option("--timeout", type=float, default=180, show_default=True, help="Seconds to wait for idle nodes.")
-def devcluster_up(profile_name, state_dir, timeout):
-    """Start munged, MariaDB, slurmdbd, slurmctld and one slurmd per node; wait until idle."""
-    _devcluster(profile_name, state_dir).up(timeout_s=timeout, log=click.echo)
-
-
-@devcluster.command("down")
-@devcluster_options
-def devcluster_down(profile_name, state_dir):
-    """Cancel the cluster's jobs and stop exactly the daemons that `up` started."""
-    _devcluster(profile_name, state_dir).down(log=click.echo)
-
-
-@devcluster.command("status")
-@devcluster_options
-def devcluster_status(profile_name, state_dir):
-    """Show the daemons and sinfo."""
-    click.echo(_devcluster(profile_name, state_dir).status())
-
-
-@devcluster.command("env")
-@devcluster_options
-def devcluster_env(profile_name, state_dir):
-    """Print the line a shell needs: eval "$(hpcorch devcluster env)"."""
-    click.echo(_devcluster(profile_name, state_dir).env_line())
-
-
-@devcluster.command("install")
-def devcluster_install():
-    """Install the Debian packages the dev cluster needs (apt-get, as root)."""
-    from .cluster.devcluster import install
-
-    install(log=click.echo)
-
+main.add_command(devcluster)
 
 
 @main.command()

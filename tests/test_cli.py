@@ -82,6 +82,13 @@ def test_plan_numbers_for_people():
     assert lines["total_tokens"] == "1,310,720,000 (1.3 B)" and lines["peak_pflops"] == "3.96 PFLOP/s"
 
 
+def test_top_level_help_has_whole_one_liners_and_examples():
+    out = run_cli("--help").stdout
+    assert "..." not in out.split("Commands:")[1].split("Examples:")[0]
+    assert "Print the sbatch script for JOB (the same as submit --dry-run)." in out
+    assert "Examples:" in out and "hpcorch resume 3 --exclude gpu017" in out
+
+
 def test_help_everywhere():
     for args in (["--help"], ["submit", "--help"], ["profile", "--help"], ["plan", "--help"]):
         out = run_cli(*args)
