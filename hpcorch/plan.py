@@ -1,6 +1,7 @@
 """Fit a job to a cluster profile: every check a scheduler would do, before a queue slot is spent."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -56,8 +57,21 @@ class Plan:
         return self.job.resources.world_size
 
 
-def default_run_dir(job: JobSpec) -> Path:
-    return Path("runs") / job.name
+def default_run_dir(job: JobSpec, profile: ClusterProfile | None = None) -> Path:
+    """``RUN_ROOT/JOB_NAME`` with the profile's ``defaults.run_root`` (``~`` and ``$VARS``
+    expanded here), else ``runs/JOB_NAME`` below the current folder."""
+    root = profile.defaults.run_root if profile is not None else None
+    if root is None:
+        return Path("runs") / job.name
+    if "USER" not in os.environ:  # cron, containers and `sudo -i` may not set it
+        import getpass
+
+        root = root.replace("${USER}", getpass.getuser()).replace("$USER", getpass.getuser())
+    expanded = os.path.expanduser(os.path.expandvars(root))
+    if "$" in expanded:
+        raise PlanError(f"profile {profile.name!r}", "defaults.run_root",
+                        f"{root!r} names an unset environment variable; set it or pass --run-dir")
+    return Path(expanded) / job.name
 
 
 def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None = None,
@@ -95,7 +109,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         raise fail("resources.time", f"asks for {units.format_time(res.time_s)}, but partition "
                    f"{part.name!r} allows at most {units.format_time(part.max_time_s)}")
 
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(job)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(job, profile)
     run_dir = run_dir.expanduser().absolute()
     if not _PATH_RE.fullmatch(str(run_dir)):
         raise PlanError("--run-dir", "", f"expected a path of letters, digits and _./+@:,=- "

@@ -172,3 +172,21 @@ def test_cli_prints_one_line_for_each_class(tmp_path):
         assert "Traceback" not in result.stderr
     result = run_cli("plan", _job(tmp_path, JOB, "ok.yaml"), "--set", "trainer.steps=!!int x", timeout=60)
     assert result.returncode == 2 and "(--set trainer.steps)" in result.stderr, result.stderr
+
+
+def test_profile_run_root_places_run_directories(tmp_path, monkeypatch):
+    from hpcorch.plan import make_plan
+
+    path = tmp_path / "p.yaml"
+    job = load_job(_job(tmp_path, JOB))
+    path.write_text(_profile(tmp_path) + "defaults: {run_root: '$SCRATCH_X/${USER}/runs'}\n")
+    monkeypatch.setenv("SCRATCH_X", str(tmp_path / "scratch"))
+    monkeypatch.setenv("USER", "ada")
+    assert make_plan(job, load_profile(path)).run_dir == tmp_path / "scratch" / "ada" / "runs" / "t"
+    assert make_plan(job, load_profile(path), run_dir=tmp_path / "mine").run_dir == tmp_path / "mine"
+    monkeypatch.delenv("SCRATCH_X")
+    with pytest.raises(ConfigError, match=r"defaults.run_root: '\$SCRATCH_X/\$\{USER\}/runs' names an unset"):
+        make_plan(job, load_profile(path))
+    path.write_text(_profile(tmp_path) + "defaults: {run_root: '/scratch/$(id)'}\n")
+    with pytest.raises(ConfigError, match="defaults.run_root: expected a path"):
+        load_profile(path)

@@ -162,13 +162,22 @@ class Environment:
         check_env_names(self.variables)
 
 
+_RUN_ROOT_RE = re.compile(r"(~|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|[A-Za-z0-9_./+@:,=-])+")
+
+
 @dataclass
 class Defaults:
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
+    # Where run directories go when no --run-dir is given: clusters want /scratch/$USER/..., not
+    # the login node's home. `~` and $VARIABLES expand on the machine that plans the job.
+    run_root: str | None = None
 
     def __post_init__(self):
+        if self.run_root is not None and not _RUN_ROOT_RE.fullmatch(self.run_root):
+            raise Invalid("run_root", "expected a path such as /scratch/$USER/runs (letters, "
+                                      f"digits, _./+@:,=-, ~ and $NAME), got {self.run_root!r}")
         check_name("account", self.account, "an account name")
         check_name("qos", self.qos, "a QOS name")
         check_constraint("constraint", self.constraint)
