@@ -20,7 +20,7 @@ from ..spec.compat import check_config_change, training_config
 from ..spec.job import JobSpec
 from .determinism import fresh_rank_seed, rng_state, seed_everything, set_rng_state
 from .state import TrainState
-from .store import CheckpointError, CheckpointStore
+from .store import CheckpointError, CheckpointStore, PeerSaveFailed
 
 __all__ = ["Checkpointer", "CheckpointError", "fingerprint", "weights_digest"]
 
@@ -73,6 +73,7 @@ class Checkpointer:
 
     def save(self, state: TrainState) -> float:
         """Checkpoint ``state.step``; returns the seconds training was blocked."""
+        self.wait()  # the previous save (async) is committed on every rank, or all stop here
         model_sd, optim_sd = self.full_state()
         shared = {"model": model_sd, "optimizer": optim_sd} if self.rank == 0 else None
         local = {"rng": rng_state()}
@@ -82,8 +83,20 @@ class Checkpointer:
         return blocked
 
     def wait(self) -> None:
-        """Block until the save in flight (if any) is committed."""
-        self.store.wait()
+        """Block until the save in flight (if any) is committed. Every rank calls it at the same
+        points; after an asynchronous save the ranks agree on the outcome (the background
+        thread cannot run a collective), so a rank whose save failed says why and the others
+        stop with it. A synchronous save agreed inside the store already."""
+        error = None
+        try:
+            self.store.wait()
+        except CheckpointError as exc:
+            error = exc
+        if self.store.async_save and self.store.agree is not None:
+            if not self.store.agree(error is None) and error is None:
+                raise PeerSaveFailed(self.saved_step)
+        if error is not None:
+            raise error
 
     def restore(self, state: TrainState, resume_step: int | None = None) -> bool:
         """Load ``resume_step``, or the latest committed checkpoint that verifies, into the

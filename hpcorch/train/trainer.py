@@ -19,7 +19,7 @@ from ..spec.job import JobSpec
 from .checkpoint import Checkpointer, weights_digest
 from .data import DataSource
 from .determinism import pin_threads
-from .distributed import DistEnv
+from .distributed import DistEnv, all_agree
 from .faults import SampleTrace
 from .optim import build_optimizer, lr_at, set_lr
 from .parallel import build_parallel_model
@@ -71,7 +71,8 @@ class Trainer:
         self.runlog = RunLogger(self.run_dir, self.state, env.is_main, tr.steps, tr.log_interval, sinks)
         store = CheckpointStore(self.run_dir.checkpoints, env.rank, self.world, keep=tr.checkpoint.keep,
                                 async_save=tr.checkpoint.async_save,
-                                commit_timeout_s=tr.collective_timeout_s, fence=self.run_dir.check_fence)
+                                commit_timeout_s=tr.collective_timeout_s, fence=self.run_dir.check_fence,
+                                agree=lambda ok: all_agree(ok, env.device))
         self.checkpointer = Checkpointer(store, job, env.rank, self.parallel.module, self.optimizer,
                                          log=self.runlog.info, accepted_config=self.run_dir.accepted_config())
         self.trace = SampleTrace(env.rank)
