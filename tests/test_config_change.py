@@ -58,3 +58,31 @@ def test_config_change_is_refused_unless_accepted_and_a_model_change_always(tmp_
     _refused(train(run, 2, *changed, "trainer.model.width=64", flags=ALLOW),
              "does not match this job's config (trainer.model.width: 32 -> 64)", "even with --allow-config-change")
     assert _snapshot(run) == after
+
+
+def test_submit_refuses_before_submitting_and_records_an_accepted_change(tmp_path, monkeypatch):
+    import hpcorch.submit.executor as executor
+    from hpcorch import service
+    from hpcorch.rundir import COMMIT_MARKER
+    from hpcorch.spec.compat import ConfigChanged, training_config
+    from trainhelp import REPO
+
+    class Submitted(Exception):
+        pass
+
+    def plan(*overrides):
+        return service.plan(REPO / "jobs/gpt-tiny.yaml", "local", list(overrides), run_dir=tmp_path / "run")
+
+    step = plan().run.checkpoint_layout.step_dir(5)
+    step.mkdir(parents=True)
+    (step / COMMIT_MARKER).write_text(json.dumps({"step": 5, "config": training_config(plan().job)}))
+    monkeypatch.setattr(executor, "start", lambda *args: (_ for _ in ()).throw(Submitted()))
+    changed = plan("trainer.optimizer.lr=0.001")
+    with pytest.raises(ConfigChanged, match=r"trainer.optimizer.lr: 0.003 -> 0.001\); pass --allow-config"):
+        service.submit(changed, script="")
+    assert changed.run.accepted_config() is None
+    with pytest.raises(Submitted):  # accepted: it goes on to submit, the ranks will read the record
+        service.submit(changed, script="", allow_config_change=True)
+    assert changed.run.accepted_config() == training_config(changed.job)
+    with pytest.raises(ConfigChanged, match=r"trainer.model.width: 128 -> 64"):
+        service.submit(plan("trainer.model.width=64"), script="", allow_config_change=True)
