@@ -69,6 +69,13 @@ def ref_argument(func):
     return click.argument("ref", shell_complete=complete_refs)(func)
 
 
+def allow_config_change_option(func):
+    return click.option("--allow-config-change", is_flag=True,
+                        help="Continue the run directory's checkpoint under a changed training config "
+                             "(learning rate, schedule length, ...); the change is recorded in its events. "
+                             "A changed model, data, seed, global batch or optimizer is refused regardless.")(func)
+
+
 def template_option(func):
     # No click check here: render.environment refuses a missing folder or a file as one error line.
     return click.option("--template-dir", type=click.Path(),
@@ -127,8 +134,9 @@ def _echo(text: str) -> None:
 @template_option
 @click.option("--wait/--no-wait", default=None,
               help="Follow rank 0's log until the job ends [default: wait for local, not for Slurm].")
+@allow_config_change_option
 @job_options
-def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run_dir):
+def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run_dir, allow_config_change=False):
     """Submit JOB (a job YAML file) to the cluster of --profile.
 
     With the default `local` profile the job runs here through submitit's local executor, with
@@ -144,7 +152,7 @@ def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run
     if check:
         click.echo(service.check(plan, script))
         return
-    _report(service.submit(plan, script), wait)
+    _report(service.submit(plan, script, allow_config_change=allow_config_change), wait)
 
 
 def _report(submission, wait) -> None:
@@ -204,8 +212,9 @@ def _table(info: dict) -> None:
               help="Rank processes on this machine [default: the job's tasks_per_node].")
 @click.option("--resume-step", type=int, help="Resume from this committed step instead of the latest.")
 @click.option("--peak-tflops", type=float, help="Per-rank peak TFLOP/s, to report MFU.")
+@allow_config_change_option
 @job_options
-def train(job, nproc, resume_step, peak_tflops, overrides, run_dir):
+def train(job, nproc, resume_step, peak_tflops, overrides, run_dir, allow_config_change):
     """Train JOB here in NPROC local processes (gloo on CPU, NCCL on GPUs).
 
     SIGTERM, SIGINT (Ctrl-C) or SIGUSR2 make every rank checkpoint at the next step boundary
@@ -213,7 +222,8 @@ def train(job, nproc, resume_step, peak_tflops, overrides, run_dir):
     """
     from . import protocol, service
 
-    code, run_path = service.train(job, nproc, overrides, run_dir, resume_step, peak_tflops)
+    code, run_path = service.train(job, nproc, overrides, run_dir, resume_step, peak_tflops,
+                                   allow_config_change=allow_config_change)
     if code == protocol.CHECKPOINTED:
         click.echo(f"checkpointed; run the same command again to resume ({run_path})", err=True)
     sys.exit(code)
@@ -274,11 +284,12 @@ def cancel(ref):
 @ref_argument
 @click.option("--exclude", help="Also exclude these nodes (a Slurm hostlist).")
 @click.option("--wait/--no-wait", default=None, help="Follow rank 0's log until the job ends.")
-def resume(ref, exclude, wait):
+@allow_config_change_option
+def resume(ref, exclude, wait, allow_config_change):
     """Submit job REF again from its latest checkpoint, excluding nodes that failed under it."""
     from . import service
 
-    _report(service.resume(ref, exclude=exclude), wait)
+    _report(service.resume(ref, exclude=exclude, allow_config_change=allow_config_change), wait)
 
 
 @main.group()

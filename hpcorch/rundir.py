@@ -14,6 +14,7 @@ Layout (``R`` the run directory)::
     R/events.jsonl           process starts, first steps, signals, committed checkpoints
     R/progress.json          furthest step, restarts, steps recomputed (rewritten every step)
     R/restarts.json          requeues spent per cause, and the last refusal
+    R/config_accepted.json   the training config the user accepted over a checkpoint's (--allow-config-change)
     R/summary.json           written once the run completes
     R/logs/%j.out|err        the batch script's own output; logs/controller.log (local)
     R/submitit/%j/           submitit's pickles and per-rank logs (submitit's JobPaths names)
@@ -131,6 +132,11 @@ class CheckpointLayout:
         """Steps whose folder holds the commit marker, oldest first."""
         return sorted(s for s, d in self.step_dirs().items() if (d / COMMIT_MARKER).exists())
 
+    def record(self, step: int) -> dict:
+        """The commit record of ``step`` (plain JSON: train state, file digests, the recorded
+        training config); {} if it is not committed or unreadable."""
+        return read_json(self.step_dir(step) / COMMIT_MARKER)
+
 
 @dataclass
 class Lease:
@@ -208,6 +214,7 @@ class RunDir:
     progress_file = property(lambda self: self.root / "progress.json")
     restarts_file = property(lambda self: self.root / "restarts.json")
     summary_file = property(lambda self: self.root / "summary.json")
+    config_accepted_file = property(lambda self: self.root / "config_accepted.json")
     logs = property(lambda self: self.root / "logs")
     controller_log = property(lambda self: self.root / "logs" / "controller.log")
 
@@ -273,11 +280,27 @@ class RunDir:
         atomic_write(self.job_file, text)
         return self.job_file
 
-    def append_event(self, name: str, **fields) -> None:
-        """Append a timestamped event (``time`` may be given: when it really happened)."""
+    def append_event(self, name: str, durable: bool = False, **fields) -> None:
+        """Append a timestamped event (``time`` may be given: when it really happened);
+        ``durable``: fsync it (an event that must survive a power cut, such as a config change)."""
         record = {"event": name, "time": time.time(), **fields}
         with open(self.events, "a") as f:
             f.write(json.dumps(record) + "\n")
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+
+    def accept_config(self, config: dict, changes: list[str]) -> None:
+        """Record that the user accepted ``config`` (a training config, see
+        :mod:`hpcorch.spec.compat`) over the checkpoint's, with its ``changes``. A file, not a
+        flag on one process: every rank and every requeued attempt of the run reads it."""
+        self.create()
+        atomic_write(self.config_accepted_file, json.dumps({"config": config, "changes": changes,
+                                                            "time": time.time()}, indent=1))
+
+    def accepted_config(self) -> dict | None:
+        """The training config last accepted with ``--allow-config-change``, if any."""
+        return read_json(self.config_accepted_file).get("config")
 
     # ----- reads (no torch) ----------------------------------------------------------------
     def progress(self) -> dict:
@@ -295,6 +318,13 @@ class RunDir:
     def latest_checkpoint(self) -> int | None:
         steps = self.checkpoint_layout.committed_steps()
         return steps[-1] if steps else None
+
+    def recorded_config(self, step: int | None = None) -> tuple[int, dict] | None:
+        """(step, training config) recorded with checkpoint ``step`` (default: the latest
+        committed); None if there is none, or it predates recorded configs."""
+        step = self.latest_checkpoint() if step is None else step
+        config = self.checkpoint_layout.record(step).get("config") if step is not None else None
+        return (step, config) if isinstance(config, dict) else None
 
     # ----- the lease -----------------------------------------------------------------------
     def lease(self) -> Lease | None:

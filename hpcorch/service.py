@@ -7,6 +7,7 @@ ones to call from Python.
     print(service.render(plan))            # the exact sbatch script
     print(service.check(plan))             # sbatch --test-only on the live cluster
     sub = service.submit(plan)             # the job, recorded in the registry
+                                           # (allow_config_change=True: over a checkpoint's config)
     service.status(sub.entry.key)          # state, progress, what to do next
     service.resume(sub.entry.key)          # after it ended without completing
 
@@ -25,6 +26,7 @@ from .errors import ConfigError, HpcorchError
 from .plan import Plan, default_run_dir, make_plan
 from .registry import Entry, Registry
 from .rundir import LEASE_ENV, Lease, RunDir
+from .spec.compat import check_config_change, training_config
 from .spec.job import load_job
 from .spec.profile import load_profile
 
@@ -71,19 +73,23 @@ def check(plan: Plan, script: str | None = None) -> str:
 
 # ----- submit, resume ---------------------------------------------------------------------------
 def submit(plan: Plan, script: str | None = None, registry: Registry | None = None,
-           resumed_from: int | None = None) -> Submission:
+           resumed_from: int | None = None, allow_config_change: bool = False) -> Submission:
     """Submit ``plan`` (with ``script``, or the shipped template's), take the run directory's
-    lease for the new job, and record it in the registry."""
+    lease for the new job, and record it in the registry. A run directory whose checkpoint was
+    trained under another config is refused before anything is submitted, unless
+    ``allow_config_change`` (see :func:`config_changes`)."""
     from .submit.executor import SubmitError, start
 
     script = script if script is not None else render(plan)
     run = plan.run
     scheduler = plan.profile.scheduler
     run.check_location()
+    changes = config_changes(run, plan.job, allow_config_change)
     fresh = not run.root.exists()
     try:
         with run.lease_lock():  # a concurrent submit into the same directory waits, then sees our job
             run.ensure_free(Lease(scheduler, ""), observe.lease_is_live)
+            _accept(run, plan.job, changes)
             job = start(plan, script)
             holder = Lease.for_holder(scheduler, str(job.job_id), slurm_conf=os.environ.get("SLURM_CONF"))
             run.take(holder)
@@ -100,10 +106,12 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
     return Submission(entry, job)
 
 
-def resume(ref: str, exclude: str | None = None, registry: Registry | None = None) -> Submission:
+def resume(ref: str, exclude: str | None = None, registry: Registry | None = None,
+           allow_config_change: bool = False) -> Submission:
     """Submit job ``ref`` again into its run directory (the ranks resume from the latest
     committed checkpoint), excluding nodes that failed under it. Refused while the job is
-    pending, running or requeued, and for a completed job: there is nothing to resume."""
+    pending, running or requeued, and for a completed job: there is nothing to resume.
+    ``allow_config_change``: as for :func:`submit` (its job file was edited since)."""
     from .spec.units import compress_hostlist, expand_hostlist
 
     try:  # the user's input first, before any scheduler is asked
@@ -129,7 +137,29 @@ def resume(ref: str, exclude: str | None = None, registry: Registry | None = Non
         if entry.slurm_conf:  # submitit's sbatch reads it from the environment
             os.environ["SLURM_CONF"] = entry.slurm_conf
     again = plan(entry.job_file, entry.profile, overrides, run_dir=entry.run_dir)
-    return submit(again, registry=registry, resumed_from=entry.key)
+    return submit(again, registry=registry, resumed_from=entry.key, allow_config_change=allow_config_change)
+
+
+def config_changes(run: RunDir, job, allow: bool = False, step: int | None = None) -> list[str]:
+    """Compare ``job``'s training config with the one recorded with the run directory's latest
+    committed checkpoint (or ``step``), reading only JSON (no torch, no rank started, nothing
+    submitted). Raises :class:`hpcorch.spec.compat.ConfigChanged` for a change the user did not
+    accept (``allow``), or one no flag allows; returns the accepted differences. The ranks check
+    again when they load (they may fall back to an older checkpoint)."""
+    found = run.recorded_config(step)
+    if found is None:  # nothing to continue, or a checkpoint from before configs were recorded
+        return []
+    step, recorded = found
+    return check_config_change(recorded, training_config(job), f"the checkpoint at step {step} in "
+                               f"{run.checkpoints}", allow, run.accepted_config())
+
+
+def _accept(run: RunDir, job, changes: list[str]) -> None:
+    """Once the run directory is ours: record the accepted config, which is how the flag
+    reaches every rank and every requeued attempt (they read the run directory, not our
+    command line)."""
+    if changes:
+        run.accept_config(training_config(job), changes)
 
 
 def failed_nodes(entry: Entry) -> list[str]:
@@ -241,9 +271,11 @@ def _scheduler_backoff(entry: Entry):
 # ----- train here ------------------------------------------------------------------------------
 def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[str] = (),
           run_dir: str | os.PathLike | None = None, resume_step: int | None = None,
-          peak_tflops: float | None = None) -> tuple[int, Path]:
+          peak_tflops: float | None = None, allow_config_change: bool = False) -> tuple[int, Path]:
     """Train ``job`` in ``nproc`` processes on this machine (``hpcorch train``); returns the exit
-    code (``protocol.CHECKPOINTED`` after a signal: run it again to resume) and the run dir."""
+    code (``protocol.CHECKPOINTED`` after a signal: run it again to resume) and the run dir.
+    ``allow_config_change``: continue a checkpoint trained under another config (see
+    :func:`config_changes`; refused before any rank starts otherwise)."""
     from .train.launch import launch_local
 
     overrides = list(overrides)
@@ -255,9 +287,11 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
                           f"a local run uses one node, got {spec.resources.nodes}; pass --nproc")
     run = RunDir.for_job(run_dir if run_dir else default_run_dir(spec), spec)
     run.check_location()
+    changes = config_changes(run, spec, allow_config_change, resume_step)
     lease = Lease.for_holder("process", str(os.getpid()))
     with run.lease_lock():
         run.claim(lease, observe.lease_is_live)
+        _accept(run, spec, changes)
     job_file = run.write_job(spec)
     extra = (["--resume-step", str(resume_step)] if resume_step is not None else []) + \
         (["--peak-tflops", str(peak_tflops)] if peak_tflops else [])

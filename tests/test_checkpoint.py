@@ -69,3 +69,47 @@ def test_commit_waits_for_every_rank(tmp_path):
     record = json.loads((step_dir(tmp_path, 20) / COMMIT).read_text())
     assert set(record["files"]) == {"shared.pt", "rank_00000.pt", "rank_00001.pt"}
 
+
+
+def _disk_full_for(monkeypatch, name):
+    """Writing ``name`` fails as on a full disk."""
+    import errno
+
+    import hpcorch.train.store as store
+
+    real = store.atomic_write
+
+    def write(path, data, **kwargs):
+        if path.name == name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(store, "atomic_write", write)
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_a_failed_save_cleans_up_says_why_and_keeps_the_previous(tmp_path, monkeypatch, async_save):
+    from hpcorch.train.store import SaveFailed
+
+    votes = []
+    ck = CheckpointStore(tmp_path, rank=0, world_size=1, keep=2, async_save=async_save,
+                         agree=lambda ok: votes.append(ok) or ok)
+    _save(ck, 10)
+    ck.wait()
+    _disk_full_for(monkeypatch, "shared.pt")
+    with pytest.raises(SaveFailed, match=r"^checkpoint save to .*step_000000020 failed: no space left on "
+                                         r"device on /\S* \(\w+\): needs ~[\d.]+ kB, [\d.]+ \w?B free$"):
+        _save(ck, 20)
+        ck.wait()
+    assert votes == ([] if async_save else [True, True, False])  # async: no collective in the thread
+    assert not step_dir(tmp_path, 20).exists()
+    assert ck.load_latest()[0] == 10
+
+
+def test_a_peers_failure_stops_this_rank_and_removes_its_part(tmp_path):
+    from hpcorch.train.store import PeerSaveFailed
+
+    ck = CheckpointStore(tmp_path, rank=1, world_size=2, agree=lambda ok: False)
+    with pytest.raises(PeerSaveFailed, match="another rank could not write its part of step 20"):
+        ck.save(20, None, {"rng": 1}, {})
+    assert not list(step_dir(tmp_path, 20).iterdir())

@@ -112,7 +112,8 @@ def test_second_train_into_a_live_run_directory_is_refused(tmp_path):
             first.wait()
     # The holder has ended: the lease no longer stands in the way (this run resumes and finishes).
     after = subprocess.run(train_cmd(run, 1, "trainer.steps=100000", "trainer.checkpoint.interval=1000",
-                                     "trainer.steps=3"), cwd=REPO, capture_output=True, text=True, timeout=60)
+                                     "trainer.steps=3", flags=("--allow-config-change",)),  # a shorter schedule
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert after.returncode == 0 and "resumed at step" in after.stdout, after.stdout + after.stderr
 
 

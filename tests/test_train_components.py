@@ -158,6 +158,7 @@ def test_stop_flag_rides_on_the_loss_all_reduce(group):
 
 # ----- checkpointer and trainer --------------------------------------------------------------------
 def test_checkpointer_restores_and_refuses_another_job(group, tmp_path):
+    from hpcorch.spec.compat import ConfigChanged, training_config
     from hpcorch.train.checkpoint import Checkpointer, CheckpointError
     from hpcorch.train.model import GPT
     from hpcorch.train.store import CheckpointStore
@@ -179,8 +180,14 @@ def test_checkpointer_restores_and_refuses_another_job(group, tmp_path):
     with pytest.raises(CheckpointError, match="no committed checkpoint at step 5"):
         Checkpointer(store, job, 0, module, optimizer, log=print).restore(TrainState(), resume_step=5)
     other = tiny_job("trainer.seed=7")
-    with pytest.raises(CheckpointError, match="does not match this job's config .*seed: checkpoint has"):
-        Checkpointer(store, other, 0, module, optimizer, log=print).restore(TrainState())
+    with pytest.raises(ConfigChanged, match=r"does not match this job's config \(trainer.seed: 1337 -> 7\)"):
+        Checkpointer(store, other, 0, module, optimizer, log=print, accepted_config=training_config(other)
+                     ).restore(TrainState())
+    longer = tiny_job("trainer.steps=99")
+    with pytest.raises(ConfigChanged, match="trainer.steps: 24 -> 99.*--allow-config-change"):
+        Checkpointer(store, longer, 0, module, optimizer, log=print).restore(TrainState())
+    accepted = Checkpointer(store, longer, 0, module, optimizer, log=print, accepted_config=training_config(longer))
+    assert accepted.restore(TrainState()) and accepted.config_changes == ["trainer.steps: 24 -> 99"]
 
 
 def test_trainer_creates_every_attribute_in_init_and_stops_on_an_agreed_signal(group, tmp_path):

@@ -69,7 +69,7 @@ def test_resume_on_other_world_size_sees_every_sample_once(tmp_path, before, aft
     env = {"HPCORCH_SAMPLE_TRACE": str(trace)}
     first = train(run, before, "trainer.steps=12", env=env)
     assert first.returncode == 0, first.stderr
-    second = train(run, after, "trainer.steps=24", env=env)
+    second = train(run, after, "trainer.steps=24", env=env, flags=("--allow-config-change",))  # a longer schedule
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resumed at step 12" in second.stdout
     got = _traced(trace)

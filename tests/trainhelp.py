@@ -17,15 +17,17 @@ TINY = ["trainer.model.layers=1", "trainer.model.width=32", "trainer.model.heads
         "trainer.log_interval=100", "trainer.collective_timeout_s=60"]
 
 
-def train_cmd(run_dir: Path, nproc: int, *extra: str) -> list[str]:
+def train_cmd(run_dir: Path, nproc: int, *extra: str, flags: tuple[str, ...] = ()) -> list[str]:
+    """`hpcorch train` of the tiny job; ``extra`` are more --set overrides, ``flags`` more options."""
     sets = [a for s in TINY + list(extra) for a in ("--set", s)]
     return [sys.executable, "-m", "hpcorch.cli", "train", "jobs/gpt-tiny.yaml", "--nproc", str(nproc),
-            "--run-dir", str(run_dir), *sets]
+            "--run-dir", str(run_dir), *sets, *flags]
 
 
-def train(run_dir: Path, nproc: int = 2, *extra: str, env: dict | None = None, timeout: float = 240):
-    return subprocess.run(train_cmd(run_dir, nproc, *extra), cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+def train(run_dir: Path, nproc: int = 2, *extra: str, env: dict | None = None, timeout: float = 240,
+          flags: tuple[str, ...] = ()):
+    return subprocess.run(train_cmd(run_dir, nproc, *extra, flags=flags), cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def train_and_signal(run_dir: Path, at_step: int, nproc: int = 2, sig=signal.SIGTERM,

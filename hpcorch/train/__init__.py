@@ -6,8 +6,9 @@ One rank starts in :mod:`.rank` (``run_rank``; ``python -m hpcorch.train`` wraps
 - :mod:`.parallel`: the model, seeded and laid out (DDP or FSDP2), compiled, autocast, no-sync
 - :mod:`.optim`: the optimizer and the LR schedule
 - :mod:`.data`: the seeded global sample order and its cursor
-- :mod:`.checkpoint`: what a checkpoint holds, the fingerprint check, restore
+- :mod:`.checkpoint`: what a checkpoint holds, the recorded-config check, restore
 - :mod:`.store`: crash-safe checkpoint files (per-rank parts, commit marker, async, pruning)
+- :mod:`.diskspace`: which file system a path is on and how full, for a failed save's one line
 - :mod:`.stop`: the signal flag and the ranks' agreement to stop at a step boundary
 - :mod:`.runlog`: metrics, events, progress, summary and console lines, through sinks
 - :mod:`.state`: the trainer's counters (step, samples, tokens, restarts)

@@ -46,6 +46,16 @@ def init_distributed(timeout_s: int = 300) -> DistEnv:
     return DistEnv(rank, world, local_rank, device, backend)
 
 
+def all_agree(ok: bool, device: torch.device) -> bool:
+    """True if every rank says ``ok`` (one MIN all-reduce; every rank must call it); ``ok``
+    itself outside a process group. How ranks stop together when one of them cannot go on."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return ok
+    flag = torch.tensor(int(ok), dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def shutdown() -> None:
     """Leave together: a rank that tears gloo down while a peer is still talking aborts it."""
     if dist.is_initialized():

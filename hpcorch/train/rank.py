@@ -32,13 +32,15 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
     ``scheduler`` ("process", "slurm" or "local") picks the stop signals
     (:func:`protocol.stop_signals`). A configuration or checkpoint problem is printed as one
     ``error: ...`` line on stderr and returned as :data:`protocol.CLEAR_ERROR`, no traceback.
+    A rank that stops because another rank's checkpoint save failed prints no error of its own
+    (the failing rank's line is the one that matters; rank 0 adds a short note to its log).
     """
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
     from ..errors import HpcorchError
     from ..spec.job import load_job
     from .distributed import abandon, init_distributed, shutdown
-    from .store import CheckpointError
+    from .store import CheckpointError, PeerSaveFailed
     from .trainer import Trainer
 
     try:
@@ -48,6 +50,10 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
         trainer = Trainer(job, Path(run_dir), env, protocol.stop_signals(scheduler, job.requeue),
                           peak_tflops=peak_tflops, resume_step=resume_step)
         code = trainer.run()
+    except PeerSaveFailed as exc:
+        logging.getLogger("hpcorch.train").info("hpcorch: stopping: %s", exc)
+        abandon()
+        return RankOutcome(protocol.CLEAR_ERROR)
     except (HpcorchError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         abandon()

@@ -24,7 +24,8 @@ class Sink:
         max_mem_mb and, on evaluation steps, val_loss."""
 
     def on_event(self, name: str, fields: dict) -> None:
-        """Something that happened once: process_start, first_step, signal, checkpoint_committed."""
+        """Something that happened once: process_start, config_change, first_step, signal,
+        checkpoint_committed."""
 
     def on_summary(self, summary: dict) -> None:
         """The completed run's summary."""
@@ -48,13 +49,15 @@ class MetricsFile(Sink):
 
 
 class EventsFile(Sink):
-    """``events.jsonl``: timestamped events (when a run stopped, how long it took to come back)."""
+    """``events.jsonl``: timestamped events (when a run stopped, how long it took to come back,
+    an accepted config change). Each is fsynced: events are few, and some are the run's only
+    record of a decision (the config it continued under)."""
 
     def __init__(self, run: RunDir):
         self.run = run
 
     def on_event(self, name: str, fields: dict) -> None:
-        self.run.append_event(name, **fields)
+        self.run.append_event(name, durable=True, **fields)
 
 
 class ProgressFile(Sink):

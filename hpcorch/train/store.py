@@ -8,12 +8,20 @@ loaded. Older checkpoints are deleted only after a newer one is committed. Rank 
 uses the file system, not a collective, which lets an asynchronous save finish in a
 background thread while training goes on.
 
+A save that fails on this rank (a full disk: any ``OSError``) removes what this rank wrote of
+the uncommitted step and raises :class:`SaveFailed`, one line naming the file system and the
+space needed versus free. In a synchronous save the ranks then agree (``agree``, a collective)
+twice: after writing their parts and after the commit, so that every rank stops at the same
+point; the others raise :class:`PeerSaveFailed` (the failing rank says why) instead of dying
+later in a collective with a misleading error. The previous committed checkpoint is untouched.
+
 Folder names, the marker and "which steps are committed" come from
 :class:`hpcorch.rundir.CheckpointLayout`, so ``hpcorch status`` and the trainer agree.
 This module stores opaque states; :mod:`hpcorch.train.checkpoint` decides what is in them.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -22,12 +30,13 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from ..poll import PollTimeout, poll_until
 from ..rundir import COMMIT_MARKER, CheckpointLayout, atomic_write, fsync_dir
+from .diskspace import describe_write_failure
 from .faults import crash_in_prune, crash_in_save
 
 SHARED_FILE = "shared.pt"  # written by rank 0 only: model and optimizer
@@ -37,6 +46,18 @@ _logger = logging.getLogger("hpcorch.train")
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: missing, uncommitted, corrupted or incompatible."""
+
+
+class SaveFailed(CheckpointError):
+    """This rank could not write its part of a checkpoint (a full disk, an I/O error)."""
+
+
+class PeerSaveFailed(CheckpointError):
+    """Another rank could not write its part of a checkpoint: this one stops too, quietly."""
+
+    def __init__(self, step: int):
+        super().__init__(f"another rank could not write its part of step {step}'s checkpoint "
+                         f"(its error line says why); not committed")
 
 
 def rank_file(rank: int) -> str:
@@ -79,9 +100,12 @@ class CheckpointStore:
 
     def __init__(self, root: Path, rank: int, world_size: int, keep: int = 2,
                  async_save: bool = False, commit_timeout_s: float = 600.0,
-                 fence: Callable[[], None] = lambda: None):
+                 fence: Callable[[], None] = lambda: None, agree: Callable[[bool], bool] | None = None):
         self.layout = CheckpointLayout(root)
         self.fence = fence  # raises if this process may no longer commit (the run dir's lease moved on)
+        # Every rank's word on a synchronous save (True if all say ok): a collective, so never
+        # called from the async thread; None: no agreement (one process, or async saves).
+        self.agree = agree
         self.root, self.rank, self.world_size = self.layout.root, rank, world_size
         self.keep, self.async_save, self.commit_timeout_s = keep, async_save, commit_timeout_s
         self._thread: threading.Thread | None = None
@@ -114,6 +138,8 @@ class CheckpointStore:
             self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
+            if isinstance(error, CheckpointError):  # already one clear line
+                raise error
             raise CheckpointError(f"asynchronous checkpoint save failed: {error}") from error
 
     def _write_guarded(self, *args) -> None:
@@ -124,20 +150,66 @@ class CheckpointStore:
 
     def _write(self, step: int, shared: dict | None, local: dict, meta: dict) -> None:
         d = self.layout.step_dir(step)
-        d.mkdir(parents=True, exist_ok=True)
-        # The fault hook hits the first (largest) file this rank writes.
-        fault = crash_in_save(step, self.rank)
-        files = {}
+        blobs = {rank_file(self.rank): _serialize(local)}
         if self.rank == 0 and shared is not None:
-            files[SHARED_FILE] = self._write_file(d / SHARED_FILE, _serialize(shared), fault)
-            fault = None
-        files[rank_file(self.rank)] = self._write_file(d / rank_file(self.rank), _serialize(local), fault)
-        atomic_write(d / done_file(self.rank), json.dumps(files))
+            blobs = {SHARED_FILE: _serialize(shared), **blobs}  # the largest first (the fault hook's)
+        with self._stage(step, d, blobs, peer_failure_discards=True):
+            self._write_parts(step, d, blobs)
+        # A peer failing here may be rank 0 fenced out by a newer attempt that writes this very
+        # folder: then our files are not ours to remove (an uncommitted leftover is harmless).
+        with self._stage(step, d, blobs, peer_failure_discards=False):
+            if self.rank == 0:
+                record = {"step": step, "world_size": self.world_size, "files": self._gather_manifest(d), **meta}
+                self.fence()
+                atomic_write(d / COMMIT_MARKER, json.dumps(record, indent=1))
         if self.rank == 0:
-            record = {"step": step, "world_size": self.world_size, "files": self._gather_manifest(d), **meta}
-            self.fence()
-            atomic_write(d / COMMIT_MARKER, json.dumps(record, indent=1))
             self._prune()
+
+    def _write_parts(self, step: int, d: Path, blobs: dict[str, bytes]) -> None:
+        """This rank's files, then its record of them (the ``.done`` file rank 0 waits for)."""
+        d.mkdir(parents=True, exist_ok=True)
+        fault = crash_in_save(step, self.rank)  # hits the first (largest) file this rank writes
+        files = {}
+        for name, data in blobs.items():
+            files[name] = self._write_file(d / name, data, fault)
+            fault = None
+        atomic_write(d / done_file(self.rank), json.dumps(files))
+
+    @contextlib.contextmanager
+    def _stage(self, step: int, d: Path, blobs: dict[str, bytes], peer_failure_discards: bool) -> Iterator[None]:
+        """One stage of a save, ended by the ranks' agreement on it: a failure here says why in
+        one line (after removing this rank's files of the step, so a full disk is not kept
+        full); a failure elsewhere stops this rank quietly. Every rank agrees exactly once per
+        stage, failure or not, so none waits in a collective the others skipped."""
+        try:
+            yield
+        except OSError as exc:
+            self._discard(d, blobs)
+            needed = sum(map(len, blobs.values()))
+            self._agree(False)
+            raise SaveFailed(describe_write_failure(f"checkpoint save to {d}", d, exc, needed)) from exc
+        except BaseException:
+            self._agree(False)  # a bug or a busy run directory: its own error says so
+            raise
+        if not self._agree(True):
+            if peer_failure_discards:
+                self._discard(d, blobs)
+            raise PeerSaveFailed(step)
+
+    def _agree(self, ok: bool) -> bool:
+        return self.agree(ok) if self.agree is not None and not self.async_save else ok
+
+    def _discard(self, d: Path, blobs: dict[str, bytes]) -> None:
+        """Remove this rank's files of an uncommitted step (never of a committed one); rank 0
+        also the folder once it is empty (best effort: a peer may still be removing its own)."""
+        if (d / COMMIT_MARKER).exists():
+            return
+        for name in (*blobs, done_file(self.rank)):
+            with contextlib.suppress(OSError):
+                (d / name).unlink(missing_ok=True)
+        if self.rank == 0:
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
     @staticmethod
     def _write_file(path: Path, data: bytes, fault) -> dict:

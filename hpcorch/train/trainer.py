@@ -19,7 +19,7 @@ from ..spec.job import JobSpec
 from .checkpoint import Checkpointer, weights_digest
 from .data import DataSource
 from .determinism import pin_threads
-from .distributed import DistEnv
+from .distributed import DistEnv, all_agree
 from .faults import SampleTrace
 from .optim import build_optimizer, lr_at, set_lr
 from .parallel import build_parallel_model
@@ -71,9 +71,10 @@ class Trainer:
         self.runlog = RunLogger(self.run_dir, self.state, env.is_main, tr.steps, tr.log_interval, sinks)
         store = CheckpointStore(self.run_dir.checkpoints, env.rank, self.world, keep=tr.checkpoint.keep,
                                 async_save=tr.checkpoint.async_save,
-                                commit_timeout_s=tr.collective_timeout_s, fence=self.run_dir.check_fence)
+                                commit_timeout_s=tr.collective_timeout_s, fence=self.run_dir.check_fence,
+                                agree=lambda ok: all_agree(ok, env.device))
         self.checkpointer = Checkpointer(store, job, env.rank, self.parallel.module, self.optimizer,
-                                         log=self.runlog.info)
+                                         log=self.runlog.info, accepted_config=self.run_dir.accepted_config())
         self.trace = SampleTrace(env.rank)
         self.steps_this_process = 0
 
@@ -89,6 +90,7 @@ class Trainer:
         try:
             resumed = self.checkpointer.restore(self.state, self.resume_step)
             self.runlog.start(resumed, self._setup_line())
+            self._record_config_change()
             self.parallel.model.train()
             while self.state.step < self.tr.steps and not self.stop.agreed:
                 self.runlog.step(self._timed_step())
@@ -102,6 +104,15 @@ class Trainer:
         finally:
             self.runlog.close()
             self.trace.close()
+
+    def _record_config_change(self) -> None:
+        """The run goes on under a config the user accepted over the checkpoint's: say so, and
+        keep the differences in the events (the next checkpoint records the new config)."""
+        changes = self.checkpointer.config_changes
+        if changes:
+            self.runlog.event("config_change", step=self.state.step, changes=changes)
+            self.runlog.info(f"hpcorch: continuing step {self.state.step}'s checkpoint under a changed "
+                             f"config (accepted): {', '.join(changes)}")
 
     def _setup_line(self) -> str:
         env = self.env
