@@ -152,7 +152,7 @@ def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run
     if check:
         click.echo(service.check(plan, script))
         return
-    _report(service.submit(plan, script, allow_config_change=allow_config_change), wait)
+    _report(service.submit(plan, script, allow_config_change=allow_config_change, template_dir=template_dir), wait)
 
 
 def _report(submission, wait) -> None:
@@ -285,11 +285,13 @@ def cancel(ref):
 @click.option("--exclude", help="Also exclude these nodes (a Slurm hostlist).")
 @click.option("--wait/--no-wait", default=None, help="Follow rank 0's log until the job ends.")
 @allow_config_change_option
-def resume(ref, exclude, wait, allow_config_change):
+@template_option
+def resume(ref, exclude, wait, allow_config_change, template_dir):
     """Submit job REF again from its latest checkpoint, excluding nodes that failed under it."""
     from . import service
 
-    _report(service.resume(ref, exclude=exclude, allow_config_change=allow_config_change), wait)
+    _report(service.resume(ref, exclude=exclude, allow_config_change=allow_config_change,
+                           template_dir=template_dir), wait)
 
 
 @main.group()

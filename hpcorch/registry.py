@@ -37,6 +37,8 @@ MIGRATIONS = [
     )""",
     # 2: a local job's controller start time, so a reused pid is never taken for the job.
     "ALTER TABLE jobs ADD COLUMN started REAL",
+    # 3: the user's template folder, so that `resume` renders the script the same way.
+    "ALTER TABLE jobs ADD COLUMN template_dir TEXT",
 ]
 
 # File systems on which SQLite's WAL (shared memory between processes) is unsafe.
@@ -58,6 +60,7 @@ class Entry:
     submitted: float
     resumed_from: int | None
     started: float | None = None
+    template_dir: str | None = None
 
     @property
     def env(self) -> dict:
@@ -144,13 +147,15 @@ class Registry:
 
     def add(self, job_id: str, name: str, profile: str, scheduler: str, run_dir: str, job_file: str,
             slurm_conf: str | None = None, exclude: str | None = None,
-            resumed_from: int | None = None, started: float | None = None) -> Entry:
+            resumed_from: int | None = None, started: float | None = None,
+            template_dir: str | None = None) -> Entry:
+        row = {"job_id": job_id, "name": name, "profile": profile, "scheduler": scheduler,
+               "run_dir": run_dir, "job_file": job_file, "slurm_conf": slurm_conf, "exclude": exclude,
+               "submitted": time.time(), "resumed_from": resumed_from, "started": started,
+               "template_dir": template_dir}
         with self._connect() as conn:
-            cur = conn.execute(
-                "INSERT INTO jobs (job_id, name, profile, scheduler, run_dir, job_file, slurm_conf, exclude,"
-                " submitted, resumed_from, started) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, name, profile, scheduler, run_dir, job_file, slurm_conf, exclude, time.time(),
-                 resumed_from, started))
+            cur = conn.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                               tuple(row.values()))
             return self._get(str(cur.lastrowid), conn)
 
     def all(self) -> list[Entry]:

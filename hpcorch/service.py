@@ -73,14 +73,16 @@ def check(plan: Plan, script: str | None = None) -> str:
 
 # ----- submit, resume ---------------------------------------------------------------------------
 def submit(plan: Plan, script: str | None = None, registry: Registry | None = None,
-           resumed_from: int | None = None, allow_config_change: bool = False) -> Submission:
-    """Submit ``plan`` (with ``script``, or the shipped template's), take the run directory's
-    lease for the new job, and record it in the registry. A run directory whose checkpoint was
+           resumed_from: int | None = None, allow_config_change: bool = False,
+           template_dir: str | os.PathLike | None = None) -> Submission:
+    """Submit ``plan`` (with ``script``, else rendered from ``template_dir`` or the shipped
+    templates), take the run directory's lease for the new job, and record it in the registry
+    (with ``template_dir``, which ``resume`` renders with again). A run directory whose checkpoint was
     trained under another config is refused before anything is submitted, unless
     ``allow_config_change`` (see :func:`config_changes`)."""
     from .submit.executor import SubmitError, start
 
-    script = script if script is not None else render(plan)
+    script = script if script is not None else render(plan, template_dir)
     run = plan.run
     scheduler = plan.profile.scheduler
     run.check_location()
@@ -102,16 +104,18 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
     entry = (registry or Registry()).add(
         job.job_id, plan.job.name, plan.profile_ref or plan.profile.name, scheduler,
         str(run.root), str(run.job_file), slurm_conf=os.environ.get("SLURM_CONF"),
-        exclude=plan.job.resources.exclude, resumed_from=resumed_from, started=holder.started or None)
+        exclude=plan.job.resources.exclude, resumed_from=resumed_from, started=holder.started or None,
+        template_dir=str(Path(template_dir).absolute()) if template_dir else None)
     return Submission(entry, job)
 
 
 def resume(ref: str, exclude: str | None = None, registry: Registry | None = None,
-           allow_config_change: bool = False) -> Submission:
+           allow_config_change: bool = False, template_dir: str | os.PathLike | None = None) -> Submission:
     """Submit job ``ref`` again into its run directory (the ranks resume from the latest
     committed checkpoint), excluding nodes that failed under it. Refused while the job is
     pending, running or requeued, and for a completed job: there is nothing to resume.
-    ``allow_config_change``: as for :func:`submit` (its job file was edited since)."""
+    ``allow_config_change``: as for :func:`submit` (its job file was edited since). The script
+    is rendered from ``template_dir``, else the template folder the job was submitted with."""
     from .spec.units import compress_hostlist, expand_hostlist
 
     try:  # the user's input first, before any scheduler is asked
@@ -137,7 +141,8 @@ def resume(ref: str, exclude: str | None = None, registry: Registry | None = Non
         if entry.slurm_conf:  # submitit's sbatch reads it from the environment
             os.environ["SLURM_CONF"] = entry.slurm_conf
     again = plan(entry.job_file, entry.profile, overrides, run_dir=entry.run_dir)
-    return submit(again, registry=registry, resumed_from=entry.key, allow_config_change=allow_config_change)
+    return submit(again, registry=registry, resumed_from=entry.key, allow_config_change=allow_config_change,
+                  template_dir=template_dir or entry.template_dir)
 
 
 def config_changes(run: RunDir, job, allow: bool = False, step: int | None = None) -> list[str]:

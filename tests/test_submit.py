@@ -217,13 +217,20 @@ def test_failed_job_resumes_without_the_failed_node(ctx, tmp_path, reference):
 
 
 def test_cancelled_job_checkpoints_and_resumes(ctx, tmp_path, reference):
-    run = tmp_path / "run"
-    job = ctx.submit(run)
+    """Also: the resume renders with the user's template folder the job was submitted with."""
+    run, templates = tmp_path / "run", tmp_path / "site-templates"
+    templates.mkdir()
+    (templates / "sbatch.sh.j2").write_text("{% extends 'sbatch.sh.j2' %}\n{% block header %}"
+                                           "{{ super() }}#SBATCH --comment=site-template\n{% endblock %}\n")
+    ctx.cli("submit", "jobs/gpt-tiny.yaml", "-p", "devcluster", "--run-dir", run, "--template-dir", templates)
+    job = ctx.entry(str(run))
+    assert ctx.slurm.job(job["job_id"])["Comment"] == "site-template"
     wait_progress(run, 40)
     ctx.cli("cancel", job["key"])
     assert ctx.slurm.wait_for(job["job_id"], "CANCELLED", timeout_s=120) == "CANCELLED"
     ctx.cli("resume", job["key"])
     resumed = ctx.entry(str(run))
+    assert ctx.slurm.job(resumed["job_id"])["Comment"] == "site-template"
     _finish(ctx, resumed["job_id"])
     got = _summary(run)
     assert got["weights_sha256"] == reference["weights_sha256"]
