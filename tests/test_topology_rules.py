@@ -153,6 +153,8 @@ def test_name_by_name_list_expands_like_its_range():
 @pytest.mark.parametrize("hosts, expected", [
     (["n1", "n01", "n2", "n02"], "n[1-2],n[01-02]"),
     (["n1", "n02", "n3"], "n[1,3],n02"),  # n02 is no part of a run written n[1-3]
+    (["n9", "n11", "n100", "n007"], "n[007,100],n[9,11]"),  # 100 fits width 3 as well as 1
+    (["r1-n1", "r2-n1"], "r1-n1,r2-n1"),  # python-hostlist writes r[1-2]-n1, which Slurm refuses
     (["n099", "n100", "n101"], "n[099-101]"),
     (["n9", "n10", "n8"], "n[8-10]"),
     (["b", "a", "n3", "n1", "n1"], "a,b,n[1,3]"),

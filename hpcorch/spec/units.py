@@ -173,8 +173,8 @@ def compress_hostlist(hosts: list[str]) -> str:
                    None)
         if run is not None:
             run[1] = value
-        else:
-            key = (prefix, len(digits))
+        else:  # a new run joins an element whose width writes it (n9,n11 is n[9,11]), else starts one
+            key = next(((prefix, w) for w in _widths(digits) if (prefix, w) in groups), (prefix, len(digits)))
             open_runs[key] = [value, value]
             groups.setdefault(key, []).append(open_runs[key])
     return ",".join(sorted(plain) + [_element(prefix, width, runs) for (prefix, width), runs in groups.items()])
