@@ -140,7 +140,7 @@ def _check_constraint(constraint: str | None, profile: ClusterProfile, part: Par
                       from_profile: bool, fail) -> None:
     """Refuse a constraint naming a feature no node of the partition has: Slurm would refuse it
     at submit time ("Invalid feature specification"), after the queue wait for a slot in sbatch."""
-    if not constraint:
+    if not constraint or profile.scheduler == "local":  # the local executor has no features to match
         return
     have = profile.node_types[part.node_type].features
     unknown = [f for f in constraint_features(constraint) if f not in have]

@@ -223,6 +223,11 @@ def test_unknown_constraint_features_are_refused(repo, tmp_path, overrides, extr
     assert expected in info.value.message
 
 
+def test_local_profiles_ignore_constraints(repo):
+    job = load_job(repo / "jobs/gpt-tiny.yaml", ["resources.constraint=h100"])
+    assert make_plan(job, load_profile("local")).constraint == "h100"
+
+
 def test_excluding_unknown_hosts_warns(repo, tmp_path):
     plan = _plan(repo, tmp_path, "resources.exclude=g[01-02],zz[1-5]")
     assert plan.warnings == ["resources.exclude names 5 hosts not in profile 't': zz1, zz2, zz3 and 2 more "
