@@ -71,7 +71,8 @@ def test_compressed_hostlist_is_what_scontrol_expands(hosts, tmp_path, scontrol)
 
 
 # Slurm 22.05 prints "Invalid hostlist" (or garbage) for these, though scontrol still exits 0.
-@pytest.mark.parametrize("expr", ["a[08-10]b", "x[1-", "y[a-b]", "", "n[1-2] m3", "bad;name"])
+@pytest.mark.parametrize("expr", ["a[08-10]b", "x[1-", "y[a-b]", "", "n[1-2] m3", "bad;name", "n1\n", "n1,",
+                                  "-n1", "n[3-1]", "n[1,,2]", "r[1-2]-n1"])
 def test_hostlist_rejects_what_slurm_rejects(expr):
     with pytest.raises(ValueError, match="hostlist"):
         units.expand_hostlist(expr)

@@ -74,7 +74,7 @@ def parse_memory_mb(text: str | int) -> int:
 # (and its splitting and collecting are quadratic in the number of names), so both are ours.
 MAX_HOSTS = 65536  # per expression: far above any cluster, far below a typo's allocation
 _PREFIX = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-_ELEMENT = re.compile(rf"({_PREFIX})(?:\[([^\]\[]*)\])?(,|$)")
+_ELEMENT = re.compile(rf"({_PREFIX})(?:\[([^\]\[]*)\])?(,|\Z)")  # \Z: '$' would pass a trailing newline
 _RANGE = re.compile(r"^(\d{1,18})(?:-(\d{1,18}))?$")  # 18 digits: any int, never a huge one
 _TRAILING_DIGITS = re.compile(r"^(.*?[^0-9])(\d+)$")
 
@@ -124,9 +124,13 @@ def _elements(expr: str) -> list[tuple[str, list[tuple[int, int, int]] | None]]:
             raise _bad(expr, "ends with a comma")
 
 
+def _count(elements: list[tuple[str, list[tuple[int, int, int]] | None]]) -> int:
+    return sum(1 if rs is None else sum(high - low + 1 for low, high, _ in rs) for _, rs in elements)
+
+
 def count_hostlist(expr: str) -> int:
     """How many names ``expr`` spells (duplicates included), without materialising them."""
-    return sum(1 if rs is None else sum(h - lo + 1 for lo, h, _ in rs) for _, rs in _elements(expr))
+    return _count(_elements(expr))
 
 
 def expand_hostlist(expr: str, max_hosts: int = MAX_HOSTS) -> list[str]:
@@ -136,7 +140,7 @@ def expand_hostlist(expr: str, max_hosts: int = MAX_HOSTS) -> list[str]:
     before any is made, so ``gpu[1-100000000]`` fails at once instead of filling memory).
     """
     elements = _elements(expr)
-    total = sum(1 if rs is None else sum(h - lo + 1 for lo, h, _ in rs) for _, rs in elements)
+    total = _count(elements)
     if total > max_hosts:
         raise ValueError(f"hostlist {_shown(expr)} names {total} hosts; at most {max_hosts} "
                          f"are allowed in one expression")
