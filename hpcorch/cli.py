@@ -145,6 +145,7 @@ def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run
     from . import service
 
     plan = service.plan(job, profile_name, overrides, run_dir)
+    _warn(plan)
     script = service.render(plan, template_dir)
     if dry_run:
         click.echo(script, nl=False)
@@ -153,6 +154,12 @@ def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run
         click.echo(service.check(plan, script))
         return
     _report(service.submit(plan, script, allow_config_change=allow_config_change, template_dir=template_dir), wait)
+
+
+def _warn(plan) -> None:
+    """The plan's doubts on stderr, where they never mix with a script or JSON on stdout."""
+    for message in plan.warnings:
+        click.echo(f"warning: {message}", err=True)
 
 
 def _report(submission, wait) -> None:
@@ -191,7 +198,9 @@ def plan(job, profile_name, as_json, overrides, run_dir):
     from . import service
     from .plan import summarize
 
-    summary = summarize(service.plan(job, profile_name, overrides, run_dir))
+    the_plan = service.plan(job, profile_name, overrides, run_dir)
+    _warn(the_plan)
+    summary = summarize(the_plan)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

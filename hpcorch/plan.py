@@ -35,6 +35,8 @@ class Plan:
     source: str = "job"
     profile_ref: str = ""  # the profile as the user named it (a name or a path), for resume
     notes: list[str] = field(default_factory=list)
+    # Doubts that do not stop the job (the CLI prints each on stderr as "warning: ...").
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def time_limit(self) -> str:
@@ -91,7 +93,8 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         raise fail("resources.partition", f"expected one of profile {profile.name!r}'s partitions "
                    f"({', '.join(p.name for p in profile.partitions)}), got {res.partition!r}") from None
     ntype = profile.node_types[part.node_type]
-    usable = [h for h in part.hosts if h not in res.exclude_hosts]
+    excluded = set(res.exclude_hosts)  # a set: 16k hosts x 1k exclusions stays linear
+    usable = [h for h in part.hosts if h not in excluded]
     if res.nodes > len(usable):
         raise fail("resources.nodes", f"asks for {res.nodes} nodes, but partition {part.name!r} has "
                    f"{len(usable)}{' after exclusions' if res.exclude_hosts else ''}")
@@ -109,6 +112,9 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         raise fail("resources.time", f"asks for {units.format_time(res.time_s)}, but partition "
                    f"{part.name!r} allows at most {units.format_time(part.max_time_s)}")
 
+    constraint = res.constraint or profile.defaults.constraint
+    _check_constraint(constraint, profile, part, from_profile=not res.constraint, fail=fail)
+
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(job, profile)
     run_dir = run_dir.expanduser().absolute()
     if not _PATH_RE.fullmatch(str(run_dir)):
@@ -121,15 +127,55 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         job=job, profile=profile, partition=part, run_dir=run_dir,
         account=res.account or profile.defaults.account,
         qos=res.qos or profile.defaults.qos,
-        constraint=res.constraint or profile.defaults.constraint,
+        constraint=constraint,
         time_minutes=units.minutes_ceil(res.time_s),
         modules=list(profile.environment.modules),
         environment=environment, source=source,
         python=python or sys.executable,
     )
+    plan.warnings += _unknown_exclusions(res.exclude_hosts, profile)
     if job.trainer.checkpoint.interval > job.trainer.steps:
         plan.notes.append("checkpoint.interval exceeds steps: only the final checkpoint is written")
     return plan
+
+
+# Slurm's --constraint: feature names joined by & (and), | (or), "," (and, older syntax), with
+# [ ] for matching-or and ( ) for grouping; name*N asks N nodes with that feature.
+_CONSTRAINT_SPLIT = re.compile(r"[&|,\[\]()]")
+
+
+def constraint_features(constraint: str) -> list[str]:
+    """The feature names in a Slurm constraint, in order, once each (counts and operators dropped)."""
+    names = (token.split("*", 1)[0].strip() for token in _CONSTRAINT_SPLIT.split(constraint))
+    return list(dict.fromkeys(name for name in names if name))
+
+
+def _check_constraint(constraint: str | None, profile: ClusterProfile, part: Partition, *,
+                      from_profile: bool, fail) -> None:
+    """Refuse a constraint naming a feature no node of the partition has: Slurm would refuse it
+    at submit time ("Invalid feature specification"), after the queue wait for a slot in sbatch."""
+    if not constraint or profile.scheduler == "local":  # the local executor has no features to match
+        return
+    have = profile.node_types[part.node_type].features
+    unknown = [f for f in constraint_features(constraint) if f not in have]
+    if unknown:
+        origin = f" (from profile {profile.name!r}'s defaults.constraint)" if from_profile else ""
+        raise fail("resources.constraint",
+                   f"{constraint!r}{origin} names feature{'s' if len(unknown) > 1 else ''} "
+                   f"{', '.join(unknown)} that no node of partition {part.name!r} ({part.node_type}) has; "
+                   f"its features: {', '.join(have) if have else 'none'}")
+
+
+def _unknown_exclusions(hosts: list[str], profile: ClusterProfile) -> list[str]:
+    """A warning for excluded hosts the profile does not list: the profile may describe only part
+    of the cluster, so they are passed on to Slurm rather than refused. Kept on the plan, not
+    logged: the CLI prints plan.warnings, and its logging setup would print a logged one twice."""
+    unknown = [h for h in hosts if not profile.has_host(h)]
+    if not unknown:
+        return []
+    message = (f"resources.exclude names {len(unknown)} host{'s' if len(unknown) > 1 else ''} not in "
+               f"profile {profile.name!r}: {units.brief_hosts(unknown)} (passed to Slurm as they are)")
+    return [message]
 
 
 def summarize(plan: Plan) -> dict:

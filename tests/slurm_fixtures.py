@@ -13,6 +13,29 @@ def _needs_install() -> bool:
                for b in ("slurmctld", "slurmdbd", "munged", "mariadbd"))
 
 
+def _which_scontrol() -> str | None:
+    return shutil.which("scontrol", path=os.environ.get("PATH", "") + ":/usr/bin")
+
+
+@pytest.fixture(scope="session")
+def scontrol() -> str:
+    """The path of Slurm's ``scontrol``, installing Slurm's client package first when it is
+    missing and we are root (a fresh CI machine installs Slurm during the run, after collection,
+    so a collection-time skipif would skip these tests there). Costs one ``which`` when present."""
+    found = _which_scontrol()
+    if found:
+        return found
+    if os.geteuid() != 0:
+        pytest.skip("Slurm's scontrol is not installed, and installing it needs root")
+    from hpcorch.cluster.devcluster import CLIENT_PACKAGES, install
+
+    install(packages=CLIENT_PACKAGES)
+    found = _which_scontrol()
+    if not found:
+        pytest.fail(f"installed {CLIENT_PACKAGES} but scontrol is still not on PATH")
+    return found
+
+
 @pytest.fixture(scope="session")
 def devcluster():
     from hpcorch.cluster.devcluster import DevCluster, install

@@ -25,6 +25,8 @@ DEFAULT_STATE_DIR = Path(os.environ.get("HPCORCH_DEVCLUSTER_DIR", "/tmp/hpcorch-
 PACKAGES = ["slurm-wlm", "slurmdbd", "munge", "mariadb-server"]
 INSTALL_COMMAND = ("apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "
                    + " ".join(PACKAGES))
+# scontrol and Slurm's other clients (with libslurm's plugins, which they load to read slurm.conf).
+CLIENT_PACKAGES = ["slurm-client"]
 MUNGE_SOCKET = "/run/munge/munge.socket.2"
 REQUIRED = ["slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "mariadb-install-db", "mariadb",
             "sacctmgr", "sinfo", "sbatch", "scontrol"]
@@ -298,7 +300,10 @@ class DevCluster:
         return "\n".join(lines)
 
 
-def install(log=print) -> None:
-    """Install the Debian packages the dev cluster needs (as root)."""
-    log(f"+ {INSTALL_COMMAND}")
-    subprocess.run(["bash", "-c", INSTALL_COMMAND], check=True)
+def install(log=print, packages: list[str] | None = None) -> None:
+    """Install the Debian packages the dev cluster needs (as root); ``packages`` narrows it, e.g.
+    to CLIENT_PACKAGES for ``scontrol`` alone (no daemons, no MariaDB)."""
+    command = INSTALL_COMMAND if packages is None else INSTALL_COMMAND.replace(
+        " ".join(PACKAGES), " ".join(packages))
+    log(f"+ {command}")
+    subprocess.run(["bash", "-c", command], check=True)

@@ -113,6 +113,9 @@ class LeafSwitch:
 
     def __post_init__(self):
         check_name("name", self.name, "a switch name")
+        if not self.nodes.strip():
+            raise Invalid("nodes", "expected the leaf's nodes as a hostlist; Slurm refuses a leaf switch "
+                                   "without nodes")
         self.hosts = _hosts("nodes", self.nodes)
 
 
@@ -123,19 +126,91 @@ class SpineSwitch:
 
     def __post_init__(self):
         check_name("name", self.name, "a switch name")
+        if not self.switches:
+            raise Invalid("switches", "expected at least one child switch; a childless spine connects nothing")
+        for j, child in enumerate(self.switches):
+            if child == self.name:
+                raise Invalid(f"switches[{j}]", f"spine {self.name!r} lists itself")
 
 
 @dataclass
 class SwitchTree:
+    """Slurm's topology/tree: leaves hold nodes, spines hold leaves or spines.
+
+    Refused as Slurm would refuse them or route around them: duplicate switch names, unknown
+    children, cycles, a node under two leaves, and (once there are spines) switches not all
+    under one root. Slurm only warns "no switch can reach all nodes" for the last, but then it
+    never places a job across the parts, so a job that fits the cluster pends forever: a
+    profile describing that is almost certainly a typo, and a separate profile (or partition)
+    is the honest way to describe separate fabrics. A tree of leaves only stays allowed: that
+    is how a flat cluster of islands is described on purpose.
+    """
+
     leaves: list[LeafSwitch] = field(default_factory=list)
     spines: list[SpineSwitch] = field(default_factory=list)
 
     def __post_init__(self):
-        leaf_names = {leaf.name for leaf in self.leaves}
+        self._check_names()
+        self._check_leaf_nodes()
+        children = {spine.name: spine.switches for spine in self.spines}
         for i, spine in enumerate(self.spines):
             for j, child in enumerate(spine.switches):
-                if child not in leaf_names and child not in {s.name for s in self.spines}:
+                if child not in children and child not in self._kind:
                     raise Invalid(f"spines[{i}].switches[{j}]", f"expected a known switch, got {child!r}")
+        self._check_cycles(children)
+        if self.spines:
+            self._check_one_root(children)
+
+    def _check_names(self) -> None:
+        self._kind: dict[str, str] = {}  # switch name -> its key path, for "duplicate" messages
+        for key, switches in (("leaves", self.leaves), ("spines", self.spines)):
+            for i, switch in enumerate(switches):
+                if switch.name in self._kind:
+                    raise Invalid(f"{key}[{i}].name", f"duplicate switch {switch.name!r} "
+                                                      f"(already {self._kind[switch.name]})")
+                self._kind[switch.name] = f"{key}[{i}]"
+
+    def _check_leaf_nodes(self) -> None:
+        # Slurm's tree gives each node one leaf: under two, it picks one and the other lies.
+        leaf_of: dict[str, int] = {}
+        for i, leaf in enumerate(self.leaves):
+            clash = [h for h in leaf.hosts if h in leaf_of]
+            if clash:
+                first = self.leaves[leaf_of[clash[0]]].name
+                raise Invalid(f"leaves[{i}].nodes", f"nodes {units.brief_hosts(clash)} are already under "
+                                                    f"leaf {first!r}; a node belongs to one leaf switch")
+            leaf_of.update(dict.fromkeys(leaf.hosts, i))
+
+    def _check_cycles(self, children: dict[str, list[str]]) -> None:
+        """Depth-first over spines, iteratively (no recursion limit at thousands of switches)."""
+        state: dict[str, int] = {}  # 1: on the current path, 2: done
+        for i, root in enumerate(self.spines):
+            if state.get(root.name):
+                continue
+            state[root.name] = 1
+            stack, path = [(root.name, iter(children[root.name]))], [root.name]
+            while stack:
+                name, it = stack[-1]
+                child = next((c for c in it if c in children and state.get(c) != 2), None)
+                if child is None:
+                    state[name] = 2
+                    stack.pop()
+                    path.pop()
+                elif state.get(child) == 1:
+                    cycle = path[path.index(child):] + [child]
+                    raise Invalid(f"spines[{i}].switches", f"cycle among spines: {' -> '.join(cycle)}")
+                else:
+                    state[child] = 1
+                    stack.append((child, iter(children[child])))
+                    path.append(child)
+
+    def _check_one_root(self, children: dict[str, list[str]]) -> None:
+        listed = {c for spine in self.spines for c in spine.switches}
+        roots = [name for name in self._kind if name not in listed]
+        if len(roots) > 1:
+            raise Invalid("spines", f"expected every switch under one root spine, got {len(roots)} roots "
+                                    f"({units.brief_hosts(roots)}); Slurm cannot place a job across "
+                                    f"them (\"no switch can reach all nodes\")")
 
 
 @dataclass
@@ -222,12 +297,33 @@ class ClusterProfile:
         defaults = [p.name for p in self.partitions if p.default]
         if len(defaults) > 1:
             raise Invalid("partitions", f"expected at most one default partition, got {defaults}")
-        known = set(self.all_hosts())
+        self._type_of = self._host_types()
         for i, leaf in enumerate(self.network.switches.leaves):
-            stray = [h for h in leaf.hosts if h not in known]
+            stray = [h for h in leaf.hosts if h not in self._type_of]
             if stray:
                 raise Invalid(f"network.switches.leaves[{i}].nodes",
-                              f"expected nodes of this cluster's partitions, got unknown {stray[:3]}")
+                              f"expected nodes of this cluster's partitions, got unknown {units.brief_hosts(stray)}")
+
+    def _host_types(self) -> dict[str, str]:
+        """host -> node type, in order of first appearance; one pass over every partition.
+
+        Slurm has one NodeName line per node: a host in partitions of two node types would need
+        two, and slurmctld refuses the duplicate.
+        """
+        type_of: dict[str, str] = {}
+        where: dict[str, int] = {}  # host -> the first partition that named it
+        for i, part in enumerate(self.partitions):
+            clash = [h for h in part.hosts if type_of.get(h, part.node_type) != part.node_type]
+            if clash:
+                other = self.partitions[where[clash[0]]]
+                raise Invalid(f"partitions[{i}].nodes",
+                              f"nodes {units.brief_hosts(clash)} are of node type {other.node_type!r} in "
+                              f"partition {other.name!r}, not {part.node_type!r}; a node has one type")
+            for host in part.hosts:
+                if host not in type_of:
+                    type_of[host] = part.node_type
+                    where[host] = i
+        return type_of
 
     def partition(self, name: str | None) -> Partition:
         """The named partition, or the default one (the first if none is marked)."""
@@ -239,13 +335,23 @@ class ClusterProfile:
         raise KeyError(name)
 
     def all_hosts(self) -> list[str]:
-        hosts: dict[str, None] = {}
-        for part in self.partitions:
-            hosts.update(dict.fromkeys(part.hosts))
-        return list(hosts)
+        """Every host of every partition, once, in order of first appearance."""
+        return list(self._type_of)
+
+    def has_host(self, host: str) -> bool:
+        """Whether some partition lists ``host``."""
+        return host in self._type_of
 
     def node_type_of(self, host: str) -> str:
-        return next(p.node_type for p in self.partitions if host in p.hosts)
+        """The node type of ``host`` (KeyError if no partition has it)."""
+        return self._type_of[host]
+
+    def hosts_by_type(self) -> dict[str, list[str]]:
+        """node type -> its hosts, in order of first appearance (types without hosts left out)."""
+        out: dict[str, list[str]] = {}
+        for host, type_name in self._type_of.items():
+            out.setdefault(type_name, []).append(host)
+        return out
 
 
 def load_profile(name_or_path: str | os.PathLike | None = None) -> ClusterProfile:
