@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
+from .diskspace import DiskFull
 from .errors import HpcorchError
 
 COMMIT_MARKER = "COMMITTED"
@@ -70,10 +71,12 @@ def atomic_write(path: Path, data: bytes | str, durable: bool = True,
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         # A failed write (a full disk) must not leave its partial file to keep the disk full.
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if DiskFull.applies(exc) and not isinstance(exc, DiskFull):
+            raise DiskFull(path, exc, needed=len(raw)) from exc
         raise
     if durable:
         fsync_dir(path.parent)

@@ -64,3 +64,20 @@ def test_full_disk_during_a_save_is_one_line_and_the_resume_is_exact(small_fs, t
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resumed at step 3" in resumed.stdout
     assert summary(run)["weights_sha256"] == summary(ref)["weights_sha256"]
+
+
+@pytest.mark.parametrize("leave_pages", [0, 2, 4])
+def test_a_full_disk_before_training_is_one_line(small_fs, leave_pages):
+    """No room for the lease and job file (0 pages: the CLI's error), for rank 0's progress and
+    metrics (2: warnings, then the save stops both ranks), or for either rank's checkpoint part
+    (4: both fail the save and leave together): an `error:` line naming the file system, exit 2
+    (not gloo's 134 abort), no traceback from any rank."""
+    run = small_fs / "run"
+    _fill(small_fs, leave=leave_pages * 4096)
+    out = train(run, 2, "trainer.steps=4")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors and all(re.fullmatch(rf"error: (checkpoint save to |writing ){run}\S* failed: no space left "
+                                       rf"on device on {small_fs} \(tmpfs\): .*", line) for line in errors), out.stderr
+    assert not [p for p in small_fs.rglob("*") if p.name.endswith(".tmp")]

@@ -7,6 +7,7 @@ MASTER_PORT (the submitit task calls :func:`hpcorch.train.rank.run_rank` itself)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -25,4 +26,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code != 0:
+        # After a clear error the peers may have left mid-collective; gloo's destructors can then
+        # abort the interpreter at exit (134), hiding the exit code the launcher acts on.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

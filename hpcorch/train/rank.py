@@ -37,6 +37,7 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
     """
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+    from ..diskspace import DiskFull, describe_write_failure
     from ..errors import HpcorchError
     from ..spec.job import load_job
     from .distributed import abandon, init_distributed, shutdown
@@ -56,6 +57,15 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
         return RankOutcome(protocol.CLEAR_ERROR)
     except (HpcorchError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        abandon()
+        return RankOutcome(protocol.CLEAR_ERROR)
+    except OSError as exc:
+        if not DiskFull.applies(exc):
+            raise
+        # A full disk or quota while writing logs or progress: one line naming the file system
+        # (a write() to an open file names no file; the run directory is where it was going).
+        target = exc.filename or run_dir
+        print(f"error: {describe_write_failure(f'writing {target}', target, exc)}", file=sys.stderr, flush=True)
         abandon()
         return RankOutcome(protocol.CLEAR_ERROR)
     shutdown()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Callable
 
+from ..diskspace import DiskFull, describe_write_failure
 from ..rundir import RunDir, atomic_write
 from .state import TrainState
 
@@ -118,6 +120,7 @@ class RunLogger:
         self.run, self.state, self.is_main = run, state, is_main
         self.progress = ProgressFile(run, state)
         self.sinks: list[Sink] = []
+        self._warned: set = set()
         if is_main:
             # The order matters to readers: progress.json announces a step (tests signal on
             # it) only after metrics.jsonl holds it, and the console's last line only after
@@ -136,7 +139,7 @@ class RunLogger:
         if not self.is_main:
             return
         self._account_restart(resumed)
-        self.progress.write()
+        self._tolerate_full_disk(self.progress, self.progress.write)
         st = self.state
         self.info(f"hpcorch: {'resumed at step ' + str(st.step) if resumed else 'starting'}; {setup}")
         import psutil
@@ -155,11 +158,27 @@ class RunLogger:
 
     def step(self, record: dict) -> None:
         for sink in self.sinks:
-            sink.on_step(record)
+            self._tolerate_full_disk(sink, sink.on_step, record)
 
     def event(self, name: str, **fields) -> None:
         for sink in self.sinks:
-            sink.on_event(name, fields)
+            self._tolerate_full_disk(sink, sink.on_event, name, fields)
+
+    def _tolerate_full_disk(self, sink: Sink, report: Callable, *args) -> None:
+        """A full disk under metrics, progress or events costs those lines, not the run: only
+        rank 0 writes them, and dying here would leave the other ranks in a collective with a
+        gloo traceback. One warning per sink; the next checkpoint save stops all ranks
+        together, with one line, if the space does not come back."""
+        try:
+            report(*args)
+        except OSError as exc:
+            if not DiskFull.applies(exc):
+                raise
+            if sink not in self._warned:
+                self._warned.add(sink)
+                where = exc.filename or self.run.root
+                log.warning("warning: %s; training goes on without these records",
+                            describe_write_failure(f"writing {where}", where, exc))
 
     def summary(self, summary: dict) -> None:
         for sink in self.sinks:
@@ -167,5 +186,5 @@ class RunLogger:
 
     def close(self) -> None:
         for sink in self.sinks:
-            sink.close()
+            self._tolerate_full_disk(sink, sink.close)  # a buffered line may still need space
         self.sinks = []

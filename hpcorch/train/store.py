@@ -36,7 +36,7 @@ import torch
 
 from ..poll import PollTimeout, poll_until
 from ..rundir import COMMIT_MARKER, CheckpointLayout, atomic_write, fsync_dir
-from .diskspace import describe_write_failure
+from ..diskspace import describe_write_failure
 from .faults import crash_in_prune, crash_in_save
 
 SHARED_FILE = "shared.pt"  # written by rank 0 only: model and optimizer

@@ -8,6 +8,8 @@ import errno
 import os
 from pathlib import Path
 
+from .errors import HpcorchError
+
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -65,3 +67,19 @@ def describe_write_failure(what: str, path: str | os.PathLike, exc: OSError, nee
             free = "free space unknown"
         line += f": needs ~{human_bytes(needed)}, {free}" if needed else f": {free}"
     return line
+
+
+class DiskFull(HpcorchError, OSError):
+    """A write that found no space (or no quota) left: still an ``OSError`` with its errno for
+    code that cleans up after any failed write, and one line for the user."""
+
+    def __init__(self, path: str | os.PathLike, exc: OSError, needed: int | None = None):
+        OSError.__init__(self, exc.errno, exc.strerror, str(path))
+        self.description = describe_write_failure(f"writing {path}", path, exc, needed)
+
+    def __str__(self) -> str:
+        return self.description
+
+    @staticmethod
+    def applies(exc: BaseException) -> bool:
+        return isinstance(exc, OSError) and exc.errno in _NO_SPACE
