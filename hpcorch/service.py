@@ -86,11 +86,13 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
     run = plan.run
     scheduler = plan.profile.scheduler
     run.check_location()
-    changes = config_changes(run, plan.job, allow_config_change)
     fresh = not run.root.exists()
     try:
         with run.lease_lock():  # a concurrent submit into the same directory waits, then sees our job
+            # A live job in the directory first: its checkpoints are still moving, so a config
+            # comparison against them would be premature (and "in use" is what the user must hear).
             run.ensure_free(Lease(scheduler, ""), observe.lease_is_live)
+            changes = config_changes(run, plan.job, allow_config_change)
             _accept(run, plan.job, changes)
             job = start(plan, script)
             holder = Lease.for_holder(scheduler, str(job.job_id), slurm_conf=os.environ.get("SLURM_CONF"))

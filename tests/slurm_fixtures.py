@@ -60,6 +60,14 @@ def slurm(devcluster):
 
     s = TestSlurm(env={"SLURM_CONF": str(devcluster.etc / "slurm.conf")})
     yield s
+    from hpcorch.poll import poll_until
+
     for node in devcluster.profile.all_hosts():
-        if s.node_state(node).rstrip("*~#") not in ("idle", "mixed", "allocated"):
+        # A node still COMPLETING a killed job refuses RESUME ("Invalid node state"): let it settle.
+        def settled(node=node):
+            state = s.node_state(node).rstrip("*~#$@^-!%")
+            return None if "comp" in state else state
+
+        state = poll_until(settled, 60, interval_s=0.5, what=f"{node} done completing")
+        if state.split("+")[0] in ("down", "drained", "draining", "drain", "fail", "failing"):
             s.set_node(node, "RESUME")

@@ -222,7 +222,7 @@ def test_cancelled_job_checkpoints_and_resumes(ctx, tmp_path, reference):
     templates.mkdir()
     (templates / "sbatch.sh.j2").write_text("{% extends 'sbatch.sh.j2' %}\n{% block header %}"
                                            "{{ super() }}#SBATCH --comment=site-template\n{% endblock %}\n")
-    ctx.cli("submit", "jobs/gpt-tiny.yaml", "-p", "devcluster", "--run-dir", run, "--template-dir", templates)
+    ctx.cli("submit", "jobs/gpt-tiny.yaml", "-p", "devcluster", "--run-dir", run, *_sets(), "--template-dir", templates)
     job = ctx.entry(str(run))
     assert ctx.slurm.job(job["job_id"])["Comment"] == "site-template"
     wait_progress(run, 40)

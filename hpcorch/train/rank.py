@@ -5,6 +5,7 @@ Importing this module does not import torch; :func:`run_rank` does.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from dataclasses import dataclass
@@ -69,7 +70,13 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
         abandon()
         return RankOutcome(protocol.CLEAR_ERROR)
     shutdown()
-    return RankOutcome(code, trainer.agreed_signal)
+    outcome = RankOutcome(code, trainer.agreed_signal)
+    # Free the model, its DDP reducer and the gloo group now, in a live interpreter: left to
+    # the interpreter's exit, gloo's threads have been seen to abort the process (134) after
+    # a successful run, which fails the job.
+    del trainer
+    gc.collect()
+    return outcome
 
 
 def setup_logging(rank: int) -> None:
