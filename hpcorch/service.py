@@ -294,10 +294,10 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
                           f"a local run uses one node, got {spec.resources.nodes}; pass --nproc")
     run = RunDir.for_job(run_dir if run_dir else default_run_dir(spec), spec)
     run.check_location()
-    changes = config_changes(run, spec, allow_config_change, resume_step)
     lease = Lease.for_holder("process", str(os.getpid()))
     with run.lease_lock():
-        run.claim(lease, observe.lease_is_live)
+        run.claim(lease, observe.lease_is_live)  # "in use" first, as in submit
+        changes = config_changes(run, spec, allow_config_change, resume_step)
         _accept(run, spec, changes)
     job_file = run.write_job(spec)
     extra = (["--resume-step", str(resume_step)] if resume_step is not None else []) + \

@@ -116,6 +116,16 @@ def test_preemption_requeues_and_resumes_exactly(ctx, tmp_path, reference):
     assert (budget["preemption"], budget["timeout"], budget["node_failure"]) == (1, 0, 0)
 
 
+def _accept_config_change(run, change: str):
+    """What --allow-config-change records, for a job.yaml edited under a requeued job: the
+    ranks continue the checkpoint only under a config the user accepted."""
+    from hpcorch.rundir import RunDir
+    from hpcorch.spec.compat import training_config
+    from hpcorch.spec.job import load_job
+
+    RunDir(run).accept_config(training_config(load_job(run / "job.yaml")), [change])
+
+
 def _second_writers_are_refused(ctx, run, job, why):
     """While a job is live (running, or requeued and pending) nothing else may train into its
     run directory: not a resume, not a second submit, not a local `hpcorch train`."""
@@ -188,6 +198,7 @@ def test_time_limit_checkpoints_and_requeues(ctx, tmp_path):
     job_yaml = yaml.safe_load((run / "job.yaml").read_text())
     job_yaml["trainer"]["steps"] = stopped + 10
     (run / "job.yaml").write_text(yaml.safe_dump(job_yaml))
+    _accept_config_change(run, f"trainer.steps: 1000000 -> {stopped + 10}")
     ctx.slurm.update_job(job_id, TimeLimit="5")
     _finish(ctx, job_id)
     got = _summary(run)

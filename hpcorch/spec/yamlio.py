@@ -159,12 +159,16 @@ def _check_size_and_text(text: str, source: str) -> None:
                                       f"{shown(text[max(0, exc.start - 20):exc.start + 20])}") from None
 
 
+def _load(text: str) -> Any:
+    _check_shape(text)
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML text; every failure is a ConfigError naming ``source``, line and column."""
     _check_size_and_text(text, source)
     try:
-        _check_shape(text)
-        return yaml.load(text, Loader=_Loader)
+        return _load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -181,8 +185,7 @@ def parse_override(raw: str, source: str) -> Any:
     if "\n" in raw or "\r" in raw or not text:
         return raw
     try:
-        _check_shape(raw)
-        value = yaml.load(raw, Loader=_Loader)
+        value = _load(raw)
     except _Refused as exc:
         raise ConfigError(source, "", f"invalid value: {exc.problem}") from None
     except yaml.YAMLError:

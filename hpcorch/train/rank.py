@@ -38,7 +38,7 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
     """
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
-    from ..diskspace import DiskFull, describe_write_failure
+    from ..diskspace import DiskFull
     from ..errors import HpcorchError
     from ..spec.job import load_job
     from .distributed import abandon, init_distributed, shutdown
@@ -65,8 +65,7 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
             raise
         # A full disk or quota while writing logs or progress: one line naming the file system
         # (a write() to an open file names no file; the run directory is where it was going).
-        target = exc.filename or run_dir
-        print(f"error: {describe_write_failure(f'writing {target}', target, exc)}", file=sys.stderr, flush=True)
+        print(f"error: {DiskFull(exc.filename or run_dir, exc)}", file=sys.stderr, flush=True)
         abandon()
         return RankOutcome(protocol.CLEAR_ERROR)
     shutdown()

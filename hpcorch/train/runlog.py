@@ -11,7 +11,7 @@ import json
 import logging
 from typing import Callable
 
-from ..diskspace import DiskFull, describe_write_failure
+from ..diskspace import DiskFull
 from ..rundir import RunDir, atomic_write
 from .state import TrainState
 
@@ -176,9 +176,8 @@ class RunLogger:
                 raise
             if sink not in self._warned:
                 self._warned.add(sink)
-                where = exc.filename or self.run.root
                 log.warning("warning: %s; training goes on without these records",
-                            describe_write_failure(f"writing {where}", where, exc))
+                            DiskFull(exc.filename or self.run.root, exc))
 
     def summary(self, summary: dict) -> None:
         for sink in self.sinks:
