@@ -102,7 +102,8 @@ def test_two_nodes_match_a_local_run(ctx, tmp_path, reference):
 
 def test_preemption_requeues_and_resumes_exactly(ctx, tmp_path, reference):
     run = tmp_path / "run"
-    job = ctx.submit(run)
+    # 150 steps of the tiny model take ~3 s: slowed down, it is still training when preempted.
+    job = ctx.submit(run, "environment.HPCORCH_STEP_DELAY_S=0.2")
     wait_progress(run, 40)
     _second_writers_are_refused(ctx, run, job, "still live")
     urgent = ctx.jobs.submit(script("sleep 1", "--partition=urgent", "--nodes=4", "--exclusive", "--time=2",

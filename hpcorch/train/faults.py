@@ -14,6 +14,10 @@ environment variable is set:
 ``HPCORCH_START_DELAY_S=SECONDS``
     A submitted rank waits this long before it starts training (:func:`start_delay`): a window
     in which a signal reaches submitit's own handler, as an early preemption does.
+``HPCORCH_STEP_DELAY_S=SECONDS``
+    Every rank sleeps this long after each step (:func:`step_delay`), so that a test can act on
+    a tiny job while it still trains (preempt it) however fast the machine is. Sleeping changes
+    no number the run computes.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ CRASH_IN_SAVE = "HPCORCH_CRASH_IN_SAVE"
 SAMPLE_TRACE = "HPCORCH_SAMPLE_TRACE"
 START_DELAY = "HPCORCH_START_DELAY_S"
 CRASH_IN_PRUNE = "HPCORCH_CRASH_IN_PRUNE"
+STEP_DELAY = "HPCORCH_STEP_DELAY_S"
 
 Fault = Callable[[IO[bytes], bytes], None]
 
@@ -87,3 +92,11 @@ def start_delay() -> None:
     seconds = float(os.environ.get(START_DELAY, "0") or 0)
     if seconds > 0 and not int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0):
         time.sleep(seconds)
+
+
+def step_delay() -> Callable[[], None]:
+    """The per-step sleep of ``HPCORCH_STEP_DELAY_S`` (read once), or a no-op."""
+    import time
+
+    seconds = float(os.environ.get(STEP_DELAY, "0") or 0)
+    return (lambda: time.sleep(seconds)) if seconds > 0 else (lambda: None)

@@ -20,7 +20,7 @@ from .checkpoint import Checkpointer, weights_digest
 from .data import DataSource
 from .determinism import pin_threads
 from .distributed import DistEnv, all_agree
-from .faults import SampleTrace
+from .faults import SampleTrace, step_delay
 from .optim import build_optimizer, lr_at, set_lr
 from .parallel import build_parallel_model
 from .runlog import RunLogger, Sink
@@ -76,6 +76,7 @@ class Trainer:
         self.checkpointer = Checkpointer(store, job, env.rank, self.parallel.module, self.optimizer,
                                          log=self.runlog.info, accepted_config=self.run_dir.accepted_config())
         self.trace = SampleTrace(env.rank)
+        self.step_delay = step_delay()
         self.steps_this_process = 0
 
     @property
@@ -130,6 +131,7 @@ class Trainer:
         if self.env.device.type == "cuda":
             torch.cuda.synchronize()  # the step's kernels are done: honest timings
         dt = time.perf_counter() - start
+        self.step_delay()
         st = self.state
         self.steps_this_process += 1
         if self.steps_this_process == 1:
