@@ -152,8 +152,8 @@ def test_preemption_during_start_up_counts_as_preemption(ctx, tmp_path, referenc
     job = ctx.submit(run, "requeue.max_node_failures=0", "environment.HPCORCH_START_DELAY_S=30")
     job_id = job["job_id"]
     ctx.slurm.wait_for(job_id, "RUNNING", timeout_s=60)
-    rank0 = RunDir(run).rank_log(job_id, 0)
-    wait_for_file(rank0, lambda text: "Loading pickle" in text)  # submitit's handler is in place
+    for rank in range(4):  # every rank's handlers are in place (submitit's "Loading pickle" is too early)
+        wait_for_file(RunDir(run).rank_log(job_id, rank, "err"), lambda text: "HPCORCH_START_DELAY_S: waiting" in text)
     ctx.slurm.run("scancel", "--signal=USR2", job_id)  # to the ranks, as a preemption sends it
     _finish(ctx, job_id)
     log = RunDir(run).rank_log(job_id, 0, "err").read_text()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import IO, Callable
 
@@ -91,6 +92,9 @@ def start_delay() -> None:
 
     seconds = float(os.environ.get(START_DELAY, "0") or 0)
     if seconds > 0 and not int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0):
+        # Said on stderr so a test knows this rank's signal handlers are in place (they are
+        # installed after submitit logs "Loading pickle", so that line is too early a cue).
+        print(f"hpcorch: {START_DELAY}: waiting {seconds:g} s before training", file=sys.stderr, flush=True)
         time.sleep(seconds)
 
 
