@@ -23,7 +23,7 @@ def count(value: int) -> str:
 
 # Units of the plan summary's raw numbers, by key.
 FORMATS: dict[str, Callable[[Any], str]] = {
-    "parameters": lambda v: si(v),
+    "parameters": si,
     "flops_per_token": lambda v: si(v, "FLOP"),
     "tokens_per_step": count,
     "total_tokens": count,

@@ -79,7 +79,7 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
     templates), take the run directory's lease for the new job, and record it in the registry
     (with ``template_dir``, which ``resume`` renders with again). A run directory whose checkpoint was
     trained under another config is refused before anything is submitted, unless
-    ``allow_config_change`` (see :func:`config_changes`)."""
+    ``allow_config_change`` (see :func:`accept_config_changes`)."""
     from .submit.executor import SubmitError, start
 
     script = script if script is not None else render(plan, template_dir)
@@ -92,8 +92,7 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
             # A live job in the directory first: its checkpoints are still moving, so a config
             # comparison against them would be premature (and "in use" is what the user must hear).
             run.ensure_free(Lease(scheduler, ""), observe.lease_is_live)
-            changes = config_changes(run, plan.job, allow_config_change)
-            _accept(run, plan.job, changes)
+            accept_config_changes(run, plan.job, allow_config_change)
             job = start(plan, script)
             holder = Lease.for_holder(scheduler, str(job.job_id), slurm_conf=os.environ.get("SLURM_CONF"))
             run.take(holder)
@@ -147,26 +146,24 @@ def resume(ref: str, exclude: str | None = None, registry: Registry | None = Non
                   template_dir=template_dir or entry.template_dir)
 
 
-def config_changes(run: RunDir, job, allow: bool = False, step: int | None = None) -> list[str]:
+def accept_config_changes(run: RunDir, job, allow: bool = False, step: int | None = None) -> list[str]:
     """Compare ``job``'s training config with the one recorded with the run directory's latest
     committed checkpoint (or ``step``), reading only JSON (no torch, no rank started, nothing
     submitted). Raises :class:`hpcorch.spec.compat.ConfigChanged` for a change the user did not
-    accept (``allow``), or one no flag allows; returns the accepted differences. The ranks check
-    again when they load (they may fall back to an older checkpoint)."""
+    accept (``allow``), or one no flag allows. Accepted differences are recorded in the run
+    directory, which is how the flag reaches every rank and every requeued attempt (they read
+    the run directory, not our command line); call it holding the directory's lease. The
+    ranks check again when they load (they may fall back to an older checkpoint)."""
     found = run.recorded_config(step)
     if found is None:  # nothing to continue, or a checkpoint from before configs were recorded
         return []
     step, recorded = found
-    return check_config_change(recorded, training_config(job), f"the checkpoint at step {step} in "
-                               f"{run.checkpoints}", allow, run.accepted_config())
-
-
-def _accept(run: RunDir, job, changes: list[str]) -> None:
-    """Once the run directory is ours: record the accepted config, which is how the flag
-    reaches every rank and every requeued attempt (they read the run directory, not our
-    command line)."""
+    config = training_config(job)
+    changes = check_config_change(recorded, config, f"the checkpoint at step {step} in "
+                                  f"{run.checkpoints}", allow, run.accepted_config())
     if changes:
-        run.accept_config(training_config(job), changes)
+        run.accept_config(config, changes)
+    return changes
 
 
 def failed_nodes(entry: Entry) -> list[str]:
@@ -282,7 +279,7 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
     """Train ``job`` in ``nproc`` processes on this machine (``hpcorch train``); returns the exit
     code (``protocol.CHECKPOINTED`` after a signal: run it again to resume) and the run dir.
     ``allow_config_change``: continue a checkpoint trained under another config (see
-    :func:`config_changes`; refused before any rank starts otherwise)."""
+    :func:`accept_config_changes`; refused before any rank starts otherwise)."""
     from .train.launch import launch_local
 
     overrides = list(overrides)
@@ -297,8 +294,7 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
     lease = Lease.for_holder("process", str(os.getpid()))
     with run.lease_lock():
         run.claim(lease, observe.lease_is_live)  # "in use" first, as in submit
-        changes = config_changes(run, spec, allow_config_change, resume_step)
-        _accept(run, spec, changes)
+        accept_config_changes(run, spec, allow_config_change, resume_step)
     job_file = run.write_job(spec)
     extra = (["--resume-step", str(resume_step)] if resume_step is not None else []) + \
         (["--peak-tflops", str(peak_tflops)] if peak_tflops else [])

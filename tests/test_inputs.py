@@ -124,6 +124,7 @@ def test_dump_and_parse_agree_on_every_scalar_rule():
     ("resources.mem=1025K", "whole megabytes"),
     ("description=caf\udce9", "lone surrogate"),  # what Python makes of a non-UTF-8 argv byte
     ("trainer.stpes=5", "did you mean 'steps'"),
+    ("trainer.optimizer.betas=[.nan, 0.5]", r"\(--set trainer.optimizer.betas\): trainer.optimizer.betas\[0\]: expected a finite"),
 ])
 def test_values_accepted_before_then_failing_later(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
@@ -138,7 +139,7 @@ def test_seed_at_the_top_of_the_range_is_usable(tmp_path):
     seed_everything(fresh_rank_seed(job.trainer.seed, rank=7, step=10**6))
 
 
-def _profile(tmp_path, **node_type) -> str:
+def _profile(**node_type) -> str:
     nt = ", ".join(f"{k}: {v}" for k, v in ({"cpus": 4, "memory_mb": 1000} | node_type).items())
     return (f"name: p\nscheduler: slurm\nnode_types: {{n: {{{nt}}}}}\n"
             "partitions: [{name: q, nodes: 'n[1-2]', node_type: n}]\n")
@@ -146,16 +147,16 @@ def _profile(tmp_path, **node_type) -> str:
 
 def test_auto_sizes_only_in_local_profiles(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text(_profile(tmp_path, cpus="auto"))
+    path.write_text(_profile(cpus="auto"))
     with pytest.raises(ConfigError, match=r"node_types.n.cpus: expected a number: 'auto' describes this machine"):
         load_profile(path)
-    path.write_text(_profile(tmp_path).replace("slurm", "local").replace("4,", "auto,"))
+    path.write_text(_profile().replace("slurm", "local").replace("4,", "auto,"))
     assert load_profile(path).node_types["n"].cpus >= 1
 
 
 def test_module_names_cannot_be_options(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text(_profile(tmp_path) + "environment: {modules: ['--help']}\n")
+    path.write_text(_profile() + "environment: {modules: ['--help']}\n")
     with pytest.raises(ConfigError, match=r"environment.modules\[0\]: expected a module name"):
         load_profile(path)
 
@@ -179,7 +180,7 @@ def test_profile_run_root_places_run_directories(tmp_path, monkeypatch):
 
     path = tmp_path / "p.yaml"
     job = load_job(_job(tmp_path, JOB))
-    path.write_text(_profile(tmp_path) + "defaults: {run_root: '$SCRATCH_X/${USER}/runs'}\n")
+    path.write_text(_profile() + "defaults: {run_root: '$SCRATCH_X/${USER}/runs'}\n")
     monkeypatch.setenv("SCRATCH_X", str(tmp_path / "scratch"))
     monkeypatch.setenv("USER", "ada")
     assert make_plan(job, load_profile(path)).run_dir == tmp_path / "scratch" / "ada" / "runs" / "t"
@@ -187,6 +188,6 @@ def test_profile_run_root_places_run_directories(tmp_path, monkeypatch):
     monkeypatch.delenv("SCRATCH_X")
     with pytest.raises(ConfigError, match=r"defaults.run_root: '\$SCRATCH_X/\$\{USER\}/runs' names an unset"):
         make_plan(job, load_profile(path))
-    path.write_text(_profile(tmp_path) + "defaults: {run_root: '/scratch/$(id)'}\n")
+    path.write_text(_profile() + "defaults: {run_root: '/scratch/$(id)'}\n")
     with pytest.raises(ConfigError, match="defaults.run_root: expected a path"):
         load_profile(path)

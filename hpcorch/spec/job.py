@@ -211,6 +211,6 @@ def _blame_override(exc: ConfigError, path: Path, overrides) -> ConfigError:
     """An error at (or under) a key that ``--set`` gave names the ``--set``, not the file."""
     for item in reversed(list(overrides)):
         key = item.partition("=")[0].strip()
-        if exc.key == key or exc.key.startswith(key + "."):
+        if exc.key == key or exc.key.startswith((key + ".", key + "[")):
             return ConfigError(f"{path} (--set {key})", exc.key, exc.message)
     return exc

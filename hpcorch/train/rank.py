@@ -54,20 +54,15 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
         code = trainer.run()
     except PeerSaveFailed as exc:
         logging.getLogger("hpcorch.train").info("hpcorch: stopping: %s", exc)
-        abandon()
-        return RankOutcome(protocol.CLEAR_ERROR)
+        return _leave_on_error(abandon)
     except (HpcorchError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        abandon()
-        return RankOutcome(protocol.CLEAR_ERROR)
+        return _leave_on_error(abandon, exc)
     except OSError as exc:
         if not DiskFull.applies(exc):
             raise
-        # A full disk or quota while writing logs or progress: one line naming the file system
-        # (a write() to an open file names no file; the run directory is where it was going).
-        print(f"error: {DiskFull(exc.filename or run_dir, exc)}", file=sys.stderr, flush=True)
-        abandon()
-        return RankOutcome(protocol.CLEAR_ERROR)
+        # A full disk or quota outside atomic_write: one line naming the file system (a write()
+        # to an open file names no file; the run directory is where it was going).
+        return _leave_on_error(abandon, DiskFull(exc.filename or run_dir, exc))
     shutdown()
     outcome = RankOutcome(code, trainer.agreed_signal)
     # Free the model, its DDP reducer and the gloo group now, in a live interpreter: left to
@@ -76,6 +71,15 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
     del trainer
     gc.collect()
     return outcome
+
+
+def _leave_on_error(abandon, error: Exception | None = None) -> RankOutcome:
+    """Say ``error`` (if this rank has one of its own) as one line, leave the process group
+    without waiting for peers, and end as :data:`protocol.CLEAR_ERROR`."""
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    abandon()
+    return RankOutcome(protocol.CLEAR_ERROR)
 
 
 def setup_logging(rank: int) -> None:
