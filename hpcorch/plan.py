@@ -331,8 +331,8 @@ def _check_qos_limits(res, name: str, limits: QOS, account: str | None, account_
                    f"at most {limits.max_gpus_per_node} per node")
     total = res.nodes * res.gpus_per_node
     if limits.max_gpus is not None and total > limits.max_gpus:
-        raise fail("resources.gpus_per_node", f"asks for {total} GPUs ({res.nodes} nodes x {res.gpus_per_node}), "
-                   f"but {name} allows at most {limits.max_gpus}")
+        raise fail("resources.gpus_per_node", f"asks for {total} GPU{'s' * (total != 1)} ({res.nodes} "
+                   f"node{'s' * (res.nodes != 1)} x {res.gpus_per_node}), but {name} allows at most {limits.max_gpus}")
     if limits.accounts and account not in limits.accounts:
         got = f"got {account!r}{account_origin}" if account else "the job names none"
         raise fail("resources.account", f"{name} is only for accounts {', '.join(limits.accounts)}; {got}")
