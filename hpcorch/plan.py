@@ -240,8 +240,9 @@ def _gpu_request(res, requests: Requests, part: Partition, groups: list[NodeGrou
         return f"--gres=gpu:{typed}{n}", gpu_type
     if requests.gpus == "gpus":
         if res.nodes > 1:
-            notes.append(f"GPUs asked as --gpus={typed}{res.nodes * n} in total (profile requests.gpus); "
-                         f"--ntasks-per-node keeps them {n} per node only with one task per GPU")
+            # --gpus is the job's total: nothing in it says "n per node", and Slurm may split it unevenly.
+            notes.append(f"GPUs asked as --gpus={typed}{res.nodes * n}, the job's total (profile requests.gpus): "
+                         f"Slurm may place other than {n} on a node")
         return f"--gpus={typed}{res.nodes * n}", gpu_type
     if requests.gpus == "gpus-per-task":
         if n % res.tasks_per_node:
@@ -377,6 +378,11 @@ def _unknown_exclusions(hosts: list[str], profile: ClusterProfile) -> list[str]:
     return [message]
 
 
+def _gpu_name(gpu, gpu_type: str | None) -> str | None:
+    """The model, or the GRES type when the job runs on GPUs of another type than ``gpu``'s."""
+    return gpu_type if gpu_type is not None and gpu.type != gpu_type else gpu.model
+
+
 def summarize(plan: Plan) -> dict:
     """What the plan will use: resources, batch arithmetic, model size (raw numbers; the CLI
     adds separators and units, see :mod:`hpcorch.display`)."""
@@ -391,7 +397,7 @@ def summarize(plan: Plan) -> dict:
         "nodes": res.nodes,
         "tasks_per_node": res.tasks_per_node,
         "world_size": plan.world_size,
-        "gpus": f"{res.nodes * res.gpus_per_node} x {gpu.model}" if res.gpus_per_node else "none (CPU)",
+        "gpus": f"{res.nodes * res.gpus_per_node} x {_gpu_name(gpu, plan.gpu_type)}" if res.gpus_per_node else "none (CPU)",
         "time_limit": plan.time_limit,
         "account": plan.account or "-",
         "qos": plan.qos or "-",
