@@ -6,6 +6,7 @@ import re
 import pytest
 
 from hpcorch.cluster.slurm import SlurmError
+from hpcorch.errors import PlanError
 from hpcorch.plan import _partition_node_types, make_plan
 from hpcorch.render import render_sbatch
 from hpcorch.spec.job import JobSpec
@@ -30,7 +31,7 @@ def _profile(repo, **top) -> ClusterProfile:
 
 def _job(**resources) -> JobSpec:
     resources = {"nodes": 2, "gpus_per_node": 2, "tasks_per_node": 2, "time": 10, **resources}
-    data = {"name": "req", "resources": resources, "trainer": {"global_batch": 4, "micro_batch": 1}}
+    data = {"name": "req", "resources": resources, "trainer": {"global_batch": 12, "micro_batch": 1}}
     return build(JobSpec, data, "job.yaml")
 
 
@@ -70,11 +71,21 @@ def test_implicit_partition_lets_slurm_choose(repo, slurm, tmp_path):
     assert re.search(r"to start at", slurm.test_only(text))
 
 
-def test_qos_from_the_profile_passes_test_only(repo, slurm, tmp_path):
-    # 'normal' is the QOS every slurmdbd creates.
-    profile = _profile(repo, qos={"normal": {"max_nodes": 4, "max_time": "1-00:00:00"}},
-                       defaults={"qos": "normal"})
-    _accepted(slurm, _job(), profile, tmp_path, "--qos=normal")
+def test_qos_limits_match_the_live_cluster(repo, slurm, tmp_path):
+    """The dev cluster registers its profile's QOS with enforced limits: a job within 'debug'
+    passes sbatch --test-only; one over a limit is refused by hpcorch's plan and by Slurm alike."""
+    profile = _profile(repo)
+    assert profile.qos["debug"].max_nodes == 2
+    _accepted(slurm, _job(qos="debug"), profile, tmp_path, "--qos=debug")
+    for over, slurm_args in (({"nodes": 3}, ["--nodes=3"]), ({"time": 60}, ["--time=60"]),
+                             ({"gpus_per_node": 4, "tasks_per_node": 1, "nodes": 2},
+                              ["--nodes=2", "--gpus-per-node=4"])):
+        with pytest.raises(PlanError, match="QOS 'debug'"):
+            make_plan(_job(qos="debug", **over), profile, run_dir=tmp_path)
+        with pytest.raises(SlurmError, match="QOSMax|QOS policy|rejected"):
+            slurm.test_only(script("true", "--qos=debug", "--time=10", *slurm_args))
+    with pytest.raises(SlurmError):
+        slurm.test_only(script("true", "--qos=nosuchqos", "--nodes=1", "--time=1"))
 
 
 def _gpu_type(profile: ClusterProfile) -> str | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import HpcorchError
 from ..poll import PollTimeout, poll_until
 from ..spec.profile import ClusterProfile, load_profile
+from ..spec.units import format_time
 from .slurm import Slurm
 from .slurmconf import LocalCluster, write_configs
 
@@ -123,7 +124,7 @@ class DevCluster:
         write_configs(self.profile, self.etc, self.local)
         self._make_gpu_devices()
         steps = [self._start_munged, self._start_mariadb, self._start_slurmdbd, self._register_cluster,
-                 self._start_slurmctld, self._start_slurmds]
+                 self._register_qos, self._start_slurmctld, self._start_slurmds]
         for step in steps:
             step()
         self._wait_idle(timeout_s - (time.monotonic() - start))
@@ -240,6 +241,21 @@ class DevCluster:
         if name not in shown.split():
             self.slurm.run("sacctmgr", "-i", "add", "cluster", name)
 
+    def _register_qos(self) -> None:
+        """The profile's QOS in slurmdbd, with its limits enforced (DenyOnLimit: sbatch refuses
+        a job over a limit instead of leaving it pending), and root allowed to use every one."""
+        if not self.profile.qos:
+            return
+        known = self.slurm.run("sacctmgr", "-n", "-P", "show", "qos", "format=name", check=False).split()
+        for name, qos in self.profile.qos.items():
+            limits = sacctmgr_qos_limits(qos)
+            if name in known:
+                self.slurm.run("sacctmgr", "-i", "modify", "qos", "where", f"name={name}", "set", *limits)
+            else:
+                self.slurm.run("sacctmgr", "-i", "add", "qos", name, *limits)
+        allowed = ",".join(dict.fromkeys(["normal", *self.profile.qos]))
+        self.slurm.run("sacctmgr", "-i", "modify", "user", "where", "name=root", "set", f"qos={allowed}")
+
     def _start_slurmctld(self) -> None:
         self._run_daemon("slurmctld", ["slurmctld"], wait_for=lambda: self._port_open(self.local.ctld_port))
 
@@ -298,6 +314,16 @@ class DevCluster:
         if self._daemon("slurmctld").pid():
             lines.append(self.slurm.run("sinfo", check=False).rstrip())
         return "\n".join(lines)
+
+
+def sacctmgr_qos_limits(qos) -> list[str]:
+    """``sacctmgr`` arguments for a profile QOS's limits; -1 clears a limit the profile leaves open."""
+    job_tres = [f"node={qos.max_nodes if qos.max_nodes is not None else -1}",
+                f"gres/gpu={qos.max_gpus if qos.max_gpus is not None else -1}"]
+    per_node = qos.max_gpus_per_node if qos.max_gpus_per_node is not None else -1
+    wall = format_time(qos.max_time_s) if qos.max_time_s else "-1"
+    return [f"MaxWall={wall}", f"MaxTRESPerJob={','.join(job_tres)}", f"MaxTRESPerNode=gres/gpu={per_node}",
+            "Flags=DenyOnLimit"]
 
 
 def install(log=print, packages: list[str] | None = None) -> None:

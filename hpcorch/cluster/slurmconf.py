@@ -127,6 +127,11 @@ def slurm_conf(profile: ClusterProfile, local: LocalCluster | None = None) -> st
         out.append("GresTypes=gpu")
     if has_tree:
         out.append("TopologyPlugin=topology/tree")
+    if profile.qos:
+        # QOS limits hold only where they are enforced; GPU limits need GPUs counted as a TRES.
+        out.append("AccountingStorageEnforce=associations,limits,qos")
+        if has_gpus:
+            out.append("AccountingStorageTRES=gres/gpu")
     out += _node_lines(profile, local) + _partition_lines(profile)
     return "\n".join(out) + "\n"
 
