@@ -202,9 +202,9 @@ def _fit_node_groups(res: Resources, part: Partition, groups: list[NodeGroup], f
             continue
         best = max(need.have(g.spec) for g in groups)
         if need.asked > best:
-            if len(groups) == 1:
+            if all(need.have(g.spec) == best for g in groups):
                 raise fail(need.key, f"asks for {need.phrase}, but partition {part.name!r} nodes "
-                           f"({groups[0].node_type}) have {best}{need.unit}")
+                           f"({', '.join(g.node_type for g in groups)}) have {best}{need.unit}")
             tops = [g.node_type for g in groups if need.have(g.spec) == best]
             raise fail(need.key, f"asks for {need.phrase}, but partition {part.name!r} nodes have at most "
                        f"{best}{need.unit} ({', '.join(tops)})")
