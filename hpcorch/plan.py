@@ -188,6 +188,12 @@ def _node_needs(res: Resources) -> list[_Need]:
     ]
 
 
+def _per_node(needs) -> str:
+    """'8 GPUs, 64 CPUs and 2000 MB per node'."""
+    amounts = [n.brief.removesuffix(" per node") for n in needs]
+    return (", ".join(amounts[:-1]) + " and " if len(amounts) > 1 else "") + amounts[-1] + " per node"
+
+
 def _shortfalls(needs: list[_Need], spec: NodeType) -> list[_Need]:
     """The needs a node of this type cannot meet."""
     return [n for n in needs if n.asked is not None and n.asked > n.have(spec)]
@@ -213,7 +219,7 @@ def _fit_node_groups(res: Resources, part: Partition, groups: list[NodeGroup], f
         closest = min(groups, key=lambda g: len(_shortfalls(needs, g.spec)))
         short = _shortfalls(needs, closest.spec)
         lacks = ", ".join(f"{n.have(closest.spec)}{n.unit} of {n.brief}" for n in short)
-        raise fail(short[0].key, f"asks for {' and '.join(n.brief for n in needs if n.asked)}, but no node "
+        raise fail(short[0].key, f"asks for {_per_node(n for n in needs if n.asked)}, but no node "
                    f"type of partition {part.name!r} has all of that; the closest, {closest.node_type}, "
                    f"has {lacks}")
     return fitting
@@ -246,7 +252,7 @@ def _check_node_counts(res: Resources, part: Partition, groups: list[NodeGroup],
         if len(fitting) < len(groups):
             dropped = [g for g in groups if g not in fitting]
             needs = _shortfalls(_node_needs(res), dropped[0].spec)
-            qualifiers.append(f"with {' and '.join(n.brief for n in needs)}")
+            qualifiers.append(f"with {_per_node(needs)}")
         where = f" ({units.compress_hostlist(hosts)})" if hosts else ""
         raise fail("resources.constraint" if expr is not None else "resources.nodes",
                    f"asks for {res.nodes} nodes {' and '.join(qualifiers)}, but partition {part.name!r} has "
