@@ -239,7 +239,7 @@ def _check_node_counts(res: Resources, part: Partition, groups: list[NodeGroup],
     def eligible(alt) -> list[NodeGroup]:
         return [g for g in fitting if alt is None or csyntax.matches(alt, frozenset(g.spec.features))]
 
-    ranked = sorted(((len(hosts_of(eligible(alt))), i) for i, alt in enumerate(choices)), reverse=True)
+    ranked = sorted((-len(hosts_of(eligible(alt))), i) for i, alt in enumerate(choices))
     best = choices[ranked[0][1]]
     groups_ok = eligible(best)
     hosts = hosts_of(groups_ok)
@@ -263,7 +263,9 @@ def _check_node_counts(res: Resources, part: Partition, groups: list[NodeGroup],
             raise fail("resources.constraint", f"asks for {count} nodes with {csyntax.show(term, top=False)} "
                        f"({constraint}), but partition {part.name!r} has {len(have)}"
                        f"{f' ({units.compress_hostlist(have)})' if have else ''}")
-    return groups_ok
+    # With a matching OR, the job may land on any alternative that has enough nodes.
+    fits = [alt for alt in choices if len(hosts_of(eligible(alt))) >= res.nodes]
+    return [g for g in fitting if any(g in eligible(alt) for alt in fits)]
 
 
 def _check_mig(res: Resources, eligible: list[NodeGroup], fail) -> None:

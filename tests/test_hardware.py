@@ -185,6 +185,8 @@ def test_plan_refusals_across_node_groups(repo, tmp_path, overrides, key, messag
     (["resources.nodes=10", "resources.gpus_per_node=8"], ["v100"]),
     (["resources.nodes=4", "resources.constraint='[v100*2&a40*2]'"], ["v100", "a40-node"]),
     (["resources.nodes=8", "resources.constraint=a40", "resources.mem=500G"], ["a40-node"]),
+    (["resources.nodes=8", "resources.constraint='[v100|a40]'"], ["v100", "a40-node"]),
+    (["resources.nodes=9", "resources.constraint='[v100|a40]'"], ["v100"]),
 ])
 def test_plans_that_fit_record_their_node_groups(repo, tmp_path, overrides, groups):
     plan = _plan(repo, _mixed(tmp_path), *overrides)
@@ -342,7 +344,6 @@ def test_dev_cluster_files_keep_fake_devices_with_types(tmp_path):
     (["resources.nodes=1", "resources.constraint=emu&grpa"], {"node1", "node2"}),
 ])
 def test_constraints_select_node_groups_on_the_dev_cluster(repo, slurm, tmp_path, overrides, nodes):
-    from hpcorch.cluster.slurm import SlurmError  # noqa: F401  (a rejection raises it)
     from hpcorch.render import render_sbatch
     from hpcorch.spec import units
 
