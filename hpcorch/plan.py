@@ -7,11 +7,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .spec import units
+from . import fabric
+from .spec import constraint as csyntax, units
 from .errors import PlanError
 from .rundir import RunDir
-from .spec.job import JobSpec
-from .spec.profile import QOS, ClusterProfile, NodeType, Partition, Requests
+from .spec.job import JobSpec, Resources
+from .spec.profile import QOS, ClusterProfile, NodeGroup, NodeType, Partition, Requests
 
 # Run directories reach #SBATCH --output, where sbatch does its own word splitting: keep them plain.
 _PATH_RE = re.compile(r"^[A-Za-z0-9_./+@:,=-]+$")
@@ -43,6 +44,8 @@ class Plan:
     memory_request: str | None = None
     exclusive: bool = False
     gpu_type: str | None = None  # the GRES type written into gpu_request, if any
+    # The partition's node groups the job may land on (fit its per-node needs and constraint).
+    node_groups: list[NodeGroup] = field(default_factory=list)
 
     @property
     def time_limit(self) -> str:
@@ -98,7 +101,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     except KeyError:
         raise fail("resources.partition", f"expected one of profile {profile.name!r}'s partitions "
                    f"({', '.join(p.name for p in profile.partitions)}), got {res.partition!r}") from None
-    ntype = profile.node_types[part.node_type]
+    groups = profile.groups_of(part)
     excluded = set(res.exclude_hosts)  # a set: 16k hosts x 1k exclusions stays linear
     usable = [h for h in part.hosts if h not in excluded]
     if res.nodes > len(usable):
@@ -106,22 +109,19 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
                    f"{len(usable)}{' after exclusions' if res.exclude_hosts else ''}")
     candidates = _partition_node_types(profile, part)
     typed = _check_gpu_type(res, part, candidates, excluded, fail)
-    if res.gpus_per_node > ntype.gpus.count:
-        raise fail("resources.gpus_per_node", f"asks for {res.gpus_per_node} GPUs per node, but "
-                   f"partition {part.name!r} nodes ({part.node_type}) have {ntype.gpus.count}")
-    cpus = res.tasks_per_node * res.cpus_per_task
-    if cpus > ntype.cpus:
-        raise fail("resources.cpus_per_task", f"asks for {res.tasks_per_node} tasks x "
-                   f"{res.cpus_per_task} CPUs = {cpus} CPUs per node, but {part.node_type} nodes have {ntype.cpus}")
-    if res.mem_mb is not None and res.mem_mb > ntype.memory_mb:
-        raise fail("resources.mem", f"asks for {res.mem_mb} MB per node, but {part.node_type} "
-                   f"nodes have {ntype.memory_mb} MB")
+    if res.gpu_type is not None:  # only the nodes of that GPU type count from here on
+        groups = [g for g in groups if g.node_type in {name for name, _, _ in typed}]
+    fitting = _fit_node_groups(res, part, groups, fail)
     if part.max_time_s is not None and res.time_s > part.max_time_s:
         raise fail("resources.time", f"asks for {units.format_time(res.time_s)}, but partition "
                    f"{part.name!r} allows at most {units.format_time(part.max_time_s)}")
 
     constraint = res.constraint or profile.defaults.constraint
-    _check_constraint(constraint, profile, part, from_profile=not res.constraint, fail=fail)
+    eligible = fitting
+    if profile.scheduler != "local":  # the local executor has no features to match
+        _check_constraint(constraint, profile, part, from_profile=not res.constraint, fail=fail)
+        eligible = _check_node_counts(res, part, groups, fitting, constraint, excluded, fail)
+    _check_mig(res, eligible, fail)
 
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(job, profile)
     run_dir = run_dir.expanduser().absolute()
@@ -137,7 +137,9 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     for key, option in (("resources.gpus_per_node", gpu_request), ("resources.mem", memory_request)):
         _check_directive(option, key, fail)
 
-    environment = {k: str(v) for k, v in profile.environment.variables.items()}
+    # Derived from the fabric first, so that the profile's and the job's own values win.
+    environment = fabric.environment(profile, part)
+    environment.update({k: str(v) for k, v in profile.environment.variables.items()})
     environment.update({k: str(v) for k, v in job.environment.items()})
     plan = Plan(
         job=job, profile=profile, partition=part, run_dir=run_dir,
@@ -147,7 +149,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         time_minutes=units.minutes_ceil(res.time_s),
         modules=list(profile.environment.modules),
         environment=environment, source=source,
-        python=python or sys.executable,
+        python=python or sys.executable, node_groups=eligible,
         gpu_request=gpu_request, memory_request=memory_request, gpu_type=gpu_type,
         exclusive=requests.exclusive if res.exclusive is None else res.exclusive,
     )
@@ -164,20 +166,20 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
 # One (type name, node type, hosts) per group of like nodes in a partition. Every check below
 # that looks at a partition's hardware takes this list, so that partitions of several node
 # groups need only this function changed.
-NodeGroup = tuple[str, NodeType, list[str]]
+TypeGroup = tuple[str, NodeType, list[str]]
 
 
-def _partition_node_types(profile: ClusterProfile, part: Partition) -> list[NodeGroup]:
+def _partition_node_types(profile: ClusterProfile, part: Partition) -> list[TypeGroup]:
     """The node types of ``part`` with their hosts."""
-    return [(part.node_type, profile.node_types[part.node_type], part.hosts)]
+    return [(g.node_type, g.spec, list(g.hosts)) for g in profile.groups_of(part)]
 
 
-def _gpu_types(groups: list[NodeGroup]) -> list[str | None]:
+def _gpu_types(groups: list[TypeGroup]) -> list[str | None]:
     """The GRES types of the groups that have GPUs, once each (None: untyped GRES)."""
     return list(dict.fromkeys(nt.gpus.type for _, nt, _ in groups if nt.gpus.count))
 
 
-def _check_gpu_type(res, part: Partition, groups: list[NodeGroup], excluded: set[str], fail) -> list[NodeGroup]:
+def _check_gpu_type(res, part: Partition, groups: list[TypeGroup], excluded: set[str], fail) -> list[TypeGroup]:
     """The groups a job may run on: for a typed request only those of that GRES type, with
     enough GPUs per node and enough usable nodes; Slurm would refuse a type no node has
     ("Invalid generic resource (gres) specification") and leave a too-large one pending."""
@@ -200,7 +202,7 @@ def _check_gpu_type(res, part: Partition, groups: list[NodeGroup], excluded: set
     return typed
 
 
-def _written_gpu_type(res, policy: str, part: Partition, groups: list[NodeGroup], fail) -> str | None:
+def _written_gpu_type(res, policy: str, part: Partition, groups: list[TypeGroup], fail) -> str | None:
     """The GRES type the script asks for under the site's ``requests.gpu_type`` policy.
 
     ``when-typed`` writes only the job's own type: an untyped request may land on any GPU node,
@@ -228,7 +230,7 @@ def _written_gpu_type(res, policy: str, part: Partition, groups: list[NodeGroup]
                f"partition {part.name!r} GPU types are {have}; set resources.gpu_type")
 
 
-def _gpu_request(res, requests: Requests, part: Partition, groups: list[NodeGroup], fail,
+def _gpu_request(res, requests: Requests, part: Partition, groups: list[TypeGroup], fail,
                  notes: list[str]) -> tuple[str | None, str | None]:
     """The option that asks for the job's GPUs in the site's style, and the type it writes."""
     if not res.gpus_per_node:
@@ -252,7 +254,7 @@ def _gpu_request(res, requests: Requests, part: Partition, groups: list[NodeGrou
     return f"--gpus-per-node={typed}{n}", gpu_type
 
 
-def _memory_request(res, requests: Requests, groups: list[NodeGroup], fail, notes: list[str]) -> str | None:
+def _memory_request(res, requests: Requests, groups: list[TypeGroup], fail, notes: list[str]) -> str | None:
     """The memory option in the site's style (``requests.memory``), after checking that a
     per-GPU size fits the nodes; None when nothing is to be written."""
     if res.mem_per_gpu_mb is not None:
@@ -339,31 +341,149 @@ def _check_qos_limits(res, name: str, limits: QOS, account: str | None, account_
         raise fail("resources.account", f"{name} is only for accounts {', '.join(limits.accounts)}; {got}")
 
 
-# Slurm's --constraint: feature names joined by & (and), | (or), "," (and, older syntax), with
-# [ ] for matching-or and ( ) for grouping; name*N asks N nodes with that feature.
-_CONSTRAINT_SPLIT = re.compile(r"[&|,\[\]()]")
-
-
 def constraint_features(constraint: str) -> list[str]:
     """The feature names in a Slurm constraint, in order, once each (counts and operators dropped)."""
-    names = (token.split("*", 1)[0].strip() for token in _CONSTRAINT_SPLIT.split(constraint))
-    return list(dict.fromkeys(name for name in names if name))
+    return csyntax.features(csyntax.parse(constraint))
 
 
 def _check_constraint(constraint: str | None, profile: ClusterProfile, part: Partition, *,
                       from_profile: bool, fail) -> None:
     """Refuse a constraint naming a feature no node of the partition has: Slurm would refuse it
     at submit time ("Invalid feature specification"), after the queue wait for a slot in sbatch."""
-    if not constraint or profile.scheduler == "local":  # the local executor has no features to match
+    if not constraint:
         return
-    have = profile.node_types[part.node_type].features
+    groups = profile.groups_of(part)
+    have = list(dict.fromkeys(f for g in groups for f in g.spec.features))
     unknown = [f for f in constraint_features(constraint) if f not in have]
     if unknown:
         origin = f" (from profile {profile.name!r}'s defaults.constraint)" if from_profile else ""
         raise fail("resources.constraint",
                    f"{constraint!r}{origin} names feature{'s' if len(unknown) > 1 else ''} "
-                   f"{', '.join(unknown)} that no node of partition {part.name!r} ({part.node_type}) has; "
+                   f"{', '.join(unknown)} that no node of partition {part.name!r} "
+                   f"({', '.join(g.node_type for g in groups)}) has; "
                    f"its features: {', '.join(have) if have else 'none'}")
+
+
+# ----- node groups: which node types can run the job ------------------------------------------
+# Each per-node need: (key, what the job asks per node, what a node type has, a unit). Kept as
+# data so that another per-node check (GPU types, for one) is one more entry or one more filter.
+@dataclass(frozen=True)
+class _Need:
+    key: str
+    asked: int | None
+    phrase: str  # how the job asks: "2 tasks x 4 CPUs = 8 CPUs per node"
+    brief: str   # the amount alone: "8 CPUs per node"
+    unit: str
+    have: object  # NodeType -> int
+
+
+def _node_needs(res: Resources) -> list[_Need]:
+    cpus = res.tasks_per_node * res.cpus_per_task
+    gpus = f"{res.gpus_per_node} GPUs per node"
+    return [
+        _Need("resources.gpus_per_node", res.gpus_per_node or None, gpus, gpus, "", lambda nt: nt.gpus.count),
+        _Need("resources.cpus_per_task", cpus,
+              f"{res.tasks_per_node} tasks x {res.cpus_per_task} CPUs = {cpus} CPUs per node",
+              f"{cpus} CPUs per node", "", lambda nt: nt.cpus),
+        _Need("resources.mem", res.mem_mb, f"{res.mem_mb} MB per node", f"{res.mem_mb} MB per node", " MB",
+              lambda nt: nt.memory_mb),
+    ]
+
+
+def _per_node(needs) -> str:
+    """'8 GPUs, 64 CPUs and 2000 MB per node'."""
+    amounts = [n.brief.removesuffix(" per node") for n in needs]
+    return (", ".join(amounts[:-1]) + " and " if len(amounts) > 1 else "") + amounts[-1] + " per node"
+
+
+def _shortfalls(needs: list[_Need], spec: NodeType) -> list[_Need]:
+    """The needs a node of this type cannot meet."""
+    return [n for n in needs if n.asked is not None and n.asked > n.have(spec)]
+
+
+def _fit_node_groups(res: Resources, part: Partition, groups: list[NodeGroup], fail) -> list[NodeGroup]:
+    """The partition's node groups whose nodes have what the job asks per node; refuse (naming
+    the closest) when none has. One need at a time first, so the message names what is short."""
+    needs = _node_needs(res)
+    for need in needs:
+        if need.asked is None:
+            continue
+        best = max(need.have(g.spec) for g in groups)
+        if need.asked > best:
+            if all(need.have(g.spec) == best for g in groups):
+                raise fail(need.key, f"asks for {need.phrase}, but partition {part.name!r} nodes "
+                           f"({', '.join(g.node_type for g in groups)}) have {best}{need.unit}")
+            tops = [g.node_type for g in groups if need.have(g.spec) == best]
+            raise fail(need.key, f"asks for {need.phrase}, but partition {part.name!r} nodes have at most "
+                       f"{best}{need.unit} ({', '.join(tops)})")
+    fitting = [g for g in groups if not _shortfalls(needs, g.spec)]
+    if not fitting:  # each need is met by some type, but no type meets them all
+        closest = min(groups, key=lambda g: len(_shortfalls(needs, g.spec)))
+        short = _shortfalls(needs, closest.spec)
+        lacks = ", ".join(f"{n.have(closest.spec)}{n.unit} of {n.brief}" for n in short)
+        raise fail(short[0].key, f"asks for {_per_node(n for n in needs if n.asked)}, but no node "
+                   f"type of partition {part.name!r} has all of that; the closest, {closest.node_type}, "
+                   f"has {lacks}")
+    return fitting
+
+
+def _check_node_counts(res: Resources, part: Partition, groups: list[NodeGroup], fitting: list[NodeGroup],
+                       constraint: str | None, excluded: set[str], fail) -> list[NodeGroup]:
+    """Enough nodes that both fit the job and satisfy its constraint (Slurm would leave the job
+    pending forever otherwise); also the ``feature*N`` counts. Returns the node groups the job
+    may land on."""
+    expr = csyntax.parse(constraint) if constraint else None
+    choices = csyntax.alternatives(expr) if expr else [None]
+
+    def hosts_of(gs: list[NodeGroup]) -> list[str]:
+        return [h for g in gs for h in g.hosts if h not in excluded]
+
+    def eligible(alt) -> list[NodeGroup]:
+        return [g for g in fitting if alt is None or csyntax.matches(alt, frozenset(g.spec.features))]
+
+    ranked = sorted((-len(hosts_of(eligible(alt))), i) for i, alt in enumerate(choices))
+    best = choices[ranked[0][1]]
+    groups_ok = eligible(best)
+    hosts = hosts_of(groups_ok)
+    if res.nodes > len(hosts):
+        qualifiers = []
+        if expr is not None:
+            qualifiers.append(f"with feature {constraint}" if len(csyntax.features(expr)) == 1 and not csyntax.counted(expr)
+                              else f"matching {constraint!r}" if len(choices) == 1
+                              else f"all matching one alternative of {constraint!r}")
+        if len(fitting) < len(groups):
+            dropped = [g for g in groups if g not in fitting]
+            needs = _shortfalls(_node_needs(res), dropped[0].spec)
+            qualifiers.append(f"with {_per_node(needs)}")
+        where = f" ({units.compress_hostlist(hosts)})" if hosts else ""
+        raise fail("resources.constraint" if expr is not None else "resources.nodes",
+                   f"asks for {res.nodes} nodes {' and '.join(qualifiers)}, but partition {part.name!r} has "
+                   f"{len(hosts)}{' after exclusions' if excluded & set(part.hosts) else ''}{where}")
+    for term, count in csyntax.counted(best) if best is not None else []:
+        have = hosts_of([g for g in groups_ok if csyntax.matches(term, frozenset(g.spec.features))])
+        if count > len(have):
+            raise fail("resources.constraint", f"asks for {count} nodes with {csyntax.show(term, top=False)} "
+                       f"({constraint}), but partition {part.name!r} has {len(have)}"
+                       f"{f' ({units.compress_hostlist(have)})' if have else ''}")
+    # With a matching OR, the job may land on any alternative that has enough nodes.
+    fits = [alt for alt in choices if len(hosts_of(eligible(alt))) >= res.nodes]
+    return [g for g in fitting if any(g in eligible(alt) for alt in fits)]
+
+
+def _check_mig(res: Resources, eligible: list[NodeGroup], fail) -> None:
+    """A process sees one MIG instance, and NCCL cannot run collectives between MIG instances:
+    on MIG slices a job is one rank with one slice."""
+    mig = [g for g in eligible if g.spec.gpus.mig]
+    if not mig or not res.gpus_per_node:
+        return
+    slices = f"MIG slices ({mig[0].spec.gpus.mig} on {mig[0].node_type})"
+    if res.world_size > 1:
+        raise fail("resources.nodes" if res.nodes > 1 else "resources.tasks_per_node",
+                   f"asks for {res.world_size} ranks on {slices}: NCCL cannot run collectives between MIG "
+                   f"instances, so a job there is 1 node x 1 task")
+    if res.gpus_per_node > 1:
+        raise fail("resources.gpus_per_node", f"asks for {res.gpus_per_node} GPUs per node on {slices}: "
+                   f"a process sees only one MIG instance")
 
 
 def _unknown_exclusions(hosts: list[str], profile: ClusterProfile) -> list[str]:
@@ -378,17 +498,14 @@ def _unknown_exclusions(hosts: list[str], profile: ClusterProfile) -> list[str]:
     return [message]
 
 
-def _gpu_name(gpu, gpu_type: str | None) -> str | None:
-    """The model, or the GRES type when the job runs on GPUs of another type than ``gpu``'s."""
-    return gpu_type if gpu_type is not None and gpu.type != gpu_type else gpu.model
-
-
 def summarize(plan: Plan) -> dict:
     """What the plan will use: resources, batch arithmetic, model size (raw numbers; the CLI
     adds separators and units, see :mod:`hpcorch.display`)."""
     job, res, tr = plan.job, plan.job.resources, plan.job.trainer
     model = tr.model
-    gpu = plan.profile.node_types[plan.partition.node_type].gpus
+    gpus = [g.spec.gpus for g in plan.node_groups or plan.profile.groups_of(plan.partition)]
+    gpu = gpus[0]
+    models = " or ".join(dict.fromkeys(str(g.model) for g in gpus if g.count))
     tokens_per_step = tr.global_batch * tr.model.seq_len
     summary = {
         "job": job.name,
@@ -397,7 +514,7 @@ def summarize(plan: Plan) -> dict:
         "nodes": res.nodes,
         "tasks_per_node": res.tasks_per_node,
         "world_size": plan.world_size,
-        "gpus": f"{res.nodes * res.gpus_per_node} x {_gpu_name(gpu, plan.gpu_type)}" if res.gpus_per_node else "none (CPU)",
+        "gpus": f"{res.nodes * res.gpus_per_node} x {models}" if res.gpus_per_node else "none (CPU)",
         "time_limit": plan.time_limit,
         "account": plan.account or "-",
         "qos": plan.qos or "-",
@@ -412,7 +529,7 @@ def summarize(plan: Plan) -> dict:
                     if job.requeue.enabled else "off"),
         "run_dir": str(plan.run_dir),
     }
-    if gpu.peak_tflops and res.gpus_per_node:
+    if gpu.peak_tflops and res.gpus_per_node and len({g.peak_tflops for g in gpus}) == 1:
         summary["peak_pflops"] = round(gpu.peak_tflops * res.nodes * res.gpus_per_node / 1000, 2)
     for i, note in enumerate(plan.notes):
         summary[f"note{i + 1}"] = note

@@ -39,7 +39,8 @@ SHIPPED_PREFIX = "hpcorch"
 
 _PLAIN = re.compile(r"[A-Za-z0-9_./:=,@%+-]*")
 # sbatch splits #SBATCH lines itself (no shell): forbid whitespace, quotes, '#' and control chars.
-_DIRECTIVE = re.compile(r"[A-Za-z0-9_./:=,@%+\-\[\]&|*!]+")
+# ( ) group features in a constraint ("(a|b)&c"); sbatch reads them itself, no shell sees them.
+_DIRECTIVE = re.compile(r"[A-Za-z0-9_./:=,@%+\-\[\]&|*!()]+")
 _SBATCH_LINE = re.compile(r"#SBATCH --[a-z-]+(=\S+)?")
 
 # Private-use characters: outside every alphabet above and refused in quoted values, so only the

@@ -13,21 +13,24 @@ from hpcorch.cluster.slurmconf import LocalCluster, slurm_conf, write_configs
 def test_slurm_conf_from_devcluster_profile(tmp_path):
     prof = load_profile("devcluster")
     text = slurm_conf(prof, LocalCluster(tmp_path, port_base=20000))
-    assert "NodeName=node[1-4] CPUs=4 RealMemory=4000 Gres=gpu:4" in text
-    assert "Port=20100-20103" in text and "SlurmctldPort=20000" in text
+    # Two node groups: one NodeName line each, typed GRES, features, consecutive slurmd ports.
+    assert "NodeName=node[1-2] CPUs=4 RealMemory=4000 Gres=gpu:emua:4 Feature=emu,grpa" in text
+    assert "NodeName=node[3-4] CPUs=4 RealMemory=4000 Gres=gpu:emub:4 Feature=emu,grpb" in text
+    assert "Port=20100-20101" in text and "Port=20102-20103" in text and "SlurmctldPort=20000" in text
     assert "PartitionName=batch Nodes=node[1-4] Default=YES" in text
     assert "PriorityTier=10 PreemptMode=OFF" in text and "GraceTime=30 PreemptMode=REQUEUE" in text
     assert "ReturnToService=1" in text and "TopologyPlugin=topology/tree" in text
     assert str(tmp_path) in text
 
 
-def test_production_conf_has_typed_gres_and_no_local_paths(tmp_path):
+def test_production_conf_has_no_local_paths(tmp_path):
     files = write_configs(load_profile("h100-ndr"), tmp_path)
     assert sorted(f.name for f in files) == ["gres.conf", "slurm.conf", "topology.conf"]
     conf = (tmp_path / "slurm.conf").read_text()
-    assert "NodeName=dgx[001-128] CPUs=112 RealMemory=2000000 Gres=gpu:H100-SXM5-80GB:8" in conf
+    # The profile names no GRES type (gpus.type): untyped, not the model name Slurm never saw.
+    assert "NodeName=dgx[001-128] CPUs=112 RealMemory=2000000 Gres=gpu:8 Feature=h100,ndr" in conf
     assert "NodeAddr" not in conf and "StateSaveLocation" not in conf
-    assert "Type=H100-SXM5-80GB File=/dev/nvidia[0-7]" in (tmp_path / "gres.conf").read_text()
+    assert "AutoDetect=nvml\nNodeName=dgx[001-128] Name=gpu File=/dev/nvidia[0-7]\n" in (tmp_path / "gres.conf").read_text()
     assert "SwitchName=su1 Nodes=dgx[001-032]" in (tmp_path / "topology.conf").read_text()
 
 

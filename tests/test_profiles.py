@@ -18,8 +18,10 @@ def test_devcluster_matches_issue():
     assert prof.all_hosts() == ["node1", "node2", "node3", "node4"]
     assert prof.partition(None).name == "batch"
     assert prof.partition("urgent").priority_tier > prof.partition("batch").priority_tier
-    emu = prof.node_types["emu"]
-    assert (emu.cpus, emu.memory_mb, emu.gpus.count) == (4, 4000, 4)
+    for name, group, hosts in (("emu-a", "grpa", ["node1", "node2"]), ("emu-b", "grpb", ["node3", "node4"])):
+        emu = prof.node_types[name]
+        assert (emu.cpus, emu.memory_mb, emu.gpus.count, emu.features) == (4, 4000, 4, ["emu", group])
+        assert [g.hosts for g in prof.groups_of(prof.partition("batch")) if g.node_type == name] == [tuple(hosts)]
     assert [leaf.hosts for leaf in prof.network.switches.leaves] == [["node1", "node2"], ["node3", "node4"]]
 
 

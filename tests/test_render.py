@@ -112,8 +112,9 @@ def test_hostile_job_fields_are_rejected(repo, override, key):
     ("  variables:\n    OMP_NUM_THREADS: 1", "  modules: ['cuda; touch /tmp/x']"),
     ("  variables:\n    OMP_NUM_THREADS: 1", "  variables:\n    'X=1 Y': 1"),
     ("name: devcluster", "name: 'dev\\n#SBATCH --uid=0'"),
-    ("    nodes: node[1-4]\n    node_type: emu\n    max_time: \"1-00:00:00\"\n    default: true",
-     "    nodes: node[1-4]\n    node_type: emu\n    max_time: \"1-00:00:00 #\"\n    default: true"),
+    ("    max_time: \"1-00:00:00\"\n    default: true",
+     "    max_time: \"1-00:00:00 #\"\n    default: true"),
+    ("{nodes: \"node[1-2]\", node_type: emu-a}", "{nodes: \"node[1-2] --uid=0\", node_type: emu-a}"),
 ])
 def test_hostile_profile_fields_are_rejected(repo, tmp_path, patch):
     text = (repo / "cluster_profiles/devcluster.yaml").read_text()

@@ -271,7 +271,7 @@ def test_ls_and_status_json(ctx, tmp_path):
 def test_sbatch_rejection_is_one_line_and_leaves_nothing(ctx, tmp_path, repo):
     """The live cluster refuses what the profile allows (a partition Slurm does not have)."""
     profile = (repo / "cluster_profiles/devcluster.yaml").read_text().replace(
-        "partitions:\n", "partitions:\n  - name: ghost\n    nodes: node[1-4]\n    node_type: emu\n", 1)
+        "partitions:\n", "partitions:\n  - name: ghost\n    nodes: node[1-2]\n    node_type: emu-a\n", 1)
     (tmp_path / "ghost.yaml").write_text(profile)
     run = tmp_path / "run"
     out = ctx.cli("submit", "gpt-tiny", "-p", tmp_path / "ghost.yaml", "--run-dir", run,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from . import catalog, units
+from . import catalog, constraint as constraint_syntax, units
 from ..errors import ConfigError
 from .yamlio import read_yaml
 from .schema import Invalid, build, check_env_names, check_name, check_positive
@@ -30,10 +30,19 @@ class Login:
             raise Invalid("port", f"expected a TCP port 1-65535, got {self.port}")
 
 
+# NVIDIA's MIG profile names: compute slices "g", memory "gb", optionally "+me" (media engines).
+_MIG_RE = re.compile(r"[1-8]g\.\d{1,4}gb(\+me)?")
+
+
 @dataclass
 class GPUs:
     count: int = 0
     model: str | None = None
+    # The Slurm GRES type (Gres=gpu:TYPE:N): what `--gpus-per-node=TYPE:N` names. None: untyped.
+    type: str | None = None
+    vendor: Literal["nvidia", "amd"] = "nvidia"
+    # A MIG profile such as 1g.10gb: the node's GPUs are split, and `count` counts the slices.
+    mig: str | None = None
     memory_gb: int = 0
     interconnect: Literal["nvlink", "pcie", "none"] = "none"
     peak_tflops: float = 0.0  # dense bf16 per GPU; the denominator of MFU
@@ -43,7 +52,19 @@ class GPUs:
     def __post_init__(self):
         check_positive(self, "count", "memory_gb", "peak_tflops", allow_zero=True)
         check_name("model", self.model, "a GPU model name")
-        check_name("type", self.type, "a Slurm GRES type name")
+        check_name("type", self.type, "a GRES type name such as a100")
+        if self.mig is not None:
+            if not _MIG_RE.fullmatch(self.mig):
+                raise Invalid("mig", f"expected a MIG profile name such as 1g.10gb or 3g.40gb, got {self.mig!r}")
+            if self.vendor != "nvidia":
+                raise Invalid("mig", f"MIG is an NVIDIA feature; vendor is {self.vendor!r}")
+            if not self.count:
+                raise Invalid("count", "expected the number of MIG slices per node (mig is set)")
+
+    @property
+    def gres_type(self) -> str | None:
+        """The GRES type Slurm knows these GPUs by: ``type``, else the MIG profile, else none."""
+        return self.type or self.mig
 
 
 @dataclass
@@ -54,6 +75,8 @@ class NodeType:
     memory_mb: int | Literal["auto"]
     gpus: GPUs = field(default_factory=GPUs)
     features: list[str] = field(default_factory=list)
+    arch: Literal["x86_64", "aarch64", "ppc64le"] = "x86_64"
+    threads_per_core: int = 1  # SMT: `cpus` counts every hardware thread
 
     def __post_init__(self):
         # Remembered so that a Slurm profile can refuse them: 'auto' describes this machine.
@@ -62,7 +85,10 @@ class NodeType:
             self.cpus = os.cpu_count() or 1
         if self.memory_mb == "auto":
             self.memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-        check_positive(self, "cpus", "memory_mb")
+        check_positive(self, "cpus", "memory_mb", "threads_per_core")
+        if self.cpus % self.threads_per_core:
+            raise Invalid("cpus", f"expected a multiple of threads_per_core ({self.threads_per_core}): cpus "
+                                  f"counts every hardware thread, got {self.cpus}")
         for i, feature in enumerate(self.features):
             check_name(f"features[{i}]", feature, "a feature name")
 
@@ -129,10 +155,35 @@ class QOS:
 
 
 @dataclass
-class Partition:
-    name: str
+class NodeGroupSpec:
+    """One entry of a partition's ``node_groups``: these hosts are of this node type."""
+
     nodes: str
     node_type: str
+
+    def __post_init__(self):
+        self.hosts = _hosts("nodes", self.nodes)
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """A partition's hosts of one node type, resolved: see :meth:`ClusterProfile.groups_of`."""
+
+    node_type: str
+    spec: NodeType
+    hosts: tuple[str, ...]
+
+
+@dataclass
+class Partition:
+    """Its nodes are ``node_groups`` (several node types), or the one-group shorthand ``nodes``
+    + ``node_type``. Code asks :meth:`ClusterProfile.groups_of` rather than reading either:
+    ``node_type`` is None when ``node_groups`` is used."""
+
+    name: str
+    nodes: str | None = None
+    node_type: str | None = None
+    node_groups: list[NodeGroupSpec] = field(default_factory=list)
     max_time: str | int = "UNLIMITED"
     default: bool = False
     priority_tier: int = 1
@@ -153,7 +204,23 @@ class Partition:
         if self.default_qos is not None and self.qos and self.default_qos not in self.qos:
             raise Invalid("default_qos", f"expected one of this partition's qos ({', '.join(self.qos)}), "
                                          f"got {self.default_qos!r}")
-        self.hosts = _hosts("nodes", self.nodes)
+        shorthand = self.nodes is not None or self.node_type is not None
+        if shorthand and self.node_groups:
+            raise Invalid("node_groups", "expected either node_groups or nodes + node_type (one node group), not both")
+        if not shorthand and not self.node_groups:
+            raise Invalid("nodes", "missing; expected nodes + node_type, or node_groups")
+        if shorthand:
+            missing = "nodes" if self.nodes is None else "node_type" if self.node_type is None else None
+            if missing:
+                raise Invalid(missing, "missing; nodes and node_type go together (or use node_groups)")
+            self.groups = [NodeGroupSpec(self.nodes, self.node_type)]
+            self.groups[0].key = "nodes"  # where errors about the group point
+        else:
+            self.groups = list(self.node_groups)
+            for j, group in enumerate(self.groups):
+                group.key = f"node_groups[{j}].nodes"
+        # The union, in order, once each: a host listed by two groups is one node.
+        self.hosts = list(dict.fromkeys(h for group in self.groups for h in group.hosts))
         try:
             self.max_time_s = units.parse_time(self.max_time)
         except ValueError as exc:
@@ -163,15 +230,20 @@ class Partition:
 
 @dataclass
 class InfiniBand:
+    """RDMA adapters: InfiniBand or RoCE HCAs (mlx5_0), or Omni-Path's (hfi1_0)."""
+
     hcas: list[str]
     ports: int = 1
     link_rate_gbps: int = 200
     rails_per_node: int = 1
+    gid_index: int | None = None  # RoCE: the GID table entry NCCL uses (NCCL_IB_GID_INDEX)
 
     def __post_init__(self):
         for i, hca in enumerate(self.hcas):
             check_name(f"hcas[{i}]", hca, "an HCA name such as mlx5_0")
         check_positive(self, "ports", "link_rate_gbps", "rails_per_node")
+        if self.gid_index is not None and not 0 <= self.gid_index <= 255:
+            raise Invalid("gid_index", f"expected a GID index 0-255, got {self.gid_index}")
         if self.rails_per_node > len(self.hcas) * self.ports:
             raise Invalid("rails_per_node", f"expected at most {len(self.hcas) * self.ports} "
                                             f"(HCAs x ports), got {self.rails_per_node}")
@@ -284,10 +356,26 @@ class SwitchTree:
                                     f"them (\"no switch can reach all nodes\")")
 
 
+FABRICS = ("infiniband", "roce", "slingshot", "efa", "omnipath", "ethernet")
+# The fabrics whose adapters the `infiniband` section describes (NCCL's verbs transport).
+VERBS_FABRICS = ("infiniband", "roce", "omnipath")
+
+
 @dataclass
 class Network:
+    # Default: infiniband when an `infiniband` section is given, else ethernet.
+    fabric: Literal["infiniband", "roce", "slingshot", "efa", "omnipath", "ethernet"] | None = None
     infiniband: InfiniBand | None = None
     switches: SwitchTree = field(default_factory=SwitchTree)
+
+    def __post_init__(self):
+        if self.fabric is None:
+            self.fabric = "infiniband" if self.infiniband else "ethernet"
+        if self.infiniband and self.fabric not in VERBS_FABRICS:
+            raise Invalid("infiniband", f"describes InfiniBand, RoCE or Omni-Path adapters; fabric "
+                                        f"{self.fabric!r} has none (remove the section or fix the fabric)")
+        if self.infiniband and self.infiniband.gid_index is not None and self.fabric != "roce":
+            raise Invalid("infiniband.gid_index", f"applies to fabric roce only, not {self.fabric!r}")
 
 
 # A module name never starts with '-': `module load --help` would run an option, not a module.
@@ -330,9 +418,14 @@ class Defaults:
 
 
 def check_constraint(key: str, value: str | None) -> None:
-    """Slurm constraints combine feature names with & | , [ ] * and digits; nothing else."""
-    if value is not None and (not value or not all(c.isalnum() or c in "_.-&|,[]*:" for c in value)):
-        raise Invalid(key, f"expected a Slurm constraint such as 'h100&ib', got {value!r}")
+    """Slurm constraints combine feature names with & , | * [ ] ( ) and digits: see
+    :mod:`hpcorch.spec.constraint`. Malformed ones are refused here, before sbatch would."""
+    if value is None:
+        return
+    try:
+        constraint_syntax.parse(value)
+    except ValueError as exc:
+        raise Invalid(key, f"expected a Slurm constraint such as 'h100&ib' ({exc}), got {value!r}") from None
 
 
 @dataclass
@@ -365,9 +458,11 @@ class ClusterProfile:
             if part.name in seen:
                 raise Invalid(f"partitions[{i}].name", f"duplicate partition {part.name!r}")
             seen.add(part.name)
-            if part.node_type not in self.node_types:
-                raise Invalid(f"partitions[{i}].node_type",
-                              f"expected one of {sorted(self.node_types)}, got {part.node_type!r}")
+            for group in part.groups:
+                if group.node_type not in self.node_types:
+                    key = group.key.removesuffix("nodes") + "node_type"
+                    raise Invalid(f"partitions[{i}].{key}",
+                                  f"expected one of {sorted(self.node_types)}, got {group.node_type!r}")
         defaults = [p.name for p in self.partitions if p.default]
         if len(defaults) > 1:
             raise Invalid("partitions", f"expected at most one default partition, got {defaults}")
@@ -404,18 +499,30 @@ class ClusterProfile:
         """
         type_of: dict[str, str] = {}
         where: dict[str, int] = {}  # host -> the first partition that named it
+        self._groups: dict[str, list[NodeGroup]] = {}
         for i, part in enumerate(self.partitions):
-            clash = [h for h in part.hosts if type_of.get(h, part.node_type) != part.node_type]
-            if clash:
-                other = self.partitions[where[clash[0]]]
-                raise Invalid(f"partitions[{i}].nodes",
-                              f"nodes {units.brief_hosts(clash)} are of node type {other.node_type!r} in "
-                              f"partition {other.name!r}, not {part.node_type!r}; a node has one type")
-            for host in part.hosts:
-                if host not in type_of:
-                    type_of[host] = part.node_type
-                    where[host] = i
+            for group in part.groups:
+                clash = [h for h in group.hosts if type_of.get(h, group.node_type) != group.node_type]
+                if clash:
+                    other = self.partitions[where[clash[0]]]
+                    raise Invalid(f"partitions[{i}].{group.key}",
+                                  f"nodes {units.brief_hosts(clash)} are of node type {type_of[clash[0]]!r} in "
+                                  f"partition {other.name!r}, not {group.node_type!r}; a node has one type")
+                for host in group.hosts:
+                    if host not in type_of:
+                        type_of[host] = group.node_type
+                        where[host] = i
+            by_type: dict[str, list[str]] = {}  # two groups of one type in a partition are one group
+            for group in part.groups:
+                by_type.setdefault(group.node_type, []).extend(group.hosts)
+            self._groups[part.name] = [NodeGroup(t, self.node_types[t], tuple(dict.fromkeys(hosts)))
+                                       for t, hosts in by_type.items()]
         return type_of
+
+    def groups_of(self, part: Partition) -> list[NodeGroup]:
+        """The partition's node groups, one per node type, in the order the profile lists them:
+        the one answer to "which node types and hosts does this partition have"."""
+        return self._groups[part.name]
 
     def partition(self, name: str | None) -> Partition:
         """The named partition, or the default one (the first if none is marked)."""

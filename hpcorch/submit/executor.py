@@ -119,5 +119,7 @@ def _local_executor(plan: Plan):
 
 
 def _peak_tflops(plan: Plan) -> float | None:
-    gpus = plan.profile.node_types[plan.partition.node_type].gpus
-    return gpus.peak_tflops if plan.job.resources.gpus_per_node and gpus.peak_tflops else None
+    # The denominator of MFU: only when every node type the job may land on agrees on it.
+    peaks = {g.spec.gpus.peak_tflops for g in plan.node_groups or plan.profile.groups_of(plan.partition)}
+    peak = peaks.pop() if len(peaks) == 1 else 0.0
+    return peak if plan.job.resources.gpus_per_node and peak else None
