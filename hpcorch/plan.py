@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .spec import units
 from .errors import PlanError
+from .launchplan import LaunchPlan, extra_directives, resolve_launch
 from .rundir import RunDir
 from .spec.job import JobSpec
 from .spec.profile import ClusterProfile, Partition
@@ -37,6 +38,11 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     # Doubts that do not stop the job (the CLI prints each on stderr as "warning: ...").
     warnings: list[str] = field(default_factory=list)
+    # [LAUNCH] how ranks start (wrapper words, srun options), extra #SBATCH options (profile ->
+    # partition -> job), and folders prepended to PATH-like variables.
+    launch: LaunchPlan = field(default_factory=lambda: LaunchPlan(python=sys.executable))
+    extra_directives: list[str] = field(default_factory=list)
+    prepend: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def time_limit(self) -> str:
@@ -123,6 +129,8 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
 
     environment = {k: str(v) for k, v in profile.environment.variables.items()}
     environment.update({k: str(v) for k, v in job.environment.items()})
+    warnings: list[str] = []
+    launch = resolve_launch(job, profile, part, python, fail, warnings)
     plan = Plan(
         job=job, profile=profile, partition=part, run_dir=run_dir,
         account=res.account or profile.defaults.account,
@@ -131,7 +139,9 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         time_minutes=units.minutes_ceil(res.time_s),
         modules=list(profile.environment.modules),
         environment=environment, source=source,
-        python=python or sys.executable,
+        python=launch.python, launch=launch, warnings=warnings,
+        extra_directives=extra_directives(job, profile, part),
+        prepend={k: list(v) for k, v in profile.environment.prepend.items()},
     )
     plan.warnings += _unknown_exclusions(res.exclude_hosts, profile)
     if job.trainer.checkpoint.interval > job.trainer.steps:
