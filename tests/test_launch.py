@@ -421,7 +421,8 @@ def test_local_submit_through_a_command_wrapper(repo, tmp_path):
     wrapper = _stub(tmp_path, "wrap", record)
     job = tmp_path / "job.yaml"
     data = read_yaml(repo / "jobs/gpt-tiny.yaml")
-    data["launch"] = {"wrapper": {"kind": "command", "argv": [str(wrapper), "--run-as=$USER", "--"]}}
+    data["launch"] = {"wrapper": {"kind": "command", "argv": [str(wrapper), "--run-as=$USER",
+                                                                   "--cache=${HPCORCH_TEST_CACHE}", "--"]}}
     data["environment"] = {"HPCORCH_TEST_CACHE": "/tmp/$USER/cache"}
     job.write_text(dump_yaml(data))
     from trainhelp import TINY
@@ -433,6 +434,6 @@ def test_local_submit_through_a_command_wrapper(repo, tmp_path):
                          env={**os.environ, "HPCORCH_HOME": str(tmp_path / "home"), "USER": "alice"})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "hpcorch: done at step 4" in out.stdout
-    folder = str(run / "submitit")
-    assert _records(record) == [[str(wrapper), "--run-as=alice", "--", sys.executable, "-u", "-m",
+    folder = str(run / "submitit" / "%j")
+    assert _records(record) == [[str(wrapper), "--run-as=alice", "--cache=/tmp/alice/cache", "--", sys.executable, "-u", "-m",
                                  "submitit.core._submit", folder]] * 2
