@@ -169,6 +169,21 @@ def test_hostile_wrappers_are_refused(repo, tmp_path, wrapper, key):
     assert "\n" not in str(info.value)
 
 
+def test_wrapper_paths_expand_in_srun_options_and_words(repo, tmp_path):
+    pyxis = {"kind": "pyxis", "image": "/scratch/$USER/torch.sqsh", "mounts": ["/scratch/$USER:/scratch"]}
+    text = _script(repo, tmp_path, **{"launch.wrapper": pyxis})
+    assert '"--container-image=/scratch/${USER}/torch.sqsh" "--container-mounts=/scratch/${USER}:/scratch"' in text
+    out = tmp_path / "srun.args"
+    harness = f"srun() {{ printf '%s\\n' \"$@\" > {out}; }}; scontrol() {{ :; }}; module() {{ :; }}\nsource /dev/stdin"
+    subprocess.run(["bash", "-c", harness], input=text, text=True, timeout=30, check=True,
+                   env={"PATH": os.environ["PATH"], "USER": "alice"})
+    args = out.read_text().splitlines()
+    assert "--container-image=/scratch/alice/torch.sqsh" in args and "--container-mounts=/scratch/alice:/scratch" in args
+    apptainer = {"kind": "apptainer", "image": "${HOME}/img.sif", "binds": ["$SCRATCH:/scratch:ro"]}
+    assert ' apptainer exec --bind "${SCRATCH}:/scratch:ro" "${HOME}/img.sif" python3 ' in \
+        _script(repo, tmp_path, python=None, **{"launch.wrapper": apptainer})
+
+
 @pytest.mark.parametrize("python", ["python3", "./venv/bin/python", "/a b/python", "/x;id", "/x$(id)", "/x\n"])
 def test_python_must_be_an_absolute_plain_path(repo, tmp_path, python):
     with pytest.raises(ConfigError) as info:

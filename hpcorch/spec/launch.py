@@ -244,7 +244,7 @@ def _check_binds(key: str, binds: list[str]) -> None:
 
 
 def _check_image(key: str, image: str, uri: re.Pattern, example: str) -> None:
-    if image.startswith("/"):
+    if image.startswith(("/", "$")):
         _check_path(key, image)
     elif not uri.fullmatch(image):
         raise Invalid(key, f"expected an image such as {example} or an absolute path, got {image!r}")
