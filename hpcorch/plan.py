@@ -217,6 +217,8 @@ def summarize(plan: Plan) -> dict:
                     if job.requeue.enabled else "off"),
         "run_dir": str(plan.run_dir),
     }
+    if plan.launch.wrapper != "none":  # [LAUNCH] what starts the ranks, when it is not plain python
+        summary["launch"] = f"{plan.launch.wrapper} wrapper, {plan.python}"
     if gpu.peak_tflops and res.gpus_per_node:
         summary["peak_pflops"] = round(gpu.peak_tflops * res.nodes * res.gpus_per_node / 1000, 2)
     for i, note in enumerate(plan.notes):

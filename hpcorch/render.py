@@ -18,8 +18,9 @@ characters, and the rendered script is walked once with the shell's quoting rule
   may only stand on an ``#SBATCH`` line or a comment line.
 * ``|expand`` (environment values, wrapper words) and ``|prepend(NAME)`` write a word in which
   only ``${NAME}`` expands (see :func:`hpcorch.spec.launch.shell_word`): double-quoted with
-  backslash, double quote, ``$`` and backtick escaped, or exactly ``|q``'s output when nothing expands. Like ``|q`` it is safe
-  only in unquoted shell context, so it has its own markers and the same placement rule.
+  backslash, double quote, ``$`` and backtick escaped, or exactly ``|q``'s output when nothing
+  expands. Like ``|q`` it is safe only in unquoted shell context, so it has its own markers and
+  the same placement rule.
 
 Templates render in Jinja's immutable sandbox: no ``__class__`` walks, no mutating container
 methods, and on hpcorch's own objects (and paths) only the pure helpers in ``_TEMPLATE_METHODS``
