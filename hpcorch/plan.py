@@ -12,7 +12,7 @@ from .errors import PlanError
 from .launchplan import LaunchPlan, extra_directives, resolve_launch
 from .rundir import RunDir
 from .spec.job import JobSpec
-from .spec.profile import ClusterProfile, Partition
+from .spec.profile import QOS, ClusterProfile, NodeType, Partition, Requests
 
 # Run directories reach #SBATCH --output, where sbatch does its own word splitting: keep them plain.
 _PATH_RE = re.compile(r"^[A-Za-z0-9_./+@:,=-]+$")
@@ -38,6 +38,12 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     # Doubts that do not stop the job (the CLI prints each on stderr as "warning: ...").
     warnings: list[str] = field(default_factory=list)
+    # The header's resource options as the site wants them asked (profile `requests`), each a
+    # whole option checked for an #SBATCH line: "--gres=gpu:a40:4", "--mem=0"; None: no line.
+    gpu_request: str | None = None
+    memory_request: str | None = None
+    exclusive: bool = False
+    gpu_type: str | None = None  # the GRES type written into gpu_request, if any
     # [LAUNCH] how ranks start (wrapper words, srun options), extra #SBATCH options (profile ->
     # partition -> job), and folders prepended to PATH-like variables.
     launch: LaunchPlan = field(default_factory=lambda: LaunchPlan(python=sys.executable))
@@ -104,6 +110,8 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     if res.nodes > len(usable):
         raise fail("resources.nodes", f"asks for {res.nodes} nodes, but partition {part.name!r} has "
                    f"{len(usable)}{' after exclusions' if res.exclude_hosts else ''}")
+    candidates = _partition_node_types(profile, part)
+    typed = _check_gpu_type(res, part, candidates, excluded, fail)
     if res.gpus_per_node > ntype.gpus.count:
         raise fail("resources.gpus_per_node", f"asks for {res.gpus_per_node} GPUs per node, but "
                    f"partition {part.name!r} nodes ({part.node_type}) have {ntype.gpus.count}")
@@ -127,26 +135,218 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         raise PlanError("--run-dir", "", f"expected a path of letters, digits and _./+@:,=- "
                         f"(it reaches #SBATCH lines), got {str(run_dir)!r}")
 
+    qos, account = _qos_and_account(res, profile, part, fail)
+    requests = profile.requests_for(part)
+    notes: list[str] = []
+    gpu_request, gpu_type = _gpu_request(res, requests, part, candidates, fail, notes)
+    memory_request = _memory_request(res, requests, typed, fail, notes)
+    for key, option in (("resources.gpus_per_node", gpu_request), ("resources.mem", memory_request)):
+        _check_directive(option, key, fail)
+
     environment = {k: str(v) for k, v in profile.environment.variables.items()}
     environment.update({k: str(v) for k, v in job.environment.items()})
     warnings: list[str] = []
     launch = resolve_launch(job, profile, part, python, fail, warnings)
     plan = Plan(
         job=job, profile=profile, partition=part, run_dir=run_dir,
-        account=res.account or profile.defaults.account,
-        qos=res.qos or profile.defaults.qos,
+        account=account,
+        qos=qos,
         constraint=constraint,
         time_minutes=units.minutes_ceil(res.time_s),
         modules=list(profile.environment.modules),
         environment=environment, source=source,
+        gpu_request=gpu_request, memory_request=memory_request, gpu_type=gpu_type,
+        exclusive=requests.exclusive if res.exclusive is None else res.exclusive,
         python=launch.python, launch=launch, warnings=warnings,
         extra_directives=extra_directives(job, profile, part),
         prepend={k: list(v) for k, v in profile.environment.prepend.items()},
     )
+    if part.implicit and res.partition is not None:
+        plan.notes.append(f"partition {part.name!r} is implicit (the site routes jobs itself): "
+                          "checked against it, but the script names no --partition")
+    plan.notes += notes
     plan.warnings += _unknown_exclusions(res.exclude_hosts, profile)
     if job.trainer.checkpoint.interval > job.trainer.steps:
         plan.notes.append("checkpoint.interval exceeds steps: only the final checkpoint is written")
     return plan
+
+
+# One (type name, node type, hosts) per group of like nodes in a partition. Every check below
+# that looks at a partition's hardware takes this list, so that partitions of several node
+# groups need only this function changed.
+NodeGroup = tuple[str, NodeType, list[str]]
+
+
+def _partition_node_types(profile: ClusterProfile, part: Partition) -> list[NodeGroup]:
+    """The node types of ``part`` with their hosts."""
+    return [(part.node_type, profile.node_types[part.node_type], part.hosts)]
+
+
+def _gpu_types(groups: list[NodeGroup]) -> list[str | None]:
+    """The GRES types of the groups that have GPUs, once each (None: untyped GRES)."""
+    return list(dict.fromkeys(nt.gpus.type for _, nt, _ in groups if nt.gpus.count))
+
+
+def _check_gpu_type(res, part: Partition, groups: list[NodeGroup], excluded: set[str], fail) -> list[NodeGroup]:
+    """The groups a job may run on: for a typed request only those of that GRES type, with
+    enough GPUs per node and enough usable nodes; Slurm would refuse a type no node has
+    ("Invalid generic resource (gres) specification") and leave a too-large one pending."""
+    if res.gpu_type is None:
+        return groups
+    key = f"resources.{res.gpu_type_key}"
+    types = [t for t in _gpu_types(groups) if t is not None]
+    typed = [g for g in groups if g[1].gpus.count and g[1].gpus.type == res.gpu_type]
+    if not typed:
+        have = f"has GPU types {', '.join(types)}" if types else "declares no GPU types (node_types.*.gpus.type)"
+        raise fail(key, f"partition {part.name!r} {have}; got {res.gpu_type}")
+    most = max(nt.gpus.count for _, nt, _ in typed)
+    if res.gpus_per_node > most:
+        raise fail("resources.gpus_per_node", f"asks for {res.gpus_per_node} {res.gpu_type} GPUs per node, but "
+                   f"partition {part.name!r} {res.gpu_type} nodes have at most {most}")
+    hosts = [h for _, nt, group in typed if nt.gpus.count >= res.gpus_per_node for h in group if h not in excluded]
+    if res.nodes > len(hosts):
+        raise fail("resources.nodes", f"asks for {res.nodes} nodes with GPU type {res.gpu_type}, but partition "
+                   f"{part.name!r} has {len(hosts)}{' after exclusions' if excluded else ''}")
+    return typed
+
+
+def _written_gpu_type(res, policy: str, part: Partition, groups: list[NodeGroup], fail) -> str | None:
+    """The GRES type the script asks for under the site's ``requests.gpu_type`` policy.
+
+    ``when-typed`` writes only the job's own type: an untyped request may land on any GPU node,
+    which is what the job asked. ``always`` (sites that refuse untyped requests) falls back to
+    the partition's one GPU type, and refuses when there are several or none. ``never`` (sites
+    with untyped GRES) cannot ask for a type, so a typed job is accepted only where every GPU
+    node of the partition is of that type anyway.
+    """
+    types = _gpu_types(groups)
+    if policy == "when-typed":
+        return res.gpu_type
+    if policy == "never":
+        if res.gpu_type is not None and types != [res.gpu_type]:
+            raise fail(f"resources.{res.gpu_type_key}", f"profile requests.gpu_type is 'never' (this site asks "
+                       f"for untyped GPUs), and partition {part.name!r} also has GPUs other than "
+                       f"{res.gpu_type}; drop the type and choose nodes with resources.constraint")
+        return None
+    if res.gpu_type is not None:
+        return res.gpu_type
+    if len(types) == 1 and types[0] is not None:
+        return types[0]
+    have = (f"several ({', '.join(str(t) for t in types)})" if len(types) > 1
+            else "none declared (node_types.*.gpus.type)")
+    raise fail("resources.gpu_type", f"profile requests.gpu_type is 'always' (this site needs a GPU type), and "
+               f"partition {part.name!r} GPU types are {have}; set resources.gpu_type")
+
+
+def _gpu_request(res, requests: Requests, part: Partition, groups: list[NodeGroup], fail,
+                 notes: list[str]) -> tuple[str | None, str | None]:
+    """The option that asks for the job's GPUs in the site's style, and the type it writes."""
+    if not res.gpus_per_node:
+        return None, None
+    gpu_type = _written_gpu_type(res, requests.gpu_type, part, groups, fail)
+    typed = f"{gpu_type}:" if gpu_type else ""
+    n = res.gpus_per_node
+    if requests.gpus == "gres":
+        return f"--gres=gpu:{typed}{n}", gpu_type
+    if requests.gpus == "gpus":
+        if res.nodes > 1:
+            # --gpus is the job's total: nothing in it says "n per node", and Slurm may split it unevenly.
+            notes.append(f"GPUs asked as --gpus={typed}{res.nodes * n}, the job's total (profile requests.gpus): "
+                         f"Slurm may place other than {n} on a node")
+        return f"--gpus={typed}{res.nodes * n}", gpu_type
+    if requests.gpus == "gpus-per-task":
+        if n % res.tasks_per_node:
+            raise fail("resources.tasks_per_node", f"profile requests.gpus is 'gpus-per-task', but "
+                       f"{n} GPUs per node do not divide among {res.tasks_per_node} tasks per node")
+        return f"--gpus-per-task={typed}{n // res.tasks_per_node}", gpu_type
+    return f"--gpus-per-node={typed}{n}", gpu_type
+
+
+def _memory_request(res, requests: Requests, groups: list[NodeGroup], fail, notes: list[str]) -> str | None:
+    """The memory option in the site's style (``requests.memory``), after checking that a
+    per-GPU size fits the nodes; None when nothing is to be written."""
+    if res.mem_per_gpu_mb is not None:
+        need = res.mem_per_gpu_mb * res.gpus_per_node
+        name, most = max(((name, nt.memory_mb) for name, nt, _ in groups), key=lambda g: g[1])
+        if need > most:
+            raise fail("resources.mem_per_gpu", f"asks for {res.gpus_per_node} GPUs x {res.mem_per_gpu_mb} MB = "
+                       f"{need} MB per node, but {name} nodes have {most} MB")
+    style = requests.memory
+    if style == "none":
+        if res.mem_mb is not None or res.mem_per_gpu_mb is not None:
+            notes.append("resources.mem/mem_per_gpu checked but not written: profile requests.memory is "
+                         "'none' (the site sets job memory itself)")
+        return None
+    if style == "whole-node" or res.mem_mb == 0:
+        return "--mem=0"
+    if res.mem_per_gpu_mb is not None:
+        return f"--mem-per-gpu={res.mem_per_gpu_mb}M"
+    if res.mem_mb is None:
+        return None
+    if style == "mem-per-gpu" and res.gpus_per_node:
+        per_gpu = res.mem_mb // res.gpus_per_node
+        if per_gpu * res.gpus_per_node != res.mem_mb:
+            notes.append(f"resources.mem {res.mem_mb} MB asked as {per_gpu} MB per GPU (rounded down)")
+        return f"--mem-per-gpu={per_gpu}M"
+    return f"--mem={res.mem_mb}M"
+
+
+def _check_directive(option: str | None, key: str, fail) -> None:
+    """Belt and braces: an option bound for an #SBATCH line passes the template's |directive filter."""
+    if option is None:
+        return
+    from .errors import RenderError
+    from .render import directive  # here, not at the top: render imports this module
+
+    try:
+        directive(option)
+    except RenderError as exc:
+        raise fail(key, str(exc)) from None
+
+
+def _qos_and_account(res, profile: ClusterProfile, part: Partition, fail) -> tuple[str | None, str | None]:
+    """The job's QOS (job, else the partition's default_qos, else defaults.qos) and account
+    (job, else the partition's, else defaults.account), checked against the profile's QOS."""
+    account, account_origin = res.account, ""
+    if account is None and part.account is not None:
+        account, account_origin = part.account, f" (partition {part.name!r}'s account)"
+    elif account is None and profile.defaults.account is not None:
+        account, account_origin = profile.defaults.account, f" (profile {profile.name!r}'s defaults.account)"
+    qos, origin = res.qos, ""
+    if qos is None and part.default_qos is not None:
+        qos, origin = part.default_qos, f" (partition {part.name!r}'s default_qos)"
+    elif qos is None and profile.defaults.qos is not None:
+        qos, origin = profile.defaults.qos, f" (profile {profile.name!r}'s defaults.qos)"
+    if qos is None:
+        return None, account
+    if profile.qos and qos not in profile.qos:
+        raise fail("resources.qos", f"expected one of profile {profile.name!r}'s QOS "
+                   f"({', '.join(profile.qos)}), got {qos!r}")
+    if part.qos and qos not in part.qos:
+        raise fail("resources.qos", f"QOS {qos!r}{origin} is not allowed in partition {part.name!r}, "
+                   f"which allows {', '.join(part.qos)}")
+    if qos in profile.qos:
+        _check_qos_limits(res, f"QOS {qos!r}{origin}", profile.qos[qos], account, account_origin, fail)
+    return qos, account
+
+
+def _check_qos_limits(res, name: str, limits: QOS, account: str | None, account_origin: str, fail) -> None:
+    """Refuse what the QOS would refuse or leave pending forever (QOSMax*Limit), numbers included."""
+    if limits.max_time_s is not None and res.time_s > limits.max_time_s:
+        raise fail("resources.time", f"asks for {units.format_time(res.time_s)}, but {name} allows at most "
+                   f"{units.format_time(limits.max_time_s)}")
+    if limits.max_nodes is not None and res.nodes > limits.max_nodes:
+        raise fail("resources.nodes", f"asks for {res.nodes} nodes, but {name} allows at most {limits.max_nodes}")
+    if limits.max_gpus_per_node is not None and res.gpus_per_node > limits.max_gpus_per_node:
+        raise fail("resources.gpus_per_node", f"asks for {res.gpus_per_node} GPUs per node, but {name} allows "
+                   f"at most {limits.max_gpus_per_node} per node")
+    total = res.nodes * res.gpus_per_node
+    if limits.max_gpus is not None and total > limits.max_gpus:
+        raise fail("resources.gpus_per_node", f"asks for {total} GPU{'s' * (total != 1)} ({res.nodes} "
+                   f"node{'s' * (res.nodes != 1)} x {res.gpus_per_node}), but {name} allows at most {limits.max_gpus}")
+    if limits.accounts and account not in limits.accounts:
+        got = f"got {account!r}{account_origin}" if account else "the job names none"
+        raise fail("resources.account", f"{name} is only for accounts {', '.join(limits.accounts)}; {got}")
 
 
 # Slurm's --constraint: feature names joined by & (and), | (or), "," (and, older syntax), with
@@ -188,6 +388,11 @@ def _unknown_exclusions(hosts: list[str], profile: ClusterProfile) -> list[str]:
     return [message]
 
 
+def _gpu_name(gpu, gpu_type: str | None) -> str | None:
+    """The model, or the GRES type when the job runs on GPUs of another type than ``gpu``'s."""
+    return gpu_type if gpu_type is not None and gpu.type != gpu_type else gpu.model
+
+
 def summarize(plan: Plan) -> dict:
     """What the plan will use: resources, batch arithmetic, model size (raw numbers; the CLI
     adds separators and units, see :mod:`hpcorch.display`)."""
@@ -202,7 +407,7 @@ def summarize(plan: Plan) -> dict:
         "nodes": res.nodes,
         "tasks_per_node": res.tasks_per_node,
         "world_size": plan.world_size,
-        "gpus": f"{res.nodes * res.gpus_per_node} x {gpu.model}" if res.gpus_per_node else "none (CPU)",
+        "gpus": f"{res.nodes * res.gpus_per_node} x {_gpu_name(gpu, plan.gpu_type)}" if res.gpus_per_node else "none (CPU)",
         "time_limit": plan.time_limit,
         "account": plan.account or "-",
         "qos": plan.qos or "-",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -16,13 +17,23 @@ from .model import GPTConfig
 from .launch import Launch, check_directives, check_expandable
 
 
+# A typed GPU request as Slurm writes it: TYPE:COUNT (a40:4); TYPE is a GRES type name.
+_TYPED_GPUS = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.+-]{0,127}):([0-9]{1,6})")
+
+
 @dataclass
 class Resources:
+    """After validation ``gpus_per_node`` is an int and ``gpu_type`` a str or None, however
+    the file wrote them (``gpus_per_node: a40:4`` or ``gpu_type: a40``)."""
+
     nodes: int = 1
-    gpus_per_node: int = 0
+    gpus_per_node: int | str = 0       # 4, or "a40:4" for a GRES type
     tasks_per_node: int | None = None  # default: one task per GPU, or 1 without GPUs
     cpus_per_task: int = 1
-    mem: str | int | None = None       # per node, Slurm form (4000, 4000M, 64G); None = Slurm default
+    mem: str | int | None = None       # per node, Slurm form (4000, 4000M, 64G); 0 = the whole node; None = Slurm default
+    mem_per_gpu: str | int | None = None  # Slurm form; instead of mem
+    gpu_type: str | None = None        # the Slurm GRES type name (a40)
+    exclusive: bool | None = None      # None: as the profile's requests.exclusive says
     time: str | int = 60               # Slurm form: 90, 2:00:00, 1-00:00:00
     partition: str | None = None
     account: str | None = None
@@ -32,9 +43,12 @@ class Resources:
     extra_directives: list[str] = field(default_factory=list)  # [LAUNCH] after the profile's and partition's
 
     def __post_init__(self):
+        self._parse_gpus()
         check_directives("extra_directives", self.extra_directives)
         check_positive(self, "nodes", "cpus_per_task", "tasks_per_node")
         check_positive(self, "gpus_per_node", allow_zero=True)
+        if self.gpu_type is not None and not self.gpus_per_node:
+            raise Invalid(self.gpu_type_key, f"expected GPUs with GPU type {self.gpu_type!r} (gpus_per_node is 0)")
         if self.tasks_per_node is None:
             self.tasks_per_node = max(self.gpus_per_node, 1)
         for key, value in (("partition", self.partition), ("account", self.account), ("qos", self.qos)):
@@ -47,14 +61,51 @@ class Resources:
         if self.time_s is None:
             raise Invalid("time", "expected a finite time limit; requeue and signals need one")
         try:
-            self.mem_mb = None if self.mem is None else units.parse_memory_mb(self.mem)
+            self.mem_mb = None if self.mem is None else _memory_mb(self.mem, whole_node=True)
+        except ValueError as exc:
+            raise Invalid("mem", str(exc)) from None
+        try:
+            self.mem_per_gpu_mb = None if self.mem_per_gpu is None else _memory_mb(self.mem_per_gpu)
+        except ValueError as exc:
+            raise Invalid("mem_per_gpu", str(exc)) from None
+        if self.mem_per_gpu is not None:
+            # Slurm refuses --mem with --mem-per-gpu, and a per-GPU size needs GPUs to multiply.
+            if self.mem is not None:
+                raise Invalid("mem_per_gpu", "expected mem or mem_per_gpu, not both (Slurm refuses the pair)")
+            if not self.gpus_per_node:
+                raise Invalid("mem_per_gpu", "expected GPUs to go with it (gpus_per_node is 0); use mem")
+        try:
             self.exclude_hosts = [] if self.exclude is None else units.expand_hostlist(self.exclude)
         except ValueError as exc:
-            raise Invalid("mem" if "memory" in str(exc) else "exclude", str(exc)) from None
+            raise Invalid("exclude", str(exc)) from None
+
+    def _parse_gpus(self) -> None:
+        """Split ``TYPE:N`` into ``gpu_type`` and an int ``gpus_per_node``; remember which key
+        named the type, so that plan errors about it blame the key the user wrote."""
+        check_name("gpu_type", self.gpu_type, "a GPU type (Slurm GRES type name)")
+        self.gpu_type_key = "gpu_type"
+        if not isinstance(self.gpus_per_node, str):
+            return
+        m = _TYPED_GPUS.fullmatch(self.gpus_per_node)
+        if not m:
+            raise Invalid("gpus_per_node", f"expected a GPU count or TYPE:COUNT such as a40:4, got {self.gpus_per_node!r}")
+        gpu_type, self.gpus_per_node = m[1], int(m[2])
+        if self.gpu_type is not None and self.gpu_type != gpu_type:
+            raise Invalid("gpu_type", f"{self.gpu_type!r} disagrees with gpus_per_node's type {gpu_type!r}; give one")
+        if self.gpu_type is None:
+            self.gpu_type_key = "gpus_per_node"
+        self.gpu_type = gpu_type
 
     @property
     def world_size(self) -> int:
         return self.nodes * self.tasks_per_node
+
+
+def _memory_mb(value: str | int, whole_node: bool = False) -> int:
+    """MB in a Slurm memory size; with ``whole_node``, 0 (Slurm's --mem=0) is allowed and means all."""
+    if whole_node and not isinstance(value, bool) and str(value).strip() == "0":
+        return 0
+    return units.parse_memory_mb(value)
 
 
 @dataclass

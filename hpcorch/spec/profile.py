@@ -38,10 +38,13 @@ class GPUs:
     memory_gb: int = 0
     interconnect: Literal["nvlink", "pcie", "none"] = "none"
     peak_tflops: float = 0.0  # dense bf16 per GPU; the denominator of MFU
+    # The Slurm GRES type name (Gres=gpu:a40:4); None: untyped GRES (Gres=gpu:4).
+    type: str | None = None
 
     def __post_init__(self):
         check_positive(self, "count", "memory_gb", "peak_tflops", allow_zero=True)
         check_name("model", self.model, "a GPU model name")
+        check_name("type", self.type, "a Slurm GRES type name")
 
 
 @dataclass
@@ -73,6 +76,60 @@ def _hosts(field: str, expr: str) -> list[str]:
 
 
 @dataclass
+class Requests:
+    """How a site wants resources asked for in the #SBATCH header (see the README's table).
+
+    ``gpus``: the option that asks for GPUs; ``gpu_type``: whether the GRES type is written
+    (``when-typed``: only when the job asked for a type; ``always``: the job's type, else the
+    partition's only one; ``never``); ``memory``: ``mem`` (--mem / --mem-per-gpu as the job
+    gives them), ``mem-per-gpu`` (a per-node size is turned into a per-GPU one),
+    ``whole-node`` (--mem=0 always), ``none`` (no memory option: some sites refuse --mem);
+    ``exclusive``: --exclusive on every job.
+    """
+
+    gpus: Literal["gpus-per-node", "gres", "gpus", "gpus-per-task"] = "gpus-per-node"
+    gpu_type: Literal["when-typed", "always", "never"] = "when-typed"
+    memory: Literal["mem", "mem-per-gpu", "whole-node", "none"] = "mem"
+    exclusive: bool = False
+
+
+@dataclass
+class RequestsOverride:
+    """A partition's ``requests``: only the keys given replace the profile's."""
+
+    gpus: Literal["gpus-per-node", "gres", "gpus", "gpus-per-task"] | None = None
+    gpu_type: Literal["when-typed", "always", "never"] | None = None
+    memory: Literal["mem", "mem-per-gpu", "whole-node", "none"] | None = None
+    exclusive: bool | None = None
+
+    def over(self, base: Requests) -> Requests:
+        """``base`` with this override's given keys replacing its own."""
+        given = {k: v for k, v in vars(self).items() if v is not None}
+        return Requests(**{**vars(base), **given})
+
+
+@dataclass
+class QOS:
+    """A Slurm QOS and the limits hpcorch checks at plan time (None: no limit known)."""
+
+    max_time: str | int | None = None
+    max_nodes: int | None = None
+    max_gpus: int | None = None           # over the whole job
+    max_gpus_per_node: int | None = None
+    accounts: list[str] = field(default_factory=list)  # empty: any account may use it
+
+    def __post_init__(self):
+        try:
+            self.max_time_s = None if self.max_time is None else units.parse_time(self.max_time)
+        except ValueError as exc:
+            raise Invalid("max_time", str(exc)) from None
+        check_positive(self, "max_nodes")
+        check_positive(self, "max_gpus", "max_gpus_per_node", allow_zero=True)  # 0: a CPU-only QOS
+        for i, account in enumerate(self.accounts):
+            check_name(f"accounts[{i}]", account, "an account name")
+
+
+@dataclass
 class Partition:
     name: str
     nodes: str
@@ -80,11 +137,25 @@ class Partition:
     max_time: str | int = "UNLIMITED"
     default: bool = False
     priority_tier: int = 1
+    # The site routes jobs itself (by QOS or constraint): plans check against this partition,
+    # scripts name no --partition.
+    implicit: bool = False
+    account: str | None = None            # for jobs here that name none (before defaults.account)
+    qos: list[str] = field(default_factory=list)  # QOS allowed here; empty: any
+    default_qos: str | None = None        # for jobs here that name none (before defaults.qos)
+    requests: RequestsOverride = field(default_factory=RequestsOverride)
     extra_directives: list[str] = field(default_factory=list)  # [LAUNCH] e.g. ["--reservation=big"]
 
     def __post_init__(self):
         check_name("name", self.name, "a partition name")
         check_directives("extra_directives", self.extra_directives)
+        check_name("account", self.account, "an account name")
+        for i, qos in enumerate(self.qos):
+            check_name(f"qos[{i}]", qos, "a QOS name")
+        check_name("default_qos", self.default_qos, "a QOS name")
+        if self.default_qos is not None and self.qos and self.default_qos not in self.qos:
+            raise Invalid("default_qos", f"expected one of this partition's qos ({', '.join(self.qos)}), "
+                                         f"got {self.default_qos!r}")
         self.hosts = _hosts("nodes", self.nodes)
         try:
             self.max_time_s = units.parse_time(self.max_time)
@@ -283,12 +354,15 @@ class ClusterProfile:
     network: Network = field(default_factory=Network)
     environment: Environment = field(default_factory=Environment)
     defaults: Defaults = field(default_factory=Defaults)
+    qos: dict[str, QOS] = field(default_factory=dict)
+    requests: Requests = field(default_factory=Requests)
     launch: Launch = field(default_factory=Launch)            # [LAUNCH] how ranks start
     extra_directives: list[str] = field(default_factory=list)  # [LAUNCH] for every job
 
     def __post_init__(self):
         check_name("name", self.name, "a profile name")
         check_directives("extra_directives", self.extra_directives)
+        self._check_qos_names()
         for name, node_type in self.node_types.items():
             check_name(f"node_types.{name}", name, "a node type name")
             if self.scheduler == "slurm" and node_type.auto:
@@ -314,6 +388,24 @@ class ClusterProfile:
             if stray:
                 raise Invalid(f"network.switches.leaves[{i}].nodes",
                               f"expected nodes of this cluster's partitions, got unknown {units.brief_hosts(stray)}")
+
+    def _check_qos_names(self) -> None:
+        """QOS names used anywhere must be ones the profile lists (when it lists any)."""
+        for name in self.qos:
+            check_name(f"qos.{name}", name, "a QOS name")
+        if not self.qos:
+            return
+        known = ", ".join(self.qos)
+        used = [(f"partitions[{i}].qos[{j}]", q) for i, p in enumerate(self.partitions) for j, q in enumerate(p.qos)]
+        used += [(f"partitions[{i}].default_qos", p.default_qos) for i, p in enumerate(self.partitions)]
+        used.append(("defaults.qos", self.defaults.qos))
+        for key, name in used:
+            if name is not None and name not in self.qos:
+                raise Invalid(key, f"expected one of the profile's qos ({known}), got {name!r}")
+
+    def requests_for(self, part: Partition) -> Requests:
+        """The request style for jobs in ``part``: the profile's, with the partition's keys over it."""
+        return part.requests.over(self.requests)
 
     def _host_types(self) -> dict[str, str]:
         """host -> node type, in order of first appearance; one pass over every partition.

@@ -1,0 +1,98 @@
+"""Every request style the dev cluster can express, rendered by hpcorch and accepted by the live
+Slurm (``sbatch --test-only``): GPU options, memory options, --exclusive, an implicit partition,
+a QOS, and typed GRES where the dev cluster's profile declares GPU types."""
+import re
+
+import pytest
+
+from hpcorch.cluster.slurm import SlurmError
+from hpcorch.plan import _partition_node_types, make_plan
+from hpcorch.render import render_sbatch
+from hpcorch.spec.job import JobSpec
+from hpcorch.spec.profile import ClusterProfile
+from hpcorch.spec.schema import build
+from hpcorch.spec.yamlio import read_yaml
+from slurmhelp import script
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
+
+
+def _profile(repo, **top) -> ClusterProfile:
+    """The dev cluster's own profile with top-level keys added (its nodes and partitions as they are)."""
+    data = read_yaml(repo / "cluster_profiles/devcluster.yaml")
+    implicit = top.pop("implicit", False)
+    data.update(top)
+    if implicit:
+        for part in data["partitions"]:
+            part["implicit"] = True
+    return build(ClusterProfile, data, "devcluster.yaml")
+
+
+def _job(**resources) -> JobSpec:
+    resources = {"nodes": 2, "gpus_per_node": 2, "tasks_per_node": 2, "time": 10, **resources}
+    data = {"name": "req", "resources": resources, "trainer": {"global_batch": 4, "micro_batch": 1}}
+    return build(JobSpec, data, "job.yaml")
+
+
+def _accepted(slurm, job, profile, tmp_path, expected: str) -> None:
+    text = render_sbatch(make_plan(job, profile, run_dir=tmp_path))
+    assert f"#SBATCH {expected}\n" in text, text
+    message = slurm.test_only(text)
+    assert re.search(r"to start at", message), message
+
+
+@pytest.mark.parametrize("style, expected", [
+    ("gpus-per-node", "--gpus-per-node=2"), ("gres", "--gres=gpu:2"),
+    ("gpus", "--gpus=4"), ("gpus-per-task", "--gpus-per-task=1"),
+])
+def test_gpu_styles_pass_test_only(repo, slurm, tmp_path, style, expected):
+    _accepted(slurm, _job(), _profile(repo, requests={"gpus": style}), tmp_path, expected)
+
+
+@pytest.mark.parametrize("memory, resources, expected", [
+    ("mem", {"mem": "2000M"}, "--mem=2000M"),
+    ("mem", {"mem": 0}, "--mem=0"),
+    ("mem", {"mem_per_gpu": "1000M"}, "--mem-per-gpu=1000M"),
+    ("mem-per-gpu", {"mem": "2000M"}, "--mem-per-gpu=1000M"),
+    ("whole-node", {}, "--mem=0"),
+])
+def test_memory_styles_pass_test_only(repo, slurm, tmp_path, memory, resources, expected):
+    _accepted(slurm, _job(**resources), _profile(repo, requests={"memory": memory}), tmp_path, expected)
+
+
+def test_exclusive_passes_test_only(repo, slurm, tmp_path):
+    _accepted(slurm, _job(), _profile(repo, requests={"exclusive": True}), tmp_path, "--exclusive")
+
+
+def test_implicit_partition_lets_slurm_choose(repo, slurm, tmp_path):
+    text = render_sbatch(make_plan(_job(), _profile(repo, implicit=True), run_dir=tmp_path))
+    assert "--partition" not in text
+    assert re.search(r"to start at", slurm.test_only(text))
+
+
+def test_qos_from_the_profile_passes_test_only(repo, slurm, tmp_path):
+    # 'normal' is the QOS every slurmdbd creates.
+    profile = _profile(repo, qos={"normal": {"max_nodes": 4, "max_time": "1-00:00:00"}},
+                       defaults={"qos": "normal"})
+    _accepted(slurm, _job(), profile, tmp_path, "--qos=normal")
+
+
+def _gpu_type(profile: ClusterProfile) -> str | None:
+    part = profile.partition(None)
+    types = [nt.gpus.type for _, nt, _ in _partition_node_types(profile, part) if nt.gpus.count and nt.gpus.type]
+    return types[0] if types else None
+
+
+@pytest.mark.parametrize("style, expected", [("gres", "--gres=gpu:{}:2"), ("gpus-per-node", "--gpus-per-node={}:2")])
+def test_typed_gres_passes_test_only(repo, slurm, tmp_path, style, expected):
+    profile = _profile(repo, requests={"gpus": style})
+    gpu_type = _gpu_type(profile)
+    if gpu_type is None:
+        pytest.skip("the dev cluster's profile declares no GPU type (node_types.*.gpus.type)")
+    nodes = sum(len(hosts) for _, nt, hosts in _partition_node_types(profile, profile.partition(None))
+                if nt.gpus.type == gpu_type)
+    job = _job(nodes=min(2, nodes), gpus_per_node=f"{gpu_type}:2", gpu_type=gpu_type)
+    _accepted(slurm, job, profile, tmp_path, expected.format(gpu_type))
+    # A type the cluster lacks: hpcorch's plan refuses it, and so does Slurm.
+    with pytest.raises(SlurmError, match="rejected"):
+        slurm.test_only(script("true", "--nodes=1", "--time=1", "--gres=gpu:nosuchtype:1"))
