@@ -387,9 +387,9 @@ def test_local_profile_refuses_srun_only_wrappers_and_ignores_srun_options(repo,
 
 # ----- running the composition ----------------------------------------------------------------
 STUB = """#!/bin/bash
-# A wrapper stub: record the argv it was given (one NUL-separated record per call), then run
-# what follows its own arguments' closing '--'.
-{{ printf '%s\\0' "$0" "$@"; printf '\\n'; }} >> {record}
+# A wrapper stub: record the argv it was given (a NUL-separated file per call: ranks run it
+# at the same time), then run what follows its own arguments' closing '--'.
+printf '%s\\0' "$0" "$@" > "{record}.$(date +%s%N).$$"
 while [[ $# -gt 0 && $1 != -- ]]; do shift; done
 shift
 exec "$@"
@@ -404,7 +404,9 @@ def _stub(tmp_path, name, record):
 
 
 def _records(path):
-    return [line.split("\0") for line in path.read_text().split("\0\n") if line] if path.exists() else []
+    """Every recorded argv, oldest first."""
+    files = sorted(path.parent.glob(path.name + ".*"), key=lambda f: int(f.name.split(".")[-2]))
+    return [f.read_text().split("\0")[:-1] for f in files]
 
 
 def test_script_launch_line_runs_wrapper_then_python(repo, tmp_path):
@@ -412,8 +414,8 @@ def test_script_launch_line_runs_wrapper_then_python(repo, tmp_path):
     wrapper stub gets its argv (with $USER expanded, odd characters intact) and execs a python stub."""
     record = tmp_path / "argv.rec"
     wrapper, python = _stub(tmp_path, "wrap", record), _stub(tmp_path, "python", record)
-    (tmp_path / "python").write_text("#!/bin/bash\n{ printf '%s\\0' \"$0\" \"$@\"; printf '\\n'; } >> "
-                                     f"{record}\n")
+    # The python stub only records (what it would run is not here).
+    python.write_text(STUB.format(record=record).split("\nwhile")[0] + "\n")
     argv = [str(wrapper), "--tag=$USER", "a b", "'q'", "$$HOME", "`id`;", "--"]
     plan = _plan(repo, tmp_path, python=str(python),
                  **{"launch.wrapper": {"kind": "command", "argv": argv},
