@@ -10,6 +10,7 @@ from pathlib import Path
 from . import fabric
 from .spec import constraint as csyntax, units
 from .errors import PlanError
+from .launchplan import LaunchPlan, extra_directives, resolve_launch
 from .rundir import RunDir
 from .spec.job import JobSpec, Resources
 from .spec.profile import QOS, ClusterProfile, NodeGroup, NodeType, Partition, Requests
@@ -46,6 +47,11 @@ class Plan:
     gpu_type: str | None = None  # the GRES type written into gpu_request, if any
     # The partition's node groups the job may land on (fit its per-node needs and constraint).
     node_groups: list[NodeGroup] = field(default_factory=list)
+    # how ranks start (wrapper words, srun options), extra #SBATCH options (profile ->
+    # partition -> job), and folders prepended to PATH-like variables.
+    launch: LaunchPlan = field(default_factory=lambda: LaunchPlan(python=sys.executable))
+    extra_directives: list[str] = field(default_factory=list)
+    prepend: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def time_limit(self) -> str:
@@ -141,6 +147,8 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     environment = fabric.environment(profile, part)
     environment.update({k: str(v) for k, v in profile.environment.variables.items()})
     environment.update({k: str(v) for k, v in job.environment.items()})
+    warnings: list[str] = []
+    launch = resolve_launch(job, profile, eligible, python, fail, warnings)
     plan = Plan(
         job=job, profile=profile, partition=part, run_dir=run_dir,
         account=account,
@@ -149,9 +157,12 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         time_minutes=units.minutes_ceil(res.time_s),
         modules=list(profile.environment.modules),
         environment=environment, source=source,
-        python=python or sys.executable, node_groups=eligible,
+        node_groups=eligible,
         gpu_request=gpu_request, memory_request=memory_request, gpu_type=gpu_type,
         exclusive=requests.exclusive if res.exclusive is None else res.exclusive,
+        python=launch.python, launch=launch, warnings=warnings,
+        extra_directives=extra_directives(job, profile, part),
+        prepend={k: list(v) for k, v in profile.environment.prepend.items()},
     )
     if part.implicit and res.partition is not None:
         plan.notes.append(f"partition {part.name!r} is implicit (the site routes jobs itself): "
@@ -529,6 +540,8 @@ def summarize(plan: Plan) -> dict:
                     if job.requeue.enabled else "off"),
         "run_dir": str(plan.run_dir),
     }
+    if plan.launch.wrapper != "none":  # what starts the ranks, when it is not plain python
+        summary["launch"] = f"{plan.launch.wrapper} wrapper, {plan.python}"
     if gpu.peak_tflops and res.gpus_per_node and len({g.peak_tflops for g in gpus}) == 1:
         summary["peak_pflops"] = round(gpu.peak_tflops * res.nodes * res.gpus_per_node / 1000, 2)
     for i, note in enumerate(plan.notes):

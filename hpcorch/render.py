@@ -16,6 +16,11 @@ characters, and the rendered script is walked once with the shell's quoting rule
   would run), so the render stops.
 * ``|directive`` output is not shell-quoted at all (``h100&ndr`` is a valid constraint), so it
   may only stand on an ``#SBATCH`` line or a comment line.
+* ``|expand`` (environment values, wrapper words) and ``|prepend(NAME)`` write a word in which
+  only ``${NAME}`` expands (see :func:`hpcorch.spec.launch.shell_word`): double-quoted with
+  backslash, double quote, ``$`` and backtick escaped, or exactly ``|q``'s output when nothing
+  expands. Like ``|q`` it is safe only in unquoted shell context, so it has its own markers and
+  the same placement rule.
 
 Templates render in Jinja's immutable sandbox: no ``__class__`` walks, no mutating container
 methods, and on hpcorch's own objects (and paths) only the pure helpers in ``_TEMPLATE_METHODS``
@@ -33,6 +38,7 @@ from pathlib import Path
 from .errors import RenderError
 from .plan import Plan
 from .spec.catalog import TEMPLATES_DIR
+from .spec.launch import prepend_word, shell_word
 
 DEFAULT_TEMPLATE = "sbatch.sh.j2"
 SHIPPED_PREFIX = "hpcorch"
@@ -46,9 +52,11 @@ _SBATCH_LINE = re.compile(r"#SBATCH --[a-z-]+(=\S+)?")
 # Private-use characters: outside every alphabet above and refused in quoted values, so only the
 # filters put them into a render; _check_placement removes every one of them.
 Q_OPEN, Q_CLOSE, D_OPEN, D_CLOSE = "\ue000", "\ue001", "\ue002", "\ue003"
-_MARKERS = Q_OPEN + Q_CLOSE + D_OPEN + D_CLOSE
-_MARKED = re.compile(f"{Q_OPEN}[^{_MARKERS}]*{Q_CLOSE}|{D_OPEN}[^{_MARKERS}]*{D_CLOSE}")
-_FILTER = {Q_OPEN: "|q", D_OPEN: "|directive"}
+E_OPEN, E_CLOSE = "\ue004", "\ue005"
+_OPENERS, _CLOSERS = (Q_OPEN, D_OPEN, E_OPEN), (Q_CLOSE, D_CLOSE, E_CLOSE)
+_MARKERS = "".join(_OPENERS + _CLOSERS)
+_MARKED = re.compile("|".join(f"{o}[^{_MARKERS}]*{c}" for o, c in zip(_OPENERS, _CLOSERS)))
+_FILTER = {Q_OPEN: "|q", D_OPEN: "|directive", E_OPEN: "|expand"}
 _HEREDOC = re.compile(f"<<(-?)[ \\t]*([^\\s;&|()<>{_MARKERS}]*)")
 
 # The only callables a template may reach on an hpcorch object: pure string builders.
@@ -78,6 +86,34 @@ def directive(value) -> Safe:
     if not _DIRECTIVE.fullmatch(text):
         raise RenderError(f"refusing to write {text!r} into an #SBATCH line")
     return Safe(D_OPEN + text + D_CLOSE)
+
+
+def expand(value) -> Safe:
+    """The ``expand`` filter: ``value`` as one shell word in which only ``$NAME``/``${NAME}``
+    expand (``$$`` is a literal ``$``); any other ``$`` stops the render. Unquoted context only."""
+    text = str(value)
+    _check_unfiltered(text)
+    try:
+        return Safe(E_OPEN + shell_word(text) + E_CLOSE)
+    except ValueError as exc:
+        raise RenderError(f"refusing to write {text!r}: {exc}") from None
+
+
+def prepend(dirs, name) -> Safe:
+    """The ``prepend`` filter: ``"DIR1:DIR2${NAME:+:$NAME}"`` for ``export NAME=...``."""
+    if isinstance(dirs, str):
+        raise RenderError(f"|prepend({name!r}) expects a list of folders, got the string {dirs!r}")
+    for text in dirs:
+        _check_unfiltered(str(text))
+    try:
+        return Safe(E_OPEN + prepend_word(str(name), [str(d) for d in dirs]) + E_CLOSE)
+    except ValueError as exc:
+        raise RenderError(f"refusing to prepend to {name!r}: {exc}") from None
+
+
+def _check_unfiltered(text: str) -> None:
+    if any(mark in text for mark in _MARKERS):
+        raise RenderError(f"refusing to quote a value that is already filtered: {_strip(text)!r}")
 
 
 def _finalize(value):
@@ -168,6 +204,8 @@ def environment(template_dir: str | Path | None = None):
     )
     env.filters["q"] = shell_quote
     env.filters["directive"] = directive
+    env.filters["expand"] = expand
+    env.filters["prepend"] = prepend
     return env
 
 
@@ -217,7 +255,7 @@ def _check_directives(text: str) -> None:
 def _check_placement(text: str) -> str:
     """Refuse a filtered value the shell would not read as intended; return ``text`` unmarked."""
     if any(mark in _MARKED.sub("", text) for mark in _MARKERS):
-        raise RenderError("the template holds hpcorch's private marker characters (U+E000-U+E003)")
+        raise RenderError("the template holds hpcorch's private marker characters (U+E000-U+E005)")
     _ShellScan(text).run()
     return _strip(text)
 
@@ -240,17 +278,17 @@ class _ShellScan:
     def run(self) -> None:
         while self.i < len(self.text):
             ch = self.text[self.i]
-            if ch in (Q_OPEN, D_OPEN):
+            if ch in _OPENERS:
                 self._check_mark(ch)
             elif ch == "\n":
                 self._newline()
-            elif ch not in (Q_CLOSE, D_CLOSE):
+            elif ch not in _CLOSERS:
                 getattr(self, "_" + self.state)(ch)
             self.i += 1
 
     def _escape(self) -> None:
         """Step over the escaped character, unless it is a marker: _check_mark refuses that."""
-        if self.text[self.i + 1:self.i + 2] not in (Q_OPEN, D_OPEN):
+        if self.text[self.i + 1:self.i + 2] not in _OPENERS:
             self.i += 1
 
     def _plain(self, ch: str) -> None:
@@ -315,7 +353,7 @@ class _ShellScan:
                 line = self.text[start:end]
                 if (line.lstrip("\t") if strip_tabs else line) == delimiter:
                     break
-                for mark in (Q_OPEN, D_OPEN):
+                for mark in _OPENERS:
                     if mark in line:
                         self._refuse(start + line.index(mark), f"a {_FILTER[mark]} value is inside a "
                                      "here-document body, where $(...) in it would run")
@@ -331,9 +369,9 @@ class _ShellScan:
                                  "(it is not shell-quoted)")
         where = {"single": "single quotes", "double": "double quotes",
                  "ansi": "$'...' quotes"}.get(self.state)
-        if mark == Q_OPEN and where:
-            self._refuse(self.i, f"a |q value is inside {where}, where its own quotes no longer protect it; "
-                                 "write it as an unquoted word")
+        if mark in (Q_OPEN, E_OPEN) and where:
+            self._refuse(self.i, f"a {_FILTER[mark]} value is inside {where}, where its own quotes no longer "
+                                 "protect it; write it as an unquoted word")
 
     def _refuse(self, at: int, message: str) -> None:
         number = self.text.count("\n", 0, at) + 1

@@ -60,7 +60,7 @@ def test_template_that_forgets_to_quote_fails_closed(repo, tmp_path):
     (tmp_path / "sbatch.sh.j2").write_text("#!/bin/bash\necho {{ plan.environment.EVIL }}\n")
     with pytest.raises(RenderError, match="without the \\|q"):
         _render(repo, "gpt-tiny", "devcluster", template_dir=tmp_path,
-                overrides=["environment.EVIL=$(touch /tmp/pwned)"])
+                overrides=["environment.EVIL=`touch /tmp/pwned`"])
 
 
 def test_template_undefined_is_an_error(repo, tmp_path):
@@ -81,7 +81,9 @@ def test_hostile_environment_values_are_inert(repo, tmp_path, value):
     value arrives byte for byte and that nothing ran."""
     marker = tmp_path / "pwned"
     value = value.format(marker=marker)
-    text = _render(repo, "gpt-tiny", "devcluster", overrides=[f"environment.HOSTILE={value}"])
+    # '$' starts a reference that expands when the job runs; '$$' is a literal '$'.
+    text = _render(repo, "gpt-tiny", "devcluster",
+                   overrides=[f"environment.HOSTILE={value.replace('$', '$$')}"])
     out = tmp_path / "env.out"
     harness = (f"srun() {{ printf '%s' \"$HOSTILE\" > {out}; }}; scontrol() {{ :; }}; module() {{ :; }}\n"
                f"source /dev/stdin")

@@ -14,6 +14,7 @@ from .profile import check_constraint
 from .yamlio import read_yaml
 from .schema import Invalid, build, check_env_names, check_name, check_positive, set_dotted
 from .model import GPTConfig
+from .launch import Launch, check_directives, check_expandable
 
 
 # A typed GPU request as Slurm writes it: TYPE:COUNT (a40:4); TYPE is a GRES type name.
@@ -39,9 +40,11 @@ class Resources:
     qos: str | None = None
     constraint: str | None = None
     exclude: str | None = None         # hostlist of nodes never to run on
+    extra_directives: list[str] = field(default_factory=list)  # after the profile's and partition's
 
     def __post_init__(self):
         self._parse_gpus()
+        check_directives("extra_directives", self.extra_directives)
         check_positive(self, "nodes", "cpus_per_task", "tasks_per_node")
         check_positive(self, "gpus_per_node", allow_zero=True)
         if self.gpu_type is not None and not self.gpus_per_node:
@@ -209,6 +212,7 @@ class JobSpec:
     environment: dict[str, str | int | float] = field(default_factory=dict)
     requeue: RequeuePolicy = field(default_factory=RequeuePolicy)
     description: str = ""
+    launch: Launch = field(default_factory=Launch)  # wins over the profile's, key by key
 
     def __post_init__(self):
         check_name("name", self.name, "a job name")
@@ -216,6 +220,8 @@ class JobSpec:
             check_env_names(self.environment)
         except Invalid as exc:
             raise Invalid(f"environment.{exc.field}", exc.message) from None
+        for name, value in self.environment.items():
+            check_expandable(f"environment.{name}", value)
         tr, res = self.trainer, self.resources
         per_step = tr.micro_batch * res.world_size
         if tr.global_batch % per_step:

@@ -11,6 +11,7 @@ from . import catalog, constraint as constraint_syntax, units
 from ..errors import ConfigError
 from .yamlio import read_yaml
 from .schema import Invalid, build, check_env_names, check_name, check_positive
+from .launch import Launch, check_directives, check_expandable, check_prepend
 
 
 
@@ -194,9 +195,11 @@ class Partition:
     qos: list[str] = field(default_factory=list)  # QOS allowed here; empty: any
     default_qos: str | None = None        # for jobs here that name none (before defaults.qos)
     requests: RequestsOverride = field(default_factory=RequestsOverride)
+    extra_directives: list[str] = field(default_factory=list)  # e.g. ["--reservation=big"]
 
     def __post_init__(self):
         check_name("name", self.name, "a partition name")
+        check_directives("extra_directives", self.extra_directives)
         check_name("account", self.account, "an account name")
         for i, qos in enumerate(self.qos):
             check_name(f"qos[{i}]", qos, "a QOS name")
@@ -384,16 +387,21 @@ _MODULE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-/@]{0,199}")
 
 @dataclass
 class Environment:
-    """Set up in every job script: ``module load`` lines, then exported variables."""
+    """Set up in every job script: ``module load`` lines, folders prepended to PATH-like
+    variables, then exported variables (``$NAME`` in values expands when the job runs)."""
 
     modules: list[str] = field(default_factory=list)
     variables: dict[str, str | int | float] = field(default_factory=dict)
+    prepend: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         for i, module in enumerate(self.modules):
             if not _MODULE_RE.fullmatch(module):
                 raise Invalid(f"modules[{i}]", f"expected a module name such as cuda/12.4, got {module!r}")
         check_env_names(self.variables)
+        for name, value in self.variables.items():
+            check_expandable(f"variables.{name}", value)
+        check_prepend(self.prepend)
 
 
 _RUN_ROOT_RE = re.compile(r"(~|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|[A-Za-z0-9_./+@:,=-])+")
@@ -441,9 +449,12 @@ class ClusterProfile:
     defaults: Defaults = field(default_factory=Defaults)
     qos: dict[str, QOS] = field(default_factory=dict)
     requests: Requests = field(default_factory=Requests)
+    launch: Launch = field(default_factory=Launch)            # how ranks start
+    extra_directives: list[str] = field(default_factory=list)  # for every job
 
     def __post_init__(self):
         check_name("name", self.name, "a profile name")
+        check_directives("extra_directives", self.extra_directives)
         self._check_qos_names()
         for name, node_type in self.node_types.items():
             check_name(f"node_types.{name}", name, "a node type name")

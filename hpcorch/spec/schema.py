@@ -66,7 +66,7 @@ def check_env_names(variables: dict) -> None:
             raise Invalid(name, "expected an environment variable name (letters, digits, '_')")
         if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
             raise Invalid(name, "is set by the shell, Slurm or hpcorch itself; choose another "
-                                "name (for PATH and friends, load a module instead)")
+                                "name (for PATH and LD_LIBRARY_PATH, use the profile's environment.prepend)")
 
 
 def check_positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
@@ -110,6 +110,9 @@ def _convert(tp: Any, value: Any, source: str, path: str) -> Any:
         args = [a for a in get_args(tp) if a is not type(None)]
         if value is None and len(args) < len(get_args(tp)):
             return None
+        variants = _tagged_variants(args)
+        if variants and isinstance(value, dict):
+            return _convert(_tagged_choice(variants, value, source, path), value, source, path)
         errors = []
         for arg in args:
             try:
@@ -154,6 +157,26 @@ def _convert(tp: Any, value: Any, source: str, path: str) -> Any:
     if tp is Any:
         return value
     raise TypeError(f"schema: unsupported annotation {tp!r}")
+
+
+def _tagged_variants(args) -> dict | None:
+    """A union of dataclasses that all default a Literal ``kind`` is tagged on it: ``kind``
+    picks the variant, so an error names that variant's keys (not "expected a or b or c")."""
+    variants = {}
+    for arg in args:
+        kind = {f.name: f for f in dataclasses.fields(arg)}.get("kind") if dataclasses.is_dataclass(arg) else None
+        if kind is None or get_origin(get_type_hints(arg)["kind"]) is not Literal:
+            return None
+        variants[kind.default] = arg
+    return variants
+
+
+def _tagged_choice(variants: dict, value: dict, source: str, path: str) -> type:
+    kind = value.get("kind")
+    if kind not in variants:
+        got = "nothing" if "kind" not in value else shown(kind)
+        raise ConfigError(source, _join(path, "kind"), f"expected one of {', '.join(map(repr, variants))}, got {got}")
+    return variants[kind]
 
 
 def _check_text(value: str, source: str, path: str) -> None:

@@ -107,11 +107,24 @@ def _stdio_to(path: Path):
 
 
 def _local_executor(plan: Plan):
+    """submitit's local controller, set up as the job script would be: the same exports (in
+    the same expanding form) and the same rank command, wrapper words first."""
     import submitit
 
+    from ..spec.launch import expand_with, prepend_word, shell_word
+
     res = plan.job.resources
-    executor = submitit.LocalExecutor(folder=plan.run.submitit_folder)
-    setup = [f"export {k}={shlex.quote(v)}" for k, v in plan.environment.items()]
+    setup = [f"export {k}={prepend_word(k, dirs)}" for k, dirs in plan.prepend.items()]
+    setup += [f"export {k}={shell_word(v)}" for k, v in plan.environment.items()]
+    # The controller starts ranks from an argv list, without a shell: expand the wrapper's
+    # $NAMEs here, against the environment the setup above gives it.
+    env = dict(os.environ)
+    for name, dirs in plan.prepend.items():
+        env[name] = ":".join([expand_with(d, env) for d in dirs] + ([env[name]] if env.get(name) else []))
+    for name, value in plan.environment.items():
+        env[name] = expand_with(value, env)
+    argv = [expand_with(word, env) for word in plan.launch.prefix] + [plan.python]
+    executor = submitit.LocalExecutor(folder=plan.run.submitit_folder, python=shlex.join(argv))
     executor.update_parameters(tasks_per_node=res.world_size, nodes=1, timeout_min=plan.time_minutes,
                                signal_delay_s=plan.job.requeue.signal_lead_s,
                                gpus_per_node=res.gpus_per_node, **({"setup": setup} if setup else {}))

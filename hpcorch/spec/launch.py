@@ -1,0 +1,429 @@
+"""How ranks start on compute nodes (``launch:`` in a profile or a job), extra ``#SBATCH``
+directives, and environment values that expand when the job runs.
+
+Everything here is validated text: the template writes it through ``|q``, ``|expand`` or
+``|directive`` (see :mod:`hpcorch.render`), and these checks make sure no value needs more than
+that. Expandable values follow one small grammar (:func:`split_refs`): ``$NAME`` and ``${NAME}``
+expand when the job runs, ``$$`` is a literal ``$``, and every other ``$`` is refused, so no
+command substitution, arithmetic or ``${x:-...}`` can be written at all.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+from .schema import RESERVED_ENV, RESERVED_ENV_PREFIXES, ENV_NAME_RE, Invalid
+
+# ----- expandable values ----------------------------------------------------------------------
+_REF = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+_DQ_SPECIAL = re.compile(r'([\\"$`])')
+_EXPANDABLE_HELP = ("only $NAME, ${NAME} (expanded when the job runs) and $$ (a literal $) may be "
+                    "written (quotes and backticks stay literal); no $(...), ${NAME:-...} or $1")
+
+
+def split_refs(text: str) -> list[tuple[str, bool]]:
+    """``text`` as (literal, False) and (variable name, True) pieces; ValueError on any other
+    ``$`` or a control character (a tab excepted)."""
+    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in text):
+        raise ValueError(f"expected a single line of text, got a control character in {text!r}")
+    pieces: list[tuple[str, bool]] = []
+    literal, pos = "", 0
+    while (dollar := text.find("$", pos)) >= 0:
+        literal += text[pos:dollar]
+        match = _REF.match(text, dollar)
+        if match is None:
+            raise ValueError(f"{text!r}: {_EXPANDABLE_HELP}")
+        pos = match.end()
+        if match.group(1):
+            literal += "$"
+            continue
+        if literal:
+            pieces.append((literal, False))
+        literal = ""
+        pieces.append((match.group(2) or match.group(3), True))
+    literal += text[pos:]
+    if literal:
+        pieces.append((literal, False))
+    return pieces
+
+
+def check_expandable(key: str, value) -> None:
+    """Raise :class:`Invalid` at ``key`` unless ``value`` follows the expansion grammar."""
+    try:
+        split_refs(str(value))
+    except ValueError as exc:
+        raise Invalid(key, str(exc)) from None
+
+
+def _double_quoted(pieces: list[tuple[str, bool]]) -> str:
+    return "".join("${" + text + "}" if ref else _DQ_SPECIAL.sub(r"\\\1", text) for text, ref in pieces)
+
+
+def shell_word(value) -> str:
+    """One shell word for unquoted context: exactly ``shlex.quote`` of the literal text when
+    nothing expands (so scripts without references are unchanged), else a double-quoted word in
+    which only ``${NAME}`` is live and ``\\ " $ `` `` are escaped."""
+    pieces = split_refs(str(value))
+    if not any(ref for _, ref in pieces):
+        return shlex.quote("".join(text for text, _ in pieces))
+    return '"' + _double_quoted(pieces) + '"'
+
+
+def prepend_word(name: str, dirs: list[str]) -> str:
+    """``"d1:d2${NAME:+:$NAME}"``: ``dirs`` before the variable's current value, with no empty
+    entry when it was unset (an empty PATH entry means the current folder)."""
+    if not ENV_NAME_RE.fullmatch(name):
+        raise ValueError(f"expected an environment variable name, got {name!r}")
+    body = ":".join(_double_quoted(split_refs(d)) for d in dirs)
+    return f'"{body}${{{name}:+:${name}}}"'
+
+
+def expand_with(value, env: dict) -> str:
+    """``value`` expanded as the job script's shell would (unset names expand to nothing): for
+    launchers without a shell (submitit's local controller starts argv lists)."""
+    return "".join(env.get(text, "") if ref else text for text, ref in split_refs(str(value)))
+
+
+# ----- environment.prepend --------------------------------------------------------------------
+# The reserved names a prepend may extend: the point of prepend. Others stay refused (LD_PRELOAD,
+# PYTHONPATH: hpcorch's own imports on the ranks must not be shadowed).
+PREPENDABLE_RESERVED = frozenset({"PATH", "LD_LIBRARY_PATH"})
+_DIR_START = re.compile(r"/|\$\{?[A-Za-z_]")
+
+
+def check_prepend(prepend: dict) -> None:
+    """``{NAME: [dir, ...]}``: absolute folders (or starting with $NAME), no ':' inside one."""
+    for name, dirs in prepend.items():
+        if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
+            raise Invalid(f"prepend.{name}", "expected an environment variable name (letters, digits, '_')")
+        if name not in PREPENDABLE_RESERVED and (name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES)):
+            raise Invalid(f"prepend.{name}", "is set by the shell, Slurm or hpcorch itself; prepend "
+                                             f"may extend {', '.join(sorted(PREPENDABLE_RESERVED))} "
+                                             "or names that are not reserved")
+        if not dirs:
+            raise Invalid(f"prepend.{name}", "expected at least one folder")
+        for i, folder in enumerate(dirs):
+            key = f"prepend.{name}[{i}]"
+            if ":" in folder or not _DIR_START.match(folder):
+                raise Invalid(key, f"expected an absolute folder such as /opt/tool/bin or $HOME/bin, "
+                                   f"without ':', got {folder!r}")
+            check_expandable(key, folder)
+
+
+# ----- option lists ---------------------------------------------------------------------------
+# A long option as sbatch/srun read it: --name or --name=value. Values keep to an alphabet with
+# no whitespace, quotes, '#', '$' or '\\' (srun options are shell-quoted as well).
+_OPTION = re.compile(r"--([a-z][a-z0-9-]*[a-z0-9])(?:=(.+))?")
+_SRUN_VALUE = re.compile(r"[A-Za-z0-9_./:=,@%+*-]+")
+# The #SBATCH alphabet of hpcorch.render (kept in step with its _DIRECTIVE; the render checks again).
+_DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9_./:=,@%+\-\[\]&|*!]+")
+
+
+def _owned(name: str, owners: dict[str, str]) -> tuple[str, str] | None:
+    """The owned option ``name`` spells, also as an abbreviation: sbatch and srun accept any
+    unambiguous prefix of a long option (``--part=x`` is ``--partition=x``)."""
+    if name in owners:
+        return name, owners[name]
+    for full, key in owners.items():
+        if full.startswith(name):
+            return full, key
+    return None
+
+
+def _check_options(key: str, options: list[str], value_re: re.Pattern, owners: dict[str, str],
+                   tool: str) -> None:
+    for i, option in enumerate(options):
+        match = _OPTION.fullmatch(option)
+        if not match or (match.group(2) is not None and not value_re.fullmatch(match.group(2))):
+            raise Invalid(f"{key}[{i}]", f"expected --name or --name=value ({tool} option; values of "
+                                         f"letters, digits and {_alphabet_extra(value_re)}), got {option!r}")
+        owned = _owned(match.group(1), owners)
+        if owned:
+            what = "" if owned[0] == match.group(1) else f" (an abbreviation of --{owned[0]})"
+            raise Invalid(f"{key}[{i}]", f"--{match.group(1)}{what} is written by hpcorch itself; "
+                                         f"use {owned[1]}")
+
+
+def _alphabet_extra(value_re: re.Pattern) -> str:
+    return "_./:=,@%+*-" if value_re is _SRUN_VALUE else "_./:=,@%+-[]&|*!"
+
+
+def option_name(option: str) -> str:
+    """``--name=value`` -> ``name``."""
+    return option[2:].split("=", 1)[0]
+
+
+def merge_options(*layers: list[str]) -> list[str]:
+    """Options in order of first appearance, a later layer's option replacing an earlier one of
+    the same name (in place)."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        for option in layer:
+            merged[option_name(option)] = option
+    return list(merged.values())
+
+
+_RES = "resources"
+# #SBATCH options hpcorch writes (or must not be changed under it) -> the key that sets them.
+SBATCH_OWNED = {
+    "job-name": "the job's name", "partition": f"{_RES}.partition", "nodes": f"{_RES}.nodes",
+    "ntasks": f"{_RES}.tasks_per_node", "ntasks-per-node": f"{_RES}.tasks_per_node",
+    "ntasks-per-socket": f"{_RES}.tasks_per_node", "ntasks-per-core": f"{_RES}.tasks_per_node",
+    "ntasks-per-gpu": f"{_RES}.tasks_per_node", "cpus-per-task": f"{_RES}.cpus_per_task",
+    "cpus-per-gpu": f"{_RES}.cpus_per_task", "gpus": f"{_RES}.gpus_per_node",
+    "gpus-per-node": f"{_RES}.gpus_per_node",
+    "gpus-per-task": f"{_RES}.gpus_per_node (and the profile's requests.gpus)",
+    "gpus-per-socket": f"{_RES}.gpus_per_node",
+    "gres": f"{_RES}.gpus_per_node / gpu_type (and the profile's requests.gpus)",
+    "mem": f"{_RES}.mem", "mem-per-cpu": f"{_RES}.mem", "mem-per-gpu": f"{_RES}.mem_per_gpu",
+    "time": f"{_RES}.time", "account": f"{_RES}.account (or the profile's defaults.account)",
+    "qos": f"{_RES}.qos (or the profile's defaults.qos)",
+    "constraint": f"{_RES}.constraint (or the profile's defaults.constraint)",
+    "exclude": f"{_RES}.exclude", "requeue": "requeue.enabled", "no-requeue": "requeue.enabled",
+    "signal": "requeue.signal and requeue.signal_lead_s", "open-mode": "nothing: hpcorch appends to its logs",
+    "output": "nothing: hpcorch writes logs into the run directory",
+    "error": "nothing: hpcorch writes logs into the run directory",
+    "exclusive": f"{_RES}.exclusive (or the profile's requests.exclusive)",
+    "switches": "nothing: hpcorch places jobs on the profile's switch tree",
+    "array": "one job per run: submit again instead", "wrap": "nothing: hpcorch writes the script",
+    "export": "environment.variables (profile) or environment (job)",
+    "export-file": "environment.variables (profile) or environment (job)",
+    "uid": "nothing: jobs run as the submitting user", "gid": "nothing: jobs run as the submitting user",
+}
+# srun options hpcorch sets on the rank step, or that would change what a rank is.
+SRUN_OWNED = {
+    "output": "nothing: hpcorch writes rank logs into the run directory",
+    "error": "nothing: hpcorch writes rank logs into the run directory", "input": "nothing: ranks read no input",
+    "kill-on-bad-exit": "nothing: a failed rank ends the others", "unbuffered": "nothing: rank output is unbuffered",
+    "ntasks": f"{_RES}.tasks_per_node", "ntasks-per-node": f"{_RES}.tasks_per_node",
+    "ntasks-per-socket": f"{_RES}.tasks_per_node", "ntasks-per-core": f"{_RES}.tasks_per_node",
+    "ntasks-per-gpu": f"{_RES}.tasks_per_node", "nodes": f"{_RES}.nodes",
+    "cpus-per-task": f"{_RES}.cpus_per_task", "gpus": f"{_RES}.gpus_per_node",
+    "gpus-per-node": f"{_RES}.gpus_per_node", "gpus-per-task": f"{_RES}.gpus_per_node",
+    "gres": f"{_RES}.gpus_per_node", "mem": f"{_RES}.mem", "time": f"{_RES}.time",
+    "partition": f"{_RES}.partition", "account": f"{_RES}.account", "qos": f"{_RES}.qos",
+    "job-name": "the job's name", "export": "environment.variables (profile) or environment (job)",
+    "container-image": "launch.wrapper (kind: pyxis)", "container-mounts": "launch.wrapper (kind: pyxis)",
+    "container-workdir": "launch.wrapper (kind: pyxis)", "uenv": "launch.wrapper (kind: uenv)",
+    "view": "launch.wrapper (kind: uenv)", "environment": "launch.wrapper (kind: edf)",
+    "pty": "nothing: ranks are not interactive",
+}
+
+
+def check_directives(key: str, directives: list[str]) -> None:
+    """Extra ``#SBATCH`` options: ``--name[=value]`` in the directive alphabet, none that hpcorch
+    writes itself (the message names the key to use instead)."""
+    _check_options(key, directives, _DIRECTIVE_VALUE, SBATCH_OWNED, "an sbatch")
+
+
+# ----- wrappers -------------------------------------------------------------------------------
+_ABS_PATH = re.compile(r"/[^\s:,]*")
+_IMAGE_URI = re.compile(r"(docker|docker-daemon|library|oras|shub|instance|oci|oci-archive|docker-archive)"
+                        r"://[A-Za-z0-9_./:@+-]+")
+_PYXIS_IMAGE = re.compile(r"(docker://)?[A-Za-z0-9_.+-]+(@[A-Za-z0-9_.+-]+)?(#?[A-Za-z0-9_./:@+-]+)?")
+_UENV_IMAGE = re.compile(r"[A-Za-z0-9_./:@,+-]+")
+_UENV_VIEW = re.compile(r"[A-Za-z0-9_.:,+-]+")
+_EDF_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+_BIND_OPTS = ("ro", "rw")
+
+
+def _check_path(key: str, value: str, what: str = "an absolute path") -> None:
+    """An absolute path without whitespace, ':' or ',' (separators of bind lists); $NAME expands."""
+    if not _ABS_PATH.fullmatch(value) and not re.fullmatch(r"\$\{?[A-Za-z_][^\s:,]*", value):
+        raise Invalid(key, f"expected {what} (no spaces, ':' or ','; $NAME allowed), got {value!r}")
+    check_expandable(key, value)
+
+
+def _check_binds(key: str, binds: list[str]) -> None:
+    """``src[:dst[:ro|rw]]`` with absolute paths."""
+    for i, bind in enumerate(binds):
+        parts = bind.split(":")
+        if len(parts) > 3 or (len(parts) == 3 and parts[2] not in _BIND_OPTS):
+            raise Invalid(f"{key}[{i}]", f"expected src[:dst[:ro|rw]] with absolute paths, got {bind!r}")
+        for part in parts[:2]:
+            _check_path(f"{key}[{i}]", part, "src[:dst[:ro|rw]] with absolute paths")
+
+
+def _check_image(key: str, image: str, uri: re.Pattern, example: str) -> None:
+    if image.startswith(("/", "$")):
+        _check_path(key, image)
+    elif not uri.fullmatch(image):
+        raise Invalid(key, f"expected an image such as {example} or an absolute path, got {image!r}")
+
+
+@dataclass
+class NoWrapper:
+    """The ranks run ``PYTHON -u -m submitit.core._submit`` directly (also: drop a profile's wrapper)."""
+
+    kind: Literal["none"] = "none"
+    in_container = False
+
+    def prefix(self, gpu_vendor: str | None) -> list[str]:
+        return []
+
+    def srun_options(self) -> list[str]:
+        return []
+
+
+@dataclass
+class Apptainer:
+    """``apptainer exec [--nv|--rocm] [--bind a,b] [options] IMAGE PYTHON ...`` inside srun."""
+
+    image: str
+    kind: Literal["apptainer"] = "apptainer"
+    binds: list[str] = field(default_factory=list)
+    gpu: Literal["auto", "nv", "rocm", "none"] = "auto"
+    executable: Literal["apptainer", "singularity"] = "apptainer"
+    options: list[str] = field(default_factory=list)
+    in_container = True
+
+    def __post_init__(self):
+        _check_image("image", self.image, _IMAGE_URI, "docker://nvcr.io/nvidia/pytorch:24.05-py3")
+        _check_binds("binds", self.binds)
+        _check_options("options", self.options, _SRUN_VALUE,
+                       {"bind": "launch.wrapper.binds", "nv": "launch.wrapper.gpu", "rocm": "launch.wrapper.gpu"},
+                       "an apptainer exec")
+
+    def prefix(self, gpu_vendor: str | None) -> list[str]:
+        """``gpu_vendor``: the job's GPUs' vendor, None without GPUs (for ``gpu: auto``)."""
+        gpu = self.gpu
+        if gpu == "auto":
+            gpu = {"nvidia": "nv", "amd": "rocm"}.get(gpu_vendor or "", "none")
+        words = [self.executable, "exec"] + ([f"--{gpu}"] if gpu != "none" else [])
+        if self.binds:
+            words += ["--bind", ",".join(self.binds)]
+        return words + list(self.options) + [self.image]
+
+    def srun_options(self) -> list[str]:
+        return []
+
+
+@dataclass
+class Pyxis:
+    """NVIDIA pyxis/enroot: ``srun --container-image=... --container-mounts=...``."""
+
+    image: str
+    kind: Literal["pyxis"] = "pyxis"
+    mounts: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    options: list[str] = field(default_factory=list)
+    in_container = True
+
+    def __post_init__(self):
+        _check_image("image", self.image, _PYXIS_IMAGE, "nvcr.io#nvidia/pytorch:24.05-py3")
+        _check_binds("mounts", self.mounts)
+        if self.workdir is not None:
+            _check_path("workdir", self.workdir)
+        for i, option in enumerate(self.options):
+            if not re.match(r"--(no-)?container-", option):
+                raise Invalid(f"options[{i}]", f"expected a pyxis option (--container-... or "
+                                               f"--no-container-...), got {option!r}")
+        _check_options("options", self.options, _SRUN_VALUE,
+                       {"container-image": "launch.wrapper.image", "container-mounts": "launch.wrapper.mounts",
+                        "container-workdir": "launch.wrapper.workdir"}, "a pyxis srun")
+
+    def prefix(self, gpu_vendor: str | None) -> list[str]:
+        return []
+
+    def srun_options(self) -> list[str]:
+        options = [f"--container-image={self.image}"]
+        if self.mounts:
+            options.append(f"--container-mounts={','.join(self.mounts)}")
+        if self.workdir:
+            options.append(f"--container-workdir={self.workdir}")
+        return options + list(self.options)
+
+
+@dataclass
+class Uenv:
+    """CSCS user environments: ``srun --uenv=IMAGE [--view=VIEW]``."""
+
+    image: str
+    kind: Literal["uenv"] = "uenv"
+    view: str | None = None
+    in_container = True
+
+    def __post_init__(self):
+        if not _UENV_IMAGE.fullmatch(self.image):
+            raise Invalid("image", f"expected a uenv such as prgenv-gnu/24.11:v1 or an absolute "
+                                   f"squashfs path, got {self.image!r}")
+        if self.view is not None and not _UENV_VIEW.fullmatch(self.view):
+            raise Invalid("view", f"expected a view name such as default or prgenv-gnu:modules, got {self.view!r}")
+
+    def prefix(self, gpu_vendor: str | None) -> list[str]:
+        return []
+
+    def srun_options(self) -> list[str]:
+        return [f"--uenv={self.image}"] + ([f"--view={self.view}"] if self.view else [])
+
+
+@dataclass
+class Edf:
+    """CSCS container engine: ``srun --environment=NAME`` (a name or an absolute .toml path)."""
+
+    environment: str
+    kind: Literal["edf"] = "edf"
+    in_container = True
+
+    def __post_init__(self):
+        if self.environment.startswith("/"):
+            if not self.environment.endswith(".toml"):
+                raise Invalid("environment", f"expected an absolute path to a .toml file, got {self.environment!r}")
+            _check_path("environment", self.environment, "an absolute path to a .toml file")
+        elif not _EDF_NAME.fullmatch(self.environment):
+            raise Invalid("environment", f"expected an environment name such as pytorch or an absolute "
+                                         f".toml path, got {self.environment!r}")
+
+    def prefix(self, gpu_vendor: str | None) -> list[str]:
+        return []
+
+    def srun_options(self) -> list[str]:
+        return [f"--environment={self.environment}"]
+
+
+@dataclass
+class Command:
+    """Any program that runs the rest of its argv: ``ARGV... PYTHON -u -m submitit.core._submit``."""
+
+    argv: list[str]
+    kind: Literal["command"] = "command"
+    in_container = False
+
+    def __post_init__(self):
+        if not self.argv:
+            raise Invalid("argv", "expected at least the program to run")
+        if self.argv[0].startswith("-") or not self.argv[0]:
+            raise Invalid("argv[0]", f"expected a program, got {self.argv[0]!r}")
+        for i, word in enumerate(self.argv):
+            check_expandable(f"argv[{i}]", word)
+
+    def prefix(self, gpu_vendor: str | None) -> list[str]:
+        return list(self.argv)
+
+    def srun_options(self) -> list[str]:
+        return []
+
+
+# Tagged on `kind` (see hpcorch.spec.schema: a union of dataclasses that all have a Literal
+# `kind` is chosen by that key, so errors name the right variant's keys).
+Wrapper = Union[NoWrapper, Apptainer, Pyxis, Uenv, Edf, Command]
+# The Python on compute nodes: an absolute path of plain characters (it reaches submitit's command).
+_PYTHON = re.compile(r"/[A-Za-z0-9_./+@-]+")
+
+
+@dataclass
+class Launch:
+    """``launch:`` of a profile or a job; a job's keys win over its profile's, key by key
+    (``srun_options`` option by option)."""
+
+    python: str | None = None
+    wrapper: Wrapper | None = None
+    srun_options: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.python is not None and not _PYTHON.fullmatch(self.python):
+            raise Invalid("python", f"expected an absolute path such as /sw/venvs/torch/bin/python "
+                                    f"(letters, digits, _./+@-), got {self.python!r}")
+        _check_options("srun_options", self.srun_options, _SRUN_VALUE, SRUN_OWNED, "an srun")
