@@ -675,9 +675,11 @@ def build_profile(live: LiveCluster, name: str | None = None) -> Draft:
                    "so it is left out:",
                    *(f"  BlockName={b.name} Nodes={compress_hostlist(b.nodes)}" for b in live.topology.blocks[:20]),
                    *([f"  ... and {len(live.topology.blocks) - 20} more"] if len(live.topology.blocks) > 20 else []))
-    draft.note("network", "FILL IN: the fabric and its adapters, e.g.",
-               "fabric: infiniband  # infiniband | roce | slingshot | efa | omnipath | ethernet",
-               "infiniband: {hcas: [mlx5_0, mlx5_1], ports: 1, link_rate_gbps: 200, rails_per_node: 2}")
+    # Written inside `network:` when there is one, else as a whole commented-out block.
+    pad, head = ("", []) if network else ("  ", ["network:"])
+    draft.note("network", "FILL IN: the fabric and its adapters, e.g.", *head,
+               f"{pad}fabric: infiniband  # infiniband | roce | slingshot | efa | omnipath | ethernet",
+               f"{pad}infiniband: {{hcas: [mlx5_0, mlx5_1], ports: 1, link_rate_gbps: 200, rails_per_node: 2}}")
     if network:
         draft.data["network"] = network
     draft.note("environment", "FILL IN: what every job needs loaded, e.g.",
@@ -822,13 +824,14 @@ def _sequence(items: list, path: str, indent: int, notes: dict, out: list[str]) 
     pad = " " * indent
     for i, item in enumerate(items):
         child = f"{path}[{i}]"
-        if isinstance(item, dict) and not _is_simple(item):
+        if isinstance(item, dict) and (not _is_simple(item) or len(item) > 3):
             sub: list[str] = []
             _mapping(item, child, indent + 2, notes, sub)
+            # The item's first key opens it ("- name: ..."); comments above that key go below it.
             first = next(j for j, line in enumerate(sub) if not line.lstrip().startswith("#"))
-            sub[first] = f"{pad}- {sub[first][indent + 2:]}"
-            out.extend(sub)
-        elif isinstance(item, dict):
+            out.append(f"{pad}- {sub[first][indent + 2:]}")
+            out.extend(sub[:first] + sub[first + 1:])
+        elif isinstance(item, dict) and len(item) <= 3:
             out.extend(_comments(notes.get(child, []), indent))
             out.append(f"{pad}- {_flow(item)}")
         else:
@@ -889,6 +892,8 @@ def live_view(live: LiveCluster) -> View:
     in_partitions: set[str] = set()
     for part in live.partitions:
         hosts = [h for h in _partition_hosts(part, live) if h in node_names]
+        if not hosts or not _valid_name(part.name):
+            continue  # a profile cannot hold it (discover leaves it out too)
         in_partitions.update(hosts)
         partitions[part.name] = (frozenset(hosts), parse_time(_profile_time(part.max_time)), part.default,
                                  max(1, part.priority_tier))
