@@ -922,10 +922,6 @@ def _show(v: Any) -> str:
     return str(v)
 
 
-def _time(seconds: int | None) -> str:
-    return format_time(seconds)
-
-
 def _hostlist(hosts) -> str:
     return compress_hostlist(list(hosts)) if hosts else "(none)"
 
@@ -972,7 +968,7 @@ def diff(profile: dict, live: LiveCluster) -> list[str]:
             lines.append(f"partition {name}: nodes {_hostlist(hosts)} in the profile, {_hostlist(l_hosts)} "
                          "on the cluster")
         if max_time != l_time:
-            lines.append(f"partition {name}: max_time {_time(max_time)} in the profile, {_time(l_time)} "
+            lines.append(f"partition {name}: max_time {format_time(max_time)} in the profile, {format_time(l_time)} "
                          "on the cluster")
         if default != l_default:
             lines.append(f"partition {name}: default {str(default).lower()} in the profile, "
