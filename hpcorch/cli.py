@@ -305,7 +305,7 @@ def resume(ref, exclude, wait, allow_config_change, template_dir):
 
 @main.group()
 def profile():
-    """List, show and validate cluster profiles."""
+    """List, show, validate, discover and diff cluster profiles."""
 
 
 @profile.command("list")
@@ -366,6 +366,42 @@ def profile_validate(names):
     for name in names:
         prof = load_profile(name)
         click.echo(f"{name}: ok ({len(prof.all_hosts())} nodes, {len(prof.partitions)} partitions)")
+
+
+@profile.command("discover")
+@click.option("--name", help="The profile's name [default: Slurm's ClusterName].")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the draft to this file instead of standard output.")
+@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
+def profile_discover(name, output, force):
+    """Write a draft profile of the cluster this login node's Slurm reaches: nodes, GPUs,
+    features, partitions, switch tree, QOS; what Slurm cannot know is marked FILL IN."""
+    from pathlib import Path
+
+    from .cluster.discover import discover
+    from .errors import ConfigError
+
+    if output and Path(output).exists() and not force:
+        raise ConfigError(output, "", "exists; pass --force to overwrite it")
+    text = discover(name=name)
+    if not output:
+        click.echo(text, nl=False)
+        return
+    Path(output).write_text(text)
+    click.echo(f"wrote {output}: check the FILL IN lines, then `hpcorch profile validate {output}`", err=True)
+
+
+@profile.command("diff")
+@click.argument("name", shell_complete=complete_profiles)
+def profile_diff(name):
+    """Show where profile NAME and the live cluster disagree, one line per drift: exit 0 when
+    they agree, 1 on drift, 2 on errors (like diff)."""
+    from .cluster.discover import diff_profile
+
+    lines = diff_profile(name)
+    for line in lines:
+        click.echo(line)
+    sys.exit(1 if lines else 0)
 
 
 @profile.command("slurm-conf")
