@@ -124,7 +124,8 @@ class DevCluster:
         write_configs(self.profile, self.etc, self.local)
         self._make_gpu_devices()
         steps = [self._start_munged, self._start_mariadb, self._start_slurmdbd, self._register_cluster,
-                 self._register_qos, self._start_slurmctld, self._start_slurmds]
+                 # After slurmctld: it registers gres/gpu as a TRES, which QOS GPU limits name.
+                 self._start_slurmctld, self._register_qos, self._start_slurmds]
         for step in steps:
             step()
         self._wait_idle(timeout_s - (time.monotonic() - start))
