@@ -622,7 +622,7 @@ def build_profile(live: LiveCluster, name: str | None = None) -> Draft:
                        "FILL IN: what Slurm cannot report about these GPUs, e.g.",
                        "model: A100  # GPU model name",
                        "memory_gb: 80",
-                       "interconnect: nvlink  # nvlink | pcie | none",
+                       "interconnect: nvlink  # nvlink | xgmi | pcie | none",
                        "peak_tflops: 312.0  # dense bf16 TFLOP/s per GPU, the denominator of MFU",
                        "vendor: nvidia  # nvidia | amd")
             others = sorted({f"gpu:{g.type or ''}:{g.count}".replace("::", ":")

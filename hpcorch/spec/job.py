@@ -12,7 +12,7 @@ from . import catalog, units
 from ..errors import ConfigError
 from .profile import check_constraint
 from .yamlio import read_yaml
-from .schema import Invalid, build, check_env_names, check_name, check_positive, set_dotted
+from .schema import Invalid, build, check_account, check_env_names, check_name, check_positive, set_dotted
 from .model import GPTConfig
 from .launch import Launch, check_directives, check_expandable
 
@@ -51,8 +51,9 @@ class Resources:
             raise Invalid(self.gpu_type_key, f"expected GPUs with GPU type {self.gpu_type!r} (gpus_per_node is 0)")
         if self.tasks_per_node is None:
             self.tasks_per_node = max(self.gpus_per_node, 1)
-        for key, value in (("partition", self.partition), ("account", self.account), ("qos", self.qos)):
+        for key, value in (("partition", self.partition), ("qos", self.qos)):
             check_name(key, value, f"a {key} name")
+        check_account("account", self.account)
         check_constraint("constraint", self.constraint)
         try:
             self.time_s = units.parse_time(self.time)

@@ -10,7 +10,7 @@ from typing import Literal
 from . import catalog, constraint as constraint_syntax, units
 from ..errors import ConfigError
 from .yamlio import read_yaml
-from .schema import Invalid, build, check_env_names, check_name, check_positive
+from .schema import Invalid, build, check_account, check_env_names, check_name, check_positive
 from .launch import Launch, check_directives, check_expandable, check_prepend
 
 
@@ -45,7 +45,8 @@ class GPUs:
     # A MIG profile such as 1g.10gb: the node's GPUs are split, and `count` counts the slices.
     mig: str | None = None
     memory_gb: int = 0
-    interconnect: Literal["nvlink", "pcie", "none"] = "none"
+    # GPU-to-GPU links inside a node: nvlink (NVIDIA), xgmi (AMD Infinity Fabric), pcie, none.
+    interconnect: Literal["nvlink", "xgmi", "pcie", "none"] = "none"
     peak_tflops: float = 0.0  # dense bf16 per GPU; the denominator of MFU
     # The Slurm GRES type name (Gres=gpu:a40:4); None: untyped GRES (Gres=gpu:4).
     type: str | None = None
@@ -152,7 +153,7 @@ class QOS:
         check_positive(self, "max_nodes")
         check_positive(self, "max_gpus", "max_gpus_per_node", allow_zero=True)  # 0: a CPU-only QOS
         for i, account in enumerate(self.accounts):
-            check_name(f"accounts[{i}]", account, "an account name")
+            check_account(f"accounts[{i}]", account)
 
 
 @dataclass
@@ -200,7 +201,7 @@ class Partition:
     def __post_init__(self):
         check_name("name", self.name, "a partition name")
         check_directives("extra_directives", self.extra_directives)
-        check_name("account", self.account, "an account name")
+        check_account("account", self.account)
         for i, qos in enumerate(self.qos):
             check_name(f"qos[{i}]", qos, "a QOS name")
         check_name("default_qos", self.default_qos, "a QOS name")
@@ -420,7 +421,7 @@ class Defaults:
         if self.run_root is not None and not _RUN_ROOT_RE.fullmatch(self.run_root):
             raise Invalid("run_root", "expected a path such as /scratch/$USER/runs (letters, "
                                       f"digits, _./+@:,=-, ~ and $NAME), got {self.run_root!r}")
-        check_name("account", self.account, "an account name")
+        check_account("account", self.account)
         check_name("qos", self.qos, "a QOS name")
         check_constraint("constraint", self.constraint)
 

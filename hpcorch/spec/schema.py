@@ -35,7 +35,16 @@ class Invalid(ValueError):
 
 # Names that end up in #SBATCH lines, file names or shell words: no spaces, quotes or newlines.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+# Sites name accounts per machine part with '@' (IDRIS Jean Zay: abc@v100, abc@a100).
+ACCOUNT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+@-]{0,127}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def check_account(field: str, value: str | None) -> None:
+    """A Slurm account name: a name's alphabet plus '@' (it reaches #SBATCH lines unquoted)."""
+    if value is not None and not ACCOUNT_RE.fullmatch(value):
+        raise Invalid(field, "expected an account name of letters, digits, '_', '.', '+', '@' or '-' "
+                             f"(starting with a letter or digit), got {shown(value)}")
 
 
 def check_name(field: str, value: str | None, what: str = "a name") -> None:
