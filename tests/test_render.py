@@ -13,8 +13,8 @@ from hpcorch.render import render_sbatch
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 JOBS = ["gpt-tiny", "gpt2-124m", "gpt-1.3b"]
 # Which shipped job fits which shipped profile; the rest must fail with a plan error.
-FITS = {("gpt-tiny", p) for p in ["local", "devcluster", "h100-ndr", "a100-hdr"]} | {
-    ("gpt2-124m", "devcluster"), ("gpt2-124m", "h100-ndr"), ("gpt2-124m", "a100-hdr"),
+SHIPPED = ["local", "devcluster", "h100-ndr", "a100-hdr", "a100-slingshot", "mi250x-slingshot"]
+FITS = {("gpt-tiny", p) for p in SHIPPED} | {("gpt2-124m", p) for p in SHIPPED if p != "local"} | {
     ("gpt-1.3b", "h100-ndr")}
 
 
@@ -24,7 +24,7 @@ def _render(repo, job, profile, **kw):
     return render_sbatch(plan, **kw)
 
 
-@pytest.mark.parametrize("profile", ["local", "devcluster", "h100-ndr", "a100-hdr"])
+@pytest.mark.parametrize("profile", SHIPPED)
 @pytest.mark.parametrize("job", JOBS)
 def test_golden(repo, job, profile):
     assert set(list_profiles()) >= {profile}
