@@ -253,14 +253,14 @@ def _check_image(key: str, image: str, uri: re.Pattern, example: str) -> None:
         raise Invalid(key, f"expected an image such as {example} or an absolute path, got {image!r}")
 
 
-@dataclass
-class NoWrapper:
-    """The ranks run ``PYTHON -u -m submitit.core._submit`` directly (also: drop a profile's wrapper)."""
+class _Wrapper:
+    """What every wrapper answers: words before the python command (``prefix``), options for
+    srun (``srun_options``), and whether the ranks' python is the container's (``in_container``)."""
 
-    kind: Literal["none"] = "none"
     in_container = False
 
     def prefix(self, gpu_vendor: str | None) -> list[str]:
+        """``gpu_vendor``: the job's GPUs' vendor, None without GPUs."""
         return []
 
     def srun_options(self) -> list[str]:
@@ -268,7 +268,14 @@ class NoWrapper:
 
 
 @dataclass
-class Apptainer:
+class NoWrapper(_Wrapper):
+    """The ranks run ``PYTHON -u -m submitit.core._submit`` directly (also: drop a profile's wrapper)."""
+
+    kind: Literal["none"] = "none"
+
+
+@dataclass
+class Apptainer(_Wrapper):
     """``apptainer exec [--nv|--rocm] [--bind a,b] [options] IMAGE PYTHON ...`` inside srun."""
 
     image: str
@@ -296,12 +303,9 @@ class Apptainer:
             words += ["--bind", ",".join(self.binds)]
         return words + list(self.options) + [self.image]
 
-    def srun_options(self) -> list[str]:
-        return []
-
 
 @dataclass
-class Pyxis:
+class Pyxis(_Wrapper):
     """NVIDIA pyxis/enroot: ``srun --container-image=... --container-mounts=...``."""
 
     image: str
@@ -324,9 +328,6 @@ class Pyxis:
                        {"container-image": "launch.wrapper.image", "container-mounts": "launch.wrapper.mounts",
                         "container-workdir": "launch.wrapper.workdir"}, "a pyxis srun")
 
-    def prefix(self, gpu_vendor: str | None) -> list[str]:
-        return []
-
     def srun_options(self) -> list[str]:
         options = [f"--container-image={self.image}"]
         if self.mounts:
@@ -337,7 +338,7 @@ class Pyxis:
 
 
 @dataclass
-class Uenv:
+class Uenv(_Wrapper):
     """CSCS user environments: ``srun --uenv=IMAGE [--view=VIEW]``."""
 
     image: str
@@ -352,15 +353,12 @@ class Uenv:
         if self.view is not None and not _UENV_VIEW.fullmatch(self.view):
             raise Invalid("view", f"expected a view name such as default or prgenv-gnu:modules, got {self.view!r}")
 
-    def prefix(self, gpu_vendor: str | None) -> list[str]:
-        return []
-
     def srun_options(self) -> list[str]:
         return [f"--uenv={self.image}"] + ([f"--view={self.view}"] if self.view else [])
 
 
 @dataclass
-class Edf:
+class Edf(_Wrapper):
     """CSCS container engine: ``srun --environment=NAME`` (a name or an absolute .toml path)."""
 
     environment: str
@@ -376,20 +374,16 @@ class Edf:
             raise Invalid("environment", f"expected an environment name such as pytorch or an absolute "
                                          f".toml path, got {self.environment!r}")
 
-    def prefix(self, gpu_vendor: str | None) -> list[str]:
-        return []
-
     def srun_options(self) -> list[str]:
         return [f"--environment={self.environment}"]
 
 
 @dataclass
-class Command:
+class Command(_Wrapper):
     """Any program that runs the rest of its argv: ``ARGV... PYTHON -u -m submitit.core._submit``."""
 
     argv: list[str]
     kind: Literal["command"] = "command"
-    in_container = False
 
     def __post_init__(self):
         if not self.argv:
@@ -401,9 +395,6 @@ class Command:
 
     def prefix(self, gpu_vendor: str | None) -> list[str]:
         return list(self.argv)
-
-    def srun_options(self) -> list[str]:
-        return []
 
 
 # Tagged on `kind` (see hpcorch.spec.schema: a union of dataclasses that all have a Literal
