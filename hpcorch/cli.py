@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .cluster.commands import devcluster, devcluster_options
+from .profile_commands import profile
 from .completion import complete_jobs, complete_profiles, complete_refs, script
 from .errors import HpcorchError
 
@@ -304,31 +305,6 @@ def resume(ref, exclude, wait, allow_config_change, template_dir):
 
 
 @main.group()
-def profile():
-    """List, show, validate, discover and diff cluster profiles."""
-
-
-@profile.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def profile_list(as_json):
-    """List the profiles found by name: yours ($HPCORCH_PROFILE_PATH, $HPCORCH_HOME/profiles), then the shipped ones."""
-    from .spec.profile import list_profiles, load_profile
-
-    rows = []
-    for name in list_profiles():
-        prof = load_profile(name)
-        rows.append({"name": name, "scheduler": prof.scheduler, "nodes": len(prof.all_hosts()),
-                     "partitions": [p.name for p in prof.partitions], "description": prof.description})
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(f"{'name':<12} {'kind':<6} {'nodes':>5}        {'partitions':<24} description")
-    for row in rows:
-        click.echo(f"{row['name']:<12} {row['scheduler']:<6} {row['nodes']:>5} nodes  "
-                   f"{','.join(row['partitions']):<24} {row['description']}")
-
-
-@main.group()
 def jobs():
     """The jobs found by name (hpcorch plan gpt2-124m works from any folder)."""
 
@@ -346,87 +322,7 @@ def jobs_list():
                    f"{job.trainer.model.num_params() / 1e6:>10.1f}M  {job.description}")
 
 
-@profile.command("show")
-@click.argument("name", required=False, shell_complete=complete_profiles)
-def profile_show(name):
-    """Print a profile as hpcorch understands it (defaults filled in)."""
-    from .spec.profile import load_profile
-    from .spec.schema import to_dict
-    from .spec.yamlio import dump_yaml
-
-    click.echo(dump_yaml(to_dict(load_profile(name))), nl=False)
-
-
-@profile.command("validate")
-@click.argument("names", nargs=-1, required=True)
-def profile_validate(names):
-    """Validate one or more profiles (names or paths); exit 2 on the first error."""
-    from .spec.profile import load_profile
-
-    for name in names:
-        prof = load_profile(name)
-        click.echo(f"{name}: ok ({len(prof.all_hosts())} nodes, {len(prof.partitions)} partitions)")
-
-
-@profile.command("discover")
-@click.option("--name", help="The profile's name [default: Slurm's ClusterName].")
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Write the draft to this file instead of standard output.")
-@click.option("--force", is_flag=True, help="Overwrite --output if it exists.")
-def profile_discover(name, output, force):
-    """Write a draft profile of the cluster this login node's Slurm reaches: nodes, GPUs,
-    features, partitions, switch tree, QOS; what Slurm cannot know is marked FILL IN."""
-    from pathlib import Path
-
-    from .cluster.discover import discover
-    from .errors import ConfigError
-
-    if output and Path(output).exists() and not force:
-        raise ConfigError(output, "", "exists; pass --force to overwrite it")
-    text = discover(name=name)
-    if not output:
-        click.echo(text, nl=False)
-        return
-    Path(output).write_text(text)
-    click.echo(f"wrote {output}: check the FILL IN lines, then `hpcorch profile validate {output}`", err=True)
-
-
-@profile.command("diff")
-@click.argument("name", shell_complete=complete_profiles)
-def profile_diff(name):
-    """Show where profile NAME and the live cluster disagree, one line per drift: exit 0 when
-    they agree, 1 on drift, 2 on errors (like diff)."""
-    from .cluster.discover import diff_profile
-
-    lines = diff_profile(name)
-    for line in lines:
-        click.echo(line)
-    sys.exit(1 if lines else 0)
-
-
-@profile.command("slurm-conf")
-@click.argument("name", default="devcluster")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="slurm-conf", show_default=True,
-              help="Folder to write slurm.conf, gres.conf and topology.conf into.")
-@click.option("--devcluster", "dev", is_flag=True,
-              help="Write the files for a dev cluster on this machine (adds cgroup.conf and slurmdbd.conf).")
-@click.option("--state-dir", type=click.Path(file_okay=False), help="The dev cluster's state directory.")
-def profile_slurm_conf(name, out_dir, dev, state_dir):
-    """Generate Slurm's configuration files from a cluster profile."""
-    from pathlib import Path
-
-    from .spec.profile import load_profile
-    from .cluster.slurmconf import LocalCluster, write_configs
-
-    local = None
-    if dev:
-        from .cluster.devcluster import DEFAULT_STATE_DIR
-
-        local = LocalCluster(Path(state_dir) if state_dir else DEFAULT_STATE_DIR)
-    for path in write_configs(load_profile(name), Path(out_dir), local):
-        click.echo(path)
-
-
+main.add_command(profile)
 main.add_command(devcluster)
 
 
