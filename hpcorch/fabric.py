@@ -23,7 +23,8 @@ Sources (public documentation, checked for this module):
 """
 from __future__ import annotations
 
-from .spec.profile import VERBS_FABRICS, ClusterProfile, Partition
+from .spec.network import VERBS_FABRICS
+from .spec.profile import ClusterProfile, Partition
 
 # Variables each fabric needs whatever the hardware, as NCCL/libfabric read them.
 _FABRIC_ENV: dict[str, dict[str, str]] = {

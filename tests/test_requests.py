@@ -6,7 +6,9 @@ import os
 import pytest
 
 from hpcorch.errors import ConfigError, PlanError
-from hpcorch.plan import _check_gpu_type, _written_gpu_type, make_plan
+from hpcorch.nodefit import check_gpu_type
+from hpcorch.plan import make_plan
+from hpcorch.siterequests import _written_gpu_type
 from hpcorch.render import render_sbatch
 from hpcorch.spec.job import JobSpec, Resources, load_job
 from hpcorch.spec.profile import ClusterProfile, GPUs, NodeType, Partition, load_profile
@@ -170,23 +172,23 @@ PART = Partition(name="gpu", nodes="gv[01-10],ga[01-08]", node_type="v100-node")
 
 def test_unknown_gpu_type_lists_the_partitions_types():
     with pytest.raises(PlanError) as info:
-        _check_gpu_type(Resources(gpus_per_node="h100:4"), PART, _groups(), set(), _fail)
+        check_gpu_type(Resources(gpus_per_node="h100:4"), PART, _groups(), set(), _fail)
     assert (info.value.key, info.value.message) == ("resources.gpus_per_node",
                                                     "partition 'gpu' has GPU types v100, a40; got h100")
     with pytest.raises(PlanError) as info:
-        _check_gpu_type(Resources(gpus_per_node=4, gpu_type="h100"), PART, _groups(), set(), _fail)
+        check_gpu_type(Resources(gpus_per_node=4, gpu_type="h100"), PART, _groups(), set(), _fail)
     assert info.value.key == "resources.gpu_type"
 
 
 def test_typed_request_counts_only_nodes_of_that_type():
     res = Resources(nodes=8, gpus_per_node="a40:4")
-    assert [g[0] for g in _check_gpu_type(res, PART, _groups(), set(), _fail)] == ["a40-node"]
+    assert [g[0] for g in check_gpu_type(res, PART, _groups(), set(), _fail)] == ["a40-node"]
     with pytest.raises(PlanError) as info:
-        _check_gpu_type(Resources(nodes=10, gpus_per_node="a40:4"), PART, _groups(), set(), _fail)
+        check_gpu_type(Resources(nodes=10, gpus_per_node="a40:4"), PART, _groups(), set(), _fail)
     assert (info.value.key, info.value.message) == (
         "resources.nodes", "asks for 10 nodes with GPU type a40, but partition 'gpu' has 8")
     with pytest.raises(PlanError, match="has 7 after exclusions"):
-        _check_gpu_type(res, PART, _groups(), {"ga01", "gv01"}, _fail)
+        check_gpu_type(res, PART, _groups(), {"ga01", "gv01"}, _fail)
 
 
 def test_gpu_type_policies_for_a_mixed_partition():

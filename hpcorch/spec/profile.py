@@ -1,4 +1,5 @@
-"""Cluster profiles: partitions, node types, GPUs, InfiniBand, switch tree, environment."""
+"""Cluster profiles: node types, GPUs, partitions and their node groups, environment, defaults
+(the network is in :mod:`.network`, requests and QOS in :mod:`.policy`)."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,8 @@ from ..errors import ConfigError
 from .yamlio import read_yaml
 from .schema import Invalid, build, check_account, check_env_names, check_name, check_positive
 from .launch import Launch, check_directives, check_expandable, check_prepend
+from .network import Network, hosts_of
+from .policy import QOS, Requests, RequestsOverride
 
 
 
@@ -95,67 +98,6 @@ class NodeType:
             check_name(f"features[{i}]", feature, "a feature name")
 
 
-def _hosts(field: str, expr: str) -> list[str]:
-    try:
-        return units.expand_hostlist(expr)
-    except ValueError as exc:
-        raise Invalid(field, str(exc)) from None
-
-
-@dataclass
-class Requests:
-    """How a site wants resources asked for in the #SBATCH header (see the README's table).
-
-    ``gpus``: the option that asks for GPUs; ``gpu_type``: whether the GRES type is written
-    (``when-typed``: only when the job asked for a type; ``always``: the job's type, else the
-    partition's only one; ``never``); ``memory``: ``mem`` (--mem / --mem-per-gpu as the job
-    gives them), ``mem-per-gpu`` (a per-node size is turned into a per-GPU one),
-    ``whole-node`` (--mem=0 always), ``none`` (no memory option: some sites refuse --mem);
-    ``exclusive``: --exclusive on every job.
-    """
-
-    gpus: Literal["gpus-per-node", "gres", "gpus", "gpus-per-task"] = "gpus-per-node"
-    gpu_type: Literal["when-typed", "always", "never"] = "when-typed"
-    memory: Literal["mem", "mem-per-gpu", "whole-node", "none"] = "mem"
-    exclusive: bool = False
-
-
-@dataclass
-class RequestsOverride:
-    """A partition's ``requests``: only the keys given replace the profile's."""
-
-    gpus: Literal["gpus-per-node", "gres", "gpus", "gpus-per-task"] | None = None
-    gpu_type: Literal["when-typed", "always", "never"] | None = None
-    memory: Literal["mem", "mem-per-gpu", "whole-node", "none"] | None = None
-    exclusive: bool | None = None
-
-    def over(self, base: Requests) -> Requests:
-        """``base`` with this override's given keys replacing its own."""
-        given = {k: v for k, v in vars(self).items() if v is not None}
-        return Requests(**{**vars(base), **given})
-
-
-@dataclass
-class QOS:
-    """A Slurm QOS and the limits hpcorch checks at plan time (None: no limit known)."""
-
-    max_time: str | int | None = None
-    max_nodes: int | None = None
-    max_gpus: int | None = None           # over the whole job
-    max_gpus_per_node: int | None = None
-    accounts: list[str] = field(default_factory=list)  # empty: any account may use it
-
-    def __post_init__(self):
-        try:
-            self.max_time_s = None if self.max_time is None else units.parse_time(self.max_time)
-        except ValueError as exc:
-            raise Invalid("max_time", str(exc)) from None
-        check_positive(self, "max_nodes")
-        check_positive(self, "max_gpus", "max_gpus_per_node", allow_zero=True)  # 0: a CPU-only QOS
-        for i, account in enumerate(self.accounts):
-            check_account(f"accounts[{i}]", account)
-
-
 @dataclass
 class NodeGroupSpec:
     """One entry of a partition's ``node_groups``: these hosts are of this node type."""
@@ -164,7 +106,7 @@ class NodeGroupSpec:
     node_type: str
 
     def __post_init__(self):
-        self.hosts = _hosts("nodes", self.nodes)
+        self.hosts = hosts_of("nodes", self.nodes)
 
 
 @dataclass(frozen=True)
@@ -230,156 +172,6 @@ class Partition:
         except ValueError as exc:
             raise Invalid("max_time", str(exc)) from None
         check_positive(self, "priority_tier")
-
-
-@dataclass
-class InfiniBand:
-    """RDMA adapters: InfiniBand or RoCE HCAs (mlx5_0), or Omni-Path's (hfi1_0)."""
-
-    hcas: list[str]
-    ports: int = 1
-    link_rate_gbps: int = 200
-    rails_per_node: int = 1
-    gid_index: int | None = None  # RoCE: the GID table entry NCCL uses (NCCL_IB_GID_INDEX)
-
-    def __post_init__(self):
-        for i, hca in enumerate(self.hcas):
-            check_name(f"hcas[{i}]", hca, "an HCA name such as mlx5_0")
-        check_positive(self, "ports", "link_rate_gbps", "rails_per_node")
-        if self.gid_index is not None and not 0 <= self.gid_index <= 255:
-            raise Invalid("gid_index", f"expected a GID index 0-255, got {self.gid_index}")
-        if self.rails_per_node > len(self.hcas) * self.ports:
-            raise Invalid("rails_per_node", f"expected at most {len(self.hcas) * self.ports} "
-                                            f"(HCAs x ports), got {self.rails_per_node}")
-
-
-@dataclass
-class LeafSwitch:
-    name: str
-    nodes: str
-
-    def __post_init__(self):
-        check_name("name", self.name, "a switch name")
-        if not self.nodes.strip():
-            raise Invalid("nodes", "expected the leaf's nodes as a hostlist; Slurm refuses a leaf switch "
-                                   "without nodes")
-        self.hosts = _hosts("nodes", self.nodes)
-
-
-@dataclass
-class SpineSwitch:
-    name: str
-    switches: list[str]
-
-    def __post_init__(self):
-        check_name("name", self.name, "a switch name")
-        if not self.switches:
-            raise Invalid("switches", "expected at least one child switch; a childless spine connects nothing")
-        for j, child in enumerate(self.switches):
-            if child == self.name:
-                raise Invalid(f"switches[{j}]", f"spine {self.name!r} lists itself")
-
-
-@dataclass
-class SwitchTree:
-    """Slurm's topology/tree: leaves hold nodes, spines hold leaves or spines.
-
-    Refused as Slurm would refuse them or route around them: duplicate switch names, unknown
-    children, cycles, a node under two leaves, and (once there are spines) switches not all
-    under one root. Slurm only warns "no switch can reach all nodes" for the last, but then it
-    never places a job across the parts, so a job that fits the cluster pends forever: a
-    profile describing that is almost certainly a typo, and a separate profile (or partition)
-    is the honest way to describe separate fabrics. A tree of leaves only stays allowed: that
-    is how a flat cluster of islands is described on purpose.
-    """
-
-    leaves: list[LeafSwitch] = field(default_factory=list)
-    spines: list[SpineSwitch] = field(default_factory=list)
-
-    def __post_init__(self):
-        self._check_names()
-        self._check_leaf_nodes()
-        children = {spine.name: spine.switches for spine in self.spines}
-        for i, spine in enumerate(self.spines):
-            for j, child in enumerate(spine.switches):
-                if child not in children and child not in self._kind:
-                    raise Invalid(f"spines[{i}].switches[{j}]", f"expected a known switch, got {child!r}")
-        self._check_cycles(children)
-        if self.spines:
-            self._check_one_root(children)
-
-    def _check_names(self) -> None:
-        self._kind: dict[str, str] = {}  # switch name -> its key path, for "duplicate" messages
-        for key, switches in (("leaves", self.leaves), ("spines", self.spines)):
-            for i, switch in enumerate(switches):
-                if switch.name in self._kind:
-                    raise Invalid(f"{key}[{i}].name", f"duplicate switch {switch.name!r} "
-                                                      f"(already {self._kind[switch.name]})")
-                self._kind[switch.name] = f"{key}[{i}]"
-
-    def _check_leaf_nodes(self) -> None:
-        # Slurm's tree gives each node one leaf: under two, it picks one and the other lies.
-        leaf_of: dict[str, int] = {}
-        for i, leaf in enumerate(self.leaves):
-            clash = [h for h in leaf.hosts if h in leaf_of]
-            if clash:
-                first = self.leaves[leaf_of[clash[0]]].name
-                raise Invalid(f"leaves[{i}].nodes", f"nodes {units.brief_hosts(clash)} are already under "
-                                                    f"leaf {first!r}; a node belongs to one leaf switch")
-            leaf_of.update(dict.fromkeys(leaf.hosts, i))
-
-    def _check_cycles(self, children: dict[str, list[str]]) -> None:
-        """Depth-first over spines, iteratively (no recursion limit at thousands of switches)."""
-        state: dict[str, int] = {}  # 1: on the current path, 2: done
-        for i, root in enumerate(self.spines):
-            if state.get(root.name):
-                continue
-            state[root.name] = 1
-            stack, path = [(root.name, iter(children[root.name]))], [root.name]
-            while stack:
-                name, it = stack[-1]
-                child = next((c for c in it if c in children and state.get(c) != 2), None)
-                if child is None:
-                    state[name] = 2
-                    stack.pop()
-                    path.pop()
-                elif state.get(child) == 1:
-                    cycle = path[path.index(child):] + [child]
-                    raise Invalid(f"spines[{i}].switches", f"cycle among spines: {' -> '.join(cycle)}")
-                else:
-                    state[child] = 1
-                    stack.append((child, iter(children[child])))
-                    path.append(child)
-
-    def _check_one_root(self, children: dict[str, list[str]]) -> None:
-        listed = {c for spine in self.spines for c in spine.switches}
-        roots = [name for name in self._kind if name not in listed]
-        if len(roots) > 1:
-            raise Invalid("spines", f"expected every switch under one root spine, got {len(roots)} roots "
-                                    f"({units.brief_hosts(roots)}); Slurm cannot place a job across "
-                                    f"them (\"no switch can reach all nodes\")")
-
-
-FABRICS = ("infiniband", "roce", "slingshot", "efa", "omnipath", "ethernet")
-# The fabrics whose adapters the `infiniband` section describes (NCCL's verbs transport).
-VERBS_FABRICS = ("infiniband", "roce", "omnipath")
-
-
-@dataclass
-class Network:
-    # Default: infiniband when an `infiniband` section is given, else ethernet.
-    fabric: Literal["infiniband", "roce", "slingshot", "efa", "omnipath", "ethernet"] | None = None
-    infiniband: InfiniBand | None = None
-    switches: SwitchTree = field(default_factory=SwitchTree)
-
-    def __post_init__(self):
-        if self.fabric is None:
-            self.fabric = "infiniband" if self.infiniband else "ethernet"
-        if self.infiniband and self.fabric not in VERBS_FABRICS:
-            raise Invalid("infiniband", f"describes InfiniBand, RoCE or Omni-Path adapters; fabric "
-                                        f"{self.fabric!r} has none (remove the section or fix the fabric)")
-        if self.infiniband and self.infiniband.gid_index is not None and self.fabric != "roce":
-            raise Invalid("infiniband.gid_index", f"applies to fabric roce only, not {self.fabric!r}")
 
 
 # A module name never starts with '-': `module load --help` would run an option, not a module.
