@@ -87,7 +87,7 @@ def profile_discover(name, output, force):
 def profile_diff(name):
     """Show where profile NAME and the live cluster disagree, one line per drift: exit 0 when
     they agree, 1 on drift, 2 on errors (like diff)."""
-    from .cluster.discover import diff_profile
+    from .cluster.drift import diff_profile
 
     lines = diff_profile(name)
     for line in lines:

@@ -1,0 +1,183 @@
+"""Drift between a profile and the live cluster (``hpcorch profile diff``): both sides as a
+:class:`View`, and :func:`diff`, one line per way they disagree.
+
+Only what Slurm reports is compared (hosts, node shapes, partitions, the switch tree); what it
+cannot report (GPU model, memory, peak TFLOP/s, fabric, ...) is never drift.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..spec.units import compress_hostlist, expand_hostlist, format_time, parse_time
+from .live import LiveCluster, Runner, collect, partition_hosts, subprocess_runner
+from .naming import node_types, valid_name
+from .slurmtext import Shape, profile_time
+
+
+@dataclass
+class View:
+    """What diff compares, from either side: host -> (node type, shape); partition ->
+    (hosts, max_time seconds, default, priority_tier); switch -> nodes or children."""
+
+    hosts: dict[str, tuple[str, Shape]]
+    partitions: dict[str, tuple[frozenset, int | None, bool, int]]
+    leaves: dict[str, frozenset]
+    spines: dict[str, frozenset]
+
+
+def profile_view(data: dict) -> View:
+    """A profile's plain data (parsed YAML, or ``to_dict`` of a loaded profile) as a :class:`View`.
+    Keys the profile leaves out take the loader's defaults; ``arch`` None, ``gpus.type`` None
+    (untyped GRES), ``threads_per_core`` 1."""
+    types: dict[str, Shape] = {}
+    for name, nt in (data.get("node_types") or {}).items():
+        gpus = nt.get("gpus") or {}
+        count = gpus.get("count", 0) or 0
+        types[name] = Shape(cpus=nt.get("cpus"), memory_mb=nt.get("memory_mb"), gpu_count=count,
+                            gpu_type=gpus.get("type") if count else None,
+                            features=tuple(sorted(set(nt.get("features") or []))),
+                            threads_per_core=nt.get("threads_per_core") or 1,
+                            arch=nt.get("arch") or "x86_64")
+    hosts: dict[str, tuple[str, Shape]] = {}
+    partitions = {}
+    for part in data.get("partitions") or []:
+        groups = part.get("node_groups") or [{"nodes": part.get("nodes"), "node_type": part.get("node_type")}]
+        members: list[str] = []
+        for group in groups:
+            for host in expand_hostlist(group["nodes"]) if group.get("nodes") else []:
+                members.append(host)
+                if group["node_type"] in types:
+                    hosts.setdefault(host, (group["node_type"], types[group["node_type"]]))
+        partitions[part["name"]] = (frozenset(members), parse_time(part.get("max_time", "UNLIMITED")),
+                                    bool(part.get("default", False)), int(part.get("priority_tier", 1)))
+    switches = (data.get("network") or {}).get("switches") or {}
+    leaves = {leaf["name"]: frozenset(expand_hostlist(leaf["nodes"])) for leaf in switches.get("leaves") or []}
+    spines = {s["name"]: frozenset(s.get("switches") or []) for s in switches.get("spines") or []}
+    return View(hosts, partitions, leaves, spines)
+
+
+def live_view(live: LiveCluster) -> View:
+    """The live cluster as a :class:`View` (node types named as discover would name them).
+    Nodes in no partition are left out, as a profile cannot hold them."""
+    node_names = {n.name for n in live.nodes}
+    partitions = {}
+    in_partitions: set[str] = set()
+    for part in live.partitions:
+        hosts = [h for h in partition_hosts(part, live) if h in node_names]
+        if not hosts or not valid_name(part.name):
+            continue  # a profile cannot hold it (discover leaves it out too)
+        in_partitions.update(hosts)
+        partitions[part.name] = (frozenset(hosts), parse_time(profile_time(part.max_time)), part.default,
+                                 max(1, part.priority_tier))
+    nodes = [n for n in live.nodes if n.name in in_partitions]
+    types, type_of = node_types(nodes)
+    hosts = {n.name: (type_of[n.name], types[type_of[n.name]]) for n in nodes}
+    # A live Shape with arch None (a node that never registered) compares no arch.
+    for n in nodes:
+        if n.shape.arch is None:
+            hosts[n.name] = (type_of[n.name], Shape(**{**types[type_of[n.name]].__dict__, "arch": None}))
+    leaves = {s.name: frozenset(s.nodes) for s in live.topology.switches if not s.switches}
+    spines = {s.name: frozenset(s.switches) for s in live.topology.switches if s.switches}
+    return View(hosts, partitions, leaves, spines)
+
+
+_FIELDS = (("cpus", "cpus"), ("memory_mb", "memory_mb"), ("gpus.count", "gpu_count"),
+           ("gpus.type", "gpu_type"), ("features", "features"), ("threads_per_core", "threads_per_core"),
+           ("arch", "arch"))
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, (tuple, frozenset, set, list)):
+        return "[" + ", ".join(sorted(v)) + "]"
+    return str(v)
+
+
+def _hostlist(hosts) -> str:
+    return compress_hostlist(list(hosts)) if hosts else "(none)"
+
+
+def diff(profile: dict, live: LiveCluster) -> list[str]:
+    """One line per way the profile (plain data) and the live cluster disagree; empty when
+    they agree. Fields Slurm cannot report (GPU model, memory, peak TFLOP/s, fabric, ...) are
+    never drift; neither is a node type's name."""
+    want, have = profile_view(profile), live_view(live)
+    lines = []
+    gone = [h for h in want.hosts if h not in have.hosts]
+    new = [h for h in have.hosts if h not in want.hosts]
+    if gone:
+        lines.append(f"nodes {_hostlist(gone)}: in the profile, not on the cluster")
+    if new:
+        lines.append(f"nodes {_hostlist(new)}: on the cluster, not in the profile")
+    # Per field, hosts with the same (profile value, cluster value) share one line.
+    drift: dict[tuple, list[str]] = {}
+    for host, (type_name, shape) in want.hosts.items():
+        if host not in have.hosts:
+            continue
+        live_shape = have.hosts[host][1]
+        for label, attr in _FIELDS:
+            mine, theirs = getattr(shape, attr), getattr(live_shape, attr)
+            if attr == "arch" and theirs is None:
+                continue  # not reported by a node that never registered
+            if mine != theirs:
+                drift.setdefault((type_name, label, mine, theirs), []).append(host)
+    for (type_name, label, mine, theirs), hosts in drift.items():
+        lines.append(f"nodes {_hostlist(hosts)} (node type {type_name}): {label} {_show(mine)} in the profile, "
+                     f"{_show(theirs)} on the cluster")
+    for name in want.partitions:
+        if name not in have.partitions:
+            lines.append(f"partition {name}: in the profile, not on the cluster")
+    for name in have.partitions:
+        if name not in want.partitions:
+            lines.append(f"partition {name}: on the cluster, not in the profile "
+                         f"(nodes {_hostlist(have.partitions[name][0])})")
+    for name, (hosts, max_time, default, tier) in want.partitions.items():
+        if name not in have.partitions:
+            continue
+        l_hosts, l_time, l_default, l_tier = have.partitions[name]
+        if hosts != l_hosts:
+            lines.append(f"partition {name}: nodes {_hostlist(hosts)} in the profile, {_hostlist(l_hosts)} "
+                         "on the cluster")
+        if max_time != l_time:
+            lines.append(f"partition {name}: max_time {format_time(max_time)} in the profile, {format_time(l_time)} "
+                         "on the cluster")
+        if default != l_default:
+            lines.append(f"partition {name}: default {str(default).lower()} in the profile, "
+                         f"{str(l_default).lower()} on the cluster")
+        if tier != l_tier:
+            lines.append(f"partition {name}: priority_tier {tier} in the profile, {l_tier} on the cluster")
+    lines += _switch_drift("leaf switch", "nodes", want.leaves, have.leaves, _hostlist)
+    lines += _switch_drift("spine switch", "switches", want.spines, have.spines, _show)
+    if live.topology.blocks and (want.leaves or want.spines):
+        lines.append(f"switch tree: the profile has one, the cluster uses a block topology "
+                     f"({len(live.topology.blocks)} blocks)")
+    return lines
+
+
+def _switch_drift(kind: str, what: str, want: dict, have: dict, show) -> list[str]:
+    lines = []
+    for name, members in want.items():
+        if name not in have:
+            lines.append(f"{kind} {name}: in the profile, not on the cluster")
+        elif members != have[name]:
+            lines.append(f"{kind} {name}: {what} {show(members)} in the profile, {show(have[name])} on the cluster")
+    for name, members in have.items():
+        if name not in want:
+            lines.append(f"{kind} {name}: on the cluster, not in the profile ({what} {show(members)})")
+    return lines
+
+
+def diff_profile(profile: str, runner: Runner | None = None) -> list[str]:
+    """Drift between the profile ``profile`` (a name or path, validated by the loader) and the
+    cluster that ``runner`` reaches."""
+    from ..errors import ConfigError
+    from ..spec.profile import load_profile
+    from ..spec.schema import to_dict
+
+    loaded = load_profile(profile)
+    if loaded.scheduler != "slurm":
+        raise ConfigError(profile, "scheduler", f"expected a Slurm profile to compare with the cluster, "
+                                                f"got {loaded.scheduler!r}")
+    return diff(to_dict(loaded), collect(runner or subprocess_runner()))
