@@ -12,6 +12,11 @@ def test_version():
     assert out.returncode == 0 and "hpcorch, version" in out.stdout
 
 
+def test_python_dash_m_hpcorch_is_the_same_command():
+    out = subprocess.run([sys.executable, "-m", "hpcorch", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("hpcorch, version"), out.stderr
+
+
 def test_dry_run_prints_the_golden_script(repo):
     out = run_cli("submit", "jobs/gpt2-124m.yaml", "--profile", "h100-ndr", "--dry-run",
                   "--run-dir", "/scratch/runs/gpt2-124m")
