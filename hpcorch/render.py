@@ -38,15 +38,14 @@ from pathlib import Path
 from .errors import RenderError
 from .plan import Plan
 from .spec.catalog import TEMPLATES_DIR
-from .spec.launch import prepend_word, shell_word
+from .spec.launch import DIRECTIVE_VALUE
+from .spec.expand import prepend_word, shell_word
 
 DEFAULT_TEMPLATE = "sbatch.sh.j2"
 SHIPPED_PREFIX = "hpcorch"
 
 _PLAIN = re.compile(r"[A-Za-z0-9_./:=,@%+-]*")
-# sbatch splits #SBATCH lines itself (no shell): forbid whitespace, quotes, '#' and control chars.
-# ( ) group features in a constraint ("(a|b)&c"); sbatch reads them itself, no shell sees them.
-_DIRECTIVE = re.compile(r"[A-Za-z0-9_./:=,@%+\-\[\]&|*!()]+")
+_DIRECTIVE = DIRECTIVE_VALUE  # the spec layer owns the #SBATCH alphabet
 _SBATCH_LINE = re.compile(r"#SBATCH --[a-z-]+(=\S+)?")
 
 # Private-use characters: outside every alphabet above and refused in quoted values, so only the

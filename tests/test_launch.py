@@ -16,7 +16,7 @@ from hpcorch.errors import ConfigError, PlanError, RenderError
 from hpcorch.plan import make_plan
 from hpcorch.render import render_sbatch
 from hpcorch.spec.job import load_job
-from hpcorch.spec.launch import expand_with, prepend_word, shell_word, split_refs
+from hpcorch.spec.expand import expand_with, prepend_word, shell_word, split_refs
 from hpcorch.spec.profile import load_profile
 from hpcorch.spec.yamlio import dump_yaml, read_yaml
 

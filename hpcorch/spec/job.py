@@ -14,7 +14,8 @@ from .profile import check_constraint
 from .yamlio import read_yaml
 from .schema import Invalid, build, check_account, check_env_names, check_name, check_positive, set_dotted
 from .model import GPTConfig
-from .launch import Launch, check_directives, check_expandable
+from .expand import check_expandable
+from .launch import Launch, check_directives
 
 
 # A typed GPU request as Slurm writes it: TYPE:COUNT (a40:4); TYPE is a GRES type name.

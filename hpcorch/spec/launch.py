@@ -1,124 +1,27 @@
-"""How ranks start on compute nodes (``launch:`` in a profile or a job), extra ``#SBATCH``
-directives, and environment values that expand when the job runs.
+"""How ranks start on compute nodes (``launch:`` in a profile or a job) and extra ``#SBATCH``
+directives.
 
 Everything here is validated text: the template writes it through ``|q``, ``|expand`` or
 ``|directive`` (see :mod:`hpcorch.render`), and these checks make sure no value needs more than
-that. Expandable values follow one small grammar (:func:`split_refs`): ``$NAME`` and ``${NAME}``
-expand when the job runs, ``$$`` is a literal ``$``, and every other ``$`` is refused, so no
-command substitution, arithmetic or ``${x:-...}`` can be written at all.
+that. Values that expand at run time follow :mod:`.expand`'s grammar.
 """
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
-from .schema import RESERVED_ENV, RESERVED_ENV_PREFIXES, ENV_NAME_RE, Invalid
-
-# ----- expandable values ----------------------------------------------------------------------
-_REF = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-_DQ_SPECIAL = re.compile(r'([\\"$`])')
-_EXPANDABLE_HELP = ("only $NAME, ${NAME} (expanded when the job runs) and $$ (a literal $) may be "
-                    "written (quotes and backticks stay literal); no $(...), ${NAME:-...} or $1")
-
-
-def split_refs(text: str) -> list[tuple[str, bool]]:
-    """``text`` as (literal, False) and (variable name, True) pieces; ValueError on any other
-    ``$`` or a control character (a tab excepted)."""
-    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in text):
-        raise ValueError(f"expected a single line of text, got a control character in {text!r}")
-    pieces: list[tuple[str, bool]] = []
-    literal, pos = "", 0
-    while (dollar := text.find("$", pos)) >= 0:
-        literal += text[pos:dollar]
-        match = _REF.match(text, dollar)
-        if match is None:
-            raise ValueError(f"{text!r}: {_EXPANDABLE_HELP}")
-        pos = match.end()
-        if match.group(1):
-            literal += "$"
-            continue
-        if literal:
-            pieces.append((literal, False))
-        literal = ""
-        pieces.append((match.group(2) or match.group(3), True))
-    literal += text[pos:]
-    if literal:
-        pieces.append((literal, False))
-    return pieces
-
-
-def check_expandable(key: str, value) -> None:
-    """Raise :class:`Invalid` at ``key`` unless ``value`` follows the expansion grammar."""
-    try:
-        split_refs(str(value))
-    except ValueError as exc:
-        raise Invalid(key, str(exc)) from None
-
-
-def _double_quoted(pieces: list[tuple[str, bool]]) -> str:
-    return "".join("${" + text + "}" if ref else _DQ_SPECIAL.sub(r"\\\1", text) for text, ref in pieces)
-
-
-def shell_word(value) -> str:
-    """One shell word for unquoted context: exactly ``shlex.quote`` of the literal text when
-    nothing expands (so scripts without references are unchanged), else a double-quoted word in
-    which only ``${NAME}`` is live and ``\\ " $ `` `` are escaped."""
-    pieces = split_refs(str(value))
-    if not any(ref for _, ref in pieces):
-        return shlex.quote("".join(text for text, _ in pieces))
-    return '"' + _double_quoted(pieces) + '"'
-
-
-def prepend_word(name: str, dirs: list[str]) -> str:
-    """``"d1:d2${NAME:+:$NAME}"``: ``dirs`` before the variable's current value, with no empty
-    entry when it was unset (an empty PATH entry means the current folder)."""
-    if not ENV_NAME_RE.fullmatch(name):
-        raise ValueError(f"expected an environment variable name, got {name!r}")
-    body = ":".join(_double_quoted(split_refs(d)) for d in dirs)
-    return f'"{body}${{{name}:+:${name}}}"'
-
-
-def expand_with(value, env: dict) -> str:
-    """``value`` expanded as the job script's shell would (unset names expand to nothing): for
-    launchers without a shell (submitit's local controller starts argv lists)."""
-    return "".join(env.get(text, "") if ref else text for text, ref in split_refs(str(value)))
-
-
-# ----- environment.prepend --------------------------------------------------------------------
-# The reserved names a prepend may extend: the point of prepend. Others stay refused (LD_PRELOAD,
-# PYTHONPATH: hpcorch's own imports on the ranks must not be shadowed).
-PREPENDABLE_RESERVED = frozenset({"PATH", "LD_LIBRARY_PATH"})
-_DIR_START = re.compile(r"/|\$\{?[A-Za-z_]")
-
-
-def check_prepend(prepend: dict) -> None:
-    """``{NAME: [dir, ...]}``: absolute folders (or starting with $NAME), no ':' inside one."""
-    for name, dirs in prepend.items():
-        if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
-            raise Invalid(f"prepend.{name}", "expected an environment variable name (letters, digits, '_')")
-        if name not in PREPENDABLE_RESERVED and (name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES)):
-            raise Invalid(f"prepend.{name}", "is set by the shell, Slurm or hpcorch itself; prepend "
-                                             f"may extend {', '.join(sorted(PREPENDABLE_RESERVED))} "
-                                             "or names that are not reserved")
-        if not dirs:
-            raise Invalid(f"prepend.{name}", "expected at least one folder")
-        for i, folder in enumerate(dirs):
-            key = f"prepend.{name}[{i}]"
-            if ":" in folder or not _DIR_START.match(folder):
-                raise Invalid(key, f"expected an absolute folder such as /opt/tool/bin or $HOME/bin, "
-                                   f"without ':', got {folder!r}")
-            check_expandable(key, folder)
-
+from .expand import check_expandable
+from .schema import Invalid
 
 # ----- option lists ---------------------------------------------------------------------------
 # A long option as sbatch/srun read it: --name or --name=value. Values keep to an alphabet with
 # no whitespace, quotes, '#', '$' or '\\' (srun options are shell-quoted as well).
 _OPTION = re.compile(r"--([a-z][a-z0-9-]*[a-z0-9])(?:=(.+))?")
 _SRUN_VALUE = re.compile(r"[A-Za-z0-9_./:=,@%+*-]+")
-# The #SBATCH alphabet of hpcorch.render (kept in step with its _DIRECTIVE; the render checks again).
-_DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9_./:=,@%+\-\[\]&|*!]+")
+# What may stand in an #SBATCH value: sbatch splits those lines itself (no shell), so no
+# whitespace, quotes, '#' or control characters. The one alphabet: hpcorch.render's |directive uses it.
+DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9_./:=,@%+\-\[\]&|*!()]+")
 
 
 def _owned(name: str, owners: dict[str, str]) -> tuple[str, str] | None:
@@ -147,7 +50,7 @@ def _check_options(key: str, options: list[str], value_re: re.Pattern, owners: d
 
 
 def _alphabet_extra(value_re: re.Pattern) -> str:
-    return "_./:=,@%+*-" if value_re is _SRUN_VALUE else "_./:=,@%+-[]&|*!"
+    return "_./:=,@%+*-" if value_re is _SRUN_VALUE else "_./:=,@%+-[]&|*!()"
 
 
 def option_name(option: str) -> str:
@@ -215,7 +118,7 @@ SRUN_OWNED = {
 def check_directives(key: str, directives: list[str]) -> None:
     """Extra ``#SBATCH`` options: ``--name[=value]`` in the directive alphabet, none that hpcorch
     writes itself (the message names the key to use instead)."""
-    _check_options(key, directives, _DIRECTIVE_VALUE, SBATCH_OWNED, "an sbatch")
+    _check_options(key, directives, DIRECTIVE_VALUE, SBATCH_OWNED, "an sbatch")
 
 
 # ----- wrappers -------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from . import catalog, constraint as constraint_syntax, units
 from ..errors import ConfigError
 from .yamlio import read_yaml
 from .schema import Invalid, build, check_account, check_env_names, check_name, check_positive
-from .launch import Launch, check_directives, check_expandable, check_prepend
+from .expand import check_expandable, check_prepend
+from .launch import Launch, check_directives
 from .network import Network, hosts_of
 from .policy import QOS, Requests, RequestsOverride
 

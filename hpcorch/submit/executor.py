@@ -111,7 +111,7 @@ def _local_executor(plan: Plan):
     the same expanding form) and the same rank command, wrapper words first."""
     import submitit
 
-    from ..spec.launch import expand_with, prepend_word, shell_word
+    from ..spec.expand import expand_with, prepend_word, shell_word
 
     res = plan.job.resources
     setup = [f"export {k}={prepend_word(k, dirs)}" for k, dirs in plan.prepend.items()]
