@@ -11,23 +11,12 @@ from .spec.profile import ClusterProfile, NodeGroup, NodeType, Partition
 from .spec import units
 
 
-# One (type name, node type, hosts) per group of like nodes in a partition. Every check below
-# that looks at a partition's hardware takes this list, so that partitions of several node
-# groups need only this function changed.
-TypeGroup = tuple[str, NodeType, list[str]]
-
-
-def partition_node_types(profile: ClusterProfile, part: Partition) -> list[TypeGroup]:
-    """The node types of ``part`` with their hosts."""
-    return [(g.node_type, g.spec, list(g.hosts)) for g in profile.groups_of(part)]
-
-
-def gpu_types(groups: list[TypeGroup]) -> list[str | None]:
+def gpu_types(groups: list[NodeGroup]) -> list[str | None]:
     """The GRES types of the groups that have GPUs, once each (None: untyped GRES)."""
-    return list(dict.fromkeys(nt.gpus.type for _, nt, _ in groups if nt.gpus.count))
+    return list(dict.fromkeys(g.spec.gpus.type for g in groups if g.spec.gpus.count))
 
 
-def check_gpu_type(res, part: Partition, groups: list[TypeGroup], excluded: set[str], fail) -> list[TypeGroup]:
+def check_gpu_type(res, part: Partition, groups: list[NodeGroup], excluded: set[str], fail) -> list[NodeGroup]:
     """The groups a job may run on: for a typed request only those of that GRES type, with
     enough GPUs per node and enough usable nodes; Slurm would refuse a type no node has
     ("Invalid generic resource (gres) specification") and leave a too-large one pending."""
@@ -35,15 +24,15 @@ def check_gpu_type(res, part: Partition, groups: list[TypeGroup], excluded: set[
         return groups
     key = f"resources.{res.gpu_type_key}"
     types = [t for t in gpu_types(groups) if t is not None]
-    typed = [g for g in groups if g[1].gpus.count and g[1].gpus.type == res.gpu_type]
+    typed = [g for g in groups if g.spec.gpus.count and g.spec.gpus.type == res.gpu_type]
     if not typed:
         have = f"has GPU types {', '.join(types)}" if types else "declares no GPU types (node_types.*.gpus.type)"
         raise fail(key, f"partition {part.name!r} {have}; got {res.gpu_type}")
-    most = max(nt.gpus.count for _, nt, _ in typed)
+    most = max(g.spec.gpus.count for g in typed)
     if res.gpus_per_node > most:
         raise fail("resources.gpus_per_node", f"asks for {res.gpus_per_node} {res.gpu_type} GPUs per node, but "
                    f"partition {part.name!r} {res.gpu_type} nodes have at most {most}")
-    hosts = [h for _, nt, group in typed if nt.gpus.count >= res.gpus_per_node for h in group if h not in excluded]
+    hosts = [h for g in typed if g.spec.gpus.count >= res.gpus_per_node for h in g.hosts if h not in excluded]
     if res.nodes > len(hosts):
         raise fail("resources.nodes", f"asks for {res.nodes} nodes with GPU type {res.gpu_type}, but partition "
                    f"{part.name!r} has {len(hosts)}{' after exclusions' if excluded else ''}")

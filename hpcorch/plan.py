@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import fabric
-from .nodefit import (check_constraint, check_gpu_type, check_mig, check_node_counts, fit_node_groups,
-                      partition_node_types)
+from .nodefit import (check_constraint, check_gpu_type, check_mig, check_node_counts, fit_node_groups)
 from . import siterequests
 from .spec import units
 from .errors import PlanError
@@ -116,10 +115,8 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     if res.nodes > len(usable):
         raise fail("resources.nodes", f"asks for {res.nodes} nodes, but partition {part.name!r} has "
                    f"{len(usable)}{' after exclusions' if res.exclude_hosts else ''}")
-    candidates = partition_node_types(profile, part)
-    typed = check_gpu_type(res, part, candidates, excluded, fail)
-    if res.gpu_type is not None:  # only the nodes of that GPU type count from here on
-        groups = [g for g in groups if g.node_type in {name for name, _, _ in typed}]
+    candidates = groups
+    groups = typed = check_gpu_type(res, part, groups, excluded, fail)  # a typed job: only that type counts
     fitting = fit_node_groups(res, part, groups, fail)
     if part.max_time_s is not None and res.time_s > part.max_time_s:
         raise fail("resources.time", f"asks for {units.format_time(res.time_s)}, but partition "

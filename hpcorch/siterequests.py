@@ -2,13 +2,13 @@
 options in the site's style, and the QOS and account with their limits checked."""
 from __future__ import annotations
 
-from .nodefit import TypeGroup, gpu_types
+from .nodefit import gpu_types
 from .spec import units
 from .spec.policy import QOS, Requests
-from .spec.profile import ClusterProfile, Partition
+from .spec.profile import ClusterProfile, NodeGroup, Partition
 
 
-def _written_gpu_type(res, policy: str, part: Partition, groups: list[TypeGroup], fail) -> str | None:
+def _written_gpu_type(res, policy: str, part: Partition, groups: list[NodeGroup], fail) -> str | None:
     """The GRES type the script asks for under the site's ``requests.gpu_type`` policy.
 
     ``when-typed`` writes only the job's own type: an untyped request may land on any GPU node,
@@ -36,7 +36,7 @@ def _written_gpu_type(res, policy: str, part: Partition, groups: list[TypeGroup]
                f"partition {part.name!r} GPU types are {have}; set resources.gpu_type")
 
 
-def gpu_request(res, requests: Requests, part: Partition, groups: list[TypeGroup], fail,
+def gpu_request(res, requests: Requests, part: Partition, groups: list[NodeGroup], fail,
                  notes: list[str]) -> tuple[str | None, str | None]:
     """The option that asks for the job's GPUs in the site's style, and the type it writes."""
     if not res.gpus_per_node:
@@ -60,12 +60,13 @@ def gpu_request(res, requests: Requests, part: Partition, groups: list[TypeGroup
     return f"--gpus-per-node={typed}{n}", gpu_type
 
 
-def memory_request(res, requests: Requests, groups: list[TypeGroup], fail, notes: list[str]) -> str | None:
+def memory_request(res, requests: Requests, groups: list[NodeGroup], fail, notes: list[str]) -> str | None:
     """The memory option in the site's style (``requests.memory``), after checking that a
     per-GPU size fits the nodes; None when nothing is to be written."""
     if res.mem_per_gpu_mb is not None:
         need = res.mem_per_gpu_mb * res.gpus_per_node
-        name, most = max(((name, nt.memory_mb) for name, nt, _ in groups), key=lambda g: g[1])
+        biggest = max(groups, key=lambda g: g.spec.memory_mb)
+        name, most = biggest.node_type, biggest.spec.memory_mb
         if need > most:
             raise fail("resources.mem_per_gpu", f"asks for {res.gpus_per_node} GPUs x {res.mem_per_gpu_mb} MB = "
                        f"{need} MB per node, but {name} nodes have {most} MB")

@@ -11,7 +11,7 @@ from hpcorch.plan import make_plan
 from hpcorch.siterequests import _written_gpu_type
 from hpcorch.render import render_sbatch
 from hpcorch.spec.job import JobSpec, Resources, load_job
-from hpcorch.spec.profile import ClusterProfile, GPUs, NodeType, Partition, load_profile
+from hpcorch.spec.profile import ClusterProfile, GPUs, NodeGroup, NodeType, Partition, load_profile
 from hpcorch.spec.schema import build, to_dict
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
@@ -163,8 +163,8 @@ def _groups():
     """Two node groups of one partition, as partitions of several node types will give them."""
     a40 = NodeType(cpus=64, memory_mb=256000, gpus=GPUs(count=4, type="a40"))
     v100 = NodeType(cpus=32, memory_mb=192000, gpus=GPUs(count=4, type="v100"))
-    return [("v100-node", v100, [f"gv{i:02d}" for i in range(1, 11)]),
-            ("a40-node", a40, [f"ga{i:02d}" for i in range(1, 9)])]
+    return [NodeGroup("v100-node", v100, tuple(f"gv{i:02d}" for i in range(1, 11))),
+            NodeGroup("a40-node", a40, tuple(f"ga{i:02d}" for i in range(1, 9)))]
 
 
 PART = Partition(name="gpu", nodes="gv[01-10],ga[01-08]", node_type="v100-node")
@@ -182,7 +182,7 @@ def test_unknown_gpu_type_lists_the_partitions_types():
 
 def test_typed_request_counts_only_nodes_of_that_type():
     res = Resources(nodes=8, gpus_per_node="a40:4")
-    assert [g[0] for g in check_gpu_type(res, PART, _groups(), set(), _fail)] == ["a40-node"]
+    assert [g.node_type for g in check_gpu_type(res, PART, _groups(), set(), _fail)] == ["a40-node"]
     with pytest.raises(PlanError) as info:
         check_gpu_type(Resources(nodes=10, gpus_per_node="a40:4"), PART, _groups(), set(), _fail)
     assert (info.value.key, info.value.message) == (

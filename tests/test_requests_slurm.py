@@ -7,7 +7,6 @@ import pytest
 
 from hpcorch.cluster.slurm import SlurmError
 from hpcorch.errors import PlanError
-from hpcorch.nodefit import partition_node_types
 from hpcorch.plan import make_plan
 from hpcorch.render import render_sbatch
 from hpcorch.spec.job import JobSpec
@@ -91,7 +90,7 @@ def test_qos_limits_match_the_live_cluster(repo, slurm, tmp_path):
 
 def _gpu_type(profile: ClusterProfile) -> str | None:
     part = profile.partition(None)
-    types = [nt.gpus.type for _, nt, _ in partition_node_types(profile, part) if nt.gpus.count and nt.gpus.type]
+    types = [g.spec.gpus.type for g in profile.groups_of(part) if g.spec.gpus.count and g.spec.gpus.type]
     return types[0] if types else None
 
 
@@ -101,8 +100,7 @@ def test_typed_gres_passes_test_only(repo, slurm, tmp_path, style, expected):
     gpu_type = _gpu_type(profile)
     if gpu_type is None:
         pytest.skip("the dev cluster's profile declares no GPU type (node_types.*.gpus.type)")
-    nodes = sum(len(hosts) for _, nt, hosts in partition_node_types(profile, profile.partition(None))
-                if nt.gpus.type == gpu_type)
+    nodes = sum(len(g.hosts) for g in profile.groups_of(profile.partition(None)) if g.spec.gpus.type == gpu_type)
     job = _job(nodes=min(2, nodes), gpus_per_node=f"{gpu_type}:2", gpu_type=gpu_type)
     _accepted(slurm, job, profile, tmp_path, expected.format(gpu_type))
     # A type the cluster lacks: hpcorch's plan refuses it, and so does Slurm.
