@@ -187,6 +187,7 @@ class CheckpointStore:
             self._discard(d, blobs)
             needed = sum(map(len, blobs.values()))
             self._agree(False)
+            self._remove_if_empty(d)
             raise SaveFailed(describe_write_failure(f"checkpoint save to {d}", d, exc, needed)) from exc
         except BaseException:
             self._agree(False)  # a bug or a busy run directory: its own error says so
@@ -194,19 +195,24 @@ class CheckpointStore:
         if not self._agree(True):
             if peer_failure_discards:
                 self._discard(d, blobs)
+                self._remove_if_empty(d)
             raise PeerSaveFailed(step)
 
     def _agree(self, ok: bool) -> bool:
         return self.agree(ok) if self.agree is not None and not self.async_save else ok
 
     def _discard(self, d: Path, blobs: dict[str, bytes]) -> None:
-        """Remove this rank's files of an uncommitted step (never of a committed one); rank 0
-        also the folder once it is empty (best effort: a peer may still be removing its own)."""
+        """Remove this rank's files of an uncommitted step (never of a committed one)."""
         if (d / COMMIT_MARKER).exists():
             return
         for name in (*blobs, done_file(self.rank)):
             with contextlib.suppress(OSError):
                 (d / name).unlink(missing_ok=True)
+
+    def _remove_if_empty(self, d: Path) -> None:
+        """Rank 0 removes a failed step's folder once it is empty; only after the ranks agreed,
+        so that no peer is still writing into it (a peer then failed with "no such file or
+        directory" instead of its own reason). Best effort: a peer may still be removing its files."""
         if self.rank == 0:
             with contextlib.suppress(OSError):
                 d.rmdir()
