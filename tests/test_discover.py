@@ -258,7 +258,15 @@ def test_drafts_load_with_the_real_loader(version, tmp_path):
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_a_fresh_draft_has_no_drift(version):
-    assert d.diff(d.build_profile(live(version)).data, live(version)) == []
+    assert d.diff(_p(d.build_profile(live(version)).data), live(version)) == []
+
+
+def _p(data: dict):
+    """Plain profile data (a draft, or one edited here) as the loader builds it."""
+    from hpcorch.spec.profile import ClusterProfile
+    from hpcorch.spec.schema import build
+
+    return build(ClusterProfile, data, "profile.yaml")
 
 
 def _dev() -> dict:
@@ -271,7 +279,7 @@ def test_drift_lines():
     for part in gone["partitions"]:
         part["node_groups"][1]["nodes"] = "node3"
     gone["network"]["switches"]["leaves"][1]["nodes"] = "node3"
-    assert d.diff(gone, cluster) == [
+    assert d.diff(_p(gone), cluster) == [
         "nodes node4: on the cluster, not in the profile",
         "partition batch: nodes node[1-3] in the profile, node[1-4] on the cluster",
         "partition urgent: nodes node[1-3] in the profile, node[1-4] on the cluster",
@@ -281,7 +289,7 @@ def test_drift_lines():
     gres["node_types"]["emua"]["gpus"]["type"] = "a100"
     gres["node_types"]["emua"]["features"] = ["emu"]
     gres["node_types"]["emua"]["memory_mb"] = 8000
-    assert d.diff(gres, cluster) == [
+    assert d.diff(_p(gres), cluster) == [
         "nodes node[1-2] (node type emua): memory_mb 8000 in the profile, 4000 on the cluster",
         "nodes node[1-2] (node type emua): gpus.type a100 in the profile, emua on the cluster",
         "nodes node[1-2] (node type emua): features [emu] in the profile, [emu, grpa] on the cluster",
@@ -289,10 +297,10 @@ def test_drift_lines():
     parts = _dev()
     parts["partitions"][0].update(max_time="2-00:00:00", default=False, priority_tier=3)
     parts["partitions"][1]["name"] = "urgent2"
-    parts["network"]["switches"]["spines"][0]["switches"] = ["leaf1"]
+    parts["network"]["switches"]["spines"][0]["switches"] = ["leaf1", "leaf2", "leaf9"]
     parts["network"]["switches"]["leaves"].append({"name": "leaf9", "nodes": "node9"})
     parts["partitions"][1]["node_groups"].append({"nodes": "node9", "node_type": "emub"})
-    assert d.diff(parts, cluster) == [
+    assert d.diff(_p(parts), cluster) == [
         "nodes node9: in the profile, not on the cluster",
         "partition urgent2: in the profile, not on the cluster",
         "partition urgent: on the cluster, not in the profile (nodes node[1-4])",
@@ -300,7 +308,7 @@ def test_drift_lines():
         "partition batch: default false in the profile, true on the cluster",
         "partition batch: priority_tier 3 in the profile, 1 on the cluster",
         "leaf switch leaf9: in the profile, not on the cluster",
-        "spine switch spine: switches [leaf1] in the profile, [leaf1, leaf2] on the cluster"]
+        "spine switch spine: switches [leaf1, leaf2, leaf9] in the profile, [leaf1, leaf2] on the cluster"]
 
 
 def test_what_slurm_cannot_report_is_no_drift():
@@ -313,7 +321,7 @@ def test_what_slurm_cannot_report_is_no_drift():
             group["node_type"] = f"renamed-{group['node_type']}"
     prof["network"]["infiniband"] = {"hcas": ["mlx5_0"]}
     prof["environment"] = {"modules": ["cuda/12.4"]}
-    assert d.diff(prof, live("22.05")) == []
+    assert d.diff(_p(prof), live("22.05")) == []
 
 
 def test_old_shorthand_profile_and_defaults():
@@ -327,22 +335,30 @@ def test_old_shorthand_profile_and_defaults():
                            {"name": "gpu", "nodes": "gv[01-02]", "node_type": "v100", "max_time": "2-00:00:00"},
                            {"name": "debug", "nodes": "gv[01-02]", "node_type": "v100", "max_time": 30,
                             "priority_tier": 2}]}
-    assert d.diff(prof, live("20.11")) == []
+    assert d.diff(_p(prof), live("20.11")) == []
     cluster = live("24.05")
     arm = {"name": "x", "scheduler": "slurm", "node_types": {"gh": {"cpus": 72, "memory_mb": 460000,
                                                                     "gpus": {"count": 1, "type": "gh200"},
                                                                     "features": ["gh200", "nvlink"]}},
            "partitions": [{"name": "debug", "nodes": "gh[001-002]", "node_type": "gh", "max_time": "30",
                            "priority_tier": 2}]}
-    lines = d.diff(arm, cluster)
+    lines = d.diff(_p(arm), cluster)
     assert "nodes gh[001-002] (node type gh): arch x86_64 in the profile, aarch64 on the cluster" in lines
+
+
+def test_mig_slices_without_a_type_compare_by_their_profile_name():
+    """A MIG node type's GRES type defaults to its MIG profile (as slurm-conf writes it), so a
+    profile that gives only ``mig`` is no drift against Slurm's ``gpu:1g.10gb:14``."""
+    prof = copy.deepcopy(d.build_profile(live("24.05")).data)
+    del prof["node_types"]["1g.10gb"]["gpus"]["type"]
+    assert d.diff(_p(prof), live("24.05")) == []
 
 
 def test_block_topology_against_a_tree_is_drift():
     prof = _dev()
     cluster = live("22.05")
     cluster.topology = d.parse_topology("BlockName=b1 BlockIndex=0 Nodes=node[1-4]\n")
-    lines = d.diff(prof, cluster)
+    lines = d.diff(_p(prof), cluster)
     assert lines[-1] == "switch tree: the profile has one, the cluster uses a block topology (1 blocks)"
     assert "leaf switch leaf1: in the profile, not on the cluster" in lines
 
@@ -444,11 +460,10 @@ def _semantic(view: d.View) -> tuple:
     return hosts, view.partitions, view.leaves, view.spines
 
 
-def _loaded(path_or_name) -> dict:
+def _loaded(path_or_name):
     from hpcorch.spec.profile import load_profile
-    from hpcorch.spec.schema import to_dict
 
-    return to_dict(load_profile(path_or_name))
+    return load_profile(path_or_name)
 
 
 @pytest.mark.slurm

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..spec.units import compress_hostlist, expand_hostlist, format_time, parse_time
+from ..spec.profile import ClusterProfile, NodeType
+from ..spec.units import compress_hostlist, format_time, parse_time
 from .live import LiveCluster, Runner, collect, partition_hosts, subprocess_runner
 from .naming import node_types, valid_name
 from .slurmtext import Shape, profile_time
@@ -26,35 +27,29 @@ class View:
     spines: dict[str, frozenset]
 
 
-def profile_view(data: dict) -> View:
-    """A profile's plain data (parsed YAML, or ``to_dict`` of a loaded profile) as a :class:`View`.
-    Keys the profile leaves out take the loader's defaults; ``arch`` None, ``gpus.type`` None
-    (untyped GRES), ``threads_per_core`` 1."""
-    types: dict[str, Shape] = {}
-    for name, nt in (data.get("node_types") or {}).items():
-        gpus = nt.get("gpus") or {}
-        count = gpus.get("count", 0) or 0
-        types[name] = Shape(cpus=nt.get("cpus"), memory_mb=nt.get("memory_mb"), gpu_count=count,
-                            gpu_type=gpus.get("type") if count else None,
-                            features=tuple(sorted(set(nt.get("features") or []))),
-                            threads_per_core=nt.get("threads_per_core") or 1,
-                            arch=nt.get("arch") or "x86_64")
+def profile_view(profile: ClusterProfile) -> View:
+    """A loaded profile as a :class:`View`: its node groups, hosts, time limits and switch tree
+    as the loader resolved them (the GRES type of MIG slices included: ``gpus.gres_type``)."""
     hosts: dict[str, tuple[str, Shape]] = {}
     partitions = {}
-    for part in data.get("partitions") or []:
-        groups = part.get("node_groups") or [{"nodes": part.get("nodes"), "node_type": part.get("node_type")}]
-        members: list[str] = []
-        for group in groups:
-            for host in expand_hostlist(group["nodes"]) if group.get("nodes") else []:
-                members.append(host)
-                if group["node_type"] in types:
-                    hosts.setdefault(host, (group["node_type"], types[group["node_type"]]))
-        partitions[part["name"]] = (frozenset(members), parse_time(part.get("max_time", "UNLIMITED")),
-                                    bool(part.get("default", False)), int(part.get("priority_tier", 1)))
-    switches = (data.get("network") or {}).get("switches") or {}
-    leaves = {leaf["name"]: frozenset(expand_hostlist(leaf["nodes"])) for leaf in switches.get("leaves") or []}
-    spines = {s["name"]: frozenset(s.get("switches") or []) for s in switches.get("spines") or []}
+    for part in profile.partitions:
+        for group in profile.groups_of(part):
+            shape = _shape(group.spec)
+            for host in group.hosts:
+                hosts.setdefault(host, (group.node_type, shape))
+        partitions[part.name] = (frozenset(part.hosts), part.max_time_s, part.default, part.priority_tier)
+    tree = profile.network.switches
+    leaves = {leaf.name: frozenset(leaf.hosts) for leaf in tree.leaves}
+    spines = {spine.name: frozenset(spine.switches) for spine in tree.spines}
     return View(hosts, partitions, leaves, spines)
+
+
+def _shape(nt: NodeType) -> Shape:
+    """What Slurm would report for a node of type ``nt``."""
+    count = nt.gpus.count
+    return Shape(cpus=nt.cpus, memory_mb=nt.memory_mb, gpu_count=count,
+                 gpu_type=nt.gpus.gres_type if count else None,
+                 features=tuple(sorted(set(nt.features))), threads_per_core=nt.threads_per_core, arch=nt.arch)
 
 
 def live_view(live: LiveCluster) -> View:
@@ -99,8 +94,8 @@ def _hostlist(hosts) -> str:
     return compress_hostlist(list(hosts)) if hosts else "(none)"
 
 
-def diff(profile: dict, live: LiveCluster) -> list[str]:
-    """One line per way the profile (plain data) and the live cluster disagree; empty when
+def diff(profile: ClusterProfile, live: LiveCluster) -> list[str]:
+    """One line per way the profile and the live cluster disagree; empty when
     they agree. Fields Slurm cannot report (GPU model, memory, peak TFLOP/s, fabric, ...) are
     never drift; neither is a node type's name."""
     want, have = profile_view(profile), live_view(live)
@@ -174,10 +169,9 @@ def diff_profile(profile: str, runner: Runner | None = None) -> list[str]:
     cluster that ``runner`` reaches."""
     from ..errors import ConfigError
     from ..spec.profile import load_profile
-    from ..spec.schema import to_dict
 
     loaded = load_profile(profile)
     if loaded.scheduler != "slurm":
         raise ConfigError(profile, "scheduler", f"expected a Slurm profile to compare with the cluster, "
                                                 f"got {loaded.scheduler!r}")
-    return diff(to_dict(loaded), collect(runner or subprocess_runner()))
+    return diff(loaded, collect(runner or subprocess_runner()))
