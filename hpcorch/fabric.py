@@ -24,7 +24,7 @@ Sources (public documentation, checked for this module):
 from __future__ import annotations
 
 from .spec.network import VERBS_FABRICS
-from .spec.profile import ClusterProfile, Partition
+from .spec.profile import ClusterProfile, NodeGroup
 
 # Variables each fabric needs whatever the hardware, as NCCL/libfabric read them.
 _FABRIC_ENV: dict[str, dict[str, str]] = {
@@ -52,9 +52,9 @@ _VENDOR_ENV: dict[tuple[str, str], dict[str, str]] = {
 }
 
 
-def environment(profile: ClusterProfile, partition: Partition | None = None) -> dict[str, str]:
-    """The variables the profile's fabric needs, for jobs in ``partition`` (its GPUs' vendor
-    picks vendor-specific ones; without a partition, only what every node shares)."""
+def environment(profile: ClusterProfile, groups: list[NodeGroup] | None = None) -> dict[str, str]:
+    """The variables the profile's fabric needs, for a job on the node ``groups`` it may land on
+    (their GPUs' vendor picks vendor-specific ones; without groups, only what every node shares)."""
     net = profile.network
     env: dict[str, str] = {}
     if net.fabric in VERBS_FABRICS and net.infiniband and net.infiniband.hcas:
@@ -62,7 +62,7 @@ def environment(profile: ClusterProfile, partition: Partition | None = None) -> 
     if net.fabric == "roce" and net.infiniband and net.infiniband.gid_index is not None:
         env["NCCL_IB_GID_INDEX"] = str(net.infiniband.gid_index)
     env.update(_FABRIC_ENV.get(net.fabric, {}))
-    vendor = gpu_vendor(profile, partition) if partition is not None else None
+    vendor = gpu_vendor(groups) if groups is not None else None
     if vendor:
         env.update(_VENDOR_ENV.get((net.fabric, vendor), {}))
     return env
@@ -73,7 +73,7 @@ def ib_hca(hcas: list[str], ports: int) -> str:
     return ",".join(f"{hca}:{port}" for hca in hcas for port in range(1, ports + 1))
 
 
-def gpu_vendor(profile: ClusterProfile, partition: Partition) -> str | None:
-    """The vendor of the partition's GPUs when all its GPU nodes agree, else None."""
-    vendors = {g.spec.gpus.vendor for g in profile.groups_of(partition) if g.spec.gpus.count}
+def gpu_vendor(groups: list[NodeGroup]) -> str | None:
+    """The vendor of the groups' GPUs when all their GPU nodes agree, else None."""
+    vendors = {g.spec.gpus.vendor for g in groups if g.spec.gpus.count}
     return vendors.pop() if len(vendors) == 1 else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from .fabric import gpu_vendor
 from .spec.job import JobSpec
 from .spec.launch import NoWrapper, merge_options
 from .spec.profile import ClusterProfile, NodeGroup, Partition
@@ -47,10 +48,8 @@ def resolve_launch(job: JobSpec, profile: ClusterProfile, groups: list[NodeGroup
     if profile.scheduler == "local" and (theirs.srun_options or mine.srun_options):
         warnings.append(f"launch.srun_options are ignored: profile {profile.name!r} starts ranks without srun")
     default = CONTAINER_PYTHON if wrapper.in_container else sys.executable
-    vendors = {g.spec.gpus.vendor for g in groups if g.spec.gpus.count}
-    vendor = None
-    if job.resources.gpus_per_node:
-        vendor = "amd" if vendors == {"amd"} else "nvidia"
+    # NVIDIA unless every GPU node the job may land on is AMD (apptainer's --nv or --rocm).
+    vendor = (gpu_vendor(groups) or "nvidia") if job.resources.gpus_per_node else None
     return LaunchPlan(python=python or mine.python or theirs.python or default, wrapper=wrapper.kind,
                       prefix=wrapper.prefix(vendor), srun_options=srun_options)
 

@@ -144,7 +144,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         siterequests.check_directive(option, key, fail)
 
     # Derived from the fabric first, so that the profile's and the job's own values win.
-    environment = fabric.environment(profile, part)
+    environment = fabric.environment(profile, eligible)
     environment.update({k: str(v) for k, v in profile.environment.variables.items()})
     environment.update({k: str(v) for k, v in job.environment.items()})
     warnings: list[str] = []

@@ -249,17 +249,17 @@ def _fabric_profile(tmp_path, network, vendor="nvidia"):
 ])
 def test_fabric_environment(tmp_path, network, vendor, expected):
     prof = _fabric_profile(tmp_path, network, vendor)
-    assert fabric.environment(prof, prof.partition(None)) == expected
+    assert fabric.environment(prof, prof.groups_of(prof.partition(None))) == expected
 
 
 def test_slingshot_environment_and_amd_additions(tmp_path):
     nvidia = _fabric_profile(tmp_path, "{fabric: slingshot}")
-    env = fabric.environment(nvidia, nvidia.partition(None))
+    env = fabric.environment(nvidia, nvidia.groups_of(nvidia.partition(None)))
     assert env["FI_PROVIDER"] == "cxi" and env["NCCL_SOCKET_IFNAME"] == "hsn" and env["NCCL_NET_GDR_LEVEL"] == "PHB"
     assert env["FI_CXI_DISABLE_HOST_REGISTER"] == "1" and env["FI_MR_CACHE_MONITOR"] == "userfaultfd"
     assert env["NCCL_CROSS_NIC"] == "1" and "HSA_FORCE_FINE_GRAIN_PCIE" not in env
     amd = _fabric_profile(tmp_path, "{fabric: slingshot}", vendor="amd")
-    env = fabric.environment(amd, amd.partition(None))
+    env = fabric.environment(amd, amd.groups_of(amd.partition(None)))
     assert env["NCCL_SOCKET_IFNAME"] == "hsn0,hsn1,hsn2,hsn3" and env["HSA_FORCE_FINE_GRAIN_PCIE"] == "1"
     assert env["FI_PROVIDER"] == "cxi"
 
