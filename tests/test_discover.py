@@ -509,3 +509,13 @@ def test_diff_reports_injected_drift(slurm, tmp_path):
     path.write_text(dump_yaml(changed))
     lines = d.diff_profile(str(path), runner=slurm.run)
     assert any(f"(node type {first}): gpus.count 2 in the profile, 4 on the cluster" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("gres_type, mig", [("1g.10gb", "1g.10gb"), ("1g.10gb+me", "1g.10gb+me"),
+                                            ("9g.10gb", None), ("a100", None)])
+def test_mig_slices_are_recognised_by_the_loaders_rule(gres_type, mig):
+    """Discover marks a GRES type as MIG exactly when the profile loader would accept it as one,
+    so a draft never holds a MIG profile the loader refuses (or misses one it knows)."""
+    shape = d.Shape(cpus=64, memory_mb=512000, gpu_count=7, gpu_type=gres_type, features=(),
+                    threads_per_core=1, arch="x86_64")
+    assert d._node_type_data(shape)["gpus"].get("mig") == mig

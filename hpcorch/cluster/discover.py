@@ -13,9 +13,9 @@ Nothing here imports torch or submitit; the spec layer is used only for names, h
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from ..spec.profile import MIG_PROFILE_RE
 from ..spec.units import compress_hostlist
 from .draft import Draft, render_draft
 from .drift import View, diff, diff_profile, live_view, profile_view
@@ -36,9 +36,6 @@ __all__ = [  # this module's own names, then the ones it re-exports for its call
 ]
 
 
-_MIG_RE = re.compile(r"^\d+g\.\d+gb$")
-
-
 def _node_type_data(shape: Shape) -> dict:
     data: dict[str, Any] = {"cpus": shape.cpus, "memory_mb": shape.memory_mb}
     if shape.arch:
@@ -48,7 +45,7 @@ def _node_type_data(shape: Shape) -> dict:
         gpus: dict[str, Any] = {"count": shape.gpu_count}
         if shape.gpu_type:
             gpus["type"] = shape.gpu_type
-            if _MIG_RE.match(shape.gpu_type):
+            if MIG_PROFILE_RE.fullmatch(shape.gpu_type):  # the profile's own rule for MIG names
                 gpus["mig"] = shape.gpu_type
         data["gpus"] = gpus
     if shape.features:

@@ -36,7 +36,7 @@ class Login:
 
 
 # NVIDIA's MIG profile names: compute slices "g", memory "gb", optionally "+me" (media engines).
-_MIG_RE = re.compile(r"[1-8]g\.\d{1,4}gb(\+me)?")
+MIG_PROFILE_RE = re.compile(r"[1-8]g\.\d{1,4}gb(\+me)?")
 
 
 @dataclass
@@ -60,7 +60,7 @@ class GPUs:
         check_name("model", self.model, "a GPU model name")
         check_name("type", self.type, "a GRES type name such as a100")
         if self.mig is not None:
-            if not _MIG_RE.fullmatch(self.mig):
+            if not MIG_PROFILE_RE.fullmatch(self.mig):
                 raise Invalid("mig", f"expected a MIG profile name such as 1g.10gb or 3g.40gb, got {self.mig!r}")
             if self.vendor != "nvidia":
                 raise Invalid("mig", f"MIG is an NVIDIA feature; vendor is {self.vendor!r}")
