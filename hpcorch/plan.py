@@ -75,6 +75,19 @@ class Plan:
     def world_size(self) -> int:
         return self.job.resources.world_size
 
+    @property
+    def landing_groups(self) -> list[NodeGroup]:
+        """The node groups the job may land on (all of the partition's for a plan made without them)."""
+        return self.node_groups or self.profile.groups_of(self.partition)
+
+    @property
+    def peak_tflops(self) -> float | None:
+        """Per-GPU dense bf16 peak, the denominator of MFU: only for a GPU job, and only when every
+        node type it may land on states the same one."""
+        peaks = {g.spec.gpus.peak_tflops for g in self.landing_groups}
+        peak = peaks.pop() if len(peaks) == 1 else 0.0
+        return peak if self.job.resources.gpus_per_node and peak else None
+
 
 def default_run_dir(job: JobSpec, profile: ClusterProfile | None = None) -> Path:
     """``RUN_ROOT/JOB_NAME`` with the profile's ``defaults.run_root`` (``~`` and ``$VARS``
@@ -191,9 +204,7 @@ def summarize(plan: Plan) -> dict:
     adds separators and units, see :mod:`hpcorch.display`)."""
     job, res, tr = plan.job, plan.job.resources, plan.job.trainer
     model = tr.model
-    gpus = [g.spec.gpus for g in plan.node_groups or plan.profile.groups_of(plan.partition)]
-    gpu = gpus[0]
-    models = " or ".join(dict.fromkeys(str(g.model) for g in gpus if g.count))
+    models = " or ".join(dict.fromkeys(str(g.spec.gpus.model) for g in plan.landing_groups if g.spec.gpus.count))
     tokens_per_step = tr.global_batch * tr.model.seq_len
     summary = {
         "job": job.name,
@@ -219,8 +230,8 @@ def summarize(plan: Plan) -> dict:
     }
     if plan.launch.wrapper != "none":  # what starts the ranks, when it is not plain python
         summary["launch"] = f"{plan.launch.wrapper} wrapper, {plan.python}"
-    if gpu.peak_tflops and res.gpus_per_node and len({g.peak_tflops for g in gpus}) == 1:
-        summary["peak_pflops"] = round(gpu.peak_tflops * res.nodes * res.gpus_per_node / 1000, 2)
+    if plan.peak_tflops:
+        summary["peak_pflops"] = round(plan.peak_tflops * res.nodes * res.gpus_per_node / 1000, 2)
     for i, note in enumerate(plan.notes):
         summary[f"note{i + 1}"] = note
     return summary

@@ -52,7 +52,7 @@ def start(plan: Plan, script: str):
     _align_submitit_logging()
     run = plan.run
     job_file = run.write_job(plan.job)
-    task = TrainTask(str(job_file), str(run.root), plan.profile.scheduler, _peak_tflops(plan))
+    task = TrainTask(str(job_file), str(run.root), plan.profile.scheduler, plan.peak_tflops)
     try:
         if plan.profile.scheduler == "slurm":
             # submitit prints sbatch's refusal before raising it: say it once, in our words.
@@ -129,10 +129,3 @@ def _local_executor(plan: Plan):
                                signal_delay_s=plan.job.requeue.signal_lead_s,
                                gpus_per_node=res.gpus_per_node, **({"setup": setup} if setup else {}))
     return executor
-
-
-def _peak_tflops(plan: Plan) -> float | None:
-    # The denominator of MFU: only when every node type the job may land on agrees on it.
-    peaks = {g.spec.gpus.peak_tflops for g in plan.node_groups or plan.profile.groups_of(plan.partition)}
-    peak = peaks.pop() if len(peaks) == 1 else 0.0
-    return peak if plan.job.resources.gpus_per_node and peak else None
