@@ -11,10 +11,11 @@ The split, decided key by key:
 * **Recorded** (``trainer.*`` by default, so a key added later is guarded until classified):
   the model, the data, the seed, the global batch, the optimizer and its schedule
   (``lr``, ``min_lr``, ``warmup_steps``, ``weight_decay``, ``betas``, ``grad_clip``), the length
-  of the schedule ``steps`` (the cosine decay is a function of it), ``precision``, ``sharding``
-  and ``grad_compression``: each changes the arithmetic of every later step.
+  of the schedule ``steps`` (the cosine decay is a function of it), ``precision`` and
+  ``grad_compression``: each changes the arithmetic of every later step.
 * **Not recorded** (:data:`NOT_RECORDED`): what a restart may legitimately change without
-  touching the result. The layout (``resources.*``: nodes, tasks, time, partition; and
+  touching the result. The layout (``resources.*``: nodes, tasks, time, partition;
+  ``trainer.sharding`` and ``trainer.parallel``: checkpoints reshard on load; and
   ``trainer.micro_batch``, which has to follow the number of ranks to keep the global batch);
   where and how often checkpoints go (``trainer.checkpoint.*``); evaluation and logging
   (``eval_interval``, ``eval_batches``, ``log_interval``); speed switches that recompute the
@@ -37,7 +38,8 @@ from .schema import to_dict
 
 FLAG = "--allow-config-change"
 
-NOT_RECORDED = ("trainer.micro_batch", "trainer.checkpoint", "trainer.eval_interval", "trainer.eval_batches",
+NOT_RECORDED = ("trainer.micro_batch", "trainer.sharding", "trainer.parallel", "trainer.checkpoint",
+                "trainer.eval_interval", "trainer.eval_batches",
                 "trainer.log_interval", "trainer.activation_checkpointing", "trainer.compile",
                 "trainer.collective_timeout_s")
 FIXED = ("trainer.model", "trainer.data", "trainer.seed", "trainer.global_batch", "trainer.optimizer.name")

@@ -14,6 +14,7 @@ from .profile import check_constraint
 from .yamlio import read_yaml
 from .schema import Invalid, build, check_account, check_env_names, check_name, check_positive, set_dotted
 from .model import GPTConfig
+from .parallel import Layout, ParallelSpec, resolve_layout
 from .expand import check_expandable
 from .launch import Launch, check_directives
 
@@ -169,7 +170,8 @@ class TrainerSpec:
     micro_batch: int = 4    # sequences per forward/backward on one rank
     seed: int = 1337
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    sharding: Literal["ddp", "fsdp"] = "ddp"
+    sharding: Literal["ddp", "fsdp"] = "ddp"  # shorthand: which data-parallel dimension fills the world
+    parallel: ParallelSpec = field(default_factory=ParallelSpec)
     activation_checkpointing: bool = False
     compile: bool = False
     grad_compression: Literal["none", "fp16", "bf16", "powersgd"] = "none"
@@ -183,6 +185,12 @@ class TrainerSpec:
         check_positive(self, "eval_interval", allow_zero=True)
         if not 0 <= self.seed < 2**64:
             raise Invalid("seed", f"expected 0 <= seed < 2**64 (what torch accepts), got {self.seed}")
+        m = self.model
+        self.parallel.check_model(m.layers, m.heads, m.vocab)
+
+    def layout(self, world_size: int) -> Layout:
+        """The parallel layout on ``world_size`` ranks; raises :class:`Invalid` (key under trainer)."""
+        return resolve_layout(self.parallel, self.sharding, world_size, self.global_batch, self.micro_batch)
 
 
 @dataclass
@@ -224,19 +232,23 @@ class JobSpec:
             raise Invalid(f"environment.{exc.field}", exc.message) from None
         for name, value in self.environment.items():
             check_expandable(f"environment.{name}", value)
-        tr, res = self.trainer, self.resources
-        per_step = tr.micro_batch * res.world_size
-        if tr.global_batch % per_step:
-            raise Invalid("trainer.global_batch",
-                          f"expected a multiple of micro_batch x ranks = {tr.micro_batch} x "
-                          f"{res.world_size} = {per_step}, got {tr.global_batch}")
+        try:
+            self.trainer.layout(self.resources.world_size)
+        except Invalid as exc:
+            raise Invalid(f"trainer.{exc.field}", exc.message) from None
+        res = self.resources
         if self.requeue.signal_lead_s >= res.time_s:
             raise Invalid("requeue.signal_lead_s",
                           f"expected less than the time limit ({res.time_s} s), got {self.requeue.signal_lead_s}")
 
     @property
+    def layout(self) -> Layout:
+        """The parallel layout on the job's own ranks (nodes x tasks per node)."""
+        return self.trainer.layout(self.resources.world_size)
+
+    @property
     def grad_accum(self) -> int:
-        return self.trainer.global_batch // (self.trainer.micro_batch * self.resources.world_size)
+        return self.layout.accumulation
 
 
 def load_job(path: str | os.PathLike, overrides: list[str] | tuple = ()) -> JobSpec:
