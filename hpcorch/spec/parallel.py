@@ -60,8 +60,9 @@ class ParallelSpec:
     def num_stages(self) -> int:
         return self.pp * self.stages_per_rank if self.pp > 1 else 1
 
-    def check_model(self, layers: int, heads: int, vocab: int) -> None:
-        """What the layout needs of the model: raises :class:`Invalid` (key under ``parallel``)."""
+    def check_model(self, layers: int, heads: int, vocab: int, seq_len: int | None = None) -> None:
+        """What the layout needs of the model: raises :class:`Invalid` (key under ``parallel``).
+        The ``pp_*`` keys are ignored when ``pp`` is 1 (a pipelined job may run unpipelined)."""
         if heads % self.tp:
             raise Invalid("parallel.tp", f"expected a divisor of the model's {heads} heads "
                                          f"(each rank takes whole heads), got {self.tp}")
@@ -70,22 +71,26 @@ class ParallelSpec:
                                          f"split on it; pad model.vocab to a multiple), got {self.tp}")
         if self.sequence_parallel and self.tp == 1:
             raise Invalid("parallel.sequence_parallel", "expected tp > 1 (sequence parallelism shards over tp)")
+        if self.sequence_parallel and seq_len is not None and seq_len % self.tp:
+            raise Invalid("parallel.sequence_parallel", f"expected model.seq_len ({seq_len}) to be a multiple "
+                                                        f"of tp ({self.tp}): each tp rank holds a slice of the sequence")
         stages = self.num_stages
         if stages > layers:
             raise Invalid("parallel.pp", f"expected at most one pipeline stage per layer: {stages} stages "
                                          f"(pp {self.pp} x {self.stages_per_rank} per rank) for {layers} layers")
-        if self.pp_split is not None:
+        if self.pp_split is not None and self.pp > 1:
             if len(self.pp_split) != stages - 1:
-                raise Invalid("parallel.pp_split", f"expected {stages - 1} layer indices (one per stage "
-                                                   f"after the first of {stages}), got {len(self.pp_split)}")
+                raise Invalid("parallel.pp_split", f"expected {stages - 1} layer indices (the first layer of "
+                                                   f"every stage after the first of {stages}), got {len(self.pp_split)}")
             if self.pp_split and self.pp_split[-1] >= layers:
-                raise Invalid("parallel.pp_split", f"expected layer indices below {layers}, got {self.pp_split}")
+                raise Invalid("parallel.pp_split", f"expected layer indices below {layers} (the model's "
+                                                   f"layers), got {self.pp_split}")
 
     def stage_layers(self, layers: int) -> list[range]:
         """The layers of every stage, in stage order: the explicit split, or an even one (the
         first stages take one more when the layers do not divide)."""
         stages = self.num_stages
-        if self.pp_split is not None:
+        if self.pp_split is not None and stages > 1:
             bounds = [0, *self.pp_split, layers]
         else:
             base, extra = divmod(layers, stages)
@@ -157,40 +162,53 @@ class Layout:
 def resolve_layout(parallel: ParallelSpec, sharding: str, world_size: int, global_batch: int,
                    micro_batch: int) -> Layout:
     """Fill the data-parallel dimension from the world size and split the global batch.
-    Raises :class:`Invalid` with a key under ``trainer``."""
+    Raises :class:`Invalid` with a key under ``trainer`` that names the key to change."""
     p = parallel
-    fixed = p.tp * p.pp
+    world = f"the world size {world_size} (nodes x tasks per node)"
+    if world_size % (p.tp * p.pp):
+        key = "tp" if world_size % p.tp else "pp"
+        raise Invalid(f"parallel.{key}", f"expected tp x pp to divide {world}, got tp {p.tp} x pp {p.pp} "
+                                         f"= {p.tp * p.pp}")
+    dp = world_size // (p.tp * p.pp)  # the data-parallel ranks, whatever their split
     fill = "dp_shard" if sharding == "fsdp" else "dp_replicate"
     sizes = {"dp_replicate": p.dp_replicate, "dp_shard": p.dp_shard}
     if sizes["dp_replicate"] is None and sizes["dp_shard"] is None:
         sizes = {"dp_replicate": 1, "dp_shard": 1}
-        sizes[fill] = None
-    for name, value in sizes.items():
-        if value is not None:
-            fixed *= value
-    missing = [n for n, v in sizes.items() if v is None]
-    if missing:
-        if world_size % fixed:
-            raise Invalid(f"parallel.{missing[0]}", f"cannot fill the world size {world_size}: the other "
-                                                   f"dimensions multiply to {fixed}, which does not divide it")
-        sizes[missing[0]] = world_size // fixed
-    total = p.pp * p.tp * sizes["dp_replicate"] * sizes["dp_shard"]
-    if total != world_size:
-        raise Invalid("parallel", f"expected pp x dp_replicate x dp_shard x tp = the world size {world_size} "
-                                  f"(nodes x tasks per node), got {p.pp} x {sizes['dp_replicate']} x "
-                                  f"{sizes['dp_shard']} x {p.tp} = {total}")
-    dp = sizes["dp_replicate"] * sizes["dp_shard"]
+        sizes[fill] = dp
+    given = [n for n, v in sizes.items() if v is not None and getattr(p, n) is not None]
+    for name, other in (("dp_replicate", "dp_shard"), ("dp_shard", "dp_replicate")):
+        if sizes[other] is None:  # one given, the other fills the data-parallel ranks
+            if dp % sizes[name]:
+                raise Invalid(f"parallel.{name}", f"expected a divisor of the data-parallel ranks = world size "
+                                                  f"{world_size} / (tp {p.tp} x pp {p.pp}) = {dp}, got {sizes[name]}")
+            sizes[other] = dp // sizes[name]
+    if sizes["dp_replicate"] * sizes["dp_shard"] != dp:  # both given
+        raise Invalid(f"parallel.{given[-1]}", f"expected pp x dp_replicate x dp_shard x tp = {world}, got "
+                                               f"{p.pp} x {sizes['dp_replicate']} x {sizes['dp_shard']} x {p.tp} "
+                                               f"= {p.pp * p.tp * sizes['dp_replicate'] * sizes['dp_shard']}")
     if p.pp > 1 and p.pp_microbatches is not None:
         if global_batch % (dp * p.pp_microbatches):
             raise Invalid("parallel.pp_microbatches", f"expected a divisor of global_batch / data-parallel ranks "
                                                       f"= {global_batch} / {dp}, got {p.pp_microbatches}")
         accumulation, micro = p.pp_microbatches, global_batch // (dp * p.pp_microbatches)
+        source = ""
     else:
         if global_batch % (micro_batch * dp):
             raise Invalid("global_batch", f"expected a multiple of micro_batch x data-parallel ranks = "
                                           f"{micro_batch} x {dp}, got {global_batch}")
         accumulation, micro = global_batch // (micro_batch * dp), micro_batch
-    if p.pp_schedule == "interleaved_1f1b" and p.pp > 1 and accumulation % p.pp:
-        raise Invalid("parallel.pp_microbatches", f"expected a multiple of pp ({p.pp}) micro-batches for "
-                                                  f"interleaved_1f1b, got {accumulation}")
+        source = f" (global_batch / (micro_batch x data-parallel ranks) = {global_batch} / ({micro_batch} x {dp}))"
+    if p.pp > 1:
+        _check_microbatches(p, accumulation, source)
     return Layout(p.pp, sizes["dp_replicate"], sizes["dp_shard"], p.tp, accumulation, micro, p)
+
+
+def _check_microbatches(p: ParallelSpec, count: int, source: str) -> None:
+    """What torch's schedules need of the microbatch count (they refuse it at the first step
+    otherwise): 1F1B at least one per stage, interleaved 1F1B whole rounds of ``pp``."""
+    if p.pp_schedule == "interleaved_1f1b" and count % p.pp:
+        raise Invalid("parallel.pp_microbatches", f"expected a multiple of pp ({p.pp}) micro-batches for "
+                                                  f"interleaved_1f1b, got {count}{source}")
+    if p.pp_schedule == "1f1b" and count < p.pp:
+        raise Invalid("parallel.pp_microbatches", f"expected at least pp ({p.pp}) micro-batches for 1f1b "
+                                                  f"(one per stage in flight), got {count}{source}")
