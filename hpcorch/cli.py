@@ -197,6 +197,7 @@ def render(ctx, job, profile_name, template_dir, overrides, run_dir):
 def plan(job, profile_name, as_json, overrides, run_dir):
     """Check that JOB fits the profile and show what it will use."""
     from . import service
+    from .layoutplan import table_view
     from .plan import summarize
 
     the_plan = service.plan(job, profile_name, overrides, run_dir)
@@ -205,7 +206,7 @@ def plan(job, profile_name, as_json, overrides, run_dir):
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        _table(summary)
+        _table(table_view(summary))
 
 
 def _table(info: dict) -> None:

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import fabric
+from . import fabric, layoutplan
 from .nodefit import (check_constraint, check_gpu_type, check_mig, check_node_counts, fit_node_groups)
 from . import siterequests
 from .spec import units
@@ -161,6 +161,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     environment.update({k: str(v) for k, v in profile.environment.variables.items()})
     environment.update({k: str(v) for k, v in job.environment.items()})
     warnings: list[str] = []
+    layoutplan.check_layout(job, eligible, fail, warnings)
     launch = resolve_launch(job, profile, eligible, python, fail, warnings)
     plan = Plan(
         job=job, profile=profile, partition=part, run_dir=run_dir,
@@ -223,6 +224,7 @@ def summarize(plan: Plan) -> dict:
         "grad_accumulation": job.grad_accum,
         "total_tokens": tokens_per_step * tr.steps,
         "sharding": tr.sharding,
+        "layout": layoutplan.layout_summary(job),
         "checkpoint_every": f"{tr.checkpoint.interval} steps, keep {tr.checkpoint.keep}",
         "requeue": (f"on, {job.requeue.signal} {job.requeue.signal_lead_s}s before the limit"
                     if job.requeue.enabled else "off"),

@@ -285,7 +285,13 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
     overrides = list(overrides)
     if nproc is not None:
         overrides += ["resources.nodes=1", f"resources.tasks_per_node={nproc}"]
-    spec = load_job(job, overrides)
+    try:
+        spec = load_job(job, overrides)
+    except ConfigError as exc:
+        # --nproc is the world size here: a layout or batch that does not fit it names it.
+        if nproc is None or "(--set " in exc.source or not exc.key.startswith("trainer."):
+            raise
+        raise ConfigError(f"{exc.source} (--nproc {nproc})", exc.key, exc.message) from None
     if spec.resources.nodes != 1:
         raise ConfigError(str(job), "resources.nodes",
                           f"a local run uses one node, got {spec.resources.nodes}; pass --nproc")
