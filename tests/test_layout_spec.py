@@ -315,3 +315,37 @@ def test_the_error_keys_name_what_the_user_wrote(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_job(_write(tmp_path, [P + "dp_shard=3"]))
     assert err.value.key == P + "dp_shard"
+
+
+# ----- the README's layouts --------------------------------------------------------------------------
+def _readme_layouts(repo) -> str:
+    text = (repo / "README.md").read_text()
+    return text.split("### Parallel layouts")[1].split("\n## ")[0]
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+def test_readme_layout_examples_plan(repo, tmp_path):
+    section = _readme_layouts(repo)
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) == 7
+    kinds = []
+    for i, block in enumerate(blocks):
+        data = _merge(yaml.safe_load((repo / "jobs/gpt-1.3b.yaml").read_text()), yaml.safe_load(block))
+        data["resources"].pop("constraint")  # the examples' node counts, anywhere on the partition
+        path = tmp_path / f"example{i}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        plan = make_plan(load_job(path), load_profile("h100-ndr"), run_dir=tmp_path / "run")
+        assert not plan.warnings, (block, plan.warnings)
+        kinds.append(plan.job.layout.kind)
+    assert kinds == ["ddp", "fsdp", "nd", "nd", "nd", "nd", "nd"]
+
+
+def test_readme_plan_output_is_real(repo):
+    shown = re.search(r"```\n(layout .*?)```", _readme_layouts(repo), re.S)[1]
+    out = run_cli("plan", "gpt-1.3b", "-p", "h100-ndr", "--set", P + "tp=4", "--set", P + "pp=2")
+    assert shown in out.stdout
