@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from slurmhelp import Jobs, script, wait_for_file, wait_progress
-from trainhelp import REPO, TINY
+from trainhelp import REPO, TINY, losses
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(480)]
 
@@ -281,3 +281,26 @@ def test_sbatch_rejection_is_one_line_and_leaves_nothing(ctx, tmp_path, repo):
     assert not run.exists()
     assert json.loads(ctx.cli("ls", "--json").stdout) == []
 
+
+
+def test_tp_inside_nodes_dp_across_matches_a_local_run(ctx, tmp_path):
+    """Issue 10: jobs/gpt-tp-dp.yaml (tp 2 inside each of 2 nodes, FSDP across them) completes
+    on the dev cluster with the same losses and weights as `hpcorch train` of the same layout
+    on one machine."""
+    sets = _sets()  # the tiny model (2 heads: tp 2 takes one each) on 2 nodes x 2 ranks
+    local = tmp_path / "local"
+    out = subprocess.run([sys.executable, "-m", "hpcorch.cli", "train", "jobs/gpt-tp-dp.yaml", "--nproc", "4",
+                          "--run-dir", str(local), *sets], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    plan = json.loads(ctx.cli("plan", "jobs/gpt-tp-dp.yaml", "-p", "devcluster", *sets, "--json").stdout)
+    assert plan["layout"]["sizes"] == {"pp": 1, "dp_replicate": 1, "dp_shard": 2, "tp": 2}
+    assert [n["tp"] for n in plan["layout"]["nodes"]] == [[0, 1], [0, 1]]  # each tp pair on one node
+    run = tmp_path / "run"
+    ctx.cli("submit", "jobs/gpt-tp-dp.yaml", "-p", "devcluster", "--run-dir", run, *sets)
+    job = ctx.entry(run)
+    _finish(ctx, job["job_id"])
+    got, want = _summary(run), _summary(local)
+    assert got["world_size"] == 4 and got["final_step"] == want["final_step"]
+    assert got["weights_sha256"] == want["weights_sha256"]
+    assert losses(run) == losses(local)
