@@ -61,6 +61,9 @@ BAD = [
     ([P + "pp_schedule=zero_bubble"], P + "pp_schedule", "expected one of 'gpipe', '1f1b', 'interleaved_1f1b'"),
     ([P + "tpp=2"], P + "tpp", "unknown key; did you mean 'tp'?"),
     ([P + "tp=0"], P + "tp", "expected a positive number, got 0"),
+    ([P + "tp=2", "trainer.grad_compression=fp16"], "trainer.grad_compression",
+     "expected none for the layout dp_replicate 2 x tp 2 (4 ranks), sharding ddp: compression hooks into plain DDP only"),
+    (["trainer.sharding=fsdp", "trainer.grad_compression=fp16"], "trainer.grad_compression", "expected none"),
     ([P + "tp=2", "trainer.global_batch=10"], "trainer.global_batch", "expected a multiple of micro_batch x data-parallel ranks = 2 x 2"),
 ]
 COMMANDS = [["plan", "-p", "devcluster"], ["submit", "-p", "devcluster", "--dry-run"], ["train", "--nproc", "4"]]

@@ -233,9 +233,13 @@ class JobSpec:
         for name, value in self.environment.items():
             check_expandable(f"environment.{name}", value)
         try:
-            self.trainer.layout(self.resources.world_size)
+            layout = self.trainer.layout(self.resources.world_size)
         except Invalid as exc:
             raise Invalid(f"trainer.{exc.field}", exc.message) from None
+        if self.trainer.grad_compression != "none" and (layout.kind != "ddp" or self.trainer.sharding != "ddp"):
+            # a DDP communication hook: FSDP, tp and pp reduce gradients their own way
+            raise Invalid("trainer.grad_compression", f"expected none for the layout {layout.describe()}, sharding "
+                                                      f"{self.trainer.sharding}: compression hooks into plain DDP only")
         res = self.resources
         if self.requeue.signal_lead_s >= res.time_s:
             raise Invalid("requeue.signal_lead_s",
