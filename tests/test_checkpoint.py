@@ -44,7 +44,7 @@ def test_corrupted_latest_falls_back(tmp_path, damage):
     ck = CheckpointStore(tmp_path, rank=0, world_size=1, keep=3)
     _save(ck, 10)
     _save(ck, 20)
-    target = step_dir(tmp_path, 20) / "shared.pt"
+    target = step_dir(tmp_path, 20) / "__0_0.distcp"
     data = target.read_bytes()
     if damage == "truncate":
         target.write_bytes(data[: len(data) // 2])
@@ -67,7 +67,7 @@ def test_commit_waits_for_every_rank(tmp_path):
     CheckpointStore(tmp_path, rank=1, world_size=2).save(20, None, {"rng": 1}, {})
     _save(ck0, 20)
     record = json.loads((step_dir(tmp_path, 20) / COMMIT).read_text())
-    assert set(record["files"]) == {"shared.pt", "rank_00000.pt", "rank_00001.pt"}
+    assert set(record["files"]) == {"__0_0.distcp", ".metadata", "rank_00000.pt", "rank_00001.pt"}
 
 
 
@@ -77,14 +77,22 @@ def _disk_full_for(monkeypatch, name):
 
     import hpcorch.train.store as store
 
-    real = store.atomic_write
+    import hpcorch.train.dcpio as dcpio
+
+    real, real_open = store.atomic_write, dcpio.open if hasattr(dcpio, "open") else open
 
     def write(path, data, **kwargs):
         if path.name == name:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data, **kwargs)
 
+    def opener(path, mode="r", *args, **kwargs):
+        if "w" in mode and str(path).endswith(name):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
     monkeypatch.setattr(store, "atomic_write", write)
+    monkeypatch.setattr(dcpio, "open", opener, raising=False)
 
 
 @pytest.mark.parametrize("async_save", [False, True])
@@ -96,7 +104,7 @@ def test_a_failed_save_cleans_up_says_why_and_keeps_the_previous(tmp_path, monke
                          agree=lambda ok: votes.append(ok) or ok)
     _save(ck, 10)
     ck.wait()
-    _disk_full_for(monkeypatch, "shared.pt")
+    _disk_full_for(monkeypatch, "__0_0.distcp")
     with pytest.raises(SaveFailed, match=r"^checkpoint save to .*step_000000020 failed: no space left on "
                                          r"device on /\S* \(\w+\): needs ~[\d.]+ kB, [\d.]+ \w?B free$"):
         _save(ck, 20)

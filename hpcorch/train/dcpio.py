@@ -25,9 +25,15 @@ import signal
 from pathlib import Path
 from typing import Any, Callable
 
+from typing import Iterator
+
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystem, _item_size
+
+__all__ = ["CheckpointException", "DigestMismatch", "Stager", "nbytes", "own_files", "read_full",
+           "read_sharded", "write_sharded"]
 
 METADATA = ".metadata"
 
@@ -142,6 +148,8 @@ def _no_zip_crc():
 def write_sharded(folder: Path, state: dict, group, fault: Callable | None = None) -> dict[str, dict]:
     """Write this rank's shards of ``state`` into ``folder`` (a collective over ``group``, or
     one process when None); returns {file name: {size, sha256}} of the files this rank wrote."""
+    if group is None and not state:
+        return {}  # one process with nothing to write (a store test's stand-in rank)
     writer = DigestWriter(folder, fault)
     with _no_zip_crc(), _quiet_overwrite():
         dcp.save(state, storage_writer=writer, process_group=group, no_dist=group is None and _no_dist())
@@ -228,8 +236,9 @@ def read_sharded(folder: Path, target: dict, group, digests: dict[str, dict] | N
     """Load ``target`` (tensors filled in place, other values replaced) from ``folder``,
     resharding by name; a collective over ``group``. Raises :class:`CheckpointException`
     on every rank if any rank's files fail verification."""
-    dcp.load(target, storage_reader=VerifyingReader(folder, digests, error), process_group=group,
-             no_dist=group is None and _no_dist())
+    with _quiet_overwrite():
+        dcp.load(target, storage_reader=VerifyingReader(folder, digests, error), process_group=group,
+                 no_dist=group is None and _no_dist())
 
 
 def read_full(folder: Path, digests: dict[str, dict] | None) -> dict:
@@ -258,5 +267,62 @@ def _quiet_overwrite():
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected an existing checkpoint")
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed.checkpoint")
         yield
+
+
+class Stager:
+    """Copies a state (tensors or DTensors) into host buffers kept from one save to the next
+    (pinned on CUDA): the only part of an asynchronous save that blocks training. The buffers
+    are reused only after the previous save is done (one save in flight)."""
+
+    def __init__(self):
+        self._buffers: dict | None = None
+        self._shape: Any = None
+
+    def stage(self, state: dict) -> dict:
+        from torch.distributed._state_dict_utils import _copy_state_dict, _create_cpu_state_dict
+
+        shape = _shape_of(state)
+        if self._buffers is None or shape != self._shape:
+            pin = torch.cuda.is_available() and any(_on_cuda(v) for v in _leaves(state))
+            self._buffers, self._shape = _create_cpu_state_dict(state, pin_memory=pin), shape
+        _copy_state_dict(state, self._buffers, non_blocking=True)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the copy is done before training touches the tensors again
+        return self._buffers
+
+
+def _leaves(obj: Any) -> Iterator[Any]:
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _leaves(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _leaves(v)
+    else:
+        yield obj
+
+
+def _on_cuda(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.device.type == "cuda"
+
+
+def _shape_of(obj: Any) -> Any:
+    """What must match for staging buffers to be reused: keys, tensor shapes and dtypes."""
+    if isinstance(obj, dict):
+        return tuple((k, _shape_of(v)) for k, v in obj.items())
+    if isinstance(obj, torch.Tensor):
+        return (tuple(obj.shape), obj.dtype)
+    return type(obj)
+
+
+def nbytes(obj: Any) -> int:
+    """Bytes of this rank's tensors in a state (its own shards of DTensors)."""
+    total = 0
+    for v in _leaves(obj):
+        if isinstance(v, torch.Tensor):
+            local = v.to_local() if hasattr(v, "to_local") else v
+            total += local.numel() * local.element_size()
+    return total
