@@ -45,8 +45,9 @@ class DigestMismatch(RuntimeError):
 class _DigestStream(io.RawIOBase):
     """A write stream that hashes what passes through it; optionally dies midway (test fault)."""
 
-    def __init__(self, raw, on_close: Callable[[int, str], None], kill_at: int | None):
-        self.raw, self.on_close, self.kill_at = raw, on_close, kill_at
+    def __init__(self, raw, on_close: Callable[[int, str], None], kill_at: int | None,
+                 on_error: Callable[[OSError], None]):
+        self.raw, self.on_close, self.kill_at, self.on_error = raw, on_close, kill_at, on_error
         self.sha, self.size = hashlib.sha256(), 0
 
     def writable(self) -> bool:
@@ -68,7 +69,11 @@ class _DigestStream(io.RawIOBase):
             self.raw.flush()
             os.fsync(self.raw.fileno())
             os.kill(os.getpid(), signal.SIGKILL)
-        self.raw.write(view)
+        try:
+            self.raw.write(view)
+        except OSError as exc:  # torch's zip writer turns it into an opaque RuntimeError
+            self.on_error(exc)
+            raise
         self.sha.update(view)
         self.size += len(view)
         return len(view)
@@ -91,6 +96,7 @@ class _DigestFileSystem(FileSystem):
         super().__init__()
         self.files: dict[str, dict] = {}
         self.fault, self.expected = fault, 0
+        self.error: OSError | None = None  # the first write error (a full disk), said as such
 
     @contextlib.contextmanager
     def create_stream(self, path, mode: str):
@@ -106,8 +112,15 @@ class _DigestFileSystem(FileSystem):
         def record(size: int, sha: str) -> None:
             self.files[name] = {"size": size, "sha256": sha}
 
-        with open(path, mode) as raw, _DigestStream(raw, record, kill_at) as stream:
-            yield stream
+        def failed(exc: OSError) -> None:
+            self.error = self.error or exc
+
+        try:
+            with open(path, mode) as raw, _DigestStream(raw, record, kill_at, failed) as stream:
+                yield stream
+        except OSError as exc:  # also the buffered tail failing at close
+            failed(exc)
+            raise
 
     def rename(self, path, new_path) -> None:
         super().rename(path, new_path)
@@ -151,8 +164,13 @@ def write_sharded(folder: Path, state: dict, group, fault: Callable | None = Non
     if group is None and not state:
         return {}  # one process with nothing to write (a store test's stand-in rank)
     writer = DigestWriter(folder, fault)
-    with _no_zip_crc(), _quiet_overwrite():
-        dcp.save(state, storage_writer=writer, process_group=group, no_dist=group is None and _no_dist())
+    try:
+        with _no_zip_crc(), _quiet_overwrite():
+            dcp.save(state, storage_writer=writer, process_group=group, no_dist=group is None and _no_dist())
+    except CheckpointException:
+        if writer.fs.error is not None:  # this rank's own write failed: say why (peers see ours)
+            raise writer.fs.error from None
+        raise
     return dict(writer.files)
 
 
