@@ -23,7 +23,7 @@ class HpcorchGroup(click.Group):
     """Prints hpcorch's errors as one line on stderr and exits 2, without a traceback, and lists
     commands in the order of the workflow rather than the alphabet."""
 
-    ORDER = ("plan", "render", "submit", "train", "ls", "status", "logs", "cancel", "resume",
+    ORDER = ("plan", "render", "submit", "train", "ls", "status", "logs", "cancel", "resume", "export",
              "profile", "jobs", "devcluster", "completion")
 
     def list_commands(self, ctx):
@@ -303,6 +303,18 @@ def resume(ref, exclude, wait, allow_config_change, template_dir):
 
     _report(service.resume(ref, exclude=exclude, allow_config_change=allow_config_change,
                            template_dir=template_dir), wait)
+
+
+@main.command()
+@click.argument("ref", metavar="RUN_DIR_OR_REF", shell_complete=complete_refs)
+@click.option("--step", type=click.IntRange(0), default=None, help="This committed step (default: the latest).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="model.safetensors (needs the safetensors package; else a .pt is written) or FILE.pt.")
+def export(ref, step, out):
+    """Write a checkpoint's model weights to one plain file for use outside hpcorch."""
+    from . import service
+
+    click.echo(f"wrote {service.export(ref, out, step=step)}")
 
 
 @main.group()

@@ -10,6 +10,7 @@ ones to call from Python.
                                            # (allow_config_change=True: over a checkpoint's config)
     service.status(sub.entry.key)          # state, progress, what to do next
     service.resume(sub.entry.key)          # after it ended without completing
+    service.export(sub.entry.key, "model.safetensors")  # the weights, for use outside hpcorch
 
 A job is named by its registry number, Slurm job id, name (the newest) or run directory.
 Nothing here imports torch or submitit until a job is really submitted or trained.
@@ -306,3 +307,24 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
         (["--peak-tflops", str(peak_tflops)] if peak_tflops else [])
     code = launch_local(job_file, run.root, spec.resources.tasks_per_node, extra, env={LEASE_ENV: lease.token()})
     return code, run.root
+
+
+def export(ref: str, out: str | os.PathLike, step: int | None = None, registry: Registry | None = None) -> Path:
+    """Write the model weights of job ``ref``'s checkpoint (the latest committed one, or
+    ``step``) to one plain file ``out`` (see :mod:`hpcorch.train.export`). ``ref`` is a run
+    directory or a job in the registry. Returns the file written."""
+    from .rundir import CheckpointLayout
+
+    run = RunDir.open(ref) if Path(ref).is_dir() else RunDir.open((registry or Registry()).get(ref).run_dir)
+    committed = CheckpointLayout(run.checkpoints).committed_steps()
+    if not committed:
+        raise HpcorchError(f"no committed checkpoint in {run.checkpoints}")
+    if step is not None and step not in committed:
+        raise HpcorchError(f"no committed checkpoint at step {step} in {run.checkpoints} (committed: {committed})")
+    from .train.export import export_weights
+    from .train.store import CheckpointError
+
+    try:
+        return export_weights(run.checkpoints, committed[-1] if step is None else step, Path(out))
+    except CheckpointError as exc:
+        raise HpcorchError(str(exc)) from None

@@ -44,7 +44,7 @@ def test_corrupted_latest_falls_back(tmp_path, damage):
     ck = CheckpointStore(tmp_path, rank=0, world_size=1, keep=3)
     _save(ck, 10)
     _save(ck, 20)
-    target = step_dir(tmp_path, 20) / "shared.pt"
+    target = step_dir(tmp_path, 20) / "__0_0.distcp"
     data = target.read_bytes()
     if damage == "truncate":
         target.write_bytes(data[: len(data) // 2])
@@ -67,7 +67,7 @@ def test_commit_waits_for_every_rank(tmp_path):
     CheckpointStore(tmp_path, rank=1, world_size=2).save(20, None, {"rng": 1}, {})
     _save(ck0, 20)
     record = json.loads((step_dir(tmp_path, 20) / COMMIT).read_text())
-    assert set(record["files"]) == {"shared.pt", "rank_00000.pt", "rank_00001.pt"}
+    assert set(record["files"]) == {"__0_0.distcp", ".metadata", "rank_00000.pt", "rank_00001.pt"}
 
 
 
@@ -77,14 +77,22 @@ def _disk_full_for(monkeypatch, name):
 
     import hpcorch.train.store as store
 
-    real = store.atomic_write
+    import hpcorch.train.dcpio as dcpio
+
+    real, real_open = store.atomic_write, dcpio.open if hasattr(dcpio, "open") else open
 
     def write(path, data, **kwargs):
         if path.name == name:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data, **kwargs)
 
+    def opener(path, mode="r", *args, **kwargs):
+        if "w" in mode and str(path).endswith(name):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
     monkeypatch.setattr(store, "atomic_write", write)
+    monkeypatch.setattr(dcpio, "open", opener, raising=False)
 
 
 @pytest.mark.parametrize("async_save", [False, True])
@@ -96,7 +104,7 @@ def test_a_failed_save_cleans_up_says_why_and_keeps_the_previous(tmp_path, monke
                          agree=lambda ok: votes.append(ok) or ok)
     _save(ck, 10)
     ck.wait()
-    _disk_full_for(monkeypatch, "shared.pt")
+    _disk_full_for(monkeypatch, "__0_0.distcp")
     with pytest.raises(SaveFailed, match=r"^checkpoint save to .*step_000000020 failed: no space left on "
                                          r"device on /\S* \(\w+\): needs ~[\d.]+ kB, [\d.]+ \w?B free$"):
         _save(ck, 20)
@@ -113,3 +121,43 @@ def test_a_peers_failure_stops_this_rank_and_removes_its_part(tmp_path):
     with pytest.raises(PeerSaveFailed, match="another rank could not write its part of step 20"):
         ck.save(20, None, {"rng": 1}, {})
     assert not list(step_dir(tmp_path, 20).iterdir())
+
+
+def test_export_writes_the_canonical_weights_and_errors_are_one_line(tmp_path):
+    from hpcorch import service
+    from hpcorch.errors import HpcorchError
+    from hpcorch.train.checkpoint import weights_digest
+
+    root = tmp_path / "run"
+    ck = CheckpointStore(root / "checkpoints", rank=0, world_size=1)
+    w = torch.arange(6.0).reshape(2, 3)
+    ck.save(5, {"model": {"wte.weight": w, "ln_f.weight": torch.ones(3)}, "optim": {}}, {"rng": 0}, {})
+    out = service.export(str(root), tmp_path / "out" / "model.pt")
+    got = torch.load(out)
+    assert set(got) == {"wte.weight", "ln_f.weight"} and torch.equal(got["wte.weight"], w)
+    assert weights_digest(got) == weights_digest({"wte.weight": w, "ln_f.weight": torch.ones(3)})
+    with pytest.raises(HpcorchError, match=r"no committed checkpoint at step 4 .*\(committed: \[5\]\)"):
+        service.export(str(root), tmp_path / "x.pt", step=4)
+    (root / "empty").mkdir()
+    with pytest.raises(HpcorchError, match="no committed checkpoint in"):
+        service.export(str(root / "empty"), tmp_path / "x.pt")
+
+
+def test_old_format_checkpoints_still_load(tmp_path):
+    """A checkpoint written before DCP (rank 0's full state in shared.pt) loads as before."""
+    import hashlib
+    import io
+
+    from hpcorch.rundir import atomic_write
+
+    d = step_dir(tmp_path, 7)
+    d.mkdir(parents=True)
+    files = {}
+    for name, obj in (("shared.pt", {"model": {"w": torch.ones(2)}, "optimizer": {}}), ("rank_00000.pt", {"rng": 1})):
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        atomic_write(d / name, buf.getvalue())
+        files[name] = {"size": len(buf.getvalue()), "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
+    atomic_write(d / COMMIT, json.dumps({"step": 7, "files": files}))
+    step, shared, local, _ = CheckpointStore(tmp_path, rank=0, world_size=1).load_latest()
+    assert step == 7 and torch.equal(shared["model"]["w"], torch.ones(2)) and local == {"rng": 1}

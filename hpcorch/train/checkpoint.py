@@ -1,20 +1,27 @@
 """What a checkpoint holds and how a run continues from one.
 
-A checkpoint of step N holds the full (unsharded) model and optimizer state, written once by
-rank 0, so that a run can resume on another number of ranks or another layout; every rank's
-RNG state (determinism rule 3); and, in the commit record, the :class:`TrainState` and the
-job's training config (:func:`hpcorch.spec.compat.training_config`), checked on load so that
-another config fails loudly (or, accepted with ``--allow-config-change``, is recorded) instead
-of silently continuing or starting afresh. The files themselves are the business of
-:mod:`hpcorch.train.store`.
+A checkpoint of step N holds the model and optimizer state in CANONICAL form, sharded as the
+saving layout held it (every rank writes its own shards through DCP, see
+:mod:`hpcorch.train.store`), so that a run can resume on another number of ranks or another
+layout (DCP reshards by name); every rank's RNG state (determinism rule 3); and, in the commit
+record, the :class:`TrainState` and the job's training config
+(:func:`hpcorch.spec.compat.training_config`), checked before any state is loaded so that
+another config fails loudly (or, accepted with ``--allow-config-change``, is recorded).
+
+Canonical state: ``{"model": {fqn: tensor}, "optim": {flattened optimizer key: value}}`` merged
+over this rank's model parts (one per pipeline stage it holds), with the names of the plain GPT.
+The tied embedding appears only as ``wte.weight``: a part holding both ``wte`` and ``head``
+drops ``head.weight``; a part holding only ``head`` (the last pipeline stage) names it
+``wte.weight`` (model and optimizer keys).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+import torch.nn as nn
 
 from ..spec.compat import check_config_change, training_config
 from ..spec.job import JobSpec
@@ -22,7 +29,10 @@ from .determinism import fresh_rank_seed, rng_state, seed_everything, set_rng_st
 from .state import TrainState
 from .store import CheckpointError, CheckpointStore, PeerSaveFailed
 
-__all__ = ["Checkpointer", "CheckpointError", "fingerprint", "weights_digest"]
+__all__ = ["Checkpointer", "CheckpointError", "canonical_state", "checkpoint_group", "fingerprint",
+           "model_digest", "weights_digest"]
+
+TIED, TIED_ALIAS = "wte.weight", "head.weight"
 
 
 def fingerprint(job: JobSpec) -> dict:
@@ -42,43 +52,134 @@ def fingerprint_differences(saved: dict, current: dict) -> list[str]:
             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
 
 
-def weights_digest(state: dict) -> str:
-    """SHA-256 over the model parameters in sorted-name order (as float32 bytes)."""
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a full tensor's values as float32, row-major, native (little-endian) bytes."""
+    data = tensor.detach().to("cpu", torch.float32).contiguous()
+    return hashlib.sha256(data.numpy().tobytes()).hexdigest()
+
+
+def combine_digests(digests: dict[str, str]) -> str:
+    """The weights digest: SHA-256 over ``name NUL digest-bytes`` of every tensor, in name order."""
     h = hashlib.sha256()
-    for name in sorted(state):
-        h.update(name.encode())
-        h.update(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    for name in sorted(digests):
+        h.update(name.encode() + b"\0" + bytes.fromhex(digests[name]))
     return h.hexdigest()
 
 
-class Checkpointer:
-    """Saves and restores one rank's part of a run: model, optimizer, RNG and train state."""
+def weights_digest(state: dict) -> str:
+    """The weights digest of a full (unsharded, plain-tensor) model state dict."""
+    return combine_digests({n: tensor_digest(t) for n, t in _canonical_model(state).items()})
 
-    def __init__(self, store: CheckpointStore, job: JobSpec, rank: int, module: torch.nn.Module,
-                 optimizer: torch.optim.Optimizer, log: Callable[[str], None],
-                 accepted_config: dict | None = None):
+
+def model_digest(parts: Sequence[nn.Module] | nn.Module) -> str:
+    """The weights digest of the model whose parts the ranks hold, the same for the same
+    weights whatever the layout. Every rank calls it (a collective): tensor by tensor, a
+    sharded tensor is gathered to its full value on the ranks that shard it (never the whole
+    model on one rank), then the small {name: digest} dicts of all ranks (pipeline stages)
+    are merged."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.tensor import DTensor
+
+    digests: dict[str, str] = {}
+    for part in _as_list(parts):
+        for name, value in _canonical_model(get_model_state_dict(part)).items():
+            full = value.full_tensor() if isinstance(value, DTensor) else value
+            digests[name] = tensor_digest(full)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, digests)
+        for other in gathered:
+            digests.update(other)
+    return combine_digests(digests)
+
+
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _canonical_name(key: str, alias: bool) -> str | None:
+    """A model key's canonical name: None drops the tied duplicate ``head.weight``."""
+    if key == TIED_ALIAS:
+        return TIED if alias else None
+    return key
+
+
+def _canonical_model(sd: dict) -> dict:
+    alias = TIED not in sd
+    out = {}
+    for key, value in sd.items():
+        name = _canonical_name(key, alias)
+        if name is not None:
+            out[name] = value
+    return out
+
+
+def _canonical_optim_key(key: str) -> str:
+    """``state.head.weight.exp_avg`` -> ``state.wte.weight.exp_avg`` (the same tied parameter)."""
+    kind, _, rest = key.partition(".")
+    if rest.startswith(TIED_ALIAS + "."):
+        return f"{kind}.{TIED}{rest[len(TIED_ALIAS):]}"
+    return key
+
+
+def canonical_state(parts: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer]
+                    ) -> tuple[dict, list[tuple[dict, dict]]]:
+    """This rank's canonical state (live tensors, DTensors stay sharded; an optimizer without
+    state yet is initialised by torch), and per part the {own key: canonical key} maps of its
+    model and optimizer keys, to hand a loaded state back to each part."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    opts = StateDictOptions(flatten_optimizer_state_dict=True)
+    model, optim, maps = {}, {}, []
+    for part, optimizer in zip(parts, optimizers, strict=True):
+        msd = get_model_state_dict(part, options=opts)
+        osd = get_optimizer_state_dict(part, optimizer, options=opts)
+        alias = TIED not in msd
+        mmap = {k: _canonical_name(k, alias) or TIED for k in msd}
+        omap = {k: _canonical_optim_key(k) for k in osd}
+        model.update({mmap[k]: v for k, v in msd.items() if not (k == TIED_ALIAS and not alias)})
+        optim.update({omap[k]: v for k, v in osd.items()})
+        maps.append((mmap, omap))
+    return {"model": model, "optim": optim}, maps
+
+
+def checkpoint_group(timeout_s: float):
+    """DCP's own gloo process group: every rank creates it once, at the same point of its
+    build (new_group is a collective in creation order); None outside a process group."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return None
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+
+
+class Checkpointer:
+    """Saves and restores one rank's part of a run: its model parts (one per pipeline stage it
+    holds; one module without pp), their optimizers, RNG and train state."""
+
+    def __init__(self, store: CheckpointStore, job: JobSpec, rank: int,
+                 parts: Sequence[nn.Module] | nn.Module,
+                 optimizers: Sequence[torch.optim.Optimizer] | torch.optim.Optimizer,
+                 log: Callable[[str], None], accepted_config: dict | None = None):
         self.store, self.job, self.rank = store, job, rank
-        self.module, self.optimizer, self.log = module, optimizer, log
+        self.parts, self.optimizers, self.log = _as_list(parts), _as_list(optimizers), log
+        if len(self.parts) != len(self.optimizers):
+            raise ValueError(f"{len(self.parts)} model parts but {len(self.optimizers)} optimizers")
         self.accepted_config = accepted_config  # what the user accepted over a checkpoint's config
         self.saved_step = -1  # the step of the newest checkpoint this process knows of
         self.config_changes: list[str] = []  # the accepted differences the last restore went on under
 
-    def full_state(self) -> tuple[dict, dict]:
-        """Full model and optimizer state dicts on the CPU. A collective under FSDP: every
-        rank calls it."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_state_dict(self.module, self.optimizer, options=opts)
-
     def save(self, state: TrainState) -> float:
         """Checkpoint ``state.step``; returns the seconds training was blocked."""
         self.wait()  # the previous save (async) is committed on every rank, or all stop here
-        model_sd, optim_sd = self.full_state()
-        shared = {"model": model_sd, "optimizer": optim_sd} if self.rank == 0 else None
+        sharded, _ = canonical_state(self.parts, self.optimizers)
         local = {"rng": rng_state()}
         meta = {**state.state_dict(), "fingerprint": fingerprint(self.job), "config": training_config(self.job)}
-        blocked = self.store.save(state.step, shared, local, meta)
+        blocked = self.store.save(state.step, sharded, local, meta)
         self.saved_step = state.step
         return blocked
 
@@ -100,17 +201,16 @@ class Checkpointer:
 
     def restore(self, state: TrainState, resume_step: int | None = None) -> bool:
         """Load ``resume_step``, or the latest committed checkpoint that verifies, into the
-        model, optimizer, RNG and ``state``. False if there is none (a fresh start)."""
-        found = self._find(resume_step)
+        model parts, optimizers, RNG and ``state``. False if there is none (a fresh start)."""
+        target, maps = canonical_state(self.parts, self.optimizers)
+        found = self._find(resume_step, target)
         if found is None:
             return False
-        step, shared, local, record = found
-        self._check_config(step, record)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-        set_state_dict(self.module, self.optimizer, model_state_dict=shared["model"],
-                       optim_state_dict=shared["optimizer"],
-                       options=StateDictOptions(full_state_dict=True))
+        step, loaded, local, record = found
+        if loaded is target:
+            self._apply(loaded, maps)
+        else:  # a checkpoint of the format before DCP: the full state
+            self._apply_full(loaded)
         if local is not None:
             set_rng_state(local["rng"])
         else:  # a rank that did not exist in the saved run
@@ -119,18 +219,53 @@ class Checkpointer:
         self.saved_step = step
         return True
 
-    def _find(self, resume_step: int | None) -> tuple[int, dict, dict | None, dict] | None:
-        """An explicit step must exist (never a silent fresh start); else the latest."""
-        if resume_step is None:
-            return self.store.load_latest(log=self.log)
+    def _apply(self, loaded: dict, maps: list[tuple[dict, dict]]) -> None:
+        """Hand the loaded canonical state back to each part under its own key names (the
+        tensors were filled in place; param groups and FSDP/TP bookkeeping need the set)."""
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        opts = StateDictOptions(flatten_optimizer_state_dict=True)
+        for part, optimizer, (mmap, omap) in zip(self.parts, self.optimizers, maps):
+            set_model_state_dict(part, {k: loaded["model"][c] for k, c in mmap.items()}, options=opts)
+            set_optimizer_state_dict(part, optimizer, {k: loaded["optim"][c] for k, c in omap.items()},
+                                     options=opts)
+
+    def _apply_full(self, shared: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        for part, optimizer in zip(self.parts, self.optimizers):
+            set_state_dict(part, optimizer, model_state_dict=shared["model"],
+                           optim_state_dict=shared["optimizer"],
+                           options=StateDictOptions(full_state_dict=True, strict=len(self.parts) == 1))
+
+    def _find(self, resume_step: int | None, target: dict) -> tuple[int, dict, dict | None, dict] | None:
+        """An explicit step must exist (never a silent fresh start); else the latest that
+        verifies. The config is checked against each commit record before its state loads."""
         committed = self.store.committed_steps()
-        if resume_step not in committed:
+        if resume_step is not None and resume_step not in committed:
             raise CheckpointError(f"no committed checkpoint at step {resume_step} in "
                                   f"{self.store.root} (committed: {committed or 'none'})")
-        return (resume_step, *self.store.load(resume_step))
+        candidates = [resume_step] if resume_step is not None else list(reversed(committed))
+        failed = []
+        for step in candidates:
+            self._check_config(step, self.store.layout.record(step))
+            try:
+                return (step, *self.store.load(step, target))
+            except CheckpointError as exc:
+                if resume_step is not None:
+                    raise
+                self.log(f"hpcorch: skipping corrupted checkpoint: {exc}")
+                failed.append(step)
+        if failed:  # the model may hold part of a corrupted load: never train on from it
+            raise CheckpointError(f"no committed checkpoint in {self.store.root} verifies "
+                                  f"(steps {failed}); move them away to start afresh")
+        return None
 
     def _check_config(self, step: int, record: dict) -> None:
         """Before any state is loaded: refuse another config unless the user accepted it."""
+        if not record:
+            return  # unreadable marker: the load says so (and a latest-search skips it)
         if "config" not in record:  # written before configs were recorded
             self._check_fingerprint(record["fingerprint"])
             return

@@ -1,7 +1,10 @@
 """Crash-safe checkpoint storage: one directory per step, a commit marker written last.
 
-Each rank writes its files (through :func:`hpcorch.rundir.atomic_write`: temporary name, fsync,
-rename) and then a ``rank_NNNNN.done`` record listing their sizes and SHA-256 digests. Rank 0
+Every rank writes its shards of the model and optimizer state through
+``torch.distributed.checkpoint`` (:mod:`hpcorch.train.dcpio`: ``__<rank>_<n>.distcp``, rank 0
+also ``.metadata``, fsynced), its own ``rank_NNNNN.pt`` (its RNG, through
+:func:`hpcorch.rundir.atomic_write`), and then a ``rank_NNNNN.done`` record listing the sizes and
+SHA-256 digests of ITS OWN files (computed while writing). Rank 0
 waits for every rank's record and only then writes the commit marker (same protocol), so a
 checkpoint that lacks the marker, or whose files do not match the digests in it, is never
 loaded. Older checkpoints are deleted only after a newer one is committed. Rank 0's waiting
@@ -14,6 +17,10 @@ space needed versus free. In a synchronous save the ranks then agree (``agree``,
 twice: after writing their parts and after the commit, so that every rank stops at the same
 point; the others raise :class:`PeerSaveFailed` (the failing rank says why) instead of dying
 later in a collective with a misleading error. The previous committed checkpoint is untouched.
+
+DCP's collectives run on ``group``, a gloo process group of their own created once by every
+rank, so that an asynchronous save's thread never shares a group with training's collectives.
+Checkpoints of the format before DCP (one ``shared.pt`` with the full state) still load.
 
 Folder names, the marker and "which steps are committed" come from
 :class:`hpcorch.rundir.CheckpointLayout`, so ``hpcorch status`` and the trainer agree.
@@ -37,9 +44,10 @@ import torch
 from ..poll import PollTimeout, poll_until
 from ..rundir import COMMIT_MARKER, CheckpointLayout, atomic_write, fsync_dir
 from ..diskspace import describe_write_failure
+from . import dcpio
 from .faults import crash_in_prune, crash_in_save
 
-SHARED_FILE = "shared.pt"  # written by rank 0 only: model and optimizer
+SHARED_FILE = "shared.pt"  # the format before DCP: rank 0's full model and optimizer state
 
 _logger = logging.getLogger("hpcorch.train")
 
@@ -100,7 +108,8 @@ class CheckpointStore:
 
     def __init__(self, root: Path, rank: int, world_size: int, keep: int = 2,
                  async_save: bool = False, commit_timeout_s: float = 600.0,
-                 fence: Callable[[], None] = lambda: None, agree: Callable[[bool], bool] | None = None):
+                 fence: Callable[[], None] = lambda: None, agree: Callable[[bool], bool] | None = None,
+                 group: Any = None):
         self.layout = CheckpointLayout(root)
         self.fence = fence  # raises if this process may no longer commit (the run dir's lease moved on)
         # Every rank's word on a synchronous save (True if all say ok): a collective, so never
@@ -108,14 +117,17 @@ class CheckpointStore:
         self.agree = agree
         self.root, self.rank, self.world_size = self.layout.root, rank, world_size
         self.keep, self.async_save, self.commit_timeout_s = keep, async_save, commit_timeout_s
+        self.group = group  # DCP's own gloo group (None: one process)
+        self._stager = dcpio.Stager()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.root.mkdir(parents=True, exist_ok=True)
 
     # ----- saving -------------------------------------------------------------------------
-    def save(self, step: int, shared: dict | None, local: dict, meta: dict) -> float:
-        """Save ``shared`` (written by rank 0 only: model, optimizer), ``local`` (this rank's own
-        state: RNG) and ``meta`` (in the commit marker). Returns the seconds training was blocked.
+    def save(self, step: int, state: dict | None, local: dict, meta: dict) -> float:
+        """Save ``state`` (model and optimizer: every rank writes its shards of it, through DCP),
+        ``local`` (this rank's own state: RNG) and ``meta`` (in the commit marker). Returns the
+        seconds training was blocked.
 
         In async mode the call returns once the state is copied to host memory; at most one
         save is in flight (a new save first waits for the previous one).
@@ -123,12 +135,12 @@ class CheckpointStore:
         start = time.perf_counter()
         self.wait()
         if self.async_save:
-            shared, local = to_cpu(shared), to_cpu(local)
-            self._thread = threading.Thread(target=self._write_guarded, args=(step, shared, local, meta),
+            state, local = self._stager.stage(state or {}), to_cpu(local)
+            self._thread = threading.Thread(target=self._write_guarded, args=(step, state, local, meta),
                                             name=f"checkpoint-{step}", daemon=True)
             self._thread.start()
         else:
-            self._write(step, shared, local, meta)
+            self._write(step, state, local, meta)
         return time.perf_counter() - start
 
     def wait(self) -> None:
@@ -148,16 +160,15 @@ class CheckpointStore:
         except BaseException as exc:  # surfaced by the next wait()
             self._error = exc
 
-    def _write(self, step: int, shared: dict | None, local: dict, meta: dict) -> None:
+    def _write(self, step: int, state: dict | None, local: dict, meta: dict) -> None:
         d = self.layout.step_dir(step)
-        blobs = {rank_file(self.rank): _serialize(local)}
-        if self.rank == 0 and shared is not None:
-            blobs = {SHARED_FILE: _serialize(shared), **blobs}  # the largest first (the fault hook's)
-        with self._stage(step, d, blobs, peer_failure_discards=True):
-            self._write_parts(step, d, blobs)
+        state, blob = state or {}, _serialize(local)
+        needed = dcpio.nbytes(state) + len(blob)
+        with self._stage(step, d, needed, peer_failure_discards=True):
+            self._write_parts(step, d, state, blob)
         # A peer failing here may be rank 0 fenced out by a newer attempt that writes this very
         # folder: then our files are not ours to remove (an uncommitted leftover is harmless).
-        with self._stage(step, d, blobs, peer_failure_discards=False):
+        with self._stage(step, d, needed, peer_failure_discards=False):
             if self.rank == 0:
                 record = {"step": step, "world_size": self.world_size, "files": self._gather_manifest(d), **meta}
                 self.fence()
@@ -165,49 +176,60 @@ class CheckpointStore:
         if self.rank == 0:
             self._prune()
 
-    def _write_parts(self, step: int, d: Path, blobs: dict[str, bytes]) -> None:
-        """This rank's files, then its record of them (the ``.done`` file rank 0 waits for)."""
+    def _write_parts(self, step: int, d: Path, state: dict, blob: bytes) -> None:
+        """This rank's shards (DCP, a collective on ``group``) and RNG file, then its record of
+        them (the ``.done`` file rank 0 waits for)."""
         d.mkdir(parents=True, exist_ok=True)
-        fault = crash_in_save(step, self.rank)  # hits the first (largest) file this rank writes
-        files = {}
-        for name, data in blobs.items():
-            files[name] = self._write_file(d / name, data, fault)
-            fault = None
+        # A retried step's record from a crashed attempt must not let rank 0 commit early; every
+        # rank removes its own before DCP's first collective, rank 0 gathers after DCP's last.
+        (d / done_file(self.rank)).unlink(missing_ok=True)
+        fault = crash_in_save(step, self.rank)  # hits this rank's first (largest) file
+        files = dcpio.write_sharded(d, state, self.group, fault if dcpio.nbytes(state) else None)
+        atomic_write(d / rank_file(self.rank), blob, fault=None if dcpio.nbytes(state) else fault)
+        files[rank_file(self.rank)] = _digest(blob)
         atomic_write(d / done_file(self.rank), json.dumps(files))
 
     @contextlib.contextmanager
-    def _stage(self, step: int, d: Path, blobs: dict[str, bytes], peer_failure_discards: bool) -> Iterator[None]:
+    def _stage(self, step: int, d: Path, needed: int, peer_failure_discards: bool) -> Iterator[None]:
         """One stage of a save, ended by the ranks' agreement on it: a failure here says why in
         one line (after removing this rank's files of the step, so a full disk is not kept
         full); a failure elsewhere stops this rank quietly. Every rank agrees exactly once per
-        stage, failure or not, so none waits in a collective the others skipped."""
+        stage, failure or not, so none waits in a collective the others skipped. DCP's own
+        collectives report a peer's failure on every rank: it counts as the peer's."""
         try:
-            yield
+            try:
+                yield
+            except dcpio.CheckpointException as exc:
+                raise _own_failure(exc, self.rank) or _PeerFailed() from None
         except OSError as exc:
-            self._discard(d, blobs)
-            needed = sum(map(len, blobs.values()))
+            self._discard(d)
             self._agree(False)
             self._remove_if_empty(d)
             raise SaveFailed(describe_write_failure(f"checkpoint save to {d}", d, exc, needed)) from exc
+        except _PeerFailed:
+            self._agree(False)
+            self._discard(d)
+            self._remove_if_empty(d)
+            raise PeerSaveFailed(step) from None
         except BaseException:
             self._agree(False)  # a bug or a busy run directory: its own error says so
             raise
         if not self._agree(True):
             if peer_failure_discards:
-                self._discard(d, blobs)
+                self._discard(d)
                 self._remove_if_empty(d)
             raise PeerSaveFailed(step)
 
     def _agree(self, ok: bool) -> bool:
         return self.agree(ok) if self.agree is not None and not self.async_save else ok
 
-    def _discard(self, d: Path, blobs: dict[str, bytes]) -> None:
+    def _discard(self, d: Path) -> None:
         """Remove this rank's files of an uncommitted step (never of a committed one)."""
         if (d / COMMIT_MARKER).exists():
             return
-        for name in (*blobs, done_file(self.rank)):
+        for path in (*dcpio.own_files(d, self.rank), d / rank_file(self.rank), d / done_file(self.rank)):
             with contextlib.suppress(OSError):
-                (d / name).unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
 
     def _remove_if_empty(self, d: Path) -> None:
         """Rank 0 removes a failed step's folder once it is empty; only after the ranks agreed,
@@ -216,11 +238,6 @@ class CheckpointStore:
         if self.rank == 0:
             with contextlib.suppress(OSError):
                 d.rmdir()
-
-    @staticmethod
-    def _write_file(path: Path, data: bytes, fault) -> dict:
-        atomic_write(path, data, fault=fault)
-        return _digest(data)
 
     def _gather_manifest(self, d: Path) -> dict:
         """Every rank's file records, once all are there (rank 0, before it commits)."""
@@ -256,40 +273,88 @@ class CheckpointStore:
         """Steps with a commit marker, oldest first."""
         return self.layout.committed_steps()
 
-    def load(self, step: int) -> tuple[dict, dict | None, dict]:
-        """(shared state, this rank's local state or None, commit record) of ``step``.
+    def load(self, step: int, target: dict | None = None) -> tuple[dict, dict | None, dict]:
+        """(state, this rank's local state or None, commit record) of ``step``.
 
-        Every file is read once and checked against the size and SHA-256 in the commit record
-        before anything is deserialized.
+        A DCP checkpoint loads into ``target`` in place (a collective on ``group``; resharded by
+        name to whatever layout ``target`` has); without ``target`` the whole state is read in
+        this one process. Each rank checks every file it reads (whole, against the size and
+        SHA-256 in the commit record) before using it; a mismatch on any rank fails the load on
+        every rank. A checkpoint of the format before DCP returns its full ``shared.pt`` state.
         """
         d = self.layout.step_dir(step)
         try:
             record = json.loads((d / COMMIT_MARKER).read_text())
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{d}: not a committed checkpoint ({exc})") from None
-        blobs = {}
-        for name, info in record["files"].items():
+        files = record["files"]
+        if SHARED_FILE in files:
+            return self._load_shared(d, record)
+        local, error = None, None
+        if rank_file(self.rank) in files:
             try:
-                data = (d / name).read_bytes()
-            except OSError:
-                raise CheckpointError(f"{d / name}: missing") from None
-            if _digest(data) != {"size": info["size"], "sha256": info["sha256"]}:
-                raise CheckpointError(f"{d / name}: size or SHA-256 does not match the commit record")
-            blobs[name] = data
-        own = blobs.get(rank_file(self.rank))
-        shared = _deserialize(blobs[SHARED_FILE])
-        local = _deserialize(own) if own else None
-        return shared, local, record
+                local = _deserialize(_verified(d, rank_file(self.rank), files))
+            except CheckpointError as exc:
+                error = str(exc)  # raised inside DCP's read, so that every rank gives up together
+        try:
+            if target is None:
+                if error:
+                    raise CheckpointError(error)
+                target = dcpio.read_full(d, files)
+            else:
+                dcpio.read_sharded(d, target, self.group, files, error)
+        except dcpio.CheckpointException as exc:
+            raise CheckpointError(_first_failure(exc)) from None
+        except dcpio.DigestMismatch as exc:
+            raise CheckpointError(str(exc)) from None
+        return target, local, record
 
-    def load_latest(self, log: Callable[[str], None] = _logger.info) -> tuple[int, dict, dict | None, dict] | None:
-        """The newest committed checkpoint that verifies, as (step, shared, local, record);
+    def _load_shared(self, d: Path, record: dict) -> tuple[dict, dict | None, dict]:
+        """The format before DCP: every file read whole and verified, then deserialized."""
+        blobs = {name: _verified(d, name, record["files"]) for name in record["files"]}
+        own = blobs.get(rank_file(self.rank))
+        return _deserialize(blobs[SHARED_FILE]), (_deserialize(own) if own else None), record
+
+    def load_latest(self, log: Callable[[str], None] = _logger.info,
+                    target: dict | None = None) -> tuple[int, dict, dict | None, dict] | None:
+        """The newest committed checkpoint that verifies, as (step, state, local, record);
         corrupted ones are reported through ``log`` and skipped; None if there is none."""
         for step in reversed(self.committed_steps()):
             try:
-                return (step, *self.load(step))
+                return (step, *self.load(step, target))
             except CheckpointError as exc:
                 log(f"hpcorch: skipping corrupted checkpoint: {exc}")
         return None
+
+
+class _PeerFailed(Exception):
+    """Inside a stage: DCP reported another rank's failure, none of this one's."""
+
+
+def _own_failure(exc: BaseException, rank: int) -> BaseException | None:
+    """This rank's own exception inside DCP's gathered failure, if it had one."""
+    mine = exc.failures.get(rank) if hasattr(exc, "failures") else None
+    return mine[0] if mine else None
+
+
+def _first_failure(exc: BaseException) -> str:
+    """One line for a failed DCP load: the first rank's error (a digest mismatch says which file)."""
+    failures = getattr(exc, "failures", {})
+    for rank in sorted(failures):
+        return f"{failures[rank][0]}"
+    return str(exc).splitlines()[0]
+
+
+def _verified(d: Path, name: str, files: dict) -> bytes:
+    """``name``'s bytes, checked against the commit record's size and SHA-256."""
+    try:
+        data = (d / name).read_bytes()
+    except OSError:
+        raise CheckpointError(f"{d / name}: missing") from None
+    info = files[name]
+    if _digest(data) != {"size": info["size"], "sha256": info["sha256"]}:
+        raise CheckpointError(f"{d / name}: size or SHA-256 does not match the commit record")
+    return data
 
 
 def _remove_checkpoint(step: int, folder: Path) -> None:

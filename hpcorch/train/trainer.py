@@ -16,7 +16,7 @@ from .. import protocol
 from ..errors import ConfigError
 from ..rundir import RunDir
 from ..spec.job import JobSpec
-from .checkpoint import Checkpointer, weights_digest
+from .checkpoint import Checkpointer, checkpoint_group, model_digest
 from .data import DataSource
 from .determinism import pin_threads
 from .distributed import DistEnv, all_agree
@@ -72,8 +72,9 @@ class Trainer:
         store = CheckpointStore(self.run_dir.checkpoints, env.rank, self.world, keep=tr.checkpoint.keep,
                                 async_save=tr.checkpoint.async_save,
                                 commit_timeout_s=tr.collective_timeout_s, fence=self.run_dir.check_fence,
-                                agree=lambda ok: all_agree(ok, env.device))
-        self.checkpointer = Checkpointer(store, job, env.rank, self.parallel.module, self.optimizer,
+                                agree=lambda ok: all_agree(ok, env.device),
+                                group=checkpoint_group(tr.collective_timeout_s))
+        self.checkpointer = Checkpointer(store, job, env.rank, [self.parallel.module], [self.optimizer],
                                          log=self.runlog.info, accepted_config=self.run_dir.accepted_config())
         self.trace = SampleTrace(env.rank)
         self.step_delay = step_delay()
@@ -201,14 +202,14 @@ class Trainer:
     def _finish(self) -> None:
         """Evaluate, digest the weights and write the summary."""
         val_loss = self.evaluate()
-        model_sd, _ = self.checkpointer.full_state()  # a collective under FSDP: every rank
+        digest = model_digest(self.checkpointer.parts)  # a collective: every rank
         if not self.env.is_main:
             return
         st = self.state
         self.runlog.summary({"job": self.job.name, "final_step": st.step, "final_loss": st.last_loss,
                              "val_loss": val_loss, "tokens": st.tokens, "restarts": st.restarts,
                              "steps_recomputed": st.steps_recomputed, "world_size": self.world,
-                             "weights_sha256": weights_digest(model_sd)})
+                             "weights_sha256": digest})
 
 
 def max_memory_mb(device: torch.device) -> float:
