@@ -143,6 +143,24 @@ def test_export_writes_the_canonical_weights_and_errors_are_one_line(tmp_path):
         service.export(str(root / "empty"), tmp_path / "x.pt")
 
 
+def test_export_to_safetensors_round_trips(tmp_path):
+    from safetensors import safe_open
+
+    from hpcorch import service
+    from hpcorch.train.checkpoint import weights_digest
+
+    root = tmp_path / "run"
+    ck = CheckpointStore(root / "checkpoints", rank=0, world_size=1)
+    state = {"wte.weight": torch.randn(4, 3), "blocks.0.mlp.fc.weight": torch.randn(5, 3)}
+    ck.save(7, {"model": state, "optim": {}}, {"rng": 0}, {})
+    out = service.export(str(root), tmp_path / "model.safetensors")
+    assert out.suffix == ".safetensors"
+    with safe_open(str(out), framework="pt") as f:
+        got = {k: f.get_tensor(k) for k in f.keys()}
+        assert f.metadata()["tied"] == "head.weight=wte.weight" and f.metadata()["step"] == "7"
+    assert weights_digest(got) == weights_digest(state)
+
+
 def test_old_format_checkpoints_still_load(tmp_path):
     """A checkpoint written before DCP (rank 0's full state in shared.pt) loads as before."""
     import hashlib
