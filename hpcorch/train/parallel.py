@@ -99,7 +99,7 @@ def wrap_fsdp(module: GPT, job: JobSpec, env: DistEnv, precision: torch.dtype | 
 
     mp = MixedPrecisionPolicy(param_dtype=precision, reduce_dtype=torch.float32) \
         if precision else MixedPrecisionPolicy()
-    for block in module.blocks:
+    for block in module.blocks.values():
         fully_shard(block, mp_policy=mp)
     fully_shard(module, mp_policy=mp)
     return Wrapped(module, lambda: _fsdp_no_sync(module))
