@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor, Partial
+from torch.distributed.tensor import DTensor
 
 
 def _replicas(grad: torch.Tensor, ranks_per_stage: int) -> int:
@@ -26,12 +26,14 @@ def _replicas(grad: torch.Tensor, ranks_per_stage: int) -> int:
     return ranks_per_stage // shards
 
 
-def settle_partial_grads(params: list[torch.nn.Parameter]) -> None:
-    """A gradient left Partial (a sum still owed over some ranks) is reduced to its parameter's
-    placements, so that the norm and the optimizer see the finished gradient."""
+def settle_grads(params: list[torch.nn.Parameter]) -> None:
+    """Give every DTensor gradient its parameter's placements. DTensor's backward may leave a
+    gradient Partial (a sum still owed over some ranks) or Replicate where the parameter is
+    sharded (the vocabulary-sharded embedding's gradient comes back whole on every tp rank):
+    the norm, the tied-weight sum and the optimizer then all see one layout per parameter."""
     for p in params:
         g = p.grad
-        if isinstance(g, DTensor) and any(isinstance(pl, Partial) for pl in g.placements):
+        if isinstance(g, DTensor) and tuple(g.placements) != tuple(p.placements):
             p.grad = g.redistribute(g.device_mesh, p.placements)
 
 
@@ -54,7 +56,7 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float, ranks_per_
     """Scale all gradients so that their global norm is at most ``max_norm`` (as torch's
     ``clip_grad_norm_``: by ``max_norm / (norm + 1e-6)`` when that is below 1); returns the norm
     before clipping. ``skip`` holds the ``id`` of parameters not counted (still scaled)."""
-    settle_partial_grads(params)
+    settle_grads(params)
     norm = global_grad_norm([p for p in params if id(p) not in skip], ranks_per_stage, device)
     coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     for p in params:

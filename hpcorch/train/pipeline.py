@@ -89,6 +89,9 @@ class Pipeline:
                 weight = part.wte.weight
             elif part.head is not None:
                 weight = part.head.weight
+        from .gradnorm import settle_grads
+
+        settle_grads([weight])  # both copies' gradients in the weight's own placements
         grad = weight.grad
         local = grad.to_local() if isinstance(grad, DTensor) else grad
         dist.all_reduce(local, op=dist.ReduceOp.SUM, group=self.tie_group)
