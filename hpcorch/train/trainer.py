@@ -19,7 +19,7 @@ from .checkpoint import Checkpointer, weights_digest
 from .data import DataSource
 from .determinism import pin_threads
 from .distributed import DistEnv, all_agree
-from .faults import SampleTrace, step_delay
+from .faults import SampleTrace, drop_grad, step_delay
 from .optim import lr_at
 from .parallel import build_parallel_model, resolve_layout
 from .runlog import RunLogger, Sink
@@ -164,6 +164,7 @@ class Trainer:
             seen += ids
             batches.append((x, y))
         loss = self.parallel.forward_backward(batches)
+        drop_grad(self.parallel.parts, self.env.rank)  # a test's fault, off unless asked for
         grad_norm = self.parallel.clip_grad_norm(tr.optimizer.grad_clip)
         self.parallel.optimizer_step()
         st.last_loss = self.stop.reduce_loss(loss, self.parallel.loss_weight)  # also agrees on a stop
