@@ -108,8 +108,11 @@ class Checkpointer:
         self._check_config(step, record)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        set_state_dict(self.module, self.optimizer, model_state_dict=shared["model"],
-                       optim_state_dict=shared["optimizer"],
+        from .model import legacy_state  # q/k/v saved as (3 * width, width) before it was (3, width, width)
+
+        width = self.job.trainer.model.width
+        set_state_dict(self.module, self.optimizer, model_state_dict=legacy_state(shared["model"], width),
+                       optim_state_dict=legacy_state(shared["optimizer"], width),
                        options=StateDictOptions(full_state_dict=True))
         if local is not None:
             set_rng_state(local["rng"])

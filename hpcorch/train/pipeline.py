@@ -28,15 +28,17 @@ SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B", "interleaved_1f1b
 def cut_stages(model: GPT, layout: Layout, pp_rank: int) -> list[tuple[int, GPT]]:
     """The stages this rank holds, as ``(stage index, module)``: copies of ``model`` (built
     and seeded as a whole, so every stage starts from the whole model's weights) cut down to
-    each stage's layers. ``model`` itself is left whole."""
+    each stage's layers. ``model`` itself becomes the last of them."""
     import copy
 
     num = layout.spec.num_stages
     layers = layout.spec.stage_layers(model.cfg.layers)
     out = []
-    for sid in layout.stage_ids(pp_rank):
-        part = copy.deepcopy(model).keep_only(layers[sid], first=sid == 0, last=sid == num - 1)
-        out.append((sid, part))
+    ids = layout.stage_ids(pp_rank)
+    for k, sid in enumerate(ids):
+        # The last stage held is cut from the model itself: one copy fewer at build time.
+        whole = model if k == len(ids) - 1 else copy.deepcopy(model)
+        out.append((sid, whole.keep_only(layers[sid], first=sid == 0, last=sid == num - 1)))
     return out
 
 
