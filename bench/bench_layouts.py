@@ -1,9 +1,12 @@
 """Peak memory per rank and step time of each ``trainer.parallel`` layout against DDP, on CPU
 (gloo), through the real ``hpcorch train`` launcher.
 
-Peak memory is each rank's peak RSS (``VmHWM`` of its process, read from /proc while it runs),
-so it includes the ~0.3-0.4 GiB every torch process holds whatever the model; the model's own
-share (parameters, gradients, AdamW state) is what the layouts change. Step time is the median
+Memory per rank, from /proc while the ranks run: "train" is the largest RSS (``VmRSS``) seen
+while the steps after the first run (parameters, gradients, AdamW state, activations as
+sampled every 0.1 s), "peak" the process's high-water mark (``VmHWM``), which also holds the
+build (every rank builds the whole seeded model before sharding or cutting it: meta-device
+init is not done yet) and the final full-state gather of the digest/checkpoint on rank 0.
+Both include the ~0.3-0.4 GiB every torch process holds whatever the model. Step time is the median
 of rank 0's ``step_time_s`` after the first two steps. CPU is not where tp and pp pay off: the
 step times say what the extra collectives cost on gloo, not what they would cost on NVLink.
 
@@ -23,6 +26,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+# A fixed mmap threshold: glibc otherwise raises it after large frees and keeps freed tensors in
+# its heap, so RSS would stay at the whole model built before sharding and hide FSDP's savings.
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
 LAYOUTS = {
     "ddp (dp4)": [],
     "fsdp4": ["trainer.sharding=fsdp"],
@@ -34,13 +41,13 @@ LAYOUTS = {
 }
 
 
-def peak_rss_mb(pids: dict[int, int]) -> dict[int, float]:
-    """VmHWM (peak RSS, MiB) of each rank's process that is still alive: {rank: MiB}."""
+def rss_mb(pids: dict[int, int], field: str) -> dict[int, float]:
+    """``VmHWM`` or ``VmRSS`` (MiB) of each rank's process that is still alive: {rank: MiB}."""
     out = {}
     for pid, rank in pids.items():
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     out[rank] = int(line.split()[1]) / 1024
         except OSError:
             pass
@@ -74,17 +81,30 @@ def run(name: str, sets: list[str], args, root: Path) -> dict:
     cmd = [sys.executable, "-m", "hpcorch.cli", "train", "jobs/gpt-tiny.yaml", "--nproc", str(args.nproc),
            "--run-dir", str(run_dir), *[a for s in model + sets for a in ("--set", s)]]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO), **MALLOC})
     peaks: dict[int, float] = {}
+    train: dict[int, float] = {}
+    pids: dict[int, int] = {}
     while proc.poll() is None:
-        for rank, mb in peak_rss_mb(rank_processes(run_dir)).items():
+        pids = pids if len(pids) == args.nproc else rank_processes(run_dir)
+        for rank, mb in rss_mb(pids, "VmHWM").items():
             peaks[rank] = max(peaks.get(rank, 0.0), mb)
-        time.sleep(0.2)
+        if 1 <= _step(run_dir) < args.steps:  # training, after the first step
+            for rank, mb in rss_mb(pids, "VmRSS").items():
+                train[rank] = max(train.get(rank, 0.0), mb)
+        time.sleep(0.1)
     out = proc.stdout.read()
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{out[-3000:]}")
     times = [json.loads(line)["step_time_s"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"peaks": peaks, "step_s": statistics.median(times[2:] or times)}
+    return {"peaks": peaks, "train": train, "step_s": statistics.median(times[2:] or times)}
+
+
+def _step(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "progress.json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def main() -> None:
@@ -103,12 +123,14 @@ def main() -> None:
         for name, sets in LAYOUTS.items():
             results[name] = run(name, sets, args, Path(tmp))
     base = results["ddp (dp4)"]
-    base_peak = max(base["peaks"].values())
-    print(f"{'layout':14s} {'peak RSS per rank, MiB (rank 0..)':36s} {'max/DDP':>8s} {'step s':>8s} {'step/DDP':>9s}")
+    print(f"{'layout':12s} {'train RSS per rank, MiB':26s} {'/DDP':>5s}  {'peak RSS per rank, MiB':26s} "
+          f"{'/DDP':>5s} {'step s':>7s} {'/DDP':>5s}")
     for name, r in results.items():
-        peaks = [r["peaks"].get(k, float('nan')) for k in range(args.nproc)]
-        print(f"{name:14s} {' '.join(f'{p:7.0f}' for p in peaks):36s} {max(peaks) / base_peak:8.2f} "
-              f"{r['step_s']:8.3f} {r['step_s'] / base['step_s']:9.2f}")
+        cols = []
+        for key in ("train", "peaks"):
+            mb = [r[key].get(k, float("nan")) for k in range(args.nproc)]
+            cols.append(f"{' '.join(f'{m:6.0f}' for m in mb):26s} {max(mb) / max(base[key].values()):5.2f}")
+        print(f"{name:12s} {cols[0]}  {cols[1]} {r['step_s']:7.3f} {r['step_s'] / base['step_s']:5.2f}")
 
 
 if __name__ == "__main__":
