@@ -234,9 +234,12 @@ class Checkpointer:
     def _apply_full(self, shared: dict) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
+        from .model import legacy_state  # q/k/v saved as (3 * width, width) before it was (3, width, width)
+
+        width = self.job.trainer.model.width
+        model, optim = legacy_state(shared["model"], width), legacy_state(shared["optimizer"], width)
         for part, optimizer in zip(self.parts, self.optimizers):
-            set_state_dict(part, optimizer, model_state_dict=shared["model"],
-                           optim_state_dict=shared["optimizer"],
+            set_state_dict(part, optimizer, model_state_dict=model, optim_state_dict=optim,
                            options=StateDictOptions(full_state_dict=True, strict=len(self.parts) == 1))
 
     def _find(self, resume_step: int | None, target: dict) -> tuple[int, dict, dict | None, dict] | None:

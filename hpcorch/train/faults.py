@@ -18,6 +18,9 @@ environment variable is set:
     Every rank sleeps this long after each step (:func:`step_delay`), so that a test can act on
     a tiny job while it still trains (preempt it) however fast the machine is. Sleeping changes
     no number the run computes.
+``HPCORCH_DROP_GRAD=RANK:NAME``
+    Rank ``RANK`` zeroes its gradient of the parameters named with ``NAME`` after each backward
+    (:func:`drop_grad`): the lost gradient that the layout tests must catch.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ SAMPLE_TRACE = "HPCORCH_SAMPLE_TRACE"
 START_DELAY = "HPCORCH_START_DELAY_S"
 CRASH_IN_PRUNE = "HPCORCH_CRASH_IN_PRUNE"
 STEP_DELAY = "HPCORCH_STEP_DELAY_S"
+DROP_GRAD = "HPCORCH_DROP_GRAD"
 
 Fault = Callable[[IO[bytes], bytes], None]
 
@@ -104,3 +108,20 @@ def step_delay() -> Callable[[], None]:
 
     seconds = float(os.environ.get(STEP_DELAY, "0") or 0)
     return (lambda: time.sleep(seconds)) if seconds > 0 else (lambda: None)
+
+
+def drop_grad(parts, rank: int) -> None:
+    """``HPCORCH_DROP_GRAD=RANK:NAME``: rank ``RANK`` zeroes its (local) gradient of the
+    parameters whose names contain ``NAME``, after the backward: a layout that silently loses a
+    gradient, which the layout tests' tolerance must catch."""
+    spec = os.environ.get(DROP_GRAD)
+    if not spec:
+        return
+    who, _, name = spec.partition(":")
+    if int(who) != rank:
+        return
+    for part in parts:
+        for pname, p in part.named_parameters():
+            if name in pname and p.grad is not None:
+                g = p.grad
+                (g.to_local() if hasattr(g, "to_local") else g).detach().zero_()

@@ -10,9 +10,10 @@ from ..spec.job import OptimizerSpec
 
 
 def build_optimizer(module: torch.nn.Module, opt: OptimizerSpec, device: torch.device,
-                    sharding: str) -> torch.optim.Optimizer:
-    """The optimizer over ``module``'s trainable parameters. Matrices (embeddings, linear
-    weights) decay; biases and norm gains do not, as in GPT-2 and nanoGPT."""
+                    kind: str) -> torch.optim.Optimizer:
+    """The optimizer over ``module``'s trainable parameters (one pipeline stage's, under pp).
+    Matrices (embeddings, linear weights) decay; biases and norm gains do not, as in GPT-2 and
+    nanoGPT. ``kind`` is the layout's (``Layout.kind``): only plain DDP takes the fused kernel."""
     params = [p for p in module.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -20,8 +21,8 @@ def build_optimizer(module: torch.nn.Module, opt: OptimizerSpec, device: torch.d
               {"params": no_decay, "weight_decay": 0.0}]
     if opt.name == "adafactor":
         return torch.optim.Adafactor(groups, lr=opt.lr)
-    # The fused kernel needs plain CUDA tensors: FSDP2's DTensor parameters take the default.
-    fused = device.type == "cuda" and sharding == "ddp"
+    # The fused kernel needs plain CUDA tensors: DTensor parameters (FSDP2, tp) take the default.
+    fused = device.type == "cuda" and kind == "ddp"
     return torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), fused=fused)
 
 

@@ -105,7 +105,7 @@ class Console(Sink):
 
     def on_summary(self, summary: dict) -> None:
         log.info(f"hpcorch: done at step {summary['final_step']}, loss {summary['final_loss']:.4f}, "
-                 f"val {summary['val_loss']:.4f}, weights {summary['weights_sha256'][:16]}")
+                 f"val {summary['val_loss']:.4f}, weights {(summary['weights_sha256'] or 'n/a')[:16]}")
 
 
 class RunLogger:

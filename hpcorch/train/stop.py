@@ -35,9 +35,13 @@ class StopAgreement:
         self.requested = signum
         self.signal_time = time.time()
 
-    def reduce_loss(self, local_loss: torch.Tensor) -> float:
-        """The mean loss over ranks, from one all-reduce that also carries the stop flag.
-        Sets :attr:`agreed` and, if a stop is agreed, :attr:`agreed_signal`."""
+    def reduce_loss(self, local_loss: torch.Tensor, weight: float = 1.0) -> float:
+        """The mean loss over ranks, from one all-reduce that also carries the stop flag: each
+        rank adds ``local_loss * weight`` (under pipeline parallelism only the last stage has a
+        loss; its weight is pp and the others' 0, so the sum over the world still divides by
+        the world size). Sets :attr:`agreed` and, if a stop is agreed, :attr:`agreed_signal`."""
+        if weight != 1.0:
+            local_loss = local_loss * weight
         flags = torch.stack([local_loss, torch.tensor(float(self.requested), device=self.device)])
         dist.all_reduce(flags, op=dist.ReduceOp.SUM)
         loss = flags[0].item() / self.world_size

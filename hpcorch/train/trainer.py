@@ -13,16 +13,15 @@ import torch
 import torch.distributed as dist
 
 from .. import protocol
-from ..errors import ConfigError
 from ..rundir import RunDir
 from ..spec.job import JobSpec
 from .checkpoint import Checkpointer, checkpoint_group, model_digest
 from .data import DataSource
 from .determinism import pin_threads
 from .distributed import DistEnv, all_agree
-from .faults import SampleTrace, step_delay
-from .optim import build_optimizer, lr_at, set_lr
-from .parallel import build_parallel_model
+from .faults import SampleTrace, drop_grad, step_delay
+from .optim import lr_at
+from .parallel import build_parallel_model, resolve_layout
 from .runlog import RunLogger, Sink
 from .state import TrainState
 from .stop import StopAgreement
@@ -30,12 +29,9 @@ from .store import CheckpointStore
 
 
 def accumulation_steps(job: JobSpec, world_size: int) -> int:
-    """Micro-batches per step on each rank; the global batch must split evenly."""
-    tr = job.trainer
-    if tr.global_batch % (tr.micro_batch * world_size):
-        raise ConfigError(job.name, "trainer.global_batch", f"expected a multiple of micro_batch x "
-                          f"world size = {tr.micro_batch} x {world_size}, got {tr.global_batch}")
-    return tr.global_batch // (tr.micro_batch * world_size)
+    """Micro-batches per step on each data-parallel rank (the layout's; under pp the
+    pipeline's micro-batches); the global batch must split evenly."""
+    return resolve_layout(job, world_size).accumulation
 
 
 class Trainer:
@@ -48,7 +44,11 @@ class Trainer:
                  sinks: tuple[Sink, ...] = ()):
         tr = job.trainer
         self.job, self.tr, self.env, self.world = job, tr, env, env.world_size
-        self.accum = accumulation_steps(job, self.world)
+        self.layout = resolve_layout(job, self.world)
+        self.accum = self.layout.accumulation
+        self.dp_rank = self.layout.dp_rank(env.rank)  # which share of each batch this rank reads
+        # One rank per data-parallel share traces its samples (tp and pp peers read the same).
+        self.traces_samples = self.layout.coords(env.rank)["tp"] == 0 and self.layout.coords(env.rank)["pp"] == 0
         self.resume_step = resume_step
         self.peak_flops = (peak_tflops or 0) * 1e12
         self.tokens_per_step = tr.global_batch * tr.model.seq_len
@@ -62,8 +62,8 @@ class Trainer:
         # Build in the order the determinism rules need: threads, seed + model, optimizer,
         # data, then DDP's settling backward (which needs a batch and the optimizer's params).
         pin_threads(job.resources.cpus_per_task)
-        self.parallel = build_parallel_model(job, env)
-        self.optimizer = build_optimizer(self.parallel.module, tr.optimizer, env.device, tr.sharding)
+        self.parallel = build_parallel_model(job, env)  # with its optimizers, one per part
+        self.optimizer = self.parallel.optimizers[0]
         self.data = DataSource(tr.data, tr.model.seq_len, tr.seed)
         _, x, y = self.data.val.batch(range(tr.micro_batch))
         self.parallel.settle(x, y)
@@ -74,7 +74,7 @@ class Trainer:
                                 commit_timeout_s=tr.collective_timeout_s, fence=self.run_dir.check_fence,
                                 agree=lambda ok: all_agree(ok, env.device),
                                 group=checkpoint_group(tr.collective_timeout_s))
-        self.checkpointer = Checkpointer(store, job, env.rank, [self.parallel.module], [self.optimizer],
+        self.checkpointer = Checkpointer(store, job, env.rank, self.parallel.parts, self.parallel.optimizers,
                                          log=self.runlog.info, accepted_config=self.run_dir.accepted_config())
         self.trace = SampleTrace(env.rank)
         self.step_delay = step_delay()
@@ -93,7 +93,7 @@ class Trainer:
             resumed = self.checkpointer.restore(self.state, self.resume_step)
             self.runlog.start(resumed, self._setup_line())
             self._record_config_change()
-            self.parallel.model.train()
+            self.parallel.train()
             while self.state.step < self.tr.steps and not self.stop.agreed:
                 self.runlog.step(self._timed_step())
                 if self._checkpoint_due():
@@ -119,7 +119,7 @@ class Trainer:
     def _setup_line(self) -> str:
         env = self.env
         return (f"{self.tr.model.num_params() / 1e6:.2f}M parameters, world {self.world}, "
-                f"accumulation {self.accum}, {env.backend} on {env.device.type}")
+                f"layout {self.layout.describe()}, accumulation {self.accum}, {env.backend} on {env.device.type}")
 
     def _checkpoint_due(self) -> bool:
         step = self.state.step
@@ -149,41 +149,39 @@ class Trainer:
     def train_step(self) -> tuple[float, float, list[int]]:
         """One optimizer step over this rank's share of the global batch. Returns the LR, the
         gradient norm before clipping and the sample ids this rank trained on."""
-        tr, st, device = self.tr, self.state, self.env.device
+        tr, st = self.tr, self.state
         lr = lr_at(st.step, tr.optimizer, tr.steps)
-        set_lr(self.optimizer, lr)
-        positions = self.data.rank_positions(st.consumed_samples, tr.global_batch, self.env.rank, self.world)
-        loss_sum = torch.zeros((), device=device)
-        seen: list[int] = []
+        self.parallel.set_lr(lr)
+        mb = self.layout.micro_batch
+        positions = self.data.rank_positions(st.consumed_samples, tr.global_batch, self.dp_rank, self.layout.dp)
+        batches, seen = [], []
         for k in range(self.accum):
-            ids, x, y = self.data.train.batch(positions[k * tr.micro_batch:(k + 1) * tr.micro_batch])
+            ids, x, y = self.data.train.batch(positions[k * mb:(k + 1) * mb])
             seen += ids
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with self.parallel.no_sync(k == self.accum - 1), self.parallel.autocast():
-                _, loss = self.parallel.model(x, y)
-            (loss / self.accum).backward()
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parallel.model.parameters(), tr.optimizer.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        st.last_loss = self.stop.reduce_loss(loss_sum / self.accum)  # also agrees on a stop
+            batches.append((x, y))
+        loss = self.parallel.forward_backward(batches)
+        drop_grad(self.parallel.parts, self.env.rank)  # a test's fault, off unless asked for
+        grad_norm = self.parallel.clip_grad_norm(tr.optimizer.grad_clip)
+        self.parallel.optimizer_step()
+        st.last_loss = self.stop.reduce_loss(loss, self.parallel.loss_weight)  # also agrees on a stop
         st.advance(tr.global_batch, tr.model.seq_len)
-        return lr, float(grad_norm), seen
+        return lr, float(grad_norm), seen if self.traces_samples else []
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean validation loss over ``eval_batches`` micro-batches per rank (a collective)."""
-        model, tr, rank = self.parallel.model, self.tr, self.env.rank
-        model.eval()
+        """Mean validation loss over ``eval_batches`` batches per data-parallel rank (a
+        collective). A batch is a micro-batch, or under pp a step's share (the schedule splits
+        it into the micro-batches its stages were built for)."""
+        tr, dp = self.tr, self.layout.dp
+        rows = self.layout.micro_batch * self.accum if self.parallel.pipeline is not None else tr.micro_batch
+        self.parallel.train(False)
         total = torch.zeros((), device=self.env.device)
         for b in range(tr.eval_batches):
-            start = (b * self.world + rank) * tr.micro_batch
-            _, x, y = self.data.val.batch(range(start, start + tr.micro_batch))
-            with self.parallel.autocast():
-                _, loss = model(x.to(self.env.device), y.to(self.env.device))
-            total += loss.float()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        model.train()
+            start = (b * dp + self.dp_rank) * rows
+            _, x, y = self.data.val.batch(range(start, start + rows))
+            total += self.parallel.eval_loss(x, y).float()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)  # loss weights: the sum over the world / world
+        self.parallel.train()
         return total.item() / (tr.eval_batches * self.world)
 
     def _stop(self) -> int:
