@@ -10,9 +10,13 @@ rank's shard of one layer's MLP gradient zeroed moves the losses by 1.0e-4 (tp2 
 last stage's copy of the tied embedding's gradient zeroed by 8.8e-2 (pp2 x dp2) -- see
 :func:`test_a_dropped_gradient_breaks_the_tolerance`.
 """
+import random
+import shutil
+import signal
+
 import pytest
 
-from trainhelp import losses, train
+from trainhelp import losses, summary, train, train_and_signal
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -20,7 +24,7 @@ TOLERANCE = 2e-6  # relative, per step (measured at most 2.0e-7: see above)
 
 # 4 layers, 4 heads, width 32: tp2 splits heads and vocabulary, pp4 gets one layer per stage.
 MODEL = ["trainer.model.layers=4", "trainer.model.heads=4", "trainer.model.width=32", "trainer.steps=12",
-         "trainer.checkpoint.interval=1000"]  # pp runs save no checkpoint yet (the DCP checkpointer: H-ckpt)
+         "trainer.checkpoint.interval=5"]
 
 LAYOUTS = {
     "fsdp4": ["trainer.sharding=fsdp"],
@@ -48,10 +52,57 @@ def ddp(tmp_path_factory):
     return run(tmp_path_factory.mktemp("ddp4"))
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Each layout's uninterrupted run, made once: its run directory."""
+    made = {}
+
+    def get(name):
+        if name not in made:
+            made[name] = tmp_path_factory.mktemp(name)
+            run(made[name], *LAYOUTS[name])
+        return made[name]
+    return get
+
+
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_layout_matches_ddp(ddp, tmp_path, name):
-    got = run(tmp_path, *LAYOUTS[name])
+def test_layout_matches_ddp(ddp, uninterrupted, name):
+    got = losses(uninterrupted(name))
     assert max_rel(got, ddp) <= TOLERANCE, f"{name}: max relative loss difference {max_rel(got, ddp):.3e}"
+
+
+@pytest.mark.parametrize("name", ["tp2_dp2", "pp2_dp2", "tp2_pp2", "pp4_1f1b"])
+def test_stop_and_resume_is_exact_in_every_layout(uninterrupted, tmp_path, name):
+    """Stopped by a signal at a random step (sharded DCP checkpoint of every rank's part) and
+    resumed in the same layout: the same losses and weights, bit for bit."""
+    at = random.Random().randint(2, 10)
+    stopped = train_and_signal(tmp_path, at, 4, signal.SIGTERM, *MODEL, *LAYOUTS[name], timeout=400)
+    assert stopped.returncode == 3, f"stop at {at}: " + stopped.stdout[-3000:]
+    run(tmp_path, *LAYOUTS[name])
+    ref = uninterrupted(name)
+    assert losses(tmp_path) == losses(ref), f"stopped at step {at}"
+    assert summary(tmp_path)["weights_sha256"] == summary(ref)["weights_sha256"], f"stopped at step {at}"
+    assert summary(tmp_path)["restarts"] == 1
+
+
+def test_a_tp_pp_checkpoint_reshards_into_other_layouts(uninterrupted, tmp_path):
+    """tp2 x pp2's checkpoints load into dp4, tp2 x dp2 and one rank: the same weights before
+    any further step (the final one), and training goes on from an earlier one."""
+    ref = uninterrupted("tp2_pp2")
+    for name, nproc, sets in (("dp4", 4, []), ("tp2_dp2", 4, LAYOUTS["tp2_dp2"]), ("one", 1, [])):
+        same = tmp_path / f"final-{name}"
+        shutil.copytree(ref, same)
+        (same / "summary.json").unlink()
+        out = train(same, nproc, *MODEL, *sets, timeout=400)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert summary(same)["weights_sha256"] == summary(ref)["weights_sha256"], name
+    on = tmp_path / "continued"
+    shutil.copytree(ref, on)
+    (on / "summary.json").unlink()
+    out = train(on, 4, *MODEL, flags=("--resume-step", "10"), timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    got, want = losses(on), losses(ref)
+    assert max(abs(got[s] - want[s]) / want[s] for s in (11, 12)) <= TOLERANCE
 
 
 def test_a_dropped_gradient_breaks_the_tolerance(ddp, tmp_path):
