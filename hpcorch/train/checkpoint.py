@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Callable, Sequence
 
 import torch
@@ -82,10 +83,17 @@ def model_digest(parts: Sequence[nn.Module] | nn.Module) -> str:
     from torch.distributed.tensor import DTensor
 
     digests: dict[str, str] = {}
-    for part in _as_list(parts):
-        for name, value in _canonical_model(get_model_state_dict(part)).items():
-            full = value.full_tensor() if isinstance(value, DTensor) else value
-            digests[name] = tensor_digest(full)
+    # Gathering a tp x FSDP tensor warns that it takes two all-gathers: true, and harmless here.
+    quiet = logging.getLogger("torch.distributed.tensor._redistribute")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        for part in _as_list(parts):
+            for name, value in _canonical_model(get_model_state_dict(part)).items():
+                full = value.full_tensor() if isinstance(value, DTensor) else value
+                digests[name] = tensor_digest(full)
+    finally:
+        quiet.setLevel(level)
     if dist.is_initialized() and dist.get_world_size() > 1:
         gathered: list = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, digests)

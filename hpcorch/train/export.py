@@ -32,7 +32,8 @@ def export_weights(checkpoints: Path, step: int, out: Path) -> Path:
     import torch
 
     state, _, record = CheckpointStore(checkpoints, rank=0, world_size=1).load(step)
-    model = {name: t.detach().to("cpu").contiguous() for name, t in _canonical_model(state["model"]).items()}
+    model = {name: _plain(name, t.detach().to("cpu").contiguous())
+             for name, t in _canonical_model(state["model"]).items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "hpcorch", "step": str(step), "tied": "head.weight=wte.weight"}
     if out.suffix == ".safetensors" and safetensors_available():
@@ -44,3 +45,13 @@ def export_weights(checkpoints: Path, step: int, out: Path) -> Path:
         out = out.with_suffix(".pt")
     torch.save(model, out)
     return out
+
+
+def _plain(name: str, tensor):
+    """q, k and v as one ``nn.Linear(width, 3 * width)`` holds them (the trainer keeps them as
+    ``(3, width, width)`` so that tensor parallelism splits whole heads): the same bytes."""
+    if name.endswith("attn.qkv.weight") and tensor.dim() == 3:
+        return tensor.reshape(-1, tensor.shape[-1])
+    if name.endswith("attn.qkv.bias") and tensor.dim() == 2:
+        return tensor.reshape(-1)
+    return tensor
