@@ -23,6 +23,7 @@ from .distributed import DistEnv, all_agree
 from .faults import SampleTrace, step_delay
 from .optim import build_optimizer, lr_at, set_lr
 from .parallel import build_parallel_model
+from .prefetch import StepBatches
 from .runlog import RunLogger, Sink
 from .state import TrainState
 from .stop import StopAgreement
@@ -67,6 +68,8 @@ class Trainer:
         self.data = DataSource(tr.data, tr.model.seq_len, tr.seed)
         _, x, y = self.data.val.batch(range(tr.micro_batch))
         self.parallel.settle(x, y)
+        # The next step's batches are built in a background thread (the same samples, in order).
+        self.batches = StepBatches(self.data.train, env.rank, self.world, tr.global_batch, tr.micro_batch, env.device)
 
         self.runlog = RunLogger(self.run_dir, self.state, env.is_main, tr.steps, tr.log_interval, sinks)
         store = CheckpointStore(self.run_dir.checkpoints, env.rank, self.world, keep=tr.checkpoint.keep,
@@ -103,6 +106,7 @@ class Trainer:
             self._finish()
             return protocol.DONE
         finally:
+            self.batches.close()
             self.runlog.close()
             self.trace.close()
 
@@ -151,13 +155,10 @@ class Trainer:
         tr, st, device = self.tr, self.state, self.env.device
         lr = lr_at(st.step, tr.optimizer, tr.steps)
         set_lr(self.optimizer, lr)
-        positions = self.data.rank_positions(st.consumed_samples, tr.global_batch, self.env.rank, self.world)
         loss_sum = torch.zeros((), device=device)
         seen: list[int] = []
-        for k in range(self.accum):
-            ids, x, y = self.data.train.batch(positions[k * tr.micro_batch:(k + 1) * tr.micro_batch])
+        for k, (ids, x, y) in enumerate(self.batches.get(st.consumed_samples)):
             seen += ids
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with self.parallel.no_sync(k == self.accum - 1), self.parallel.autocast():
                 _, loss = self.parallel.model(x, y)
             (loss / self.accum).backward()
