@@ -65,7 +65,7 @@ class Trainer:
         pin_threads(job.resources.cpus_per_task)
         self.parallel = build_parallel_model(job, env)
         self.optimizer = build_optimizer(self.parallel.module, tr.optimizer, env.device, tr.sharding)
-        self.data = DataSource(tr.data, tr.model.seq_len, tr.seed)
+        self.data = DataSource(tr.data, tr.model.seq_len, tr.seed, job=job.name)
         _, x, y = self.data.val.batch(range(tr.micro_batch))
         self.parallel.settle(x, y)
         # The next step's batches are built in a background thread (the same samples, in order).
