@@ -8,6 +8,7 @@ any world size therefore continues the same sequence: nothing repeated, nothing 
 """
 from __future__ import annotations
 
+import os
 import sysconfig
 from pathlib import Path
 
@@ -22,8 +23,15 @@ _SEPARATOR = b"\n\x00\n"  # between files: a byte that text never contains
 def stdlib_files() -> list[Path]:
     """The running interpreter's standard library sources, in a fixed order."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted((p for p in root.rglob("*.py") if "site-packages" not in p.parts),
-                  key=lambda p: p.relative_to(root).as_posix())
+    found = []
+    # Never descend into site-packages (it lies under the stdlib folder and holds torch and
+    # every other installed package: listing it took most of the start-up's data time).
+    # Same files as ``root.rglob("*.py")`` outside site-packages: symlinked folders are not
+    # followed, hidden files count.
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "site-packages"]
+        found += (Path(folder) / f for f in files if f.endswith(".py"))
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 def text_files(path: Path) -> list[Path]:
