@@ -1,7 +1,14 @@
+import re
+import threading
+
 import numpy as np
+import pytest
+import torch
 
 from hpcorch.spec.job import DataSpec
-from hpcorch.train.data import DataSource, stdlib_files
+from hpcorch.spec.schema import Invalid
+from hpcorch.train.data import DataError, DataSource, stdlib_files
+from hpcorch.train.prefetch import StepBatches
 
 
 def test_bin_tokens_are_read_as_uint16_windows(tmp_path):
@@ -33,3 +40,126 @@ def test_sample_order_is_a_permutation_per_epoch():
     assert first == list(range(n)) and sorted(second) == list(range(n))
     assert second != [data.train.sample_id(p) for p in range(n)]  # a new order each epoch
     assert stdlib_files()  # the default corpus exists on every machine
+
+
+# ----- val_path: nanoGPT's train.bin + val.bin ------------------------------------------------
+def _bin(path, n, mult=7):
+    tokens = (np.arange(n) * mult % 50_000).astype(np.uint16)
+    tokens.tofile(path)
+    return tokens
+
+
+def test_val_path_reads_validation_from_its_own_file(tmp_path):
+    train, val = _bin(tmp_path / "train.bin", 4000), _bin(tmp_path / "val.bin", 900, mult=11)
+    spec = DataSpec(source="bin", path=str(tmp_path / "train.bin"), val_path=str(tmp_path / "val.bin"))
+    data = DataSource(spec, seq_len=16, seed=3)
+    assert data.train.num_samples == (len(train) - 1) // 16  # all of train.bin trains
+    assert data.val.num_samples == (len(val) - 1) // 16
+    ids, x, _ = data.val.batch(range(3))
+    for row, sample in enumerate(ids):
+        assert x[row].tolist() == val[sample * 16: sample * 16 + 16].astype(np.int64).tolist()
+
+
+def test_val_path_with_text_files(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "a.txt").write_text("training text " * 300)
+    (tmp_path / "val.txt").write_text("validation " * 100)
+    spec = DataSpec(source="text", path=str(tmp_path / "train"), val_path=str(tmp_path / "val.txt"))
+    data = DataSource(spec, seq_len=32, seed=1)
+    _, x, _ = data.val.batch(range(1))
+    assert bytes(x[0].tolist()).decode() in ("validation " * 100 + "\n\x00\n")
+
+
+def test_val_path_is_refused_for_stdlib():
+    with pytest.raises(Invalid, match="val_path"):
+        DataSpec(val_path="val.bin")
+
+
+@pytest.mark.parametrize("case, key, match", [
+    ("missing_train", "trainer.data.path", "No such file"),
+    ("missing_val", "trainer.data.val_path", "No such file"),
+    ("odd_size", "trainer.data.path", "even, nonzero size"),
+    ("too_short_val", "trainer.data.val_path", "too few for sequences of 16"),
+])
+def test_data_file_problems_are_one_line_errors(tmp_path, case, key, match):
+    train, val = tmp_path / "train.bin", tmp_path / "val.bin"
+    _bin(train, 4000)
+    _bin(val, 900)
+    if case == "missing_train":
+        train.unlink()
+    elif case == "missing_val":
+        val.unlink()
+    elif case == "odd_size":
+        train.write_bytes(b"abc")
+    else:
+        _bin(val, 10)
+    spec = DataSpec(source="bin", path=str(train), val_path=str(val))
+    with pytest.raises(DataError) as err:
+        DataSource(spec, seq_len=16, seed=3, job="myjob")
+    assert str(err.value).startswith(f"myjob: {key}: ") and "\n" not in str(err.value)
+    assert re.search(match, str(err.value))
+    if case.startswith("missing"):
+        assert str(train if case == "missing_train" else val) in str(err.value)
+
+
+# ----- StepBatches: the next step prepared in the background, same samples --------------------
+def _expected(data, cursor, global_batch, rank, world, micro):
+    share = global_batch // world  # rank r reads the r-th contiguous share of the step's positions
+    positions = range(cursor + rank * share, cursor + (rank + 1) * share)
+    return [data.train.batch(positions[k:k + micro]) for k in range(0, len(positions), micro)]
+
+
+def _same(got, want):
+    assert len(got) == len(want)
+    for (gi, gx, gy), (wi, wx, wy) in zip(got, want):
+        assert gi == wi and torch.equal(gx, wx) and torch.equal(gy, wy)
+
+
+@pytest.mark.parametrize("rank, world, micro", [(0, 1, 4), (1, 2, 2), (3, 4, 1)])
+def test_step_batches_match_the_global_order(rank, world, micro):
+    data = DataSource(DataSpec(max_bytes=100_000), 32, 5)
+    n = data.train.num_samples
+    with StepBatches(data.train, rank, world, global_batch=8, micro_batch=micro, device="cpu") as batches:
+        # In order (prefetched), across an epoch boundary, then a jump back (a resume).
+        cursors = [0, 8, 16, (n // 8) * 8 - 8, (n // 8) * 8, (n // 8) * 8 + 8, 8, 16]
+        for cursor in cursors:
+            _same(batches.get(cursor), _expected(data, cursor, 8, rank, world, micro))
+
+
+def test_step_batches_prepare_the_next_step_in_the_background():
+    data = DataSource(DataSpec(max_bytes=100_000), 32, 5)
+    batches = StepBatches(data.train, 0, 1, global_batch=4, micro_batch=2, device="cpu")
+    batches.get(0)
+    assert list(batches._pending) == [4]  # step 2 is being built
+    batches._pending[4].result(timeout=10)
+    batches.get(4)
+    batches.close()
+
+
+def test_step_batches_raise_the_worker_error_in_get():
+    data = DataSource(DataSpec(max_bytes=100_000), 32, 5)
+    batches = StepBatches(data.train, 0, 1, global_batch=4, micro_batch=2, device="cpu")
+    batches.get(0)
+    batches._pending[4].result(timeout=10)  # the good prefetch of step 2 is done; break the next
+
+    def broken(positions):
+        raise OSError("disk gone")
+
+    batches.order.batch = broken
+    batches.get(4)  # served from the prefetch; starts building 8 with the broken order
+    with pytest.raises(OSError, match="disk gone"):
+        batches.get(8)
+    batches.close()
+
+
+def test_step_batches_close_leaves_no_thread():
+    before = {t for t in threading.enumerate()}
+    data = DataSource(DataSpec(max_bytes=100_000), 32, 5)
+    for _ in range(3):
+        batches = StepBatches(data.train, 0, 1, global_batch=4, micro_batch=2, device="cpu")
+        batches.get(0)
+        batches.close()
+        batches.close()  # idempotent
+    assert {t for t in threading.enumerate()} - before == set()
+    with pytest.raises(RuntimeError, match="closed"):
+        batches.get(0)

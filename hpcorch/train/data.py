@@ -8,11 +8,14 @@ any world size therefore continues the same sequence: nothing repeated, nothing 
 """
 from __future__ import annotations
 
+import os
 import sysconfig
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..errors import ConfigError
 
 _SEPARATOR = b"\n\x00\n"  # between files: a byte that text never contains
 
@@ -20,8 +23,15 @@ _SEPARATOR = b"\n\x00\n"  # between files: a byte that text never contains
 def stdlib_files() -> list[Path]:
     """The running interpreter's standard library sources, in a fixed order."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted((p for p in root.rglob("*.py") if "site-packages" not in p.parts),
-                  key=lambda p: p.relative_to(root).as_posix())
+    found = []
+    # Never descend into site-packages (it lies under the stdlib folder and holds torch and
+    # every other installed package: listing it took most of the start-up's data time).
+    # Same files as ``root.rglob("*.py")`` outside site-packages: symlinked folders are not
+    # followed, hidden files count.
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "site-packages"]
+        found += (Path(folder) / f for f in files if f.endswith(".py"))
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 def text_files(path: Path) -> list[Path]:
@@ -41,14 +51,36 @@ def read_bytes(files: list[Path], max_bytes: int) -> np.ndarray:
     return np.frombuffer(b"".join(chunks)[:max_bytes], dtype=np.uint8)
 
 
-def load_tokens(spec) -> np.ndarray:
-    """All tokens of a job's ``trainer.data`` section (byte-level, or uint16 from a .bin file)."""
+class DataError(ConfigError):
+    """The data a job names cannot be used (missing, empty, unreadable, too short): one line
+    naming the job, the ``trainer.data`` key and the file."""
+
+
+def load_tokens(spec, path: str | None = None) -> np.ndarray:
+    """All tokens of a job's ``trainer.data`` section (byte-level, or uint16 from a .bin file),
+    read from ``path`` (default ``spec.path``). Raises OSError / ValueError on bad files; the
+    :class:`DataSource` turns them into a :class:`DataError`."""
+    path = spec.path if path is None else path
     if spec.source == "bin":
-        return np.memmap(spec.path, dtype=np.uint16, mode="r")
-    files = stdlib_files() if spec.source == "stdlib" else text_files(Path(spec.path))
+        size = Path(path).stat().st_size  # FileNotFoundError before numpy's traceback
+        if size < 2 or size % 2:
+            raise ValueError(f"{path} holds {size} bytes; expected uint16 tokens (an even, nonzero size)")
+        return np.memmap(path, dtype=np.uint16, mode="r")
+    files = stdlib_files() if spec.source == "stdlib" else text_files(Path(path))
     if not files:
-        raise FileNotFoundError(f"no text files under {spec.path}")
+        raise FileNotFoundError(f"no text files under {path}")
     return read_bytes(files, spec.max_bytes)
+
+
+def _checked(job: str, key: str, make):
+    """``make()``, with a file or size problem turned into one :class:`DataError` line."""
+    try:
+        return make()
+    except OSError as exc:
+        what = exc.strerror or str(exc)
+        raise DataError(job, key, f"{what}: {exc.filename}" if exc.filename else what) from None
+    except ValueError as exc:
+        raise DataError(job, key, str(exc)) from None
 
 
 class SampleOrder:
@@ -77,16 +109,17 @@ class SampleOrder:
 
 
 class DataSource:
-    """Train and validation splits (the last ``val_fraction`` of the tokens is validation)."""
+    """Train and validation splits: the last ``val_fraction`` of the tokens is validation, or,
+    with ``val_path``, the tokens of that file (nanoGPT's ``train.bin`` + ``val.bin``).
+    ``job`` names the job in errors."""
 
-    def __init__(self, spec, seq_len: int, seed: int):
-        tokens = load_tokens(spec)
-        split = int(len(tokens) * (1 - spec.val_fraction))
-        self.train = SampleOrder(tokens[:split], seq_len, seed)
-        self.val = SampleOrder(tokens[split:], seq_len, seed + 1)
-
-    def rank_positions(self, cursor: int, global_batch: int, rank: int, world: int) -> range:
-        """This rank's contiguous share of the global batch that starts at ``cursor``."""
-        share = global_batch // world
-        start = cursor + rank * share
-        return range(start, start + share)
+    def __init__(self, spec, seq_len: int, seed: int, job: str = "job"):
+        train = _checked(job, "trainer.data.path", lambda: load_tokens(spec))
+        if spec.val_path is not None:
+            val = _checked(job, "trainer.data.val_path", lambda: load_tokens(spec, spec.val_path))
+        else:
+            split = int(len(train) * (1 - spec.val_fraction))
+            train, val = train[:split], train[split:]
+        self.train = _checked(job, "trainer.data.path", lambda: SampleOrder(train, seq_len, seed))
+        self.val = _checked(job, "trainer.data.val_path" if spec.val_path is not None else "trainer.data.val_fraction",
+                            lambda: SampleOrder(val, seq_len, seed + 1))

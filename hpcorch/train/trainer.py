@@ -22,6 +22,7 @@ from .distributed import DistEnv, all_agree
 from .faults import SampleTrace, drop_grad, step_delay
 from .optim import lr_at
 from .parallel import build_parallel_model, resolve_layout
+from .prefetch import StepBatches
 from .runlog import RunLogger, Sink
 from .state import TrainState
 from .stop import StopAgreement
@@ -64,9 +65,12 @@ class Trainer:
         pin_threads(job.resources.cpus_per_task)
         self.parallel = build_parallel_model(job, env)  # with its optimizers, one per part
         self.optimizer = self.parallel.optimizers[0]
-        self.data = DataSource(tr.data, tr.model.seq_len, tr.seed)
+        self.data = DataSource(tr.data, tr.model.seq_len, tr.seed, job=job.name)
         _, x, y = self.data.val.batch(range(tr.micro_batch))
         self.parallel.settle(x, y)
+        # The next step's batches are built in a background thread (the same samples, in order).
+        self.batches = StepBatches(self.data.train, self.dp_rank, self.layout.dp, tr.global_batch,
+                                   self.layout.micro_batch, env.device)
 
         self.runlog = RunLogger(self.run_dir, self.state, env.is_main, tr.steps, tr.log_interval, sinks)
         store = CheckpointStore(self.run_dir.checkpoints, env.rank, self.world, keep=tr.checkpoint.keep,
@@ -104,6 +108,7 @@ class Trainer:
             self._finish()
             return protocol.DONE
         finally:
+            self.batches.close()
             self.runlog.close()
             self.trace.close()
 
@@ -152,11 +157,8 @@ class Trainer:
         tr, st = self.tr, self.state
         lr = lr_at(st.step, tr.optimizer, tr.steps)
         self.parallel.set_lr(lr)
-        mb = self.layout.micro_batch
-        positions = self.data.rank_positions(st.consumed_samples, tr.global_batch, self.dp_rank, self.layout.dp)
         batches, seen = [], []
-        for k in range(self.accum):
-            ids, x, y = self.data.train.batch(positions[k * mb:(k + 1) * mb])
+        for ids, x, y in self.batches.get(st.consumed_samples):
             seen += ids
             batches.append((x, y))
         loss = self.parallel.forward_backward(batches)
