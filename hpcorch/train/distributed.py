@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -56,11 +57,26 @@ def all_agree(ok: bool, device: torch.device) -> bool:
     return bool(flag.item())
 
 
+# How long the group's worker threads get to let go of finished work before it is destroyed.
+_SETTLE_S = 0.1
+
+
 def shutdown() -> None:
     """Leave together: a rank that tears gloo down while a peer is still talking aborts it."""
     if dist.is_initialized():
         dist.barrier()
+        _let_workers_settle()
         dist.destroy_process_group()
+
+
+def _let_workers_settle() -> None:
+    """Sleep briefly, without the GIL. A gloo worker thread drops the last reference to a
+    finished collective (and its Python-owned tensors, which needs the GIL) only after the
+    caller has seen it complete. A group destroyed in that window (by destroy_process_group
+    or by freeing a DDP reducer, DeviceMesh or checkpoint group, always with the GIL held)
+    joins that thread while it waits for the GIL: the rank hangs after a successful run
+    (seen in CI: a gloo worker in ``decref``, the main thread in ``~ProcessGroupGloo``)."""
+    time.sleep(_SETTLE_S)
 
 
 def abandon() -> None:
@@ -68,6 +84,7 @@ def abandon() -> None:
     come: a process that exits with its gloo group still alive can abort (SIGABRT) in gloo's
     destructors, which would hide the one-line error behind exit code 134."""
     if dist.is_initialized():
+        _let_workers_settle()
         try:
             dist.destroy_process_group()
         except Exception:  # the peers may be gone already; the error line is what matters
