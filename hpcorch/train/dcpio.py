@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import FileSystem, _item_size
 
 __all__ = ["CheckpointException", "DigestMismatch", "Stager", "nbytes", "own_files", "read_full",
-           "read_sharded", "write_sharded"]
+           "read_sharded", "read_verified", "write_sharded"]
 
 METADATA = ".metadata"
 
@@ -185,6 +185,21 @@ def own_files(folder: Path, rank: int) -> list[Path]:
     return found
 
 
+def read_verified(path: Path, digests: dict[str, dict] | None) -> bytes:
+    """``path``'s bytes, read once, whole, and checked against ``digests[path.name]`` (the
+    commit record's size and SHA-256; None: unchecked). Raises :class:`DigestMismatch`."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise DigestMismatch(f"{path}: missing ({exc.strerror})") from None
+    if digests is not None:
+        want = digests.get(path.name)
+        if want is None or len(data) != want["size"] or hashlib.sha256(data).hexdigest() != want["sha256"]:
+            raise DigestMismatch(f"{path}: size or SHA-256 does not match the commit record")
+    return data
+
+
 class VerifyingReader(dcp.FileSystemReader):
     """Reads each needed file once, checks it against ``digests`` and serves DCP's requests
     from memory. ``error``, if set, is raised inside the collective read (a failure found
@@ -195,17 +210,7 @@ class VerifyingReader(dcp.FileSystemReader):
         self.digests, self.error = digests, error
 
     def _verified(self, name: str) -> bytes:
-        path = Path(self.path) / name
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise DigestMismatch(f"{path}: missing ({exc.strerror})") from None
-        if self.digests is not None:
-            want = self.digests.get(name)
-            if want is None or len(data) != want["size"] or hashlib.sha256(data).hexdigest() != want["sha256"]:
-                raise DigestMismatch(f"{path}: size or SHA-256 does not match the commit record")
-        return data
+        return read_verified(Path(self.path) / name, self.digests)
 
     def read_metadata(self, *args: Any, **kwargs: Any):
         import pickle

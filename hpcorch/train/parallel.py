@@ -24,7 +24,7 @@ from ..spec.schema import Invalid
 from .determinism import rng_state, seed_everything, set_rng_state
 from .distributed import DistEnv
 from .model import GPT
-from .optim import build_optimizer
+from .optim import build_optimizer, set_lr
 
 
 @dataclass(frozen=True)
@@ -148,9 +148,9 @@ class ParallelModel:
             return clip_grad_norm(params, max_norm, self.layout.world_size // self.layout.pp, self.device, skip)
 
     def set_lr(self, lr: float) -> None:
+        """Apply ``lr`` to every part's optimizer."""
         for opt in self.optimizers:
-            for group in opt.param_groups:
-                group["lr"] = lr
+            set_lr(opt, lr)
 
     def optimizer_step(self) -> None:
         """Step every part's optimizer, then drop the gradients."""

@@ -348,13 +348,9 @@ def _first_failure(exc: BaseException) -> str:
 def _verified(d: Path, name: str, files: dict) -> bytes:
     """``name``'s bytes, checked against the commit record's size and SHA-256."""
     try:
-        data = (d / name).read_bytes()
-    except OSError:
-        raise CheckpointError(f"{d / name}: missing") from None
-    info = files[name]
-    if _digest(data) != {"size": info["size"], "sha256": info["sha256"]}:
-        raise CheckpointError(f"{d / name}: size or SHA-256 does not match the commit record")
-    return data
+        return dcpio.read_verified(d / name, files)
+    except dcpio.DigestMismatch as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _remove_checkpoint(step: int, folder: Path) -> None:

@@ -29,12 +29,6 @@ from .stop import StopAgreement
 from .store import CheckpointStore
 
 
-def accumulation_steps(job: JobSpec, world_size: int) -> int:
-    """Micro-batches per step on each data-parallel rank (the layout's; under pp the
-    pipeline's micro-batches); the global batch must split evenly."""
-    return resolve_layout(job, world_size).accumulation
-
-
 class Trainer:
     """Trains ``job`` in ``run_dir`` on this rank. Building happens here, after the stop
     signals are caught (a signal during a slow build still ends in a clean stop); :meth:`run`
@@ -49,7 +43,8 @@ class Trainer:
         self.accum = self.layout.accumulation
         self.dp_rank = self.layout.dp_rank(env.rank)  # which share of each batch this rank reads
         # One rank per data-parallel share traces its samples (tp and pp peers read the same).
-        self.traces_samples = self.layout.coords(env.rank)["tp"] == 0 and self.layout.coords(env.rank)["pp"] == 0
+        coords = self.layout.coords(env.rank)
+        self.traces_samples = coords["tp"] == 0 and coords["pp"] == 0
         self.resume_step = resume_step
         self.peak_flops = (peak_tflops or 0) * 1e12
         self.tokens_per_step = tr.global_batch * tr.model.seq_len
@@ -64,7 +59,6 @@ class Trainer:
         # data, then DDP's settling backward (which needs a batch and the optimizer's params).
         pin_threads(job.resources.cpus_per_task)
         self.parallel = build_parallel_model(job, env)  # with its optimizers, one per part
-        self.optimizer = self.parallel.optimizers[0]
         self.data = DataSource(tr.data, tr.model.seq_len, tr.seed, job=job.name)
         _, x, y = self.data.val.batch(range(tr.micro_batch))
         self.parallel.settle(x, y)
