@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .cluster.commands import devcluster, devcluster_options
+from .node_commands import nodes
 from .profile_commands import profile
 from .completion import complete_jobs, complete_profiles, complete_refs, script
 from .errors import HpcorchError
@@ -24,7 +25,7 @@ class HpcorchGroup(click.Group):
     commands in the order of the workflow rather than the alphabet."""
 
     ORDER = ("plan", "render", "submit", "train", "ls", "status", "logs", "cancel", "resume", "export",
-             "profile", "jobs", "devcluster", "completion")
+             "nodes", "profile", "jobs", "devcluster", "completion")
 
     def list_commands(self, ctx):
         names = super().list_commands(ctx)
@@ -336,6 +337,7 @@ def jobs_list():
 
 
 main.add_command(profile)
+main.add_command(nodes)
 main.add_command(devcluster)
 
 

@@ -54,6 +54,14 @@ class Plan:
     launch: LaunchPlan = field(default_factory=lambda: LaunchPlan(python=sys.executable))
     extra_directives: list[str] = field(default_factory=list)
     prepend: dict[str, list[str]] = field(default_factory=dict)
+    # Nodes the registry keeps out of this profile's jobs (node -> why), excluded with the job's own.
+    quarantined: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exclude(self) -> str | None:
+        """The hostlist for ``--exclude``: the job's own exclusions and the quarantined nodes."""
+        hosts = set(self.job.resources.exclude_hosts) | set(self.quarantined)
+        return units.compress_hostlist(sorted(hosts)) if hosts else None
 
     @property
     def time_limit(self) -> str:
@@ -107,10 +115,12 @@ def default_run_dir(job: JobSpec, profile: ClusterProfile | None = None) -> Path
 
 
 def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None = None,
-              source: str = "job", python: str | None = None) -> Plan:
+              source: str = "job", python: str | None = None,
+              quarantined: dict[str, str] | None = None) -> Plan:
     """Check that ``job`` fits ``profile`` and resolve defaults; raise PlanError if not.
 
-    ``source`` names the job file in error messages.
+    ``source`` names the job file in error messages; ``quarantined`` (node -> why) are nodes
+    to exclude as well (see :meth:`hpcorch.registry.Registry.quarantined`).
     """
     res = job.resources
 
@@ -124,10 +134,14 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
                    f"({', '.join(p.name for p in profile.partitions)}), got {res.partition!r}") from None
     groups = profile.groups_of(part)
     excluded = set(res.exclude_hosts)  # a set: 16k hosts x 1k exclusions stays linear
+    quarantined = {h: why for h, why in (quarantined or {}).items() if h not in excluded and profile.has_host(h)}
+    excluded |= set(quarantined)
     usable = [h for h in part.hosts if h not in excluded]
     if res.nodes > len(usable):
+        held = (f" ({units.brief_hosts(sorted(quarantined))} quarantined; see hpcorch nodes, "
+                f"hpcorch nodes clear NODE)") if quarantined else ""
         raise fail("resources.nodes", f"asks for {res.nodes} nodes, but partition {part.name!r} has "
-                   f"{len(usable)}{' after exclusions' if res.exclude_hosts else ''}")
+                   f"{len(usable)}{' after exclusions' if excluded else ''}{held}")
     candidates = groups
     groups = typed = check_gpu_type(res, part, groups, excluded, fail)  # a typed job: only that type counts
     fitting = fit_node_groups(res, part, groups, fail)
@@ -177,7 +191,9 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         python=launch.python, launch=launch, warnings=warnings,
         extra_directives=extra_directives(job, profile, part),
         prepend={k: list(v) for k, v in profile.environment.prepend.items()},
+        quarantined=quarantined,
     )
+    plan.notes += [f"excluding quarantined node {h}: {why}" for h, why in sorted(quarantined.items())]
     if part.implicit and res.partition is not None:
         plan.notes.append(f"partition {part.name!r} is implicit (the site routes jobs itself): "
                           "checked against it, but the script names no --partition")

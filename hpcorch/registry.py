@@ -39,6 +39,16 @@ MIGRATIONS = [
     "ALTER TABLE jobs ADD COLUMN started REAL",
     # 3: the user's template folder, so that `resume` renders the script the same way.
     "ALTER TABLE jobs ADD COLUMN template_dir TEXT",
+    # 4: nodes kept out of later jobs of a profile (a failed pre-flight, a node that killed a job).
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        profile TEXT NOT NULL,         -- the profile's name (not its path): one cluster
+        node TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        since REAL NOT NULL,
+        until REAL NOT NULL,           -- excluded while now < until; cleared rows keep their history
+        job_id TEXT
+    )""",
 ]
 
 # File systems on which SQLite's WAL (shared memory between processes) is unsafe.
@@ -70,6 +80,21 @@ class Entry:
     def from_row(cls, row: sqlite3.Row) -> "Entry":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: row[k] for k in row.keys() if k in names})
+
+
+@dataclass
+class Quarantined:
+    """One quarantine of a node: why, since when, until when, and which job found it."""
+
+    profile: str
+    node: str
+    reason: str
+    since: float
+    until: float
+    job_id: str | None = None
+
+    def active(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) < self.until
 
 
 def default_path() -> Path:
@@ -180,6 +205,40 @@ class Registry:
             if row:
                 return Entry.from_row(row)
         raise HpcorchError(f"no job {ref!r} in the registry {self.path} (see: hpcorch ls)")
+
+
+    # ----- quarantined nodes ----------------------------------------------------------------
+    def quarantine(self, profile: str, node: str, reason: str, hours: float, job_id: str | None = None) -> None:
+        """Keep ``node`` out of ``profile``'s jobs for ``hours``: a node already quarantined
+        gets the later expiry and the newer reason (one active row per node)."""
+        now = time.time()
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE quarantine SET until = ? WHERE profile = ? AND node = ? AND until > ?",
+                         (now, profile, node, now))
+            conn.execute("INSERT INTO quarantine (profile, node, reason, since, until, job_id) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (profile, node, reason, now, now + hours * 3600, job_id))
+            conn.execute("COMMIT")
+
+    def quarantined(self, profile: str | None = None, history: bool = False) -> list[Quarantined]:
+        """Nodes in quarantine now (of ``profile``, or every profile's); ``history``: every
+        quarantine ever recorded, expired and cleared ones included."""
+        sql, args = "SELECT profile, node, reason, since, until, job_id FROM quarantine WHERE 1", []
+        if profile is not None:
+            sql, args = sql + " AND profile = ?", [profile]
+        if not history:
+            sql, args = sql + " AND until > ?", args + [time.time()]
+        with self._connect() as conn:
+            return [Quarantined(**dict(row)) for row in conn.execute(sql + " ORDER BY since", args)]
+
+    def release(self, node: str, profile: str | None = None) -> int:
+        """End ``node``'s quarantine now (history kept); returns how many were active."""
+        now = time.time()
+        sql, args = "UPDATE quarantine SET until = ? WHERE node = ? AND until > ?", [now, node, now]
+        if profile is not None:
+            sql, args = sql + " AND profile = ?", args + [profile]
+        with self._connect() as conn:
+            return conn.execute(sql, args).rowcount
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:

@@ -43,14 +43,18 @@ class Submission:
 
 # ----- spec -> plan -> script -------------------------------------------------------------------
 def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overrides: Iterable[str] = (),
-         run_dir: str | os.PathLike | None = None) -> Plan:
+         run_dir: str | os.PathLike | None = None, registry: Registry | None = None) -> Plan:
     """Load ``job`` (a path or a job name) and ``profile`` (a name or a path; default
-    ``$HPCORCH_PROFILE`` or ``local``), apply ``overrides`` (``KEY=VALUE``), check the fit."""
+    ``$HPCORCH_PROFILE`` or ``local``), apply ``overrides`` (``KEY=VALUE``), check the fit.
+    On Slurm, the nodes the registry holds in quarantine for the profile are excluded."""
+    from .quarantine import excluded_nodes
     from .spec.catalog import default_profile
 
     profile = str(profile) if profile is not None else default_profile()
     spec = load_job(job, list(overrides))
-    result = make_plan(spec, load_profile(profile), run_dir=run_dir, source=str(job))
+    cluster = load_profile(profile)
+    held = excluded_nodes(cluster.name, registry) if cluster.scheduler == "slurm" else {}
+    result = make_plan(spec, cluster, run_dir=run_dir, source=str(job), quarantined=held)
     result.profile_ref = profile
     return result
 
@@ -142,7 +146,7 @@ def resume(ref: str, exclude: str | None = None, registry: Registry | None = Non
             overrides.append(f"resources.exclude={compress_hostlist(sorted(excluded))}")
         if entry.slurm_conf:  # submitit's sbatch reads it from the environment
             os.environ["SLURM_CONF"] = entry.slurm_conf
-    again = plan(entry.job_file, entry.profile, overrides, run_dir=entry.run_dir)
+    again = plan(entry.job_file, entry.profile, overrides, run_dir=entry.run_dir, registry=registry)
     return submit(again, registry=registry, resumed_from=entry.key, allow_config_change=allow_config_change,
                   template_dir=template_dir or entry.template_dir)
 
