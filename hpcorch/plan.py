@@ -58,6 +58,11 @@ class Plan:
     quarantined: dict[str, str] = field(default_factory=dict)
 
     @property
+    def recovery_args(self) -> list[str]:
+        """What ``python -m hpcorch.recovery`` needs besides the stage (see the template)."""
+        return ["--run-dir", str(self.run_dir), "--profile", self.profile.name]
+
+    @property
     def exclude(self) -> str | None:
         """The hostlist for ``--exclude``: the job's own exclusions and the quarantined nodes."""
         hosts = set(self.job.resources.exclude_hosts) | set(self.quarantined)

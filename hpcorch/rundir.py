@@ -221,6 +221,13 @@ class RunDir:
     logs = property(lambda self: self.root / "logs")
     controller_log = property(lambda self: self.root / "logs" / "controller.log")
 
+    failures = property(lambda self: self.root / "failures.jsonl")
+
+    def exit_record(self, attempt: int, rank: int) -> Path:
+        """Why rank ``rank`` of attempt ``attempt`` (Slurm's restart count) ended with an error,
+        as the rank saw it (:mod:`hpcorch.recovery` reads them; a killed rank leaves none)."""
+        return self.root / "exits" / f"attempt-{attempt}" / f"rank-{rank}.json"
+
     def batch_log(self, stream: str = "out", job_id: str = "%j") -> Path:
         """The batch script's own stdout/stderr (``#SBATCH --output``; ``%j`` for Slurm)."""
         return self.logs / f"{job_id}.{stream}"

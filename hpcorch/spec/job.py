@@ -209,6 +209,8 @@ class RequeuePolicy:
     max_node_failures: int = 3
     signal: Literal["USR1", "USR2"] = "USR2"  # SIGTERM means cancel: checkpoint, never requeue
     signal_lead_s: int = 120  # before the time limit: enough for one step and one checkpoint
+    # The same failure at the same step this many times in a row stops the job (0: never).
+    crash_loop: int = 3
 
     @property
     def signum(self) -> int:
@@ -217,7 +219,7 @@ class RequeuePolicy:
         return getattr(signal, f"SIG{self.signal}")
 
     def __post_init__(self):
-        check_positive(self, "max_preemptions", "max_timeouts", "max_node_failures", allow_zero=True)
+        check_positive(self, "max_preemptions", "max_timeouts", "max_node_failures", "crash_loop", allow_zero=True)
         if not 10 <= self.signal_lead_s <= 65535:
             raise Invalid("signal_lead_s", f"expected 10 to 65535 seconds, got {self.signal_lead_s}")
 

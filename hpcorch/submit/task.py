@@ -54,9 +54,34 @@ class TrainTask:
         except (HpcorchError, NotRequeued) as exc:
             code = protocol.CHECKPOINTED if isinstance(exc, NotRequeued) else protocol.CLEAR_ERROR
             print(f"error: {exc}", file=sys.stderr, flush=True)
+            if code != protocol.CHECKPOINTED:
+                self._record_exit(code, str(exc))
         except RankFailed as exc:  # the rank printed its own one-line reason
             code = exc.exit_code
+            self._record_exit(code, "")
+        except BaseException as exc:  # a crash: recorded for recovery, then submitit logs the traceback
+            self._record_exit(1, f"{type(exc).__name__}: {exc}")
+            raise
         sys.exit(code)  # SystemExit passes through submitit's handler: no traceback, this exit code
+
+    def _record_exit(self, code: int, error: str) -> None:
+        """Leave this rank's side of a failure where :mod:`hpcorch.recovery` looks: which rank on
+        which node, its exit code and error (a rank killed outright leaves nothing, which says as much)."""
+        import json
+
+        from ..rundir import atomic_write
+
+        env = os.environ
+        record = {"rank": int(env.get("SLURM_PROCID", "0") or 0), "node": env.get("SLURMD_NODENAME") or socket.gethostname(),
+                  "exit_code": code, "error": error.strip().splitlines()[-1][:2000] if error.strip() else "",
+                  "time": time.time()}
+        attempt = int(env.get("SLURM_RESTART_COUNT", "0") or 0)
+        path = RunDir(self.run_dir).exit_record(attempt, record["rank"])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, json.dumps(record), durable=False)
+        except (OSError, HpcorchError) as exc:  # a full disk must not hide the failure it is recording
+            log.warning("hpcorch: could not record this rank's exit: %s", exc)
 
     def _run(self) -> dict:
         import submitit

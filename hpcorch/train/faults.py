@@ -15,9 +15,13 @@ environment variable is set:
     A submitted rank waits this long before it starts training (:func:`start_delay`): a window
     in which a signal reaches submitit's own handler, as an early preemption does.
 ``HPCORCH_STEP_DELAY_S=SECONDS``
-    Every rank sleeps this long after each step (:func:`step_delay`), so that a test can act on
+    Every rank sleeps this long after each step (:func:`after_step`), so that a test can act on
     a tiny job while it still trains (preempt it) however fast the machine is. Sleeping changes
     no number the run computes.
+``HPCORCH_CRASH_AT_STEP=STEP[:RANK[:HOW]]``
+    After step ``STEP`` the rank (every rank, or only ``RANK``) fails, on every attempt: ``error``
+    (default) raises an exception as a software bug would; ``kill`` sends itself SIGKILL as a
+    GPU fault or the OOM killer would (:func:`after_step`). The crash-loop tests use it.
 ``HPCORCH_DROP_GRAD=RANK:NAME``
     Rank ``RANK`` zeroes its gradient of the parameters named with ``NAME`` after each backward
     (:func:`drop_grad`): the lost gradient that the layout tests must catch.
@@ -37,6 +41,7 @@ START_DELAY = "HPCORCH_START_DELAY_S"
 CRASH_IN_PRUNE = "HPCORCH_CRASH_IN_PRUNE"
 STEP_DELAY = "HPCORCH_STEP_DELAY_S"
 DROP_GRAD = "HPCORCH_DROP_GRAD"
+CRASH_AT_STEP = "HPCORCH_CRASH_AT_STEP"
 
 Fault = Callable[[IO[bytes], bytes], None]
 
@@ -102,16 +107,33 @@ def start_delay() -> None:
         time.sleep(seconds)
 
 
-def step_delay() -> Callable[[], None]:
-    """The per-step sleep of ``HPCORCH_STEP_DELAY_S`` (read once), or a no-op."""
+def after_step(rank: int) -> Callable[[int], None]:
+    """What a rank does after each step when asked (both read once): sleep
+    ``HPCORCH_STEP_DELAY_S``, and fail at ``HPCORCH_CRASH_AT_STEP``. A no-op otherwise."""
     import time
 
     seconds = float(os.environ.get(STEP_DELAY, "0") or 0)
-    return (lambda: time.sleep(seconds)) if seconds > 0 else (lambda: None)
+    crash_step, _, rest = os.environ.get(CRASH_AT_STEP, "").partition(":")
+    want_rank, _, how = rest.partition(":")
+    crashes = bool(crash_step) and (not want_rank or int(want_rank) == rank)
+
+    def hook(step: int) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+        if crashes and step == int(crash_step):
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"{CRASH_AT_STEP}: injected failure after step {step} on rank {rank}")
+
+    return hook
 
 
 def drop_grad(parts, rank: int) -> None:
-    """``HPCORCH_DROP_GRAD=RANK:NAME``: rank ``RANK`` zeroes its (local) gradient of the
+    """``HPCORCH_CRASH_AT_STEP=STEP[:RANK[:HOW]]``
+    After step ``STEP`` the rank (every rank, or only ``RANK``) fails, on every attempt: ``error``
+    (default) raises an exception as a software bug would; ``kill`` sends itself SIGKILL as a
+    GPU fault or the OOM killer would (:func:`after_step`). The crash-loop tests use it.
+``HPCORCH_DROP_GRAD=RANK:NAME``: rank ``RANK`` zeroes its (local) gradient of the
     parameters whose names contain ``NAME``, after the backward: a layout that silently loses a
     gradient, which the layout tests' tolerance must catch."""
     spec = os.environ.get(DROP_GRAD)

@@ -19,7 +19,7 @@ from .checkpoint import Checkpointer, checkpoint_group, model_digest
 from .data import DataSource
 from .determinism import pin_threads
 from .distributed import DistEnv, all_agree
-from .faults import SampleTrace, drop_grad, step_delay
+from .faults import SampleTrace, after_step, drop_grad
 from .optim import lr_at
 from .parallel import build_parallel_model, resolve_layout
 from .prefetch import StepBatches
@@ -75,7 +75,7 @@ class Trainer:
         self.checkpointer = Checkpointer(store, job, env.rank, self.parallel.parts, self.parallel.optimizers,
                                          log=self.runlog.info, accepted_config=self.run_dir.accepted_config())
         self.trace = SampleTrace(env.rank)
-        self.step_delay = step_delay()
+        self.after_step = after_step(env.rank)
         self.steps_this_process = 0
 
     @property
@@ -131,8 +131,8 @@ class Trainer:
         if self.env.device.type == "cuda":
             torch.cuda.synchronize()  # the step's kernels are done: honest timings
         dt = time.perf_counter() - start
-        self.step_delay()
         st = self.state
+        self.after_step(st.step)
         self.steps_this_process += 1
         if self.steps_this_process == 1:
             self.runlog.event("first_step", step=st.step)

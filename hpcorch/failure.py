@@ -1,0 +1,160 @@
+"""What failed when a step of the batch script failed, and on which node: the evidence and
+the one classification :mod:`hpcorch.recovery` acts on.
+
+Evidence, all of it on disk or from srun, none of it needing the dead node:
+
+* srun's own lines in the batch script's stderr (``srun: error: node2: tasks 2-3: Killed``),
+  in the order srun learned of the ends: the first task to die is usually the first line;
+* each rank's exit record (``RUN/exits/attempt-N/rank-R.json``), written by a rank that ended
+  with an error it could see (a killed rank writes none: its silence is evidence too);
+* the pre-flight reports (``RUN/health/attempt-N/NODE.json``);
+* the controller's node states (a node Slurm marked down under the job).
+
+A rank whose peer died fails too (gloo's "Connection closed by peer", NCCL's watchdog); those
+are victims, not culprits. A task srun terminated itself (SIGTERM after ``--kill-on-bad-exit``)
+is a victim too. What is left points at the node that failed first.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import protocol
+
+# srun's report of tasks that ended badly: "srun: error: node2: tasks 2-3: Killed".
+SRUN_END = re.compile(r"^srun: error: (?P<node>[^\s:]+): tasks? (?P<tasks>[\d,\-]+): (?P<what>.+?)\s*$")
+SRUN_NODE_FAIL = re.compile(r"^srun: error: Node failure on (?P<node>\S+)")
+# The marker the batch script writes to stderr right before the training step of an attempt.
+TRAIN_MARKER = "hpcorch: training step starts"
+# A rank that lost a peer: its error is a consequence, not a cause.
+PEER_LOST = re.compile(r"connection closed by peer|connection reset by peer|broken pipe|"
+                       r"connection refused|socket (timeout|closed)|timed out|watchdog|"
+                       r"communicator was aborted|remote process exited|peer .* (closed|died)", re.I)
+# Deaths srun does not cause: a signal from the kernel (OOM killer), the driver or the hardware.
+HARD_DEATHS = ("Killed", "Segmentation fault", "Bus error", "Aborted", "Illegal instruction",
+               "Floating point exception")
+
+
+@dataclass
+class TaskEnd:
+    """One srun line: tasks of one node and how they ended."""
+
+    node: str
+    tasks: str
+    what: str
+
+    @property
+    def exit_code(self) -> int | None:
+        found = re.match(r"Exited with exit code (\d+)", self.what)
+        return int(found.group(1)) if found else None
+
+    @property
+    def hard(self) -> bool:
+        return self.what.startswith(HARD_DEATHS)
+
+
+@dataclass
+class Failure:
+    """A failed step, classified. ``nodes``: the nodes that failed first (the ones to keep out);
+    ``evidence``: how they were singled out; ``signature``: the failure without its node, so
+    that a crash loop on changing nodes is still one loop."""
+
+    stage: str                      # "preflight" or "train"
+    step: int | None                # the furthest step trained when it failed
+    nodes: list[str] = field(default_factory=list)
+    what: str = ""                  # one line for people
+    evidence: str = ""              # hard (killed, node down, pre-flight) or soft (an error exit)
+    clear_error: bool = False       # a rank's own clear error (config, checkpoint): never retried
+    protocol_stop: bool = False     # the ranks checkpointed and the protocol acted already
+    lines: list[str] = field(default_factory=list)  # the culprit's last error lines
+
+    @property
+    def signature(self) -> str:
+        what = self.what
+        for node in self.nodes:
+            what = what.replace(node, "NODE")
+        what = re.sub(r"rank \d+", "rank R", what)
+        return f"{self.stage}@{self.step}: {what}"
+
+    def record(self, attempt: int, job_id: str) -> dict:
+        return {"attempt": attempt, "job_id": job_id, **asdict(self), "signature": self.signature}
+
+
+def srun_ends(err_text: str) -> tuple[list[TaskEnd], list[str]]:
+    """srun's task-end lines and its node-failure nodes in the text after the last training
+    marker (this attempt's), in order."""
+    text = err_text.rsplit(TRAIN_MARKER, 1)[-1]
+    ends, failed = [], []
+    for line in text.splitlines():
+        if m := SRUN_END.match(line.strip()):
+            ends.append(TaskEnd(m["node"], m["tasks"], m["what"]))
+        elif m := SRUN_NODE_FAIL.match(line.strip()):
+            failed.append(m["node"])
+    return ends, failed
+
+
+def exit_records(folder: Path) -> list[dict]:
+    """The ranks' exit records of one attempt, oldest first."""
+    records = []
+    for path in sorted(folder.glob("rank-*.json")) if folder.is_dir() else []:
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(records, key=lambda r: r.get("time", 0))
+
+
+def classify_training(ends: list[TaskEnd], srun_failed: list[str], records: list[dict], down: list[str],
+                      step: int | None) -> Failure:
+    """The training step's failure from srun's lines, the ranks' records and the nodes the
+    controller reports down (``down``), most certain evidence first."""
+    failure = Failure("train", step)
+    if any(e.exit_code == protocol.CHECKPOINTED for e in ends):
+        failure.protocol_stop, failure.what = True, "the ranks checkpointed and stopped (the protocol acted)"
+        return failure
+    clear = [r for r in records if r.get("exit_code") == protocol.CLEAR_ERROR and r.get("error")]
+    if clear:
+        failure.clear_error, failure.nodes = True, []
+        failure.what = f"rank {clear[0]['rank']} on {clear[0]['node']}: {clear[0]['error']}"
+        return failure
+    lost = sorted(dict.fromkeys(down + srun_failed))
+    hard = [e for e in ends if e.hard]
+    own = [r for r in records if not PEER_LOST.search(r.get("error", "")) and r.get("exit_code") != protocol.CHECKPOINTED]
+    if lost:
+        failure.nodes, failure.evidence = lost, "hard"
+        failure.what = f"node {', '.join(lost)} failed under the job (Slurm reports it down)"
+    elif hard:
+        first = hard[0]
+        failure.nodes, failure.evidence = sorted(dict.fromkeys(e.node for e in hard if e.what == first.what)), "hard"
+        failure.what = f"tasks {first.tasks} on {first.node}: {first.what} (died first; the other ranks lost it)"
+    elif own:
+        first = own[0]
+        failure.nodes, failure.evidence = [first["node"]], "soft"
+        failure.what = f"rank {first['rank']} on {first['node']}: {first['error'] or 'exit code ' + str(first['exit_code'])}"
+    elif ends:
+        bad = [e for e in ends if e.exit_code not in (None, 0)] or ends
+        failure.what = f"tasks {bad[0].tasks} on {bad[0].node}: {bad[0].what}; no rank said why"
+    else:
+        failure.what = "the training step failed and no task end was reported"
+    return failure
+
+
+def classify_preflight(reports: dict[str, dict | None], step: int | None) -> Failure:
+    """The pre-flight's failure from each allocated node's report (None: the node wrote none,
+    so it died or ran out of time)."""
+    failure = Failure("preflight", step, evidence="hard")
+    bad: dict[str, str] = {}
+    for node, report in reports.items():
+        if report is None:
+            bad[node] = "no report (the node died or the check ran out of time)"
+        elif not report.get("ok", False):
+            failed = [c for c in report.get("checks", []) if not c.get("ok", True)]
+            bad[node] = "; ".join(f"{c.get('name')}: {c.get('detail', '')}" for c in failed) or "failed"
+    failure.nodes = sorted(bad)
+    failure.what = "; ".join(f"{node}: {why}" for node, why in sorted(bad.items())) or "no node failed"
+    if bad and len(bad) == len(reports) and len(reports) > 1:
+        # Every node failing the same way is a floor or a fabric problem, not a bad node.
+        failure.evidence = "unattributable"
+    return failure
