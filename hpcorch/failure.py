@@ -62,7 +62,7 @@ class Failure:
     that a crash loop on changing nodes is still one loop."""
 
     stage: str                      # "preflight" or "train"
-    step: int | None                # the furthest step trained when it failed
+    step: int | None                # the step being trained when it failed (None: before training)
     nodes: list[str] = field(default_factory=list)
     what: str = ""                  # one line for people
     evidence: str = ""              # hard (killed, node down, pre-flight) or soft (an error exit)

@@ -98,7 +98,8 @@ class Recovery:
 
     # ----- evidence ------------------------------------------------------------------------
     def classify(self, stage: str) -> Failure:
-        step = self.run.progress().get("step")
+        done = self.run.progress().get("step")
+        step = None if done is None else done + 1  # the step being trained when it failed
         if stage == "preflight":
             reports = {n: read_json(self.run.health_report(self.attempt, n)) or None for n in self.allocated}
             return classify_preflight(reports, step)
@@ -115,7 +116,8 @@ class Recovery:
         if not ranks:
             return []
         pattern = self.run.rank_log_pattern("err").replace("%j", self.job_id).replace("%t", str(ranks[0]))
-        lines = [ln for ln in _tail(pattern, 16384).splitlines() if ln.strip() and not ln.startswith("submitit ")]
+        lines = [ln for ln in _tail(pattern, 16384).splitlines()
+                 if ln.strip() and not ln.startswith(("submitit ", "slurmstepd"))]
         return lines[-count:]
 
     # ----- decisions -----------------------------------------------------------------------
@@ -213,6 +215,9 @@ def _start_when_pending(job_id: str, patience_s: float = 120.0) -> int:
         if info.get("JobState") != "PENDING" or info.get("Reason") != "BeginTime":
             time.sleep(0.5)
             continue
+        # slurmd refuses a credential made in the same second as the revoked one ("Job
+        # credential revoked", and the job fails): the hold exists for that; two seconds suffice.
+        time.sleep(2.0)
         slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
         return 0
     return 1
