@@ -43,14 +43,15 @@ class Submission:
 
 # ----- spec -> plan -> script -------------------------------------------------------------------
 def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overrides: Iterable[str] = (),
-         run_dir: str | os.PathLike | None = None) -> Plan:
+         run_dir: str | os.PathLike | None = None, nccl_debug: str | None = None) -> Plan:
     """Load ``job`` (a path or a job name) and ``profile`` (a name or a path; default
-    ``$HPCORCH_PROFILE`` or ``local``), apply ``overrides`` (``KEY=VALUE``), check the fit."""
+    ``$HPCORCH_PROFILE`` or ``local``), apply ``overrides`` (``KEY=VALUE``), check the fit.
+    ``nccl_debug``: NCCL_DEBUG's level for this submission only (INFO, WARN, ...)."""
     from .spec.catalog import default_profile
 
     profile = str(profile) if profile is not None else default_profile()
     spec = load_job(job, list(overrides))
-    result = make_plan(spec, load_profile(profile), run_dir=run_dir, source=str(job))
+    result = make_plan(spec, load_profile(profile), run_dir=run_dir, source=str(job), nccl_debug=nccl_debug)
     result.profile_ref = profile
     return result
 
