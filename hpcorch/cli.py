@@ -78,6 +78,14 @@ def allow_config_change_option(func):
                              "A changed model, data, seed, global batch or optimizer is refused regardless.")(func)
 
 
+def nccl_debug_option(func):
+    # An option with an optional value: `--nccl-debug` alone means INFO.
+    return click.option("--nccl-debug", "nccl_debug", is_flag=False, flag_value="INFO", default=None,
+                        metavar="[LEVEL]",
+                        help="Set NCCL_DEBUG (VERSION, WARN, INFO, TRACE; alone: INFO) for this submission "
+                             "only; profiles may not set NCCL's debugging variables.")(func)
+
+
 def template_option(func):
     # No click check here: render.environment refuses a missing folder or a file as one error line.
     return click.option("--template-dir", type=click.Path(),
@@ -137,8 +145,10 @@ def _echo(text: str) -> None:
 @click.option("--wait/--no-wait", default=None,
               help="Follow rank 0's log until the job ends [default: wait for local, not for Slurm].")
 @allow_config_change_option
+@nccl_debug_option
 @job_options
-def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run_dir, allow_config_change=False):
+def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run_dir, allow_config_change=False,
+           nccl_debug=None):
     """Submit JOB (a job YAML file) to the cluster of --profile.
 
     With the default `local` profile the job runs here through submitit's local executor, with
@@ -146,7 +156,7 @@ def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run
     """
     from . import service
 
-    plan = service.plan(job, profile_name, overrides, run_dir)
+    plan = service.plan(job, profile_name, overrides, run_dir, nccl_debug=nccl_debug)
     _warn(plan)
     script = service.render(plan, template_dir)
     if dry_run:
@@ -194,14 +204,15 @@ def render(ctx, job, profile_name, template_dir, overrides, run_dir):
 @job_argument
 @profile_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@nccl_debug_option
 @job_options
-def plan(job, profile_name, as_json, overrides, run_dir):
+def plan(job, profile_name, as_json, overrides, run_dir, nccl_debug=None):
     """Check that JOB fits the profile and show what it will use."""
     from . import service
     from .layoutplan import table_view
     from .plan import summarize
 
-    the_plan = service.plan(job, profile_name, overrides, run_dir)
+    the_plan = service.plan(job, profile_name, overrides, run_dir, nccl_debug=nccl_debug)
     _warn(the_plan)
     summary = summarize(the_plan)
     if as_json:

@@ -20,6 +20,12 @@ Sources (public documentation, checked for this module):
 * Omni-Path: NCCL uses its verbs transport on the hfi1 adapters, so only the adapter list
   (``NCCL_IB_HCA=hfi1_0:1``) is derived; no plugin is assumed.
 * Ethernet: nothing; NCCL's socket transport picks interfaces by itself.
+* Any fabric: ``network.socket_ifname`` becomes NCCL_SOCKET_IFNAME (over the fabric's own) and
+  ``network.nccl_topo_file`` NCCL_TOPO_FILE: both are in NCCL's "System configuration" section.
+
+NCCL_NET_GDR_LEVEL, derived for Slingshot, is listed in NCCL's "Debugging" section; HPE's
+Slingshot guide sets it for the cxi provider, so it stays here (a profile may not set it itself:
+:data:`hpcorch.spec.placement.NCCL_DEBUGGING`).
 """
 from __future__ import annotations
 
@@ -65,12 +71,18 @@ def environment(profile: ClusterProfile, groups: list[NodeGroup] | None = None) 
     vendor = gpu_vendor(groups) if groups is not None else None
     if vendor:
         env.update(_VENDOR_ENV.get((net.fabric, vendor), {}))
+    if net.socket_ifname:
+        env["NCCL_SOCKET_IFNAME"] = net.socket_ifname
+    if net.nccl_topo_file:
+        env["NCCL_TOPO_FILE"] = net.nccl_topo_file
     return env
 
 
 def ib_hca(hcas: list[str], ports: int) -> str:
-    """NCCL_IB_HCA in NCCL's syntax: every adapter with each of its ports, ``mlx5_0:1,mlx5_1:1``."""
-    return ",".join(f"{hca}:{port}" for hca in hcas for port in range(1, ports + 1))
+    """NCCL_IB_HCA in NCCL's syntax: every adapter with each of its ports, as exact names
+    (``=mlx5_0:1,mlx5_1:1``): without the ``=``, NCCL reads ``mlx5_1`` as a prefix that also
+    selects mlx5_10 to mlx5_19, the storage adapters of a DGX-class node."""
+    return "=" + ",".join(f"{hca}:{port}" for hca in hcas for port in range(1, ports + 1))
 
 
 def gpu_vendor(groups: list[NodeGroup]) -> str | None:

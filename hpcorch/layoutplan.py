@@ -115,11 +115,15 @@ def layout_rows(info: dict) -> dict[str, str]:
 
 
 def table_view(summary: dict) -> dict:
-    """``summarize``'s output for the plan table: the ``layout`` entry expanded into rows."""
+    """``summarize``'s output for the plan table: the ``layout`` entry expanded into rows, the
+    ``placement`` entry as one line."""
     out: dict = {}
     for key, value in summary.items():
         if key == "layout" and isinstance(value, dict):
             out.update(layout_rows(value))
+        elif key == "placement" and isinstance(value, dict):
+            asked = value.get("directive")
+            out[key] = value["summary"] + (f"; asks {asked}" if asked else "")
         else:
             out[key] = value
     return out

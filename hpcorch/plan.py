@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import fabric, layoutplan
+from .placement import PlacementPlan, plan_placement
 from .nodefit import (check_constraint, check_gpu_type, check_mig, check_node_counts, fit_node_groups)
 from . import siterequests
 from .spec import units
@@ -15,6 +16,7 @@ from .errors import PlanError
 from .launchplan import LaunchPlan, extra_directives, resolve_launch
 from .rundir import RunDir
 from .spec.job import JobSpec
+from .spec.placement import NCCL_DEBUG_LEVELS, debugging_in
 from .spec.profile import ClusterProfile, NodeGroup, Partition
 
 # Run directories reach #SBATCH --output, where sbatch does its own word splitting: keep them plain.
@@ -67,6 +69,13 @@ class Plan:
         """The hostlist for ``--exclude``: the job's own exclusions and the quarantined nodes."""
         hosts = set(self.job.resources.exclude_hosts) | set(self.quarantined)
         return units.compress_hostlist(sorted(hosts)) if hosts else None
+    # Leaf switches / blocks the job fits in, and the #SBATCH option that asks for them.
+    placement: PlacementPlan | None = None
+
+    @property
+    def placement_directive(self) -> str | None:
+        """``--switches=K@WAIT`` or ``--segment=S`` for the header, or None."""
+        return self.placement.directive if self.placement else None
 
     @property
     def time_limit(self) -> str:
@@ -120,12 +129,13 @@ def default_run_dir(job: JobSpec, profile: ClusterProfile | None = None) -> Path
 
 
 def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None = None,
-              source: str = "job", python: str | None = None,
+              source: str = "job", python: str | None = None, nccl_debug: str | None = None,
               quarantined: dict[str, str] | None = None) -> Plan:
     """Check that ``job`` fits ``profile`` and resolve defaults; raise PlanError if not.
 
-    ``source`` names the job file in error messages; ``quarantined`` (node -> why) are nodes
-    to exclude as well (see :meth:`hpcorch.registry.Registry.quarantined`).
+    ``source`` names the job file in error messages; ``nccl_debug`` (a level such as INFO)
+    sets NCCL_DEBUG for this submission only (``submit --nccl-debug``); ``quarantined``
+    (node -> why) are nodes to exclude as well (see :meth:`hpcorch.registry.Registry.quarantined`).
     """
     res = job.resources
 
@@ -167,9 +177,9 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         raise PlanError("--run-dir", "", f"expected a path of letters, digits and _./+@:,=- "
                         f"(it reaches #SBATCH lines), got {str(run_dir)!r}")
 
+    notes: list[str] = []
     qos, account = siterequests.qos_and_account(res, profile, part, fail)
     requests = profile.requests_for(part)
-    notes: list[str] = []
     gpu_request, gpu_type = siterequests.gpu_request(res, requests, part, candidates, fail, notes)
     memory_request = siterequests.memory_request(res, requests, typed, fail, notes)
     for key, option in (("resources.gpus_per_node", gpu_request), ("resources.mem", memory_request)):
@@ -180,8 +190,12 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     environment.update({k: str(v) for k, v in profile.environment.variables.items()})
     environment.update({k: str(v) for k, v in job.environment.items()})
     warnings: list[str] = []
+    _nccl_debugging(job, environment, nccl_debug, warnings, notes)
     layoutplan.check_layout(job, eligible, fail, warnings)
     launch = resolve_launch(job, profile, eligible, python, fail, warnings)
+    # The nodes the job may land on: its eligible node groups' hosts, minus exclusions.
+    hosts = [h for h in dict.fromkeys(h for g in eligible for h in g.hosts) if h not in excluded]
+    placement = plan_placement(job.placement, profile, hosts, res.nodes, fail, notes, warnings)
     plan = Plan(
         job=job, profile=profile, partition=part, run_dir=run_dir,
         account=account,
@@ -197,6 +211,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         extra_directives=extra_directives(job, profile, part),
         prepend={k: list(v) for k, v in profile.environment.prepend.items()},
         quarantined=quarantined,
+        placement=placement,
     )
     plan.notes += [f"excluding quarantined node {h}: {why}" for h, why in sorted(quarantined.items())]
     if part.implicit and res.partition is not None:
@@ -207,6 +222,22 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     if job.trainer.checkpoint.interval > job.trainer.steps:
         plan.notes.append("checkpoint.interval exceeds steps: only the final checkpoint is written")
     return plan
+
+
+def _nccl_debugging(job: JobSpec, environment: dict[str, str], nccl_debug: str | None,
+                    warnings: list[str], notes: list[str]) -> None:
+    """A job may set NCCL's debugging variables (the plan warns: NCCL says not to keep them);
+    ``--nccl-debug LEVEL`` sets NCCL_DEBUG for this submission, over the job's."""
+    found = debugging_in(job.environment)
+    if found:
+        warnings.append(f"environment sets NCCL debugging variable{'s' if len(found) > 1 else ''} "
+                        f"{', '.join(found)}: NCCL advises against keeping them outside a debugging run")
+    if nccl_debug is not None:
+        level = nccl_debug.upper()
+        if level not in NCCL_DEBUG_LEVELS:
+            raise PlanError("--nccl-debug", "", f"expected one of {', '.join(NCCL_DEBUG_LEVELS)}, got {nccl_debug!r}")
+        environment["NCCL_DEBUG"] = level
+        notes.append(f"NCCL_DEBUG={level} for this submission (--nccl-debug)")
 
 
 def _unknown_exclusions(hosts: list[str], profile: ClusterProfile) -> list[str]:
@@ -251,6 +282,8 @@ def summarize(plan: Plan) -> dict:
                     if job.requeue.enabled else "off"),
         "run_dir": str(plan.run_dir),
     }
+    if plan.placement is not None:
+        summary["placement"] = plan.placement.to_dict()
     if plan.launch.wrapper != "none":  # what starts the ranks, when it is not plain python
         summary["launch"] = f"{plan.launch.wrapper} wrapper, {plan.python}"
     if plan.peak_tflops:

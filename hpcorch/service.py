@@ -43,10 +43,12 @@ class Submission:
 
 # ----- spec -> plan -> script -------------------------------------------------------------------
 def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overrides: Iterable[str] = (),
-         run_dir: str | os.PathLike | None = None, registry: Registry | None = None) -> Plan:
+         run_dir: str | os.PathLike | None = None, nccl_debug: str | None = None,
+         registry: Registry | None = None) -> Plan:
     """Load ``job`` (a path or a job name) and ``profile`` (a name or a path; default
     ``$HPCORCH_PROFILE`` or ``local``), apply ``overrides`` (``KEY=VALUE``), check the fit.
-    On Slurm, the nodes the registry holds in quarantine for the profile are excluded."""
+    ``nccl_debug``: NCCL_DEBUG's level for this submission only (INFO, WARN, ...). On Slurm,
+    the nodes the registry holds in quarantine for the profile are excluded."""
     from .quarantine import excluded_nodes
     from .spec.catalog import default_profile
 
@@ -54,7 +56,7 @@ def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overr
     spec = load_job(job, list(overrides))
     cluster = load_profile(profile)
     held = excluded_nodes(cluster.name, registry) if cluster.scheduler == "slurm" else {}
-    result = make_plan(spec, cluster, run_dir=run_dir, source=str(job), quarantined=held)
+    result = make_plan(spec, cluster, run_dir=run_dir, source=str(job), quarantined=held, nccl_debug=nccl_debug)
     result.profile_ref = profile
     return result
 

@@ -126,7 +126,43 @@ def progress(entry: Entry) -> dict:
         "loss": metrics.get("loss"),
         "tokens_per_s": metrics.get("tokens_per_s"),
         "note": budget.get("refused") or None,
+        "placement": placement_summary(run),
     }
+
+
+def placement_summary(run: RunDir) -> str | None:
+    """``2 nodes on 1 leaf switch (leaf1)`` for the latest process start of the run, from the
+    ranks' ``placement`` events (None before any). A leaf is the second-to-last component of
+    SLURM_TOPOLOGY_ADDR (``spine.leaf1.node1``); without one (no topology plugin, or a local
+    run) only the nodes are counted."""
+    import json
+
+    records: list[dict] = []
+    try:
+        with open(run.events, errors="replace") as f:
+            for line in f:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash
+                if not isinstance(event, dict):
+                    continue
+                if event.get("event") == "process_start":
+                    records = []  # a later start's ranks replace the earlier ones
+                elif event.get("event") == "placement":
+                    records.append(event)
+    except OSError:
+        return None
+    if not records:
+        return None
+    nodes = list(dict.fromkeys(str(r.get("node")) for r in records))
+    addrs = [str(r["topology_addr"]).split(".") for r in records if r.get("topology_addr")]
+    leaves = list(dict.fromkeys(parts[-2] for parts in addrs if len(parts) >= 2))
+    where = f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}"
+    if not leaves:
+        return f"{where} ({', '.join(nodes[:4])}{', ...' if len(nodes) > 4 else ''}; no switch recorded)"
+    unit = "leaf switch" if len(leaves) == 1 else "leaf switches"
+    return f"{where} on {len(leaves)} {unit} ({', '.join(leaves)})"
 
 
 def advice(entry: Entry, state: str) -> str | None:

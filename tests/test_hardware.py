@@ -239,10 +239,10 @@ def _fabric_profile(tmp_path, network, vendor="nvidia"):
 
 @pytest.mark.parametrize("network, vendor, expected", [
     ("{infiniband: {hcas: [mlx5_0, mlx5_1], ports: 2}}", "nvidia",
-     {"NCCL_IB_HCA": "mlx5_0:1,mlx5_0:2,mlx5_1:1,mlx5_1:2"}),
+     {"NCCL_IB_HCA": "=mlx5_0:1,mlx5_0:2,mlx5_1:1,mlx5_1:2"}),
     ("{fabric: roce, infiniband: {hcas: [mlx5_0], gid_index: 3}}", "nvidia",
-     {"NCCL_IB_HCA": "mlx5_0:1", "NCCL_IB_GID_INDEX": "3"}),
-    ("{fabric: omnipath, infiniband: {hcas: [hfi1_0]}}", "nvidia", {"NCCL_IB_HCA": "hfi1_0:1"}),
+     {"NCCL_IB_HCA": "=mlx5_0:1", "NCCL_IB_GID_INDEX": "3"}),
+    ("{fabric: omnipath, infiniband: {hcas: [hfi1_0]}}", "nvidia", {"NCCL_IB_HCA": "=hfi1_0:1"}),
     ("{fabric: efa}", "nvidia", {"FI_PROVIDER": "efa", "FI_EFA_USE_DEVICE_RDMA": "1"}),
     ("{fabric: ethernet}", "nvidia", {}),
     ("{fabric: infiniband}", "nvidia", {}),  # NCCL finds the HCAs itself when none are named
@@ -274,9 +274,11 @@ def test_plan_puts_profile_and_job_variables_over_derived_ones(repo, tmp_path):
     env = make_plan(job, prof, source="job.yaml").environment
     assert env["NCCL_SOCKET_IFNAME"] == "hsn0" and env["FI_PROVIDER"] == "cxi-custom"
     assert env["NCCL_NET_GDR_LEVEL"] == "PHB" and env["OMP_NUM_THREADS"] == "2"
-    # An explicit profile value keeps its place; the h100-ndr golden script does not change.
+    # h100-ndr names its HCAs and interfaces under `network`: the derived values come first,
+    # exact names with ports, then the profile's own variables.
     h100 = make_plan(load_job(repo / "jobs/gpt-tiny.yaml"), load_profile("h100-ndr"), source="job.yaml").environment
-    assert list(h100)[0] == "NCCL_IB_HCA" and h100["NCCL_IB_HCA"] == "mlx5_0,mlx5_1,mlx5_2,mlx5_3,mlx5_4,mlx5_5,mlx5_6,mlx5_7"
+    assert list(h100)[:2] == ["NCCL_IB_HCA", "NCCL_SOCKET_IFNAME"] and h100["NCCL_SOCKET_IFNAME"] == "^lo,docker"
+    assert h100["NCCL_IB_HCA"] == "=" + ",".join(f"mlx5_{i}:1" for i in range(8))
 
 
 # ----- slurm-conf ------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def test_plan_errors_against_devcluster(repo, overrides, key, expected):
 def test_plan_resolves_defaults(repo):
     plan = make_plan(load_job(repo / "jobs/gpt2-124m.yaml"), load_profile("h100-ndr"), run_dir="/r")
     assert (plan.partition.name, plan.account, plan.qos) == ("gpu", "ml-research", "normal")
-    assert plan.environment["NCCL_IB_QPS_PER_CONNECTION"] == "2"
+    assert plan.environment["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"
     summary = summarize(plan)
     assert round(summary["parameters"] / 1e6, 1) == 123.6  # GPT-2 small with the padded 50304 vocabulary
     assert summary["tokens_per_step"] == 256 * 1024

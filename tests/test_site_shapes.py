@@ -113,7 +113,7 @@ def test_fabric_variables_reach_the_script(repo):
     assert 'export MIOPEN_USER_DB_PATH="/tmp/${USER}-miopen-cache-${SLURM_JOB_ID}"\n' in lumi
     jean_zay = _render(repo, "a100-qos", "resources.partition=gpu_p5", "resources.constraint=a100",
                        "resources.gpus_per_node=8", "resources.cpus_per_task=8", "resources.time=20:00:00")
-    assert "export NCCL_IB_HCA=mlx5_0:1,mlx5_1:1,mlx5_2:1,mlx5_3:1\n" in jean_zay
+    assert "export NCCL_IB_HCA==mlx5_0:1,mlx5_1:1,mlx5_2:1,mlx5_3:1\n" in jean_zay
 
 
 @pytest.mark.parametrize("shape, overrides, key, message", [

@@ -200,8 +200,12 @@ def test_trainer_creates_every_attribute_in_init_and_stops_on_an_agreed_signal(g
     assert set(vars(trainer)) == attributes
     assert trainer.agreed_signal == signal.SIGUSR2
     assert RunDir(tmp_path).latest_checkpoint() == 1
-    events = [json.loads(line)["event"] for line in (tmp_path / "events.jsonl").read_text().splitlines()]
-    assert events == ["process_start", "first_step", "signal", "checkpoint_committed"]
+    records = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in records] == ["process_start", "placement", "first_step", "signal",
+                                             "checkpoint_committed"]
+    # Every rank's placement, written by rank 0 after the start (one rank here, outside Slurm).
+    assert {k: records[1][k] for k in ("rank", "local_rank", "topology_addr")} == {
+        "rank": 0, "local_rank": 0, "topology_addr": None}
 
 
 # ----- the rank entry ------------------------------------------------------------------------------

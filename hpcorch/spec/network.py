@@ -1,10 +1,13 @@
-"""A profile's network: the fabric kind, the InfiniBand/RoCE adapters and Slurm's switch tree."""
+"""A profile's network: the fabric kind, the InfiniBand/RoCE adapters, NCCL's interfaces and
+topology file, and Slurm's topology (a switch tree, or blocks)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from . import units
+from .expand import check_expandable
 from .schema import Invalid, check_name, check_positive
 
 
@@ -144,6 +147,62 @@ class SwitchTree:
                                     f"them (\"no switch can reach all nodes\")")
 
 
+@dataclass
+class Block:
+    name: str
+    nodes: str
+
+    def __post_init__(self):
+        check_name("name", self.name, "a block name")
+        if not self.nodes.strip():
+            raise Invalid("nodes", "expected the block's nodes as a hostlist")
+        self.hosts = hosts_of("nodes", self.nodes)
+
+
+@dataclass
+class BlockTopology:
+    """Slurm's topology/block (23.11+): nodes in blocks of fast interconnect (an NVL72 rack, a
+    leaf switch), ``block_sizes`` the planning base size and the larger sizes Slurm may join
+    blocks into, each a power of two times the one before (topology.conf ``BlockSizes``).
+    Empty: Slurm's default, the base is the smallest block's node count."""
+
+    blocks: list[Block]
+    block_sizes: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.blocks:
+            raise Invalid("blocks", "expected at least one block")
+        seen: dict[str, int] = {}
+        block_of: dict[str, int] = {}
+        for i, block in enumerate(self.blocks):
+            if block.name in seen:
+                raise Invalid(f"blocks[{i}].name", f"duplicate block {block.name!r} (already blocks[{seen[block.name]}])")
+            seen[block.name] = i
+            clash = [h for h in block.hosts if h in block_of]
+            if clash:
+                first = self.blocks[block_of[clash[0]]].name
+                raise Invalid(f"blocks[{i}].nodes", f"nodes {units.brief_hosts(clash)} are already in block "
+                                                    f"{first!r}; a node belongs to one block")
+            block_of.update(dict.fromkeys(block.hosts, i))
+        for j, size in enumerate(self.block_sizes):
+            if size < 1:
+                raise Invalid(f"block_sizes[{j}]", f"expected a positive node count, got {size}")
+            if j and (size <= self.block_sizes[j - 1] or size % self.block_sizes[j - 1]
+                      or (size // self.block_sizes[j - 1]) & (size // self.block_sizes[j - 1] - 1)):
+                raise Invalid(f"block_sizes[{j}]", f"expected a power of two times {self.block_sizes[j - 1]} "
+                                                   f"(Slurm's BlockSizes rule), got {size}")
+
+    @property
+    def base(self) -> int:
+        """The planning base block size: the first of ``block_sizes``, else the smallest block."""
+        return self.block_sizes[0] if self.block_sizes else min(len(b.hosts) for b in self.blocks)
+
+
+# NCCL_SOCKET_IFNAME: prefixes separated by ',', the list optionally led by '^' (exclude) and
+# '=' (exact names).
+_IFNAME_RE = re.compile(r"\^?=?[A-Za-z0-9_.:-]{1,64}(,[A-Za-z0-9_.:-]{1,64}){0,63}")
+
+
 FABRICS = ("infiniband", "roce", "slingshot", "efa", "omnipath", "ethernet")
 # The fabrics whose adapters the `infiniband` section describes (NCCL's verbs transport).
 VERBS_FABRICS = ("infiniband", "roce", "omnipath")
@@ -155,8 +214,23 @@ class Network:
     fabric: Literal["infiniband", "roce", "slingshot", "efa", "omnipath", "ethernet"] | None = None
     infiniband: InfiniBand | None = None
     switches: SwitchTree = field(default_factory=SwitchTree)
+    blocks: BlockTopology | None = None   # instead of `switches`: topology/block
+    socket_ifname: str | None = None      # NCCL_SOCKET_IFNAME: eth, ^docker,lo, =ib0
+    nccl_topo_file: str | None = None     # NCCL_TOPO_FILE: the node's topology XML (VMs, clouds)
 
     def __post_init__(self):
+        if self.blocks is not None and (self.switches.leaves or self.switches.spines):
+            raise Invalid("blocks", "expected a switch tree or blocks, not both (Slurm runs one topology "
+                                    "plugin per cluster)")
+        if self.socket_ifname is not None and not _IFNAME_RE.fullmatch(self.socket_ifname):
+            raise Invalid("socket_ifname", "expected NCCL_SOCKET_IFNAME's syntax: interface prefixes separated "
+                                           "by ',', optionally led by '^' (exclude) and '=' (exact names), "
+                                           f"such as ib or ^docker,lo; got {self.socket_ifname!r}")
+        if self.nccl_topo_file is not None:
+            check_expandable("nccl_topo_file", self.nccl_topo_file)
+            if not self.nccl_topo_file.startswith(("/", "$")):
+                raise Invalid("nccl_topo_file", "expected an absolute path to NCCL's topology XML (ranks start "
+                                                f"in other folders), got {self.nccl_topo_file!r}")
         if self.fabric is None:
             self.fabric = "infiniband" if self.infiniband else "ethernet"
         if self.infiniband and self.fabric not in VERBS_FABRICS:

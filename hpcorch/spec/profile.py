@@ -15,6 +15,7 @@ from .schema import Invalid, build, check_account, check_env_names, check_name, 
 from .expand import check_expandable, check_prepend
 from .launch import Launch, check_directives
 from .network import Network, hosts_of
+from .placement import BLOCKS_SINCE, check_no_debugging, parse_slurm_version, version_text
 from .policy import QOS, Requests, RequestsOverride
 
 
@@ -245,10 +246,14 @@ class ClusterProfile:
     requests: Requests = field(default_factory=Requests)
     launch: Launch = field(default_factory=Launch)            # how ranks start
     extra_directives: list[str] = field(default_factory=list)  # for every job
+    # The cluster's Slurm release ("23.11"): which topology options sbatch has. None: a current one.
+    slurm_version: str | None = None
 
     def __post_init__(self):
         check_name("name", self.name, "a profile name")
         check_directives("extra_directives", self.extra_directives)
+        self.slurm_release = parse_slurm_version("slurm_version", self.slurm_version)
+        check_no_debugging(self.environment.variables)
         self._check_qos_names()
         for name, node_type in self.node_types.items():
             check_name(f"node_types.{name}", name, "a node type name")
@@ -272,11 +277,21 @@ class ClusterProfile:
         if len(defaults) > 1:
             raise Invalid("partitions", f"expected at most one default partition, got {defaults}")
         self._type_of = self._host_types()
-        for i, leaf in enumerate(self.network.switches.leaves):
-            stray = [h for h in leaf.hosts if h not in self._type_of]
+        self._check_topology_hosts()
+
+    def _check_topology_hosts(self) -> None:
+        """Leaves and blocks name nodes of the partitions; blocks need a Slurm that has them."""
+        net = self.network
+        groups = [(f"network.switches.leaves[{i}].nodes", leaf.hosts) for i, leaf in enumerate(net.switches.leaves)]
+        if net.blocks is not None:
+            groups += [(f"network.blocks.blocks[{i}].nodes", b.hosts) for i, b in enumerate(net.blocks.blocks)]
+            if self.slurm_release is not None and self.slurm_release < BLOCKS_SINCE:
+                raise Invalid("network.blocks", f"topology/block needs Slurm {version_text(BLOCKS_SINCE)} or "
+                                                f"later; slurm_version is {self.slurm_version}")
+        for key, hosts in groups:
+            stray = [h for h in hosts if h not in self._type_of]
             if stray:
-                raise Invalid(f"network.switches.leaves[{i}].nodes",
-                              f"expected nodes of this cluster's partitions, got unknown {units.brief_hosts(stray)}")
+                raise Invalid(key, f"expected nodes of this cluster's partitions, got unknown {units.brief_hosts(stray)}")
 
     def _check_qos_names(self) -> None:
         """QOS names used anywhere must be ones the profile lists (when it lists any)."""

@@ -57,6 +57,16 @@ def all_agree(ok: bool, device: torch.device) -> bool:
     return bool(flag.item())
 
 
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` in rank order (one all-gather; every rank must call it); ``[obj]``
+    outside a process group."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 # How long the group's worker threads get to let go of finished work before it is destroyed.
 _SETTLE_S = 0.1
 

@@ -108,6 +108,22 @@ class Console(Sink):
                  f"val {summary['val_loss']:.4f}, weights {(summary['weights_sha256'] or 'n/a')[:16]}")
 
 
+def placement_record(rank: int, local_rank: int) -> dict:
+    """Where this rank runs: its node (Slurm's name for it, else the host name), Slurm's
+    topology address (``spine.leaf1.node1``; None outside Slurm or without a topology plugin)
+    and the attempt (Slurm's restart count)."""
+    import os
+    import socket
+
+    try:
+        attempt = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        attempt = 0
+    return {"rank": rank, "local_rank": local_rank,
+            "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+            "topology_addr": os.environ.get("SLURM_TOPOLOGY_ADDR") or None, "attempt": attempt}
+
+
 class RunLogger:
     """Rank 0's reports of one run, fanned out to sinks; on other ranks every call is a no-op.
 
@@ -155,6 +171,14 @@ class RunLogger:
             self.state.steps_recomputed = prior["steps_recomputed"] + max(0, prior["step"] - self.state.step)
         elif resumed:
             self.state.restarts = 1
+
+    def placement(self, records: list[dict]) -> None:
+        """Every rank's :func:`placement_record` (gathered by the caller), as one ``placement``
+        event each, written together after ``process_start`` (``hpcorch status`` reads the ones
+        after the last start)."""
+        events = next((s for s in self.sinks if isinstance(s, EventsFile)), None)
+        if events is not None:
+            self._tolerate_full_disk(events, self.run.append_events, "placement", records, True)
 
     def step(self, record: dict) -> None:
         for sink in self.sinks:

@@ -18,12 +18,12 @@ from ..spec.job import JobSpec
 from .checkpoint import Checkpointer, checkpoint_group, model_digest
 from .data import DataSource
 from .determinism import pin_threads
-from .distributed import DistEnv, all_agree
+from .distributed import DistEnv, all_agree, gather_objects
 from .faults import SampleTrace, after_step, drop_grad
 from .optim import lr_at
 from .parallel import build_parallel_model, resolve_layout
 from .prefetch import StepBatches
-from .runlog import RunLogger, Sink
+from .runlog import RunLogger, Sink, placement_record
 from .state import TrainState
 from .stop import StopAgreement
 from .store import CheckpointStore
@@ -90,6 +90,8 @@ class Trainer:
         try:
             resumed = self.checkpointer.restore(self.state, self.resume_step)
             self.runlog.start(resumed, self._setup_line())
+            # Where every rank landed (node, Slurm's topology address), for `hpcorch status`.
+            self.runlog.placement(gather_objects(placement_record(self.env.rank, self.env.local_rank)))
             self._record_config_change()
             self.parallel.train()
             while self.state.step < self.tr.steps and not self.stop.agreed:
