@@ -56,6 +56,9 @@ class Plan:
     launch: LaunchPlan = field(default_factory=lambda: LaunchPlan(python=sys.executable))
     extra_directives: list[str] = field(default_factory=list)
     prepend: dict[str, list[str]] = field(default_factory=dict)
+    # The interpreter hpcorch was planned with (the login node's): the batch script runs its
+    # own hpcorch steps (recovery) with it, outside any container the ranks run in.
+    host_python: str = sys.executable
     # Nodes the registry keeps out of this profile's jobs (node -> why), excluded with the job's own.
     quarantined: dict[str, str] = field(default_factory=dict)
 
@@ -207,7 +210,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         node_groups=eligible,
         gpu_request=gpu_request, memory_request=memory_request, gpu_type=gpu_type,
         exclusive=requests.exclusive if res.exclusive is None else res.exclusive,
-        python=launch.python, launch=launch, warnings=warnings,
+        python=launch.python, launch=launch, warnings=warnings, host_python=python or sys.executable,
         extra_directives=extra_directives(job, profile, part),
         prepend={k: list(v) for k, v in profile.environment.prepend.items()},
         quarantined=quarantined,

@@ -22,7 +22,8 @@ def test_dry_run_prints_the_golden_script(repo):
                   "--run-dir", "/scratch/runs/gpt2-124m")
     assert out.returncode == 0, out.stderr
     golden = (repo / "tests/golden/h100-ndr__gpt2-124m.sbatch").read_text()
-    assert out.stdout == golden.replace("python3 -u", f"{sys.executable} -u")
+    assert out.stdout == golden.replace("python3 -u", f"{sys.executable} -u").replace(
+        "exec python3 -m", f"exec {sys.executable} -m")
 
 
 def test_render_is_an_alias(repo):

@@ -59,8 +59,8 @@ def _script(repo, tmp_path, **kw):
 
 def _srun_line(text):
     lines = text.splitlines()
-    i = next(i for i, line in enumerate(lines) if line.startswith("srun "))
-    return lines[i] + "\n" + lines[i + 1]
+    i = next(i for i, line in enumerate(lines) if line.startswith("srun --unbuffered "))  # the training step
+    return lines[i] + "\n" + lines[i + 1].removesuffix(" \\")
 
 
 HOST = ("srun --unbuffered --kill-on-bad-exit=1 --output /scratch/runs/gpt-tiny/submitit/%j/%j_%t_log.out "
@@ -248,7 +248,7 @@ def test_extra_directives_profile_partition_job_in_order(repo, tmp_path):
     ("--requeue", "requeue.enabled"),
     ("--signal=B:USR1@60", "requeue.signal"),
     ("--output=/tmp/x", "run directory"),
-    ("--switches=1", "switch tree"),
+    ("--switches=1", "placement.switches"),
     ("--uid=0", "submitting user"),
     ("--reservation=a b", "expected --name"),
     ("--reservation=a\n#SBATCH --uid=0", "single line"),
