@@ -14,6 +14,7 @@ from .cluster.commands import devcluster, devcluster_options
 from .profile_commands import profile
 from .completion import complete_jobs, complete_profiles, complete_refs, script
 from .errors import HpcorchError
+from .health.command import health
 
 PROFILE_HELP = ("Cluster profile: a name (see `hpcorch profile list`) or a path to a YAML file "
                 "[default: $HPCORCH_PROFILE, else local].")
@@ -24,7 +25,7 @@ class HpcorchGroup(click.Group):
     commands in the order of the workflow rather than the alphabet."""
 
     ORDER = ("plan", "render", "submit", "train", "ls", "status", "logs", "cancel", "resume", "export",
-             "profile", "jobs", "devcluster", "completion")
+             "health", "profile", "jobs", "devcluster", "completion")
 
     def list_commands(self, ctx):
         names = super().list_commands(ctx)
@@ -337,6 +338,7 @@ def jobs_list():
 
 main.add_command(profile)
 main.add_command(devcluster)
+main.add_command(health)
 
 
 @main.command()

@@ -17,6 +17,7 @@ from .model import GPTConfig
 from .parallel import Layout, ParallelSpec, resolve_layout
 from .expand import check_expandable
 from .launch import Launch, check_directives
+from .health import JobHealth
 
 
 # A typed GPU request as Slurm writes it: TYPE:COUNT (a40:4); TYPE is a GRES type name.
@@ -231,6 +232,7 @@ class JobSpec:
     requeue: RequeuePolicy = field(default_factory=RequeuePolicy)
     description: str = ""
     launch: Launch = field(default_factory=Launch)  # wins over the profile's, key by key
+    health: JobHealth = field(default_factory=JobHealth)  # pre-flight check on or off
 
     def __post_init__(self):
         check_name("name", self.name, "a job name")
