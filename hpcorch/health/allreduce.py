@@ -80,7 +80,7 @@ def exchange_and_measure(crit: Criteria, rdv: Rendezvous, report: NodeReport, ti
                                 world_size=rdv.world, timeout=datetime.timedelta(seconds=max(1.0, timeout_s)),
                                 device_id=device if use_cuda else None)
     except Exception as exc:
-        report.add(Check("allreduce.join", False, f"could not join the other {rdv.world - 1} nodes at "
+        report.add(Check("allreduce.join", False, f"could not meet the other nodes ({rdv.world} in all) at "
                          f"{rdv.addr}:{rdv.port} within {timeout_s:.0f} s: {_first_line(exc)}"))
         return
     try:

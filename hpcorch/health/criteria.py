@@ -146,8 +146,10 @@ def for_job(profile, job) -> Criteria:
     if groups is None:
         groups = profile.groups_of(profile.partition(res.partition))
     vendors = {g.spec.gpus.vendor for g in groups if g.spec.gpus.count}
-    return Criteria(gpus=res.gpus_per_node, gpu_vendor=vendors.pop() if len(vendors) == 1 else "nvidia",
-                    **_of_profile(profile), **({"timeout_s": job_health.timeout_s} if job_health.timeout_s else {}))
+    floors = _of_profile(profile)
+    if job_health.timeout_s:
+        floors["timeout_s"] = job_health.timeout_s
+    return Criteria(gpus=res.gpus_per_node, gpu_vendor=vendors.pop() if len(vendors) == 1 else "nvidia", **floors)
 
 
 def _of_profile(profile) -> dict:
