@@ -15,6 +15,7 @@ from .node_commands import nodes
 from .profile_commands import profile
 from .completion import complete_jobs, complete_profiles, complete_refs, script
 from .errors import HpcorchError
+from .health.command import health
 
 PROFILE_HELP = ("Cluster profile: a name (see `hpcorch profile list`) or a path to a YAML file "
                 "[default: $HPCORCH_PROFILE, else local].")
@@ -25,7 +26,7 @@ class HpcorchGroup(click.Group):
     commands in the order of the workflow rather than the alphabet."""
 
     ORDER = ("plan", "render", "submit", "train", "ls", "status", "logs", "cancel", "resume", "export",
-             "nodes", "profile", "jobs", "devcluster", "completion")
+             "health", "nodes", "profile", "jobs", "devcluster", "completion")
 
     def list_commands(self, ctx):
         names = super().list_commands(ctx)
@@ -350,6 +351,7 @@ def jobs_list():
 main.add_command(profile)
 main.add_command(nodes)
 main.add_command(devcluster)
+main.add_command(health)
 
 
 @main.command()

@@ -36,6 +36,7 @@ from .rundir import RunDir, atomic_write
 DONE = 0
 CLEAR_ERROR = HpcorchError.exit_code  # 2: a one-line error was printed (config, checkpoint, busy run dir)
 CHECKPOINTED = 3       # every rank checkpointed on a signal: start the same command again
+HEALTH_FAILED = 4      # this node failed a pre-flight health check (its report names the check)
 LOCAL_REQUEUE = 144    # submitit's local controller starts every task again on this code
 
 

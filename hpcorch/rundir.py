@@ -16,6 +16,7 @@ Layout (``R`` the run directory)::
     R/restarts.json          requeues spent per cause, and the last refusal
     R/config_accepted.json   the training config the user accepted over a checkpoint's (--allow-config-change)
     R/summary.json           written once the run completes
+    R/health/attempt-N/NODE.json   each node's pre-flight report of attempt N (SLURM_RESTART_COUNT)
     R/logs/%j.out|err        the batch script's own output; logs/controller.log (local)
     R/submitit/%j/           submitit's pickles and per-rank logs (submitit's JobPaths names)
 """
@@ -231,6 +232,16 @@ class RunDir:
     def batch_log(self, stream: str = "out", job_id: str = "%j") -> Path:
         """The batch script's own stdout/stderr (``#SBATCH --output``; ``%j`` for Slurm)."""
         return self.logs / f"{job_id}.{stream}"
+
+    def health_dir(self, attempt: int) -> Path:
+        """The pre-flight reports of attempt ``attempt`` (Slurm's SLURM_RESTART_COUNT)."""
+        return self.root / "health" / f"attempt-{int(attempt)}"
+
+    def health_report(self, attempt: int, node: str) -> Path:
+        """Node ``node``'s pre-flight report of attempt ``attempt``."""
+        if not node or "/" in node or node.startswith("."):
+            raise ValueError(f"not a node name: {node!r}")
+        return self.health_dir(attempt) / f"{node}.json"
 
     @property
     def submitit_folder(self) -> str:

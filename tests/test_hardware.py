@@ -332,8 +332,10 @@ def test_dev_cluster_files_keep_fake_devices_with_types(tmp_path):
     prof = load_profile("devcluster")
     text = gres_conf(prof, LocalCluster(tmp_path))
     assert text.splitlines()[1] == "AutoDetect=off"
-    assert f"NodeName=node[1-2] Name=gpu Type=emua File={tmp_path}/dev/nvidia[0-3]" in text
-    assert f"NodeName=node[3-4] Name=gpu Type=emub File={tmp_path}/dev/nvidia[0-3]" in text
+    # One line per node: each emulated node's own device files (one can be hidden alone).
+    assert f"NodeName=node1 Name=gpu Type=emua File={tmp_path}/nodes/node1/dev/nvidia[0-3]" in text
+    assert f"NodeName=node4 Name=gpu Type=emub File={tmp_path}/nodes/node4/dev/nvidia[0-3]" in text
+    assert len([line for line in text.splitlines() if line.startswith("NodeName=")]) == 4
     assert re.search(r"NodeName=node\[3-4\] .*Gres=gpu:emub:4 Feature=emu,grpb ", slurm_conf(prof, LocalCluster(tmp_path)))
 
 

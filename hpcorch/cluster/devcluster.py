@@ -119,10 +119,11 @@ class DevCluster:
             raise DevClusterError(f"the dev cluster in {self.local.state_dir} is already running "
                                   f"(hpcorch devcluster status; hpcorch devcluster down)")
         start = time.monotonic()
-        for sub in ("etc", "run", "log", "ctld", "spool", "dev", "munge", "mysql"):
+        for sub in ("etc", "run", "log", "ctld", "spool", "nodes", "munge", "mysql"):
             self._p(sub).mkdir(parents=True, exist_ok=True)
         write_configs(self.profile, self.etc, self.local)
-        self._make_gpu_devices()
+        for host in self.profile.all_hosts():
+            make_node_root(self.local.node_root(host), self.profile, host)
         steps = [self._start_munged, self._start_mariadb, self._start_slurmdbd, self._register_cluster,
                  # After slurmctld: it registers gres/gpu as a TRES, which QOS GPU limits name.
                  self._start_slurmctld, self._register_qos, self._start_slurmds]
@@ -133,13 +134,6 @@ class DevCluster:
         log(f"dev cluster '{self.profile.name}' up in {took:.1f} s: {len(self.profile.all_hosts())} nodes idle; "
             f"export SLURM_CONF={self.etc / 'slurm.conf'}")
         return took
-
-    def _make_gpu_devices(self) -> None:
-        count = max((nt.gpus.count for nt in self.profile.node_types.values()), default=0)
-        for i in range(count):
-            dev = self._p("dev", f"nvidia{i}")
-            if not dev.exists():
-                os.mknod(dev, 0o666 | 0o020000, os.makedev(195, i))  # character device, like NVIDIA's
 
     def _daemon(self, name: str) -> Daemon:
         return next(d for d in self.daemons() if d.name == name)
@@ -315,6 +309,38 @@ class DevCluster:
         if self._daemon("slurmctld").pid():
             lines.append(self.slurm.run("sinfo", check=False).rstrip())
         return "\n".join(lines)
+
+
+# What `rate` says for a link of this many Gb/s (4 lanes), as mlx5 ports write it.
+_IB_SPEEDS = {100: "4X EDR", 200: "4X HDR", 400: "4X NDR", 800: "4X XDR"}
+
+
+def make_node_root(root: Path, profile: ClusterProfile, host: str, mknod=os.mknod) -> None:
+    """An emulated node's hardware below ``root``, healthy: one device file per GPU of its node
+    type (``dev/nvidiaN``, the files gres.conf gives Slurm), ``dev/shm`` (a link to the
+    machine's), and when the profile lists HCAs, each port's sysfs ``state``, ``phys_state``
+    and ``rate`` (ACTIVE, LinkUp, the profile's rate). Run at every ``up``: it repairs faults a
+    test injected (a removed device file, a port set DOWN). ``mknod`` is a test seam (it
+    needs root)."""
+    gpus = profile.node_types[profile.node_type_of(host)].gpus.count
+    dev = root / "dev"
+    dev.mkdir(parents=True, exist_ok=True)
+    for i in range(gpus):
+        path = dev / f"nvidia{i}"
+        if not path.exists():
+            mknod(path, 0o666 | 0o020000, os.makedev(195, i))  # character device, like NVIDIA's
+    shm = dev / "shm"
+    if not shm.exists() and not shm.is_symlink():
+        shm.symlink_to("/dev/shm")
+    ib = profile.network.infiniband
+    for hca in ib.hcas if ib else []:
+        for port in range(1, ib.ports + 1):
+            folder = root / "sys" / "class" / "infiniband" / hca / "ports" / str(port)
+            folder.mkdir(parents=True, exist_ok=True)
+            speed = _IB_SPEEDS.get(ib.link_rate_gbps, "4X")
+            for name, text in (("state", "4: ACTIVE"), ("phys_state", "5: LinkUp"),
+                               ("rate", f"{ib.link_rate_gbps} Gb/sec ({speed})")):
+                (folder / name).write_text(text + "\n")
 
 
 def sacctmgr_qos_limits(qos) -> list[str]:

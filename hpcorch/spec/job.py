@@ -18,6 +18,7 @@ from .parallel import Layout, ParallelSpec, resolve_layout
 from .expand import check_expandable
 from .launch import Launch, check_directives
 from .placement import Placement
+from .health import JobHealth
 
 
 # A typed GPU request as Slurm writes it: TYPE:COUNT (a40:4); TYPE is a GRES type name.
@@ -235,6 +236,7 @@ class JobSpec:
     description: str = ""
     launch: Launch = field(default_factory=Launch)  # wins over the profile's, key by key
     placement: Placement = field(default_factory=Placement)  # leaf switches / segments (topology)
+    health: JobHealth = field(default_factory=JobHealth)  # pre-flight check on or off
 
     def __post_init__(self):
         check_name("name", self.name, "a job name")

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from .yamlio import read_yaml
 from .schema import Invalid, build, check_account, check_env_names, check_name, check_positive
 from .expand import check_expandable, check_prepend
+from .health import HealthPolicy
 from .launch import Launch, check_directives
 from .network import Network, hosts_of
 from .placement import BLOCKS_SINCE, check_no_debugging, parse_slurm_version, version_text
@@ -245,6 +246,7 @@ class ClusterProfile:
     qos: dict[str, QOS] = field(default_factory=dict)
     requests: Requests = field(default_factory=Requests)
     launch: Launch = field(default_factory=Launch)            # how ranks start
+    health: HealthPolicy = field(default_factory=HealthPolicy)  # pre-flight floors
     extra_directives: list[str] = field(default_factory=list)  # for every job
     # The cluster's Slurm release ("23.11"): which topology options sbatch has. None: a current one.
     slurm_version: str | None = None
