@@ -65,7 +65,23 @@ class Plan:
     @property
     def recovery_args(self) -> list[str]:
         """What ``python -m hpcorch.recovery`` needs besides the stage (see the template)."""
-        return ["--run-dir", str(self.run_dir), "--profile", self.profile.name]
+        return ["--run-dir", str(self.run_dir), "--profile", self.profile.name,
+                "--quarantine-hours", f"{self.profile.health.quarantine_hours:g}"]
+
+    @property
+    def preflight_args(self) -> list[str] | None:
+        """The words after ``python -m`` of the pre-flight step; None when the job turned it
+        off, or on a profile without Slurm (nothing runs the script's steps there)."""
+        from .health.criteria import preflight_args
+
+        return preflight_args(self) if self.profile.scheduler == "slurm" else None
+
+    @property
+    def preflight_step_minutes(self) -> int:
+        """srun's hard limit on the pre-flight step (whole minutes, at least one): the check's
+        own deadline plus the interpreter's start, in case that is what hangs."""
+        timeout = self.job.health.timeout_s or self.profile.health.timeout_s
+        return -(-(timeout + 60) // 60)
 
     @property
     def exclude(self) -> str | None:

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="hpcorch: %(message)s")
     try:
-        Recovery(RunDir.open(args.run_dir), args.profile, args.quarantine_hours).after(args.stage)
+        Recovery(RunDir.open(args.run_dir), args.profile, args.quarantine_hours).after(args.stage, args.exit_code)
     except (HpcorchError, OSError) as exc:
         log.error("recovery after the failed %s step could not finish: %s", args.stage, exc)
     return args.exit_code
@@ -75,9 +75,12 @@ class Recovery:
         self.allocated = expand_hostlist(env.get("SLURM_JOB_NODELIST", ""))
         self.slurm = slurm or Slurm()
 
-    def after(self, stage: str) -> Failure:
+    def after(self, stage: str, exit_code: int = 1) -> Failure:
         """Classify the failed ``stage``, then stop or requeue without the culprit nodes."""
         failure = self.classify(stage)
+        if stage == "preflight" and exit_code == protocol.CLEAR_ERROR:  # its options, not a node
+            failure.clear_error, failure.nodes = True, []
+            failure.what = f"the pre-flight step could not start its checks (exit {exit_code}); see the batch log"
         if failure.protocol_stop:
             return failure
         log.error("%s step failed at step %s: %s", stage, failure.step, failure.what)

@@ -107,7 +107,8 @@ def test_network_fabric_is_checked(tmp_path, network, key, fragment):
 
 def test_fabric_defaults_from_the_infiniband_section():
     assert load_profile("h100-ndr").network.fabric == "infiniband"
-    assert load_profile("devcluster").network.fabric == "ethernet"
+    assert load_profile("devcluster").network.fabric == "infiniband"  # emulated ports
+    assert load_profile("local").network.fabric == "ethernet"
 
 
 # ----- the constraint language -----------------------------------------------------------------

@@ -425,10 +425,10 @@ def test_script_launch_line_runs_wrapper_then_python(repo, tmp_path):
                'shift; done; "$@"; }; scontrol() { :; }; module() { :; }\nsource /dev/stdin')
     subprocess.run(["bash", "-c", harness], input=text, text=True, timeout=30, check=True,
                    env={"PATH": os.environ["PATH"], "USER": "alice", "HOME": "/h"})
-    assert _records(record) == [
-        [str(wrapper), "--tag=alice", "a b", "'q'", "$HOME", "`id`;", "--", str(python), "-u", "-m",
-         "submitit.core._submit", FOLDER],
-        [str(python), "-u", "-m", "submitit.core._submit", FOLDER]]
+    wrapped = [str(wrapper), "--tag=alice", "a b", "'q'", "$HOME", "`id`;", "--"]
+    preflight = [str(python), "-u", "-m", *plan.preflight_args]  # the same wrapper runs the pre-flight
+    train = [str(python), "-u", "-m", "submitit.core._submit", FOLDER]
+    assert _records(record) == [wrapped + preflight, preflight, wrapped + train, train]
 
 
 def test_local_submit_through_a_command_wrapper(repo, tmp_path):
