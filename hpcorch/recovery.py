@@ -83,7 +83,8 @@ class Recovery:
             failure.what = f"the pre-flight step could not start its checks (exit {exit_code}); see the batch log"
         if failure.protocol_stop:
             return failure
-        log.error("%s step failed at step %s: %s", stage, failure.step, failure.what)
+        when = "before training" if failure.step is None else f"at step {failure.step}"
+        log.error("%s step failed %s: %s", stage, when, failure.what)
         self._record(failure)
         stop = self._why_stop(failure)
         decision = Decision(Action.REFUSE, stop) if stop else \
@@ -93,6 +94,11 @@ class Recovery:
             log.error("not requeued: %s", decision.reason)
             return failure
         held = self._quarantine(failure)
+        short = self._too_few_nodes_without(held)
+        if short:
+            RestartBudget(self.run).record(Cause.NODE_FAILURE, Decision(Action.REFUSE, short))
+            log.error("not requeued: %s", short)
+            return failure
         RestartBudget(self.run).record(Cause.NODE_FAILURE, decision)
         requeue_without(self.slurm, self.job_id, held)
         log.info("requeued (%s)%s; the next attempt resumes from step %s", decision.reason,
@@ -153,6 +159,23 @@ class Recovery:
             registry.quarantine(self.profile, node, f"{failure.stage}: {failure.what}", self.hours, self.job_id)
         held = {q.node for q in registry.quarantined(self.profile)}
         return sorted(set(convicted) | (held & set(self.allocated)))
+
+    def _too_few_nodes_without(self, held: list[str]) -> str | None:
+        """Why the job could never start again without ``held`` (and what it excludes already):
+        a requeued job that no allocation can satisfy would pend forever."""
+        info = self.slurm.job(self.job_id)
+        current = info.get("ExcNodeList", "")
+        excluded = set(held) | (set(expand_hostlist(current)) if current not in ("", "(null)") else set())
+        partition = self.slurm.show("partition", info.get("Partition", "")).get("Nodes", "")
+        if not partition or partition == "(null)":
+            return None  # cannot tell: let Slurm judge
+        left = [n for n in expand_hostlist(partition) if n not in excluded]
+        need = self.job.resources.nodes
+        if len(left) >= need:
+            return None
+        return (f"without {compress_hostlist(sorted(excluded))} partition {info.get('Partition')} has "
+                f"{len(left)} of the {need} nodes this job needs; release a node (hpcorch nodes clear NODE) "
+                f"and resume")
 
     def _record(self, failure: Failure) -> None:
         record = failure.record(self.attempt, self.job_id)
