@@ -86,24 +86,28 @@ class Recovery:
         when = "before training" if failure.step is None else f"at step {failure.step}"
         log.error("%s step failed %s: %s", stage, when, failure.what)
         self._record(failure)
-        stop = self._why_stop(failure)
-        decision = Decision(Action.REFUSE, stop) if stop else \
-            protocol.decide(Cause.NODE_FAILURE, RestartBudget(self.run).load(), self.job.requeue, "slurm", 0)
+        # A bad node stays out of later jobs whether or not this one comes back.
+        held = [] if failure.clear_error or failure.evidence == "unattributable" else self._quarantine(failure)
+        decision = self._decide(failure, held)
         if decision.action is not Action.REQUEUE:
             RestartBudget(self.run).record(Cause.NODE_FAILURE, Decision(Action.REFUSE, decision.reason))
             log.error("not requeued: %s", decision.reason)
-            return failure
-        held = self._quarantine(failure)
-        short = self._too_few_nodes_without(held)
-        if short:
-            RestartBudget(self.run).record(Cause.NODE_FAILURE, Decision(Action.REFUSE, short))
-            log.error("not requeued: %s", short)
             return failure
         RestartBudget(self.run).record(Cause.NODE_FAILURE, decision)
         requeue_without(self.slurm, self.job_id, held)
         log.info("requeued (%s)%s; the next attempt resumes from step %s", decision.reason,
                  f" without {compress_hostlist(held)}" if held else "", self.run.latest_checkpoint() or 0)
         return failure
+
+    def _decide(self, failure: Failure, held: list[str]) -> Decision:
+        """Requeue within the node-failure budget, unless retrying cannot help or the job
+        could not start again without ``held``."""
+        stop = self._why_stop(failure)
+        if stop:
+            return Decision(Action.REFUSE, stop)
+        decision = protocol.decide(Cause.NODE_FAILURE, RestartBudget(self.run).load(), self.job.requeue, "slurm", 0)
+        short = self._too_few_nodes_without(held) if decision.action is Action.REQUEUE else None
+        return Decision(Action.REFUSE, short) if short else decision
 
     # ----- evidence ------------------------------------------------------------------------
     def classify(self, stage: str) -> Failure:

@@ -165,3 +165,20 @@ def test_plans_exclude_quarantined_nodes_until_cleared(tmp_path):
     local = tmp_path / "fresh"
     _cli("plan", "gpt-tiny", "-p", "local", home=local)
     assert not (local / "registry.sqlite").exists()
+
+
+def test_the_script_runs_preflight_then_training_each_followed_by_recovery(tmp_path):
+    sets = ["--set", "resources.nodes=2", "--set", "trainer.global_batch=32"]
+    text = _cli("submit", "gpt-tiny", "-p", "devcluster", *sets, "--dry-run", home=tmp_path).stdout
+    lines = text.splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("srun --nodes=2 --ntasks=2 --ntasks-per-node=1"))
+    train = next(i for i, ln in enumerate(lines) if ln.startswith("srun --unbuffered"))
+    assert first < train
+    assert "-m hpcorch.health preflight --run-dir" in lines[first + 1]
+    assert lines[first + 2].strip().endswith("--stage preflight --exit-code $?")
+    assert lines[train + 2].strip().endswith("--stage train --exit-code $?")
+    assert "--profile devcluster --quarantine-hours 24" in lines[train + 2]
+    assert TRAIN_MARKER in lines[train - 1]
+    off = _cli("submit", "gpt-tiny", "-p", "devcluster", *sets, "--set", "health.preflight=false", "--dry-run",
+               home=tmp_path).stdout
+    assert "hpcorch.health" not in off and "--stage train" in off

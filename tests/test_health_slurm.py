@@ -61,7 +61,7 @@ def test_healthy_nodes_pass_in_seconds_and_the_job_records_where_it_landed(ctx, 
     assert len(reports) == 2 and all(r["ok"] for r in reports.values()), reports
     assert all(r["wall_s"] < 30 for r in reports.values())
     names = {c["name"] for c in next(iter(reports.values()))["checks"]}
-    assert {"gpus", "ib.mlx5_0/1.state", "ib.mlx5_0/1.rate", "host.disk", "allreduce.busbw"} <= names
+    assert {"ib.mlx5_0/1.state", "ib.mlx5_0/1.rate", "host.disk", "allreduce.busbw"} <= names
     status = json.loads(ctx.cli("status", str(run), "--json").stdout)
     assert status["placement"].startswith("2 nodes on 1 leaf switch"), status["placement"]
 
