@@ -143,18 +143,36 @@ def classify_training(ends: list[TaskEnd], srun_failed: list[str], records: list
 
 def classify_preflight(reports: dict[str, dict | None], step: int | None) -> Failure:
     """The pre-flight's failure from each allocated node's report (None: the node wrote none,
-    so it died or ran out of time)."""
+    so it died or ran out of time). A node that failed only the collective part (its peers'
+    all-reduce, or waiting for a peer that never came) is a victim when another node failed on
+    its own; when every node failed only collectively (a bandwidth floor nobody reaches), no
+    node can be blamed."""
     failure = Failure("preflight", step, evidence="hard")
-    bad: dict[str, str] = {}
+    own: dict[str, str] = {}
+    collective: dict[str, str] = {}
+    names: dict[str, set[str]] = {}  # each failed node's failed checks
     for node, report in reports.items():
         if report is None:
-            bad[node] = "no report (the node died or the check ran out of time)"
-        elif not report.get("ok", False):
-            failed = [c for c in report.get("checks", []) if not c.get("ok", True)]
-            bad[node] = "; ".join(f"{c.get('name')}: {c.get('detail', '')}" for c in failed) or "failed"
+            own[node], names[node] = "no report (the node died or the check ran out of time)", {"no report"}
+            continue
+        failed = [c for c in report.get("checks", []) if not c.get("ok", True)]
+        if report.get("ok", False) or not failed:
+            continue
+        why = "; ".join(f"{c.get('name')}: {c.get('detail', '')}" for c in failed)
+        (own if any(not _collective(c) for c in failed) else collective)[node] = why
+        names[node] = {str(c.get("name")) for c in failed}
+    bad = own or collective
     failure.nodes = sorted(bad)
     failure.what = "; ".join(f"{node}: {why}" for node, why in sorted(bad.items())) or "no node failed"
-    if bad and len(bad) == len(reports) and len(reports) > 1:
-        # Every node failing the same way is a floor or a fabric problem, not a bad node.
+    everyone = len(reports) > 1 and len(names) == len(reports)
+    if (not own and collective and len(reports) > 1) or (everyone and set.intersection(*names.values())):
+        # The same check failed on every node: a shared cause (a full shared file system, a
+        # floor nobody reaches), not a node to route around.
         failure.evidence = "unattributable"
     return failure
+
+
+def _collective(check: dict) -> bool:
+    """A check every node fails together when one peer is slow or gone."""
+    name, detail = str(check.get("name", "")), str(check.get("detail", ""))
+    return name.startswith("allreduce.") or (name == "deadline" and "allreduce" in detail)

@@ -92,7 +92,16 @@ def test_preflight_failures_name_nodes_and_checks():
     assert f.nodes == ["node2", "node3"] and f.evidence == "hard"
     assert "node2: ib: mlx5_0 port 1 is DOWN" in f.what and "node3: no report" in f.what
     everyone = classify_preflight({"node1": bad, "node2": bad}, step=None)
-    assert everyone.evidence == "unattributable"
+    assert everyone.evidence == "unattributable"  # the same check everywhere: a shared cause
+    gpu = {"ok": False, "checks": [{"name": "gpus", "ok": False, "detail": "missing: 3"}]}
+    two = classify_preflight({"node1": bad, "node2": gpu}, step=None)
+    assert (two.nodes, two.evidence) == (["node1", "node2"], "hard")  # two nodes, two faults
+    slow = {"ok": False, "checks": [{"name": "allreduce.busbw", "ok": False, "detail": "0.8 GB/s < 100"}]}
+    floor = classify_preflight({"node1": slow, "node2": slow}, step=None)
+    assert floor.evidence == "unattributable" and "allreduce.busbw" in floor.what
+    stuck = {"ok": False, "checks": [{"name": "allreduce.join", "ok": False, "detail": "peer never came"}]}
+    dead = classify_preflight({"node1": stuck, "node2": None}, step=None)
+    assert (dead.nodes, dead.evidence) == (["node2"], "hard")  # the waiting node is a victim
     assert classify_preflight({"node1": bad}, step=None).evidence == "hard"  # one node: it is the node
 
 
