@@ -22,6 +22,8 @@ LEMON_WINDOW_S = 7 * 24 * 3600
 def excluded_nodes(profile: str, registry: Registry | None = None) -> dict[str, str]:
     """The nodes ``profile``'s next job must avoid, each with a one-line why (for the plan)."""
     registry = registry or Registry()
+    if not registry.path.exists():  # nothing was ever quarantined; a dry run creates no registry
+        return {}
     return {q.node: f"{q.reason} (until {when(q.until)})" for q in registry.quarantined(profile)}
 
 

@@ -24,7 +24,7 @@ def _rank_pids(job_id: str, node: str) -> list[int]:
         try:
             env = proc.environ()
             if (env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node
-                    and env.get("SLURM_STEP_ID") == "0" and "submitit" in " ".join(proc.cmdline())):
+                    and "submitit.core._submit" in " ".join(proc.cmdline())):
                 pids.append(proc.pid)
         except psutil.Error:
             continue
