@@ -39,7 +39,12 @@ class TestSlurm(Slurm):
                                  f"(states seen: {' -> '.join(seen)})") from None
 
     def start_now(self, job_id: str) -> None:
-        """A requeued job waits ~120 s (BeginTime); let it start at once."""
+        """A requeued job waits ~120 s (BeginTime); let it start almost at once. Not within
+        the second its old credential was revoked: slurmd would refuse the new one and the
+        job would fail ("Job credential revoked"; see hpcorch.recovery.start_when_pending)."""
+        import time
+
+        time.sleep(2.0)
         self.update_job(job_id, StartTime="now")
 
     def set_node(self, node: str, state: str, reason: str = "hpcorch") -> None:
