@@ -45,7 +45,8 @@ class TestSlurm(Slurm):
         import time
 
         time.sleep(2.0)
-        self.update_job(job_id, StartTime="now")
+        # check=False: hpcorch.recovery's own helper may have started it meanwhile.
+        self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
 
     def set_node(self, node: str, state: str, reason: str = "hpcorch") -> None:
         args = ["scontrol", "update", f"NodeName={node}", f"State={state}"]
