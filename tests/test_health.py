@@ -119,7 +119,9 @@ def test_criteria_for_a_job_and_its_options(tmp_path):
     assert for_job(prof, load_job(REPO / "jobs/gpt-tiny.yaml", ["health.timeout_s=90"])).timeout_s == 90
     no_rate = _profile(tmp_path, extra="health: {check_ib_rate: false}\n")
     assert for_job(no_rate, job.resources).ib_rate_gbps == 0
-    assert "--ib-ports" not in for_job(load_profile("devcluster"), job).to_args()
+    assert "--ib-ports" not in for_job(load_profile("local"), job).to_args()  # no HCAs listed
+    dev = for_job(load_profile("devcluster"), job).to_args()  # its emulated port
+    assert dev[dev.index("--ib-ports") + 1] == "mlx5_0:1"
 
 
 def test_preflight_args_follow_the_job_switch(tmp_path):
@@ -474,11 +476,12 @@ def test_dev_cluster_task_prolog_and_node_roots(tmp_path):
     out = subprocess.run([str(prolog)], env={"SLURMD_NODENAME": "node3"}, capture_output=True, text=True, timeout=10)
     assert out.returncode == 0 and out.stdout == f"export HPCORCH_SYSTEM_ROOT={tmp_path}/state/nodes/node3\n"
     assert subprocess.run([str(prolog)], env={}, capture_output=True, text=True, timeout=10).stdout == ""
-    # The devcluster profile lists no HCAs: GPU files and /dev/shm only.
+    # GPU files, /dev/shm and the devcluster profile's one emulated HDR port.
     root = local.node_root("node3")
     make_node_root(root, prof, "node3", mknod=_fake_mknod)
     assert sorted(p.name for p in (root / "dev").iterdir()) == ["nvidia0", "nvidia1", "nvidia2", "nvidia3", "shm"]
-    assert (root / "dev/shm").resolve() == Path("/dev/shm").resolve() and not (root / "sys").exists()
+    assert (root / "dev/shm").resolve() == Path("/dev/shm").resolve()
+    assert [p.name for p in (root / "sys/class/infiniband").iterdir()] == ["mlx5_0"]
 
 
 def test_node_root_with_hcas_is_healthy_and_repaired_on_up(tmp_path):
