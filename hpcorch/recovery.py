@@ -38,7 +38,6 @@ from .spec.units import compress_hostlist, expand_hostlist
 
 log = logging.getLogger("hpcorch.recovery")
 
-UNHEALTHY = {"DOWN", "DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING", "NOT_RESPONDING"}
 ERR_TAIL_BYTES = 256 * 1024
 
 
@@ -118,7 +117,7 @@ class Recovery:
             return classify_preflight(reports, step)
         ends, srun_failed = srun_ends(_tail(self.run.batch_log("err", self.job_id)))
         records = exit_records(self.run.exit_record(self.attempt, 0).parent)
-        down = [n for n in self.allocated if self.slurm.node_flags(n) & UNHEALTHY]
+        down = [n for n in self.allocated if self.slurm.node_unhealthy(n)]
         failure = classify_training(ends, srun_failed, records, down, step)
         failure.lines = self._last_lines(failure, records)
         return failure

@@ -187,8 +187,7 @@ def failed_nodes(entry: Entry) -> list[str]:
     for nodes in out.split() + [latest]:
         if nodes and nodes not in ("None", "(null)"):
             used.update(expand_hostlist(nodes))
-    unhealthy = {"DOWN", "DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING", "NOT_RESPONDING"}
-    return sorted(h for h in used if slurm.node_flags(h) & unhealthy)
+    return sorted(h for h in used if slurm.node_unhealthy(h))
 
 
 # ----- observe and operate ----------------------------------------------------------------------

@@ -22,6 +22,10 @@ class SlurmError(HpcorchError):
     pass
 
 
+# Node state words that mean a job will not (or should not) run there.
+UNHEALTHY_NODE_STATES = frozenset({"DOWN", "DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING", "NOT_RESPONDING"})
+
+
 @dataclass
 class Slurm:
     """Slurm's commands with one environment (``SLURM_CONF`` picks the cluster)."""
@@ -113,6 +117,10 @@ class Slurm:
         {"DOWN", "COMPLETING"}); sinfo shows only one of them."""
         state = self.show("node", node).get("State", "")
         return set(state.rstrip("*~#$@").replace("*", "").split("+")) if state else set()
+
+    def node_unhealthy(self, node: str) -> bool:
+        """Whether the controller holds ``node`` down, drained or failing (a job should avoid it)."""
+        return bool(self.node_flags(node) & UNHEALTHY_NODE_STATES)
 
     def cancel(self, job_id: str, signal: str | None = None, batch_only: bool = False) -> None:
         args = ["scancel"]
