@@ -114,10 +114,12 @@ def classify_training(ends: list[TaskEnd], srun_failed: list[str], records: list
     if any(e.exit_code == protocol.CHECKPOINTED for e in ends):
         failure.protocol_stop, failure.what = True, "the ranks checkpointed and stopped (the protocol acted)"
         return failure
-    clear = [r for r in records if r.get("exit_code") == protocol.CLEAR_ERROR and r.get("error")]
-    if clear:
+    clear = [r for r in records if r.get("exit_code") == protocol.CLEAR_ERROR]
+    if clear:  # the one that said why first; a rank that printed its line itself records none
+        first = next((r for r in clear if r.get("error")), clear[0])
         failure.clear_error, failure.nodes = True, []
-        failure.what = f"rank {clear[0]['rank']} on {clear[0]['node']}: {clear[0]['error']}"
+        failure.what = (f"rank {first['rank']} on {first['node']}: "
+                        f"{first.get('error') or 'a clear error (exit 2); its log has the line'}")
         return failure
     lost = sorted(dict.fromkeys(down + srun_failed))
     hard = [e for e in ends if e.hard]

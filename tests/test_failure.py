@@ -64,6 +64,10 @@ def test_a_clear_error_is_never_retried_and_a_checkpointed_stop_is_the_protocols
     records = [{"rank": 1, "node": "node1", "exit_code": protocol.CLEAR_ERROR, "error": "job.yaml: trainer.steps: ...",
                 "time": 1.0}]
     assert classify_training([], [], records, [], 5).clear_error
+    # run_rank prints its own line and the task records no text: still a clear error, not retried.
+    silent = [{"rank": 0, "node": "node1", "exit_code": protocol.CLEAR_ERROR, "error": "", "time": 1.0}]
+    f = classify_training([], [], silent, [], 5)
+    assert f.clear_error and f.nodes == [] and "exit 2" in f.what
     ends, _ = srun_ends(_err(f"srun: error: node1: task 0: Exited with exit code {protocol.CHECKPOINTED}"))
     assert classify_training(ends, [], [], [], 5).protocol_stop
 
