@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, fields
 
 from ..errors import HpcorchError
-from ..spec.health import MAX_TIMEOUT_S, JobHealth
+from ..spec.health import MAX_TIMEOUT_S, HealthPolicy, JobHealth
 
 _PORT_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.+-]{0,127}):([0-9]{1,3})")
 
@@ -33,14 +33,15 @@ class Criteria:
     gpu_vendor: str = "nvidia"
     ib_ports: tuple[str, ...] = ()
     ib_rate_gbps: int = 0
-    min_free_disk_gb: float = 1.0
-    min_shm_gb: float = 0.25
-    min_free_memory_gb: float = 1.0
-    min_gpu_free_fraction: float = 0.9
-    min_busbw_gbps: float = 0.0
-    allreduce_mb: int = 16
-    iterations: int = 5
-    timeout_s: int = 30
+    # The floors' defaults are the profile's (one statement of them: spec.health.HealthPolicy).
+    min_free_disk_gb: float = HealthPolicy.min_free_disk_gb
+    min_shm_gb: float = HealthPolicy.min_shm_gb
+    min_free_memory_gb: float = HealthPolicy.min_free_memory_gb
+    min_gpu_free_fraction: float = HealthPolicy.min_gpu_free_fraction
+    min_busbw_gbps: float = HealthPolicy.min_busbw_gbps
+    allreduce_mb: int = HealthPolicy.allreduce_mb
+    iterations: int = HealthPolicy.iterations
+    timeout_s: int = HealthPolicy.timeout_s
 
     def __post_init__(self):
         for f in fields(self):

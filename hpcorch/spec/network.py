@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from . import units
 from .expand import check_expandable
@@ -41,16 +41,25 @@ class InfiniBand:
 
 
 @dataclass
-class LeafSwitch:
+class NamedNodes:
+    """A named group of nodes given as a hostlist: a leaf switch, a block."""
+
     name: str
     nodes: str
+    kind: ClassVar[str] = "group"           # for "expected a KIND name"
+    if_empty: ClassVar[str] = "expected the group's nodes as a hostlist"
 
     def __post_init__(self):
-        check_name("name", self.name, "a switch name")
+        check_name("name", self.name, f"a {self.kind} name")
         if not self.nodes.strip():
-            raise Invalid("nodes", "expected the leaf's nodes as a hostlist; Slurm refuses a leaf switch "
-                                   "without nodes")
+            raise Invalid("nodes", self.if_empty)
         self.hosts = hosts_of("nodes", self.nodes)
+
+
+@dataclass
+class LeafSwitch(NamedNodes):
+    kind: ClassVar[str] = "switch"
+    if_empty: ClassVar[str] = "expected the leaf's nodes as a hostlist; Slurm refuses a leaf switch without nodes"
 
 
 @dataclass
@@ -148,15 +157,9 @@ class SwitchTree:
 
 
 @dataclass
-class Block:
-    name: str
-    nodes: str
-
-    def __post_init__(self):
-        check_name("name", self.name, "a block name")
-        if not self.nodes.strip():
-            raise Invalid("nodes", "expected the block's nodes as a hostlist")
-        self.hosts = hosts_of("nodes", self.nodes)
+class Block(NamedNodes):
+    kind: ClassVar[str] = "block"
+    if_empty: ClassVar[str] = "expected the block's nodes as a hostlist"
 
 
 @dataclass
