@@ -86,8 +86,10 @@ class Recovery:
         log.error("%s step failed %s: %s", stage, when, failure.what)
         self._record(failure)
         # A bad node stays out of later jobs whether or not this one comes back.
-        held = [] if failure.clear_error or failure.evidence == "unattributable" else self._quarantine(failure)
-        decision = self._decide(failure, held)
+        history = self._history()  # this failure included
+        held = [] if failure.clear_error or failure.evidence == "unattributable" else \
+            self._quarantine(failure, history)
+        decision = self._decide(failure, held, history)
         if decision.action is not Action.REQUEUE:
             RestartBudget(self.run).record(Cause.NODE_FAILURE, Decision(Action.REFUSE, decision.reason))
             log.error("not requeued: %s", decision.reason)
@@ -98,10 +100,10 @@ class Recovery:
                  f" without {compress_hostlist(held)}" if held else "", self.run.latest_checkpoint() or 0)
         return failure
 
-    def _decide(self, failure: Failure, held: list[str]) -> Decision:
+    def _decide(self, failure: Failure, held: list[str], history: list[dict]) -> Decision:
         """Requeue within the node-failure budget, unless retrying cannot help or the job
         could not start again without ``held``."""
-        stop = self._why_stop(failure)
+        stop = self._why_stop(failure, history)
         if stop:
             return Decision(Action.REFUSE, stop)
         decision = protocol.decide(Cause.NODE_FAILURE, RestartBudget(self.run).load(), self.job.requeue, "slurm", 0)
@@ -140,21 +142,20 @@ class Recovery:
             return []
         return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
 
-    def _why_stop(self, failure: Failure) -> str | None:
+    def _why_stop(self, failure: Failure, history: list[dict]) -> str | None:
         """Why retrying cannot help, or None."""
         if failure.clear_error:
             return f"a rank stopped with a clear error ({failure.what}); fix it and resume"
         if failure.evidence == "unattributable":
             return (f"pre-flight failed on every node alike ({failure.what}): a profile floor or the "
                     f"fabric, not one node; fix the profile's health floors, or set health.preflight: false")
-        return crash_loop(self._history(), self.job.requeue.crash_loop)
+        return crash_loop(history, self.job.requeue.crash_loop)
 
-    def _quarantine(self, failure: Failure) -> list[str]:
+    def _quarantine(self, failure: Failure, history: list[dict]) -> list[str]:
         """Quarantine the culprits the evidence convicts; returns every node to exclude."""
         from .registry import Registry
 
         convicted = list(failure.nodes) if failure.evidence == "hard" else []
-        history = self._history()
         if failure.evidence == "soft" and len(history) >= 2 and set(history[-2].get("nodes", [])) & set(failure.nodes):
             convicted = list(failure.nodes)  # the same node failed the job twice in a row
         registry = Registry()
