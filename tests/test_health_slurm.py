@@ -124,7 +124,7 @@ def test_two_node_jobs_land_on_one_leaf_when_first_fit_would_span_both(ctx, tmp_
     """node2 busy: first fit would take node1 + node3 (two leaves); --switches=1 asks for one."""
     from test_submit import _sets
 
-    blocker = ctx.jobs.submit("#!/bin/bash\nsleep 300\n", "-w", "node2", "-N1", "--exclusive")
+    blocker = ctx.jobs.submit("#!/bin/bash\nsleep 300\n", "-w", "node2", "-N1", "--exclusive", "--output=/dev/null")
     ctx.slurm.wait_for(blocker, "RUNNING", timeout_s=60)
     dry = ctx.cli("submit", "jobs/gpt-tiny.yaml", "-p", "devcluster", "--run-dir", tmp_path / "dry", *_sets(),
                   "--dry-run").stdout
