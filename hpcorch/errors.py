@@ -32,3 +32,7 @@ class PlanError(ConfigError):
 
 class RenderError(HpcorchError):
     """A value would reach the sbatch script without being validated or quoted."""
+
+
+class RemoteError(HpcorchError):
+    """The login node could not be reached or used over SSH: names the host and what to do."""
