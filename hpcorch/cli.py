@@ -25,7 +25,7 @@ class HpcorchGroup(click.Group):
     """Prints hpcorch's errors as one line on stderr and exits 2, without a traceback, and lists
     commands in the order of the workflow rather than the alphabet."""
 
-    ORDER = ("plan", "render", "submit", "train", "ls", "status", "logs", "cancel", "resume", "export",
+    ORDER = ("plan", "render", "submit", "train", "ls", "status", "logs", "cancel", "resume", "pull", "export",
              "health", "nodes", "profile", "jobs", "devcluster", "completion")
 
     def list_commands(self, ctx):
@@ -145,20 +145,43 @@ def _echo(text: str) -> None:
 @template_option
 @click.option("--wait/--no-wait", default=None,
               help="Follow rank 0's log until the job ends [default: wait for local, not for Slurm].")
+@click.option("--remote/--here", "remote", default=None,
+              help="Submit on the profile's login node over SSH, or on this machine "
+                   "[default: over SSH when the profile has login: and this machine has no sbatch].")
+@click.option("--code", "code_dir", type=click.Path(exists=True, file_okay=False),
+              help="With --remote: a folder synced (only changed files) to the login node; the job is "
+                   "submitted from there, so relative paths in it resolve against it.")
+@click.option("--accept-new", is_flag=True,
+              help="With --remote: store the login node's host key if it is not known yet (as OpenSSH's "
+                   "StrictHostKeyChecking=accept-new); a changed key is still refused.")
+@click.option("--json", "as_json", is_flag=True, help="Print the submitted job as JSON on stdout.")
 @allow_config_change_option
 @nccl_debug_option
 @job_options
 def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run_dir, allow_config_change=False,
-           nccl_debug=None):
+           nccl_debug=None, remote=None, code_dir=None, accept_new=False, as_json=False):
     """Submit JOB (a job YAML file) to the cluster of --profile.
 
     With the default `local` profile the job runs here through submitit's local executor, with
-    the same checkpoint and requeue behaviour as on Slurm.
+    the same checkpoint and requeue behaviour as on Slurm. With a profile that has `login:`,
+    from a machine without Slurm (or with --remote), the job is submitted on the login node
+    over SSH and operated from here like any other.
     """
     from . import service
 
-    plan = service.plan(job, profile_name, overrides, run_dir, nccl_debug=nccl_debug)
+    plan = service.plan(job, profile_name, overrides, None if remote else run_dir, nccl_debug=nccl_debug)
     _warn(plan)
+    if not dry_run and _goes_remote(plan, remote):
+        done = service.submit_remote(plan, code_dir, run_dir, template_dir, allow_config_change, nccl_debug,
+                                     accept_new, check=check)
+        if check:
+            click.echo(done)
+        else:
+            _report(done, wait, as_json)
+        return
+    if code_dir is not None:
+        raise HpcorchError("--code syncs a folder to the login node: it needs --remote (or a profile with "
+                           "login: on a machine without Slurm)")
     script = service.render(plan, template_dir)
     if dry_run:
         click.echo(script, nl=False)
@@ -166,7 +189,14 @@ def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run
     if check:
         click.echo(service.check(plan, script))
         return
-    _report(service.submit(plan, script, allow_config_change=allow_config_change, template_dir=template_dir), wait)
+    _report(service.submit(plan, script, allow_config_change=allow_config_change, template_dir=template_dir),
+            wait, as_json)
+
+
+def _goes_remote(plan, remote) -> bool:
+    from .remote.ops import wanted
+
+    return wanted(plan.profile, remote, str(plan.profile_ref or plan.profile.name))
 
 
 def _warn(plan) -> None:
@@ -175,12 +205,17 @@ def _warn(plan) -> None:
         click.echo(f"warning: {message}", err=True)
 
 
-def _report(submission, wait) -> None:
-    """Say what was submitted; then, if asked (by default for local jobs), follow it to the end."""
+def _report(submission, wait, as_json: bool = False) -> None:
+    """Say what was submitted (``as_json``: also as JSON on stdout); then, if asked (by default
+    for local jobs), follow it to the end."""
     from . import service
 
     entry = submission.entry
     click.echo(submission.describe(), err=True)
+    if as_json:
+        click.echo(json.dumps({"key": entry.key, "job_id": entry.job_id, "name": entry.name,
+                               "profile": entry.profile, "scheduler": entry.scheduler, "run_dir": entry.run_dir,
+                               "job_file": entry.job_file, "host": entry.remote_ref.host if entry.remote else None}))
     if wait if wait is not None else entry.scheduler == "local":
         state = service.wait(entry, _echo, show_submitit=_verbose())
         info = service.status(str(entry.key))
@@ -308,14 +343,28 @@ def cancel(ref):
 @ref_argument
 @click.option("--exclude", help="Also exclude these nodes (a Slurm hostlist).")
 @click.option("--wait/--no-wait", default=None, help="Follow rank 0's log until the job ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new submission as JSON on stdout.")
 @allow_config_change_option
 @template_option
-def resume(ref, exclude, wait, allow_config_change, template_dir):
+def resume(ref, exclude, wait, allow_config_change, template_dir, as_json=False):
     """Submit job REF again from its latest checkpoint, excluding nodes that failed under it."""
     from . import service
 
     _report(service.resume(ref, exclude=exclude, allow_config_change=allow_config_change,
-                           template_dir=template_dir), wait)
+                           template_dir=template_dir), wait, as_json)
+
+
+@main.command()
+@ref_argument
+@click.option("--to", "into", type=click.Path(file_okay=False),
+              help="Into this folder [default: $HPCORCH_HOME/pulled/NUMBER-NAME].")
+def pull(ref, into):
+    """Fetch remote job REF's metrics, summary, events and logs to this machine (only what
+    changed since the last pull), so that status works offline."""
+    from . import service
+
+    folder, stats = service.pull(ref, into)
+    click.echo(f"pulled into {folder} ({stats})")
 
 
 @main.command()

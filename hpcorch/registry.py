@@ -49,6 +49,8 @@ MIGRATIONS = [
         until REAL NOT NULL,           -- excluded while now < until; cleared rows keep their history
         job_id TEXT
     )""",
+    # 5: a job submitted over SSH: the login node's registry holds it; this row points there.
+    "ALTER TABLE jobs ADD COLUMN remote TEXT",  # JSON of a RemoteRef
 ]
 
 # File systems on which SQLite's WAL (shared memory between processes) is unsafe.
@@ -71,6 +73,11 @@ class Entry:
     resumed_from: int | None
     started: float | None = None
     template_dir: str | None = None
+    remote: str | None = None  # JSON of a RemoteRef; None for a job submitted from this machine
+
+    @property
+    def remote_ref(self) -> "RemoteRef | None":
+        return RemoteRef.from_json(self.remote) if self.remote else None
 
     @property
     def env(self) -> dict:
@@ -80,6 +87,27 @@ class Entry:
     def from_row(cls, row: sqlite3.Row) -> "Entry":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: row[k] for k in row.keys() if k in names})
+
+
+@dataclass
+class RemoteRef:
+    """Where a job submitted over SSH lives: the profile that reaches the login node, the job's
+    number in the login node's own registry, and the host (for messages)."""
+
+    profile: str
+    key: int
+    host: str
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RemoteRef":
+        import json
+
+        return cls(**json.loads(text))
 
 
 @dataclass
@@ -173,11 +201,11 @@ class Registry:
     def add(self, job_id: str, name: str, profile: str, scheduler: str, run_dir: str, job_file: str,
             slurm_conf: str | None = None, exclude: str | None = None,
             resumed_from: int | None = None, started: float | None = None,
-            template_dir: str | None = None) -> Entry:
+            template_dir: str | None = None, remote: RemoteRef | None = None) -> Entry:
         row = {"job_id": job_id, "name": name, "profile": profile, "scheduler": scheduler,
                "run_dir": run_dir, "job_file": job_file, "slurm_conf": slurm_conf, "exclude": exclude,
                "submitted": time.time(), "resumed_from": resumed_from, "started": started,
-               "template_dir": template_dir}
+               "template_dir": template_dir, "remote": remote.to_json() if remote else None}
         with self._connect() as conn:
             cur = conn.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                                tuple(row.values()))

@@ -38,7 +38,8 @@ class Submission:
 
     def describe(self) -> str:
         e = self.entry
-        return f"submitted job {e.job_id} (hpcorch #{e.key}, {e.name}) on {e.profile}; run dir {e.run_dir}"
+        where = f"{e.profile} ({e.remote_ref.host})" if e.remote else e.profile
+        return f"submitted job {e.job_id} (hpcorch #{e.key}, {e.name}) on {where}; run dir {e.run_dir}"
 
 
 # ----- spec -> plan -> script -------------------------------------------------------------------
@@ -117,6 +118,22 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
     return Submission(entry, job)
 
 
+def submit_remote(plan: Plan, code_dir: str | os.PathLike | None = None, run_dir: str | None = None,
+                  template_dir: str | os.PathLike | None = None, allow_config_change: bool = False,
+                  nccl_debug: str | None = None, accept_new: bool = False, check: bool = False,
+                  registry: Registry | None = None) -> Submission | str:
+    """Submit ``plan`` (validated here) on its profile's login node over SSH (see
+    :mod:`hpcorch.remote.ops`) and record it here as remote; ``code_dir`` is synced there
+    first. ``run_dir``: a path on the login node. ``check``: ask that cluster whether it would
+    take the job (``sbatch --test-only``) and return its answer; nothing is submitted."""
+    from .remote import ops
+
+    entry = ops.submit(plan, plan.profile_ref or plan.profile.name, code_dir=code_dir, run_dir=run_dir,
+                       template_dir=template_dir, allow_config_change=allow_config_change,
+                       nccl_debug=nccl_debug, accept_new=accept_new, check=check, registry=registry)
+    return entry if check else Submission(entry, None)
+
+
 def resume(ref: str, exclude: str | None = None, registry: Registry | None = None,
            allow_config_change: bool = False, template_dir: str | os.PathLike | None = None) -> Submission:
     """Submit job ``ref`` again into its run directory (the ranks resume from the latest
@@ -132,6 +149,10 @@ def resume(ref: str, exclude: str | None = None, registry: Registry | None = Non
         raise ConfigError("--exclude", "", str(exc)) from None
     registry = registry or Registry()
     entry = registry.get(ref)
+    if entry.remote:  # the login node's hpcorch checks its state and its failed nodes itself
+        from .remote import ops
+
+        return Submission(ops.resume(entry, exclude, allow_config_change, registry), None)
     state = observe.states([entry])[entry.key]
     if observe.base_state(state) == "COMPLETED":
         raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) completed; nothing to resume")
@@ -194,14 +215,23 @@ def failed_nodes(entry: Entry) -> list[str]:
 def jobs(registry: Registry | None = None) -> list[dict]:
     """Every registered job with its state (one batched squeue/sacct call per cluster)."""
     entries = (registry or Registry()).all()
-    current = observe.states(entries)
+    current = observe.states([e for e in entries if not e.remote])
+    remote = [e for e in entries if e.remote]
+    if remote:
+        from .remote import ops
+
+        current.update(ops.states(remote))
     return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": current[e.key],
-             "run_dir": e.run_dir} for e in entries]
+             "run_dir": e.run_dir, "host": e.remote_ref.host if e.remote else None} for e in entries]
 
 
 def status(ref: str, registry: Registry | None = None) -> dict:
     """State, restarts, latest checkpoint, last loss, tokens/s, and what to do next."""
     entry = (registry or Registry()).get(ref)
+    if entry.remote:
+        from .remote import ops
+
+        return ops.status(entry)
     state = observe.states([entry])[entry.key]
     return {"key": entry.key, "job_id": entry.job_id, "name": entry.name, "state": state,
             **observe.progress(entry), "next": observe.advice(entry, state), "run_dir": entry.run_dir}
@@ -212,6 +242,10 @@ def cancel(ref: str, registry: Registry | None = None) -> str:
     import signal
 
     entry = (registry or Registry()).get(ref)
+    if entry.remote:
+        from .remote import ops
+
+        return ops.cancel(entry)
     if entry.scheduler == "slurm":
         from .cluster.slurm import Slurm
 
@@ -227,6 +261,10 @@ def logs(ref: str, write: Callable[[str], None], rank: int = 0, stream: str = "o
          show_submitit: bool = False, registry: Registry | None = None) -> None:
     """Pass rank ``rank``'s log of job ``ref`` to ``write``; with ``follow`` until the job ends."""
     entry = (registry or Registry()).get(ref)
+    if entry.remote:
+        from .remote import ops
+
+        return ops.logs(entry, write, rank=rank, stream=stream, follow=follow)
     path = RunDir(entry.run_dir).rank_log(entry.job_id, rank, stream)
     if not path.exists() and not follow:
         raise HpcorchError(f"no log yet at {path}")
@@ -235,6 +273,11 @@ def logs(ref: str, write: Callable[[str], None], rank: int = 0, stream: str = "o
 
 def wait(entry: Entry, write: Callable[[str], None], show_submitit: bool = False) -> str:
     """Follow rank 0's log until the job ends; returns its final state."""
+    if entry.remote:
+        from .remote import ops
+
+        ops.logs(entry, write, follow=True)
+        return ops.status(entry)["state"]
     _follow(entry, RunDir(entry.run_dir).rank_log(entry.job_id), write, True, show_submitit)
     return observe.states([entry])[entry.key]
 
@@ -312,6 +355,18 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
         (["--peak-tflops", str(peak_tflops)] if peak_tflops else [])
     code = launch_local(job_file, run.root, spec.resources.tasks_per_node, extra, env={LEASE_ENV: lease.token()})
     return code, run.root
+
+
+def pull(ref: str, into: str | os.PathLike | None = None, registry: Registry | None = None):
+    """Fetch remote job ``ref``'s metrics, summary, events and logs (incrementally) so that
+    ``status`` works offline; returns (folder, what moved)."""
+    from .remote import ops
+
+    entry = (registry or Registry()).get(ref)
+    if not entry.remote:
+        raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) ran from this machine; its run "
+                           f"directory is {entry.run_dir}: nothing to pull")
+    return ops.pull(entry, into)
 
 
 def export(ref: str, out: str | os.PathLike, step: int | None = None, registry: Registry | None = None) -> Path:

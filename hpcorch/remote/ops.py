@@ -1,0 +1,230 @@
+"""Jobs on a login node reached over SSH: submit there, and operate the jobs recorded here as remote.
+
+The login node's own ``hpcorch`` does the work (it plans with its own paths, calls its own
+``sbatch``, keeps its own registry); this side syncs what the job needs, runs that ``hpcorch``
+over the agent's transport, and records the job locally with a :class:`RemoteRef` to it.
+Every command a remote job takes (``status``, ``logs -f``, ``cancel``, ``resume``) is the
+same command run there, so ``logs -f`` moves only the bytes the log gains.
+"""
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConfigError, HpcorchError, RemoteError
+from ..registry import Entry, Registry, RemoteRef
+from ..spec.profile import ClusterProfile, load_profile
+
+log = logging.getLogger(__name__)
+
+
+def wanted(profile: ClusterProfile, remote: bool | None, source: str = "") -> bool:
+    """Whether a submission goes over SSH: ``remote`` True (``--remote``) or False (``--here``)
+    decides; by default, a profile with ``login:`` on a machine without Slurm's ``sbatch``."""
+    if remote is False:
+        return False
+    if remote is True:
+        if profile.login is None:
+            raise ConfigError(source or f"profile {profile.name!r}", "login",
+                              "expected a login: section (host, user, ...) for --remote")
+        return True
+    return profile.login is not None and profile.scheduler == "slurm" and shutil.which("sbatch") is None
+
+
+def session(profile_ref: str, accept_new: bool = False):
+    """The agent's session to ``profile_ref``'s login node, its hpcorch version checked."""
+    from .client import Session
+
+    profile = load_profile(profile_ref)
+    if profile.login is None:
+        raise ConfigError(str(profile_ref), "login", "expected a login: section to reach this job's login node")
+    sess = Session.open(profile.login, accept_new=accept_new)
+    sess.check_version()
+    return sess
+
+
+# ----- submit ------------------------------------------------------------------------------------
+def submit(plan, profile_ref: str, code_dir: str | None = None, run_dir: str | None = None,
+           template_dir: str | None = None, allow_config_change: bool = False, nccl_debug: str | None = None,
+           accept_new: bool = False, check: bool = False, registry: Registry | None = None) -> Entry | str:
+    """Submit ``plan``'s job (validated here) on its profile's login node and record it here.
+    The resolved job and profile travel as files, with ``code_dir`` (synced incrementally to
+    ``WORKDIR/code/NAME``, where the remote submission then runs, so relative paths in the job
+    resolve against it) and ``template_dir``. ``run_dir``: a path on the login node. ``check``:
+    only ask that cluster whether it would take the job; returns Slurm's answer."""
+    from ..spec.schema import to_dict
+    from ..spec.yamlio import dump_yaml
+
+    sess = session(profile_ref, accept_new)
+    texts = {"job.yaml": dump_yaml(to_dict(plan.job)), "profile.yaml": dump_yaml(to_dict(plan.profile))}
+    digest = hashlib.sha256("".join(texts.values()).encode()).hexdigest()[:12]
+    spec_dir = f"{sess.workdir}/submit/{plan.job.name}-{digest}"
+    with tempfile.TemporaryDirectory(prefix="hpcorch-submit-") as tmp:
+        for name, text in texts.items():
+            Path(tmp, name).write_text(text)
+        push(sess, tmp, spec_dir)
+    cwd = sess.workdir
+    if code_dir is not None:
+        cwd = f"{sess.workdir}/code/{Path(code_dir).resolve().name}"
+        push(sess, code_dir, cwd)
+    args = ["submit", f"{spec_dir}/job.yaml", "-p", f"{spec_dir}/profile.yaml", "--here"]
+    args += ["--check"] if check else ["--json", "--no-wait"]
+    if template_dir is not None:
+        remote_templates = f"{sess.workdir}/templates/{Path(template_dir).resolve().name}"
+        push(sess, template_dir, remote_templates)
+        args += ["--template-dir", remote_templates]
+    args += (["--run-dir", run_dir] if run_dir else []) + (["--allow-config-change"] if allow_config_change else [])
+    args += ["--nccl-debug", nccl_debug] if nccl_debug else []
+    out = hpcorch(sess, args, cwd=cwd)
+    if check:
+        return out.decode(errors="replace").strip()
+    info = _json(sess, out)
+    return _record(info, profile_ref, sess.host, registry, resumed_from=None)
+
+
+def push(sess, local: str | os.PathLike, remote: str):
+    """Sync ``local`` to ``remote`` on the login node; a full remote disk is the user's to fix."""
+    from .sync import SyncError, push as sync_push
+
+    if not Path(local).is_dir():
+        raise HpcorchError(f"{local}: not a folder to sync")
+    try:
+        stats = sync_push(sess, str(local), remote)
+    except SyncError as exc:
+        raise RemoteError(f"{sess.host}: {exc}") from None
+    log.info("synced %s to %s:%s (%s)", local, sess.host, remote, stats)
+    return stats
+
+
+def _record(info: dict, profile_ref: str, host: str, registry: Registry | None, resumed_from: int | None) -> Entry:
+    ref = RemoteRef(profile=str(profile_ref), key=int(info["key"]), host=host)
+    return (registry or Registry()).add(
+        str(info["job_id"]), info["name"], str(profile_ref), info.get("scheduler", "slurm"), info["run_dir"],
+        info.get("job_file", ""), resumed_from=resumed_from, remote=ref)
+
+
+# ----- one remote hpcorch command ----------------------------------------------------------------
+def hpcorch(sess, args: list[str], cwd: str | None = None, on_stdout: Callable[[bytes], None] | None = None):
+    """Run ``LOGIN.python -m hpcorch ARGS`` on the login node. Its own one-line errors (exit 2)
+    come back as ours, with the host named; stdout is returned (or streamed to ``on_stdout``)."""
+    done = sess.run([sess.python, "-m", "hpcorch", *args], cwd=cwd or sess.workdir, on_stdout=on_stdout)
+    stderr = done.stderr.decode(errors="replace")
+    if done.code != 0:
+        lines = [line.removeprefix("error: ") for line in stderr.splitlines() if line.strip()]
+        raise RemoteError(f"{sess.host}: {lines[-1] if lines else f'hpcorch {args[0]} exited with {done.code}'}")
+    for line in stderr.splitlines():  # warnings and notes of the remote command, as they were
+        log.warning("%s: %s", sess.host, line.removeprefix("warning: "))
+    return done.stdout
+
+
+def _json(sess, out: bytes) -> dict | list:
+    try:
+        return json.loads(out)
+    except ValueError:
+        raise RemoteError(f"{sess.host}: hpcorch answered something other than JSON: "
+                          f"{out[:200].decode(errors='replace')!r}") from None
+
+
+# ----- operate jobs recorded as remote -----------------------------------------------------------
+def states(entries: list[Entry]) -> dict[int, str]:
+    """States of remote jobs: one ``hpcorch ls --json`` per login node. A node that cannot be
+    reached gives ``UNKNOWN (HOST: why)`` for its jobs rather than failing the whole list."""
+    found: dict[int, str] = {}
+    by_profile: dict[str, list[Entry]] = {}
+    for entry in entries:
+        by_profile.setdefault(entry.remote_ref.profile, []).append(entry)
+    for profile_ref, group in by_profile.items():
+        try:
+            sess = session(profile_ref)
+            rows = {row["key"]: row["state"] for row in _json(sess, hpcorch(sess, ["ls", "--json"]))}
+        except HpcorchError as exc:
+            rows, why = {}, str(exc)
+        else:
+            why = "not in the login node's registry"
+        for entry in group:
+            found[entry.key] = rows.get(entry.remote_ref.key, f"UNKNOWN ({why})")
+    return found
+
+
+def status(entry: Entry) -> dict:
+    """The login node's ``status --json`` for the job, under this machine's number; offline,
+    the progress from the last ``hpcorch pull`` with the state UNKNOWN."""
+    ref = entry.remote_ref
+    try:
+        sess = session(ref.profile)
+        info = _json(sess, hpcorch(sess, ["status", str(ref.key), "--json"]))
+    except RemoteError as exc:
+        mirror = pulled_dir(entry)
+        if not mirror.is_dir():
+            raise
+        from .. import status as observe
+
+        local = Entry(**{**entry.__dict__, "run_dir": str(mirror), "remote": None})
+        return {"key": entry.key, "job_id": entry.job_id, "name": entry.name, "state": f"UNKNOWN ({exc})",
+                **observe.progress(local), "next": None, "run_dir": entry.run_dir, "host": ref.host,
+                "pulled": str(mirror)}
+    return {**info, "key": entry.key, "remote_key": ref.key, "host": ref.host}
+
+
+def cancel(entry: Entry) -> str:
+    ref = entry.remote_ref
+    sess = session(ref.profile)
+    return f"{hpcorch(sess, ['cancel', str(ref.key)]).decode().strip()} (on {ref.host})"
+
+
+def logs(entry: Entry, write: Callable[[str], None], rank: int = 0, stream: str = "out",
+         follow: bool = False) -> None:
+    """The login node's ``hpcorch logs`` streamed here: with ``follow`` it reads the log as it
+    grows there, so only new bytes cross the network."""
+    ref = entry.remote_ref
+    sess = session(ref.profile)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    args = ["logs", str(ref.key), "--rank", str(rank)] + (["--err"] if stream == "err" else []) + \
+        (["-f"] if follow else [])
+    hpcorch(sess, args, on_stdout=lambda data: write(decoder.decode(data)))
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        write(tail)
+
+
+def resume(entry: Entry, exclude: str | None = None, allow_config_change: bool = False,
+           registry: Registry | None = None) -> Entry:
+    """``hpcorch resume`` on the login node (which excludes the nodes that failed there); the
+    new submission is recorded here as resumed from ``entry``."""
+    ref = entry.remote_ref
+    sess = session(ref.profile)
+    args = ["resume", str(ref.key), "--json", "--no-wait"] + (["--exclude", exclude] if exclude else []) + \
+        (["--allow-config-change"] if allow_config_change else [])
+    return _record(_json(sess, hpcorch(sess, args)), ref.profile, ref.host, registry, resumed_from=entry.key)
+
+
+# ----- pull --------------------------------------------------------------------------------------
+def pulled_dir(entry: Entry) -> Path:
+    """Where ``hpcorch pull`` keeps a remote job's observable files on this machine."""
+    from ..spec.catalog import hpcorch_home
+
+    return hpcorch_home() / "pulled" / f"{entry.key}-{entry.name}"
+
+
+def pull(entry: Entry, into: str | os.PathLike | None = None):
+    """Fetch the remote run directory's metrics, summary, events, logs and exit records (never
+    checkpoints) into ``into`` (default :func:`pulled_dir`), moving only what changed since
+    the last pull (appended files by offset). Returns (folder, SyncStats)."""
+    from .sync import SyncError, pull as sync_pull
+
+    ref = entry.remote_ref
+    sess = session(ref.profile)
+    target = Path(into) if into is not None else pulled_dir(entry)
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        stats = sync_pull(sess, entry.run_dir, str(target))
+    except SyncError as exc:
+        raise RemoteError(f"{ref.host}: {exc}") from None
+    return target, stats
