@@ -300,7 +300,8 @@ def list_jobs(as_json):
         return
     click.echo(f"{'#':>4} {'job id':>8}  {'name':<14} {'profile':<12} {'state':<22} run dir")
     for r in rows:
-        click.echo(f"{r['key']:>4} {r['job_id']:>8}  {r['name']:<14} {r['profile']:<12} {r['state']:<22} {r['run_dir']}")
+        where = f"{r['host']}:{r['run_dir']}" if r.get("host") else r["run_dir"]  # remote: on the login node
+        click.echo(f"{r['key']:>4} {r['job_id']:>8}  {r['name']:<14} {r['profile']:<12} {r['state']:<22} {where}")
 
 
 @main.command()
