@@ -333,3 +333,14 @@ def test_the_login_node_side_imports_the_standard_library_only():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('hpcorch', 'torch', 'paramiko', 'submitit', 'yaml', 'psutil')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['hpcorch', 'hpcorch.remote', 'hpcorch.remote.files']"
+
+
+def test_a_remote_keeping_whole_seconds_still_costs_one_round_trip(tmp_path, runner):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_tree(src, 3)
+    sync.push(runner, src, str(dst))
+    for path in dst.rglob("*.py"):  # what a file system with 1 s timestamps keeps of ours
+        ns = path.stat().st_mtime_ns
+        os.utime(path, ns=(ns - ns % 10**9, ns - ns % 10**9))
+    stats = sync.push(runner, src, str(dst))
+    assert (stats.round_trips, stats.files_sent) == (1, 0)

@@ -355,6 +355,7 @@ def send(root: str, request: dict, out: FrameWriter) -> None:
 
 # ----- command line ------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code (errors are one line on stderr, no traceback)."""
     parser = argparse.ArgumentParser(prog="python -m hpcorch.remote.files", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("manifest")
