@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hpcorch.errors import RemoteError
+from hpcorch.errors import HpcorchError, RemoteError
 from hpcorch.remote import files, sync
 from hpcorch.rundir import RunDir
 
@@ -344,3 +344,14 @@ def test_a_remote_keeping_whole_seconds_still_costs_one_round_trip(tmp_path, run
         os.utime(path, ns=(ns - ns % 10**9, ns - ns % 10**9))
     stats = sync.push(runner, src, str(dst))
     assert (stats.round_trips, stats.files_sent) == (1, 0)
+
+
+def test_an_answer_that_is_not_ours_and_a_missing_local_tree_are_one_line_errors(tmp_path):
+    make_tree(tmp_path / "src", 1)
+    with pytest.raises(RemoteError, match="unexpected answer from hpcorch.remote.files"):
+        sync.push(sync.LocalRunner(python="echo"), tmp_path / "src", str(tmp_path / "dst"))
+    with pytest.raises(RemoteError, match="unexpected answer"):
+        sync.pull(sync.LocalRunner(python="echo"), str(tmp_path / "dst"), tmp_path / "local")
+    with pytest.raises(HpcorchError, match="not a directory"):
+        sync.push(sync.LocalRunner(), tmp_path / "typo", str(tmp_path / "src"))
+    assert (tmp_path / "src" / "pkg0" / "mod0.py").exists()

@@ -31,10 +31,11 @@ import tempfile
 import threading
 import gzip
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, BinaryIO, Callable, Iterable, Protocol
+from typing import IO, BinaryIO, Callable, Iterable, Iterator, Protocol
 
-from ..errors import RemoteError
+from ..errors import HpcorchError, RemoteError
 from ..rundir import RunDir
 from . import files
 from .files import DEFAULT_EXCLUDE, Manifest
@@ -180,6 +181,16 @@ def _answer(stdout: bytes | IO[bytes]) -> Iterable[tuple[bytes, bytes]]:
         "skipped %d bytes the login scripts printed before the answer", len(junk)))
 
 
+@contextmanager
+def _understood(runner: Runner, remote_dir: str) -> Iterator[None]:
+    """An answer we cannot read (cut, garbled, unsafe paths) becomes one RemoteError line."""
+    try:
+        yield
+    except (EOFError, ValueError, KeyError, TypeError, StopIteration, zlib.error, files.Refused) as exc:
+        raise RemoteError(f"{_host(runner)}:{remote_dir}: unexpected answer from hpcorch.remote.files "
+                          f"({exc}); is the login node's hpcorch the same version as this one?") from exc
+
+
 def _same(mine: list, theirs: list) -> bool:
     """Whether a remote entry matches ours. A file's mtime counts as equal at the precision
     the remote file system keeps (some keep microseconds or whole seconds only)."""
@@ -200,6 +211,8 @@ def push(runner: Runner, local_dir: str | os.PathLike, remote_dir: str,
     locally. Excluded names are neither sent nor deleted there. Raises :class:`RemoteDiskFull`
     or :class:`RemoteError`."""
     local_dir, exclude = os.fspath(local_dir), list(exclude)
+    if not os.path.isdir(local_dir):  # an empty manifest would delete everything there
+        raise HpcorchError(f"{local_dir}: not a directory; nothing pushed")
     stats = SyncStats()
     mine = files.manifest(local_dir, exclude)
     wanted = [f"--exclude={p}" for p in exclude] or ["--exclude="]
@@ -207,12 +220,12 @@ def push(runner: Runner, local_dir: str | os.PathLike, remote_dir: str,
     stats.add(done)
     if done.code != 0:
         _fail(runner, "reading", remote_dir, done)
-    answer = next(iter(_answer(done.stdout)))[1]
-    reply = json.loads(answer)
+    with _understood(runner, remote_dir):
+        reply = json.loads(next(iter(_answer(done.stdout)))[1])
+        theirs: Manifest = {} if reply["same"] else reply["entries"]
     if reply["same"]:
         log.debug("push %s -> %s: nothing changed", local_dir, remote_dir)
         return stats
-    theirs: Manifest = reply["entries"]
     changed = [rel for rel, entry in mine.items() if rel not in theirs or not _same(entry, theirs[rel])]
     gone = [rel for rel in theirs if rel not in mine]
     if not changed and not gone:  # equal at the remote's mtime precision (a file system keeping seconds)
@@ -302,7 +315,8 @@ def pull(runner: Runner, remote_dir: str, local_dir: str | os.PathLike,
         if done.code != 0:
             _fail(runner, "reading", remote_dir, done)
         spool.seek(0)
-        _apply(local_dir, _answer(spool), stats)  # type: ignore[arg-type]
+        with _understood(runner, remote_dir):
+            _apply(local_dir, _answer(spool), stats)  # type: ignore[arg-type]
     log.info("pull %s:%s -> %s: %d files (%d appended), %d bytes", _host(runner), remote_dir, local_dir,
              stats.files_sent, stats.files_appended, stats.bytes_sent)
     return stats
