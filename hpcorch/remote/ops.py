@@ -90,15 +90,10 @@ def submit(plan, profile_ref: str, code_dir: str | None = None, run_dir: str | N
 
 
 def push(sess, local: str | os.PathLike, remote: str):
-    """Sync ``local`` to ``remote`` on the login node; a full remote disk is the user's to fix."""
-    from .sync import SyncError, push as sync_push
+    """Sync ``local`` to ``remote`` on the login node (a full remote disk: RemoteDiskFull)."""
+    from .sync import push as sync_push
 
-    if not Path(local).is_dir():
-        raise HpcorchError(f"{local}: not a folder to sync")
-    try:
-        stats = sync_push(sess, str(local), remote)
-    except SyncError as exc:
-        raise RemoteError(f"{sess.host}: {exc}") from None
+    stats = sync_push(sess, str(local), remote)
     log.info("synced %s to %s:%s (%s)", local, sess.host, remote, stats)
     return stats
 
@@ -217,14 +212,10 @@ def pull(entry: Entry, into: str | os.PathLike | None = None):
     """Fetch the remote run directory's metrics, summary, events, logs and exit records (never
     checkpoints) into ``into`` (default :func:`pulled_dir`), moving only what changed since
     the last pull (appended files by offset). Returns (folder, SyncStats)."""
-    from .sync import SyncError, pull as sync_pull
+    from .sync import pull as sync_pull
 
     ref = entry.remote_ref
     sess = session(ref.profile)
     target = Path(into) if into is not None else pulled_dir(entry)
     target.mkdir(parents=True, exist_ok=True)
-    try:
-        stats = sync_pull(sess, entry.run_dir, str(target))
-    except SyncError as exc:
-        raise RemoteError(f"{ref.host}: {exc}") from None
-    return target, stats
+    return target, sync_pull(sess, entry.run_dir, str(target))
