@@ -365,7 +365,8 @@ def pull(ref, into):
     from . import service
 
     folder, stats = service.pull(ref, into)
-    click.echo(f"pulled into {folder} ({stats})")
+    click.echo(f"pulled into {folder}: {stats.files_sent} files ({stats.files_appended} appended), "
+               f"{stats.bytes_sent} bytes")
 
 
 @main.command()
