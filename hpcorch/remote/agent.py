@@ -118,6 +118,7 @@ class Agent:
         self.facts: dict[str, object] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.ino = os.stat(sock_path).st_ino
 
     def info(self) -> dict:
         with self.lock:
@@ -128,7 +129,31 @@ class Agent:
                     "active": self.active, "home": self.job["home"], "socket": str(self.sock_path),
                     "jumps": [j.display for j in self.conn.target.jumps], "log": self.job.get("log")}
 
+    def unlink(self) -> None:
+        """Remove our socket (only ours: a successor may have bound the same path)."""
+        try:
+            if os.stat(self.sock_path).st_ino == self.ino:
+                self.sock_path.unlink()
+        except FileNotFoundError:
+            pass
+
     def serve_forever(self, listener: socket.socket) -> None:
+        """Serve until idle, stopped or disconnected; then serve the clients already queued (they
+        connected before the socket went away and must not see a reset)."""
+        try:
+            self._loop(listener)
+        finally:
+            self.unlink()
+            listener.setblocking(False)
+            while True:
+                try:
+                    client, _ = listener.accept()
+                except (BlockingIOError, OSError):
+                    break
+                client.setblocking(True)
+                self._client(client)
+
+    def _loop(self, listener: socket.socket) -> None:
         listener.settimeout(1.0)
         while not self.stopping.is_set():
             try:
@@ -154,8 +179,9 @@ class Agent:
                 if uid != os.getuid():
                     log.warning("refused a client of uid %d (pid %d)", uid, pid)
                     return
-                request = json.loads(_read_line(client))
-                self._handle(client, request)
+                line = _read_line(client)
+                if line is not None:  # a bare connect is a client checking that we are here
+                    self._handle(client, json.loads(line))
             except (OSError, ValueError) as exc:
                 log.info("client dropped: %s", exc)
 
@@ -170,6 +196,7 @@ class Agent:
                 send_json(client, REPLY, {"value": self.facts.get(request["name"])})
         elif op == "stop":
             log.info("stop requested")
+            self.unlink()  # from now on, a new client starts a new agent
             send_json(client, REPLY, {"stopped": os.getpid()})
             self.stopping.set()
         elif op == "exec":
@@ -249,12 +276,14 @@ class Agent:
             chan.close()
 
 
-def _read_line(sock: socket.socket, limit: int = 1 << 20) -> str:
+def _read_line(sock: socket.socket, limit: int = 1 << 20) -> str | None:
     buf = bytearray()
     while not buf.endswith(b"\n"):
         chunk = sock.recv(1)
-        if not chunk or len(buf) > limit:
-            raise ValueError("no request line")
+        if not chunk:
+            return None
+        if len(buf) > limit:
+            raise ValueError("request line too long")
         buf += chunk
     return buf.decode()
 
@@ -317,7 +346,6 @@ def serve(stdin=sys.stdin, stdout=sys.stdout) -> int:
         os.umask(old)
     os.chmod(path, 0o600)
     listener.listen(16)
-    ino = os.stat(path).st_ino
     agent = Agent(conn, job, path)
     reply({"ready": str(path), "pid": os.getpid()})
     # Nobody reads our pipes after this: leave them, so the starting client can exit.
@@ -328,11 +356,6 @@ def serve(stdin=sys.stdin, stdout=sys.stdout) -> int:
         agent.serve_forever(listener)
     finally:
         listener.close()
-        try:
-            if os.stat(path).st_ino == ino:  # only our own socket: a successor may have bound it
-                path.unlink()
-        except FileNotFoundError:
-            pass
         conn.close()
         log.info("exited (%d commands, %d bytes in, %d bytes out)", agent.commands, agent.bytes_in, agent.bytes_out)
     return 0

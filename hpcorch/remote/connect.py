@@ -220,8 +220,8 @@ def load_key(path: str, prompter: Prompter):
 
     try:
         return paramiko.PKey.from_path(path)
-    except paramiko.PasswordRequiredException:
-        pass
+    except (paramiko.PasswordRequiredException, TypeError):
+        pass  # paramiko 5 lets cryptography's TypeError through for an encrypted OpenSSH key
     except (paramiko.SSHException, OSError, ValueError) as exc:
         log.warning("skipping key file %s: %s", path, _short(exc))
         return None
@@ -230,8 +230,8 @@ def load_key(path: str, prompter: Prompter):
         if not passphrase:
             return None
         try:
-            return paramiko.PKey.from_path(path, passphrase=passphrase.encode())
-        except (paramiko.SSHException, ValueError):
+            return paramiko.PKey.from_path(path, password=passphrase.encode())
+        except (paramiko.SSHException, ValueError):  # a wrong passphrase: ValueError
             log.info("wrong passphrase for key file %s", path)
     return None
 
