@@ -66,6 +66,8 @@ def test_connect_run_and_version(sshd, laptop, in_process):
     (info,) = agents()
     assert info["commands"] == 4 and info["bytes_in"] > len(data) and info["bytes_out"] == len(data) and info["persist_s"] == 600
     assert info == {**info, "host": session.host, "jumps": []}
+    sock = Path(info["socket"])
+    assert oct(sock.stat().st_mode & 0o777) == "0o600" and oct(sock.parent.stat().st_mode & 0o777) == "0o700"
     status = json.loads(laptop.cli("remote", "status", "cl", "--json").stdout)
     assert [s["pid"] for s in status] == [info["pid"]]
     out = laptop.cli("remote", "disconnect", "cl")
@@ -154,7 +156,6 @@ def test_jump_host_from_an_included_ssh_config(sshd, sshd_factory, laptop, in_pr
     assert jump.accepted() == before + 1
     (info,) = laptop.agents()
     assert info["jumps"] == [f"{jump.user}@127.0.0.1:{jump.port}"]
-    assert "direct-tcpip" in jump.log.read_text() or "Connection from" in sshd.log.read_text()
 
 
 def test_the_profile_wins_over_the_ssh_config(sshd, laptop, in_process, tmp_path):
@@ -192,6 +193,47 @@ def test_agent_ends_when_idle_and_the_next_call_starts_another(sshd, laptop):
     out = laptop.cli("remote", "run", "cl", "--", "echo", "again")
     assert out.stdout == "again\n", out.stderr
     assert [a["pid"] for a in laptop.agents()] != [info["pid"]]
+
+
+def test_agent_ends_when_the_connection_dies(sshd_factory, laptop, in_process):
+    from hpcorch.errors import RemoteError
+    from hpcorch.remote.client import Session
+    from hpcorch.spec.profile import load_profile
+
+    server = sshd_factory("dying")
+    laptop.add_host(server, "login")
+    laptop.profile("cl", server.login_block("login"))
+    assert laptop.cli("remote", "connect", "cl").returncode == 0
+    (info,) = laptop.agents()
+    # sshd serves each connection in a child process: ending those cuts the agent's transport.
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+    assert children
+    for pid in children:
+        os.kill(int(pid), 9)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and Path(info["socket"]).exists():
+        time.sleep(0.2)
+    assert not Path(info["socket"]).exists()
+    assert "died; exiting" in laptop.logs()
+    with pytest.raises(RemoteError, match="not connected to .*: run `hpcorch remote connect PROFILE`"):
+        Session.open(load_profile("cl").login, start=False)
+    out = laptop.cli("remote", "run", "cl", "--", "echo", "back")
+    assert out.stdout == "back\n", out.stderr
+
+
+def test_paramiko_parses_the_config_when_ssh_is_missing(laptop, in_process, monkeypatch, tmp_path):
+    from hpcorch.remote.sshconfig import resolve
+    from hpcorch.spec.profile import Login
+
+    key = keygen(tmp_path / "k")
+    laptop.ssh_config.write_text(f"Host gate\n  HostName 10.0.0.1\n  User g\n"
+                                 f"Host login\n  HostName 10.0.0.2\n  Port 2200\n  User me\n  IdentityFile {key}\n"
+                                 f"  UserKnownHostsFile {laptop.known_hosts}\n  ProxyJump gate\n")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `ssh` on the path
+    target = resolve(Login(host="login"))
+    assert (target.hostname, target.port, target.user, target.identity_files) == ("10.0.0.2", 2200, "me", [str(key)])
+    assert target.known_hosts[0] == str(laptop.known_hosts)
+    assert [(j.hostname, j.port, j.user) for j in target.jumps] == [("10.0.0.1", 22, "g")]
 
 
 def test_keyboard_interactive_2fa_prompts_once_in_20_calls(laptop, tmp_path):

@@ -301,7 +301,8 @@ class _PipePrompter:
         self.out.flush()
         line = self.inp.readline()
         if not line:
-            raise RemoteError(f"authentication needs an answer to {text.strip()!r}; run in a terminal")
+            last = (text.strip().splitlines() or ["a prompt"])[-1]
+            raise RemoteError(f"authentication needs an answer to {last!r}; run in a terminal")
         answer = json.loads(line)
         if "error" in answer:
             raise RemoteError(answer["error"])

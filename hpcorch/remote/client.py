@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Callable
 
 from ..errors import RemoteError
@@ -66,8 +67,14 @@ def default_prompter(text: str, echo: bool) -> str:
         line = sys.stdin.readline() if sys.stdin is not None and not sys.stdin.closed else ""
         sys.stderr.write("\n")
     if not line:
-        raise RemoteError(f"authentication needs an answer to {text.strip()!r}; run in a terminal")
+        raise RemoteError(no_answer(text))
     return line.rstrip("\r\n")
+
+
+def no_answer(prompt: str) -> str:
+    """The one-line message for a prompt nobody could answer (its last line names the question)."""
+    last = (prompt.strip().splitlines() or ["a prompt"])[-1]
+    return f"authentication needs an answer to {last!r}; run in a terminal"
 
 
 def remote_command(argv: list[str], cwd: str | None = None) -> str:
@@ -129,7 +136,10 @@ class Session:
             return
         if not start:
             raise RemoteError(f"not connected to {self.host}: run `hpcorch remote connect PROFILE`")
-        lock_path = self.socket.with_suffix(".lock")
+        # The lock lives in the hpcorch home (as the id includes the home), not in /tmp: nothing
+        # accumulates in the shared folder.
+        lock_path = _agent.log_path(self.id).with_suffix(".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             # Concurrent first calls: one starts the agent, the others wait here and then find it.
@@ -147,10 +157,14 @@ class Session:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         job = {"target": self.target.to_dict(), "id": self.id, "persist_s": self.login.persist_s,
                "accept_new": accept_new, "home": _home(), "log": str(log_file)}
+        # The agent runs this very hpcorch (its folder first on the path) from "/", so it pins
+        # no working folder of the user's while it lives on.
+        package_root = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join([package_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
         with open(log_file, "a") as err:
             proc = subprocess.Popen([sys.executable, "-m", "hpcorch.remote.agent"], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
-                                    close_fds=True)
+                                    close_fds=True, cwd="/", env={**os.environ, "PYTHONPATH": path})
         timer = threading.Timer(START_TIMEOUT_S, proc.kill)
         timer.start()
         try:
@@ -300,7 +314,8 @@ def disconnect(login: Login) -> bool:
 
 
 def agents() -> list[dict]:
-    """Info of every running agent of this user and hpcorch home; stale sockets are removed."""
+    """Info of every running agent of this user and hpcorch home. A socket nobody answers on (an
+    agent killed with SIGKILL) is skipped; the next start for its target replaces it."""
     found = []
     home = _home()
     for path in sorted(_agent.socket_dir().glob("*.sock")):
@@ -308,9 +323,7 @@ def agents() -> list[dict]:
             info = _ask_socket(path, {"op": "info"})
         except OSError:
             info = None
-        if info is None:
-            _remove_stale(path)
-        elif info.get("home") == home:
+        if info is not None and info.get("home") == home:
             found.append(info)
     return found
 
@@ -318,20 +331,3 @@ def agents() -> list[dict]:
 def stop(info: dict) -> bool:
     """Stop the agent described by ``info`` (an item of :func:`agents`)."""
     return _ask_socket(info["socket"], {"op": "stop"}) is not None
-
-
-def _remove_stale(path) -> None:
-    # Only under its start lock: an agent being started right now must not lose its socket.
-    lock = path.with_suffix(".lock")
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if _connect(path) is None:
-            path.unlink(missing_ok=True)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -180,7 +180,7 @@ def _publickey(transport, hop: "Target", prompter: Prompter, tried: list[str]) -
     keys: list[tuple[str, paramiko.PKey]] = []
     try:
         keys += [("ssh-agent key", k) for k in paramiko.Agent().get_keys()]
-    except paramiko.SSHException as exc:
+    except (paramiko.SSHException, OSError) as exc:  # e.g. SSH_AUTH_SOCK names a dead socket
         log.warning("ssh-agent not usable: %s", exc)
     n_agent = len(keys)
     tried_files = 0
