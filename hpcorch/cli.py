@@ -13,6 +13,7 @@ from . import __version__
 from .cluster.commands import devcluster, devcluster_options
 from .node_commands import nodes
 from .profile_commands import profile
+from .remote.commands import remote
 from .completion import complete_jobs, complete_profiles, complete_refs, script
 from .errors import HpcorchError
 from .health.command import health
@@ -26,7 +27,7 @@ class HpcorchGroup(click.Group):
     commands in the order of the workflow rather than the alphabet."""
 
     ORDER = ("plan", "render", "submit", "train", "ls", "status", "logs", "cancel", "resume", "pull", "export",
-             "health", "nodes", "profile", "jobs", "devcluster", "completion")
+             "remote", "health", "nodes", "profile", "jobs", "devcluster", "completion")
 
     def list_commands(self, ctx):
         names = super().list_commands(ctx)
@@ -403,6 +404,7 @@ main.add_command(profile)
 main.add_command(nodes)
 main.add_command(devcluster)
 main.add_command(health)
+main.add_command(remote)
 
 
 @main.command()

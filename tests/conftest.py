@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-pytest_plugins = ["slurm_fixtures"] if (Path(__file__).parent / "slurm_fixtures.py").exists() else []
+pytest_plugins = [p for p in ("slurm_fixtures", "ssh_fixtures") if (Path(__file__).parent / f"{p}.py").exists()]
 
 
 @pytest.fixture
