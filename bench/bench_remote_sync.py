@@ -89,15 +89,16 @@ def main() -> None:
     args = parser.parse_args()
 
     from hpcorch.remote import sync
+    from hpcorch.remote.client import remote_command
 
     work = Path(tempfile.mkdtemp(prefix="bench-sync-", dir=args.keep))
     src, dst = work / "src", work / "dst"
     total, build_s = timed(lambda: build_tree(src, args.files))
     print(f"tree: {args.files} files, {total / 1e6:.1f} MB (built in {build_s:.1f} s) under {work}")
     runner = sync.LocalRunner()
-    line = len(sync.shell_line([runner.python, "-m", "hpcorch.remote.files", "manifest", str(dst), "--unless",
+    line = len(remote_command([runner.python, "-m", "hpcorch.remote.files", "manifest", str(dst), "--unless",
                                 "0" * 32, *(f"--exclude={p}" for p in sync.DEFAULT_EXCLUDE)]))
-    receive_line = len(sync.shell_line([runner.python, "-m", "hpcorch.remote.files", "receive", str(dst)]))
+    receive_line = len(remote_command([runner.python, "-m", "hpcorch.remote.files", "receive", str(dst)]))
 
     first, first_s = timed(lambda: sync.push(runner, src, str(dst)))
     again, again_s = timed(lambda: sync.push(runner, src, str(dst)))

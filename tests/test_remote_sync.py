@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hpcorch.errors import HpcorchError, RemoteError
 from hpcorch.remote import files, sync
+from hpcorch.remote.client import remote_command
 from hpcorch.rundir import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,10 +57,10 @@ def tree(root: Path) -> dict:
 
 
 def test_shell_line_keeps_home_expansion_and_quotes_the_rest():
-    assert sync.shell_line(["~/venv/bin/python", "-m", "x", "a b", "~"], cwd="~/w d") == \
-        "cd ~/'w d' && ~/venv/bin/python -m x 'a b' '~'"
-    assert sync.shell_line("echo $HOME") == "echo $HOME"
-    out = subprocess.run(["bash", "-c", sync.shell_line(["echo", "~/x", "$HOME;"])], capture_output=True, text=True)
+    assert remote_command(["~/venv/bin/python", "-m", "x", "a b", "~"], cwd="~/w d") == \
+        "cd ~/'w d' && ~/venv/bin/python -m x 'a b' ~"
+    assert remote_command("echo $HOME") == "echo $HOME"
+    out = subprocess.run(["bash", "-c", remote_command(["echo", "~/x", "$HOME;"])], capture_output=True, text=True)
     assert out.stdout.split() == [os.path.expanduser("~/x"), "$HOME;"]
 
 
@@ -123,7 +124,7 @@ def test_excluded_names_are_neither_sent_nor_deleted(tmp_path, runner):
 def test_output_printed_by_login_scripts_before_the_answer_is_skipped(tmp_path):
     class Chatty(sync.LocalRunner):
         def run(self, argv, **kw):
-            return super().run("echo 'Welcome to the cluster!'; " + sync.shell_line(argv), **kw)
+            return super().run("echo 'Welcome to the cluster!'; " + remote_command(argv), **kw)
 
     make_tree(tmp_path / "src", 3)
     assert sync.push(Chatty(), tmp_path / "src", str(tmp_path / "dst")).files_sent == 3

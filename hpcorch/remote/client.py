@@ -77,10 +77,11 @@ def no_answer(prompt: str) -> str:
     return f"authentication needs an answer to {last!r}; run in a terminal"
 
 
-def remote_command(argv: list[str], cwd: str | None = None) -> str:
+def remote_command(argv: list[str] | str, cwd: str | None = None) -> str:
     """The shell line running ``argv`` (in ``cwd``): every word quoted, except that a leading
-    ``~/`` stays bare so the remote shell expands it to the remote home."""
-    line = " ".join(_word(a) for a in argv)
+    ``~/`` stays bare so the remote shell expands it to the remote home. A string is taken as
+    a shell line already."""
+    line = argv if isinstance(argv, str) else " ".join(_word(a) for a in argv)
     return f"cd {_word(cwd)} && {line}" if cwd else line
 
 

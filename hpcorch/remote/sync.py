@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import struct
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from typing import IO, BinaryIO, Callable, Iterable, Iterator, Protocol
 from ..errors import HpcorchError, RemoteError
 from ..rundir import RunDir
 from . import files
+from .client import Completed, remote_command
 from .files import DEFAULT_EXCLUDE, Manifest
 
 log = logging.getLogger(__name__)
@@ -45,17 +45,6 @@ _SPOOL = 32 << 20  # the tar of a push is spooled in memory up to this, then on 
 # gzip level of a push's tar. On a 10,000-file code tree (bench/bench_remote_sync.py) level 1
 # packs in a third of level 6's time for 25 % more bytes: it wins above ~1.5 MB/s of upload.
 COMPRESS_LEVEL = 1
-
-
-@dataclass
-class Completed:
-    """What a remote command returned (the same fields as client.Completed)."""
-
-    code: int
-    stdout: bytes
-    stderr: bytes
-    bytes_in: int
-    bytes_out: int
 
 
 class Runner(Protocol):
@@ -90,17 +79,6 @@ class RemoteDiskFull(RemoteError):
     """The login node's file system is full (or the user's quota spent)."""
 
 
-def shell_line(argv: list[str] | str, cwd: str | None = None) -> str:
-    """One shell line for ``argv``: each word quoted, except that a leading ``~/`` stays bare
-    so the remote shell expands it to the remote home; ``cwd``: ``cd DIR && ...``. A string is
-    taken as a shell line already."""
-    def word(w: str) -> str:
-        return "~/" + shlex.quote(w[2:]) if w.startswith("~/") and len(w) > 2 else shlex.quote(w)
-
-    line = argv if isinstance(argv, str) else " ".join(word(w) for w in argv)
-    return f"cd {word(cwd)} && {line}" if cwd else line
-
-
 class LocalRunner:
     """Runs a command's shell line with ``bash -c`` on this machine and counts bytes as an SSH
     channel would (stdout + stderr received, stdin sent): tests and benchmarks of sync without
@@ -116,7 +94,7 @@ class LocalRunner:
             on_stderr: Callable[[bytes], None] | None = None,
             cwd: str | None = None) -> Completed:
         """Run ``argv`` and return its exit code, output (unless streamed) and byte counts."""
-        proc = subprocess.Popen(["bash", "-c", shell_line(argv, cwd)], stdin=subprocess.PIPE,
+        proc = subprocess.Popen(["bash", "-c", remote_command(argv, cwd)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         counts, kept = [0, 0], [bytearray(), bytearray()]
 
