@@ -57,7 +57,7 @@ def _wait_state(laptop, key, wanted: set[str], timeout_s=240) -> dict:
         out = laptop.cli("status", key, "--json")
         assert out.returncode == 0, out.stderr
         info = json.loads(out.stdout)
-        if info["state"].split()[0] in ("FAILED", "NODE_FAIL", "TIMEOUT") - wanted:
+        if info["state"].split()[0] in {"FAILED", "NODE_FAIL", "TIMEOUT"} - wanted:
             raise AssertionError(f"job {key} ended {info['state']}")
         return info if info["state"].split()[0] in wanted else None
 
