@@ -86,9 +86,14 @@ def main() -> None:
         remote_key = str(json.loads(timed_cli(laptop.env, "status", key, "--json")[1].stdout)["remote_key"])
         here = median_of(args.repeat, login_env, "status", remote_key, "--json")
         there = median_of(args.repeat, laptop.env, "status", key, "--json")
+        mux = openssh_mux(server, work, args.repeat, [sys.executable, "-m", "hpcorch", "status", remote_key, "--json"])
+        shell = openssh_mux(server, work, args.repeat, ["true"])
         print(f"\n1. warm status, median of {args.repeat}: on the login node {here:.3f} s, from the laptop "
               f"{there:.3f} s; added {there - here:+.3f} s (goal <= 0.3 s): "
               f"{'ok' if there - here <= 0.3 else 'MISSED'}")
+        print(f"   baseline: OpenSSH with a warm ControlMaster running the same command: {mux:.3f} s "
+              f"(added {mux - here:+.3f} s); `true` through it: {shell:.3f} s (sshd's session and the "
+              f"user's login shell start-up, paid by any SSH client per command)")
 
         colds = []
         for _ in range(max(3, args.repeat // 3)):
@@ -103,6 +108,27 @@ def main() -> None:
     finally:
         laptop.cleanup()
         server.stop()
+
+
+def openssh_mux(server, work: Path, repeat: int, argv: list[str]) -> float:
+    """Median wall time of OpenSSH's own client running ``argv`` over a warm ControlMaster."""
+    import shlex
+
+    config = work / "openssh_config"
+    config.write_text(f"Host mux\n  HostName 127.0.0.1\n  Port {server.port}\n  User {server.user}\n"
+                      f"  IdentityFile {server.client_key}\n  IdentitiesOnly yes\n  StrictHostKeyChecking yes\n"
+                      f"  UserKnownHostsFile {work / 'openssh_known_hosts'}\n  ControlMaster auto\n"
+                      f"  ControlPath {work}/mux-%C\n  ControlPersist 60\n")
+    (work / "openssh_known_hosts").write_text(server.known_hosts_line())
+    command = ["ssh", "-F", str(config), "mux", shlex.join(argv)]
+    subprocess.run(command, capture_output=True, timeout=60, check=True)  # the master starts here
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(command, capture_output=True, timeout=60, check=True)
+        times.append(time.perf_counter() - start)
+    subprocess.run(["ssh", "-F", str(config), "-O", "exit", "mux"], capture_output=True, timeout=60)
+    return statistics.median(times)
 
 
 def resync(laptop, profile: str, work: Path, files: int) -> None:

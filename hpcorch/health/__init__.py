@@ -6,8 +6,16 @@ Slurm step that adds the all-reduce among the nodes and writes each node's repor
 health`` runs the local checks from the command line. ``criteria.for_job(profile, plan)``
 builds what a job's nodes must pass, as explicit options (``Criteria.to_args()``).
 """
-from .checks import check_node
-from .criteria import Criteria, for_job, for_node
-from .report import Check, NodeReport
+import importlib
 
-__all__ = ["Check", "Criteria", "NodeReport", "check_node", "for_job", "for_node"]
+# Imported on first use: `hpcorch` registers the `health` command on every start, and the
+# checks (psutil, the health spec) are not needed unless a check runs.
+_HOME = {"check_node": "checks", "Criteria": "criteria", "for_job": "criteria", "for_node": "criteria",
+         "Check": "report", "NodeReport": "report"}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

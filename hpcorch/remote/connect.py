@@ -84,7 +84,11 @@ def _sock(hop: "Target", via: "paramiko.Transport | None", timeout: float):
         except paramiko.SSHException as exc:
             raise RemoteError(f"the jump host could not open a tunnel to {where} ({exc})") from None
     try:
-        return socket.create_connection((hop.hostname, hop.port), timeout=timeout)
+        sock = socket.create_connection((hop.hostname, hop.port), timeout=timeout)
+        # SSH's small request/reply packets (channel open, exec, exit status) would otherwise
+        # wait on Nagle and delayed ACKs, ~40 ms each, as OpenSSH's own client avoids too.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
     except socket.gaierror:
         raise RemoteError(f"cannot resolve the host name {hop.hostname!r}: check login.host (or HostName in "
                           "your ssh config) and your network") from None
