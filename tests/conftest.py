@@ -25,3 +25,27 @@ def run_cli(*args, cwd=None, env=None, timeout=120):
     return subprocess.run([sys.executable, "-m", "hpcorch.cli", *map(str, args)], cwd=cwd or REPO,
                           env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def mounted_tmpfs(where: Path, size: str):
+    """A tmpfs of ``size`` (``4m``, ``256k``) mounted at ``where`` (created) for a test of a
+    full disk, unmounted afterwards whatever happens; skips the test without root or mount."""
+    import contextlib
+    import subprocess
+
+    @contextlib.contextmanager
+    def mount():
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        where.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        try:
+            yield where
+        finally:
+            if subprocess.run(["umount", str(where)], capture_output=True).returncode:
+                subprocess.run(["umount", "-l", str(where)], check=False)  # busy: detach it anyway
+
+    return mount()

@@ -1,9 +1,10 @@
 """A full disk during a checkpoint save, for real: the run directory on a small tmpfs (root only)."""
 import os
 import re
-import subprocess
 
 import pytest
+
+from conftest import mounted_tmpfs
 
 from trainhelp import summary, train
 
@@ -15,19 +16,8 @@ SIX = ("trainer.steps=6", "trainer.checkpoint.interval=3")
 @pytest.fixture
 def small_fs(tmp_path):
     """A 4 MiB tmpfs of this test's own, unmounted afterwards whatever happens."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                             capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "fs", "4m") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
-            subprocess.run(["umount", "-l", str(mnt)], check=False)  # busy: detach it anyway
 
 
 def _fill(mnt, leave: int):

@@ -2,10 +2,10 @@
 what is refused before anything connects, a full disk on the login node (a real tmpfs behind a
 real sshd), and a remote job whose login node cannot be reached."""
 import os
-import subprocess
 
 import pytest
 
+from conftest import mounted_tmpfs
 from sshd import free_port
 from test_remote_ssh import one_line_error
 
@@ -41,15 +41,7 @@ def test_what_is_refused_before_connecting(laptop, tmp_path):
 
 
 def test_a_full_disk_on_the_login_node_is_one_line_and_names_it(sshd, laptop, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    workdir = tmp_path / "small"
-    workdir.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(workdir)],
-                             capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "256k") as workdir:
         laptop.add_host(sshd, "cluster")
         laptop.profile("cluster", sshd.login_block("cluster").replace(str(sshd.root / "work"), str(workdir)))
         code = tmp_path / "code"
@@ -58,8 +50,6 @@ def test_a_full_disk_on_the_login_node_is_one_line_and_names_it(sshd, laptop, tm
         line = one_line_error(laptop.cli("submit", JOB, "-p", "cluster", "--remote", "--code", code))
         assert line.startswith(f"error: remote disk full at {sshd.user}@127.0.0.1:{sshd.port}:{workdir}/code/code")
         assert not list((workdir / "code").rglob("weights.bin*"))  # nothing half-written left there
-    finally:
-        subprocess.run(["umount", str(workdir)], capture_output=True)
 
 
 def test_a_remote_job_whose_login_node_is_gone(laptop):

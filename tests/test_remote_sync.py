@@ -20,6 +20,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hpcorch.errors import HpcorchError, RemoteError
 from hpcorch.remote import files, sync
 from hpcorch.remote.client import remote_command
+
+from conftest import mounted_tmpfs
 from hpcorch.rundir import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,15 +191,8 @@ def test_receive_refuses_paths_that_leave_the_tree(tmp_path, members, delete):
 # ----- a full disk, for real ---------------------------------------------------------------
 @pytest.fixture
 def small_fs(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "256k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_a_full_remote_disk_is_named_and_leaves_no_half_written_file(tmp_path, small_fs, runner):
