@@ -143,8 +143,11 @@ def test_submit_through_a_jump_host_from_an_included_ssh_config(login_node, sshd
     profile = _profile(laptop, login_node, "behind")
     run = tmp_path / "run"
     accepted = jump.accepted()
+    check = laptop.cli("submit", JOB, "-p", profile, "--remote", "--check", *_sets())
+    assert check.returncode == 0 and "to start at" in check.stdout, check.stdout + check.stderr
+    assert not run.exists()  # asked, nothing submitted
     job = _submitted(laptop, laptop.cli("submit", JOB, "-p", profile, "--remote", "--run-dir", run, "--json",
                                         *_sets()), jobs)
-    assert jump.accepted() == accepted + 1  # the login went through the jump host
+    assert jump.accepted() == accepted + 1  # one login, through the jump host, for both commands
     assert _wait_state(laptop, str(job["key"]), {"COMPLETED"})["step"] == 150
     assert json.loads((run / "summary.json").read_text())["weights_sha256"] == reference["weights_sha256"]
