@@ -223,10 +223,7 @@ class Session:
         """Run ``argv`` (a list, quoted by :func:`remote_command`, or a ready shell line) on the
         login node; stream ``stdin`` to it; return its exit code and output (or hand output to
         the callbacks as it arrives)."""
-        if isinstance(argv, str):
-            cmd = f"cd {_word(cwd)} && {argv}" if cwd else argv
-        else:
-            cmd = remote_command(list(argv), cwd)
+        cmd = remote_command(argv if isinstance(argv, str) else list(argv), cwd)
         sock = self._request({"op": "exec", "cmd": cmd})
         feeder = threading.Thread(target=_feed, args=(sock, stdin), daemon=True)
         feeder.start()
