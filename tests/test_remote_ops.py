@@ -67,3 +67,27 @@ def test_a_remote_job_whose_login_node_is_gone(laptop):
     local = registry.add("78", "gpt-tiny", "local", "local", str(laptop.root / "run"), "")
     line = one_line_error(laptop.cli("pull", str(local.key)))
     assert "ran from this machine" in line and "nothing to pull" in line
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("host", "-oProxyCommand=x", "login.host: expected a host name"),
+    ("key_file", "-oProxyCommand=x", "login.key_file: expected a path"),
+    ("python", "python3;id", "login.python: expected a path"),
+    ("python", "-c", "login.python: expected a path"),
+    ("workdir", "$(id)", "login.workdir: expected a path"),
+    ("proxy_jump", "-J x", "login.proxy_jump: expected [user@]host[:port]"),
+    ("persist", "unlimited", "login.persist: expected a finite idle time"),
+])
+def test_login_values_that_would_reach_ssh_or_a_shell_are_checked(tmp_path, key, value, expected):
+    import yaml
+
+    from hpcorch.errors import ConfigError
+    from hpcorch.spec.profile import load_profile
+
+    login = {"host": "login.example.org", key: value}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "scheduler": "slurm", "login": login,
+                                    "node_types": {"n": {"cpus": 4, "memory_mb": 1000}},
+                                    "partitions": [{"name": "q", "nodes": "n1", "node_type": "n"}]}))
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        load_profile(path)

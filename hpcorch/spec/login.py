@@ -36,7 +36,7 @@ class Login:
         for key in ("key_file", "workdir", "python"):
             value = getattr(self, key)
             if value is not None and not _REMOTE_PATH_RE.fullmatch(value):
-                raise Invalid(key, "expected a path (letters, digits, _./+@,=- and a leading ~/), "
+                raise Invalid(key, "expected a path (letters, digits, _./+@,=-, a leading ~/, not starting with -), "
                                    f"got {value!r}")
         try:
             units.parse_time(self.persist)
@@ -51,4 +51,4 @@ class Login:
 
 
 _HOP_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.+-]{0,63}@)?[A-Za-z0-9][A-Za-z0-9_.-]{0,252}(:\d{1,5})?")
-_REMOTE_PATH_RE = re.compile(r"(~/)?[A-Za-z0-9_./+@,=-]{1,1024}")
+_REMOTE_PATH_RE = re.compile(r"(~/)?[A-Za-z0-9_./+@,=][A-Za-z0-9_./+@,=-]{0,1023}")  # no leading "-": never an option
