@@ -21,6 +21,15 @@ def count(value: int) -> str:
     return f"{value:,}" if abs(value) < 1e6 else f"{value:,} ({si(value)})"
 
 
+def duration(seconds: float) -> str:
+    """1h, 30m, 1h30m, 45s: the short form of an idle time."""
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    return "".join(parts) or "0s"
+
+
 # Units of the plan summary's raw numbers, by key.
 FORMATS: dict[str, Callable[[Any], str]] = {
     "parameters": si,

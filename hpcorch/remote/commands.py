@@ -11,31 +11,7 @@ import time
 import click
 
 from ..completion import complete_profiles
-
-
-def _login(profile_ref: str):
-    """The ``login:`` of a profile (name or path); ConfigError naming the file when absent."""
-    from ..errors import ConfigError
-    from ..spec import catalog
-    from ..spec.profile import load_profile
-
-    prof = load_profile(profile_ref)
-    if prof.login is None:
-        where = profile_ref
-        if catalog.is_name(profile_ref):
-            where = str(catalog.find("profiles", profile_ref) or profile_ref)
-        raise ConfigError(where, "login", "this profile has no login: section (host, user, ...) "
-                                          "to reach the cluster over SSH")
-    return prof.login
-
-
-def duration(seconds: float) -> str:
-    """1h, 30m, 1h30m, 45s: the short form of an idle time."""
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
-    return "".join(parts) or "0s"
+from ..display import duration
 
 
 @click.group()
@@ -49,9 +25,10 @@ def remote():
               help="Store the host key when it is unknown (never when it changed), as OpenSSH's accept-new.")
 def connect(profile, accept_new):
     """Connect to PROFILE's login node (or reuse the connection) and check its hpcorch version."""
+    from .ops import login_of
     from .client import Session
 
-    login = _login(profile)
+    login = login_of(profile)
     session = Session.open(login, accept_new=accept_new)
     version = session.check_version()
     click.echo(f"connected to {session.host} (hpcorch {version}, {session.python}); "
@@ -63,12 +40,13 @@ def connect(profile, accept_new):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(profile, as_json):
     """The running connection agents (all, or PROFILE's): host, pid, since, idle, bytes, commands."""
+    from .ops import login_of
     from .client import agents
     from .sshconfig import resolve
 
     rows = agents()
     if profile is not None:
-        key = resolve(_login(profile)).key
+        key = resolve(login_of(profile)).key
         rows = [r for r in rows if r["key"] == key]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -87,11 +65,12 @@ def status(profile, as_json):
 @click.argument("profile", required=False, shell_complete=complete_profiles)
 def disconnect(profile):
     """Close the connection to PROFILE's login node (all connections without PROFILE)."""
+    from .ops import login_of
     from .client import agents, stop
     from .client import disconnect as close
 
     if profile is not None:
-        login = _login(profile)
+        login = login_of(profile)
         click.echo("disconnected" if close(login) else "no connection was open")
         return
     stopped = [r["host"] for r in agents() if stop(r)]
@@ -104,9 +83,10 @@ def disconnect(profile):
 @click.option("--cwd", help="Run in this folder of the login node (default: the home).")
 def run(profile, argv, cwd):
     """Run a command on PROFILE's login node over the shared connection; exit with its status."""
+    from .ops import login_of
     from .client import Session
 
-    session = Session.open(_login(profile))
+    session = Session.open(login_of(profile))
     done = session.run(list(argv), stdin=None, cwd=cwd,
                        on_stdout=lambda b: (sys.stdout.buffer.write(b), sys.stdout.buffer.flush()),
                        on_stderr=lambda b: (sys.stderr.buffer.write(b), sys.stderr.buffer.flush()))

@@ -38,14 +38,25 @@ def wanted(profile: ClusterProfile, remote: bool | None, source: str = "") -> bo
     return profile.login is not None and profile.scheduler == "slurm" and shutil.which("sbatch") is None
 
 
+def login_of(profile_ref: str):
+    """The ``login:`` of a profile (name or path); ConfigError naming the file when absent."""
+    from ..spec import catalog
+
+    prof = load_profile(profile_ref)
+    if prof.login is None:
+        where = profile_ref
+        if catalog.is_name(profile_ref):
+            where = str(catalog.find("profiles", profile_ref) or profile_ref)
+        raise ConfigError(where, "login", "this profile has no login: section (host, user, ...) "
+                                          "to reach the cluster over SSH")
+    return prof.login
+
+
 def session(profile_ref: str, accept_new: bool = False):
     """The agent's session to ``profile_ref``'s login node, its hpcorch version checked."""
     from .client import Session
 
-    profile = load_profile(profile_ref)
-    if profile.login is None:
-        raise ConfigError(str(profile_ref), "login", "expected a login: section to reach this job's login node")
-    sess = Session.open(profile.login, accept_new=accept_new)
+    sess = Session.open(login_of(profile_ref), accept_new=accept_new)
     sess.check_version()
     return sess
 
