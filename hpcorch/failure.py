@@ -122,8 +122,8 @@ def classify_training(ends: list[TaskEnd], srun_failed: list[str], records: list
                         f"{first.get('error') or 'a clear error (exit 2); its log has the line'}")
         return failure
     lost = sorted(dict.fromkeys(down + srun_failed))
-    hard = [e for e in ends if e.hard]
     own = [r for r in records if not PEER_LOST.search(r.get("error", "")) and r.get("exit_code") != protocol.CHECKPOINTED]
+    hard = _hard_deaths(ends, after_an_error_of_its_own=bool(own))
     if lost:
         failure.nodes, failure.evidence = lost, "hard"
         failure.what = f"node {', '.join(lost)} failed under the job (Slurm reports it down)"
@@ -141,6 +141,16 @@ def classify_training(ends: list[TaskEnd], srun_failed: list[str], records: list
     else:
         failure.what = "the training step failed and no task end was reported"
     return failure
+
+
+def _hard_deaths(ends: list[TaskEnd], after_an_error_of_its_own: bool) -> list[TaskEnd]:
+    """The task ends that convict their node. Once a rank exited with an error of its own,
+    srun terminates the step and kills what has not ended after KillWait (slow ranks of a
+    loaded machine): deaths srun reports after that first error exit are its doing, not a cause."""
+    if after_an_error_of_its_own:
+        first_error = next((i for i, e in enumerate(ends) if e.exit_code not in (None, 0)), len(ends))
+        ends = ends[:first_error]
+    return [e for e in ends if e.hard]
 
 
 def classify_preflight(reports: dict[str, dict | None], step: int | None) -> Failure:

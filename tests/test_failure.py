@@ -60,6 +60,22 @@ def test_an_error_of_its_own_is_soft_evidence_and_peers_are_ignored():
     assert "illegal memory access" in f.what
 
 
+def test_ranks_srun_kills_after_an_error_of_their_own_are_not_the_culprits():
+    # A loaded machine: the peers did not end within KillWait after srun terminated the step,
+    # so srun killed them. The rank's own error came first and stays the cause (a crash loop
+    # must keep one signature however the peers ended).
+    records = [{"rank": 0, "node": "node1", "exit_code": 1, "error": "RuntimeError: injected", "time": 1.0}]
+    ends, _ = srun_ends(_err("srun: error: node1: task 0: Exited with exit code 1",
+                             "srun: launch/slurm: _step_signal: Terminating StepId=997.1",
+                             "srun: error: node1: task 1: Killed", "srun: error: node2: tasks 2-3: Killed"))
+    f = classify_training(ends, [], records, down=[], step=30)
+    assert (f.nodes, f.evidence) == (["node1"], "soft") and "injected" in f.what
+    # A death reported before that error exit still convicts its node.
+    ends, _ = srun_ends(_err("srun: error: node2: tasks 2-3: Killed",
+                             "srun: error: node1: task 0: Exited with exit code 1"))
+    assert classify_training(ends, [], records, down=[], step=30).nodes == ["node2"]
+
+
 def test_a_clear_error_is_never_retried_and_a_checkpointed_stop_is_the_protocols():
     records = [{"rank": 1, "node": "node1", "exit_code": protocol.CLEAR_ERROR, "error": "job.yaml: trainer.steps: ...",
                 "time": 1.0}]
