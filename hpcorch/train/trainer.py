@@ -139,7 +139,7 @@ class Trainer:
         if self.steps_this_process == 1:
             self.runlog.event("first_step", step=st.step)
         self.trace.write(st.step, seen)
-        record = {"step": st.step, "loss": st.last_loss, "lr": lr, "grad_norm": grad_norm,
+        record = {"step": st.step, "time": time.time(), "loss": st.last_loss, "lr": lr, "grad_norm": grad_norm,
                   "step_time_s": dt, "tokens_per_s": self.tokens_per_step / dt,
                   "mfu": self.flops_per_step / dt / (self.peak_flops * self.world) if self.peak_flops else None,
                   "max_mem_mb": max_memory_mb(self.env.device)}
