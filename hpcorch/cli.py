@@ -12,6 +12,7 @@ import click
 from . import __version__
 from .cluster.commands import devcluster, devcluster_options
 from .node_commands import nodes
+from .observe_commands import manifest, plot as plot_command
 from .profile_commands import profile
 from .remote.commands import remote
 from .completion import complete_jobs, complete_profiles, complete_refs, script
@@ -26,8 +27,8 @@ class HpcorchGroup(click.Group):
     """Prints hpcorch's errors as one line on stderr and exits 2, without a traceback, and lists
     commands in the order of the workflow rather than the alphabet."""
 
-    ORDER = ("plan", "render", "submit", "train", "ls", "status", "logs", "cancel", "resume", "pull", "export",
-             "remote", "health", "nodes", "profile", "jobs", "devcluster", "completion")
+    ORDER = ("plan", "render", "submit", "train", "ls", "status", "logs", "plot", "manifest", "cancel", "resume",
+             "pull", "export", "remote", "health", "nodes", "profile", "jobs", "devcluster", "completion")
 
     def list_commands(self, ctx):
         names = super().list_commands(ctx)
@@ -400,11 +401,8 @@ def jobs_list():
                    f"{job.trainer.model.num_params() / 1e6:>10.1f}M  {job.description}")
 
 
-main.add_command(profile)
-main.add_command(nodes)
-main.add_command(devcluster)
-main.add_command(health)
-main.add_command(remote)
+for command in (profile, nodes, devcluster, health, remote, manifest, plot_command):
+    main.add_command(command)
 
 
 @main.command()

@@ -17,6 +17,7 @@ Layout (``R`` the run directory)::
     R/config_accepted.json   the training config the user accepted over a checkpoint's (--allow-config-change)
     R/summary.json           written once the run completes
     R/health/attempt-N/NODE.json   each node's pre-flight report of attempt N (SLURM_RESTART_COUNT)
+    R/manifests/attempt-N.json|.patch  what ran in the run's Nth attempt (submission.json: the submit's record)
     R/logs/%j.out|err        the batch script's own output; logs/controller.log (local)
     R/submitit/%j/           submitit's pickles and per-rank logs (submitit's JobPaths names)
 """
@@ -223,6 +224,11 @@ class RunDir:
     controller_log = property(lambda self: self.root / "logs" / "controller.log")
 
     failures = property(lambda self: self.root / "failures.jsonl")
+    manifests = property(lambda self: self.root / "manifests")
+
+    def manifest_file(self, attempt: int | None, suffix: str = "json") -> Path:
+        """The Nth attempt's manifest (``json``) or code patch (``patch``); None: the submission's record."""
+        return self.manifests / (f"attempt-{int(attempt)}.{suffix}" if attempt is not None else "submission.json")
 
     def exit_record(self, attempt: int, rank: int) -> Path:
         """Why rank ``rank`` of attempt ``attempt`` (Slurm's restart count) ended with an error,

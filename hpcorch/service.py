@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 
 from . import status as observe
 from .errors import ConfigError, HpcorchError
+from .manifest import differences, write_attempt
 from .plan import Plan, default_run_dir, make_plan
 from .registry import Entry, Registry
 from .rundir import LEASE_ENV, Lease, RunDir
@@ -234,7 +235,8 @@ def status(ref: str, registry: Registry | None = None) -> dict:
         return ops.status(entry)
     state = observe.states([entry])[entry.key]
     return {"key": entry.key, "job_id": entry.job_id, "name": entry.name, "state": state,
-            **observe.progress(entry), "next": observe.advice(entry, state), "run_dir": entry.run_dir}
+            **observe.progress(entry), "next": observe.advice(entry, state), "run_dir": entry.run_dir,
+            "warnings": differences(RunDir.open(entry.run_dir))}
 
 
 def cancel(ref: str, registry: Registry | None = None) -> str:
@@ -351,6 +353,7 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
         run.claim(lease, observe.lease_is_live)  # "in use" first, as in submit
         accept_config_changes(run, spec, allow_config_change, resume_step)
     job_file = run.write_job(spec)
+    write_attempt(run, str(os.getpid()), "process", code_dir=os.getcwd())
     extra = (["--resume-step", str(resume_step)] if resume_step is not None else []) + \
         (["--peak-tflops", str(peak_tflops)] if peak_tflops else [])
     code = launch_local(job_file, run.root, spec.resources.tasks_per_node, extra, env={LEASE_ENV: lease.token()})

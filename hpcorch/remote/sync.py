@@ -256,11 +256,11 @@ def _pack(local_dir: str, changed: list[str], out: IO[bytes], gone: list[str]) -
 def observable_paths(run: RunDir | None = None) -> list[str]:
     """What ``hpcorch pull`` fetches of a run directory, relative to it, in RunDir's names: the
     job, metrics, events, progress, restarts, summary, failures, exit records, health reports,
-    the batch logs and the ranks' logs. Never checkpoints nor submitit's pickles."""
+    run manifests, the batch logs and the ranks' logs. Never checkpoints nor submitit's pickles."""
     run = run or RunDir("/run")
     names = [run.job_file, run.metrics, run.events, run.progress_file, run.restarts_file,
              run.summary_file, run.failures, run.logs, run.exit_record(0, 0).parent.parent,
-             run.health_dir(0).parent]
+             run.health_dir(0).parent, run.manifests]
     rel = [os.path.relpath(p, run.root) for p in names]
     rank_logs = [os.path.relpath(run.rank_log_pattern(s), run.root).replace("%j", "*").replace("%t", "*")
                  for s in ("out", "err")]

@@ -18,7 +18,7 @@ The split, decided key by key:
   ``trainer.sharding`` and ``trainer.parallel``: checkpoints reshard on load; and
   ``trainer.micro_batch``, which has to follow the number of ranks to keep the global batch);
   where and how often checkpoints go (``trainer.checkpoint.*``); evaluation and logging
-  (``eval_interval``, ``eval_batches``, ``log_interval``); speed switches that recompute the
+  (``eval_interval``, ``eval_batches``, ``log_interval``, ``loggers``); speed switches that recompute the
   same values (``activation_checkpointing``, ``compile``); the collective timeout; and the
   job's ``name``, ``description``, ``environment`` and ``requeue`` budgets.
 * **Never accepted** (:data:`FIXED`), not even with the flag: the model (another shape cannot
@@ -40,7 +40,7 @@ FLAG = "--allow-config-change"
 
 NOT_RECORDED = ("trainer.micro_batch", "trainer.sharding", "trainer.parallel", "trainer.checkpoint",
                 "trainer.eval_interval", "trainer.eval_batches",
-                "trainer.log_interval", "trainer.activation_checkpointing", "trainer.compile",
+                "trainer.log_interval", "trainer.loggers", "trainer.activation_checkpointing", "trainer.compile",
                 "trainer.collective_timeout_s")
 FIXED = ("trainer.model", "trainer.data", "trainer.seed", "trainer.global_batch", "trainer.optimizer.name")
 

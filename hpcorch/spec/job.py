@@ -189,10 +189,15 @@ class TrainerSpec:
     eval_batches: int = 4
     log_interval: int = 10
     collective_timeout_s: int = 300
+    # More destinations for rank 0's reports (hpcorch.train.sinks): TensorBoard event files in
+    # RUN_DIR/tensorboard, W&B offline runs in RUN_DIR/wandb.
+    loggers: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
 
     def __post_init__(self):
         check_positive(self, "steps", "global_batch", "micro_batch", "eval_batches", "log_interval", "collective_timeout_s")
         check_positive(self, "eval_interval", allow_zero=True)
+        if len(set(self.loggers)) != len(self.loggers):
+            raise Invalid("loggers", f"expected each logger once, got {self.loggers}")
         if not 0 <= self.seed < 2**64:
             raise Invalid("seed", f"expected 0 <= seed < 2**64 (what torch accepts), got {self.seed}")
         m = self.model

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 from ..errors import HpcorchError
+from ..manifest import record_submission
 from ..plan import Plan
+from ..spec.schema import to_dict
 from .task import TrainTask
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ def start(plan: Plan, script: str):
     _align_submitit_logging()
     run = plan.run
     job_file = run.write_job(plan.job)
+    # Where this was submitted from: every attempt's manifest records that code directory's state.
+    record_submission(run, os.getcwd(), script, to_dict(plan.profile))
     task = TrainTask(str(job_file), str(run.root), plan.profile.scheduler, plan.peak_tflops)
     try:
         if plan.profile.scheduler == "slurm":

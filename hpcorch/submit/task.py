@@ -96,6 +96,10 @@ class TrainTask:
         run = RunDir.for_job(self.run_dir, job)
         budget = RestartBudget(run)
         self._claim(run, job_id, env.rank)
+        if env.rank == 0:  # what runs in this attempt: code, packages, versions (hpcorch manifest)
+            from ..manifest import write_attempt
+
+            write_attempt(run, job_id, self.scheduler)
         if self.scheduler == "slurm" and env.rank == 0:
             self._count_unplanned_restart(job, budget)
         start_delay()

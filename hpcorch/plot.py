@@ -1,0 +1,213 @@
+"""``hpcorch plot``: a run's curves over steps (loss and validation loss, learning rate,
+tokens/s, goodput) with its restarts marked, in the terminal (plotext: login nodes have no
+display) or as a PNG (matplotlib, Agg). Both are imported only when drawing.
+
+The curves come from ``metrics.jsonl`` and the ``process_start`` events. After a restart some
+steps are trained again; the record that survives for a step is its last one, so the curves
+are the run's final trajectory, and a step trained twice counts once as productive. Goodput
+at a step is the productive step time so far (the surviving records' ``step_time_s``) over
+the wall time since the run's first process start: the share of elapsed time that became
+training the run kept. (:mod:`hpcorch.goodput`, where present, accounts allocated time by
+bucket; this is the curve.)
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import HpcorchError
+from .rundir import RunDir
+
+PNG_SIZE_IN = (12.0, 8.0)
+PNG_DPI = 100                # 1200 x 800 pixels
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass
+class Curves:
+    """A run's series over steps; ``restarts``: each later process start (the step it resumed
+    from, its time and the restart count)."""
+
+    name: str
+    run_dir: str
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    tokens_per_s: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    goodput_steps: list[int] = field(default_factory=list)
+    goodput: list[float] = field(default_factory=list)  # 0..1
+    restarts: list[dict] = field(default_factory=list)
+    recomputed: int = 0  # step records superseded by a later run of the same step
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _json_lines(path: Path) -> list[dict]:
+    out = []
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash
+                if isinstance(record, dict):
+                    out.append(record)
+    except OSError:
+        pass
+    return out
+
+
+def curves(run: RunDir, name: str | None = None) -> Curves:
+    """The curves of the run in ``run``."""
+    records = [r for r in _json_lines(run.metrics) if isinstance(r.get("step"), int)]
+    if not records:
+        raise HpcorchError(f"no metrics yet in {run.metrics}: nothing to plot")
+    final = {r["step"]: r for r in records}  # a later record of a step supersedes the earlier
+    kept = [final[s] for s in sorted(final)]
+    starts = [e for e in _json_lines(run.events) if e.get("event") == "process_start"]
+    out = Curves(name or run.root.name, str(run.root), recomputed=len(records) - len(kept))
+    for r in kept:
+        out.steps.append(r["step"])
+        out.loss.append(r.get("loss"))
+        out.lr.append(r.get("lr"))
+        out.tokens_per_s.append(r.get("tokens_per_s"))
+        if r.get("val_loss") is not None:
+            out.val_steps.append(r["step"])
+            out.val_loss.append(r["val_loss"])
+    out.restarts = [{"step": e.get("step", 0), "time": e.get("time"), "restarts": e.get("restarts", i + 1)}
+                    for i, e in enumerate(starts[1:])]
+    _goodput(out, kept, starts)
+    return out
+
+
+def _goodput(out: Curves, kept: list[dict], starts: list[dict]) -> None:
+    """Productive step time over wall time since the first process start, at each kept step
+    (runs from before metrics carried ``time`` have no such curve)."""
+    timed = [r for r in kept if isinstance(r.get("time"), (int, float)) and r.get("step_time_s") is not None]
+    if not timed:
+        return
+    first = min([e["time"] for e in starts if isinstance(e.get("time"), (int, float))]
+                or [timed[0]["time"] - timed[0]["step_time_s"]])
+    productive = 0.0
+    for r in timed:
+        productive += r["step_time_s"]
+        elapsed = r["time"] - first
+        if elapsed > 0:
+            out.goodput_steps.append(r["step"])
+            out.goodput.append(min(1.0, productive / elapsed))
+
+
+def headline(c: Curves) -> str:
+    """One line above the plot: the run, its steps, its restarts and where it stands."""
+    marks = ", ".join(f"R{i + 1} resumed at step {r['step']}" for i, r in enumerate(c.restarts))
+    parts = [f"{c.name}: steps {c.steps[0]}-{c.steps[-1]}", f"loss {c.loss[-1]:.4f}"]
+    if c.val_loss:
+        parts.append(f"val loss {c.val_loss[-1]:.4f}")
+    if c.goodput:
+        parts.append(f"goodput {c.goodput[-1] * 100:.1f}%")
+    parts.append(f"{len(c.restarts)} restart{'s' if len(c.restarts) != 1 else ''}" + (f" ({marks})" if marks else ""))
+    if c.recomputed:
+        parts.append(f"{c.recomputed} steps recomputed")
+    return "; ".join(parts)
+
+
+def _panels(c: Curves) -> list[tuple[str, list[tuple[str, list, list]]]]:
+    """(title, [(series name, x, y)]) for each of the four panels."""
+    return [("loss", [("loss", c.steps, c.loss)] + ([("val loss", c.val_steps, c.val_loss)] if c.val_loss else [])),
+            ("learning rate", [("lr", c.steps, c.lr)]),
+            ("tokens/s", [("tokens/s", c.steps, c.tokens_per_s)]),
+            ("goodput % (productive step time / wall time)",
+             [("goodput", c.goodput_steps, [g * 100 for g in c.goodput])])]
+
+
+def terminal(c: Curves, width: int | None = None, height: int | None = None, color: bool = True) -> str:
+    """The four panels as terminal text (plotext), under :func:`headline`; restarts are dashed
+    vertical lines labelled R1, R2, ..."""
+    try:
+        import plotext as plt
+    except ImportError:
+        raise HpcorchError("plotting in the terminal needs plotext: pip install plotext") from None
+    size = shutil.get_terminal_size((120, 40))
+    width, height = width or min(size.columns, 160), height or max(24, min(size.lines - 2, 50))
+    plt.clear_figure()
+    plt.subplots(2, 2)
+    plt.plotsize(width, height)
+    for i, (title, series) in enumerate(_panels(c)):
+        plt.subplot(i // 2 + 1, i % 2 + 1)
+        plt.theme("clear")
+        plt.title(title)
+        drawn = [(label, x, y) for label, x, y in series if x and all(v is not None for v in y)]
+        for label, x, y in drawn:
+            plt.plot(x, y, label=label, marker="dot" if label == "val loss" else "hd")
+        if not drawn:
+            plt.title(f"{title}: no data")
+            continue
+        ys = [v for _, _, y in drawn for v in y]
+        for k, r in enumerate(c.restarts):
+            plt.vline(r["step"], "red")
+            plt.text(f"R{k + 1}", r["step"], max(ys), color="red")
+    text = plt.build()
+    if not color:
+        text = _ANSI.sub("", text)
+    return headline(c) + "\n" + text
+
+
+def png(c: Curves, path: str | Path) -> Path:
+    """The four panels as a PNG of :data:`PNG_SIZE_IN` x :data:`PNG_DPI` pixels (matplotlib, Agg)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise HpcorchError("--png needs matplotlib: pip install 'hpcorch[plot]'") from None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=PNG_SIZE_IN, dpi=PNG_DPI, sharex=True)
+    try:
+        for ax, (title, series) in zip(axes.flat, _panels(c)):
+            for label, x, y in series:
+                if x and all(v is not None for v in y):
+                    style = dict(marker="o", linestyle="--") if label == "val loss" else {}
+                    ax.plot(x, y, label=label, linewidth=1.2, **style)
+            for k, r in enumerate(c.restarts):
+                ax.axvline(r["step"], color="tab:red", linestyle=":", linewidth=1)
+                ax.annotate(f"R{k + 1}", (r["step"], 1.0), xycoords=("data", "axes fraction"),
+                            xytext=(2, -12), textcoords="offset points", color="tab:red", fontsize=8)
+            ax.set_title(title if ax.has_data() else f"{title}: no data", fontsize=10)
+            ax.grid(True, alpha=0.3)
+            if ax.has_data() and len(series) > 1:
+                ax.legend(fontsize=8)
+        axes[1][1].set_ylim(0, 100)
+        axes[0][1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        for ax in axes[1]:
+            ax.set_xlabel("step")
+        fig.suptitle(headline(c), fontsize=9)
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=PNG_DPI)  # no bbox_inches="tight": the size stays what is asked
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_curves(ref: str, registry=None) -> Curves:
+    """The curves of job ``ref`` (a registry reference or a run directory; a remote job: its
+    pulled copy)."""
+    from .manifest import run_of
+
+    run = run_of(ref, registry)
+    name = None
+    if run.job_file.exists():
+        from .spec.yamlio import read_yaml
+
+        try:
+            name = (read_yaml(run.job_file) or {}).get("name")
+        except HpcorchError:
+            pass
+    return curves(run, name)
