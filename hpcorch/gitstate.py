@@ -87,22 +87,25 @@ def _without_credentials(url: str | None) -> str | None:
 
 def _with_untracked(top: Path, patch: bytes, names: list[str], limit: int) -> tuple[bytes, bool]:
     """``patch`` followed by a "new file" patch of each untracked file (``git apply`` takes it),
-    cut at ``limit`` bytes; returns (patch, whether it was cut)."""
+    cut at ``limit`` bytes; returns (patch, whether anything was left out). A file larger than
+    the limit on its own is named, with no content."""
     parts = [patch]
-    size = len(patch)
+    size, cut = len(patch), False
     for name in sorted(names):
         if size > limit:
+            cut = True
             break
         try:
             data = (top / name).read_bytes() if (top / name).stat().st_size <= limit else None
         except OSError:
             continue
+        cut |= data is None
         part = _new_file_patch(name, data)
         parts.append(part)
         size += len(part)
     joined = b"".join(parts)
     if len(joined) <= limit:
-        return joined, False
+        return joined, cut
     return joined[:limit] + b"\n# hpcorch: patch cut at %d bytes\n" % limit, True
 
 

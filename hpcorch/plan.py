@@ -12,7 +12,7 @@ from .placement import PlacementPlan, plan_placement
 from .nodefit import (check_constraint, check_gpu_type, check_mig, check_node_counts, fit_node_groups)
 from . import siterequests
 from .spec import units
-from .errors import PlanError
+from .errors import HpcorchError, PlanError
 from .launchplan import LaunchPlan, extra_directives, resolve_launch
 from .rundir import RunDir
 from .spec.job import JobSpec
@@ -147,6 +147,19 @@ def default_run_dir(job: JobSpec, profile: ClusterProfile | None = None) -> Path
     return Path(expanded) / job.name
 
 
+def _check_loggers(job: JobSpec, profile: ClusterProfile, source: str, warnings: list[str]) -> None:
+    """A logger whose package is missing: refused here, unless the job may be submitted from a
+    login node over SSH (``login:``), whose own hpcorch checks its own packages."""
+    from .train.sinks import check_available
+
+    try:
+        check_available(job.trainer.loggers, source)
+    except HpcorchError as exc:
+        if profile.login is None:
+            raise
+        warnings.append(f"{exc}; needed only where the job runs")
+
+
 def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None = None,
               source: str = "job", python: str | None = None, nccl_debug: str | None = None,
               quarantined: dict[str, str] | None = None) -> Plan:
@@ -212,6 +225,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     _nccl_debugging(job, environment, nccl_debug, warnings, notes)
     layoutplan.check_layout(job, eligible, fail, warnings)
     launch = resolve_launch(job, profile, eligible, python, fail, warnings)
+    _check_loggers(job, profile, source, warnings)
     # The nodes the job may land on: its eligible node groups' hosts, minus exclusions.
     hosts = [h for h in dict.fromkeys(h for g in eligible for h in g.hosts) if h not in excluded]
     placement = plan_placement(job.placement, profile, hosts, res.nodes, fail, notes, warnings)

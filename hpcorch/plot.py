@@ -137,6 +137,7 @@ def terminal(c: Curves, width: int | None = None, height: int | None = None, col
     size = shutil.get_terminal_size((120, 40))
     width, height = width or min(size.columns, 160), height or max(24, min(size.lines - 2, 50))
     plt.clear_figure()
+    plt.limitsize(False, False)  # the size asked for, also when stdout is a pipe (plotext measures 80x24)
     plt.subplots(2, 2)
     plt.plotsize(width, height)
     for i, (title, series) in enumerate(_panels(c)):

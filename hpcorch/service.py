@@ -343,6 +343,9 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
         if nproc is None or "(--set " in exc.source or not exc.key.startswith("trainer."):
             raise
         raise ConfigError(f"{exc.source} (--nproc {nproc})", exc.key, exc.message) from None
+    from .train.sinks import check_available
+
+    check_available(spec.trainer.loggers, str(job))
     if spec.resources.nodes != 1:
         raise ConfigError(str(job), "resources.nodes",
                           f"a local run uses one node, got {spec.resources.nodes}; pass --nproc")

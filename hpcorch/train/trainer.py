@@ -24,6 +24,7 @@ from .optim import lr_at
 from .parallel import build_parallel_model, resolve_layout
 from .prefetch import StepBatches
 from .runlog import RunLogger, Sink, placement_record
+from .sinks import build_sinks
 from .state import TrainState
 from .stop import StopAgreement
 from .store import CheckpointStore
@@ -66,6 +67,8 @@ class Trainer:
         self.batches = StepBatches(self.data.train, self.dp_rank, self.layout.dp, tr.global_batch,
                                    self.layout.micro_batch, env.device)
 
+        if env.is_main and tr.loggers:  # TensorBoard, W&B (offline)
+            sinks = (*sinks, *build_sinks(job, self.run_dir))
         self.runlog = RunLogger(self.run_dir, self.state, env.is_main, tr.steps, tr.log_interval, sinks)
         store = CheckpointStore(self.run_dir.checkpoints, env.rank, self.world, keep=tr.checkpoint.keep,
                                 async_save=tr.checkpoint.async_save,
