@@ -23,8 +23,11 @@ def _ref(func):
               help="What differs between attempts A and B (code, packages, versions, inputs).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def manifest(ref, pair, as_json):
-    """What ran in each attempt of job REF (a registry reference or a run directory): git commit
-    and uncommitted changes, packages, versions, hashes of script, job and profile, nodes."""
+    """What ran in each attempt of job REF: code, packages, versions, inputs and nodes.
+
+    REF is a registry reference or a run directory. Each attempt's manifest holds the git
+    commit and a patch of uncommitted (untracked too) changes, the installed packages, the
+    Python/torch/CUDA/NCCL/Slurm versions, the hashes of script, job and profile, the nodes."""
     from . import manifest as manifests
 
     if pair:
@@ -107,8 +110,10 @@ def _echo_diff(result: dict) -> None:
 @click.option("--width", type=click.IntRange(40), default=None, help="Terminal plot width [default: the terminal's].")
 @click.option("--height", type=click.IntRange(12), default=None, help="Terminal plot height [default: the terminal's].")
 def plot(ref, png_file, as_json, width, height):
-    """Loss, validation loss, learning rate, tokens/s and goodput of job REF over steps, restarts
-    marked (R1, R2, ...): in the terminal, or as a PNG with --png."""
+    """Loss, val loss, learning rate, tokens/s and goodput of job REF over steps, restarts marked.
+
+    In the terminal (plotext), or as a PNG with --png (matplotlib); restarts are the lines
+    labelled R1, R2 and so on."""
     from . import plot as plots
 
     found = plots.plot_curves(ref)
