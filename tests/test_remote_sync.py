@@ -265,6 +265,7 @@ def test_pull_moves_only_new_bytes(tmp_path, runner):
 def test_observable_paths_use_rundir_names_and_never_checkpoints():
     paths = sync.observable_paths()
     assert "metrics.jsonl" in paths and "logs" in paths and "submitit/*/*_*_log.out" in paths
+    assert "manifests" in paths  # every attempt's manifest and code patch
     assert not any("checkpoint" in p or p.endswith(".pkl") for p in paths)
 
 
