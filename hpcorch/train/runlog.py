@@ -158,10 +158,10 @@ class RunLogger:
         self._tolerate_full_disk(self.progress, self.progress.write)
         st = self.state
         self.info(f"hpcorch: {'resumed at step ' + str(st.step) if resumed else 'starting'}; {setup}")
-        import psutil
+        from .startup import process_start_time
 
         # The process's real start time: the restart took from the stop event until then.
-        self.event("process_start", time=psutil.Process().create_time(), step=st.step, restarts=st.restarts)
+        self.event("process_start", time=process_start_time(), step=st.step, restarts=st.restarts)
 
     def _account_restart(self, resumed: bool) -> None:
         """Restarts and steps recomputed: an earlier process of this run left progress.json."""
