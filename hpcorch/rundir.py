@@ -223,6 +223,7 @@ class RunDir:
     controller_log = property(lambda self: self.root / "logs" / "controller.log")
 
     failures = property(lambda self: self.root / "failures.jsonl")
+    cache = property(lambda self: self.root / "cache")  # derived data (token files): safe to delete
 
     def exit_record(self, attempt: int, rank: int) -> Path:
         """Why rank ``rank`` of attempt ``attempt`` (Slurm's restart count) ended with an error,

@@ -18,7 +18,7 @@ from ..spec.job import JobSpec
 from .checkpoint import Checkpointer, checkpoint_group, model_digest
 from .data import DataSource
 from .determinism import pin_threads
-from .distributed import DistEnv, all_agree, gather_objects
+from .distributed import DistEnv, all_agree, gather_objects, node_first
 from .faults import SampleTrace, after_step, drop_grad
 from .optim import lr_at
 from .parallel import build_parallel_model, resolve_layout
@@ -27,6 +27,7 @@ from .runlog import RunLogger, Sink, placement_record
 from .startup import StartupClock
 from .state import TrainState
 from .stop import StopAgreement
+from .tokencache import TokenCache
 from .store import CheckpointStore
 
 
@@ -62,7 +63,10 @@ class Trainer:
         pin_threads(job.resources.cpus_per_task)
         self.parallel = build_parallel_model(job, env)  # with its optimizers, one per part
         self.clock.mark("model")
-        self.data = DataSource(tr.data, tr.model.seq_len, tr.seed, job=job.name)
+        # Text is tokenized once per node into the run directory's cache, then mapped by all.
+        cache = TokenCache(self.run_dir.cache)
+        self.data = node_first(lambda: DataSource(tr.data, tr.model.seq_len, tr.seed, job=job.name, cache=cache),
+                               env.local_rank, env.device)
         self.clock.mark("data")
         _, x, y = self.data.val.batch(range(tr.micro_batch))
         self.parallel.settle(x, y)
