@@ -295,14 +295,10 @@ def list_jobs(as_json):
     """List submitted jobs with their states (one batched squeue/sacct call)."""
     from . import service
 
+    from .views import jobs_lines
+
     rows = service.jobs()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(f"{'#':>4} {'job id':>8}  {'name':<14} {'profile':<12} {'state':<22} run dir")
-    for r in rows:
-        where = f"{r['host']}:{r['run_dir']}" if r.get("host") else r["run_dir"]  # remote: on the login node
-        click.echo(f"{r['key']:>4} {r['job_id']:>8}  {r['name']:<14} {r['profile']:<12} {r['state']:<22} {where}")
+    click.echo(json.dumps(rows, indent=2) if as_json else "\n".join(jobs_lines(rows)))
 
 
 @main.command()
@@ -313,11 +309,10 @@ def status(ref, as_json):
     (a registry number, Slurm job id, job name or run directory)."""
     from . import service
 
+    from .views import status_lines
+
     info = service.status(ref)
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-    else:
-        _table(info)
+    click.echo(json.dumps(info, indent=2) if as_json else "\n".join(status_lines(info)))
 
 
 @main.command()
