@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .cluster.commands import devcluster, devcluster_options
+from .catalog_commands import jobs
 from .node_commands import nodes
 from .observe_commands import manifest, plot as plot_command
 from .profile_commands import profile
@@ -72,6 +73,10 @@ def job_argument(func):
 def ref_argument(func):
     """A job in the registry: number, Slurm job id, name or run directory."""
     return click.argument("ref", shell_complete=complete_refs)(func)
+
+
+def json_option(func):
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")(func)
 
 
 def allow_config_change_option(func):
@@ -296,14 +301,10 @@ def list_jobs(as_json):
     """List submitted jobs with their states (one batched squeue/sacct call)."""
     from . import service
 
+    from .views import jobs_lines
+
     rows = service.jobs()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo(f"{'#':>4} {'job id':>8}  {'name':<14} {'profile':<12} {'state':<22} run dir")
-    for r in rows:
-        where = f"{r['host']}:{r['run_dir']}" if r.get("host") else r["run_dir"]  # remote: on the login node
-        click.echo(f"{r['key']:>4} {r['job_id']:>8}  {r['name']:<14} {r['profile']:<12} {r['state']:<22} {where}")
+    click.echo(json.dumps(rows, indent=2) if as_json else "\n".join(jobs_lines(rows)))
 
 
 @main.command()
@@ -314,11 +315,10 @@ def status(ref, as_json):
     (a registry number, Slurm job id, job name or run directory)."""
     from . import service
 
+    from .views import status_lines
+
     info = service.status(ref)
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-    else:
-        _table(info)
+    click.echo(json.dumps(info, indent=2) if as_json else "\n".join(status_lines(info)))
 
 
 @main.command()
@@ -335,11 +335,13 @@ def logs(ref, rank, stream, follow_):
 
 @main.command()
 @ref_argument
-def cancel(ref):
+@json_option
+def cancel(ref, as_json):
     """Cancel job REF. Its ranks get SIGTERM and checkpoint first; `hpcorch resume` continues it."""
     from . import service
 
-    click.echo(service.cancel(ref))
+    said = service.cancel(ref)
+    click.echo(json.dumps({"ref": ref, "result": said}) if as_json else said)
 
 
 @main.command()
@@ -361,12 +363,17 @@ def resume(ref, exclude, wait, allow_config_change, template_dir, as_json=False)
 @ref_argument
 @click.option("--to", "into", type=click.Path(file_okay=False),
               help="Into this folder [default: $HPCORCH_HOME/pulled/NUMBER-NAME].")
-def pull(ref, into):
+@json_option
+def pull(ref, into, as_json):
     """Fetch remote job REF's metrics, summary, events and logs to this machine (only what
     changed since the last pull), so that status works offline."""
+    import dataclasses
+
     from . import service
 
     folder, stats = service.pull(ref, into)
+    if as_json:
+        return click.echo(json.dumps({"folder": str(folder), **dataclasses.asdict(stats)}, indent=2))
     click.echo(f"pulled into {folder}: {stats.files_sent} files ({stats.files_appended} appended), "
                f"{stats.bytes_sent} bytes")
 
@@ -376,32 +383,16 @@ def pull(ref, into):
 @click.option("--step", type=click.IntRange(0), default=None, help="This committed step (default: the latest).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="model.safetensors (needs the safetensors package; else a .pt is written) or FILE.pt.")
-def export(ref, step, out):
+@json_option
+def export(ref, step, out, as_json):
     """Write a checkpoint's model weights to one plain file for use outside hpcorch."""
     from . import service
 
-    click.echo(f"wrote {service.export(ref, out, step=step)}")
+    path = service.export(ref, out, step=step)
+    click.echo(json.dumps({"path": str(path), "bytes": path.stat().st_size}) if as_json else f"wrote {path}")
 
 
-@main.group()
-def jobs():
-    """The jobs found by name (hpcorch plan gpt2-124m works from any folder)."""
-
-
-@jobs.command("list")
-def jobs_list():
-    """List the jobs found by name: yours in $HPCORCH_HOME/jobs, then the shipped ones."""
-    from .spec.catalog import names
-    from .spec.job import load_job
-
-    click.echo(f"{'name':<14} {'nodes':>5} {'gpus/node':>9} {'parameters':>11}  description")
-    for name, path in names("jobs").items():
-        job = load_job(path)
-        click.echo(f"{name:<14} {job.resources.nodes:>5} {job.resources.gpus_per_node:>9} "
-                   f"{job.trainer.model.num_params() / 1e6:>10.1f}M  {job.description}")
-
-
-for command in (profile, nodes, devcluster, health, remote, manifest, plot_command):
+for command in (jobs, profile, nodes, devcluster, health, remote, manifest, plot_command):
     main.add_command(command)
 
 

@@ -1,7 +1,8 @@
 """Numbers for people: separators, SI prefixes and units in the CLI's tables (JSON keeps raw numbers)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 _PREFIXES = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
 # Counts of parameters and tokens use the field's billions (B), not giga.
@@ -21,13 +22,45 @@ def count(value: int) -> str:
     return f"{value:,}" if abs(value) < 1e6 else f"{value:,} ({si(value)})"
 
 
+_UNITS = [(86400, "d"), (3600, "h"), (60, "m"), (1, "s")]
+
+
 def duration(seconds: float) -> str:
-    """1h, 30m, 1h30m, 45s: the short form of an idle time."""
+    """The two largest units of a time span: ``4h 12m``, ``1d 3h``, ``10m``, ``45s``."""
     seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
-    return "".join(parts) or "0s"
+    for i, (size, unit) in enumerate(_UNITS):
+        if seconds >= size:
+            big, rest = divmod(seconds, size)
+            if i + 1 < len(_UNITS) and rest >= _UNITS[i + 1][0]:
+                small, name = _UNITS[i + 1]
+                return f"{big}{unit} {rest // small}{name}"
+            return f"{big}{unit}"
+    return "0s"
+
+
+def percent(share: float | None) -> str:
+    """A 0..1 share as ``71.3%``; ``-`` when unknown."""
+    return "-" if share is None else f"{share * 100:.1f}%"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: its header, and whether its cells are numbers (right-aligned)."""
+
+    header: str
+    number: bool = False
+
+
+def table(columns: Sequence[Column], rows: Iterable[Sequence[str]], gap: int = 2) -> list[str]:
+    """Aligned lines: a header row, then one line per row; numbers right-aligned, text left,
+    no trailing spaces after the last column."""
+    rows = [[str(c) for c in row] for row in rows]
+    widths = [max([len(col.header)] + [len(r[i]) for r in rows]) for i, col in enumerate(columns)]
+    out = []
+    for cells in [[c.header for c in columns], *rows]:
+        parts = [cell.rjust(w) if col.number else cell.ljust(w) for col, cell, w in zip(columns, cells, widths)]
+        out.append((" " * gap).join(parts).rstrip())
+    return out
 
 
 # Units of the plan summary's raw numbers, by key.

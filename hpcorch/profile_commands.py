@@ -39,24 +39,32 @@ def profile_list(as_json):
 
 @profile.command("show")
 @click.argument("name", required=False, shell_complete=complete_profiles)
-def profile_show(name):
+@click.option("--json", "as_json", is_flag=True, help="The same, as JSON.")
+def profile_show(name, as_json):
     """Print a profile as hpcorch understands it (defaults filled in)."""
     from .spec.profile import load_profile
     from .spec.schema import to_dict
     from .spec.yamlio import dump_yaml
 
-    click.echo(dump_yaml(to_dict(load_profile(name))), nl=False)
+    data = to_dict(load_profile(name))
+    click.echo(json.dumps(data, indent=2) if as_json else dump_yaml(data), nl=as_json)
 
 
 @profile.command("validate")
 @click.argument("names", nargs=-1, required=True)
-def profile_validate(names):
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per valid profile, in a list.")
+def profile_validate(names, as_json):
     """Validate one or more profiles (names or paths); exit 2 on the first error."""
     from .spec.profile import load_profile
 
+    rows = []
     for name in names:
         prof = load_profile(name)
-        click.echo(f"{name}: ok ({len(prof.all_hosts())} nodes, {len(prof.partitions)} partitions)")
+        rows.append({"profile": name, "ok": True, "nodes": len(prof.all_hosts()), "partitions": len(prof.partitions)})
+        if not as_json:
+            click.echo(f"{name}: ok ({rows[-1]['nodes']} nodes, {rows[-1]['partitions']} partitions)")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
 
 
 @profile.command("discover")
@@ -84,13 +92,14 @@ def profile_discover(name, output, force):
 
 @profile.command("diff")
 @click.argument("name", shell_complete=complete_profiles)
-def profile_diff(name):
+@click.option("--json", "as_json", is_flag=True, help="The drifts as a JSON list of strings.")
+def profile_diff(name, as_json):
     """Show where profile NAME and the live cluster disagree, one line per drift: exit 0 when
     they agree, 1 on drift, 2 on errors (like diff)."""
     from .cluster.drift import diff_profile
 
     lines = diff_profile(name)
-    for line in lines:
+    for line in [json.dumps(lines, indent=2)] if as_json else lines:
         click.echo(line)
     sys.exit(1 if lines else 0)
 

@@ -223,7 +223,8 @@ def jobs(registry: Registry | None = None) -> list[dict]:
 
         current.update(ops.states(remote))
     return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": current[e.key],
-             "run_dir": e.run_dir, "host": e.remote_ref.host if e.remote else None} for e in entries]
+             "run_dir": e.run_dir, "host": e.remote_ref.host if e.remote else None, **observe.row(e)}
+            for e in entries]
 
 
 def status(ref: str, registry: Registry | None = None) -> dict:

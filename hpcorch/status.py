@@ -120,6 +120,7 @@ def progress(entry: Entry) -> dict:
     prog, metrics, budget = run.progress(), run.last_metrics(), run.restarts()
     return {
         "step": prog.get("step"),
+        "steps": planned_steps(run),
         "restarts": prog.get("restarts", 0),
         "requeues": {k: budget.get(k, 0) for k in ("preemption", "timeout", "node_failure")},
         "latest_checkpoint": run.latest_checkpoint(),
@@ -128,6 +129,33 @@ def progress(entry: Entry) -> dict:
         "note": budget.get("refused") or None,
         "placement": placement_summary(run),
     }
+
+
+def planned_steps(run: RunDir) -> int | None:
+    """``trainer.steps`` of the run's resolved job (None before job.yaml exists, or unreadable)."""
+    from .errors import HpcorchError
+    from .spec.yamlio import parse_yaml
+
+    try:
+        steps = parse_yaml(run.job_file.read_text(), str(run.job_file))["trainer"]["steps"]
+    except (OSError, UnicodeDecodeError, HpcorchError, KeyError, TypeError):
+        return None
+    return steps if isinstance(steps, int) else None
+
+
+def row(entry: Entry) -> dict:
+    """What ``hpcorch ls`` shows of a job besides its state, from its run directory without
+    asking anyone (a remote job's from its last ``hpcorch pull``, else nothing): step, planned
+    steps and the time of submission."""
+    folder = entry.run_dir
+    if entry.remote:
+        from .remote.ops import pulled_dir
+
+        folder = str(pulled_dir(entry))
+    run = RunDir(folder)
+    step = run.progress().get("step") if Path(folder).is_dir() else None
+    return {"step": step, "steps": planned_steps(run) if step is not None else None,
+            "submitted": entry.submitted}
 
 
 def placement_summary(run: RunDir) -> str | None:

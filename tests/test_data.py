@@ -1,3 +1,4 @@
+import os
 import re
 import threading
 
@@ -163,3 +164,95 @@ def test_step_batches_close_leaves_no_thread():
     assert {t for t in threading.enumerate()} - before == set()
     with pytest.raises(RuntimeError, match="closed"):
         batches.get(0)
+
+
+# ----- the token cache ----------------------------------------------------------------------------
+def _text_tree(root):
+    (root / "a.txt").write_text("hello world " * 500)
+    (root / "sub").mkdir()
+    (root / "sub" / "b.txt").write_text("other text " * 700)
+    return DataSpec(source="text", path=str(root), val_fraction=0.2)
+
+
+def _same_data(a: DataSource, b: DataSource):
+    for split in ("train", "val"):
+        x, y = getattr(a, split), getattr(b, split)
+        assert np.array_equal(np.asarray(x.tokens), np.asarray(y.tokens))
+        assert x.batch(range(6))[0] == y.batch(range(6))[0]
+        assert all(torch.equal(p, q) for p, q in zip(x.batch(range(6))[1:], y.batch(range(6))[1:]))
+
+
+@pytest.mark.parametrize("source", ["text", "stdlib"])
+def test_cached_tokens_are_the_tokens_read(tmp_path, source):
+    from hpcorch.train.tokencache import TokenCache
+
+    (tmp_path / "src").mkdir()
+    spec = _text_tree(tmp_path / "src") if source == "text" else DataSpec(max_bytes=300_000)
+    cache = TokenCache(tmp_path / "cache")
+    plain = DataSource(spec, 32, 1)
+    built = DataSource(spec, 32, 1, cache=cache)     # builds the file
+    mapped = DataSource(spec, 32, 1, cache=cache)    # maps it
+    _same_data(plain, built)
+    _same_data(plain, mapped)
+    assert isinstance(mapped.train.tokens.base, np.memmap) or isinstance(mapped.train.tokens, np.memmap)
+    (token_file,) = (tmp_path / "cache").glob("tokens-*.u8")
+    assert token_file.stat().st_size == len(plain.train.tokens) + len(plain.val.tokens)
+    assert not list((tmp_path / "cache").glob(".*tmp"))  # no temporary left behind
+
+
+def test_a_cached_source_is_not_read_again(tmp_path, monkeypatch):
+    from hpcorch.train import data as data_module
+    from hpcorch.train.tokencache import TokenCache
+
+    (tmp_path / "src").mkdir()
+    spec, cache = _text_tree(tmp_path / "src"), TokenCache(tmp_path / "cache")
+    first = DataSource(spec, 32, 1, cache=cache)
+
+    def refuse(*_):
+        raise AssertionError("the source was read again")
+
+    monkeypatch.setattr(data_module, "read_bytes", refuse)
+    _same_data(first, DataSource(spec, 32, 1, cache=cache))
+
+
+def test_a_changed_source_gets_new_tokens(tmp_path):
+    from hpcorch.train.tokencache import TokenCache
+
+    (tmp_path / "src").mkdir()
+    spec = _text_tree(tmp_path / "src")
+    cache = TokenCache(tmp_path / "cache")
+    DataSource(spec, 32, 1, cache=cache)
+    edited = tmp_path / "src" / "a.txt"
+    edited.write_text("HELLO WORLD " * 500)  # same size: the mtime tells
+    os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))
+    (tmp_path / "src" / "c.txt").write_text("a new file " * 100)
+    after = DataSource(spec, 32, 1, cache=cache)
+    _same_data(DataSource(spec, 32, 1), after)
+    assert len(list((tmp_path / "cache").glob("tokens-*.u8"))) == 2
+    # Another cap is another key too.
+    capped = DataSpec(source="text", path=spec.path, val_fraction=0.2, max_bytes=5_000)
+    assert len(DataSource(capped, 32, 1, cache=cache).train.tokens) + \
+        len(DataSource(capped, 32, 1).val.tokens) == 5_000
+
+
+def test_racing_builders_leave_one_whole_file(tmp_path):
+    """Builders of the same key (one per node on a shared run directory) rename whole files."""
+    from hpcorch.train.tokencache import TokenCache
+
+    spec = DataSpec(max_bytes=400_000)
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append(np.asarray(DataSource(spec, 32, 1, cache=TokenCache(tmp_path)).train.tokens).copy())
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == 4
+    assert all(np.array_equal(results[0], r) for r in results)
+    assert len(list(tmp_path.glob("tokens-*.u8"))) == 1 and not list(tmp_path.glob(".*tmp"))

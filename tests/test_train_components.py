@@ -97,8 +97,26 @@ def test_run_logger_feeds_every_sink_and_writes_the_run_files(tmp_path, caplog):
     assert [json.loads(line)["event"] for line in run.events.read_text().splitlines()] == ["process_start"]
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == "hpcorch: starting; tiny"
-    assert lines[1].startswith("step      1/2 loss 1.5000")  # step 1 is always shown
+    assert lines[1].startswith("step      1/2 (50.0%) loss 1.5000")  # step 1 is always shown
     assert lines[-1] == "hpcorch: done at step 2, loss 1.5000, val 1.6000, weights " + "ab" * 8
+
+
+def test_console_shows_the_share_done_elapsed_time_and_eta(caplog):
+    from hpcorch.train.runlog import Console
+
+    console = Console(total_steps=1000, log_interval=100)
+    start = 1_000_000.0
+    with caplog.at_level(logging.INFO, logger="hpcorch.train"):
+        for step in range(1, 201):
+            # 2 s a step, and a 40 s checkpoint every 100 steps: the ETA's rate includes it.
+            now = start + 2.0 * step + 40.0 * (step // 100)
+            console.on_step({**_record(step), "time": now, "step_time_s": 2.0, "mfu": 0.412})
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3  # steps 1, 100, 200
+    assert lines[0] == ("step      1/1000 (0.1%) loss 1.5000 lr 1.00e-03 1,000 tok/s mfu 41.2%; "
+                        "2s elapsed, ETA 33m 18s")  # 999 steps x the step's own 2 s
+    # Steps 150..200 took 100 s + one 40 s checkpoint: 2.8 s a step, 800 steps left.
+    assert lines[2].endswith("(20.0%) loss 1.5000 lr 1.00e-03 1,000 tok/s mfu 41.2%; 8m elapsed, ETA 37m 20s")
 
 
 def test_run_logger_counts_restarts_and_recomputed_steps(tmp_path):

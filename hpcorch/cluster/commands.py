@@ -44,9 +44,18 @@ def devcluster_down(profile_name, state_dir):
 
 @devcluster.command("status")
 @devcluster_options
-def devcluster_status(profile_name, state_dir):
+@click.option("--json", "as_json", is_flag=True, help="State directory, daemons' pids (null: stopped) and "
+                                                       "whether the cluster is up, as JSON.")
+def devcluster_status(profile_name, state_dir, as_json):
     """Show the daemons and sinfo."""
-    click.echo(open_devcluster(profile_name, state_dir).status())
+    cluster = open_devcluster(profile_name, state_dir)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"state_dir": str(cluster.local.state_dir), "daemons": cluster.running(),
+                               "up": cluster.is_up()}, indent=2))
+        return
+    click.echo(cluster.status())
 
 
 @devcluster.command("env")

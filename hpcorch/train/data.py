@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from .tokencache import TokenCache, fingerprint
 
 _SEPARATOR = b"\n\x00\n"  # between files: a byte that text never contains
 
@@ -56,9 +57,10 @@ class DataError(ConfigError):
     naming the job, the ``trainer.data`` key and the file."""
 
 
-def load_tokens(spec, path: str | None = None) -> np.ndarray:
+def load_tokens(spec, path: str | None = None, cache: TokenCache | None = None) -> np.ndarray:
     """All tokens of a job's ``trainer.data`` section (byte-level, or uint16 from a .bin file),
-    read from ``path`` (default ``spec.path``). Raises OSError / ValueError on bad files; the
+    read from ``path`` (default ``spec.path``); text through ``cache`` when given (the same
+    tokens, mapped from a file built once). Raises OSError / ValueError on bad files; the
     :class:`DataSource` turns them into a :class:`DataError`."""
     path = spec.path if path is None else path
     if spec.source == "bin":
@@ -69,7 +71,10 @@ def load_tokens(spec, path: str | None = None) -> np.ndarray:
     files = stdlib_files() if spec.source == "stdlib" else text_files(Path(path))
     if not files:
         raise FileNotFoundError(f"no text files under {path}")
-    return read_bytes(files, spec.max_bytes)
+    if cache is None:
+        return read_bytes(files, spec.max_bytes)
+    key = fingerprint(spec.source, files, spec.max_bytes, len(_SEPARATOR))
+    return cache.tokens(key, lambda: read_bytes(files, spec.max_bytes))
 
 
 def _checked(job: str, key: str, make):
@@ -111,12 +116,13 @@ class SampleOrder:
 class DataSource:
     """Train and validation splits: the last ``val_fraction`` of the tokens is validation, or,
     with ``val_path``, the tokens of that file (nanoGPT's ``train.bin`` + ``val.bin``).
-    ``job`` names the job in errors."""
+    ``job`` names the job in errors; ``cache`` keeps text sources' tokens (see
+    :mod:`.tokencache`)."""
 
-    def __init__(self, spec, seq_len: int, seed: int, job: str = "job"):
-        train = _checked(job, "trainer.data.path", lambda: load_tokens(spec))
+    def __init__(self, spec, seq_len: int, seed: int, job: str = "job", cache: TokenCache | None = None):
+        train = _checked(job, "trainer.data.path", lambda: load_tokens(spec, cache=cache))
         if spec.val_path is not None:
-            val = _checked(job, "trainer.data.val_path", lambda: load_tokens(spec, spec.val_path))
+            val = _checked(job, "trainer.data.val_path", lambda: load_tokens(spec, spec.val_path, cache))
         else:
             split = int(len(train) * (1 - spec.val_fraction))
             train, val = train[:split], train[split:]

@@ -57,6 +57,23 @@ def all_agree(ok: bool, device: torch.device) -> bool:
     return bool(flag.item())
 
 
+def node_first(make, local_rank: int, device: torch.device):
+    """``make()`` on each node's first rank, then (after every node's first rank is through)
+    on the others, which find what the first one left behind (a cache file) instead of
+    redoing it. If the first rank fails, the others still run ``make()`` and fail alike, so
+    every rank ends with the same error rather than waiting in a collective."""
+    if local_rank != 0:
+        all_agree(True, device)
+        return make()
+    try:
+        result = make()
+    except BaseException:
+        all_agree(False, device)
+        raise
+    all_agree(True, device)
+    return result
+
+
 def gather_objects(obj) -> list:
     """Every rank's ``obj`` in rank order (one all-gather; every rank must call it); ``[obj]``
     outside a process group."""

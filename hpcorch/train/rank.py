@@ -38,6 +38,10 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
     """
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+    from .startup import StartupClock
+
+    clock = StartupClock()
+    clock.mark("interpreter")
     from ..diskspace import DiskFull
     from ..errors import HpcorchError
     from ..spec.job import load_job
@@ -45,12 +49,15 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
     from .store import CheckpointError, PeerSaveFailed
     from .trainer import Trainer
 
+    clock.mark("imports")
     try:
         job = load_job(job_file, list(overrides))
+        clock.mark("job")
         env = init_distributed(job.trainer.collective_timeout_s)
+        clock.mark("process_group")
         setup_logging(env.rank)
         trainer = Trainer(job, Path(run_dir), env, protocol.stop_signals(scheduler, job.requeue),
-                          peak_tflops=peak_tflops, resume_step=resume_step)
+                          peak_tflops=peak_tflops, resume_step=resume_step, clock=clock)
         code = trainer.run()
     except PeerSaveFailed as exc:
         logging.getLogger("hpcorch.train").info("hpcorch: stopping: %s", exc)

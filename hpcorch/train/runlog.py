@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections import deque
 from typing import Callable
 
 from ..diskspace import DiskFull
+from ..display import duration
 from ..rundir import RunDir, atomic_write
 from .state import TrainState
 
@@ -90,18 +93,39 @@ class SummaryFile(Sink):
 
 
 class Console(Sink):
-    """Human-readable lines through the ``hpcorch.train`` logger (the rank's stdout)."""
+    """Human-readable lines through the ``hpcorch.train`` logger (the rank's stdout): every
+    ``log_interval`` steps, the step and the share done, loss, LR, tokens/s, MFU, the time
+    this process has trained and the ETA.
+
+    The ETA is the steps left times the wall time per step over the last :data:`ETA_WINDOW`
+    steps (checkpoints and evaluations included: they recur, so they belong in the rate);
+    before two steps are seen, the step's own time."""
+
+    ETA_WINDOW = 50
 
     def __init__(self, total_steps: int, log_interval: int):
         self.total_steps, self.log_interval = total_steps, log_interval
+        self._recent: deque[tuple[int, float]] = deque(maxlen=self.ETA_WINDOW + 1)
+        self._started: float | None = None
 
     def on_step(self, record: dict) -> None:
-        step = record["step"]
+        step, now = record["step"], record.get("time") or time.time()
+        if self._started is None:
+            self._started = now - record["step_time_s"]  # when this process's first step began
+        self._recent.append((step, now))
         if step % self.log_interval and step != 1:
             return
         mfu = f" mfu {record['mfu'] * 100:.1f}%" if record["mfu"] else ""
-        log.info(f"step {step:>6}/{self.total_steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
-                 f"{record['tokens_per_s']:,.0f} tok/s{mfu}")
+        done = step / self.total_steps if self.total_steps else 1.0
+        log.info(f"step {step:>6}/{self.total_steps} ({done * 100:.1f}%) loss {record['loss']:.4f} "
+                 f"lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s{mfu}; "
+                 f"{duration(now - self._started)} elapsed, ETA {self._eta(step, record['step_time_s'])}")
+
+    def _eta(self, step: int, step_time_s: float) -> str:
+        left = max(0, self.total_steps - step)
+        (first_step, first_time), (last_step, last_time) = self._recent[0], self._recent[-1]
+        per_step = (last_time - first_time) / (last_step - first_step) if last_step > first_step else step_time_s
+        return duration(left * per_step)
 
     def on_summary(self, summary: dict) -> None:
         log.info(f"hpcorch: done at step {summary['final_step']}, loss {summary['final_loss']:.4f}, "
@@ -158,10 +182,10 @@ class RunLogger:
         self._tolerate_full_disk(self.progress, self.progress.write)
         st = self.state
         self.info(f"hpcorch: {'resumed at step ' + str(st.step) if resumed else 'starting'}; {setup}")
-        import psutil
+        from .startup import process_start_time
 
         # The process's real start time: the restart took from the stop event until then.
-        self.event("process_start", time=psutil.Process().create_time(), step=st.step, restarts=st.restarts)
+        self.event("process_start", time=process_start_time(), step=st.step, restarts=st.restarts)
 
     def _account_restart(self, resumed: bool) -> None:
         """Restarts and steps recomputed: an earlier process of this run left progress.json."""

@@ -18,15 +18,17 @@ from ..spec.job import JobSpec
 from .checkpoint import Checkpointer, checkpoint_group, model_digest
 from .data import DataSource
 from .determinism import pin_threads
-from .distributed import DistEnv, all_agree, gather_objects
+from .distributed import DistEnv, all_agree, gather_objects, node_first
 from .faults import SampleTrace, after_step, drop_grad
 from .optim import lr_at
 from .parallel import build_parallel_model, resolve_layout
 from .prefetch import StepBatches
 from .runlog import RunLogger, Sink, placement_record
 from .sinks import build_sinks
+from .startup import StartupClock
 from .state import TrainState
 from .stop import StopAgreement
+from .tokencache import TokenCache
 from .store import CheckpointStore
 
 
@@ -37,8 +39,9 @@ class Trainer:
 
     def __init__(self, job: JobSpec, run_dir: str | Path, env: DistEnv, stop_signals: tuple[int, ...],
                  peak_tflops: float | None = None, resume_step: int | None = None,
-                 sinks: tuple[Sink, ...] = ()):
+                 sinks: tuple[Sink, ...] = (), clock: StartupClock | None = None):
         tr = job.trainer
+        self.clock = clock or StartupClock()
         self.job, self.tr, self.env, self.world = job, tr, env, env.world_size
         self.layout = resolve_layout(job, self.world)
         self.accum = self.layout.accumulation
@@ -60,9 +63,15 @@ class Trainer:
         # data, then DDP's settling backward (which needs a batch and the optimizer's params).
         pin_threads(job.resources.cpus_per_task)
         self.parallel = build_parallel_model(job, env)  # with its optimizers, one per part
-        self.data = DataSource(tr.data, tr.model.seq_len, tr.seed, job=job.name)
+        self.clock.mark("model")
+        # Text is tokenized once per node into the run directory's cache, then mapped by all.
+        cache = TokenCache(self.run_dir.cache)
+        self.data = node_first(lambda: DataSource(tr.data, tr.model.seq_len, tr.seed, job=job.name, cache=cache),
+                               env.local_rank, env.device)
+        self.clock.mark("data")
         _, x, y = self.data.val.batch(range(tr.micro_batch))
         self.parallel.settle(x, y)
+        self.clock.mark("settle")
         # The next step's batches are built in a background thread (the same samples, in order).
         self.batches = StepBatches(self.data.train, self.dp_rank, self.layout.dp, tr.global_batch,
                                    self.layout.micro_batch, env.device)
@@ -80,6 +89,7 @@ class Trainer:
         self.trace = SampleTrace(env.rank)
         self.after_step = after_step(env.rank)
         self.steps_this_process = 0
+        self.clock.mark("setup")
 
     @property
     def agreed_signal(self) -> int:
@@ -92,11 +102,13 @@ class Trainer:
         after a committed checkpoint on a signal, :data:`protocol.CHECKPOINTED`."""
         try:
             resumed = self.checkpointer.restore(self.state, self.resume_step)
+            self.clock.mark("restore")
             self.runlog.start(resumed, self._setup_line())
             # Where every rank landed (node, Slurm's topology address), for `hpcorch status`.
             self.runlog.placement(gather_objects(placement_record(self.env.rank, self.env.local_rank)))
             self._record_config_change()
             self.parallel.train()
+            self.clock.mark("records")
             while self.state.step < self.tr.steps and not self.stop.agreed:
                 self.runlog.step(self._timed_step())
                 if self._checkpoint_due():
@@ -140,7 +152,8 @@ class Trainer:
         self.after_step(st.step)
         self.steps_this_process += 1
         if self.steps_this_process == 1:
-            self.runlog.event("first_step", step=st.step)
+            self.clock.mark("first_step")
+            self.runlog.event("first_step", step=st.step, startup_s=self.clock.phases())
         self.trace.write(st.step, seen)
         record = {"step": st.step, "time": time.time(), "loss": st.last_loss, "lr": lr, "grad_norm": grad_norm,
                   "step_time_s": dt, "tokens_per_s": self.tokens_per_step / dt,

@@ -1,0 +1,102 @@
+"""Text sources tokenized once, kept as a flat token file and memory-mapped on every start.
+
+Without it each rank of each start listed, read and concatenated the text again (the stdlib
+source: ~1,800 files). With it a start lists and stats the files (their fingerprint, the
+cache key), then maps the cached tokens: the pages are shared by the ranks of a node through
+the page cache instead of one private copy each.
+
+The key is a hash of the tokenizer, the source kind, ``max_bytes`` and each file's path, size
+and modification time (the source's contents are not read to look the cache up: that reading
+is what the cache saves). Any change to a file, a file added or removed, another tokenizer or
+another cap gives another key, hence another file; the tokens themselves carry their sha256 in
+the side file for whoever wants to check. Files are written whole to a unique temporary name
+and renamed, so a reader sees a complete file or none, and builders that race (one per node on
+a shared run directory) each rename the same bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("hpcorch.train")
+
+# How text becomes tokens: one token per byte (the byte's value). Another tokenizer must
+# use another name, so that no cache built by this one is taken for its output.
+TOKENIZER = "bytes-v1"
+
+
+def fingerprint(kind: str, files: list[Path], max_bytes: int, separator: int) -> str:
+    """The cache key of ``files`` (in reading order, each followed by ``separator`` bytes)
+    tokenized by :data:`TOKENIZER` up to ``max_bytes``: files past the cap are not read, so
+    they are not part of the key either."""
+    h = hashlib.sha256(json.dumps({"tokenizer": TOKENIZER, "source": kind, "max_bytes": max_bytes}).encode())
+    total = 0
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        total += st.st_size + separator
+        if total >= max_bytes:
+            break
+    return h.hexdigest()[:32]
+
+
+class TokenCache:
+    """Cached token files under ``folder`` (the run directory's ``cache/``)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"tokens-{key}.u8"
+
+    def tokens(self, key: str, build) -> np.ndarray:
+        """The tokens under ``key``: mapped from the cache, else ``build()`` (a uint8 array),
+        written atomically, then mapped, so that every caller gets the same kind of array."""
+        path = self.path(key)
+        if not path.exists():
+            tokens = build()
+            self._write(path, tokens)
+            log.debug("token cache: wrote %s (%d tokens)", path, len(tokens))
+        return _map(path)
+
+    def _write(self, path: Path, tokens: np.ndarray) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        data = np.ascontiguousarray(tokens, dtype=np.uint8).tobytes()
+        meta = {"tokenizer": TOKENIZER, "tokens": len(data), "dtype": "uint8",
+                "sha256": hashlib.sha256(data).hexdigest()}
+        # The side file first: a token file never exists without its description.
+        _replace(path.with_suffix(".json"), json.dumps(meta).encode())
+        _replace(path, data)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file of its own (unique even across nodes that share the
+    folder: mkstemp's O_EXCL), then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a cache is as readable as the run
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _map(path: Path) -> np.ndarray:
+    """A read-only map of a token file (an empty file cannot be mapped: an empty array)."""
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=np.uint8)
+    return np.memmap(path, dtype=np.uint8, mode="r")
