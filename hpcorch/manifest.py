@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 from .gitstate import git_state, sha256
-from .rundir import RunDir, atomic_write, read_json
+from .fileio import atomic_write, read_json
+from .rundir import RunDir
 
 log = logging.getLogger(__name__)
 

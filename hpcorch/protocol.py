@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import HpcorchError
-from .rundir import RunDir, atomic_write
+from .fileio import atomic_write
+from .rundir import RunDir
 
 # Exit codes, named once.
 DONE = 0

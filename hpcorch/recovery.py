@@ -32,7 +32,8 @@ from .cluster.slurm import Slurm, SlurmError
 from .errors import HpcorchError
 from .failure import Failure, classify_preflight, classify_training, exit_records, srun_ends
 from .protocol import Action, Cause, Decision, RestartBudget
-from .rundir import RunDir, read_json
+from .fileio import read_json
+from .rundir import RunDir
 from .spec.job import load_job
 from .spec.units import compress_hostlist, expand_hostlist
 

@@ -3,7 +3,7 @@
 Like submitit's ``JobPaths``, :class:`RunDir` names every path; nothing else in hpcorch joins a
 file name onto a run directory. It also offers the reads ``hpcorch status`` needs (progress,
 last metrics, restart budgets, committed checkpoints, the lease) without importing torch, and
-:func:`atomic_write` is the one way any of its files is written.
+:func:`hpcorch.fileio.atomic_write` is the one way any of its files is written.
 
 Layout (``R`` the run directory)::
 
@@ -26,83 +26,18 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
-import contextlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import Callable, Iterator
 
-from .diskspace import DiskFull
 from .errors import HpcorchError
+from .fileio import atomic_write, last_json_line, read_json
 
 COMMIT_MARKER = "COMMITTED"
 LEASE_ENV = "HPCORCH_LEASE"  # the holder's token, for the ranks it starts: see RunDir.check_fence
 _STEP_PREFIX = "step_"
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes | str, durable: bool = True,
-                 fault: Callable[[IO[bytes], bytes], None] | None = None) -> None:
-    """Write ``data`` to ``path`` so that a crash at any moment leaves the old file or the new
-    one, never a part: a temporary file, fsync, rename, fsync of the directory.
-
-    ``durable=False`` skips both fsyncs, for files rewritten at every step whose loss on a
-    power cut costs nothing (a process crash never loses them). ``fault`` is a test hook that
-    may act on the half-written temporary file (see ``hpcorch.train.faults``).
-    """
-    path = Path(path)
-    raw = data.encode() if isinstance(data, str) else data
-    # A name of this writer's own: two processes (or a save thread) never share a temp file.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident() % 10**6}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            if fault is not None:
-                fault(f, raw)
-            f.write(raw)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        # A failed write (a full disk) must not leave its partial file to keep the disk full.
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if DiskFull.applies(exc) and not isinstance(exc, DiskFull):
-            raise DiskFull(path, exc, needed=len(raw)) from exc
-        raise
-    if durable:
-        fsync_dir(path.parent)
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``; {} if it is missing or unreadable."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def last_json_line(path: Path, max_bytes: int = 65536) -> dict:
-    """The last JSON line of a file, reading only its end."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - max_bytes))
-            lines = f.read().splitlines()
-        return json.loads(lines[-1]) if lines else {}
-    except (OSError, ValueError):
-        return {}
 
 
 class CheckpointLayout:

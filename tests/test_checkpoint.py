@@ -166,7 +166,7 @@ def test_old_format_checkpoints_still_load(tmp_path):
     import hashlib
     import io
 
-    from hpcorch.rundir import atomic_write
+    from hpcorch.fileio import atomic_write
 
     d = step_dir(tmp_path, 7)
     d.mkdir(parents=True)

@@ -50,7 +50,7 @@ def test_trainer_never_imports_orchestration(path):
     assert not bad, f"{path.name} imports {sorted(bad)}"
 
 
-@pytest.mark.parametrize("shared", ["rundir.py", "protocol.py", "poll.py", "errors.py", "diskspace.py", "display.py"])
+@pytest.mark.parametrize("shared", ["rundir.py", "fileio.py", "protocol.py", "poll.py", "errors.py", "diskspace.py", "display.py"])
 def test_modules_the_trainer_shares_stay_below_orchestration(shared):
     bad = {m for m in imports(PACKAGE / shared) if _within(m, ORCHESTRATION + ("hpcorch.train",))}
     assert not bad, f"{shared} imports {sorted(bad)}"

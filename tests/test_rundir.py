@@ -9,7 +9,8 @@ import time
 import psutil
 import pytest
 
-from hpcorch.rundir import COMMIT_MARKER, Lease, RunDir, RunDirBusy, atomic_write
+from hpcorch.fileio import atomic_write
+from hpcorch.rundir import COMMIT_MARKER, Lease, RunDir, RunDirBusy
 from hpcorch.spec.job import load_job
 from hpcorch.status import lease_is_live
 from trainhelp import REPO, train_cmd

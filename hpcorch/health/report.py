@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..rundir import atomic_write, read_json
+from ..fileio import atomic_write, read_json
 
 SCHEMA_KEYS = ("node", "ok", "attempt", "job_id", "started", "wall_s", "root", "gpu_source", "checks",
                "failed", "notes", "peers", "criteria")

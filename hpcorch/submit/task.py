@@ -69,7 +69,7 @@ class TrainTask:
         which node, its exit code and error (a rank killed outright leaves nothing, which says as much)."""
         import json
 
-        from ..rundir import atomic_write
+        from ..fileio import atomic_write
 
         env = os.environ
         record = {"rank": int(env.get("SLURM_PROCID", "0") or 0), "node": env.get("SLURMD_NODENAME") or socket.gethostname(),

@@ -15,7 +15,8 @@ from typing import Callable
 
 from ..diskspace import DiskFull
 from ..display import duration
-from ..rundir import RunDir, atomic_write
+from ..fileio import atomic_write
+from ..rundir import RunDir
 from .state import TrainState
 
 log = logging.getLogger("hpcorch.train")

@@ -42,7 +42,8 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..poll import PollTimeout, poll_until
-from ..rundir import COMMIT_MARKER, CheckpointLayout, atomic_write, fsync_dir
+from ..fileio import atomic_write, fsync_dir
+from ..rundir import COMMIT_MARKER, CheckpointLayout
 from ..diskspace import describe_write_failure
 from . import dcpio
 from .faults import crash_in_prune, crash_in_save
