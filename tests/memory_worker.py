@@ -18,6 +18,7 @@ import gc
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -89,7 +90,7 @@ def measure(sets: list[str], env) -> dict:
     job = load_job(REPO / "jobs" / "gpt-tiny.yaml",
                    [f"resources.tasks_per_node={env.world_size}", *sets])
     gen = torch.Generator().manual_seed(env.rank)
-    tracker = StepTracker(modules=job.layout.pp == 1)
+    tracker = StepTracker(modules=os.environ.get("HPCORCH_MEMORY_BY_MODULE") == "1")
     with tracker:
         parallel = build_parallel_model(job, env)
         parallel.train()
@@ -116,7 +117,9 @@ def main() -> None:
     env = init_distributed(timeout_s=120)
     try:
         for case in cases:
+            start = time.perf_counter()
             result = measure(case["sets"], env)
+            result["seconds"] = round(time.perf_counter() - start, 3)
             (out_dir / f"{case['name']}-{env.rank}.json").write_text(json.dumps(result))
             dist.barrier()
     finally:
