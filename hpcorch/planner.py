@@ -19,8 +19,11 @@ from .spec.schema import Invalid
 
 log = logging.getLogger(__name__)
 
-# Runs whose metrics are read for the calibration (the newest first): enough for a median.
+# Runs whose metrics are read for the calibration (the newest first): enough for a median;
+# of each, the last METRICS_TAIL bytes of metrics.jsonl (a few thousand steps), so that a plan
+# stays well under a second however long the runs were.
 CALIBRATION_RUNS = 20
+METRICS_TAIL = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ def calibration(profile: str, job_name: str, registry=None) -> Calibration:
     for entry in entries[:CALIBRATION_RUNS]:
         run = Path(entry.run_dir)
         if (run / "summary.json").exists():
-            values = [r["mfu"] for r in _records(run / "metrics.jsonl") if isinstance(r.get("mfu"), (int, float))]
+            values = [r["mfu"] for r in _records(run / "metrics.jsonl", METRICS_TAIL) if isinstance(r.get("mfu"), (int, float))]
             if values:
                 mfus.append(statistics.median(values))
         if entry.name == job_name:
@@ -152,10 +155,14 @@ def calibration(profile: str, job_name: str, registry=None) -> Calibration:
     return Calibration(tuple(mfus), tuple(saves))
 
 
-def _records(path: Path) -> list[dict]:
-    """The JSON lines of ``path`` (a torn last line is skipped); none if it is missing."""
+def _records(path: Path, tail: int | None = None) -> list[dict]:
+    """The JSON lines of ``path`` (its last ``tail`` bytes; a torn first or last line is
+    skipped); none if it is missing."""
     try:
-        lines = path.read_text().splitlines()
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(size - tail if tail is not None and size > tail else 0)
+            lines = f.read().decode("utf-8", "replace").splitlines()
     except OSError:
         return []
     out = []
