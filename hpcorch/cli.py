@@ -19,6 +19,7 @@ from .remote.commands import remote
 from .completion import complete_jobs, complete_profiles, complete_refs, script
 from .errors import HpcorchError
 from .health.command import health
+from .planner import force_option
 
 PROFILE_HELP = ("Cluster profile: a name (see `hpcorch profile list`) or a path to a YAML file "
                 "[default: $HPCORCH_PROFILE, else local].")
@@ -164,9 +165,10 @@ def _echo(text: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the submitted job as JSON on stdout.")
 @allow_config_change_option
 @nccl_debug_option
+@force_option
 @job_options
 def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run_dir, allow_config_change=False,
-           nccl_debug=None, remote=None, code_dir=None, accept_new=False, as_json=False):
+           nccl_debug=None, remote=None, code_dir=None, accept_new=False, as_json=False, force=False):
     """Submit JOB (a job YAML file) to the cluster of --profile.
 
     With the default `local` profile the job runs here through submitit's local executor, with
@@ -176,7 +178,7 @@ def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run
     """
     from . import service
 
-    plan = service.plan(job, profile_name, overrides, None if remote else run_dir, nccl_debug=nccl_debug)
+    plan = service.plan(job, profile_name, overrides, None if remote else run_dir, nccl_debug=nccl_debug, force=force)
     _warn(plan)
     if not dry_run and _goes_remote(plan, remote):
         done = service.submit_remote(plan, code_dir, run_dir, template_dir, allow_config_change, nccl_debug,
@@ -248,20 +250,18 @@ def render(ctx, job, profile_name, template_dir, overrides, run_dir):
 @profile_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @nccl_debug_option
+@force_option
 @job_options
-def plan(job, profile_name, as_json, overrides, run_dir, nccl_debug=None):
+def plan(job, profile_name, as_json, overrides, run_dir, nccl_debug=None, force=False):
     """Check that JOB fits the profile and show what it will use."""
     from . import service
     from .layoutplan import table_view
     from .plan import summarize
 
-    the_plan = service.plan(job, profile_name, overrides, run_dir, nccl_debug=nccl_debug)
+    the_plan = service.plan(job, profile_name, overrides, run_dir, nccl_debug=nccl_debug, force=force)
     _warn(the_plan)
     summary = summarize(the_plan)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        _table(table_view(summary))
+    click.echo(json.dumps(summary, indent=2)) if as_json else _table(table_view(summary))
 
 
 def _table(info: dict) -> None:

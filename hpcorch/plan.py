@@ -321,6 +321,9 @@ def summarize(plan: Plan) -> dict:
         summary["launch"] = f"{plan.launch.wrapper} wrapper, {plan.python}"
     if plan.peak_tflops:
         summary["peak_pflops"] = round(plan.peak_tflops * res.nodes * res.gpus_per_node / 1000, 2)
+    from .planner import summary as planner_summary
+
+    summary.update(planner_summary(plan))  # memory per GPU, time, GPU-hours, checkpoint interval
     for i, note in enumerate(plan.notes):
         summary[f"note{i + 1}"] = note
     return summary

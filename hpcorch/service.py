@@ -46,11 +46,13 @@ class Submission:
 # ----- spec -> plan -> script -------------------------------------------------------------------
 def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overrides: Iterable[str] = (),
          run_dir: str | os.PathLike | None = None, nccl_debug: str | None = None,
-         registry: Registry | None = None) -> Plan:
+         registry: Registry | None = None, force: bool = False) -> Plan:
     """Load ``job`` (a path or a job name) and ``profile`` (a name or a path; default
     ``$HPCORCH_PROFILE`` or ``local``), apply ``overrides`` (``KEY=VALUE``), check the fit.
     ``nccl_debug``: NCCL_DEBUG's level for this submission only (INFO, WARN, ...). On Slurm,
-    the nodes the registry holds in quarantine for the profile are excluded."""
+    the nodes the registry holds in quarantine for the profile are excluded. A GPU job whose
+    memory estimate exceeds its GPUs is refused unless ``force`` (:mod:`hpcorch.planner`)."""
+    from .planner import check_fit
     from .quarantine import excluded_nodes
     from .spec.catalog import default_profile
 
@@ -60,6 +62,7 @@ def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overr
     held = excluded_nodes(cluster.name, registry) if cluster.scheduler == "slurm" else {}
     result = make_plan(spec, cluster, run_dir=run_dir, source=str(job), quarantined=held, nccl_debug=nccl_debug)
     result.profile_ref = profile
+    check_fit(result, force)  # a GPU job that cannot fit is refused (force: a warning)
     return result
 
 

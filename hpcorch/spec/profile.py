@@ -17,6 +17,7 @@ from .health import HealthPolicy
 from .launch import Launch, check_directives
 from .login import Login
 from .network import Network, hosts_of
+from .planning import Planning
 from .placement import BLOCKS_SINCE, check_no_debugging, parse_slurm_version, version_text
 from .policy import QOS, Requests, RequestsOverride
 
@@ -232,6 +233,7 @@ class ClusterProfile:
     requests: Requests = field(default_factory=Requests)
     launch: Launch = field(default_factory=Launch)            # how ranks start
     health: HealthPolicy = field(default_factory=HealthPolicy)  # pre-flight floors
+    planning: Planning = field(default_factory=Planning)        # the memory/time planner's assumptions
     extra_directives: list[str] = field(default_factory=list)  # for every job
     # The cluster's Slurm release ("23.11"): which topology options sbatch has. None: a current one.
     slurm_version: str | None = None
