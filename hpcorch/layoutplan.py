@@ -116,11 +116,17 @@ def layout_rows(info: dict) -> dict[str, str]:
 
 def table_view(summary: dict) -> dict:
     """``summarize``'s output for the plan table: the ``layout`` entry expanded into rows, the
-    ``placement`` entry as one line."""
+    ``placement`` entry as one line, the planner's memory and time as readable rows."""
+    from .views import memory_rows, time_rows
+
     out: dict = {}
     for key, value in summary.items():
         if key == "layout" and isinstance(value, dict):
             out.update(layout_rows(value))
+        elif key == "memory_gib" and isinstance(value, dict):
+            out.update(memory_rows(value))
+        elif key == "time" and isinstance(value, dict):
+            out.update(time_rows(value))
         elif key == "placement" and isinstance(value, dict):
             asked = value.get("directive")
             out[key] = value["summary"] + (f"; asks {asked}" if asked else "")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PlanError
+from .rundir import RunDir
 from .estimate.memory import GIB, MemoryEstimate, estimate_memory
 from .estimate.time import Calibration, TimeEstimate, estimate_time
 from .spec.schema import Invalid
@@ -131,9 +132,10 @@ def cheapest_fix(plan) -> tuple[str, Fit] | None:
 
 
 # ----- calibration from earlier runs ------------------------------------------------------------
-def calibration(profile: str, job_name: str, registry=None) -> Calibration:
-    """MFU of completed runs on ``profile`` (the median of each run's metrics) and blocking save
-    times of earlier runs of ``job_name`` there, from the registry's run directories."""
+def calibration(profile: str, job_name: str, world_size: int = 0, registry=None) -> Calibration:
+    """MFU of completed runs on ``profile`` (the median of each run's metrics), blocking save
+    times of earlier runs of ``job_name`` there, and the tokens/s of its completed runs at
+    ``world_size`` ranks, from the registry's run directories."""
     from .registry import Registry
 
     try:
@@ -142,17 +144,23 @@ def calibration(profile: str, job_name: str, registry=None) -> Calibration:
         log.debug("no calibration: %s", exc)
         return Calibration()
     entries.sort(key=lambda e: e.submitted, reverse=True)
-    mfus, saves = [], []
+    mfus, saves, speeds = [], [], []
     for entry in entries[:CALIBRATION_RUNS]:
-        run = Path(entry.run_dir)
-        if (run / "summary.json").exists():
-            values = [r["mfu"] for r in _records(run / "metrics.jsonl", METRICS_TAIL) if isinstance(r.get("mfu"), (int, float))]
+        run = RunDir(entry.run_dir)
+        same_job = entry.name == job_name
+        if run.summary_file.exists():
+            records = _records(run.metrics, METRICS_TAIL)
+            values = [r["mfu"] for r in records if isinstance(r.get("mfu"), (int, float))]
             if values:
                 mfus.append(statistics.median(values))
-        if entry.name == job_name:
-            saves += [r["blocking_s"] for r in _records(run / "events.jsonl")
+            # Without a peak FLOP/s (CPU nodes) only the job's own measured speed says anything.
+            rates = [r["tokens_per_s"] for r in records if isinstance(r.get("tokens_per_s"), (int, float))]
+            if same_job and rates and run.summary().get("world_size") == world_size:
+                speeds.append(statistics.median(rates))
+        if same_job:
+            saves += [r["blocking_s"] for r in _records(run.events)
                       if r.get("event") == "checkpoint_save" and isinstance(r.get("blocking_s"), (int, float))]
-    return Calibration(tuple(mfus), tuple(saves))
+    return Calibration(tuple(mfus), tuple(saves), tuple(speeds))
 
 
 def _records(path: Path, tail: int | None = None) -> list[dict]:
@@ -184,7 +192,7 @@ def summary(plan, result: Fit | None = None, calib: Calibration | None = None) -
     memory = {**gib, "peak_at": f"{est.phase}, {est.rank}",
               "gpu": round(result.gpu_bytes / GIB, 2) if result.gpu_bytes else None,
               "fits": result.fits if result.gpu_bytes else None}
-    calib = calib if calib is not None else calibration(plan.profile.name, plan.job.name)
+    calib = calib if calib is not None else calibration(plan.profile.name, plan.job.name, plan.world_size)
     gpus = res.nodes * res.gpus_per_node
     times = estimate_time(plan.job, plan.peak_tflops, gpus, plan.profile.planning, calib)
     return {"memory_gib": memory, "time": _time_view(times)}

@@ -114,3 +114,32 @@ def goodput_lines(g: dict) -> list[str]:
 def _pairs(values: dict[str, str]) -> list[str]:
     width = max(map(len, values), default=0)
     return [f"{k:<{width}}  {v}" for k, v in values.items()]
+
+
+# ----- plan -----------------------------------------------------------------------------------
+_MEMORY_PARTS = ("params", "grads", "optimizer", "activations", "temporary", "overhead")
+
+
+def memory_rows(m: dict) -> dict[str, str]:
+    """The planner's memory per GPU (GiB, :func:`hpcorch.planner.summary`) as plan rows."""
+    verdict = "" if m.get("fits") is None else ("; fits" if m["fits"] else "; DOES NOT FIT")
+    against = f" of {m['gpu']:g} GiB" if m.get("gpu") else ""
+    parts = ", ".join(f"{k} {m[k]:g}" for k in _MEMORY_PARTS if m.get(k))
+    return {"memory per GPU": f"{m.get('total', 0):g} GiB{against}{verdict} (peak at {m.get('peak_at', '?')})",
+            "memory parts": f"{parts} GiB" if parts else "-"}
+
+
+def time_rows(t: dict) -> dict[str, str]:
+    """The planner's time figures (:func:`hpcorch.planner.summary`) as plan rows."""
+    rows = {}
+    if t.get("tokens_per_s"):
+        rows["throughput"] = f"{t['tokens_per_s']:,.0f} tokens/s at MFU {percent(t['mfu'])} ({t['mfu_source']})"
+        wall = duration(t["wall_hours"] * 3600) if t.get("wall_hours") is not None else "-"
+        rows["wall time"] = wall + (f", {t['gpu_hours']:,.1f} GPU-hours" if t.get("gpu_hours") else "")
+    else:
+        rows["throughput"] = "unknown: no peak FLOP/s in the profile and no completed run of this job to measure"
+    every = (f" = every {t['checkpoint_interval_steps']:,} steps" if t.get("checkpoint_interval_steps") else "")
+    rows["checkpoint"] = (f"{t['checkpoint_gb']:g} GB, save {t['save_s']:g} s ({t['save_source']}); job MTBF "
+                          f"{t['job_mtbf_hours']:,g} h -> Young/Daly interval {duration(t['checkpoint_interval_s'])}"
+                          f"{every} (configured: every {t['configured_interval_steps']:,})")
+    return rows

@@ -30,6 +30,7 @@ from hpcorch.plan import make_plan
 from hpcorch.planner import calibration, check_fit
 from hpcorch.registry import Registry
 from hpcorch.spec.job import load_job
+from hpcorch.spec.planning import Planning
 from hpcorch.spec.profile import load_profile
 
 pytestmark = pytest.mark.timeout(300)
@@ -242,15 +243,16 @@ def test_time_figures_and_the_interval_in_steps():
     assert estimate_time(job, None, 0, planning).tokens_per_s is None  # CPU: no peak FLOP/s
 
 
-def _run(tmp_path, name: str, mfus, saves=(), done=True) -> Path:
+def _run(tmp_path, name: str, mfus, saves=(), done=True, world=4) -> Path:
     run = tmp_path / name
     run.mkdir()
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "mfu": m}) + "\n" for i, m in enumerate(mfus))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "mfu": m, "tokens_per_s": 1000 * (i + 1)}) + "\n"
+                                               for i, m in enumerate(mfus))
                                        + '{"step": 9, "mf')  # a torn last line
     (run / "events.jsonl").write_text("".join(json.dumps({"event": "checkpoint_save", "step": 1, "blocking_s": s})
                                               + "\n" for s in saves))
     if done:
-        (run / "summary.json").write_text("{}")
+        (run / "summary.json").write_text(json.dumps({"world_size": world}))
     return run
 
 
@@ -263,10 +265,21 @@ def test_calibration_reads_completed_runs_on_the_profile(tmp_path):
             ([0.10], [99.0], True, "a100-hdr", "gpt2-124m")]):     # another profile
         run = _run(tmp_path, f"r{i}", mfus, saves, done)
         reg.add(str(i), name, profile, "slurm", str(run), "job.yaml")
-    cal = calibration("h100-ndr", "gpt2-124m", reg)
+    cal = calibration("h100-ndr", "gpt2-124m", 4, registry=reg)
     assert sorted(cal.mfus) == [0.31, 0.42] and cal.mfu == pytest.approx(0.365)
     assert sorted(cal.save_times) == [4.0, 6.0, 50.0] and cal.save_s == 6.0
-    assert calibration("nowhere", "gpt2-124m", reg) == Calibration()
+    assert cal.tokens_per_s == (2000,)  # the completed run of this job at this world size only
+    assert calibration("h100-ndr", "gpt2-124m", 8, registry=reg).tokens_per_s == ()
+    assert calibration("nowhere", "gpt2-124m", registry=reg) == Calibration()
+
+
+def test_without_a_peak_the_jobs_own_measured_speed_gives_the_time():
+    job = load_job(REPO / "jobs" / "gpt-tiny.yaml")
+    planning = Planning()
+    timed = estimate_time(job, None, 0, planning, Calibration(tokens_per_s=(1000.0, 3000.0, 2000.0)))
+    tokens = job.trainer.steps * job.trainer.global_batch * job.trainer.model.seq_len
+    assert timed.tokens_per_s == 2000.0 and timed.wall_s == pytest.approx(tokens / 2000.0)
+    assert "measured" in timed.mfu_source and timed.gpu_hours is None and timed.interval_steps >= 1
 
 
 @pytest.mark.parametrize("extra, key, expected", [

@@ -22,10 +22,12 @@ from .memory import FP32, _block_tensors, _optimizer_numel, _root_tensors
 @dataclass(frozen=True)
 class Calibration:
     """What earlier runs measured: the MFU of completed runs on the profile (one median per
-    run) and the blocking save times of earlier runs of the same job (``checkpoint_save``)."""
+    run), the blocking save times of earlier runs of the same job (``checkpoint_save``) and
+    the median tokens/s of its completed runs at the same world size."""
 
     mfus: tuple[float, ...] = ()
     save_times: tuple[float, ...] = ()
+    tokens_per_s: tuple[float, ...] = ()  # completed runs of the same job at the same world size
 
     @property
     def mfu(self) -> float | None:
@@ -83,8 +85,12 @@ def estimate_time(job, peak_tflops: float | None, gpus: int, planning, calibrati
     tokens_per_s = wall_s = gpu_hours = None
     if peak_tflops and gpus:
         tokens_per_s = gpus * peak_tflops * 1e12 * mfu / tr.model.flops_per_token()
+    elif calibration.tokens_per_s:  # no peak to scale (CPU nodes): the job's own measured speed
+        tokens_per_s = statistics.median(calibration.tokens_per_s)
+        mfu_source = f"no peak FLOP/s; tokens/s measured: median of {len(calibration.tokens_per_s)} run(s)"
+    if tokens_per_s:
         wall_s = tr.steps * tokens_per_step / tokens_per_s
-        gpu_hours = wall_s * gpus / 3600
+        gpu_hours = wall_s * gpus / 3600 if gpus else None
     size = checkpoint_bytes(tr.model, tr.optimizer.name)
     if calibration.save_s is not None:
         save_s, save_source = calibration.save_s, f"measured: median of {len(calibration.save_times)} save(s)"
