@@ -56,6 +56,11 @@ BAD = [
     ([P + "pp=4", "trainer.micro_batch=8"], P + "pp_microbatches", "expected at least pp (4) micro-batches for 1f1b"),
     ([P + "pp_stages_per_rank=2", P + "pp=2"], P + "pp_stages_per_rank", "expected 1 for schedule '1f1b'"),
     ([P + "sequence_parallel=true"], P + "sequence_parallel", "expected tp > 1"),
+    # torch's Adafactor cannot update DTensor parameters: FSDP, tp, data parallelism in nd layouts
+    (["trainer.optimizer.name=adafactor", "trainer.sharding=fsdp"], "trainer.optimizer.name",
+     "torch's Adafactor cannot update sharded (DTensor) parameters"),
+    (["trainer.optimizer.name=adafactor", P + "tp=2"], "trainer.optimizer.name", "expected adamw for the layout"),
+    (["trainer.optimizer.name=adafactor", P + "pp=2"], "trainer.optimizer.name", "expected adamw for the layout"),
     ([P + "tp=4", P + "sequence_parallel=true", "trainer.model.seq_len=30"], P + "sequence_parallel",
      "expected model.seq_len (30) to be a multiple of tp (4)"),
     ([P + "pp_schedule=zero_bubble"], P + "pp_schedule", "expected one of 'gpipe', '1f1b', 'interleaved_1f1b'"),
@@ -352,3 +357,9 @@ def test_readme_plan_output_is_real(repo):
     shown = re.search(r"```\n(layout .*?)```", _readme_layouts(repo), re.S)[1]
     out = run_cli("plan", "gpt-1.3b", "-p", "h100-ndr", "--set", P + "tp=4", "--set", P + "pp=2")
     assert shown in out.stdout
+
+
+@pytest.mark.parametrize("sets", [["trainer.sharding=ddp"], [P + "pp=4"], ["resources.tasks_per_node=1"]])
+def test_adafactor_is_accepted_where_parameters_stay_plain_tensors(tmp_path, sets):
+    job = load_job(_write(tmp_path), ["trainer.optimizer.name=adafactor", *sets])
+    assert job.trainer.optimizer.name == "adafactor"

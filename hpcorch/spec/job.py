@@ -259,6 +259,10 @@ class JobSpec:
             # a DDP communication hook: FSDP, tp and pp reduce gradients their own way
             raise Invalid("trainer.grad_compression", f"expected none for the layout {layout.describe()}, sharding "
                                                       f"{self.trainer.sharding}: compression hooks into plain DDP only")
+        if self.trainer.optimizer.name == "adafactor" and _dtensor_parameters(layout, self.trainer.sharding):
+            raise Invalid("trainer.optimizer.name", f"expected adamw for the layout {layout.describe()}, sharding "
+                                                    f"{self.trainer.sharding}: torch's Adafactor cannot update sharded "
+                                                    f"(DTensor) parameters; adafactor runs under ddp and pp only")
         res = self.resources
         if self.requeue.signal_lead_s >= res.time_s:
             raise Invalid("requeue.signal_lead_s",
@@ -272,6 +276,16 @@ class JobSpec:
     @property
     def grad_accum(self) -> int:
         return self.layout.accumulation
+
+
+def _dtensor_parameters(layout: Layout, sharding: str) -> bool:
+    """Whether the trainer holds the parameters as DTensors: FSDP (also on one rank, when
+    ``sharding`` says so), tensor parallelism, or data parallelism inside an nd layout."""
+    if layout.tp > 1:
+        return True
+    if layout.kind == "nd":
+        return layout.dp > 1
+    return layout.kind == "fsdp" or (layout.dp == 1 and sharding == "fsdp")
 
 
 def load_job(path: str | os.PathLike, overrides: list[str] | tuple = ()) -> JobSpec:
