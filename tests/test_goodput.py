@@ -212,3 +212,16 @@ def test_a_real_run_records_what_goodput_needs(tmp_path):
     assert min(got.buckets_s.values()) >= 0
     assert got.buckets_s["checkpoint"] == pytest.approx(sum(e["blocking_s"] for e in saves), abs=1e-4)
     assert got.buckets_s["productive"] > 0 and got.buckets_s["other"] < 0.5 * got.allocated_s
+
+
+def test_ls_goodput_per_entry_without_a_cluster(tmp_path):
+    """``hpcorch ls``'s figure: a local job's comes from its run directory, a remote job's is
+    unknown here (its run directory is on the login node), a job that never ran has none."""
+    tl, _ = _two_attempts(tmp_path)
+    base = dict(name="x", profile="local", job_file="", slurm_conf=None, exclude=None, resumed_from=None)
+    local = Entry(key=1, job_id="4242", scheduler="local", run_dir=str(tl.run.root), submitted=T0 - 30, **base)
+    remote = Entry(key=2, job_id="77", scheduler="slurm", run_dir="/remote/run", submitted=T0, remote="{}", **base)
+    empty = Entry(key=3, job_id="4343", scheduler="local", run_dir=str(tmp_path / "none"), submitted=T0, **base)
+    got = gp.goodput_of([local, remote, empty])
+    want = gp.goodput(local)
+    assert got == {1: pytest.approx(want.goodput), 2: None, 3: None} and 0 < got[1] < 1

@@ -186,7 +186,10 @@ def _slurm() -> Slurm:
 
 def _requeue(job_id: str) -> None:
     """Requeue the job (its checkpoint is committed), and let it start again at once instead
-    of after Slurm's ~120 s ``BeginTime`` hold (see :func:`hpcorch.recovery.start_when_pending`)."""
+    of after Slurm's ~120 s ``BeginTime`` hold (see :func:`hpcorch.recovery.start_when_pending`).
+    The requeue SIGTERMs this process too: ignored, so that it cannot end us before the hold
+    is dealt with (we exit right after)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _slurm().run("scontrol", "requeue", job_id)
     start_when_pending(job_id)
 

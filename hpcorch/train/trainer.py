@@ -205,6 +205,7 @@ class Trainer:
         if self.checkpointer.saved_step != st.step:
             self._save()
         self._wait_for_save()
+        self.stop.committed()
         signal_time = self.stop.signal_time if self.stop.signal_time is not None else time.time()
         self.runlog.event("signal", signal=self.agreed_signal, time=signal_time, step=st.step)
         self.runlog.event("checkpoint_committed", step=st.step)
