@@ -3,7 +3,8 @@
 
 The job: the tiny GPT on 2 nodes x 2 ranks with 2 emulated GPUs per node (AllocTRES has
 gres/gpu=4), each step slowed to ~0.1 s (HPCORCH_STEP_DELAY_S, counted as step time: a slower
-machine), a 3-minute time limit per attempt (a USR2 with more than signal_lead_s + 60 s left counts as a preemption). Script, per attempt:
+machine), a 3-minute time limit per attempt (a USR2 with more than signal_lead_s + 60 s left
+counts as a preemption). Script, per attempt:
   1. ``--preempt-after`` s after its first step: USR2 to the ranks (a preemption's signal);
   2. the same again;
   3. the same delay, then the ranks of one node SIGKILLed and that node set DOWN 2 s later

@@ -29,6 +29,7 @@ Nothing here imports torch: ``hpcorch status`` and ``hpcorch ls`` call it.
 """
 from __future__ import annotations
 
+import bisect
 import json
 import time
 from dataclasses import dataclass, field
@@ -166,9 +167,13 @@ def account(attempts: list[Attempt], log: RunLog) -> tuple[dict[str, float], int
     recomputed steps inside them."""
     b = dict.fromkeys(BUCKETS, 0.0)
     recomputed = 0
+    log.steps.sort(key=lambda s: s[1])
+    ends = [s[1] for s in log.steps]
     for a in attempts:
         lo, hi = a.start, a.end
-        steps = [s for s in log.steps if _overlap(s[0], s[1], lo, hi) > 0 or lo <= s[1] <= hi]
+        # Steps are in time order: only those ending in the window, and one straddling its end.
+        first, last = bisect.bisect_left(ends, lo), bisect.bisect_right(ends, hi)
+        steps = [s for s in log.steps[first:last + 1] if _overlap(s[0], s[1], lo, hi) > 0 or lo <= s[1] <= hi]
         recomputed += sum(1 for s in steps if s[2])
         busy: list[tuple[float, float]] = []
         for start, end, again in steps:
