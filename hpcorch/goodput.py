@@ -77,6 +77,7 @@ class RunLog:
     commits: list[float] = field(default_factory=list)  # a checkpoint committed (saves end, signal stops)
     last_time: float | None = None
     reported_recomputed: int = 0  # the trainer's own count, from the last process_start
+    unplaced: int = 0  # step records without a time (older runs)
 
     @classmethod
     def read(cls, run: RunDir) -> "RunLog":
@@ -85,7 +86,8 @@ class RunLog:
         for rec in _json_lines(run.metrics):
             end, dt, step = rec.get("time"), rec.get("step_time_s"), rec.get("step")
             if not isinstance(end, (int, float)) or not isinstance(dt, (int, float)):
-                continue  # written before records carried their time: cannot be placed
+                log.unplaced += 1  # written before records carried their time: cannot be placed
+                continue
             log.steps.append((end - dt, end, step in seen))
             seen.add(step)
             if isinstance(rec.get("eval_s"), (int, float)):  # evaluation runs after the step's time
@@ -292,6 +294,8 @@ def goodput(ref: Entry | RunDir | str | Path, slurm: Slurm | None = None,
     entry = ref if isinstance(ref, Entry) else None
     run = RunDir.open(entry.run_dir) if entry else (ref if isinstance(ref, RunDir) else RunDir.open(ref))
     log = RunLog.read(run)
+    if log.unplaced and not log.steps:
+        return None  # steps written before they carried their time: no honest figure
     if entry is not None and entry.scheduler == "slurm":
         if rows is None:
             try:

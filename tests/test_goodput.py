@@ -225,3 +225,12 @@ def test_ls_goodput_per_entry_without_a_cluster(tmp_path):
     got = gp.goodput_of([local, remote, empty])
     want = gp.goodput(local)
     assert got == {1: pytest.approx(want.goodput), 2: None, 3: None} and 0 < got[1] < 1
+
+
+def test_steps_without_times_give_no_figure(tmp_path):
+    """A run written before metrics carried their time: unknown, not 0 %."""
+    run = RunDir(tmp_path / "old")
+    run.root.mkdir()
+    run.metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0, "step_time_s": 0.1}) + "\n" for s in (1, 2)))
+    run.events.write_text(json.dumps({"event": "process_start", "time": T0, "step": 0, "restarts": 0}) + "\n")
+    assert gp.goodput(run.root) is None
