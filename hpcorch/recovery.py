@@ -227,16 +227,42 @@ def requeue_without(slurm: Slurm, job_id: str, nodes: list[str], patience_s: flo
     start_when_pending(job_id)
 
 
-def start_when_pending(job_id: str) -> None:
+HOLD_ENV = "HPCORCH_REQUEUE_HOLD"  # "keep": leave Slurm's hold after our requeues (benchmarks compare)
+
+
+def start_when_pending(job_id: str) -> bool:
     """Cut the hold Slurm puts on a requeued job (``BeginTime``, about two minutes) once the
     job is pending: only then does ``StartTime=now`` stick, and the job stays completing while
     this process (one of its own) lives. So a detached process does it after we are gone. On
-    sites whose process tracking is a cgroup it ends with the job, and the hold stays."""
+    sites whose process tracking is a cgroup it ends with the job, and the hold stays; where
+    the user may not update the job, Slurm refuses and the hold stays too (nothing fails).
+    ``HPCORCH_REQUEUE_HOLD=keep`` leaves the hold (to measure what the cut gains). Returns
+    whether the helper was started."""
     import subprocess
 
-    subprocess.Popen([sys.executable, "-m", "hpcorch.recovery", "--start-when-pending", job_id],
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, close_fds=True)
+    if os.environ.get(HOLD_ENV, "").strip().lower() == "keep":
+        log.info("%s=keep: Slurm's hold on the requeued job stays", HOLD_ENV)
+        return False
+    # The requeue SIGTERMs the job's processes, maybe while the helper is still starting (before
+    # its own handler): an ignored signal is inherited through exec, so it is ignored from birth.
+    previous = _ignore_sigterm()
+    try:
+        subprocess.Popen([sys.executable, "-m", "hpcorch.recovery", "--start-when-pending", job_id],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, close_fds=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return True
+
+
+def _ignore_sigterm():
+    """Ignore SIGTERM in this process; the previous handler (None off the main thread, where
+    handlers cannot change: the helper then installs its own a moment later)."""
+    try:
+        return signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:
+        return None
 
 
 def _start_when_pending(job_id: str, patience_s: float = 120.0) -> int:

@@ -217,7 +217,8 @@ def failed_nodes(entry: Entry) -> list[str]:
 
 # ----- observe and operate ----------------------------------------------------------------------
 def jobs(registry: Registry | None = None) -> list[dict]:
-    """Every registered job with its state (one batched squeue/sacct call per cluster)."""
+    """Every registered job with its state and goodput (0..1 or None) (batched squeue/sacct
+    calls per cluster)."""
     entries = (registry or Registry()).all()
     current = observe.states([e for e in entries if not e.remote])
     remote = [e for e in entries if e.remote]
@@ -225,22 +226,30 @@ def jobs(registry: Registry | None = None) -> list[dict]:
         from .remote import ops
 
         current.update(ops.states(remote))
+    from .goodput import goodput_of
+
+    good = goodput_of(entries)  # one sacct call per cluster, then the run directories
     return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": current[e.key],
-             "run_dir": e.run_dir, "host": e.remote_ref.host if e.remote else None, **observe.row(e)}
+             "run_dir": e.run_dir, "host": e.remote_ref.host if e.remote else None, **observe.row(e),
+             "goodput": good[e.key]}
             for e in entries]
 
 
 def status(ref: str, registry: Registry | None = None) -> dict:
-    """State, restarts, latest checkpoint, last loss, tokens/s, and what to do next."""
+    """State, restarts, latest checkpoint, last loss, tokens/s, what to do next, and where the
+    allocated time went (``goodput``, see :mod:`hpcorch.goodput`)."""
     entry = (registry or Registry()).get(ref)
     if entry.remote:
         from .remote import ops
 
         return ops.status(entry)
+    from .goodput import goodput_dict
+
     state = observe.states([entry])[entry.key]
     return {"key": entry.key, "job_id": entry.job_id, "name": entry.name, "state": state,
             **observe.progress(entry), "next": observe.advice(entry, state), "run_dir": entry.run_dir,
-            "warnings": differences(RunDir.open(entry.run_dir))}
+            "warnings": differences(RunDir.open(entry.run_dir)),
+            "goodput": goodput_dict(entry, running=not observe.has_ended(state))}
 
 
 def cancel(ref: str, registry: Registry | None = None) -> str:

@@ -184,7 +184,10 @@ def test_time_limit_checkpoints_and_requeues(ctx, tmp_path):
     run = tmp_path / "run"
     # Slurm sends --signal up to one 30 s check early: with a 60 s limit and a 10 s lead it comes
     # 20-50 s after the start, after training has begun (a 40 s lead let it come at once).
-    job = ctx.submit(run, "resources.time=1", "requeue.signal_lead_s=10", "trainer.steps=1000000")
+    # HPCORCH_REQUEUE_HOLD=keep: Slurm's ~120 s hold stays, the window in which this test looks
+    # at the requeued, pending job (hpcorch would otherwise let it start again within seconds).
+    job = ctx.submit(run, "resources.time=1", "requeue.signal_lead_s=10", "trainer.steps=1000000",
+                     "environment.HPCORCH_REQUEUE_HOLD=keep")
     job_id = job["job_id"]
     wait_progress(run, 5)
     ctx.slurm.wait_for(job_id, {"PENDING", "REQUEUED"}, timeout_s=150, poll_s=1)

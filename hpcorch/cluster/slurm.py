@@ -112,6 +112,28 @@ class Slurm:
             states[job_id] = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
         return states
 
+    ATTEMPT_FIELDS = ("JobID", "State", "Submit", "Eligible", "Start", "End", "ElapsedRaw", "AllocTRES", "NodeList")
+
+    def attempts(self, job_ids: list[str]) -> dict[str, list[dict[str, str]]]:
+        """Every run of each job, requeues included (``sacct -D``: a requeued job keeps its id
+        and only its latest run shows without it), oldest first, as {field: text} with
+        :data:`ATTEMPT_FIELDS`. One sacct call; raises :class:`SlurmError` when accounting is
+        off (no slurmdbd)."""
+        if not job_ids:
+            return {}
+        out = self.run("sacct", "-D", "-X", "-n", "-P", "--format=" + ",".join(self.ATTEMPT_FIELDS),
+                       "-j", ",".join(job_ids))
+        runs: dict[str, list[dict[str, str]]] = {j: [] for j in job_ids}
+        for line in out.splitlines():
+            values = line.split("|")
+            if len(values) != len(self.ATTEMPT_FIELDS):
+                continue
+            row = dict(zip(self.ATTEMPT_FIELDS, values))
+            runs.setdefault(row["JobID"], []).append(row)
+        for rows in runs.values():
+            rows.sort(key=lambda r: r["Submit"])  # ISO times: text order is time order
+        return runs
+
     def node_flags(self, node: str) -> set[str]:
         """Every word of the node's state as the controller holds it (``DOWN+COMPLETING`` ->
         {"DOWN", "COMPLETING"}); sinfo shows only one of them."""

@@ -23,6 +23,7 @@ from .. import protocol
 from ..cluster.slurm import Slurm
 from ..errors import HpcorchError
 from ..protocol import Action, Cause, NotRequeued, RestartBudget
+from ..recovery import start_when_pending
 from ..rundir import LEASE_ENV, Lease, RunDir
 from ..spec.job import load_job
 from ..spec.units import parse_time
@@ -115,7 +116,7 @@ class TrainTask:
         log.info("after %s: %s (%s)", cause.value, decision.action.value, decision.reason)
         try:
             protocol.carry_out(decision, self.scheduler,
-                               requeue_on_slurm=lambda: _slurm().run("scontrol", "requeue", job_id),
+                               requeue_on_slurm=lambda: _requeue(job_id),
                                exit_now=os._exit, wait_to_be_ended=_wait_to_be_ended)
         except NotRequeued as exc:
             raise NotRequeued(f"{exc}; checkpoint committed at step {run.latest_checkpoint()}") from None
@@ -185,6 +186,16 @@ class TrainTask:
 
 def _slurm() -> Slurm:
     return Slurm()
+
+
+def _requeue(job_id: str) -> None:
+    """Requeue the job (its checkpoint is committed), and let it start again at once instead
+    of after Slurm's ~120 s ``BeginTime`` hold (see :func:`hpcorch.recovery.start_when_pending`).
+    The requeue SIGTERMs this process too: ignored, so that it cannot end us before the hold
+    is dealt with (we exit right after)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _slurm().run("scontrol", "requeue", job_id)
+    start_when_pending(job_id)
 
 
 def _wait_to_be_ended() -> None:

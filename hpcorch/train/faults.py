@@ -15,9 +15,10 @@ environment variable is set:
     A submitted rank waits this long before it starts training (:func:`start_delay`): a window
     in which a signal reaches submitit's own handler, as an early preemption does.
 ``HPCORCH_STEP_DELAY_S=SECONDS``
-    Every rank sleeps this long after each step (:func:`after_step`), so that a test can act on
-    a tiny job while it still trains (preempt it) however fast the machine is. Sleeping changes
-    no number the run computes.
+    Every rank sleeps this long at the end of each step (:func:`after_step`), so that a test can
+    act on a tiny job while it still trains (preempt it) however fast the machine is. Sleeping
+    changes no number the run computes; the step's measured time includes it (a slower machine,
+    as goodput and tokens/s see it).
 ``HPCORCH_CRASH_AT_STEP=STEP[:RANK[:HOW]]``
     After step ``STEP`` the rank (every rank, or only ``RANK``) fails, on every attempt: ``error``
     (default) raises an exception as a software bug would; ``kill`` sends itself SIGKILL as a

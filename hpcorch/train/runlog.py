@@ -26,12 +26,13 @@ class Sink:
     """A destination of a run's reports. Every method is optional (the default ignores it)."""
 
     def on_step(self, record: dict) -> None:
-        """One finished step: step, loss, lr, grad_norm, step_time_s, tokens_per_s, mfu,
-        max_mem_mb and, on evaluation steps, val_loss."""
+        """One finished step: step, time, loss, lr, grad_norm, step_time_s, tokens_per_s, mfu,
+        max_mem_mb and, on evaluation steps, val_loss and eval_s."""
 
     def on_event(self, name: str, fields: dict) -> None:
         """Something that happened once: process_start, config_change, first_step, signal,
-        checkpoint_committed."""
+        checkpoint_save / checkpoint_wait (``blocking_s``), checkpoint_committed, final_eval
+        (``eval_s``)."""
 
     def on_summary(self, summary: dict) -> None:
         """The completed run's summary."""
@@ -186,7 +187,8 @@ class RunLogger:
         from .startup import process_start_time
 
         # The process's real start time: the restart took from the stop event until then.
-        self.event("process_start", time=process_start_time(), step=st.step, restarts=st.restarts)
+        self.event("process_start", time=process_start_time(), step=st.step, restarts=st.restarts,
+                   steps_recomputed=st.steps_recomputed)
 
     def _account_restart(self, resumed: bool) -> None:
         """Restarts and steps recomputed: an earlier process of this run left progress.json."""

@@ -30,6 +30,14 @@ class StopAgreement:
         for signum in self.signals:
             signal.signal(signum, self.on_signal)
 
+    def committed(self) -> None:
+        """The stop's checkpoint is committed on every rank: nothing is left to protect. From
+        now on SIGTERM (the kill that follows a requeue or a cancel) ends this rank at once;
+        caught as a stop request it would be waited out until Slurm's SIGKILL (``KillWait``,
+        30 s), holding the nodes and delaying the next attempt."""
+        if signal.SIGTERM in self.signals:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
     def on_signal(self, signum: int, _frame=None) -> None:
         """Only a flag: acting inside a handler could interrupt a collective or a write."""
         self.requested = signum

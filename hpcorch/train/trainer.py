@@ -112,10 +112,10 @@ class Trainer:
             while self.state.step < self.tr.steps and not self.stop.agreed:
                 self.runlog.step(self._timed_step())
                 if self._checkpoint_due():
-                    self.checkpointer.save(self.state)
+                    self._save()
             if self.stop.agreed:
                 return self._stop()
-            self.checkpointer.wait()
+            self._wait_for_save()
             self._finish()
             return protocol.DONE
         finally:
@@ -137,6 +137,21 @@ class Trainer:
         return (f"{self.tr.model.num_params() / 1e6:.2f}M parameters, world {self.world}, "
                 f"layout {self.layout.describe()}, accumulation {self.accum}, {env.backend} on {env.device.type}")
 
+    def _save(self) -> None:
+        """Checkpoint this step and record how long training was blocked (the whole save when
+        synchronous, the copy to host memory when asynchronous): goodput's checkpoint bucket
+        and the planner's measured save time."""
+        blocked = self.checkpointer.save(self.state)
+        self.runlog.event("checkpoint_save", step=self.state.step, blocking_s=blocked)
+
+    def _wait_for_save(self) -> None:
+        """Wait for an asynchronous save still in flight; the wait blocked training too (a
+        synchronous save has nothing left to wait for, and records nothing)."""
+        start = time.perf_counter()
+        self.checkpointer.wait()
+        if self.checkpointer.store.async_save:
+            self.runlog.event("checkpoint_wait", step=self.state.step, blocking_s=time.perf_counter() - start)
+
     def _checkpoint_due(self) -> bool:
         step = self.state.step
         return step % self.tr.checkpoint.interval == 0 or step == self.tr.steps
@@ -147,9 +162,9 @@ class Trainer:
         lr, grad_norm, seen = self.train_step()
         if self.env.device.type == "cuda":
             torch.cuda.synchronize()  # the step's kernels are done: honest timings
-        dt = time.perf_counter() - start
         st = self.state
-        self.after_step(st.step)
+        self.after_step(st.step)  # a test's slower machine (HPCORCH_STEP_DELAY_S) is part of the step
+        dt = time.perf_counter() - start
         self.steps_this_process += 1
         if self.steps_this_process == 1:
             self.clock.mark("first_step")
@@ -160,7 +175,9 @@ class Trainer:
                   "mfu": self.flops_per_step / dt / (self.peak_flops * self.world) if self.peak_flops else None,
                   "max_mem_mb": max_memory_mb(self.env.device)}
         if self.tr.eval_interval and st.step % self.tr.eval_interval == 0:
+            start = time.perf_counter()
             record["val_loss"] = self.evaluate()
+            record["eval_s"] = time.perf_counter() - start  # after the step's "time": goodput's eval bucket
         return record
 
     def train_step(self) -> tuple[float, float, list[int]]:
@@ -202,8 +219,9 @@ class Trainer:
         """After an agreed stop: make sure this step is committed, then report it."""
         st = self.state
         if self.checkpointer.saved_step != st.step:
-            self.checkpointer.save(st)
-        self.checkpointer.wait()
+            self._save()
+        self._wait_for_save()
+        self.stop.committed()
         signal_time = self.stop.signal_time if self.stop.signal_time is not None else time.time()
         self.runlog.event("signal", signal=self.agreed_signal, time=signal_time, step=st.step)
         self.runlog.event("checkpoint_committed", step=st.step)
@@ -213,7 +231,9 @@ class Trainer:
 
     def _finish(self) -> None:
         """Evaluate, digest the weights and write the summary."""
+        start = time.perf_counter()
         val_loss = self.evaluate()
+        self.runlog.event("final_eval", step=self.state.step, eval_s=time.perf_counter() - start)
         digest = model_digest(self.checkpointer.parts)  # a collective: every rank
         if not self.env.is_main:
             return

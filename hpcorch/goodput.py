@@ -1,0 +1,357 @@
+"""Where a job's allocated time went: goodput accounting across every attempt of a job.
+
+An *attempt* is one run of the job on its allocation: Slurm's accounting has one record per
+run of a requeued job (``sacct -D``; the job keeps its id). Within each attempt's window
+[Start, Start + ElapsedRaw] the run directory's records say what the time was spent on:
+
+- ``productive``: steps trained for the first time (metrics.jsonl: a step ends at ``time``
+  and took ``step_time_s``);
+- ``recomputed``: steps trained again after a restart (a step number seen before in the run);
+- ``checkpoint``: time training was blocked by saves (``checkpoint_save`` / ``checkpoint_wait``
+  events, ``blocking_s``);
+- ``eval``: evaluation (``eval_s`` of eval steps, the ``final_eval`` event);
+- ``startup``: allocation start to the attempt's first step (launch, pre-flight, imports,
+  data, model build, restore);
+- ``idle_after_signal``: from a stop signal to the attempt's end, less the step, save and
+  evaluation still done in it (the tail the scheduler kept the nodes for);
+- ``other``: what is left (logging, the gaps between steps, exit, teardown).
+
+``other`` is the remainder, so the buckets sum to the allocated time; that the named buckets
+never overlap (every record is clipped to its attempt) is what keeps ``other`` >= 0. Queue
+wait is kept apart (not allocated): first submit to first start, and each earlier attempt's
+end to the next start (the requeue's ``BeginTime`` hold included). Allocated hours are
+``ElapsedRaw x gres/gpu`` summed over attempts (``x node`` for a job without GPUs: the unit
+says which). Without accounting (no slurmdbd, a local run) the attempts come from the run
+directory's ``process_start`` events instead: the source says which, and such windows miss
+the launch before Python started.
+
+Nothing here imports torch: ``hpcorch status`` and ``hpcorch ls`` call it.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .cluster.slurm import Slurm, SlurmError
+from .registry import Entry
+from .rundir import RunDir
+
+BUCKETS = ("productive", "startup", "recomputed", "checkpoint", "eval", "idle_after_signal", "other")
+SAVE_EVENTS = ("checkpoint_save", "checkpoint_wait")
+
+
+@dataclass
+class Attempt:
+    """One run of a job on its allocation (epoch seconds)."""
+
+    start: float
+    elapsed_s: float
+    ready: float | None = None  # since when it waited in the queue (None: unknown)
+    state: str = ""
+    gpus: int = 0               # GPUs of the whole allocation
+    nodes: int = 1
+
+    @property
+    def end(self) -> float:
+        return self.start + self.elapsed_s
+
+    @property
+    def queue_wait_s(self) -> float:
+        return max(0.0, self.start - self.ready) if self.ready is not None else 0.0
+
+
+@dataclass
+class RunLog:
+    """What a run directory's metrics and events say about time, as intervals (epoch s)."""
+
+    steps: list[tuple[float, float, bool]] = field(default_factory=list)  # (start, end, recomputed)
+    evals: list[tuple[float, float]] = field(default_factory=list)
+    saves: list[tuple[float, float]] = field(default_factory=list)
+    signals: list[float] = field(default_factory=list)
+    process_starts: list[float] = field(default_factory=list)
+    first_steps: list[float] = field(default_factory=list)
+    commits: list[float] = field(default_factory=list)  # a checkpoint committed (saves end, signal stops)
+    last_time: float | None = None
+    reported_recomputed: int = 0  # the trainer's own count, from the last process_start
+    unplaced: int = 0  # step records without a time (older runs)
+
+    @classmethod
+    def read(cls, run: RunDir) -> "RunLog":
+        log = cls()
+        seen: set[int] = set()
+        for rec in _json_lines(run.metrics):
+            end, dt, step = rec.get("time"), rec.get("step_time_s"), rec.get("step")
+            if not isinstance(end, (int, float)) or not isinstance(dt, (int, float)):
+                log.unplaced += 1  # written before records carried their time: cannot be placed
+                continue
+            log.steps.append((end - dt, end, step in seen))
+            seen.add(step)
+            if isinstance(rec.get("eval_s"), (int, float)):  # evaluation runs after the step's time
+                log.evals.append((end, end + rec["eval_s"]))
+            log._saw(end + (rec.get("eval_s") or 0.0))
+        for ev in _json_lines(run.events):
+            log._event(ev)
+        return log
+
+    def _event(self, ev: dict) -> None:
+        name, t = ev.get("event"), ev.get("time")
+        if not isinstance(t, (int, float)):
+            return
+        if name in SAVE_EVENTS:
+            self.saves.append((t - float(ev.get("blocking_s") or 0.0), t))
+            if name == "checkpoint_save":
+                self.commits.append(t)
+        elif name == "final_eval":
+            self.evals.append((t - float(ev.get("eval_s") or 0.0), t))
+        elif name == "signal":
+            self.signals.append(t)
+        elif name == "checkpoint_committed":
+            self.commits.append(t)
+        elif name == "process_start":
+            self.process_starts.append(t)
+            self.reported_recomputed = int(ev.get("steps_recomputed") or 0)
+        elif name == "first_step":
+            self.first_steps.append(t)
+        if name != "signal":  # a signal's time is when it came, not when it was written
+            self._saw(t)
+
+    def _saw(self, t: float) -> None:
+        self.last_time = t if self.last_time is None else max(self.last_time, t)
+
+
+@dataclass
+class Goodput:
+    """A job's allocated time, where it went, and the queue wait apart from it."""
+
+    source: str                 # "sacct" or "registry" (the run directory's own records)
+    unit: str                   # "GPU" or "node": what allocated hours count
+    attempts: list[Attempt]
+    buckets_s: dict[str, float]
+    steps_recomputed: int
+    restart_gaps_s: list[float] = field(default_factory=list)  # committed checkpoint -> next first step
+
+    @property
+    def allocated_s(self) -> float:
+        return sum(a.elapsed_s for a in self.attempts)
+
+    @property
+    def allocated_hours(self) -> float:
+        per = (lambda a: a.gpus) if self.unit == "GPU" else (lambda a: a.nodes)
+        return sum(a.elapsed_s * per(a) for a in self.attempts) / 3600
+
+    @property
+    def queue_wait_s(self) -> float:
+        return sum(a.queue_wait_s for a in self.attempts)
+
+    @property
+    def goodput(self) -> float:
+        total = self.allocated_s
+        return self.buckets_s["productive"] / total if total > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        """The shape ``hpcorch status`` shows (raw numbers; seconds and hours)."""
+        return {"source": self.source, "unit": self.unit, "allocated_hours": self.allocated_hours,
+                "queue_wait_s": self.queue_wait_s, "attempts": len(self.attempts), "goodput": self.goodput,
+                "buckets_s": dict(self.buckets_s), "steps_recomputed": self.steps_recomputed}
+
+
+# ----- the arithmetic ---------------------------------------------------------------------------
+def _overlap(start: float, end: float, lo: float, hi: float) -> float:
+    return max(0.0, min(end, hi) - max(start, lo))
+
+
+def account(attempts: list[Attempt], log: RunLog) -> tuple[dict[str, float], int]:
+    """The buckets (seconds) of ``attempts`` from ``log``'s records, and the number of
+    recomputed steps inside them."""
+    b = dict.fromkeys(BUCKETS, 0.0)
+    recomputed = 0
+    log.steps.sort(key=lambda s: s[1])
+    ends = [s[1] for s in log.steps]
+    for a in attempts:
+        lo, hi = a.start, a.end
+        # Steps are in time order: only those ending in the window, and one straddling its end.
+        first, last = bisect.bisect_left(ends, lo), bisect.bisect_right(ends, hi)
+        steps = [s for s in log.steps[first:last + 1] if _overlap(s[0], s[1], lo, hi) > 0 or lo <= s[1] <= hi]
+        recomputed += sum(1 for s in steps if s[2])
+        busy: list[tuple[float, float]] = []
+        for start, end, again in steps:
+            b["recomputed" if again else "productive"] += _overlap(start, end, lo, hi)
+            busy.append((start, end))
+        for key, spans in (("eval", log.evals), ("checkpoint", log.saves)):
+            for start, end in spans:
+                inside = _overlap(start, end, lo, hi)
+                if inside > 0:
+                    b[key] += inside
+                    busy.append((start, end))
+        signal = next((t for t in log.signals if lo <= t <= hi), None)
+        first = min((s for s, _ in busy), default=hi)
+        startup_end = min(first, signal if signal is not None else hi, hi)
+        b["startup"] += max(0.0, startup_end - lo)
+        if signal is not None:
+            done_after = sum(_overlap(s, e, max(signal, startup_end), hi) for s, e in busy)
+            b["idle_after_signal"] += max(0.0, hi - max(signal, startup_end) - done_after)
+    named = sum(v for k, v in b.items() if k != "other")
+    b["other"] = sum(a.elapsed_s for a in attempts) - named
+    return b, recomputed
+
+
+def restart_gaps(attempts: list[Attempt], log: RunLog) -> list[float]:
+    """For each attempt after the first: seconds from the last committed checkpoint before it
+    to its first step (the stop, the queue, the hold and the start-up together)."""
+    gaps = []
+    for a in attempts[1:]:
+        before = [t for t in log.commits if t < a.start]
+        first = next((t for t in sorted(log.first_steps) if a.start <= t <= a.end), None)
+        if before and first is not None:
+            gaps.append(first - max(before))
+    return gaps
+
+
+def summarize(source: str, attempts: list[Attempt], log: RunLog) -> Goodput:
+    buckets, recomputed = account(attempts, log)
+    unit = "GPU" if any(a.gpus for a in attempts) else "node"
+    return Goodput(source, unit, attempts, buckets, recomputed, restart_gaps(attempts, log))
+
+
+# ----- attempts: from accounting, or from the run directory ---------------------------------------
+def _epoch(text: str) -> float | None:
+    """sacct's local ``2026-11-24T09:51:46`` (``Unknown`` / ``None`` for not yet)."""
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def tres_count(tres: str, name: str) -> int:
+    """``gres/gpu`` (or ``node``) of an AllocTRES text: the untyped total, else the typed ones summed."""
+    fields = dict(item.partition("=")[::2] for item in tres.split(",") if "=" in item)
+    if name in fields:
+        return int(float(fields[name]))
+    return sum(int(float(v)) for k, v in fields.items() if k.startswith(name + ":"))
+
+
+def sacct_attempts(rows: list[dict[str, str]], now: float | None = None) -> list[Attempt]:
+    """Attempts from :meth:`Slurm.attempts` rows of one job; runs that never started are left
+    out (their wait still counts towards the next start)."""
+    now = time.time() if now is None else now
+    attempts: list[Attempt] = []
+    ready = _epoch(rows[0]["Submit"]) if rows else None
+    for row in rows:
+        start = _epoch(row["Start"])
+        if start is None:
+            continue
+        end = _epoch(row["End"])
+        elapsed = float(row["ElapsedRaw"] or 0) if end is not None else max(0.0, now - start)
+        attempts.append(Attempt(start, elapsed, ready, row["State"].split()[0],
+                                tres_count(row["AllocTRES"], "gres/gpu"), tres_count(row["AllocTRES"], "node") or 1))
+        ready = start + elapsed
+    return attempts
+
+
+def run_attempts(run: RunDir, log: RunLog, submitted: float | None = None, now: float | None = None,
+                 running: bool = False) -> list[Attempt]:
+    """Attempts from the run directory alone: one per ``process_start`` (after ``submitted``),
+    each ending at the last record written before the next one (at ``now`` while ``running``)."""
+    starts = sorted(t for t in log.process_starts if submitted is None or t >= submitted - 1)
+    gpus, nodes = _job_size(run)
+    times = sorted([s for _, s, _ in log.steps] + [e for _, e in log.evals + log.saves] + log.commits
+                   + log.first_steps)
+    attempts: list[Attempt] = []
+    ready = submitted
+    for i, start in enumerate(starts):
+        nxt = starts[i + 1] if i + 1 < len(starts) else float("inf")
+        inside = [t for t in times if start <= t < nxt]
+        end = max(inside, default=start)
+        if running and nxt == float("inf"):
+            end = time.time() if now is None else now
+        attempts.append(Attempt(start, end - start, ready, "", gpus * nodes, nodes))
+        ready = end
+    return attempts
+
+
+def _job_size(run: RunDir) -> tuple[int, int]:
+    """(GPUs per node, nodes) from the run's resolved job; (0, 1) if unreadable."""
+    from .errors import HpcorchError
+    from .spec.job import load_job
+
+    try:
+        res = load_job(run.job_file).resources
+        return int(res.gpus_per_node or 0), int(res.nodes)
+    except (HpcorchError, OSError, ValueError):
+        return 0, 1
+
+
+# ----- entry points -------------------------------------------------------------------------------
+def goodput(ref: Entry | RunDir | str | Path, slurm: Slurm | None = None,
+            rows: list[dict[str, str]] | None = None, running: bool = False) -> Goodput | None:
+    """The goodput of a registry entry (a Slurm job: its accounting, else its run directory),
+    or of a run directory alone. ``rows``: the job's :meth:`Slurm.attempts` rows, when the
+    caller fetched many jobs' at once. None when nothing ran yet."""
+    entry = ref if isinstance(ref, Entry) else None
+    run = RunDir.open(entry.run_dir) if entry else (ref if isinstance(ref, RunDir) else RunDir.open(ref))
+    log = RunLog.read(run)
+    if log.unplaced and not log.steps:
+        return None  # steps written before they carried their time: no honest figure
+    if entry is not None and entry.scheduler == "slurm":
+        if rows is None:
+            try:
+                rows = (slurm or Slurm(env=entry.env)).attempts([entry.job_id]).get(entry.job_id, [])
+            except SlurmError:
+                rows = []
+        attempts = sacct_attempts(rows)
+        if attempts:
+            return summarize("sacct", attempts, log)
+    attempts = run_attempts(run, log, entry.submitted if entry else None, running=running)
+    return summarize("registry", attempts, log) if attempts else None
+
+
+def goodput_dict(entry: Entry, running: bool = False) -> dict | None:
+    """``service.status``'s ``goodput``: :meth:`Goodput.as_dict`, None before anything ran."""
+    found = goodput(entry, running=running)
+    return found.as_dict() if found else None
+
+
+def goodput_of(entries: list[Entry]) -> dict[int, float | None]:
+    """Each entry's goodput (0..1, None when unknown), for ``hpcorch ls``: one sacct call per
+    cluster for every Slurm job, then each run directory's records."""
+    rows: dict[str, list[dict[str, str]]] = {}
+    by_conf: dict[str | None, list[str]] = {}
+    for e in entries:
+        if e.scheduler == "slurm" and not e.remote:
+            by_conf.setdefault(e.slurm_conf, []).append(e.job_id)
+    for conf, ids in by_conf.items():
+        try:
+            rows.update(Slurm(env={"SLURM_CONF": conf} if conf else None).attempts(ids))
+        except SlurmError:
+            pass  # accounting off: the run directories answer
+    out: dict[int, float | None] = {}
+    for e in entries:
+        if e.remote:
+            out[e.key] = None  # its run directory is on the login node
+            continue
+        try:
+            found = goodput(e, rows=rows.get(e.job_id) if e.scheduler == "slurm" else None)
+        except OSError:
+            found = None
+        out[e.key] = found.goodput if found and found.allocated_s > 0 else None
+    return out
+
+
+def _json_lines(path: Path):
+    """The JSON objects of a .jsonl file, skipping lines cut short by a crash."""
+    try:
+        f = open(path, errors="replace")
+    except OSError:
+        return
+    with f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                yield rec
