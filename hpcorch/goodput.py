@@ -4,8 +4,9 @@ An *attempt* is one run of the job on its allocation: Slurm's accounting has one
 run of a requeued job (``sacct -D``; the job keeps its id). Within each attempt's window
 [Start, Start + ElapsedRaw] the run directory's records say what the time was spent on:
 
-- ``productive``: steps trained for the first time (metrics.jsonl: a step ends at ``time``
-  and took ``step_time_s``);
+- ``productive``: steps trained for the first time (metrics.jsonl: a step ends at ``time``;
+  it began where the previous step of its process ended, less any evaluation or save
+  between them, or ``step_time_s`` before its end for a process's first step);
 - ``recomputed``: steps trained again after a restart (a step number seen before in the run);
 - ``checkpoint``: time training was blocked by saves (``checkpoint_save`` / ``checkpoint_wait``
   events, ``blocking_s``);
@@ -14,7 +15,7 @@ run of a requeued job (``sacct -D``; the job keeps its id). Within each attempt'
   data, model build, restore);
 - ``idle_after_signal``: from a stop signal to the attempt's end, less the step, save and
   evaluation still done in it (the tail the scheduler kept the nodes for);
-- ``other``: what is left (logging, the gaps between steps, exit, teardown).
+- ``other``: what is left (the tail after the last step, exit, teardown).
 
 ``other`` is the remainder, so the buckets sum to the allocated time; that the named buckets
 never overlap (every record is clipped to its attempt) is what keeps ``other`` >= 0. Queue
@@ -82,20 +83,40 @@ class RunLog:
     @classmethod
     def read(cls, run: RunDir) -> "RunLog":
         log = cls()
-        seen: set[int] = set()
+        for ev in _json_lines(run.events):
+            log._event(ev)
+        records = []
         for rec in _json_lines(run.metrics):
-            end, dt, step = rec.get("time"), rec.get("step_time_s"), rec.get("step")
+            end, dt = rec.get("time"), rec.get("step_time_s")
             if not isinstance(end, (int, float)) or not isinstance(dt, (int, float)):
                 log.unplaced += 1  # written before records carried their time: cannot be placed
                 continue
-            log.steps.append((end - dt, end, step in seen))
-            seen.add(step)
+            records.append(rec)
             if isinstance(rec.get("eval_s"), (int, float)):  # evaluation runs after the step's time
                 log.evals.append((end, end + rec["eval_s"]))
             log._saw(end + (rec.get("eval_s") or 0.0))
-        for ev in _json_lines(run.events):
-            log._event(ev)
+        log._place_steps(records)
         return log
+
+    def _place_steps(self, records: list[dict]) -> None:
+        """A step takes from the end of the one before it in the same process (as Google's
+        goodput counts a step: start to the next start; the loop's own work between steps
+        is training) less any evaluation or save between them, which have buckets of their
+        own; the first step of a process takes its measured time."""
+        starts = sorted(self.process_starts)
+        blockers = sorted(end for _, end in self.evals + self.saves)
+        seen: set[int] = set()
+        prev_end: float | None = None
+        for rec in records:
+            end, step = rec["time"], rec.get("step")
+            measured = end - rec["step_time_s"]
+            start = measured
+            if prev_end is not None and prev_end <= measured and not _any_between(starts, prev_end, end):
+                start = max(prev_end, _last_before(blockers, measured) or prev_end)
+                start = min(start, measured)
+            self.steps.append((start, end, step in seen))
+            seen.add(step)
+            prev_end = end
 
     def _event(self, ev: dict) -> None:
         name, t = ev.get("event"), ev.get("time")
@@ -160,6 +181,16 @@ class Goodput:
 
 
 # ----- the arithmetic ---------------------------------------------------------------------------
+def _any_between(sorted_times: list[float], lo: float, hi: float) -> bool:
+    i = bisect.bisect_right(sorted_times, lo)
+    return i < len(sorted_times) and sorted_times[i] < hi
+
+
+def _last_before(sorted_times: list[float], t: float) -> float | None:
+    i = bisect.bisect_right(sorted_times, t)
+    return sorted_times[i - 1] if i else None
+
+
 def _overlap(start: float, end: float, lo: float, hi: float) -> float:
     return max(0.0, min(end, hi) - max(start, lo))
 

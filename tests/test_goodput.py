@@ -22,6 +22,9 @@ class Timeline:
         self.seen: set[int] = set()
         self.want = dict.fromkeys(gp.BUCKETS, 0.0)
         self.recomputed = 0
+        # The loop's gap after a step belongs to the next step of the same process (a step
+        # runs from the previous one's end), unless a save comes between them.
+        self.pending_gap = 0.0
 
     def _metric(self, rec):
         with open(self.run.metrics, "a") as f:
@@ -34,6 +37,7 @@ class Timeline:
     def attempt(self, start, startup_s, restored_step, recomputed_so_far=0):
         self.t = start + startup_s
         self.want["startup"] += startup_s
+        self.pending_gap = 0.0
         self._event("process_start", step=restored_step, steps_recomputed=recomputed_so_far)
         return self
 
@@ -42,7 +46,8 @@ class Timeline:
             self.t += step_s
             again = step in self.seen
             self.seen.add(step)
-            self.want["recomputed" if again else "productive"] += step_s
+            self.want["recomputed" if again else "productive"] += step_s + self.pending_gap
+            self.want["other"] -= self.pending_gap
             self.recomputed += again
             rec = {"step": step, "time": self.t, "step_time_s": step_s, "loss": 1.0}
             if first_step and step == first:
@@ -53,17 +58,20 @@ class Timeline:
             self._metric(rec)
             self.t += (eval_s if eval_s and step == last else 0.0) + gap_s
             self.want["other"] += gap_s
+            self.pending_gap = gap_s
         return self
 
     def save(self, step, blocking_s):
         self.t += blocking_s
         self.want["checkpoint"] += blocking_s
+        self.pending_gap = 0.0
         self._event("checkpoint_save", step=step, blocking_s=blocking_s)
         return self
 
     def other(self, seconds):
         self.t += seconds
         self.want["other"] += seconds
+        self.pending_gap += seconds
         return self
 
 
