@@ -43,7 +43,7 @@ MODEL = ["trainer.model.layers=1", "trainer.model.width=32", "trainer.model.head
          "trainer.global_batch=8", "trainer.micro_batch=2", "trainer.optimizer.warmup_steps=4",
          "trainer.data.max_bytes=400000", "trainer.eval_interval=500", "trainer.log_interval=500",
          "trainer.collective_timeout_s=60"]
-CLUSTER = ["resources.nodes=2", "resources.tasks_per_node=2", "resources.gpus_per_node=2", "resources.time=3",
+CLUSTER = ["resources.nodes=2", "resources.tasks_per_node=2", "resources.gpus_per_node=2",
            "requeue.signal_lead_s=10", "trainer.checkpoint.interval=100", "environment.HPCORCH_STEP_DELAY_S=0.1"]
 
 
@@ -107,10 +107,10 @@ def resume_node(slurm: Slurm, node: str) -> None:
     slurm.run("scontrol", "update", f"NodeName={node}", "State=RESUME", check=False)
 
 
-def run_variant(variant: str, work: Path, preempt_after: float, steps: int) -> dict:
+def run_variant(variant: str, work: Path, preempt_after: float, steps: int, time_min: int = 3) -> dict:
     slurm = Slurm()
     home, run = work / f"home-{variant}", work / f"run-{variant}"
-    sets = MODEL + CLUSTER + [f"trainer.steps={steps}"]
+    sets = MODEL + CLUSTER + [f"trainer.steps={steps}", f"resources.time={time_min}"]
     if variant == "keep":
         sets.append("environment.HPCORCH_REQUEUE_HOLD=keep")
     args = [a for s in sets for a in ("--set", s)]
@@ -183,6 +183,9 @@ def main() -> None:
     parser.add_argument("--variants", default="cut,keep")
     parser.add_argument("--preempt-after", type=float, default=40.0, help="seconds of training per scripted attempt")
     parser.add_argument("--steps", type=int, default=2700)
+    parser.add_argument("--time-min", type=int, default=3,
+                        help="each attempt's time limit (minutes); a USR2 with less than signal_lead_s + 60 s "
+                             "left counts as the time limit, so keep preempt-after + start-up below it by that")
     parser.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     args = parser.parse_args()
     if "SLURM_CONF" not in os.environ:
@@ -191,7 +194,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-goodput-") as tmp:
         for variant in args.variants.split(","):
             start = time.time()
-            results.append(run_variant(variant, Path(tmp), args.preempt_after, args.steps))
+            results.append(run_variant(variant, Path(tmp), args.preempt_after, args.steps, args.time_min))
             print(f"[{variant}] {time.time() - start:.0f} s of bench", flush=True)
     table = report(results)
     print(table)
