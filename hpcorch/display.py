@@ -26,7 +26,10 @@ _UNITS = [(86400, "d"), (3600, "h"), (60, "m"), (1, "s")]
 
 
 def duration(seconds: float) -> str:
-    """The two largest units of a time span: ``4h 12m``, ``1d 3h``, ``10m``, ``45s``."""
+    """The two largest units of a time span: ``4h 12m``, ``1d 3h``, ``10m``, ``45s``; under ten
+    seconds a tenth counts (``0.4s``: a save or a restart's share is often that small)."""
+    if 0 < seconds < 9.95:
+        return f"{seconds:.1f}s"
     seconds = int(seconds)
     for i, (size, unit) in enumerate(_UNITS):
         if seconds >= size:

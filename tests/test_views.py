@@ -28,7 +28,7 @@ def _row(key, **more):
             **more}
 
 
-@pytest.mark.parametrize("seconds, text", [(0, "0s"), (45, "45s"), (600, "10m"), (3605, "1h"), (5400, "1h 30m"),
+@pytest.mark.parametrize("seconds, text", [(0, "0s"), (0.42, "0.4s"), (9.3, "9.3s"), (45, "45s"), (600, "10m"), (3605, "1h"), (5400, "1h 30m"),
                                            (15150, "4h 12m"), (90061, "1d 1h")])
 def test_durations_read_as_two_units(seconds, text):
     assert duration(seconds) == text
