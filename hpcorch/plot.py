@@ -151,6 +151,8 @@ def terminal(c: Curves, width: int | None = None, height: int | None = None, col
             plt.title(f"{title}: no data")
             continue
         ys = [v for _, _, y in drawn for v in y]
+        steps = [v for _, x, _ in drawn for v in x]
+        plt.xticks(_step_ticks(min(steps), max(steps)))  # whole steps, not plotext's 15.8
         for k, r in enumerate(c.restarts):
             plt.vline(r["step"], "red")
             plt.text(f"R{k + 1}", r["step"], max(ys), color="red")
@@ -158,6 +160,12 @@ def terminal(c: Curves, width: int | None = None, height: int | None = None, col
     if not color:
         text = _ANSI.sub("", text)
     return headline(c) + "\n" + text
+
+
+def _step_ticks(first: int, last: int, count: int = 5) -> list[int]:
+    """About ``count`` whole, evenly spaced step numbers from ``first`` to ``last``."""
+    span = max(1, last - first)
+    return sorted({first + round(span * i / (count - 1)) for i in range(count)})
 
 
 def png(c: Curves, path: str | Path) -> Path:
