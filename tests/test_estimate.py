@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from trainhelp import finish_ranks
 from hpcorch.errors import ConfigError, PlanError
 from hpcorch.estimate.memory import GIB, estimate_memory
 from hpcorch.estimate.time import Calibration, checkpoint_bytes, estimate_time, young_daly
@@ -91,21 +92,6 @@ def _start(world: int, cases: dict, out: Path) -> list[subprocess.Popen]:
     return procs
 
 
-def _finish(procs: list[subprocess.Popen], timeout: float) -> list[str]:
-    """Wait for every rank; kill (by pid) any rank still running after ``timeout``."""
-    logs = []
-    try:
-        for p in procs:
-            text, _ = p.communicate(timeout=timeout)
-            logs.append(text)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return logs
-
-
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory) -> dict[str, int]:
     """Case name -> the largest peak (bytes) any rank measured for its step."""
@@ -114,7 +100,7 @@ def measured(tmp_path_factory) -> dict[str, int]:
     running = [(cases, out, _start(world, cases, out)) for world, cases, out in groups]
     peaks = {}
     for cases, out, procs in running:
-        logs = _finish(procs, timeout=240)
+        logs = finish_ranks(procs, timeout=240)
         assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
         for name in cases:
             ranks = sorted(out.glob(f"{name}-*.json"))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from trainhelp import finish_ranks
 
 pytestmark = pytest.mark.timeout(300)
 WORKER = Path(__file__).resolve().parent / "reshard_worker.py"
@@ -30,17 +31,8 @@ def run(mode: str, ckpt: Path, world: int, timeout: float = 120) -> tuple[dict, 
         env.pop("HPCORCH_CRASH_IN_SAVE", None)
         procs.append(subprocess.Popen([sys.executable, str(WORKER), mode, str(ckpt), str(out)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    codes, logs = [], []
-    try:
-        for p in procs:
-            text, _ = p.communicate(timeout=timeout)
-            codes.append(p.returncode)
-            logs.append(text)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    logs = finish_ranks(procs, timeout)
+    codes = [p.returncode for p in procs]
     result = json.loads(out.read_text()) if out.exists() else {"logs": logs}
     return result, codes
 

@@ -17,6 +17,22 @@ TINY = ["trainer.model.layers=1", "trainer.model.width=32", "trainer.model.heads
         "trainer.log_interval=100", "trainer.collective_timeout_s=60"]
 
 
+def finish_ranks(procs: list[subprocess.Popen], timeout: float) -> list[str]:
+    """Wait for every rank started by a test (their stdout: text, stderr merged); kill (by pid)
+    any rank still running when the wait ends, whatever ended it."""
+    logs = []
+    try:
+        for p in procs:
+            text, _ = p.communicate(timeout=timeout)
+            logs.append(text)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return logs
+
+
 def train_cmd(run_dir: Path, nproc: int, *extra: str, flags: tuple[str, ...] = ()) -> list[str]:
     """`hpcorch train` of the tiny job; ``extra`` are more --set overrides, ``flags`` more options."""
     sets = [a for s in TINY + list(extra) for a in ("--set", s)]
