@@ -182,7 +182,7 @@ def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run
     _warn(plan)
     if not dry_run and _goes_remote(plan, remote):
         done = service.submit_remote(plan, code_dir, run_dir, template_dir, allow_config_change, nccl_debug,
-                                     accept_new, check=check)
+                                     accept_new, check=check, force=force)
         if check:
             click.echo(done)
         else:

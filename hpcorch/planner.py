@@ -88,7 +88,7 @@ def _parts(est: MemoryEstimate) -> str:
 def candidates(job) -> list[tuple[str, object]]:
     """Single changes that lower memory, cheapest first: activation checkpointing, more sharding,
     a smaller micro-batch, tensor parallelism. Each as ``(KEY=VALUE, the changed job)``;
-    changes the job's layout would refuse are left out."""
+    changes the job's own rules would refuse (layout, Adafactor, compression) are left out."""
     tr, res = job.trainer, job.resources
     layout = job.layout
     out: list[tuple[str, object]] = []
@@ -96,9 +96,9 @@ def candidates(job) -> list[tuple[str, object]]:
     def changed(text: str, apply) -> None:
         new = copy.deepcopy(job)
         apply(new.trainer)
-        try:
-            new.trainer.parallel.check_model(tr.model.layers, tr.model.heads, tr.model.vocab, tr.model.seq_len)
-            new.trainer.layout(res.world_size)
+        try:  # the whole job's rules, as --set would meet them (Adafactor, compression, layout)
+            new.trainer.__post_init__()
+            new.__post_init__()
         except Invalid:
             return
         out.append((text, new))
@@ -109,8 +109,8 @@ def candidates(job) -> list[tuple[str, object]]:
         changed("trainer.sharding=fsdp", lambda t: setattr(t, "sharding", "fsdp"))
     elif layout.dp_replicate > 1:
         dp = layout.dp
-        changed(f"trainer.parallel.dp_shard={dp}", lambda t: (setattr(t.parallel, "dp_shard", dp),
-                                                           setattr(t.parallel, "dp_replicate", None)))
+        changed(f"trainer.parallel.dp_shard={dp} --set trainer.parallel.dp_replicate=1",
+                lambda t: (setattr(t.parallel, "dp_shard", dp), setattr(t.parallel, "dp_replicate", 1)))
     micro = tr.micro_batch // 2
     while micro >= 1:
         changed(f"trainer.micro_batch={micro}", lambda t, m=micro: setattr(t, "micro_batch", m))

@@ -125,16 +125,18 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
 def submit_remote(plan: Plan, code_dir: str | os.PathLike | None = None, run_dir: str | None = None,
                   template_dir: str | os.PathLike | None = None, allow_config_change: bool = False,
                   nccl_debug: str | None = None, accept_new: bool = False, check: bool = False,
-                  registry: Registry | None = None) -> Submission | str:
+                  force: bool = False, registry: Registry | None = None) -> Submission | str:
     """Submit ``plan`` (validated here) on its profile's login node over SSH (see
     :mod:`hpcorch.remote.ops`) and record it here as remote; ``code_dir`` is synced there
     first. ``run_dir``: a path on the login node. ``check``: ask that cluster whether it would
-    take the job (``sbatch --test-only``) and return its answer; nothing is submitted."""
+    take the job (``sbatch --test-only``) and return its answer; nothing is submitted.
+    ``force``: the login node submits a job estimated not to fit too (as ``submit --force``)."""
     from .remote import ops
 
     entry = ops.submit(plan, plan.profile_ref or plan.profile.name, code_dir=code_dir, run_dir=run_dir,
                        template_dir=template_dir, allow_config_change=allow_config_change,
-                       nccl_debug=nccl_debug, accept_new=accept_new, check=check, registry=registry)
+                       nccl_debug=nccl_debug, accept_new=accept_new, check=check, force=force,
+                       registry=registry)
     return entry if check else Submission(entry, None)
 
 

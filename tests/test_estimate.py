@@ -167,6 +167,20 @@ def test_a_job_that_cannot_fit_is_refused_with_the_cheapest_fix(tmp_path):
     assert estimate_memory(fixed, "cuda", int(1.5 * GIB)).total <= small * GIB
 
 
+def test_every_suggested_change_is_one_the_job_accepts_as_printed():
+    from hpcorch.planner import candidates
+
+    # Adafactor: no sharding or tp suggested (torch's Adafactor cannot update DTensors).
+    texts = [text for text, _ in candidates(_gpt2("trainer.optimizer.name=adafactor"))]
+    assert texts and not any("sharding" in t or "tp=" in t or "dp_shard" in t for t in texts), texts
+    # HSDP with an explicit dp_replicate: the printed --set list loads as it stands.
+    hsdp = ["trainer.parallel.dp_replicate=2", "trainer.parallel.dp_shard=2"]
+    for text, job in candidates(_gpt2(*hsdp)):
+        sets = [s for s in text.split(" --set ")]
+        again = _gpt2(*hsdp, *sets)
+        assert again.layout == job.layout and again.trainer.micro_batch == job.trainer.micro_batch, text
+
+
 def test_just_under_the_limit_passes_just_over_is_refused(tmp_path):
     job = _gpt2()
     bare = estimate_memory(job, "cuda").total  # without the overhead

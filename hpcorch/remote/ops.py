@@ -64,7 +64,8 @@ def session(profile_ref: str, accept_new: bool = False):
 # ----- submit ------------------------------------------------------------------------------------
 def submit(plan, profile_ref: str, code_dir: str | None = None, run_dir: str | None = None,
            template_dir: str | None = None, allow_config_change: bool = False, nccl_debug: str | None = None,
-           accept_new: bool = False, check: bool = False, registry: Registry | None = None) -> Entry | str:
+           accept_new: bool = False, check: bool = False, force: bool = False,
+           registry: Registry | None = None) -> Entry | str:
     """Submit ``plan``'s job (validated here) on its profile's login node and record it here.
     The resolved job and profile travel as files, with ``code_dir`` (synced incrementally to
     ``WORKDIR/code/NAME``, where the remote submission then runs, so relative paths in the job
@@ -93,6 +94,7 @@ def submit(plan, profile_ref: str, code_dir: str | None = None, run_dir: str | N
         args += ["--template-dir", remote_templates]
     args += (["--run-dir", run_dir] if run_dir else []) + (["--allow-config-change"] if allow_config_change else [])
     args += ["--nccl-debug", nccl_debug] if nccl_debug else []
+    args += ["--force"] if force else []  # the login node re-plans: it must not refuse what --force let through
     out = hpcorch(sess, args, cwd=cwd)
     if check:
         return out.decode(errors="replace").strip()

@@ -139,10 +139,11 @@ class Trainer:
 
     def _save(self) -> None:
         """Checkpoint this step and record how long training was blocked (the whole save when
-        synchronous, the copy to host memory when asynchronous): goodput's checkpoint bucket
-        and the planner's measured save time."""
-        blocked = self.checkpointer.save(self.state)
-        self.runlog.event("checkpoint_save", step=self.state.step, blocking_s=blocked)
+        synchronous; when asynchronous, the wait for the previous save and the copy to host
+        memory): goodput's checkpoint bucket and the planner's measured save time."""
+        start = time.perf_counter()  # the whole call: an async save first waits for the one before
+        self.checkpointer.save(self.state)
+        self.runlog.event("checkpoint_save", step=self.state.step, blocking_s=time.perf_counter() - start)
 
     def _wait_for_save(self) -> None:
         """Wait for an asynchronous save still in flight; the wait blocked training too (a
@@ -221,12 +222,13 @@ class Trainer:
         if self.checkpointer.saved_step != st.step:
             self._save()
         self._wait_for_save()
-        self.stop.committed()
         signal_time = self.stop.signal_time if self.stop.signal_time is not None else time.time()
         self.runlog.event("signal", signal=self.agreed_signal, time=signal_time, step=st.step)
         self.runlog.event("checkpoint_committed", step=st.step)
         self.runlog.info(f"hpcorch: stopped by signal {signal.Signals(self.agreed_signal).name} "
                          f"at step {st.step}; checkpoint committed, exit {protocol.CHECKPOINTED}")
+        if self.env.rank != 0:  # rank 0 may still requeue the job: a SIGTERM then must not end it
+            self.stop.committed()
         return protocol.CHECKPOINTED
 
     def _finish(self) -> None:
