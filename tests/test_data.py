@@ -236,7 +236,7 @@ def test_a_changed_source_gets_new_tokens(tmp_path):
 
 
 def test_racing_builders_leave_one_whole_file(tmp_path):
-    """Builders of the same key (one per node on a shared run directory) rename whole files."""
+    """Builders of the same key (one per node on a shared run directory) publish whole files."""
     from hpcorch.train.tokencache import TokenCache
 
     spec = DataSpec(max_bytes=400_000)
@@ -256,3 +256,19 @@ def test_racing_builders_leave_one_whole_file(tmp_path):
     assert not errors and len(results) == 4
     assert all(np.array_equal(results[0], r) for r in results)
     assert len(list(tmp_path.glob("tokens-*.u8"))) == 1 and not list(tmp_path.glob(".*tmp"))
+
+
+def test_a_token_file_cut_short_is_rebuilt_not_trained_on(tmp_path):
+    """A crash the file system did not order can leave a short token file; a short array would
+    change every sample after it, so the cache checks the size against its side file."""
+    from hpcorch.train.tokencache import TokenCache
+
+    (tmp_path / "src").mkdir()
+    spec, cache = _text_tree(tmp_path / "src"), TokenCache(tmp_path / "cache")
+    whole = np.asarray(DataSource(spec, 32, 1, cache=cache).train.tokens).copy()  # not the map: cut below
+    (token_file,) = (tmp_path / "cache").glob("tokens-*.u8")
+    size = token_file.stat().st_size
+    os.truncate(token_file, size // 2)
+    again = DataSource(spec, 32, 1, cache=cache)
+    assert np.array_equal(np.asarray(again.train.tokens), whole)
+    assert token_file.stat().st_size == size

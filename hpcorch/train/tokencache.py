@@ -9,9 +9,10 @@ The key is a hash of the tokenizer, the source kind, ``max_bytes`` and each file
 and modification time (the source's contents are not read to look the cache up: that reading
 is what the cache saves). Any change to a file, a file added or removed, another tokenizer or
 another cap gives another key, hence another file; the tokens themselves carry their sha256 in
-the side file for whoever wants to check. Files are written whole to a unique temporary name
-and renamed, so a reader sees a complete file or none, and builders that race (one per node on
-a shared run directory) each rename the same bytes.
+the side file, whose token count is checked against the file's size on every start. Files are
+written whole and fsynced under a unique temporary name, then linked to their name unless a
+racing builder (one per node on a shared run directory) linked the same bytes first: a reader
+sees a complete file or none, and no file is ever replaced under a rank that has it mapped.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..fileio import fsync_dir
 
 log = logging.getLogger("hpcorch.train")
 
@@ -57,13 +60,30 @@ class TokenCache:
 
     def tokens(self, key: str, build) -> np.ndarray:
         """The tokens under ``key``: mapped from the cache, else ``build()`` (a uint8 array),
-        written atomically, then mapped, so that every caller gets the same kind of array."""
+        written once, then mapped, so that every caller gets the same kind of array."""
         path = self.path(key)
-        if not path.exists():
+        if not self._complete(path):
             tokens = build()
             self._write(path, tokens)
             log.debug("token cache: wrote %s (%d tokens)", path, len(tokens))
         return _map(path)
+
+    @staticmethod
+    def _complete(path: Path) -> bool:
+        """The token file exists and holds as many tokens as its side file says; a file that
+        does not (cut short by a crash the file system did not order) is removed, to be rebuilt:
+        a short token array would silently change every sample after it."""
+        try:
+            expected = json.loads(path.with_suffix(".json").read_text())["tokens"]
+            if path.stat().st_size == expected:
+                return True
+        except (OSError, ValueError, KeyError, TypeError):
+            if not path.exists():
+                return False
+        log.warning("token cache: %s is incomplete; building it again", path)
+        for stale in (path, path.with_suffix(".json")):
+            stale.unlink(missing_ok=True)
+        return False
 
     def _write(self, path: Path, tokens: np.ndarray) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -71,28 +91,40 @@ class TokenCache:
         meta = {"tokenizer": TOKENIZER, "tokens": len(data), "dtype": "uint8",
                 "sha256": hashlib.sha256(data).hexdigest()}
         # The side file first: a token file never exists without its description.
-        _replace(path.with_suffix(".json"), json.dumps(meta).encode())
-        _replace(path, data)
+        _publish(path.with_suffix(".json"), json.dumps(meta).encode())
+        _publish(path, data)
 
 
-def _replace(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file of its own (unique even across nodes that share the
-    folder: mkstemp's O_EXCL), then rename it over ``path``."""
+def _publish(path: Path, data: bytes) -> None:
+    """Write ``data`` durably to a temporary file of its own (unique even across nodes that
+    share the folder: mkstemp's O_EXCL), then link it to ``path`` unless a racing builder got
+    there first (its bytes are the same). Never a rename over an existing file: another
+    node's ranks may have it mapped, and on NFS a replaced file is gone under them (ESTALE)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a cache is as readable as the run
-        os.replace(tmp, path)
-    except BaseException:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        fsync_dir(path.parent)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process's umask, read from /proc (setting it to read it back races with threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _map(path: Path) -> np.ndarray:
