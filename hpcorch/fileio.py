@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, Iterator
 
 from .diskspace import DiskFull
 
@@ -65,6 +65,26 @@ def read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def json_lines(path: Path, tail: int | None = None) -> Iterator[dict]:
+    """The JSON objects of a ``.jsonl`` file (of its last ``tail`` bytes when given), skipping
+    lines cut short by a crash (or by the tail's start); nothing if the file is missing."""
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return
+    with f:
+        if tail is not None:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - tail))
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield record
 
 
 def last_json_line(path: Path, max_bytes: int = 65536) -> dict:

@@ -31,14 +31,15 @@ Nothing here imports torch: ``hpcorch status`` and ``hpcorch ls`` call it.
 from __future__ import annotations
 
 import bisect
-import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from .cluster.slurm import Slurm, SlurmError
+from .cluster.slurmtext import tres_counts
 from .registry import Entry
+from .fileio import json_lines
 from .rundir import RunDir
 
 BUCKETS = ("productive", "startup", "recomputed", "checkpoint", "eval", "idle_after_signal", "other")
@@ -52,7 +53,6 @@ class Attempt:
     start: float
     elapsed_s: float
     ready: float | None = None  # since when it waited in the queue (None: unknown)
-    state: str = ""
     gpus: int = 0               # GPUs of the whole allocation
     nodes: int = 1
 
@@ -83,10 +83,10 @@ class RunLog:
     @classmethod
     def read(cls, run: RunDir) -> "RunLog":
         log = cls()
-        for ev in _json_lines(run.events):
+        for ev in json_lines(run.events):
             log._event(ev)
         records = []
-        for rec in _json_lines(run.metrics):
+        for rec in json_lines(run.metrics):
             end, dt = rec.get("time"), rec.get("step_time_s")
             if not isinstance(end, (int, float)) or not isinstance(dt, (int, float)):
                 log.unplaced += 1  # written before records carried their time: cannot be placed
@@ -259,10 +259,10 @@ def _epoch(text: str) -> float | None:
 
 def tres_count(tres: str, name: str) -> int:
     """``gres/gpu`` (or ``node``) of an AllocTRES text: the untyped total, else the typed ones summed."""
-    fields = dict(item.partition("=")[::2] for item in tres.split(",") if "=" in item)
+    fields = tres_counts(tres)
     if name in fields:
-        return int(float(fields[name]))
-    return sum(int(float(v)) for k, v in fields.items() if k.startswith(name + ":"))
+        return fields[name]
+    return sum(v for k, v in fields.items() if k.startswith(name + ":"))
 
 
 def sacct_attempts(rows: list[dict[str, str]], now: float | None = None) -> list[Attempt]:
@@ -270,15 +270,18 @@ def sacct_attempts(rows: list[dict[str, str]], now: float | None = None) -> list
     out (their wait still counts towards the next start)."""
     now = time.time() if now is None else now
     attempts: list[Attempt] = []
-    ready = _epoch(rows[0]["Submit"]) if rows else None
+    ready = _epoch(rows[0].get("Submit") or "") if rows else None
     for row in rows:
-        start = _epoch(row["Start"])
+        start = _epoch(row.get("Start") or "")
         if start is None:
             continue
-        end = _epoch(row["End"])
-        elapsed = float(row["ElapsedRaw"] or 0) if end is not None else max(0.0, now - start)
-        attempts.append(Attempt(start, elapsed, ready, row["State"].split()[0],
-                                tres_count(row["AllocTRES"], "gres/gpu"), tres_count(row["AllocTRES"], "node") or 1))
+        end = _epoch(row.get("End") or "")
+        try:
+            elapsed = float(row.get("ElapsedRaw") or 0) if end is not None else max(0.0, now - start)
+        except ValueError:  # a record this release prints otherwise: left out, not the whole listing
+            continue
+        tres = row.get("AllocTRES") or ""
+        attempts.append(Attempt(start, elapsed, ready, tres_count(tres, "gres/gpu"), tres_count(tres, "node") or 1))
         ready = start + elapsed
     return attempts
 
@@ -299,7 +302,7 @@ def run_attempts(run: RunDir, log: RunLog, submitted: float | None = None, now: 
         end = max(inside, default=start)
         if running and nxt == float("inf"):
             end = time.time() if now is None else now
-        attempts.append(Attempt(start, end - start, ready, "", gpus * nodes, nodes))
+        attempts.append(Attempt(start, end - start, ready, gpus * nodes, nodes))
         ready = end
     return attempts
 
@@ -370,19 +373,3 @@ def goodput_of(entries: list[Entry]) -> dict[int, float | None]:
             found = None
         out[e.key] = found.goodput if found and found.allocated_s > 0 else None
     return out
-
-
-def _json_lines(path: Path):
-    """The JSON objects of a .jsonl file, skipping lines cut short by a crash."""
-    try:
-        f = open(path, errors="replace")
-    except OSError:
-        return
-    with f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                yield rec

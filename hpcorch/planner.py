@@ -6,13 +6,12 @@ MFU and the save time), refuses a job that cannot fit, and names the cheapest ch
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import PlanError
+from .fileio import json_lines
 from .rundir import RunDir
 from .estimate.memory import GIB, MemoryEstimate, estimate_memory
 from .estimate.time import Calibration, TimeEstimate, estimate_time
@@ -149,7 +148,7 @@ def calibration(profile: str, job_name: str, world_size: int = 0, registry=None)
         run = RunDir(entry.run_dir)
         same_job = entry.name == job_name
         if run.summary_file.exists():
-            records = _records(run.metrics, METRICS_TAIL)
+            records = list(json_lines(run.metrics, METRICS_TAIL))
             values = [r["mfu"] for r in records if isinstance(r.get("mfu"), (int, float))]
             if values:
                 mfus.append(statistics.median(values))
@@ -158,28 +157,10 @@ def calibration(profile: str, job_name: str, world_size: int = 0, registry=None)
             if same_job and rates and run.summary().get("world_size") == world_size:
                 speeds.append(statistics.median(rates))
         if same_job:
-            saves += [r["blocking_s"] for r in _records(run.events)
+            saves += [r["blocking_s"] for r in json_lines(run.events)
                       if r.get("event") == "checkpoint_save" and isinstance(r.get("blocking_s"), (int, float))]
     return Calibration(tuple(mfus), tuple(saves), tuple(speeds))
 
-
-def _records(path: Path, tail: int | None = None) -> list[dict]:
-    """The JSON lines of ``path`` (its last ``tail`` bytes; a torn first or last line is
-    skipped); none if it is missing."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            f.seek(size - tail if tail is not None and size > tail else 0)
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 # ----- the plan's summary -----------------------------------------------------------------------

@@ -12,13 +12,13 @@ bucket; this is the curve.)
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import HpcorchError
+from .fileio import json_lines
 from .rundir import RunDir
 
 PNG_SIZE_IN = (12.0, 8.0)
@@ -48,30 +48,14 @@ class Curves:
         return asdict(self)
 
 
-def _json_lines(path: Path) -> list[dict]:
-    out = []
-    try:
-        with open(path, errors="replace") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
-                if isinstance(record, dict):
-                    out.append(record)
-    except OSError:
-        pass
-    return out
-
-
 def curves(run: RunDir, name: str | None = None) -> Curves:
     """The curves of the run in ``run``."""
-    records = [r for r in _json_lines(run.metrics) if isinstance(r.get("step"), int)]
+    records = [r for r in json_lines(run.metrics) if isinstance(r.get("step"), int)]
     if not records:
         raise HpcorchError(f"no metrics yet in {run.metrics}: nothing to plot")
     final = {r["step"]: r for r in records}  # a later record of a step supersedes the earlier
     kept = [final[s] for s in sorted(final)]
-    starts = [e for e in _json_lines(run.events) if e.get("event") == "process_start"]
+    starts = [e for e in json_lines(run.events) if e.get("event") == "process_start"]
     out = Curves(name or run.root.name, str(run.root), recomputed=len(records) - len(kept))
     for r in kept:
         out.steps.append(r["step"])
@@ -199,7 +183,10 @@ def png(c: Curves, path: str | Path) -> Path:
         fig.suptitle(headline(c), fontsize=9)
         fig.tight_layout()
         path = Path(path)
-        fig.savefig(path, dpi=PNG_DPI)  # no bbox_inches="tight": the size stays what is asked
+        try:
+            fig.savefig(path, dpi=PNG_DPI)  # no bbox_inches="tight": the size stays what is asked
+        except (OSError, ValueError) as exc:  # a missing folder, no permission, an unknown suffix
+            raise HpcorchError(f"--png {path}: {getattr(exc, 'strerror', None) or exc}") from None
     finally:
         plt.close(fig)
     return path

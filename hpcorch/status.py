@@ -163,24 +163,14 @@ def placement_summary(run: RunDir) -> str | None:
     ranks' ``placement`` events (None before any). A leaf is the second-to-last component of
     SLURM_TOPOLOGY_ADDR (``spine.leaf1.node1``); without one (no topology plugin, or a local
     run) only the nodes are counted."""
-    import json
+    from .fileio import json_lines
 
     records: list[dict] = []
-    try:
-        with open(run.events, errors="replace") as f:
-            for line in f:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
-                if not isinstance(event, dict):
-                    continue
-                if event.get("event") == "process_start":
-                    records = []  # a later start's ranks replace the earlier ones
-                elif event.get("event") == "placement":
-                    records.append(event)
-    except OSError:
-        return None
+    for event in json_lines(run.events):
+        if event.get("event") == "process_start":
+            records = []  # a later start's ranks replace the earlier ones
+        elif event.get("event") == "placement":
+            records.append(event)
     if not records:
         return None
     nodes = list(dict.fromkeys(str(r.get("node")) for r in records))

@@ -217,3 +217,12 @@ def test_plot_png_has_the_expected_size(edited_run, tmp_path):
         assert image.format == "PNG" and image.size == (1200, 800)
         colours = image.convert("RGB").getcolors(1 << 20)
     assert len(colours) > 50  # drawn, not blank
+
+
+@pytest.mark.parametrize("where, expected", [("missing/curves.png", "No such file or directory"),
+                                             ("curves.weird", "Format 'weird' is not supported")])
+def test_a_png_that_cannot_be_written_is_one_line(edited_run, tmp_path, where, expected):
+    out = _cli(edited_run, "plot", edited_run["key"], "--png", str(tmp_path / where))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"error: --png {tmp_path / where}: ") and expected in out.stderr
+    assert out.stderr.count("\n") == 1

@@ -277,7 +277,7 @@ QOS_FORMAT = ("Name", "Priority", "MaxWall", "MaxTRES", "MaxTRESPerNode", "MaxTR
 ASSOC_FORMAT = ("Account", "Partition", "QOS")
 
 
-def _tres(text: str) -> dict[str, int]:
+def tres_counts(text: str) -> dict[str, int]:
     """``cpu=64,gres/gpu=8,node=2`` -> {"cpu": 64, "gres/gpu": 8, "node": 2} (typed GPU limits
     ``gres/gpu:a100=4`` keep their type in the key)."""
     out = {}
@@ -305,7 +305,7 @@ def parse_qos(text: str) -> list[Qos]:
         if not line.strip():
             continue
         cols = dict(zip(QOS_FORMAT, (line.split("|") + [""] * len(QOS_FORMAT))))
-        per_job, per_node = _tres(cols["MaxTRES"]), _tres(cols["MaxTRESPerNode"])
+        per_job, per_node = tres_counts(cols["MaxTRES"]), tres_counts(cols["MaxTRESPerNode"])
         wall = cols["MaxWall"].strip()
         wall = profile_time(wall) if wall else None
         out.append(Qos(
