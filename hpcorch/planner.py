@@ -135,8 +135,10 @@ def calibration(profile: str, job_name: str, world_size: int = 0, registry=None)
     """MFU of completed runs on ``profile`` (the median of each run's metrics), blocking save
     times of earlier runs of ``job_name`` there, and the tokens/s of its completed runs at
     ``world_size`` ranks, from the registry's run directories."""
-    from .registry import Registry
+    from .registry import Registry, default_path
 
+    if registry is None and not default_path().exists():
+        return Calibration()  # no runs yet, and a plan creates no registry
     try:
         entries = [e for e in (registry or Registry()).all() if e.profile == profile and not e.remote]
     except Exception as exc:  # a broken or missing registry must not stop a plan
