@@ -87,20 +87,25 @@ def _without_credentials(url: str | None) -> str | None:
 
 def _with_untracked(top: Path, patch: bytes, names: list[str], limit: int) -> tuple[bytes, bool]:
     """``patch`` followed by a "new file" patch of each untracked file (``git apply`` takes it),
-    cut at ``limit`` bytes; returns (patch, whether anything was left out). A file larger than
-    the limit on its own is named, with no content."""
+    cut at ``limit`` bytes; returns (patch, whether anything was left out). Reading is bounded
+    by the same limit: a binary file, or one that would pass it, is named with its size and
+    modification time (enough to see it change), never read whole. Untracked hpcorch run
+    directories (other runs under ``runs/``) are no code: they are left out."""
     parts = [patch]
     size, cut = len(patch), False
+    runs: dict[Path, bool] = {}
     for name in sorted(names):
         if size > limit:
             cut = True
             break
+        if _in_run_dir(top, name, runs):
+            continue
         try:
-            data = (top / name).read_bytes() if (top / name).stat().st_size <= limit else None
+            data, stamp = _read_text(top / name, limit - size)
         except OSError:
             continue
-        cut |= data is None
-        part = _new_file_patch(name, data)
+        cut |= data is None and stamp.startswith("too large")
+        part = _new_file_patch(name, data, stamp)
         parts.append(part)
         size += len(part)
     joined = b"".join(parts)
@@ -109,11 +114,37 @@ def _with_untracked(top: Path, patch: bytes, names: list[str], limit: int) -> tu
     return joined[:limit] + b"\n# hpcorch: patch cut at %d bytes\n" % limit, True
 
 
-def _new_file_patch(name: str, data: bytes | None) -> bytes:
+def _in_run_dir(top: Path, name: str, seen: dict[Path, bool]) -> bool:
+    """Whether ``name`` lies in a folder holding an hpcorch run (its ``job.yaml`` beside its
+    ``events.jsonl``); ``seen`` remembers each folder's answer."""
+    for parent in Path(name).parents:
+        if parent == Path("."):
+            return False
+        if parent not in seen:
+            folder = top / parent
+            seen[parent] = (folder / "job.yaml").is_file() and (folder / "events.jsonl").is_file()
+        if seen[parent]:
+            return True
+    return False
+
+
+def _read_text(path: Path, room: int) -> tuple[bytes | None, str]:
+    """A text file's bytes if it fits in ``room``; else None and what identifies it."""
+    st = path.stat()
+    stamp = f"{st.st_size} bytes, mtime {st.st_mtime_ns}"
+    if st.st_size > room:
+        return None, f"too large: {stamp}"
+    with open(path, "rb") as f:
+        head = f.read(8192)
+        if b"\0" in head:
+            return None, f"binary: {stamp}"
+        return head + f.read(), stamp
+
+
+def _new_file_patch(name: str, data: bytes | None, stamp: str = "") -> bytes:
     head = f"diff --git a/{name} b/{name}\nnew file mode 100644\n".encode()
-    if data is None or b"\0" in data[:8192]:
-        digest = sha256(data)[:16] if data is not None else "too large"
-        return head + f"Binary files /dev/null and b/{name} differ ({digest})\n".encode()
+    if data is None:
+        return head + f"Binary files /dev/null and b/{name} differ ({stamp})\n".encode()
     if not data:
         return head
     lines = data.split(b"\n")

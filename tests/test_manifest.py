@@ -69,7 +69,20 @@ def test_git_state_outside_a_repository_and_caps(tmp_path):
     (repo / "big.txt").write_text("x\n" * 5000)
     facts, patch = git_state(repo, max_patch=1000)
     assert facts["origin"] == "https://example.org/x.git"
-    assert facts["patch_truncated"] and b"Binary files /dev/null and b/big.txt differ (too large)" in patch
+    assert facts["patch_truncated"] and b"Binary files /dev/null and b/big.txt differ (too large: 10000 bytes" in patch
+    # A binary file is never read whole: named with its size and time, so a change still shows.
+    (repo / "big.txt").unlink()
+    (repo / "weights.bin").write_bytes(b"\0" * 500)
+    _, binary = git_state(repo, max_patch=100_000)
+    assert b"b/weights.bin differ (binary: 500 bytes, mtime " in binary
+    # Another run's directory inside the code folder is no code change.
+    other = repo / "runs" / "old"
+    other.mkdir(parents=True)
+    for name in ("job.yaml", "events.jsonl", "metrics.jsonl"):
+        (other / name).write_text("{}\n")
+    _, without = git_state(repo, max_patch=100_000)
+    assert without == binary
+    (repo / "weights.bin").unlink()
     for i in range(5):
         (repo / f"part{i}.txt").write_text(f"{i}\n" * 150)
     facts, patch = git_state(repo, max_patch=1000)
