@@ -31,6 +31,7 @@ Nothing here imports torch: ``hpcorch status`` and ``hpcorch ls`` call it.
 from __future__ import annotations
 
 import bisect
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,8 +39,8 @@ from pathlib import Path
 
 from .cluster.slurm import Slurm, SlurmError
 from .cluster.slurmtext import tres_counts
+from .fileio import atomic_write, json_lines, read_json
 from .registry import Entry
-from .fileio import json_lines
 from .rundir import RunDir
 
 BUCKETS = ("productive", "startup", "recomputed", "checkpoint", "eval", "idle_after_signal", "other")
@@ -349,13 +350,16 @@ def goodput_dict(entry: Entry, running: bool = False) -> dict | None:
     return found.as_dict() if found else None
 
 
-def goodput_of(entries: list[Entry]) -> dict[int, float | None]:
+def goodput_of(entries: list[Entry], ended: set[int] = frozenset()) -> dict[int, float | None]:
     """Each entry's goodput (0..1, None when unknown), for ``hpcorch ls``: one sacct call per
-    cluster for every Slurm job, then each run directory's records."""
+    cluster for the Slurm jobs still needing one, then each run directory's records. A job in
+    ``ended`` (registry keys) keeps its figure in ``goodput.json``, valid while its metrics and
+    events stay the size they were: ``ls`` reads a long run's records once, not every time."""
+    cached = {e.key: _cached(e) for e in entries if e.key in ended and not e.remote}
     rows: dict[str, list[dict[str, str]]] = {}
     by_conf: dict[str | None, list[str]] = {}
     for e in entries:
-        if e.scheduler == "slurm" and not e.remote:
+        if e.scheduler == "slurm" and not e.remote and cached.get(e.key) is None:
             by_conf.setdefault(e.slurm_conf, []).append(e.job_id)
     for conf, ids in by_conf.items():
         try:
@@ -367,9 +371,37 @@ def goodput_of(entries: list[Entry]) -> dict[int, float | None]:
         if e.remote:
             out[e.key] = None  # its run directory is on the login node
             continue
+        if cached.get(e.key) is not None:
+            out[e.key] = cached[e.key]["goodput"]
+            continue
         try:
             found = goodput(e, rows=rows.get(e.job_id) if e.scheduler == "slurm" else None)
         except OSError:
             found = None
         out[e.key] = found.goodput if found and found.allocated_s > 0 else None
+        if e.key in ended:
+            _keep(e, out[e.key])
     return out
+
+
+def _sizes(run: RunDir) -> list[int]:
+    return [path.stat().st_size if path.exists() else -1 for path in (run.metrics, run.events)]
+
+
+def _cached(entry: Entry) -> dict | None:
+    run = RunDir(entry.run_dir)
+    found = read_json(run.goodput_file)
+    try:
+        valid = found.get("job_id") == entry.job_id and found.get("sizes") == _sizes(run)
+    except OSError:
+        return None
+    return found if valid and "goodput" in found else None
+
+
+def _keep(entry: Entry, value: float | None) -> None:
+    run = RunDir(entry.run_dir)
+    try:
+        atomic_write(run.goodput_file, json.dumps({"job_id": entry.job_id, "sizes": _sizes(run), "goodput": value}),
+                     durable=False)
+    except OSError:
+        pass  # a run directory this user may not write: computed again next time

@@ -16,6 +16,7 @@ Layout (``R`` the run directory)::
     R/restarts.json          requeues spent per cause, and the last refusal
     R/config_accepted.json   the training config the user accepted over a checkpoint's (--allow-config-change)
     R/summary.json           written once the run completes
+    R/goodput.json           an ended job's goodput for `hpcorch ls`, while its records keep their size
     R/health/attempt-N/NODE.json   each node's pre-flight report of attempt N (SLURM_RESTART_COUNT)
     R/manifests/attempt-N.json|.patch  what ran in the run's Nth attempt (submission.json: the submit's record)
     R/logs/%j.out|err        the batch script's own output; logs/controller.log (local)
@@ -159,6 +160,7 @@ class RunDir:
     controller_log = property(lambda self: self.root / "logs" / "controller.log")
 
     failures = property(lambda self: self.root / "failures.jsonl")
+    goodput_file = property(lambda self: self.root / "goodput.json")  # an ended job's figure, for ls
     manifests = property(lambda self: self.root / "manifests")
 
     def manifest_file(self, attempt: int | None, suffix: str = "json") -> Path:

@@ -230,7 +230,8 @@ def jobs(registry: Registry | None = None) -> list[dict]:
         current.update(ops.states(remote))
     from .goodput import goodput_of
 
-    good = goodput_of(entries)  # one sacct call per cluster, then the run directories
+    ended = {e.key for e in entries if observe.has_ended(current[e.key])}
+    good = goodput_of(entries, ended)  # one sacct call per cluster, then the run directories
     return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": current[e.key],
              "run_dir": e.run_dir, "host": e.remote_ref.host if e.remote else None, **observe.row(e),
              "goodput": good[e.key]}

@@ -235,6 +235,24 @@ def test_ls_goodput_per_entry_without_a_cluster(tmp_path):
     assert got == {1: pytest.approx(want.goodput), 2: None, 3: None} and 0 < got[1] < 1
 
 
+def test_an_ended_jobs_figure_is_kept_until_its_records_grow(tmp_path, monkeypatch):
+    """``ls`` reads an ended job's records once: the figure is kept in the run directory, and
+    taken again only when metrics or events changed (a resumed run appends to them)."""
+    tl, _ = _two_attempts(tmp_path)
+    base = dict(name="x", profile="local", job_file="", slurm_conf=None, exclude=None, resumed_from=None)
+    done = Entry(key=1, job_id="4242", scheduler="local", run_dir=str(tl.run.root), submitted=T0 - 30, **base)
+    first = gp.goodput_of([done], ended={1})
+    assert tl.run.goodput_file.exists() and 0 < first[1] < 1
+    reads = []
+    real = gp.RunLog.read
+    monkeypatch.setattr(gp.RunLog, "read", classmethod(lambda cls, run: reads.append(run) or real(run)))
+    assert gp.goodput_of([done], ended={1}) == first and reads == []
+    tl.other(5.0).steps(21, 22, 2.0)  # the records grew: computed again
+    again = gp.goodput_of([done], ended={1})
+    assert len(reads) == 1 and again[1] != first[1]
+    assert gp.goodput_of([done]) == again and len(reads) == 2  # a running job is never cached
+
+
 def test_steps_without_times_give_no_figure(tmp_path):
     """A run written before metrics carried their time: unknown, not 0 %."""
     run = RunDir(tmp_path / "old")
