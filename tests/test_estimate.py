@@ -25,8 +25,8 @@ import pytest
 from conftest import run_cli
 from trainhelp import finish_ranks
 from hpcorch.errors import ConfigError, PlanError
-from hpcorch.estimate.memory import GIB, estimate_memory
-from hpcorch.estimate.time import Calibration, checkpoint_bytes, estimate_time, young_daly
+from hpcorch.estimate.memory import GIB, checkpoint_bytes, estimate_memory
+from hpcorch.estimate.time import Calibration, estimate_time, young_daly
 from hpcorch.plan import make_plan
 from hpcorch.planner import calibration, check_fit
 from hpcorch.registry import Registry

@@ -332,3 +332,10 @@ class _RankModel:
         later = 0 if acc else self.local_bytes(made) if self.setup.fsdp else self.full_bytes(made)
         temp = self.block_temp() + (block_full if self.setup.fsdp else 0)  # FSDP2: the block's unsharded grads
         return ("block backward", params, acc + buckets + later, older + mine, temp)
+
+
+def checkpoint_bytes(cfg: GPTConfig, optimizer: str) -> int:
+    """What a checkpoint holds: the fp32 parameters and the optimizer's states."""
+    shapes = _root_tensors(cfg, 1, True, True) + _block_tensors(cfg, 1) * cfg.layers
+    params = sum(math.prod(s) for s in shapes)
+    return (params + sum(_optimizer_numel(s, optimizer) for s in shapes)) * FP32

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from ..spec.model import GPTConfig
-from .memory import FP32, _block_tensors, _optimizer_numel, _root_tensors
+from .memory import checkpoint_bytes
 
 
 @dataclass(frozen=True)
@@ -56,20 +55,10 @@ class TimeEstimate:
     interval_steps: int | None
     configured_steps: int
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def young_daly(save_s: float, mtbf_s: float) -> float:
     """Young's optimal time between checkpoints, ``sqrt(2 x save time x MTBF)`` (seconds)."""
     return math.sqrt(2.0 * save_s * mtbf_s)
-
-
-def checkpoint_bytes(cfg: GPTConfig, optimizer: str) -> int:
-    """What a checkpoint holds: the fp32 parameters and the optimizer's states."""
-    shapes = _root_tensors(cfg, 1, True, True) + _block_tensors(cfg, 1) * cfg.layers
-    params = sum(math.prod(s) for s in shapes)
-    return (params + sum(_optimizer_numel(s, optimizer) for s in shapes)) * FP32
 
 
 def estimate_time(job, peak_tflops: float | None, gpus: int, planning, calibration: Calibration = Calibration()
