@@ -166,7 +166,6 @@ class RunDir:
     def manifest_file(self, attempt: int | None, suffix: str = "json") -> Path:
         """The Nth attempt's manifest (``json``) or code patch (``patch``); None: the submission's record."""
         return self.manifests / (f"attempt-{int(attempt)}.{suffix}" if attempt is not None else "submission.json")
-    cache = property(lambda self: self.root / "cache")  # derived data (token files): safe to delete
 
     def exit_record(self, attempt: int, rank: int) -> Path:
         """Why rank ``rank`` of attempt ``attempt`` (Slurm's restart count) ended with an error,

@@ -1,8 +1,11 @@
 """Shared fixtures. Slurm-dependent fixtures live in tests/slurm_fixtures.py."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 pytest_plugins = [p for p in ("slurm_fixtures", "ssh_fixtures") if (Path(__file__).parent / f"{p}.py").exists()]
+
+# The session's token cache (hpcorch.train.tokencache): its own, not the user's ~/.cache, and
+# shared by every run the tests start (as one user's runs share theirs).
+if "HPCORCH_CACHE" not in os.environ:
+    os.environ["HPCORCH_CACHE"] = tempfile.mkdtemp(prefix="hpcorch-tokens-")
+    atexit.register(shutil.rmtree, os.environ["HPCORCH_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture

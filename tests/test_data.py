@@ -272,3 +272,16 @@ def test_a_token_file_cut_short_is_rebuilt_not_trained_on(tmp_path):
     again = DataSource(spec, 32, 1, cache=cache)
     assert np.array_equal(np.asarray(again.train.tokens), whole)
     assert token_file.stat().st_size == size
+
+
+def test_a_cache_that_cannot_be_written_costs_the_cache_not_the_run(tmp_path, caplog):
+    from hpcorch.train.tokencache import TokenCache
+
+    (tmp_path / "src").mkdir()
+    spec = _text_tree(tmp_path / "src")
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would be")
+    with caplog.at_level("WARNING", logger="hpcorch.train"):
+        got = DataSource(spec, 32, 1, cache=TokenCache(blocked))
+    _same_data(DataSource(spec, 32, 1), got)
+    assert "tokens kept in memory" in caplog.text

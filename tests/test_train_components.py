@@ -114,7 +114,7 @@ def test_console_shows_the_share_done_elapsed_time_and_eta(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 3  # steps 1, 100, 200
     assert lines[0] == ("step      1/1000 (0.1%) loss 1.5000 lr 1.00e-03 1,000 tok/s mfu 41.2%; "
-                        "2s elapsed, ETA 33m 18s")  # 999 steps x the step's own 2 s
+                        "2.0s elapsed, ETA 33m 18s")  # 999 steps x the step's own 2 s
     # Steps 150..200 took 100 s + one 40 s checkpoint: 2.8 s a step, 800 steps left.
     assert lines[2].endswith("(20.0%) loss 1.5000 lr 1.00e-03 1,000 tok/s mfu 41.2%; 8m elapsed, ETA 37m 20s")
 
@@ -219,8 +219,8 @@ def test_trainer_creates_every_attribute_in_init_and_stops_on_an_agreed_signal(g
     assert trainer.agreed_signal == signal.SIGUSR2
     assert RunDir(tmp_path).latest_checkpoint() == 1
     records = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
-    assert [e["event"] for e in records] == ["process_start", "placement", "first_step", "signal",
-                                             "checkpoint_committed"]
+    assert [e["event"] for e in records] == ["process_start", "placement", "first_step", "checkpoint_save",
+                                             "signal", "checkpoint_committed"]
     # Every rank's placement, written by rank 0 after the start (one rank here, outside Slurm).
     assert {k: records[1][k] for k in ("rank", "local_rank", "topology_addr")} == {
         "rank": 0, "local_rank": 0, "topology_addr": None}

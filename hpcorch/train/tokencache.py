@@ -11,7 +11,7 @@ is what the cache saves). Any change to a file, a file added or removed, another
 another cap gives another key, hence another file; the tokens themselves carry their sha256 in
 the side file, whose token count is checked against the file's size on every start. Files are
 written whole and fsynced under a unique temporary name, then linked to their name unless a
-racing builder (one per node on a shared run directory) linked the same bytes first: a reader
+racing builder (one per node on a shared cache folder) linked the same bytes first: a reader
 sees a complete file or none, and no file is ever replaced under a rank that has it mapped.
 """
 from __future__ import annotations
@@ -49,11 +49,21 @@ def fingerprint(kind: str, files: list[Path], max_bytes: int, separator: int) ->
     return h.hexdigest()[:32]
 
 
-class TokenCache:
-    """Cached token files under ``folder`` (the run directory's ``cache/``)."""
+def default_folder() -> Path:
+    """Where token files are kept: ``$HPCORCH_CACHE``, else ``$XDG_CACHE_HOME/hpcorch/tokens``,
+    else ``~/.cache/hpcorch/tokens``. Not the run directory: the tokens of a data set are the
+    same for every run of it (the key says so), and a run directory's disk is for checkpoints."""
+    if os.environ.get("HPCORCH_CACHE"):
+        return Path(os.environ["HPCORCH_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hpcorch" / "tokens"
 
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
+
+class TokenCache:
+    """Cached token files under ``folder`` (default: :func:`default_folder`)."""
+
+    def __init__(self, folder: str | os.PathLike | None = None):
+        self.folder = Path(folder) if folder is not None else default_folder()
 
     def path(self, key: str) -> Path:
         return self.folder / f"tokens-{key}.u8"
@@ -62,11 +72,20 @@ class TokenCache:
         """The tokens under ``key``: mapped from the cache, else ``build()`` (a uint8 array),
         written once, then mapped, so that every caller gets the same kind of array."""
         path = self.path(key)
-        if not self._complete(path):
-            tokens = build()
-            self._write(path, tokens)
-            log.debug("token cache: wrote %s (%d tokens)", path, len(tokens))
-        return _map(path)
+        try:
+            if not self._complete(path):
+                tokens = build()
+                try:
+                    self._write(path, tokens)
+                except OSError as exc:  # a full or read-only cache costs the cache, not the run
+                    log.warning("warning: token cache %s not written (%s); tokens kept in memory",
+                                self.folder, exc.strerror or exc)
+                    return np.ascontiguousarray(tokens, dtype=np.uint8)
+                log.debug("token cache: wrote %s (%d tokens)", path, len(tokens))
+            return _map(path)
+        except PermissionError as exc:  # a cache folder this user may not read: no cache
+            log.warning("warning: token cache %s unusable (%s)", self.folder, exc.strerror or exc)
+            return np.ascontiguousarray(build(), dtype=np.uint8)
 
     @staticmethod
     def _complete(path: Path) -> bool:

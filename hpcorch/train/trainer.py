@@ -64,8 +64,8 @@ class Trainer:
         pin_threads(job.resources.cpus_per_task)
         self.parallel = build_parallel_model(job, env)  # with its optimizers, one per part
         self.clock.mark("model")
-        # Text is tokenized once per node into the run directory's cache, then mapped by all.
-        cache = TokenCache(self.run_dir.cache)
+        # Text is tokenized once per node into the user's token cache, then mapped by all.
+        cache = TokenCache()
         self.data = node_first(lambda: DataSource(tr.data, tr.model.seq_len, tr.seed, job=job.name, cache=cache),
                                env.local_rank, env.device)
         self.clock.mark("data")
