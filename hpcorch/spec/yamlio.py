@@ -173,6 +173,8 @@ def parse_yaml(text: str, source: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if "maximum nesting depth" in problem:  # libyaml >= 0.2.6 (PyYAML 6.0.4) has its own limit
+            problem = f"nested more than {MAX_DEPTH} levels deep"
         raise ConfigError(source, "", f"invalid YAML: {where}{problem}") from None
 
 
