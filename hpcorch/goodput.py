@@ -70,7 +70,7 @@ class Attempt:
 class RunLog:
     """What a run directory's metrics and events say about time, as intervals (epoch s)."""
 
-    steps: list[tuple[float, float, bool]] = field(default_factory=list)  # (start, end, recomputed)
+    steps: list[tuple[float, float, bool, int]] = field(default_factory=list)  # (start, end, recomputed, step)
     evals: list[tuple[float, float]] = field(default_factory=list)
     saves: list[tuple[float, float]] = field(default_factory=list)
     signals: list[float] = field(default_factory=list)
@@ -115,7 +115,7 @@ class RunLog:
             if prev_end is not None and prev_end <= measured and not _any_between(starts, prev_end, end):
                 start = max(prev_end, _last_before(blockers, measured) or prev_end)
                 start = min(start, measured)
-            self.steps.append((start, end, step in seen))
+            self.steps.append((start, end, step in seen, step))
             seen.add(step)
             prev_end = end
 
@@ -210,7 +210,7 @@ def account(attempts: list[Attempt], log: RunLog) -> tuple[dict[str, float], int
         steps = [s for s in log.steps[first:last + 1] if _overlap(s[0], s[1], lo, hi) > 0 or lo <= s[1] <= hi]
         recomputed += sum(1 for s in steps if s[2])
         busy: list[tuple[float, float]] = []
-        for start, end, again in steps:
+        for start, end, again, _ in steps:
             b["recomputed" if again else "productive"] += _overlap(start, end, lo, hi)
             busy.append((start, end))
         for key, spans in (("eval", log.evals), ("checkpoint", log.saves)):
@@ -293,7 +293,7 @@ def run_attempts(run: RunDir, log: RunLog, submitted: float | None = None, now: 
     each ending at the last record written before the next one (at ``now`` while ``running``)."""
     starts = sorted(t for t in log.process_starts if submitted is None or t >= submitted - 1)
     gpus, nodes = _job_size(run)
-    times = sorted([s for _, s, _ in log.steps] + [e for _, e in log.evals + log.saves] + log.commits
+    times = sorted([s[1] for s in log.steps] + [e for _, e in log.evals + log.saves] + log.commits
                    + log.first_steps)
     attempts: list[Attempt] = []
     ready = submitted
@@ -321,11 +321,12 @@ def _job_size(run: RunDir) -> tuple[int, int]:
 
 
 # ----- entry points -------------------------------------------------------------------------------
-def goodput(ref: Entry | RunDir | str | Path, slurm: Slurm | None = None,
-            rows: list[dict[str, str]] | None = None, running: bool = False) -> Goodput | None:
+def measure(ref: Entry | RunDir | str | Path, slurm: Slurm | None = None,
+            rows: list[dict[str, str]] | None = None, running: bool = False) -> tuple[Goodput, RunLog] | None:
     """The goodput of a registry entry (a Slurm job: its accounting, else its run directory),
-    or of a run directory alone. ``rows``: the job's :meth:`Slurm.attempts` rows, when the
-    caller fetched many jobs' at once. None when nothing ran yet."""
+    or of a run directory alone, with the records it was accounted from. ``rows``: the job's
+    :meth:`Slurm.attempts` rows, when the caller fetched many jobs' at once. None when
+    nothing ran yet."""
     entry = ref if isinstance(ref, Entry) else None
     run = RunDir.open(entry.run_dir) if entry else (ref if isinstance(ref, RunDir) else RunDir.open(ref))
     log = RunLog.read(run)
@@ -339,9 +340,16 @@ def goodput(ref: Entry | RunDir | str | Path, slurm: Slurm | None = None,
                 rows = []
         attempts = sacct_attempts(rows)
         if attempts:
-            return summarize("sacct", attempts, log)
+            return summarize("sacct", attempts, log), log
     attempts = run_attempts(run, log, entry.submitted if entry else None, running=running)
-    return summarize("registry", attempts, log) if attempts else None
+    return (summarize("registry", attempts, log), log) if attempts else None
+
+
+def goodput(ref: Entry | RunDir | str | Path, slurm: Slurm | None = None,
+            rows: list[dict[str, str]] | None = None, running: bool = False) -> Goodput | None:
+    """:func:`measure`'s figure alone."""
+    found = measure(ref, slurm, rows, running)
+    return found[0] if found else None
 
 
 def goodput_dict(entry: Entry, running: bool = False) -> dict | None:

@@ -29,10 +29,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .gitstate import git_state, sha256
 from .fileio import atomic_write, read_json
 from .rundir import RunDir
+
+if TYPE_CHECKING:
+    from .registry import Entry
 
 log = logging.getLogger(__name__)
 
@@ -343,30 +347,35 @@ def field_changes(a: dict, b: dict) -> list[str]:
 
 
 # ----- the service functions behind `hpcorch manifest` ------------------------------------------
-def run_of(ref: str, registry=None) -> RunDir:
-    """The run directory of ``ref``: a run directory path, or a job in the registry (a remote
-    job: its copy from ``hpcorch pull``)."""
+def resolve(ref: str, registry=None) -> tuple[RunDir, Entry | None]:
+    """The run directory of ``ref`` (a run directory path, or a job in the registry; a remote
+    job: its copy from ``hpcorch pull``) and its registry entry (None for a path)."""
     from .errors import HpcorchError
 
     if Path(ref).is_dir() and (Path(ref) / "job.yaml").exists():
-        return RunDir.open(ref)
+        return RunDir.open(ref), None
     from .registry import Registry
 
     entry = (registry or Registry()).get(ref)
     if not entry.remote:
-        return RunDir.open(entry.run_dir)
+        return RunDir.open(entry.run_dir), entry
     from .remote.ops import pulled_dir
 
     pulled = pulled_dir(entry)
     if not pulled.is_dir():
         raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) ran on {entry.remote_ref.host}: "
                            f"fetch its run directory first with `hpcorch pull {entry.key}`")
-    return RunDir.open(pulled)
+    return RunDir.open(pulled), entry
 
 
-def manifests(ref: str, registry=None) -> list[dict]:
-    """Every attempt's manifest of job ``ref``, in order."""
-    run = run_of(ref, registry)
+def run_of(ref: str, registry=None) -> RunDir:
+    """The run directory of ``ref``, as :func:`resolve` finds it."""
+    return resolve(ref, registry)[0]
+
+
+def manifests(ref: str | RunDir, registry=None) -> list[dict]:
+    """Every attempt's manifest of job ``ref`` (or of a run directory already found), in order."""
+    run = ref if isinstance(ref, RunDir) else run_of(ref, registry)
     return [load(run, n) for n in attempt_numbers(run)]
 
 

@@ -37,7 +37,8 @@ def manifest(ref, pair, as_json):
             return
         _echo_diff(result)
         return
-    found = manifests.manifests(ref)
+    run = manifests.run_of(ref)
+    found = manifests.manifests(run)
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
@@ -46,9 +47,7 @@ def manifest(ref, pair, as_json):
         return
     for data in found:
         _echo_manifest(data)
-    from .manifest import differences, run_of
-
-    for line in differences(run_of(ref)):
+    for line in manifests.differences(run):
         click.echo(f"warning: {line}")
 
 

@@ -4,11 +4,10 @@ display) or as a PNG (matplotlib, Agg). Both are imported only when drawing.
 
 The curves come from ``metrics.jsonl`` and the ``process_start`` events. After a restart some
 steps are trained again; the record that survives for a step is its last one, so the curves
-are the run's final trajectory, and a step trained twice counts once as productive. Goodput
-at a step is the productive step time so far (the surviving records' ``step_time_s``) over
-the wall time since the run's first process start: the share of elapsed time that became
-training the run kept. (:mod:`hpcorch.goodput`, where present, accounts allocated time by
-bucket; this is the curve.)
+are the run's final trajectory. The goodput curve is :func:`running_share`:
+at each step, the productive time so far over the time allocated so far, accounted as
+``hpcorch status`` accounts the whole job (Slurm's attempts where accounting has them), so its
+last point and the headline's figure agree but for what came after the last step.
 """
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import goodput
 from .errors import HpcorchError
 from .fileio import json_lines
 from .rundir import RunDir
@@ -40,7 +40,8 @@ class Curves:
     val_steps: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     goodput_steps: list[int] = field(default_factory=list)
-    goodput: list[float] = field(default_factory=list)  # 0..1
+    goodput: list[float] = field(default_factory=list)  # 0..1, so far at each step
+    job_goodput: float | None = None  # the whole job's, as `hpcorch status` reports it
     restarts: list[dict] = field(default_factory=list)
     recomputed: int = 0  # step records superseded by a later run of the same step
 
@@ -48,8 +49,9 @@ class Curves:
         return asdict(self)
 
 
-def curves(run: RunDir, name: str | None = None) -> Curves:
-    """The curves of the run in ``run``."""
+def curves(run: RunDir, name: str | None = None, entry=None) -> Curves:
+    """The curves of the run in ``run``; ``entry``: its registry entry, whose Slurm accounting
+    then times the goodput (else the run directory's own records do)."""
     records = [r for r in json_lines(run.metrics) if isinstance(r.get("step"), int)]
     if not records:
         raise HpcorchError(f"no metrics yet in {run.metrics}: nothing to plot")
@@ -67,25 +69,37 @@ def curves(run: RunDir, name: str | None = None) -> Curves:
             out.val_loss.append(r["val_loss"])
     out.restarts = [{"step": e.get("step", 0), "time": e.get("time"), "restarts": e.get("restarts", i + 1)}
                     for i, e in enumerate(starts[1:])]
-    _goodput(out, kept, starts)
+    _goodput(out, run, entry)
     return out
 
 
-def _goodput(out: Curves, kept: list[dict], starts: list[dict]) -> None:
-    """Productive step time over wall time since the first process start, at each kept step
-    (runs from before metrics carried ``time`` have no such curve)."""
-    timed = [r for r in kept if isinstance(r.get("time"), (int, float)) and r.get("step_time_s") is not None]
-    if not timed:
+def _goodput(out: Curves, run: RunDir, entry) -> None:
+    """The goodput curve and the job's figure (none for runs whose records carry no time)."""
+    found = goodput.measure(entry if entry is not None and not entry.remote else run)
+    if found is None:
         return
-    first = min([e["time"] for e in starts if isinstance(e.get("time"), (int, float))]
-                or [timed[0]["time"] - timed[0]["step_time_s"]])
+    figure, log = found
+    out.job_goodput = figure.goodput if figure.allocated_s > 0 else None
+    for step, share in running_share(figure.attempts, log):
+        out.goodput_steps.append(step)
+        out.goodput.append(share)
+
+
+def running_share(attempts: list[goodput.Attempt], log: goodput.RunLog) -> list[tuple[int, float]]:
+    """(step, goodput so far) at the end of each step that counts (a recomputed run of a step
+    does not): the productive time up to then over the time allocated up to then, in the
+    buckets of :func:`hpcorch.goodput.account`. The curve ``hpcorch plot`` draws; the job's figure also counts
+    what came after its last step (final evaluation, shutdown)."""
+    points: list[tuple[int, float]] = []
     productive = 0.0
-    for r in timed:
-        productive += r["step_time_s"]
-        elapsed = r["time"] - first
-        if elapsed > 0:
-            out.goodput_steps.append(r["step"])
-            out.goodput.append(min(1.0, productive / elapsed))
+    for start, end, again, step in sorted(log.steps, key=lambda s: s[1]):
+        if again:
+            continue
+        productive += sum(_overlap(start, end, a.start, a.end) for a in attempts)
+        allocated = sum(_overlap(a.start, a.end, a.start, end) for a in attempts)
+        if allocated > 0:
+            points.append((step, min(1.0, productive / allocated)))
+    return points
 
 
 def headline(c: Curves) -> str:
@@ -94,8 +108,8 @@ def headline(c: Curves) -> str:
     parts = [f"{c.name}: steps {c.steps[0]}-{c.steps[-1]}", f"loss {c.loss[-1]:.4f}"]
     if c.val_loss:
         parts.append(f"val loss {c.val_loss[-1]:.4f}")
-    if c.goodput:
-        parts.append(f"goodput {c.goodput[-1] * 100:.1f}%")
+    if c.job_goodput is not None:
+        parts.append(f"goodput {c.job_goodput * 100:.1f}%")
     parts.append(f"{len(c.restarts)} restart{'s' if len(c.restarts) != 1 else ''}" + (f" ({marks})" if marks else ""))
     if c.recomputed:
         parts.append(f"{c.recomputed} steps recomputed")
@@ -107,7 +121,7 @@ def _panels(c: Curves) -> list[tuple[str, list[tuple[str, list, list]]]]:
     return [("loss", [("loss", c.steps, c.loss)] + ([("val loss", c.val_steps, c.val_loss)] if c.val_loss else [])),
             ("learning rate", [("lr", c.steps, c.lr)]),
             ("tokens/s", [("tokens/s", c.steps, c.tokens_per_s)]),
-            ("goodput % (productive step time / wall time)",
+            ("goodput % so far (productive / allocated time)",
              [("goodput", c.goodput_steps, [g * 100 for g in c.goodput])])]
 
 
@@ -195,9 +209,9 @@ def png(c: Curves, path: str | Path) -> Path:
 def plot_curves(ref: str, registry=None) -> Curves:
     """The curves of job ``ref`` (a registry reference or a run directory; a remote job: its
     pulled copy)."""
-    from .manifest import run_of
+    from .manifest import resolve
 
-    run = run_of(ref, registry)
+    run, entry = resolve(ref, registry)
     name = None
     if run.job_file.exists():
         from .spec.yamlio import read_yaml
@@ -206,4 +220,8 @@ def plot_curves(ref: str, registry=None) -> Curves:
             name = (read_yaml(run.job_file) or {}).get("name")
         except HpcorchError:
             pass
-    return curves(run, name)
+    return curves(run, name, entry)
+
+
+def _overlap(start: float, end: float, lo: float, hi: float) -> float:
+    return max(0.0, min(end, hi) - max(start, lo))

@@ -132,6 +132,26 @@ def test_buckets_of_two_attempts_from_sacct_rows(tmp_path):
     assert got.restart_gaps_s == [pytest.approx(T0 + 250 + 12.0 + 2.0 - tl.committed)]
 
 
+def test_the_running_share_is_the_accounting_up_to_each_step(tmp_path):
+    """The curve `hpcorch plot` draws: recomputed runs of a step add no point; each point is
+    what the buckets would say of the job cut at that step's end; the last one differs from
+    the job's figure only by what came after the last step."""
+    tl, rows = _two_attempts(tmp_path)
+    attempts, log = gp.sacct_attempts(rows), gp.RunLog.read(tl.run)
+    from hpcorch.plot import running_share
+
+    points = running_share(attempts, log)
+    assert [step for step, _ in points] == list(range(1, 21))  # 11-14 once, from attempt 1
+    at_10 = dict(points)[10]
+    end_10 = next(end for _, end, again, step in log.steps if step == 10 and not again)
+    cut = [gp.Attempt(a.start, max(0.0, min(a.end, end_10) - a.start)) for a in attempts if a.start < end_10]
+    assert at_10 == pytest.approx(gp.account(cut, gp.RunLog.read(tl.run))[0]["productive"] / (end_10 - T0))
+    whole = gp.summarize("sacct", attempts, log)
+    last_end = max(end for _, end, _, _ in log.steps)
+    assert points[-1][1] == pytest.approx(whole.buckets_s["productive"] / (whole.allocated_s - (attempts[-1].end - last_end)))
+    assert all(0 < share <= 1 for _, share in points)
+
+
 def test_records_outside_the_attempts_are_not_counted(tmp_path):
     """A later job in the same run directory (another Slurm id) is not this job's time."""
     tl, rows = _two_attempts(tmp_path)

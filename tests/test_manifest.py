@@ -218,6 +218,9 @@ def test_plot_in_the_terminal_names_the_series_and_marks_the_restart(edited_run)
     data = json.loads(_cli(edited_run, "plot", edited_run["key"], "--json").stdout)
     assert data["steps"] == list(range(1, 25)) and len(data["restarts"]) == 1
     assert data["val_steps"] == [6, 12, 18, 24] and all(0 < g <= 1 for g in data["goodput"])
+    # the headline's figure is the job's, as `hpcorch status` accounts it; the curve's last
+    # point leaves out only what came after the last step
+    assert 0 < data["job_goodput"] <= data["goodput"][-1] and f"goodput {data['job_goodput'] * 100:.1f}%" in head
 
 
 def test_plot_png_has_the_expected_size(edited_run, tmp_path):
