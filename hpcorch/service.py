@@ -219,19 +219,21 @@ def failed_nodes(entry: Entry) -> list[str]:
 
 # ----- observe and operate ----------------------------------------------------------------------
 def jobs(registry: Registry | None = None) -> list[dict]:
-    """Every registered job with its state and goodput (0..1 or None) (batched squeue/sacct
-    calls per cluster)."""
+    """Every registered job with its state and goodput (0..1 or None): batched squeue/sacct
+    calls per cluster; a remote job's, its login node's ``ls`` (one call per login node)."""
     entries = (registry or Registry()).all()
     current = observe.states([e for e in entries if not e.remote])
-    remote = [e for e in entries if e.remote]
-    if remote:
+    remote_rows: dict[int, dict] = {}
+    if any(e.remote for e in entries):
         from .remote import ops
 
-        current.update(ops.states(remote))
+        remote_rows = ops.rows([e for e in entries if e.remote])  # the login node's own figures
+        current.update({key: row["state"] for key, row in remote_rows.items()})
     from .goodput import goodput_of
 
     ended = {e.key for e in entries if observe.has_ended(current[e.key])}
     good = goodput_of(entries, ended)  # one sacct call per cluster, then the run directories
+    good.update({key: row["goodput"] for key, row in remote_rows.items()})
     return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": current[e.key],
              "run_dir": e.run_dir, "host": e.remote_ref.host if e.remote else None, **observe.row(e),
              "goodput": good[e.key]}

@@ -110,6 +110,8 @@ def test_submit_status_logs_cancel_resume_and_pull_through_ssh(login_node, lapto
     assert summary["weights_sha256"] == reference["weights_sha256"]
     listed = laptop.cli("ls").stdout
     assert f"{first['host']}:{run}" in listed and "CANCELLED" in listed and "COMPLETED" in listed
+    rows = {row["key"]: row for row in json.loads(laptop.cli("ls", "--json").stdout)}
+    assert 0 < rows[again["key"]]["goodput"] <= 1  # the login node's own accounting, carried back
 
     pulled = laptop.cli("pull", str(again["key"]))
     assert pulled.returncode == 0, pulled.stderr

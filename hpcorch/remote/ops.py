@@ -141,23 +141,25 @@ def _json(sess, out: bytes) -> dict | list:
 
 
 # ----- operate jobs recorded as remote -----------------------------------------------------------
-def states(entries: list[Entry]) -> dict[int, str]:
-    """States of remote jobs: one ``hpcorch ls --json`` per login node. A node that cannot be
-    reached gives ``UNKNOWN (HOST: why)`` for its jobs rather than failing the whole list."""
-    found: dict[int, str] = {}
+def rows(entries: list[Entry]) -> dict[int, dict]:
+    """State and goodput of remote jobs, as their login node's ``hpcorch ls --json`` gives
+    them (one call per login node). A node that cannot be reached gives ``UNKNOWN (HOST:
+    why)`` for its jobs rather than failing the whole list."""
+    found: dict[int, dict] = {}
     by_profile: dict[str, list[Entry]] = {}
     for entry in entries:
         by_profile.setdefault(entry.remote_ref.profile, []).append(entry)
     for profile_ref, group in by_profile.items():
         try:
             sess = session(profile_ref)
-            rows = {row["key"]: row["state"] for row in _json(sess, hpcorch(sess, ["ls", "--json"]))}
+            listed = {row["key"]: row for row in _json(sess, hpcorch(sess, ["ls", "--json"]))}
         except HpcorchError as exc:
-            rows, why = {}, str(exc)
+            listed, why = {}, str(exc)
         else:
             why = "not in the login node's registry"
         for entry in group:
-            found[entry.key] = rows.get(entry.remote_ref.key, f"UNKNOWN ({why})")
+            row = listed.get(entry.remote_ref.key) or {"state": f"UNKNOWN ({why})"}
+            found[entry.key] = {"state": row["state"], "goodput": row.get("goodput")}
     return found
 
 
