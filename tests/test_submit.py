@@ -71,6 +71,15 @@ def _summary(run_dir):
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def _stderr_tail(ctx, job_id, lines=40) -> str:
+    """The end of the job's stderr, so that a failure in CI says why the job failed."""
+    path = ctx.slurm.job(job_id).get("StdErr", "")
+    try:
+        return "\n".join(open(path, errors="replace").read().splitlines()[-lines:])
+    except OSError as exc:
+        return f"(unreadable: {exc})"
+
+
 def _finish(ctx, job_id, timeout_s=240):
     """Wait for the job, letting a requeued run start at once instead of after ~120 s."""
     from hpcorch.poll import poll_until
@@ -78,7 +87,7 @@ def _finish(ctx, job_id, timeout_s=240):
     def completed():
         state = ctx.slurm.state(job_id)
         if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
-            raise AssertionError(f"job {job_id} ended {state}")
+            raise AssertionError(f"job {job_id} ended {state}; its stderr ends:\n{_stderr_tail(ctx, job_id)}")
         if state == "PENDING" and "BeginTime" in ctx.slurm.job(job_id).get("Reason", ""):
             ctx.slurm.start_now(job_id)
         return state == "COMPLETED" or None
