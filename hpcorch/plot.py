@@ -12,6 +12,7 @@ bucket; this is the curve.)
 """
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -50,7 +51,7 @@ class Curves:
 
 def curves(run: RunDir, name: str | None = None) -> Curves:
     """The curves of the run in ``run``."""
-    records = [r for r in json_lines(run.metrics) if isinstance(r.get("step"), int)]
+    records = [r for r in json_lines(run.metrics) if type(r.get("step")) is int]  # not true, not 3.5
     if not records:
         raise HpcorchError(f"no metrics yet in {run.metrics}: nothing to plot")
     final = {r["step"]: r for r in records}  # a later record of a step supersedes the earlier
@@ -59,14 +60,14 @@ def curves(run: RunDir, name: str | None = None) -> Curves:
     out = Curves(name or run.root.name, str(run.root), recomputed=len(records) - len(kept))
     for r in kept:
         out.steps.append(r["step"])
-        out.loss.append(r.get("loss"))
-        out.lr.append(r.get("lr"))
-        out.tokens_per_s.append(r.get("tokens_per_s"))
-        if r.get("val_loss") is not None:
+        out.loss.append(_value(r.get("loss")))
+        out.lr.append(_value(r.get("lr")))
+        out.tokens_per_s.append(_value(r.get("tokens_per_s")))
+        if _value(r.get("val_loss")) is not None:
             out.val_steps.append(r["step"])
-            out.val_loss.append(r["val_loss"])
-    out.restarts = [{"step": e.get("step", 0), "time": e.get("time"), "restarts": e.get("restarts", i + 1)}
-                    for i, e in enumerate(starts[1:])]
+            out.val_loss.append(_value(r["val_loss"]))
+    out.restarts = [{"step": e["step"] if _value(e.get("step")) is not None else 0, "time": _value(e.get("time")),
+                     "restarts": e.get("restarts", i + 1)} for i, e in enumerate(starts[1:])]
     _goodput(out, kept, starts)
     return out
 
@@ -74,10 +75,10 @@ def curves(run: RunDir, name: str | None = None) -> Curves:
 def _goodput(out: Curves, kept: list[dict], starts: list[dict]) -> None:
     """Productive step time over wall time since the first process start, at each kept step
     (runs from before metrics carried ``time`` have no such curve)."""
-    timed = [r for r in kept if isinstance(r.get("time"), (int, float)) and r.get("step_time_s") is not None]
+    timed = [r for r in kept if _value(r.get("time")) is not None and _value(r.get("step_time_s")) is not None]
     if not timed:
         return
-    first = min([e["time"] for e in starts if isinstance(e.get("time"), (int, float))]
+    first = min([e["time"] for e in starts if _value(e.get("time")) is not None]
                 or [timed[0]["time"] - timed[0]["step_time_s"]])
     productive = 0.0
     for r in timed:
@@ -88,10 +89,23 @@ def _goodput(out: Curves, kept: list[dict], starts: list[dict]) -> None:
             out.goodput.append(min(1.0, productive / elapsed))
 
 
+def _value(v) -> float | None:
+    """A plottable number, else None (a gap): a diverged step's NaN or inf, a null, a string or
+    true in a hand-edited record must not take the plot down (plotext and headline fail on them)."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _points(x: list, y: list) -> tuple[list, list]:
+    """The points of a series that have a value."""
+    pairs = [(a, b) for a, b in zip(x, y) if b is not None]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
 def headline(c: Curves) -> str:
     """One line above the plot: the run, its steps, its restarts and where it stands."""
     marks = ", ".join(f"R{i + 1} resumed at step {r['step']}" for i, r in enumerate(c.restarts))
-    parts = [f"{c.name}: steps {c.steps[0]}-{c.steps[-1]}", f"loss {c.loss[-1]:.4f}"]
+    loss = next((v for v in reversed(c.loss) if v is not None), None)
+    parts = [f"{c.name}: steps {c.steps[0]}-{c.steps[-1]}", f"loss {loss:.4f}" if loss is not None else "loss -"]
     if c.val_loss:
         parts.append(f"val loss {c.val_loss[-1]:.4f}")
     if c.goodput:
@@ -128,7 +142,7 @@ def terminal(c: Curves, width: int | None = None, height: int | None = None, col
         plt.subplot(i // 2 + 1, i % 2 + 1)
         plt.theme("clear")
         plt.title(title)
-        drawn = [(label, x, y) for label, x, y in series if x and all(v is not None for v in y)]
+        drawn = [(label, *_points(x, y)) for label, x, y in series if _points(x, y)[0]]
         for label, x, y in drawn:
             plt.plot(x, y, label=label, marker="dot" if label == "val loss" else "hd")
         if not drawn:
@@ -165,7 +179,8 @@ def png(c: Curves, path: str | Path) -> Path:
     try:
         for ax, (title, series) in zip(axes.flat, _panels(c)):
             for label, x, y in series:
-                if x and all(v is not None for v in y):
+                x, y = _points(x, y)
+                if x:
                     style = dict(marker="o", linestyle="--") if label == "val loss" else {}
                     ax.plot(x, y, label=label, linewidth=1.2, **style)
             for k, r in enumerate(c.restarts):
@@ -203,7 +218,8 @@ def plot_curves(ref: str, registry=None) -> Curves:
         from .spec.yamlio import read_yaml
 
         try:
-            name = (read_yaml(run.job_file) or {}).get("name")
+            data = read_yaml(run.job_file)
         except HpcorchError:
-            pass
+            data = None
+        name = data.get("name") if isinstance(data, dict) and isinstance(data.get("name"), str) else None
     return curves(run, name)

@@ -239,3 +239,27 @@ def test_a_png_that_cannot_be_written_is_one_line(edited_run, tmp_path, where, e
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith(f"error: --png {tmp_path / where}: ") and expected in out.stderr
     assert out.stderr.count("\n") == 1
+
+
+def test_plot_draws_around_records_it_cannot_plot(tmp_path):
+    """A diverged step's NaN or inf, a null or string loss, a step that is ``true``, a restart
+    without a step and a job file that is a list: gaps, never a traceback (headline, terminal, PNG)."""
+    from hpcorch import plot
+
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    records = [{"step": 1, "loss": 2.0, "lr": 1e-3, "time": 10.0, "step_time_s": 1.0},
+               {"step": 2, "loss": float("nan"), "lr": "x", "tokens_per_s": float("inf"), "time": "late",
+                "step_time_s": 1.0, "val_loss": "bad"},
+               {"step": True, "loss": 9.0},
+               {"step": 3, "loss": None, "lr": 1e-3, "time": 12.0, "step_time_s": "slow"}]
+    run.metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run.events.write_text("".join(json.dumps(e) + "\n" for e in (
+        {"event": "process_start", "time": 8.0}, {"event": "process_start", "time": "x", "step": None})))
+    run.job_file.write_text("- not a mapping\n")
+    c = plot.plot_curves(str(run.root))
+    assert c.steps == [1, 2, 3] and c.loss == [2.0, None, None] and c.val_loss == [] and c.restarts[0]["step"] == 0
+    assert "loss 2.0000" in plot.headline(c) and json.dumps(c.as_dict(), allow_nan=False)
+    assert "loss" in plot.terminal(c, 100, 30, color=False)
+    if __import__("importlib").util.find_spec("matplotlib"):
+        assert plot.png(c, tmp_path / "c.png").stat().st_size > 0
