@@ -263,3 +263,20 @@ def test_plot_draws_around_records_it_cannot_plot(tmp_path):
     assert "loss" in plot.terminal(c, 100, 30, color=False)
     if __import__("importlib").util.find_spec("matplotlib"):
         assert plot.png(c, tmp_path / "c.png").stat().st_size > 0
+
+
+def test_untracked_file_with_a_non_utf8_name_is_in_the_patch(tmp_path):
+    """File names are bytes: git lists them as they are, and the patch names them so (a
+    UnicodeDecodeError took the manifest down); ``git apply`` recreates the file."""
+    repo = code_repo(tmp_path / "code")
+    name = b"tweak\xff.py"
+    try:
+        (repo / os.fsdecode(name)).write_text("X = 1\n")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses non-UTF-8 names")
+    state, patch = git_state(repo)
+    assert state["untracked"] == 1 and b"+++ b/" + name in patch
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    subprocess.run(["git", "apply", "-"], cwd=clone, input=patch, check=True)
+    assert (clone / os.fsdecode(name)).read_text() == "X = 1\n"
