@@ -1,6 +1,7 @@
 """Numbers for people: separators, SI prefixes and units in the CLI's tables (JSON keeps raw numbers)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -27,7 +28,10 @@ _UNITS = [(86400, "d"), (3600, "h"), (60, "m"), (1, "s")]
 
 def duration(seconds: float) -> str:
     """The two largest units of a time span: ``4h 12m``, ``1d 3h``, ``10m``, ``45s``; under ten
-    seconds a tenth counts (``0.4s``: a save or a restart's share is often that small)."""
+    seconds a tenth counts (``0.4s``: a save or a restart's share is often that small). NaN or
+    infinity (a remote status or a hand-edited record carries what it likes) is ``-``."""
+    if not math.isfinite(seconds):
+        return "-"
     if 0 < seconds < 9.95:
         return f"{seconds:.1f}s"
     seconds = int(seconds)
@@ -43,7 +47,7 @@ def duration(seconds: float) -> str:
 
 def percent(share: float | None) -> str:
     """A 0..1 share as ``71.3%``; ``-`` when unknown."""
-    return "-" if share is None else f"{share * 100:.1f}%"
+    return "-" if share is None or not math.isfinite(share) else f"{share * 100:.1f}%"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import threading
@@ -97,3 +98,11 @@ def last_json_line(path: Path, max_bytes: int = 65536) -> dict:
         return json.loads(lines[-1]) if lines else {}
     except (OSError, ValueError):
         return {}
+
+
+def number(value) -> float | None:
+    """A finite number read from a JSON record, else None: a hand-edited or corrupt field
+    (true, NaN, a string, a list) is skipped by its reader, not fatal to ``ls`` or a plot."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)

@@ -53,7 +53,7 @@ def git_state(code_dir: Path, exclude=(), budget_s: float = GIT_BUDGET_S,
         top = git("rev-parse", "--show-toplevel")
         if top is None:
             return {"repo": None}, b""
-        git.cwd = Path(top.decode().strip())
+        git.cwd = Path(os.fsdecode(top.strip()))  # a file name is bytes: not every one is UTF-8
         head = git("rev-parse", "--verify", "-q", "HEAD")
         commit = head.decode().strip() if head else None
         branch = (git("rev-parse", "--abbrev-ref", "HEAD") or b"").decode().strip() or None
@@ -64,7 +64,7 @@ def git_state(code_dir: Path, exclude=(), budget_s: float = GIT_BUDGET_S,
         base = commit or EMPTY_TREE
         patch = git("diff", "--binary", base, "--", ".", *skip) or b""
         untracked = (git("ls-files", "-z", "--others", "--exclude-standard", "--", ".", *skip) or b"").split(b"\0")
-        patch, truncated = _with_untracked(git.cwd, patch, [u.decode() for u in untracked if u], max_patch)
+        patch, truncated = _with_untracked(git.cwd, patch, [os.fsdecode(u) for u in untracked if u], max_patch)
     except TimeoutError:
         return {"repo": str(code_dir), "incomplete": f"git took longer than {budget_s:g} s"}, b""
     return {"repo": str(git.cwd), "commit": commit, "branch": branch, "origin": _without_credentials(origin),
@@ -142,9 +142,10 @@ def _read_text(path: Path, room: int) -> tuple[bytes | None, str]:
 
 
 def _new_file_patch(name: str, data: bytes | None, stamp: str = "") -> bytes:
-    head = f"diff --git a/{name} b/{name}\nnew file mode 100644\n".encode()
+    raw = os.fsencode(name)  # the name's own bytes back (git apply matches them), UTF-8 or not
+    head = b"diff --git a/%s b/%s\nnew file mode 100644\n" % (raw, raw)
     if data is None:
-        return head + f"Binary files /dev/null and b/{name} differ ({stamp})\n".encode()
+        return head + b"Binary files /dev/null and b/%s differ (%s)\n" % (raw, stamp.encode())
     if not data:
         return head
     lines = data.split(b"\n")
@@ -154,4 +155,4 @@ def _new_file_patch(name: str, data: bytes | None, stamp: str = "") -> bytes:
     body = b"".join(b"+" + line + b"\n" for line in lines)
     if not ends_with_newline:
         body += b"\\ No newline at end of file\n"
-    return head + f"--- /dev/null\n+++ b/{name}\n@@ -0,0 +1,{len(lines)} @@\n".encode() + body
+    return head + b"--- /dev/null\n+++ b/%s\n@@ -0,0 +1,%d @@\n" % (raw, len(lines)) + body

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from .cluster.slurm import Slurm, SlurmError
 from .cluster.slurmtext import tres_counts
-from .fileio import atomic_write, json_lines, read_json
+from .fileio import atomic_write, json_lines, number, read_json
 from .registry import Entry
 from .rundir import RunDir
 
@@ -88,14 +88,16 @@ class RunLog:
             log._event(ev)
         records = []
         for rec in json_lines(run.metrics):
-            end, dt = rec.get("time"), rec.get("step_time_s")
-            if not isinstance(end, (int, float)) or not isinstance(dt, (int, float)):
+            end, dt = number(rec.get("time")), number(rec.get("step_time_s"))
+            if end is None or dt is None:
                 log.unplaced += 1  # written before records carried their time: cannot be placed
                 continue
-            records.append(rec)
-            if isinstance(rec.get("eval_s"), (int, float)):  # evaluation runs after the step's time
-                log.evals.append((end, end + rec["eval_s"]))
-            log._saw(end + (rec.get("eval_s") or 0.0))
+            step = rec.get("step")
+            records.append({"time": end, "step_time_s": dt, "step": step if isinstance(step, int) else None})
+            eval_s = number(rec.get("eval_s")) or 0.0
+            if eval_s:  # evaluation runs after the step's time
+                log.evals.append((end, end + eval_s))
+            log._saw(end + eval_s)
         log._place_steps(records)
         return log
 
@@ -120,22 +122,22 @@ class RunLog:
             prev_end = end
 
     def _event(self, ev: dict) -> None:
-        name, t = ev.get("event"), ev.get("time")
-        if not isinstance(t, (int, float)):
+        name, t = ev.get("event"), number(ev.get("time"))
+        if t is None:
             return
         if name in SAVE_EVENTS:
-            self.saves.append((t - float(ev.get("blocking_s") or 0.0), t))
+            self.saves.append((t - (number(ev.get("blocking_s")) or 0.0), t))
             if name == "checkpoint_save":
                 self.commits.append(t)
         elif name == "final_eval":
-            self.evals.append((t - float(ev.get("eval_s") or 0.0), t))
+            self.evals.append((t - (number(ev.get("eval_s")) or 0.0), t))
         elif name == "signal":
             self.signals.append(t)
         elif name == "checkpoint_committed":
             self.commits.append(t)
         elif name == "process_start":
             self.process_starts.append(t)
-            self.reported_recomputed = int(ev.get("steps_recomputed") or 0)
+            self.reported_recomputed = int(number(ev.get("steps_recomputed")) or 0)
         elif name == "first_step":
             self.first_steps.append(t)
         if name != "signal":  # a signal's time is when it came, not when it was written
@@ -277,10 +279,10 @@ def sacct_attempts(rows: list[dict[str, str]], now: float | None = None) -> list
         if start is None:
             continue
         end = _epoch(row.get("End") or "")
-        try:
-            elapsed = float(row.get("ElapsedRaw") or 0) if end is not None else max(0.0, now - start)
-        except ValueError:  # a record this release prints otherwise: left out, not the whole listing
+        raw = str(row.get("ElapsedRaw") or 0).strip()
+        if end is not None and not raw.isdecimal():  # "Unknown", "nan", "-5": left out, not the listing
             continue
+        elapsed = float(raw) if end is not None else max(0.0, now - start)
         tres = row.get("AllocTRES") or ""
         attempts.append(Attempt(start, elapsed, ready, tres_count(tres, "gres/gpu"), tres_count(tres, "node") or 1))
         ready = start + elapsed
@@ -403,7 +405,8 @@ def _cached(entry: Entry) -> dict | None:
         valid = found.get("job_id") == entry.job_id and found.get("sizes") == _sizes(run)
     except OSError:
         return None
-    return found if valid and "goodput" in found else None
+    kept = found.get("goodput", "missing")  # None: unknown; not a number (hand-edited): taken again
+    return found if valid and (kept is None or number(kept) is not None) else None
 
 
 def _keep(entry: Entry, value: float | None) -> None:

@@ -151,17 +151,23 @@ def calibration(profile: str, job_name: str, world_size: int = 0, registry=None)
         same_job = entry.name == job_name
         if run.summary_file.exists():
             records = list(json_lines(run.metrics, METRICS_TAIL))
-            values = [r["mfu"] for r in records if isinstance(r.get("mfu"), (int, float))]
+            values = [r["mfu"] for r in records if _measured(r.get("mfu"), 1.0)]
             if values:
                 mfus.append(statistics.median(values))
             # Without a peak FLOP/s (CPU nodes) only the job's own measured speed says anything.
-            rates = [r["tokens_per_s"] for r in records if isinstance(r.get("tokens_per_s"), (int, float))]
+            rates = [r["tokens_per_s"] for r in records if _measured(r.get("tokens_per_s"))]
             if same_job and rates and run.summary().get("world_size") == world_size:
                 speeds.append(statistics.median(rates))
         if same_job:
             saves += [r["blocking_s"] for r in json_lines(run.events)
-                      if r.get("event") == "checkpoint_save" and isinstance(r.get("blocking_s"), (int, float))]
+                      if r.get("event") == "checkpoint_save" and _measured(r.get("blocking_s"), 1e7)]
     return Calibration(tuple(mfus), tuple(saves), tuple(speeds))
+
+
+def _measured(value, most: float = 1e15) -> bool:
+    """A figure a run could have measured: a number in (0, most]. A hand-edited or torn record
+    (true, NaN, Infinity, a negative time, an MFU of 5) must not become the plan's assumption."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= most
 
 
 

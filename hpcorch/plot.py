@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import goodput
 from .errors import HpcorchError
-from .fileio import json_lines
+from .fileio import json_lines, number
 from .rundir import RunDir
 
 PNG_SIZE_IN = (12.0, 8.0)
@@ -52,7 +52,7 @@ class Curves:
 def curves(run: RunDir, name: str | None = None, entry=None) -> Curves:
     """The curves of the run in ``run``; ``entry``: its registry entry, whose Slurm accounting
     then times the goodput (else the run directory's own records do)."""
-    records = [r for r in json_lines(run.metrics) if isinstance(r.get("step"), int)]
+    records = [r for r in json_lines(run.metrics) if type(r.get("step")) is int]  # not true, not 3.5
     if not records:
         raise HpcorchError(f"no metrics yet in {run.metrics}: nothing to plot")
     final = {r["step"]: r for r in records}  # a later record of a step supersedes the earlier
@@ -61,14 +61,14 @@ def curves(run: RunDir, name: str | None = None, entry=None) -> Curves:
     out = Curves(name or run.root.name, str(run.root), recomputed=len(records) - len(kept))
     for r in kept:
         out.steps.append(r["step"])
-        out.loss.append(r.get("loss"))
-        out.lr.append(r.get("lr"))
-        out.tokens_per_s.append(r.get("tokens_per_s"))
-        if r.get("val_loss") is not None:
+        out.loss.append(number(r.get("loss")))
+        out.lr.append(number(r.get("lr")))
+        out.tokens_per_s.append(number(r.get("tokens_per_s")))
+        if number(r.get("val_loss")) is not None:
             out.val_steps.append(r["step"])
-            out.val_loss.append(r["val_loss"])
-    out.restarts = [{"step": e.get("step", 0), "time": e.get("time"), "restarts": e.get("restarts", i + 1)}
-                    for i, e in enumerate(starts[1:])]
+            out.val_loss.append(number(r["val_loss"]))
+    out.restarts = [{"step": e["step"] if number(e.get("step")) is not None else 0, "time": number(e.get("time")),
+                     "restarts": e.get("restarts", i + 1)} for i, e in enumerate(starts[1:])]
     _goodput(out, run, entry)
     return out
 
@@ -97,15 +97,22 @@ def running_share(attempts: list[goodput.Attempt], log: goodput.RunLog) -> list[
             continue
         productive += sum(_overlap(start, end, a.start, a.end) for a in attempts)
         allocated = sum(_overlap(a.start, a.end, a.start, end) for a in attempts)
-        if allocated > 0:
+        if allocated > 0 and step is not None:  # a record without a step number: counted, not drawn
             points.append((step, min(1.0, productive / allocated)))
     return points
+
+
+def _points(x: list, y: list) -> tuple[list, list]:
+    """The points of a series that have a value."""
+    pairs = [(a, b) for a, b in zip(x, y) if b is not None]
+    return [a for a, _ in pairs], [b for _, b in pairs]
 
 
 def headline(c: Curves) -> str:
     """One line above the plot: the run, its steps, its restarts and where it stands."""
     marks = ", ".join(f"R{i + 1} resumed at step {r['step']}" for i, r in enumerate(c.restarts))
-    parts = [f"{c.name}: steps {c.steps[0]}-{c.steps[-1]}", f"loss {c.loss[-1]:.4f}"]
+    loss = next((v for v in reversed(c.loss) if v is not None), None)
+    parts = [f"{c.name}: steps {c.steps[0]}-{c.steps[-1]}", f"loss {loss:.4f}" if loss is not None else "loss -"]
     if c.val_loss:
         parts.append(f"val loss {c.val_loss[-1]:.4f}")
     if c.job_goodput is not None:
@@ -142,7 +149,7 @@ def terminal(c: Curves, width: int | None = None, height: int | None = None, col
         plt.subplot(i // 2 + 1, i % 2 + 1)
         plt.theme("clear")
         plt.title(title)
-        drawn = [(label, x, y) for label, x, y in series if x and all(v is not None for v in y)]
+        drawn = [(label, *_points(x, y)) for label, x, y in series if _points(x, y)[0]]
         for label, x, y in drawn:
             plt.plot(x, y, label=label, marker="dot" if label == "val loss" else "hd")
         if not drawn:
@@ -179,7 +186,8 @@ def png(c: Curves, path: str | Path) -> Path:
     try:
         for ax, (title, series) in zip(axes.flat, _panels(c)):
             for label, x, y in series:
-                if x and all(v is not None for v in y):
+                x, y = _points(x, y)
+                if x:
                     style = dict(marker="o", linestyle="--") if label == "val loss" else {}
                     ax.plot(x, y, label=label, linewidth=1.2, **style)
             for k, r in enumerate(c.restarts):
@@ -217,9 +225,10 @@ def plot_curves(ref: str, registry=None) -> Curves:
         from .spec.yamlio import read_yaml
 
         try:
-            name = (read_yaml(run.job_file) or {}).get("name")
+            data = read_yaml(run.job_file)
         except HpcorchError:
-            pass
+            data = None
+        name = data.get("name") if isinstance(data, dict) and isinstance(data.get("name"), str) else None
     return curves(run, name, entry)
 
 

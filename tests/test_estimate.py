@@ -288,6 +288,12 @@ def test_without_a_peak_the_jobs_own_measured_speed_gives_the_time():
     ("planning: {node_mtbf_hours: -1}\n", "planning.node_mtbf_hours", "positive"),
     ("planning: {cuda_overhead_gb: -0.5}\n", "planning.cuda_overhead_gb", "non-negative"),
     ("planning: {mtbf: 3}\n", "planning.mtbf", "unknown key"),
+    # finite but past any cluster: the estimates' floats would overflow (a traceback before)
+    ("planning: {checkpoint_write_gbps: 1.0e-320}\n", "planning.checkpoint_write_gbps", "expected 0.001 to"),
+    ("planning: {node_mtbf_hours: 1.0e+308}\n", "planning.node_mtbf_hours", "to 1e+07"),
+    ("planning: {cuda_overhead_gb: 1.0e+300}\n", "planning.cuda_overhead_gb", "to 1024"),
+    ("planning: {mfu: 1.0e-320}\n", "planning.mfu", "expected 0.001 to 1"),
+    ("planning: {cuda_overhead_gb: yes}\n", "planning.cuda_overhead_gb", "expected a number"),
 ])
 def test_bad_planning_values_are_one_line(tmp_path, extra, key, expected):
     path = tmp_path / "prof.yaml"
@@ -296,3 +302,37 @@ def test_bad_planning_values_are_one_line(tmp_path, extra, key, expected):
         load_profile(path)
     assert err.value.key == key and expected in err.value.message and "prof.yaml" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_an_overflowing_peak_is_refused_and_figures_never_go_infinite(tmp_path):
+    path = tmp_path / "prof.yaml"
+    path.write_text(GPU_PROFILE.format(gb=80, overhead=1.5).replace("peak_tflops: 300", "peak_tflops: 1.0e+300"))
+    with pytest.raises(ConfigError) as err:
+        load_profile(path)
+    assert err.value.key.endswith("gpus.peak_tflops") and "at most" in err.value.message
+    # a throughput so small that the wall time overflows: unknown, not infinity
+    job = _gpt2("trainer.steps=18446744073709551615")
+    t = estimate_time(job, 1e-320, 4, Planning())
+    assert t.tokens_per_s is None and t.wall_s is None and t.interval_steps is None
+
+
+def test_calibration_skips_figures_no_run_measured(tmp_path):
+    reg = Registry(tmp_path / "registry.sqlite")
+    run = _run(tmp_path, "r0", [0.3, float("nan"), float("inf"), 5.0, True], saves=[4.0, float("nan"), -1.0, 0])
+    reg.add("1", "gpt2-124m", "h100-ndr", "slurm", str(run), "job.yaml")
+    cal = calibration("h100-ndr", "gpt2-124m", 4, registry=reg)
+    assert cal.mfus == (0.3,) and cal.save_times == (4.0,)
+    assert all(math.isfinite(v) for v in cal.tokens_per_s)
+
+
+def test_the_estimate_is_linear_in_the_layers(monkeypatch):
+    """Each block's backward is linear in the block's index, so the first and the last block
+    bound them: two moments per stage, not one per block (quadratic: 10,000 layers took a
+    second per estimate, and a plan makes a dozen)."""
+    from hpcorch.estimate import memory
+
+    calls = []
+    real = memory._RankModel._block_moment
+    monkeypatch.setattr(memory._RankModel, "_block_moment", lambda self, *a: calls.append(a[1]) or real(self, *a))
+    job = _gpt2("trainer.model.layers=10000", "trainer.model.vocab=256", "trainer.model.seq_len=64")
+    assert estimate_memory(job, "cuda").phase == "block backward" and calls == [0, 9999]

@@ -280,3 +280,35 @@ def test_steps_without_times_give_no_figure(tmp_path):
     run.metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0, "step_time_s": 0.1}) + "\n" for s in (1, 2)))
     run.events.write_text(json.dumps({"event": "process_start", "time": T0, "step": 0, "restarts": 0}) + "\n")
     assert gp.goodput(run.root) is None
+
+
+def test_hand_edited_records_skip_the_field_not_the_listing(tmp_path):
+    """A string, a list, true, NaN or 1e999 where a number or a step belongs (a hand-edited or
+    foreign record) costs that record, never ``status`` or ``ls``; a kept figure that is not a
+    number is taken again."""
+    tl, rows = _two_attempts(tmp_path)
+    want = gp.summarize("sacct", gp.sacct_attempts(rows), gp.RunLog.read(tl.run)).as_dict()
+    with open(tl.run.events, "a") as f:
+        for bad in ({"event": "checkpoint_save", "time": T0 + 50, "blocking_s": "slow"},
+                    {"event": "final_eval", "time": T0 + 60, "eval_s": [1]},
+                    {"event": "process_start", "time": float("nan"), "steps_recomputed": 1e999},
+                    {"event": "signal", "time": True}):
+            f.write(json.dumps(bad) + "\n")
+    with open(tl.run.metrics, "a") as f:
+        for bad in ({"step": [3], "time": T0 + 1e6, "step_time_s": 1.0},
+                    {"step": 3, "time": T0 + 1e6, "step_time_s": 1.0, "eval_s": "x"},
+                    {"step": 4, "time": float("inf"), "step_time_s": 1.0}):
+            f.write(json.dumps(bad) + "\n")
+    got = gp.summarize("sacct", gp.sacct_attempts(rows), gp.RunLog.read(tl.run))
+    assert got.buckets_s["checkpoint"] == pytest.approx(want["buckets_s"]["checkpoint"])
+    assert sum(got.buckets_s.values()) == pytest.approx(got.allocated_s)
+    # sacct's ElapsedRaw that is no count of seconds: that row is left out
+    for raw in ("nan", "inf", "-5", "Unknown"):
+        odd = [dict(rows[0], ElapsedRaw=raw), rows[1]]
+        assert len(gp.sacct_attempts(odd)) == 1, raw
+    base = dict(name="x", profile="local", job_file="", slurm_conf=None, exclude=None, resumed_from=None)
+    done = Entry(key=1, job_id="4242", scheduler="local", run_dir=str(tl.run.root), submitted=T0 - 30, **base)
+    first = gp.goodput_of([done], ended={1})
+    kept = json.loads(tl.run.goodput_file.read_text())
+    tl.run.goodput_file.write_text(json.dumps({**kept, "goodput": "abc"}))
+    assert gp.goodput_of([done], ended={1}) == first and isinstance(first[1], float)

@@ -46,6 +46,7 @@ def _job(tmp_path, text):
     ("name: x\nresources: {exclude: 'n[1-'}", "resources.exclude", "hostlist"),
     ("name: x\nresources: {gpus: 4}", "resources.gpus", "unknown key"),
     ("name: x\ntrainer: {model: {width: 65, heads: 2}}", "trainer.model.width", "multiple of heads"),
+    ("name: x\ntrainer: {model: {layers: 100000000}}", "trainer.model.layers", "at most 10,000"),
     ("name: x\ntrainer: {global_batch: 6, micro_batch: 4}", "trainer.global_batch", "multiple of micro_batch"),
     ("name: x\ntrainer: {precision: fp8}", "trainer.precision", "one of"),
     ("name: x\ntrainer: {data: {source: bin}}", "trainer.data.path", "expected a path"),

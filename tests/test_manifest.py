@@ -242,3 +242,44 @@ def test_a_png_that_cannot_be_written_is_one_line(edited_run, tmp_path, where, e
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith(f"error: --png {tmp_path / where}: ") and expected in out.stderr
     assert out.stderr.count("\n") == 1
+
+
+def test_plot_draws_around_records_it_cannot_plot(tmp_path):
+    """A diverged step's NaN or inf, a null or string loss, a step that is ``true``, a restart
+    without a step and a job file that is a list: gaps, never a traceback (headline, terminal, PNG)."""
+    from hpcorch import plot
+
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    records = [{"step": 1, "loss": 2.0, "lr": 1e-3, "time": 10.0, "step_time_s": 1.0},
+               {"step": 2, "loss": float("nan"), "lr": "x", "tokens_per_s": float("inf"), "time": "late",
+                "step_time_s": 1.0, "val_loss": "bad"},
+               {"step": True, "loss": 9.0},
+               {"step": 3, "loss": None, "lr": 1e-3, "time": 12.0, "step_time_s": "slow"}]
+    run.metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run.events.write_text("".join(json.dumps(e) + "\n" for e in (
+        {"event": "process_start", "time": 8.0}, {"event": "process_start", "time": "x", "step": None})))
+    run.job_file.write_text("- not a mapping\n")
+    c = plot.plot_curves(str(run.root))
+    assert c.steps == [1, 2, 3] and c.loss == [2.0, None, None] and c.val_loss == [] and c.restarts[0]["step"] == 0
+    assert "loss 2.0000" in plot.headline(c) and json.dumps(c.as_dict(), allow_nan=False)
+    assert "loss" in plot.terminal(c, 100, 30, color=False)
+    if __import__("importlib").util.find_spec("matplotlib"):
+        assert plot.png(c, tmp_path / "c.png").stat().st_size > 0
+
+
+def test_untracked_file_with_a_non_utf8_name_is_in_the_patch(tmp_path):
+    """File names are bytes: git lists them as they are, and the patch names them so (a
+    UnicodeDecodeError took the manifest down); ``git apply`` recreates the file."""
+    repo = code_repo(tmp_path / "code")
+    name = b"tweak\xff.py"
+    try:
+        (repo / os.fsdecode(name)).write_text("X = 1\n")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses non-UTF-8 names")
+    state, patch = git_state(repo)
+    assert state["untracked"] == 1 and b"+++ b/" + name in patch
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    subprocess.run(["git", "apply", "-"], cwd=clone, input=patch, check=True)
+    assert (clone / os.fsdecode(name)).read_text() == "X = 1\n"

@@ -29,7 +29,8 @@ def _row(key, **more):
 
 
 @pytest.mark.parametrize("seconds, text", [(0, "0s"), (0.42, "0.4s"), (9.3, "9.3s"), (45, "45s"), (600, "10m"), (3605, "1h"), (5400, "1h 30m"),
-                                           (15150, "4h 12m"), (90061, "1d 1h")])
+                                           (15150, "4h 12m"), (90061, "1d 1h"), (float("inf"), "-"),
+                                           (float("nan"), "-")])
 def test_durations_read_as_two_units(seconds, text):
     assert duration(seconds) == text
 
@@ -37,7 +38,7 @@ def test_durations_read_as_two_units(seconds, text):
 def test_table_aligns_numbers_right_and_text_left():
     lines = table([Column("n", number=True), Column("name"), Column("last")], [["1", "a", "x"], ["100", "bbb", "y"]])
     assert lines == ["  n  name  last", "  1  a     x", "100  bbb   y"]
-    assert percent(None) == "-" and percent(0.7134) == "71.3%"
+    assert percent(None) == "-" and percent(0.7134) == "71.3%" and percent(float("nan")) == "-"
 
 
 def test_ls_is_an_aligned_table_with_progress_goodput_and_age():

@@ -296,9 +296,11 @@ class _RankModel:
         moments.append(("loss backward" if stage.last else "first backward",
                         params + unsharded_root + (0 if self.reshard else unsharded_blocks), acc + buckets,
                         chunks * micro + self.buffers(), first_temp + (gather if self.reshard else 0)))
-        # 2. each block's backward (the recomputed block under checkpointing).
+        # 2. each block's backward (the recomputed block under checkpointing). Its bytes are linear
+        # in k (earlier blocks' activations grow as later blocks' gradients shrink): the first and
+        # the last block bound them (every block would make a plan quadratic in the layers).
         older = (chunks - 1) * micro + self.buffers()
-        for k in range(stage.blocks):
+        for k in sorted({0, stage.blocks - 1}) if stage.blocks else ():
             moments.append(self._block_moment(stage, k, params + unsharded_root + unsharded_blocks,
                                               acc, buckets, older, block_full))
         # 3. the optimizer step: every gradient, no activation but the pipeline's buffers.

@@ -77,6 +77,8 @@ def estimate_time(job, peak_tflops: float | None, gpus: int, planning, calibrati
     elif calibration.tokens_per_s:  # no peak to scale (CPU nodes): the job's own measured speed
         tokens_per_s = statistics.median(calibration.tokens_per_s)
         mfu_source = f"no peak FLOP/s; tokens/s measured: median of {len(calibration.tokens_per_s)} run(s)"
+    if tokens_per_s and not math.isfinite(tr.steps * tokens_per_step / tokens_per_s):
+        tokens_per_s = None  # a throughput so small its wall time overflows: no figure, not infinity
     if tokens_per_s:
         wall_s = tr.steps * tokens_per_step / tokens_per_s
         gpu_hours = wall_s * gpus / 3600 if gpus else None
@@ -89,7 +91,7 @@ def estimate_time(job, peak_tflops: float | None, gpus: int, planning, calibrati
     mtbf_h = planning.node_mtbf_hours / res.nodes
     interval = young_daly(save_s, mtbf_h * 3600)
     steps = None
-    if tokens_per_s:
+    if tokens_per_s and math.isfinite(interval / (tokens_per_step / tokens_per_s)):
         steps = max(1, round(interval / (tokens_per_step / tokens_per_s)))
     return TimeEstimate(mfu, mfu_source, tokens_per_s, wall_s, gpu_hours, size, save_s, save_source, mtbf_h,
                         interval, steps, tr.checkpoint.interval)

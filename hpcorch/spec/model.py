@@ -5,6 +5,10 @@ from dataclasses import dataclass
 
 from .schema import Invalid, check_positive
 
+# Far above any model (the largest have a few hundred), far below a typo that makes the
+# planner, which walks the layers, take minutes and gigabytes.
+MAX_LAYERS = 10_000
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -20,6 +24,8 @@ class GPTConfig:
 
     def __post_init__(self):
         check_positive(self, "layers", "heads", "width", "seq_len", "vocab")
+        if self.layers > MAX_LAYERS:
+            raise Invalid("layers", f"expected at most {MAX_LAYERS:,} layers, got {self.layers:,}")
         if self.width % self.heads:
             raise Invalid("width", f"expected a multiple of heads ({self.heads}), got {self.width}")
         if not 0 <= self.dropout < 1:

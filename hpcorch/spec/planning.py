@@ -31,3 +31,14 @@ class Planning:
         check_positive(self, "cuda_overhead_gb", allow_zero=True)
         if self.mfu > 1:
             raise Invalid("mfu", f"expected a fraction of the peak, 0 < mfu <= 1, got {self.mfu}")
+        # Beyond these no cluster is, and the estimates' floats would overflow (an infinite save
+        # time, a checkpoint interval of infinitely many steps): a typo, said as one.
+        for name, low, high in LIMITS:
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise Invalid(name, f"expected {low:g} to {high:g}, got {value:g}")
+
+
+# (key, lowest, highest): the ranges a real cluster's figures fall in, many times over.
+LIMITS = (("mfu", 0.001, 1.0), ("node_mtbf_hours", 0.01, 1e7), ("checkpoint_write_gbps", 0.001, 1e6),
+          ("cuda_overhead_gb", 0.0, 1024.0))

@@ -25,6 +25,7 @@ from .policy import QOS, Requests, RequestsOverride
 
 # NVIDIA's MIG profile names: compute slices "g", memory "gb", optionally "+me" (media engines).
 MIG_PROFILE_RE = re.compile(r"[1-8]g\.\d{1,4}gb(\+me)?")
+MAX_PEAK_TFLOPS = 1e6  # an exaFLOP/s per GPU: far above any
 
 
 @dataclass
@@ -45,6 +46,9 @@ class GPUs:
 
     def __post_init__(self):
         check_positive(self, "count", "memory_gb", "peak_tflops", allow_zero=True)
+        if self.peak_tflops > MAX_PEAK_TFLOPS:  # a typo that would overflow the planner's tokens/s
+            raise Invalid("peak_tflops", f"expected at most {MAX_PEAK_TFLOPS:g} TFLOP/s per GPU, "
+                                         f"got {self.peak_tflops:g}")
         check_name("model", self.model, "a GPU model name")
         check_name("type", self.type, "a GRES type name such as a100")
         if self.mig is not None:
