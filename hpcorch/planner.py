@@ -170,7 +170,6 @@ def _measured(value, most: float = 1e15) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= most
 
 
-
 # ----- the plan's summary -----------------------------------------------------------------------
 def summary(plan, result: Fit | None = None, calib: Calibration | None = None) -> dict:
     """The planner's part of ``hpcorch plan``: memory per GPU (GiB) against the GPU, and time."""
