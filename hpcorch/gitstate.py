@@ -57,6 +57,7 @@ def git_state(code_dir: Path, exclude=(), budget_s: float = GIT_BUDGET_S,
         head = git("rev-parse", "--verify", "-q", "HEAD")
         commit = head.decode().strip() if head else None
         branch = (git("rev-parse", "--abbrev-ref", "HEAD") or b"").decode().strip() or None
+        branch = None if branch == "HEAD" else branch  # a detached HEAD (CI checkouts) is on no branch
         origin = (git("config", "--get", "remote.origin.url") or b"").decode().strip() or None
         skip = [f":(exclude){os.path.relpath(p, git.cwd)}" for p in map(Path, exclude)
                 if _inside(p, git.cwd) and Path(p).resolve() != git.cwd.resolve()]

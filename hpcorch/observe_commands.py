@@ -56,7 +56,7 @@ def _echo_manifest(m: dict) -> None:
     v = m.get("versions") or {}
     gpu = m.get("gpu") or {}
     if git.get("repo"):
-        code = (f"{(git.get('commit') or 'no commit')[:12]} ({git.get('branch')})"
+        code = (f"{(git.get('commit') or 'no commit')[:12]} ({git.get('branch') or 'detached'})"
                 + (f", dirty: {git.get('patch_bytes', 0):,} bytes of changes ({git.get('untracked', 0)} untracked files)"
                    f"{', cut' if git.get('patch_truncated') else ''}" if git.get("dirty") else ", clean")
                 + (f", {git['incomplete']}" if git.get("incomplete") else ""))

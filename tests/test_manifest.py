@@ -89,6 +89,9 @@ def test_git_state_outside_a_repository_and_caps(tmp_path):
     assert facts["patch_truncated"] and len(patch) < 1100 and b"patch cut at 1000 bytes" in patch
     clean, nothing = git_state(code_repo(tmp_path / "clean"))
     assert not clean["dirty"] and nothing == b"" and clean["patch_sha256"] is None
+    git(tmp_path / "clean", "checkout", "-q", "--detach")
+    detached, _ = git_state(tmp_path / "clean")
+    assert detached["branch"] is None and detached["commit"] == clean["commit"]
     late, _ = git_state(repo, budget_s=0.0)
     assert "longer than" in late["incomplete"]
 
