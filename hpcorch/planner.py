@@ -66,9 +66,11 @@ def check_fit(plan, force: bool = False) -> Fit:
     if result.fits:
         return result
     est = result.memory
-    fix = cheapest_fix(plan)
-    change = (f"the cheapest change that fits: --set {fix[0]} ({fix[1].memory.total / GIB:.1f} GiB)"
-              if fix else "no single change fits (activation checkpointing, sharding, micro_batch, tp)")
+    fix = None if est.overhead >= result.gpu_bytes else cheapest_fix(plan)
+    change = (f"the cheapest change that fits: --set {fix[0]} ({fix[1].memory.total / GIB:.1f} GiB)" if fix
+              else "the profile's planning.cuda_overhead_gb alone fills the GPU: check it and gpus.memory_gb"
+              if est.overhead >= result.gpu_bytes
+              else "no single change fits (activation checkpointing, sharding, micro_batch, tp)")
     message = (f"needs about {est.total / GIB:.1f} GiB per GPU ({_parts(est)}; peak at the {est.phase}, "
                f"{est.rank}), more than the {result.gpu_bytes / GIB:.0f} GiB of a {result.gpu_model}; {change}")
     key = fix[0].split("=")[0] if fix else "trainer"
@@ -81,7 +83,12 @@ def check_fit(plan, force: bool = False) -> Fit:
 def _parts(est: MemoryEstimate) -> str:
     parts = {"params": est.params, "grads": est.grads, "optimizer": est.optimizer,
              "activations": est.activations, "temporary": est.temporary, "CUDA": est.overhead}
-    return ", ".join(f"{k} {v / GIB:.1f}" for k, v in parts.items() if v)
+    return ", ".join(f"{k} {_gib(v)}" for k, v in parts.items() if v)
+
+
+def _gib(size: float) -> str:
+    """GiB with one decimal; a part under 0.1 GiB in MiB, not as a misleading 0.0."""
+    return f"{size / GIB:.1f}" if size >= GIB / 10 else f"{size / 2**20:.0f} MiB"
 
 
 def candidates(job) -> list[tuple[str, object]]:

@@ -167,6 +167,15 @@ def test_a_job_that_cannot_fit_is_refused_with_the_cheapest_fix(tmp_path):
     assert estimate_memory(fixed, "cuda", int(1.5 * GIB)).total <= small * GIB
 
 
+def test_an_overhead_that_fills_the_gpu_is_named_not_a_job_change(tmp_path):
+    plan = make_plan(_gpt2(), load_profile(_gpu_profile(tmp_path, 8, overhead=9.0)))
+    with pytest.raises(PlanError) as err:
+        check_fit(plan)
+    text = str(err.value)
+    assert "planning.cuda_overhead_gb alone fills the GPU" in text and "--set" not in text
+    assert "CUDA 9.0" in text and " 0.0," not in text  # small parts in MiB, not as 0.0 GiB
+
+
 def test_every_suggested_change_is_one_the_job_accepts_as_printed():
     from hpcorch.planner import candidates
 
