@@ -71,3 +71,8 @@ def slurm(devcluster):
         state = poll_until(settled, 60, interval_s=0.5, what=f"{node} done completing")
         if state.split("+")[0] in ("down", "drained", "draining", "drain", "fail", "failing"):
             s.set_node(node, "RESUME")
+            # A resumed node is "idle*" (not responding) until slurmd answers the controller's
+            # next ping; until then the next test's `sbatch --test-only --nodes=4` is refused
+            # ("Requested node configuration is not available").
+            poll_until(lambda node=node: not s.node_state(node).endswith("*") or None, 60, interval_s=0.25,
+                       what=f"{node} responding after RESUME")
