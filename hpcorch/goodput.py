@@ -194,7 +194,8 @@ def _last_before(sorted_times: list[float], t: float) -> float | None:
     return sorted_times[i - 1] if i else None
 
 
-def _overlap(start: float, end: float, lo: float, hi: float) -> float:
+def overlap(start: float, end: float, lo: float, hi: float) -> float:
+    """Seconds of [start, end] inside [lo, hi]."""
     return max(0.0, min(end, hi) - max(start, lo))
 
 
@@ -209,15 +210,15 @@ def account(attempts: list[Attempt], log: RunLog) -> tuple[dict[str, float], int
         lo, hi = a.start, a.end
         # Steps are in time order: only those ending in the window, and one straddling its end.
         first, last = bisect.bisect_left(ends, lo), bisect.bisect_right(ends, hi)
-        steps = [s for s in log.steps[first:last + 1] if _overlap(s[0], s[1], lo, hi) > 0 or lo <= s[1] <= hi]
+        steps = [s for s in log.steps[first:last + 1] if overlap(s[0], s[1], lo, hi) > 0 or lo <= s[1] <= hi]
         recomputed += sum(1 for s in steps if s[2])
         busy: list[tuple[float, float]] = []
         for start, end, again, _ in steps:
-            b["recomputed" if again else "productive"] += _overlap(start, end, lo, hi)
+            b["recomputed" if again else "productive"] += overlap(start, end, lo, hi)
             busy.append((start, end))
         for key, spans in (("eval", log.evals), ("checkpoint", log.saves)):
             for start, end in spans:
-                inside = _overlap(start, end, lo, hi)
+                inside = overlap(start, end, lo, hi)
                 if inside > 0:
                     b[key] += inside
                     busy.append((start, end))
@@ -226,7 +227,7 @@ def account(attempts: list[Attempt], log: RunLog) -> tuple[dict[str, float], int
         startup_end = min(first, signal if signal is not None else hi, hi)
         b["startup"] += max(0.0, startup_end - lo)
         if signal is not None:
-            done_after = sum(_overlap(s, e, max(signal, startup_end), hi) for s, e in busy)
+            done_after = sum(overlap(s, e, max(signal, startup_end), hi) for s, e in busy)
             b["idle_after_signal"] += max(0.0, hi - max(signal, startup_end) - done_after)
     named = sum(v for k, v in b.items() if k != "other")
     b["other"] = sum(a.elapsed_s for a in attempts) - named

@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass
 
 from .errors import PlanError
-from .fileio import json_lines
+from .fileio import json_lines, number
 from .rundir import RunDir
 from .estimate.memory import GIB, MemoryEstimate, estimate_memory
 from .estimate.time import Calibration, TimeEstimate, estimate_time
@@ -174,7 +174,8 @@ def calibration(profile: str, job_name: str, world_size: int = 0, registry=None)
 def _measured(value, most: float = 1e15) -> bool:
     """A figure a run could have measured: a number in (0, most]. A hand-edited or torn record
     (true, NaN, Infinity, a negative time, an MFU of 5) must not become the plan's assumption."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= most
+    found = number(value)
+    return found is not None and 0 < found <= most
 
 
 # ----- the plan's summary -----------------------------------------------------------------------

@@ -95,8 +95,8 @@ def running_share(attempts: list[goodput.Attempt], log: goodput.RunLog) -> list[
     for start, end, again, step in sorted(log.steps, key=lambda s: s[1]):
         if again:
             continue
-        productive += sum(_overlap(start, end, a.start, a.end) for a in attempts)
-        allocated = sum(_overlap(a.start, a.end, a.start, end) for a in attempts)
+        productive += sum(goodput.overlap(start, end, a.start, a.end) for a in attempts)
+        allocated = sum(goodput.overlap(a.start, a.end, a.start, end) for a in attempts)
         if allocated > 0 and step is not None:  # a record without a step number: counted, not drawn
             points.append((step, min(1.0, productive / allocated)))
     return points
@@ -230,7 +230,3 @@ def plot_curves(ref: str, registry=None) -> Curves:
             data = None
         name = data.get("name") if isinstance(data, dict) and isinstance(data.get("name"), str) else None
     return curves(run, name, entry)
-
-
-def _overlap(start: float, end: float, lo: float, hi: float) -> float:
-    return max(0.0, min(end, hi) - max(start, lo))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError, HpcorchError, RemoteError
+from ..fileio import number
 from ..registry import Entry, Registry, RemoteRef
 from ..spec.profile import ClusterProfile, load_profile
 
@@ -158,8 +159,9 @@ def rows(entries: list[Entry]) -> dict[int, dict]:
         else:
             why = "not in the login node's registry"
         for entry in group:
-            row = listed.get(entry.remote_ref.key) or {"state": f"UNKNOWN ({why})"}
-            found[entry.key] = {"state": row["state"], "goodput": row.get("goodput")}
+            row = listed.get(entry.remote_ref.key) or {}
+            found[entry.key] = {"state": str(row.get("state") or f"UNKNOWN ({why})"),
+                                "goodput": number(row.get("goodput"))}
     return found
 
 
