@@ -28,7 +28,7 @@ def main() -> None:
 
     import torch
 
-    from hpcorch.train.store import CheckpointStore
+    from hpcorch.train.checkpoint.store import CheckpointStore
 
     root = Path(tempfile.mkdtemp(dir=args.dir, prefix="hpcorch-bench-"))
     n = args.mb * 2**20 // 4

@@ -25,7 +25,7 @@ print(_make_sbatch_string(command="python -u -m submitit.core._submit /tmp/x", f
 CASES = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "submitit _make_sbatch_string": [sys.executable, "-c", SUBMITIT_SCRIPT],
-    "hpcorch submit --dry-run": [sys.executable, "-m", "hpcorch.cli", "submit", "jobs/gpt-tiny.yaml",
+    "hpcorch submit --dry-run": [sys.executable, "-m", "hpcorch.cli.main", "submit", "jobs/gpt-tiny.yaml",
                                  "--profile", "devcluster", "--dry-run"],
 }
 

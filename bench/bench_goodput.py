@@ -14,7 +14,7 @@ counts as a preemption). Script, per attempt:
 Variant ``cut``: hpcorch's requeues (protocol and recovery) lift Slurm's ~120 s BeginTime hold;
 ``keep``: HPCORCH_REQUEUE_HOLD=keep leaves it. The bench never lifts a hold itself.
 
-Figures come from hpcorch.goodput (sacct -D + the run directory): goodput = productive /
+Figures come from hpcorch.observe.goodput (sacct -D + the run directory): goodput = productive /
 allocated (queue wait excluded), the buckets, queue wait, productive / (allocated + queue wait),
 and per restart the time from the committed checkpoint to the next first step.
 
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hpcorch.cluster.slurm import Slurm  # noqa: E402
-from hpcorch.poll import poll_until  # noqa: E402
+from hpcorch.util.poll import poll_until  # noqa: E402
 
 MODEL = ["trainer.model.layers=1", "trainer.model.width=32", "trainer.model.heads=2", "trainer.model.seq_len=32",
          "trainer.global_batch=8", "trainer.micro_batch=2", "trainer.optimizer.warmup_steps=4",
@@ -49,7 +49,7 @@ CLUSTER = ["resources.nodes=2", "resources.tasks_per_node=2", "resources.gpus_pe
 
 def hpcorch(home: Path, *args: str, timeout: float = 120) -> str:
     env = {**os.environ, "HPCORCH_HOME": str(home)}
-    out = subprocess.run([sys.executable, "-m", "hpcorch.cli", *args], cwd=REPO, env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "hpcorch.cli.main", *args], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"hpcorch {' '.join(args[:2])}: {out.stderr.strip()}")
@@ -142,7 +142,7 @@ def run_variant(variant: str, work: Path, preempt_after: float, steps: int, time
             slurm.cancel(job_id)
         if victim:
             resume_node(slurm, victim)
-    from hpcorch import goodput as gp
+    from hpcorch.observe import goodput as gp
 
     log = gp.RunLog.read(gp.RunDir.open(run))
     g = gp.summarize("sacct", gp.sacct_attempts(rows), log)

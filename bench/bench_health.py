@@ -32,7 +32,7 @@ SETS = ["resources.nodes=2", "resources.tasks_per_node=2", "trainer.micro_batch=
 
 
 def hpcorch(home: Path, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "hpcorch.cli", *args], capture_output=True, text=True, timeout=300,
+    out = subprocess.run([sys.executable, "-m", "hpcorch.cli.main", *args], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "HPCORCH_HOME": str(home)}, cwd=REPO)
     if out.returncode:
         raise SystemExit(out.stdout + out.stderr)
@@ -41,7 +41,7 @@ def hpcorch(home: Path, *args: str) -> str:
 
 def run_job(home: Path, run: Path, *extra: str) -> str:
     from hpcorch.cluster.slurm import Slurm
-    from hpcorch.poll import poll_until
+    from hpcorch.util.poll import poll_until
 
     sets = [a for s in SETS + list(extra) for a in ("--set", s)]
     hpcorch(home, "submit", "jobs/gpt-tiny.yaml", "-p", "devcluster", "--run-dir", str(run), *sets)

@@ -78,7 +78,7 @@ def run(name: str, sets: list[str], args, root: Path) -> dict:
              f"trainer.steps={args.steps}", "trainer.checkpoint.interval=100000", "trainer.eval_interval=0",
              "trainer.eval_batches=1", "trainer.log_interval=1000", "trainer.data.max_bytes=2000000",
              "trainer.collective_timeout_s=600"]
-    cmd = [sys.executable, "-m", "hpcorch.cli", "train", "jobs/gpt-tiny.yaml", "--nproc", str(args.nproc),
+    cmd = [sys.executable, "-m", "hpcorch.cli.main", "train", "jobs/gpt-tiny.yaml", "--nproc", str(args.nproc),
            "--run-dir", str(run_dir), *[a for s in model + sets for a in ("--set", s)]]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO), **MALLOC})

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_scale import profile_data  # noqa: E402
-from hpcorch.registry import Registry  # noqa: E402
+from hpcorch.state.registry import Registry  # noqa: E402
 
 
 def fake_runs(home: Path, profile: str, runs: int, steps: int) -> None:
@@ -88,9 +88,9 @@ def main() -> None:
         env = {**os.environ, "HPCORCH_HOME": str(home), "PYTHONPATH": str(REPO)}
         py = sys.executable
         cases = [("python -c pass", [py, "-c", "pass"]),
-                 ("hpcorch --help", [py, "-m", "hpcorch.cli", "--help"]),
-                 ("hpcorch plan gpt-1.3b", [py, "-m", "hpcorch.cli", "plan", "jobs/gpt-1.3b.yaml", "-p", str(profile)]),
-                 ("hpcorch plan gpt-1.3b --json", [py, "-m", "hpcorch.cli", "plan", "jobs/gpt-1.3b.yaml", "-p",
+                 ("hpcorch --help", [py, "-m", "hpcorch.cli.main", "--help"]),
+                 ("hpcorch plan gpt-1.3b", [py, "-m", "hpcorch.cli.main", "plan", "jobs/gpt-1.3b.yaml", "-p", str(profile)]),
+                 ("hpcorch plan gpt-1.3b --json", [py, "-m", "hpcorch.cli.main", "plan", "jobs/gpt-1.3b.yaml", "-p",
                                                    str(profile), "--json"])]
         print(f"{args.nodes:,}-node profile, {args.runs} completed runs x {args.steps} steps in the registry, "
               f"{args.repeat} cold runs each (median, min; seconds)")

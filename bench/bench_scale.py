@@ -44,8 +44,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hpcorch.cluster.slurmconf import write_configs  # noqa: E402
-from hpcorch.plan import make_plan  # noqa: E402
-from hpcorch.render import render_sbatch  # noqa: E402
+from hpcorch.plan.plan import make_plan  # noqa: E402
+from hpcorch.render.sbatch import render_sbatch  # noqa: E402
 from hpcorch.spec.job import load_job  # noqa: E402
 from hpcorch.spec.profile import load_profile  # noqa: E402
 from hpcorch.spec.yamlio import read_yaml  # noqa: E402

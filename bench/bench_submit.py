@@ -48,14 +48,14 @@ def main() -> None:
 
     from hpcorch.cluster.devcluster import DevCluster
     from hpcorch.spec.job import load_job
-    from hpcorch.plan import make_plan
+    from hpcorch.plan.plan import make_plan
     from hpcorch.spec.profile import load_profile
-    from hpcorch.registry import Registry
-    from hpcorch.render import render_sbatch
+    from hpcorch.state.registry import Registry
+    from hpcorch.render.sbatch import render_sbatch
     sys.path.insert(0, str(REPO / "tests"))
     from slurmhelp import TestSlurm as Slurm  # sbatch, wait_for, update_job: a tester's tools
     from hpcorch import service
-    from hpcorch.submit.task import TrainTask
+    from hpcorch.batch.task import TrainTask
 
     cluster = DevCluster()
     if not cluster.is_up():
@@ -87,7 +87,7 @@ def main() -> None:
 
     def hpcorch_cli():
         sets = [a for s in SETS for a in ("--set", s)]
-        subprocess.run([sys.executable, "-m", "hpcorch.cli", "submit", "jobs/gpt-tiny.yaml", "-p", "devcluster",
+        subprocess.run([sys.executable, "-m", "hpcorch.cli.main", "submit", "jobs/gpt-tiny.yaml", "-p", "devcluster",
                         "--run-dir", str(tmp / f"cli{next(fresh)}"), *sets], cwd=REPO, check=True,
                        capture_output=True)
         submitted.append(Registry().all()[-1].job_id)
@@ -114,8 +114,8 @@ def main() -> None:
 def preemption(plan, script, slurm, tmp) -> None:
     from hpcorch import service
 
-    from hpcorch.poll import poll_until
-    from hpcorch.rundir import RunDir
+    from hpcorch.util.poll import poll_until
+    from hpcorch.state.rundir import RunDir
 
     run = plan.run_dir
     entry = service.submit(plan, script).entry
@@ -136,7 +136,7 @@ def preemption(plan, script, slurm, tmp) -> None:
     commit = next(e for e in events if e["event"] == "checkpoint_committed")
     starts = [e for e in events if e["event"] == "process_start"]
     firsts = [e for e in events if e["event"] == "first_step"]
-    from hpcorch.train.store import CheckpointStore
+    from hpcorch.train.checkpoint.store import CheckpointStore
 
     ck = CheckpointStore(run / "checkpoints", 0, 1)
     step = ck.committed_steps()[-1]

@@ -10,7 +10,7 @@ run() {  # name, nproc, overrides...
   local name=$1 nproc=$2; shift 2
   local sets=(); for s in "$@"; do sets+=(--set "$s"); done
   [ -n "${KEEP:-}" ] || rm -rf "$out/$name"
-  python3 -m hpcorch.cli train jobs/gpt2-124m.yaml --nproc "$nproc" --run-dir "$out/$name" \
+  python3 -m hpcorch.cli.main train jobs/gpt2-124m.yaml --nproc "$nproc" --run-dir "$out/$name" \
     --peak-tflops "$peak" "${sets[@]}" 2>&1 | tee -a "$out/$name.log" | grep -E "step|done|resumed|error|Error" | tail -n 4 || true
 }
 common=(trainer.steps=40 trainer.global_batch=32 trainer.micro_batch=16 trainer.log_interval=10

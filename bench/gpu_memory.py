@@ -2,7 +2,7 @@
 
 For gpt2-124m and a ~350M model (GPT-2 medium's shape: 24 layers, 16 heads, width 1024), under
 DDP and FSDP2, with activation checkpointing off and on (bf16, AdamW, the job's sequence length),
-each rank builds the trainer's own parallel model (:func:`hpcorch.train.parallel.build_parallel_model`),
+each rank builds the trainer's own parallel model (:func:`hpcorch.train.parallelize.build.build_parallel_model`),
 trains one warm-up step, resets the peak statistics and trains one measured step. Printed per
 case: the planner's estimate without the CUDA overhead (what ``max_memory_allocated`` counts),
 the measured peak (the largest over ranks), the error, ``max_memory_reserved``, and the memory the
@@ -48,7 +48,7 @@ def rank_main(case_file: Path, out_dir: Path) -> None:
 
     from hpcorch.spec.job import load_job
     from hpcorch.train.distributed import init_distributed, shutdown
-    from hpcorch.train.parallel import build_parallel_model
+    from hpcorch.train.parallelize.build import build_parallel_model
 
     env = init_distributed(timeout_s=300)
     try:
@@ -105,7 +105,7 @@ def main() -> None:
     nproc = args.nproc or torch.cuda.device_count()
     import tempfile
 
-    from hpcorch.estimate.memory import GIB, estimate_memory
+    from hpcorch.plan.estimate.memory import GIB, estimate_memory
     from hpcorch.spec.job import load_job
 
     all_cases = cases(args.micro_batch, nproc)

@@ -29,9 +29,9 @@ import signal
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import HpcorchError
-from .fileio import atomic_write
-from .rundir import RunDir
+from hpcorch.errors import HpcorchError
+from hpcorch.util.fileio import atomic_write
+from hpcorch.state.rundir import RunDir
 
 # Exit codes, named once.
 DONE = 0

@@ -31,7 +31,7 @@ def run_cli(*args, cwd=None, env=None, timeout=120):
     """Run the real ``hpcorch`` console entry point as a separate process."""
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", "hpcorch.cli", *map(str, args)], cwd=cwd or REPO,
+    return subprocess.run([sys.executable, "-m", "hpcorch.cli.main", *map(str, args)], cwd=cwd or REPO,
                           env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=timeout)
 

@@ -4,7 +4,7 @@ Usage: memory_worker.py CASES_JSON OUT_DIR   (RANK, WORLD_SIZE, MASTER_* in the 
 
 CASES_JSON is a list of ``{"name": ..., "sets": [KEY=VALUE, ...]}``: overrides of
 jobs/gpt-tiny.yaml (its resources set to this world). For every case this rank builds the
-trainer's own parallel model (:func:`hpcorch.train.parallel.build_parallel_model`: the same
+trainer's own parallel model (:func:`hpcorch.train.parallelize.build.build_parallel_model`: the same
 layouts, optimizers and precision the trainer runs), trains one warm-up step (optimizer states
 exist after it, DDP has rebuilt its buckets), then measures one more step -- forward, backward,
 gradient clipping, optimizer step, as :meth:`Trainer.train_step` runs them -- under torch's
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hpcorch.spec.job import load_job  # noqa: E402
 from hpcorch.train.distributed import init_distributed, shutdown  # noqa: E402
-from hpcorch.train.parallel import build_parallel_model  # noqa: E402
+from hpcorch.train.parallelize.build import build_parallel_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

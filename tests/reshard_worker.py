@@ -21,8 +21,8 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hpcorch.train.checkpoint import canonical_state, checkpoint_group, model_digest  # noqa: E402
-from hpcorch.train.store import CheckpointStore  # noqa: E402
+from hpcorch.train.checkpoint.checkpointer import canonical_state, checkpoint_group, model_digest  # noqa: E402
+from hpcorch.train.checkpoint.store import CheckpointStore  # noqa: E402
 
 W, V, L = 16, 32, 4
 
@@ -136,7 +136,7 @@ def main():
     else:
         state, maps = canonical_state(parts, opts)
         step, _, _, _ = store.load_latest(target=state)
-        from hpcorch.train.checkpoint import Checkpointer
+        from hpcorch.train.checkpoint.checkpointer import Checkpointer
 
         ck = Checkpointer.__new__(Checkpointer)  # only its state-applying half is needed here
         ck.parts, ck.optimizers = parts, opts

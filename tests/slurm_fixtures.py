@@ -60,7 +60,7 @@ def slurm(devcluster):
 
     s = TestSlurm(env={"SLURM_CONF": str(devcluster.etc / "slurm.conf")})
     yield s
-    from hpcorch.poll import poll_until
+    from hpcorch.util.poll import poll_until
 
     for node in devcluster.profile.all_hosts():
         # A node still COMPLETING a killed job refuses RESUME ("Invalid node state"): let it settle.

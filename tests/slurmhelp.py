@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hpcorch.cluster.slurm import Slurm
-from hpcorch.poll import poll_until
+from hpcorch.util.poll import poll_until
 
 
 class TestSlurm(Slurm):
@@ -41,11 +41,11 @@ class TestSlurm(Slurm):
     def start_now(self, job_id: str) -> None:
         """A requeued job waits ~120 s (BeginTime); let it start almost at once. Not within
         the second its old credential was revoked: slurmd would refuse the new one and the
-        job would fail ("Job credential revoked"; see hpcorch.recovery.start_when_pending)."""
+        job would fail ("Job credential revoked"; see hpcorch.batch.recovery.start_when_pending)."""
         import time
 
         time.sleep(2.0)
-        # check=False: hpcorch.recovery's own helper may have started it meanwhile.
+        # check=False: hpcorch.batch.recovery's own helper may have started it meanwhile.
         self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
 
     def set_node(self, node: str, state: str, reason: str = "hpcorch") -> None:
@@ -113,7 +113,7 @@ class Jobs:
 
 def wait_progress(run_dir: Path, step: int, timeout_s: float = 120.0) -> int:
     """Wait until the run's rank 0 reports at least ``step``; returns the step seen."""
-    from hpcorch.rundir import RunDir
+    from hpcorch.state.rundir import RunDir
 
     run = RunDir(run_dir)
 

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from hpcorch.rundir import COMMIT_MARKER as COMMIT, CheckpointLayout
-from hpcorch.train.store import CheckpointError, CheckpointStore
+from hpcorch.state.rundir import COMMIT_MARKER as COMMIT, CheckpointLayout
+from hpcorch.train.checkpoint.store import CheckpointError, CheckpointStore
 
 
 def step_dir(root, step):
@@ -75,9 +75,9 @@ def _disk_full_for(monkeypatch, name):
     """Writing ``name`` fails as on a full disk."""
     import errno
 
-    import hpcorch.train.store as store
+    import hpcorch.train.checkpoint.store as store
 
-    import hpcorch.train.dcpio as dcpio
+    import hpcorch.train.checkpoint.dcpio as dcpio
 
     real, real_open = store.atomic_write, dcpio.open if hasattr(dcpio, "open") else open
 
@@ -97,7 +97,7 @@ def _disk_full_for(monkeypatch, name):
 
 @pytest.mark.parametrize("async_save", [False, True])
 def test_a_failed_save_cleans_up_says_why_and_keeps_the_previous(tmp_path, monkeypatch, async_save):
-    from hpcorch.train.store import SaveFailed
+    from hpcorch.train.checkpoint.store import SaveFailed
 
     votes = []
     ck = CheckpointStore(tmp_path, rank=0, world_size=1, keep=2, async_save=async_save,
@@ -115,7 +115,7 @@ def test_a_failed_save_cleans_up_says_why_and_keeps_the_previous(tmp_path, monke
 
 
 def test_a_peers_failure_stops_this_rank_and_removes_its_part(tmp_path):
-    from hpcorch.train.store import PeerSaveFailed
+    from hpcorch.train.checkpoint.store import PeerSaveFailed
 
     ck = CheckpointStore(tmp_path, rank=1, world_size=2, agree=lambda ok: False)
     with pytest.raises(PeerSaveFailed, match="another rank could not write its part of step 20"):
@@ -126,7 +126,7 @@ def test_a_peers_failure_stops_this_rank_and_removes_its_part(tmp_path):
 def test_export_writes_the_canonical_weights_and_errors_are_one_line(tmp_path):
     from hpcorch import service
     from hpcorch.errors import HpcorchError
-    from hpcorch.train.checkpoint import weights_digest
+    from hpcorch.train.checkpoint.checkpointer import weights_digest
 
     root = tmp_path / "run"
     ck = CheckpointStore(root / "checkpoints", rank=0, world_size=1)
@@ -147,7 +147,7 @@ def test_export_to_safetensors_round_trips(tmp_path):
     from safetensors import safe_open
 
     from hpcorch import service
-    from hpcorch.train.checkpoint import weights_digest
+    from hpcorch.train.checkpoint.checkpointer import weights_digest
 
     root = tmp_path / "run"
     ck = CheckpointStore(root / "checkpoints", rank=0, world_size=1)
@@ -166,7 +166,7 @@ def test_old_format_checkpoints_still_load(tmp_path):
     import hashlib
     import io
 
-    from hpcorch.fileio import atomic_write
+    from hpcorch.util.fileio import atomic_write
 
     d = step_dir(tmp_path, 7)
     d.mkdir(parents=True)

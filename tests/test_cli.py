@@ -102,7 +102,7 @@ def test_help_everywhere():
 
 
 def test_dry_run_imports_neither_torch_nor_submitit():
-    code = ("import sys\nfrom hpcorch.cli import main\n"
+    code = ("import sys\nfrom hpcorch.cli.main import main\n"
             "try:\n    main(['submit', 'jobs/gpt-tiny.yaml', '-p', 'devcluster', '--dry-run'])\n"
             "except SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'submitit', 'numpy', 'paramiko') if m in sys.modules))")
@@ -113,7 +113,7 @@ def test_dry_run_imports_neither_torch_nor_submitit():
 
 def test_status_and_ls_import_neither_torch_nor_submitit(tmp_path):
     """Observing a run reads its run directory and asks the scheduler: no torch, no submitit."""
-    code = ("import sys\nfrom hpcorch.registry import Registry\nfrom hpcorch.cli import main\n"
+    code = ("import sys\nfrom hpcorch.state.registry import Registry\nfrom hpcorch.cli.main import main\n"
             f"Registry().add('999999999', 'gpt-tiny', 'local', 'local', {str(tmp_path / 'run')!r}, 'job.yaml')\n"
             "for args in (['status', '1'], ['ls'], ['plan', 'jobs/gpt-tiny.yaml']):\n"
             "    try:\n        main(args)\n    except SystemExit as exc:\n        assert not exc.code, exc.code\n"
@@ -154,7 +154,7 @@ def test_shell_completion_offers_profiles_jobs_and_refs(tmp_path):
     assert "plain,h100-ndr" in complete("plan", "gpt2-124m", "-p", "h1")
     assert {"plain,gpt2-124m", "plain,gpt-tiny"} <= set(complete("plan", "gpt"))
     assert complete("status", "") == []  # an empty registry offers nothing and does not fail
-    from hpcorch.registry import Registry
+    from hpcorch.state.registry import Registry
 
     Registry(tmp_path / "registry.sqlite").add("77", "my-run", "local", "local", str(tmp_path / "r"), "j.yaml")
     assert "plain,my-run" in complete("status", "my")

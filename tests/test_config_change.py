@@ -63,7 +63,7 @@ def test_config_change_is_refused_unless_accepted_and_a_model_change_always(tmp_
 def test_submit_refuses_before_submitting_and_records_an_accepted_change(tmp_path, monkeypatch):
     import hpcorch.submit.executor as executor
     from hpcorch import service
-    from hpcorch.rundir import COMMIT_MARKER
+    from hpcorch.state.rundir import COMMIT_MARKER
     from hpcorch.spec.compat import ConfigChanged, training_config
     from trainhelp import REPO
 

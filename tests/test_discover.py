@@ -441,7 +441,7 @@ def test_cli_errors_exit_2_on_one_line(tmp_path):
 
 
 def test_cold_path_imports_neither_torch_nor_submitit(fake_slurm):
-    code = ("import sys\nfrom hpcorch.cli import main\n"
+    code = ("import sys\nfrom hpcorch.cli.main import main\n"
             "for args in (['profile', 'discover'], ['profile', 'diff', 'devcluster']):\n"
             "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
             "print(sorted(m for m in ('torch', 'submitit', 'numpy') if m in sys.modules))")

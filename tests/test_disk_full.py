@@ -44,7 +44,7 @@ def test_full_disk_during_a_save_is_one_line_and_the_resume_is_exact(small_fs, t
     assert not [p for p in small_fs.rglob("*") if p.name.endswith(".tmp")]
     assert not list((run / "checkpoints").glob("step_000000006/*"))  # nothing of the failed save stays
 
-    from hpcorch.train.store import CheckpointStore
+    from hpcorch.train.checkpoint.store import CheckpointStore
 
     _, _, record = CheckpointStore(run / "checkpoints", rank=0, world_size=2).load(3)  # digests verified
     assert record["step"] == 3

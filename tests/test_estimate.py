@@ -25,11 +25,11 @@ import pytest
 from conftest import run_cli
 from trainhelp import finish_ranks
 from hpcorch.errors import ConfigError, PlanError
-from hpcorch.estimate.memory import GIB, checkpoint_bytes, estimate_memory
-from hpcorch.estimate.time import Calibration, estimate_time, young_daly
-from hpcorch.plan import make_plan
-from hpcorch.planner import calibration, check_fit
-from hpcorch.registry import Registry
+from hpcorch.plan.estimate.memory import GIB, checkpoint_bytes, estimate_memory
+from hpcorch.plan.estimate.time import Calibration, estimate_time, young_daly
+from hpcorch.plan.plan import make_plan
+from hpcorch.plan.verdict import calibration, check_fit
+from hpcorch.state.registry import Registry
 from hpcorch.spec.job import load_job
 from hpcorch.spec.planning import Planning
 from hpcorch.spec.profile import load_profile
@@ -177,7 +177,7 @@ def test_an_overhead_that_fills_the_gpu_is_named_not_a_job_change(tmp_path):
 
 
 def test_every_suggested_change_is_one_the_job_accepts_as_printed():
-    from hpcorch.planner import candidates
+    from hpcorch.plan.verdict import candidates
 
     # Adafactor: no sharding or tp suggested (torch's Adafactor cannot update DTensors).
     texts = [text for text, _ in candidates(_gpt2("trainer.optimizer.name=adafactor"))]
@@ -338,7 +338,7 @@ def test_the_estimate_is_linear_in_the_layers(monkeypatch):
     """Each block's backward is linear in the block's index, so the first and the last block
     bound them: two moments per stage, not one per block (quadratic: 10,000 layers took a
     second per estimate, and a plan makes a dozen)."""
-    from hpcorch.estimate import memory
+    from hpcorch.plan.estimate import memory
 
     calls = []
     real = memory._RankModel._block_moment

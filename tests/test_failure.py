@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from hpcorch import protocol
-from hpcorch.failure import (TRAIN_MARKER, classify_preflight, classify_training, exit_records, srun_ends)
-from hpcorch.quarantine import excluded_nodes, lemons
-from hpcorch.recovery import crash_loop
-from hpcorch.registry import Quarantined, Registry
+from hpcorch.batch.failure import TRAIN_MARKER, classify_preflight, classify_training, exit_records, srun_ends
+from hpcorch.state.quarantine import excluded_nodes, lemons
+from hpcorch.batch.recovery import crash_loop
+from hpcorch.state.registry import Quarantined, Registry
 
 PEER = "RuntimeError: [gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:17815: Connection reset by peer."
 
@@ -168,7 +168,7 @@ def test_quarantine_expires_clears_and_finds_lemons(tmp_path):
 
 
 def _cli(*args, home, expect=0):
-    out = subprocess.run([sys.executable, "-m", "hpcorch.cli", *args], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "hpcorch.cli.main", *args], capture_output=True, text=True,
                          timeout=60, env={**os.environ, "HPCORCH_HOME": str(home)})
     assert out.returncode == expect, out.stdout + out.stderr
     return out
@@ -203,11 +203,11 @@ def test_the_script_runs_preflight_then_training_each_followed_by_recovery(tmp_p
     first = next(i for i, ln in enumerate(lines) if ln.startswith("srun --nodes=2 --ntasks=2 --ntasks-per-node=1"))
     train = next(i for i, ln in enumerate(lines) if ln.startswith("srun --unbuffered"))
     assert first < train
-    assert "-m hpcorch.health preflight --run-dir" in lines[first + 1]
+    assert "-m hpcorch.batch.health preflight --run-dir" in lines[first + 1]
     assert lines[first + 2].strip().endswith("--stage preflight --exit-code $?")
     assert lines[train + 2].strip().endswith("--stage train --exit-code $?")
     assert "--profile devcluster --quarantine-hours 24" in lines[train + 2]
     assert TRAIN_MARKER in lines[train - 1]
     off = _cli("submit", "gpt-tiny", "-p", "devcluster", *sets, "--set", "health.preflight=false", "--dry-run",
                home=tmp_path).stdout
-    assert "hpcorch.health" not in off and "--stage train" in off
+    assert "hpcorch.batch.health" not in off and "--stage train" in off

@@ -6,9 +6,9 @@ from datetime import datetime
 
 import pytest
 
-from hpcorch import goodput as gp
-from hpcorch.registry import Entry
-from hpcorch.rundir import RunDir
+from hpcorch.observe import goodput as gp
+from hpcorch.state.registry import Entry
+from hpcorch.state.rundir import RunDir
 
 
 class Timeline:
@@ -138,7 +138,7 @@ def test_the_running_share_is_the_accounting_up_to_each_step(tmp_path):
     the job's figure only by what came after the last step."""
     tl, rows = _two_attempts(tmp_path)
     attempts, log = gp.sacct_attempts(rows), gp.RunLog.read(tl.run)
-    from hpcorch.plot import running_share
+    from hpcorch.observe.plot import running_share
 
     points = running_share(attempts, log)
     assert [step for step, _ in points] == list(range(1, 21))  # 11-14 once, from attempt 1
@@ -204,7 +204,7 @@ def test_node_unit_without_gpus(tmp_path):
 
 
 def test_keep_hold_switch_starts_no_helper(monkeypatch):
-    from hpcorch import recovery
+    from hpcorch.batch import recovery
 
     started = []
     monkeypatch.setattr("subprocess.Popen", lambda *a, **k: started.append(a))

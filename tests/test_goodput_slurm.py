@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from hpcorch.poll import poll_until
+from hpcorch.util.poll import poll_until
 from slurmhelp import wait_progress
 from test_recovery_slurm import _kill_ranks_on
 from test_submit import ctx  # noqa: F401 (fixture)
@@ -86,7 +86,7 @@ def test_goodput_of_a_job_preempted_twice_and_hit_by_a_node_failure(ctx, tmp_pat
     assert 0 < g["goodput"] < 1 and g["buckets_s"]["productive"] > 0 and g["buckets_s"]["startup"] > 0
     assert g["buckets_s"]["checkpoint"] > 0 and g["buckets_s"]["idle_after_signal"] >= 0
     # The three requeues hpcorch asked for started again without Slurm's ~120 s BeginTime hold.
-    from hpcorch.goodput import sacct_attempts
+    from hpcorch.observe.goodput import sacct_attempts
 
     attempts = sacct_attempts(rows)
     assert all(a.queue_wait_s < 60 for a in attempts[1:]), [a.queue_wait_s for a in attempts]

@@ -3,10 +3,10 @@ import re
 
 import pytest
 
-from hpcorch import fabric
+from hpcorch.plan import fabric
 from hpcorch.cluster.slurmconf import LocalCluster, gres_conf, slurm_conf
 from hpcorch.errors import ConfigError, PlanError
-from hpcorch.plan import make_plan, summarize
+from hpcorch.plan.plan import make_plan, summarize
 from hpcorch.spec import constraint as cs
 from hpcorch.spec.job import load_job
 from hpcorch.spec.profile import load_profile
@@ -349,7 +349,7 @@ def test_dev_cluster_files_keep_fake_devices_with_types(tmp_path):
     (["resources.nodes=1", "resources.constraint=emu&grpa"], {"node1", "node2"}),
 ])
 def test_constraints_select_node_groups_on_the_dev_cluster(repo, slurm, tmp_path, overrides, nodes):
-    from hpcorch.render import render_sbatch
+    from hpcorch.render.sbatch import render_sbatch
     from hpcorch.spec import units
 
     job = load_job(repo / "jobs/gpt-tiny.yaml", ["trainer.global_batch=32", "trainer.micro_batch=1", *overrides])

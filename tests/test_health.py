@@ -22,11 +22,11 @@ from hpcorch import protocol
 from hpcorch.cluster.devcluster import make_node_root
 from hpcorch.cluster.slurmconf import LocalCluster, slurm_conf, task_prolog, write_configs
 from hpcorch.errors import ConfigError
-from hpcorch.health import Check, Criteria, NodeReport, check_node, for_job, for_node
-from hpcorch.health.allreduce import busbw_gbps, port_for, rendezvous
-from hpcorch.health.criteria import BadCriteria, preflight_args
-from hpcorch.health.report import CHECK_KEYS, SCHEMA_KEYS, read_reports
-from hpcorch.rundir import RunDir
+from hpcorch.batch.health import Check, Criteria, NodeReport, check_node, for_job, for_node
+from hpcorch.batch.health.allreduce import busbw_gbps, port_for, rendezvous
+from hpcorch.batch.health.criteria import BadCriteria, preflight_args
+from hpcorch.batch.health.report import CHECK_KEYS, SCHEMA_KEYS, read_reports
+from hpcorch.state.rundir import RunDir
 from hpcorch.spec.job import load_job
 from hpcorch.spec.profile import load_profile
 
@@ -125,12 +125,12 @@ def test_criteria_for_a_job_and_its_options(tmp_path):
 
 
 def test_preflight_args_follow_the_job_switch(tmp_path):
-    from hpcorch.plan import make_plan
+    from hpcorch.plan.plan import make_plan
 
     prof = load_profile("devcluster")
     plan = make_plan(load_job(REPO / "jobs/gpt-tiny.yaml"), prof, run_dir=tmp_path / "run")
     args = preflight_args(plan)
-    assert args[:4] == ["hpcorch.health", "preflight", "--run-dir", str(tmp_path / "run")]
+    assert args[:4] == ["hpcorch.batch.health", "preflight", "--run-dir", str(tmp_path / "run")]
     assert Criteria.from_args(args[4:]) == for_job(prof, plan)
     off = make_plan(load_job(REPO / "jobs/gpt-tiny.yaml", ["health.preflight=false"]), prof, run_dir=tmp_path)
     assert preflight_args(off) is None
@@ -230,7 +230,7 @@ def test_root_comes_from_the_environment(tmp_path):
 
 
 def test_a_broken_check_fails_that_check_only(tmp_path, monkeypatch):
-    from hpcorch.health import checks
+    from hpcorch.batch.health import checks
 
     monkeypatch.setattr(checks, "check_ib", lambda *a: 1 / 0)
     report = check_node(crit(), tmp_path, fake_root(tmp_path), {})
@@ -318,7 +318,7 @@ def _env(**kw) -> dict:
 
 
 def _preflight(run_dir, root, *args, env=None, timeout=60):
-    return subprocess.run([sys.executable, "-m", "hpcorch.health", "preflight", "--run-dir", str(run_dir),
+    return subprocess.run([sys.executable, "-m", "hpcorch.batch.health", "preflight", "--run-dir", str(run_dir),
                            "--root", str(root), *args], env=env or _env(SLURMD_NODENAME="node1"),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -339,7 +339,7 @@ def test_preflight_step_exit_codes_and_report(tmp_path):
 
 
 def test_deadline_writes_what_it_has_and_exits_4(tmp_path):
-    code = ("import time\nfrom hpcorch.health.preflight import Deadline\nfrom hpcorch.health.report import Check, NodeReport\n"
+    code = ("import time\nfrom hpcorch.batch.health.preflight import Deadline\nfrom hpcorch.batch.health.report import Check, NodeReport\n"
             "r = NodeReport(node='node1'); r.add(Check('gpus', True, 'ok'))\n"
             f"d = Deadline(0.5, r, __import__('pathlib').Path({str(tmp_path / 'r.json')!r})).start()\n"
             "d.phase = 'the all-reduce'\ntime.sleep(30)\n")
@@ -365,7 +365,7 @@ def _group(tmp_path, roots, *args, timeout_s=60):
         for rank, root in enumerate(roots):
             env = _env(SLURM_PROCID=str(rank), SLURM_NTASKS=str(len(roots)), SLURMD_NODENAME=f"node{rank + 1}",
                        SLURM_JOB_ID="4242", SLURM_RESTART_COUNT="0")
-            procs.append(subprocess.Popen([sys.executable, "-m", "hpcorch.health", "preflight", "--run-dir",
+            procs.append(subprocess.Popen([sys.executable, "-m", "hpcorch.batch.health", "preflight", "--run-dir",
                                            str(tmp_path / "run"), "--root", str(root), "--addr", "127.0.0.1",
                                            "--port", str(port), *args], env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -434,8 +434,8 @@ def test_only_the_allreduce_imports_torch(tmp_path):
                        for n in top), path.name
         if path.name != "allreduce.py":
             assert not any(m.startswith("torch") for m in anywhere), path.name
-    code = ("import sys, hpcorch.cli, hpcorch.health.preflight\n"
-            "from hpcorch.health import check_node, Criteria\n"
+    code = ("import sys, hpcorch.cli.main, hpcorch.batch.health.preflight\n"
+            "from hpcorch.batch.health import check_node, Criteria\n"
             f"check_node(Criteria(gpus=0), {str(tmp_path)!r})\n"
             "assert not [m for m in sys.modules if m.startswith(('torch', 'submitit'))]\n")
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)

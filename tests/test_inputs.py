@@ -98,7 +98,7 @@ def test_oversized_file_is_refused(tmp_path):
 
 def test_resolved_job_reads_back_as_written(tmp_path):
     """A name YAML would read as a number ("3e-4") must stay a string in RUN_DIR/job.yaml."""
-    from hpcorch.rundir import RunDir
+    from hpcorch.state.rundir import RunDir
 
     for text in ("3e-4", "0x10", "1_000", "2024-01-01", "yes", "null", "1e5", "1.5"):
         job = load_job(_job(tmp_path, JOB), [f"name='{text}'", f"description='{text}:2:00:00 #'"])
@@ -176,7 +176,7 @@ def test_cli_prints_one_line_for_each_class(tmp_path):
 
 
 def test_profile_run_root_places_run_directories(tmp_path, monkeypatch):
-    from hpcorch.plan import make_plan
+    from hpcorch.plan.plan import make_plan
 
     path = tmp_path / "p.yaml"
     job = load_job(_job(tmp_path, JOB))

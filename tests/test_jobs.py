@@ -2,7 +2,7 @@ import pytest
 
 from hpcorch.errors import ConfigError, PlanError
 from hpcorch.spec.job import load_job
-from hpcorch.plan import make_plan, summarize
+from hpcorch.plan.plan import make_plan, summarize
 from hpcorch.spec.profile import load_profile
 
 JOBS = ["gpt-tiny", "gpt2-124m", "gpt-1.3b"]

@@ -13,8 +13,8 @@ import sys
 import pytest
 
 from hpcorch.errors import ConfigError, PlanError, RenderError
-from hpcorch.plan import make_plan
-from hpcorch.render import render_sbatch
+from hpcorch.plan.plan import make_plan
+from hpcorch.render.sbatch import render_sbatch
 from hpcorch.spec.job import load_job
 from hpcorch.spec.expand import expand_with, prepend_word, shell_word, split_refs
 from hpcorch.spec.profile import load_profile
@@ -446,7 +446,7 @@ def test_local_submit_through_a_command_wrapper(repo, tmp_path):
 
     sets = [a for s in TINY + ["trainer.steps=4", "trainer.checkpoint.interval=4"] for a in ("--set", s)]
     run = tmp_path / "run"
-    out = subprocess.run([sys.executable, "-m", "hpcorch.cli", "submit", str(job), "-p", "local",
+    out = subprocess.run([sys.executable, "-m", "hpcorch.cli.main", "submit", str(job), "-p", "local",
                           "--run-dir", str(run), *sets], cwd=repo, capture_output=True, text=True, timeout=240,
                          env={**os.environ, "HPCORCH_HOME": str(tmp_path / "home"), "USER": "alice"})
     assert out.returncode == 0, out.stdout + out.stderr

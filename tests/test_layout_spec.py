@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import run_cli
 from hpcorch.errors import ConfigError, PlanError
-from hpcorch.plan import make_plan
+from hpcorch.plan.plan import make_plan
 from hpcorch.spec.job import load_job
 from hpcorch.spec.parallel import MESH_DIMS, ParallelSpec, resolve_layout
 from hpcorch.spec.profile import load_profile
@@ -169,11 +169,11 @@ def test_every_layout_plans_and_renders(tmp_path, name):
 def test_train_accepts_every_layout(tmp_path, monkeypatch, name):
     """`hpcorch train --nproc 4` gets as far as starting 4 ranks on the job it wrote (the ranks'
     training itself is tests/test_layouts.py's)."""
-    import hpcorch.train.launch
+    import hpcorch.train.spawn
     from hpcorch import service
 
     started = []
-    monkeypatch.setattr(hpcorch.train.launch, "launch_local",
+    monkeypatch.setattr(hpcorch.train.spawn, "launch_local",
                         lambda job_file, root, nproc, extra, env: started.append((job_file, nproc)) or 0)
     path = _write(tmp_path, GOOD[name][0] + ["resources.tasks_per_node=1"])
     code, _ = service.train(path, 4, run_dir=tmp_path / "run")

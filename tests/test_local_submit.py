@@ -8,7 +8,7 @@ import sys
 import psutil
 import pytest
 
-from hpcorch.poll import poll_until
+from hpcorch.util.poll import poll_until
 from slurmhelp import wait_progress
 from trainhelp import REPO, TINY, summary, train
 
@@ -19,7 +19,7 @@ LOCAL = ["trainer.steps=100", "trainer.checkpoint.interval=40", "trainer.model.w
 
 def _submit(run_dir, home, *extra, wait=True):
     sets = [a for s in TINY + LOCAL + list(extra) for a in ("--set", s)]
-    cmd = [sys.executable, "-m", "hpcorch.cli", "submit", "jobs/gpt-tiny.yaml", "--run-dir", str(run_dir), *sets]
+    cmd = [sys.executable, "-m", "hpcorch.cli.main", "submit", "jobs/gpt-tiny.yaml", "--run-dir", str(run_dir), *sets]
     if not wait:
         cmd.append("--no-wait")
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -46,7 +46,7 @@ def test_local_preemption_signal_requeues_and_resumes_exactly(tmp_path, referenc
     run, home = tmp_path / "run", tmp_path / "home"
     out = _submit(run, home, wait=False)
     assert out.returncode == 0, out.stderr
-    from hpcorch.registry import Registry
+    from hpcorch.state.registry import Registry
 
     controller = int(Registry(home / "registry.sqlite").all()[-1].job_id)
     wait_progress(run, 5)
@@ -68,12 +68,12 @@ def test_local_cancel_stops_for_good_and_resume_continues(tmp_path, reference):
     else may train into the run directory while the job lives."""
     run, home, ckpts = tmp_path / "run", tmp_path / "home", tmp_path / "elsewhere"
     assert _submit(run, home, f"trainer.checkpoint.dir={ckpts}", wait=False).returncode == 0
-    from hpcorch.registry import Registry
+    from hpcorch.state.registry import Registry
 
     controller = int(Registry(home / "registry.sqlite").all()[-1].job_id)
     wait_progress(run, 5)
     env = {**os.environ, "HPCORCH_HOME": str(home)}
-    cli = [sys.executable, "-m", "hpcorch.cli"]
+    cli = [sys.executable, "-m", "hpcorch.cli.main"]
     second = _submit(run, home, f"trainer.checkpoint.dir={ckpts}", wait=False)
     assert second.returncode == 2 and f"in use by local job {controller}" in second.stderr, second.stderr
     here = train(run, 2, *LOCAL)

@@ -11,10 +11,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from hpcorch import manifest
-from hpcorch.gitstate import git_state
-from hpcorch.poll import poll_until
-from hpcorch.rundir import RunDir
+from hpcorch.batch import manifest
+from hpcorch.observe import manifest as reader
+from hpcorch.batch.gitstate import git_state
+from hpcorch.util.poll import poll_until
+from hpcorch.state.rundir import RunDir
 from trainhelp import REPO, TINY
 
 pytestmark = pytest.mark.timeout(300)
@@ -112,11 +113,11 @@ def test_differences_name_what_matters_and_ignore_the_rest(tmp_path):
     run = RunDir(tmp_path / "run")
     _fake(run, 0)
     _fake(run, 1, nodes="n2", job_id="8")  # other nodes, another job id: not a warning
-    assert manifest.differences(run) == []
+    assert reader.differences(run) == []
     _fake(run, 2, packages={"numpy": "2.0.1", "torch": "2.4.0", "wandb": "0.31.0"},
           versions={"torch": "2.4.0", "cuda": "12.4", "nccl": "2.20.5", "slurm": "24.05", "hpcorch": "0.1"})
     _fake(run, 3, git={"commit": "b" * 40, "patch_sha256": None})
-    warnings = manifest.differences(run)
+    warnings = reader.differences(run)
     assert len(warnings) == 2
     assert warnings[0].startswith("attempt 2") and "numpy 1.26.4 -> 2.0.1" in warnings[0]
     assert "+wandb 0.31.0" in warnings[0] and "versions.cuda 12.1 -> 12.4" in warnings[0]
@@ -125,7 +126,7 @@ def test_differences_name_what_matters_and_ignore_the_rest(tmp_path):
 
 
 def test_cold_cli_imports_no_plotting_nor_logging_packages():
-    code = ("import sys, hpcorch.cli, hpcorch.service, hpcorch.manifest, hpcorch.plot, hpcorch.observe_commands\n"
+    code = ("import sys, hpcorch.cli.main, hpcorch.service, hpcorch.batch.manifest, hpcorch.observe.plot, hpcorch.cli.observe_commands\n"
             "bad = [m for m in ('torch', 'plotext', 'matplotlib', 'tensorboardX', 'wandb') if m in sys.modules]\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
@@ -141,11 +142,11 @@ def edited_run(tmp_path_factory):
     env = {**os.environ, "HPCORCH_HOME": str(home), "PYTHONPATH": str(REPO), "HPCORCH_STEP_DELAY_S": "0.1",
            "HPCORCH_PROFILE": "local"}
     sets = [a for s in TINY + ["trainer.eval_interval=6"] for a in ("--set", s)]
-    cli = [sys.executable, "-m", "hpcorch.cli"]
+    cli = [sys.executable, "-m", "hpcorch.cli.main"]
     out = subprocess.run([*cli, "submit", str(REPO / "jobs/gpt-tiny.yaml"), "--run-dir", str(run), *sets, "--no-wait"],
                          cwd=code, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    from hpcorch.registry import Registry
+    from hpcorch.state.registry import Registry
 
     entry = Registry(home / "registry.sqlite").all()[-1]
     controller = psutil.Process(int(entry.job_id))
@@ -170,7 +171,7 @@ def _cli(r, *args):
 def test_local_run_manifests_have_every_field(edited_run):
     run = RunDir(edited_run["run"])
     assert manifest.attempt_numbers(run) == [0, 1]
-    first = manifest.load(run, 0)
+    first = reader.load(run, 0)
     git_facts = first["git"]
     assert git_facts["repo"] == str(edited_run["code"].resolve()) and len(git_facts["commit"]) == 40
     assert git_facts["branch"] == "main" and git_facts["dirty"] is False
@@ -180,7 +181,7 @@ def test_local_run_manifests_have_every_field(edited_run):
     for key in ("script_sha256", "job_sha256", "profile_sha256"):
         assert len(first[key]) == 64, key
     assert first["collect_s"] < 5
-    second = manifest.load(run, 1)
+    second = reader.load(run, 1)
     assert second["git"]["dirty"] and second["git"]["commit"] == git_facts["commit"]
     assert b"+SCALE = 1.5" in run.manifest_file(1, "patch").read_bytes()
 
@@ -250,7 +251,7 @@ def test_a_png_that_cannot_be_written_is_one_line(edited_run, tmp_path, where, e
 def test_plot_draws_around_records_it_cannot_plot(tmp_path):
     """A diverged step's NaN or inf, a null or string loss, a step that is ``true``, a restart
     without a step and a job file that is a list: gaps, never a traceback (headline, terminal, PNG)."""
-    from hpcorch import plot
+    from hpcorch.observe import plot
 
     run = RunDir(tmp_path / "run")
     run.root.mkdir()

@@ -7,15 +7,15 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import run_cli
-from hpcorch import fabric
+from hpcorch.plan import fabric
 from hpcorch.errors import ConfigError, PlanError
-from hpcorch.placement import fewest_domains, segment_size
-from hpcorch.plan import make_plan, summarize
-from hpcorch.render import render_sbatch
-from hpcorch.rundir import RunDir
+from hpcorch.plan.placement import fewest_domains, segment_size
+from hpcorch.plan.plan import make_plan, summarize
+from hpcorch.render.sbatch import render_sbatch
+from hpcorch.state.rundir import RunDir
 from hpcorch.spec.job import load_job
 from hpcorch.spec.profile import load_profile
-from hpcorch.status import placement_summary
+from hpcorch.observe.status import placement_summary
 
 # A ddp job whose batch fits any node count of 4-GPU nodes: nodes x 4 ranks x 1 sequence.
 def _job(repo, nodes, *extra):

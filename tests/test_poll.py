@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from hpcorch.poll import Backoff, PollTimeout, poll_until
-from hpcorch.status import follow
+from hpcorch.util.poll import Backoff, PollTimeout, poll_until
+from hpcorch.observe.status import follow
 
 
 def test_poll_until_returns_the_first_answer_even_zero():

@@ -10,8 +10,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hpcorch.errors import HpcorchError
-from hpcorch.plan import make_plan
-from hpcorch.render import render_sbatch
+from hpcorch.plan.plan import make_plan
+from hpcorch.render.sbatch import render_sbatch
 from hpcorch.spec.catalog import SHIPPED
 from hpcorch.spec.job import load_job
 from hpcorch.spec.profile import load_profile

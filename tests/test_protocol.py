@@ -7,7 +7,7 @@ import pytest
 
 from hpcorch import protocol
 from hpcorch.protocol import Action, Cause, Decision, RestartBudget, classify, decide, unplanned_restart
-from hpcorch.rundir import RunDir
+from hpcorch.state.rundir import RunDir
 from hpcorch.spec.job import RequeuePolicy
 
 POLICY = RequeuePolicy(max_preemptions=2, max_timeouts=1, max_node_failures=0)

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 
 from hpcorch.errors import HpcorchError
-from hpcorch.registry import Registry
+from hpcorch.state.registry import Registry
 
 WRITER = """
 import sys
-from hpcorch.registry import Registry
+from hpcorch.state.registry import Registry
 reg = Registry(sys.argv[1])
 for i in range(int(sys.argv[3])):
     reg.add(f"{sys.argv[2]}-{i}", "job", "local", "local", f"/runs/{sys.argv[2]}/{i}", "/j.yaml")
@@ -45,7 +45,7 @@ def test_an_old_registry_opens_and_is_migrated(tmp_path):
     """A registry written before schema versions (the first wave's table) keeps its rows."""
     import sqlite3
 
-    from hpcorch.registry import MIGRATIONS
+    from hpcorch.state.registry import MIGRATIONS
 
     db = tmp_path / "old.sqlite"
     conn = sqlite3.connect(db)
@@ -80,7 +80,7 @@ def test_a_corrupted_or_newer_registry_is_one_clear_error(tmp_path):
 
 @pytest.mark.parametrize("fstype,mode", [("nfs4", "DELETE"), ("lustre", "DELETE"), ("ext4", "WAL")])
 def test_network_file_systems_get_the_rollback_journal(tmp_path, fstype, mode):
-    from hpcorch.registry import journal_mode
+    from hpcorch.state.registry import journal_mode
 
     mounts = f"/dev/sda1 / ext4 rw 0 0\nserver:/home {tmp_path} {fstype} rw 0 0\n"
     assert journal_mode(tmp_path / "sub", mounts) == mode

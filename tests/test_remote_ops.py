@@ -53,7 +53,7 @@ def test_a_full_disk_on_the_login_node_is_one_line_and_names_it(sshd, laptop, tm
 
 
 def test_a_remote_job_whose_login_node_is_gone(laptop):
-    from hpcorch.registry import Registry, RemoteRef
+    from hpcorch.state.registry import Registry, RemoteRef
 
     closed = free_port()
     laptop.ssh_config.write_text(f"Host gone\n  HostName 127.0.0.1\n  Port {closed}\n")

@@ -51,7 +51,7 @@ def _submitted(laptop, out, jobs) -> dict:
 
 
 def _wait_state(laptop, key, wanted: set[str], timeout_s=240) -> dict:
-    from hpcorch.poll import poll_until
+    from hpcorch.util.poll import poll_until
 
     def reached():
         out = laptop.cli("status", key, "--json")

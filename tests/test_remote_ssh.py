@@ -334,7 +334,7 @@ def test_remote_python_or_hpcorch_missing_or_another_version(sshd, laptop, tmp_p
 
 
 def test_cold_paths_do_not_import_paramiko(laptop):
-    code = ("import sys; from hpcorch.cli import main; import hpcorch.remote.client, hpcorch.remote.commands; "
+    code = ("import sys; from hpcorch.cli.main import main; import hpcorch.remote.client, hpcorch.cli.remote_commands; "
             "print('paramiko' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=laptop.env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr

@@ -22,7 +22,7 @@ from hpcorch.remote import files, sync
 from hpcorch.remote.client import remote_command
 
 from conftest import mounted_tmpfs
-from hpcorch.rundir import RunDir
+from hpcorch.state.rundir import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 

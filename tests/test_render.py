@@ -6,9 +6,9 @@ import pytest
 
 from hpcorch.errors import ConfigError, PlanError, RenderError
 from hpcorch.spec.job import load_job
-from hpcorch.plan import make_plan
+from hpcorch.plan.plan import make_plan
 from hpcorch.spec.profile import list_profiles, load_profile
-from hpcorch.render import render_sbatch
+from hpcorch.render.sbatch import render_sbatch
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 JOBS = ["gpt-tiny", "gpt2-124m", "gpt-1.3b"]

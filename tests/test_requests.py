@@ -6,10 +6,10 @@ import os
 import pytest
 
 from hpcorch.errors import ConfigError, PlanError
-from hpcorch.nodefit import check_gpu_type
-from hpcorch.plan import make_plan
-from hpcorch.siterequests import _written_gpu_type
-from hpcorch.render import render_sbatch
+from hpcorch.plan.nodefit import check_gpu_type
+from hpcorch.plan.plan import make_plan
+from hpcorch.plan.siterequests import _written_gpu_type
+from hpcorch.render.sbatch import render_sbatch
 from hpcorch.spec.job import JobSpec, Resources, load_job
 from hpcorch.spec.profile import ClusterProfile, GPUs, NodeGroup, NodeType, Partition, load_profile
 from hpcorch.spec.schema import build, to_dict

@@ -7,8 +7,8 @@ import pytest
 
 from hpcorch.cluster.slurm import SlurmError
 from hpcorch.errors import PlanError
-from hpcorch.plan import make_plan
-from hpcorch.render import render_sbatch
+from hpcorch.plan.plan import make_plan
+from hpcorch.render.sbatch import render_sbatch
 from hpcorch.spec.job import JobSpec
 from hpcorch.spec.profile import ClusterProfile
 from hpcorch.spec.schema import build

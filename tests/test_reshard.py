@@ -70,8 +70,8 @@ def test_digest_is_layout_independent(fsdp_saved, tmp_path):
 
 
 def test_sigkill_during_an_async_save_keeps_the_previous_checkpoint(tmp_path):
-    from hpcorch.rundir import COMMIT_MARKER
-    from hpcorch.train.store import CheckpointStore
+    from hpcorch.state.rundir import COMMIT_MARKER
+    from hpcorch.train.checkpoint.store import CheckpointStore
 
     ckpt = tmp_path / "ck"
     _, codes = run("async-crash", ckpt, 1)

@@ -9,10 +9,10 @@ import time
 import psutil
 import pytest
 
-from hpcorch.fileio import atomic_write
-from hpcorch.rundir import COMMIT_MARKER, Lease, RunDir, RunDirBusy
+from hpcorch.util.fileio import atomic_write
+from hpcorch.state.rundir import COMMIT_MARKER, Lease, RunDir, RunDirBusy
 from hpcorch.spec.job import load_job
-from hpcorch.status import lease_is_live
+from hpcorch.state.jobstate import lease_is_live
 from trainhelp import REPO, train_cmd
 
 
@@ -119,7 +119,7 @@ def test_second_train_into_a_live_run_directory_is_refused(tmp_path):
 
 
 def test_only_the_lease_holders_attempt_may_commit(tmp_path, monkeypatch):
-    from hpcorch.rundir import LEASE_ENV
+    from hpcorch.state.rundir import LEASE_ENV
 
     run = RunDir(tmp_path)
     run.take(Lease("slurm", "7", attempt=1))
@@ -134,7 +134,7 @@ def test_only_the_lease_holders_attempt_may_commit(tmp_path, monkeypatch):
 
 def test_a_fenced_rank_writes_no_commit_marker(tmp_path):
     torch = pytest.importorskip("torch")
-    from hpcorch.train.store import CheckpointStore
+    from hpcorch.train.checkpoint.store import CheckpointStore
 
     def taken_over():
         raise RunDirBusy("run directory now belongs to Slurm job 8")
@@ -154,8 +154,8 @@ def test_relative_checkpoint_dir_is_written_absolute(tmp_path, monkeypatch):
 
 
 def test_a_local_job_whose_lease_moved_on_is_not_running(tmp_path):
-    from hpcorch.registry import Registry
-    from hpcorch.status import local_state
+    from hpcorch.state.registry import Registry
+    from hpcorch.state.jobstate import local_state
 
     reg = Registry(tmp_path / "r.sqlite")
     me = psutil.Process()
@@ -170,7 +170,7 @@ def test_a_local_job_whose_lease_moved_on_is_not_running(tmp_path):
 
 def test_followers_give_up_on_a_scheduler_that_never_answers(tmp_path, monkeypatch):
     from hpcorch.errors import HpcorchError
-    from hpcorch.registry import Registry
+    from hpcorch.state.registry import Registry
     from hpcorch.service import _ended_or_given_up
 
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no squeue, no sacct: the state stays UNKNOWN
@@ -214,8 +214,8 @@ def test_failed_writes_leave_no_temporary_files(tmp_path):
 
 
 def test_a_stale_summary_does_not_make_a_local_job_completed(tmp_path):
-    from hpcorch.registry import Registry
-    from hpcorch.status import local_state
+    from hpcorch.state.registry import Registry
+    from hpcorch.state.jobstate import local_state
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

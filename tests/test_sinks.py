@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hpcorch.cli import main
+from hpcorch.cli.main import main
 from trainhelp import REPO, train, train_and_signal
 
 pytestmark = pytest.mark.timeout(300)

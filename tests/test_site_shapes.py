@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from hpcorch.errors import PlanError
-from hpcorch.plan import make_plan
-from hpcorch.render import render_sbatch
+from hpcorch.plan.plan import make_plan
+from hpcorch.render.sbatch import render_sbatch
 from hpcorch.spec.job import load_job
 from hpcorch.spec.profile import load_profile
 

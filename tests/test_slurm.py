@@ -4,9 +4,9 @@ import re
 import pytest
 
 from hpcorch.spec.job import load_job
-from hpcorch.plan import make_plan
+from hpcorch.plan.plan import make_plan
 from hpcorch.spec.profile import load_profile
-from hpcorch.render import render_sbatch
+from hpcorch.render.sbatch import render_sbatch
 from hpcorch.cluster.slurmconf import topology_conf
 from slurmhelp import Jobs, script, wait_for_file
 

@@ -23,7 +23,7 @@ def _sets(extra=()):
 
 def hpcorch(*args, home, slurm_conf, timeout=120, expect=0):
     env = {**os.environ, "HPCORCH_HOME": str(home), "SLURM_CONF": slurm_conf}
-    out = subprocess.run([sys.executable, "-m", "hpcorch.cli", *map(str, args)], cwd=REPO, env=env,
+    out = subprocess.run([sys.executable, "-m", "hpcorch.cli.main", *map(str, args)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == expect, out.stdout + out.stderr
     return out
@@ -59,7 +59,7 @@ def ctx(slurm, devcluster, tmp_path):
 def reference(tmp_path_factory):
     """The same config and world size run locally, never interrupted."""
     run = tmp_path_factory.mktemp("reference")
-    cmd = [sys.executable, "-m", "hpcorch.cli", "train", "jobs/gpt-tiny.yaml", "--nproc", "4",
+    cmd = [sys.executable, "-m", "hpcorch.cli.main", "train", "jobs/gpt-tiny.yaml", "--nproc", "4",
            "--run-dir", str(run), *_sets(["resources.tasks_per_node=4", "resources.nodes=1"])]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -82,7 +82,7 @@ def _stderr_tail(ctx, job_id, lines=40) -> str:
 
 def _finish(ctx, job_id, timeout_s=240):
     """Wait for the job, letting a requeued run start at once instead of after ~120 s."""
-    from hpcorch.poll import poll_until
+    from hpcorch.util.poll import poll_until
 
     def completed():
         state = ctx.slurm.state(job_id)
@@ -129,7 +129,7 @@ def test_preemption_requeues_and_resumes_exactly(ctx, tmp_path, reference):
 def _accept_config_change(run, change: str):
     """What --allow-config-change records, for a job.yaml edited under a requeued job: the
     ranks continue the checkpoint only under a config the user accepted."""
-    from hpcorch.rundir import RunDir
+    from hpcorch.state.rundir import RunDir
     from hpcorch.spec.compat import training_config
     from hpcorch.spec.job import load_job
 
@@ -143,7 +143,7 @@ def _second_writers_are_refused(ctx, run, job, why):
     assert why in refused and "nothing to resume" in refused and "Traceback" not in refused
     again = ctx.cli("submit", "jobs/gpt-tiny.yaml", "-p", "devcluster", "--run-dir", run, *_sets(), expect=2)
     assert f"in use by Slurm job {job['job_id']}" in again.stderr
-    local = subprocess.run([sys.executable, "-m", "hpcorch.cli", "train", "jobs/gpt-tiny.yaml", "--nproc", "1",
+    local = subprocess.run([sys.executable, "-m", "hpcorch.cli.main", "train", "jobs/gpt-tiny.yaml", "--nproc", "1",
                             "--run-dir", str(run), *_sets(["resources.nodes=1", "resources.tasks_per_node=1"])],
                            cwd=REPO, capture_output=True, text=True, timeout=60,
                            env={**os.environ, "SLURM_CONF": str(ctx.slurm.env["SLURM_CONF"])})
@@ -155,7 +155,7 @@ def _second_writers_are_refused(ctx, run, job, why):
 def test_preemption_during_start_up_counts_as_preemption(ctx, tmp_path, reference):
     """A signal that reaches submitit's own handler (before the trainer has started) is a
     preemption within its budget, never a node failure, and loses nothing."""
-    from hpcorch.rundir import RunDir
+    from hpcorch.state.rundir import RunDir
 
     run = tmp_path / "run"
     job = ctx.submit(run, "requeue.max_node_failures=0", "environment.HPCORCH_START_DELAY_S=30")
@@ -301,7 +301,7 @@ def test_tp_inside_nodes_dp_across_matches_a_local_run(ctx, tmp_path):
     on one machine."""
     sets = _sets()  # the tiny model (2 heads: tp 2 takes one each) on 2 nodes x 2 ranks
     local = tmp_path / "local"
-    out = subprocess.run([sys.executable, "-m", "hpcorch.cli", "train", "jobs/gpt-tp-dp.yaml", "--nproc", "4",
+    out = subprocess.run([sys.executable, "-m", "hpcorch.cli.main", "train", "jobs/gpt-tp-dp.yaml", "--nproc", "4",
                           "--run-dir", str(local), *sets], cwd=REPO, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stdout + out.stderr

@@ -9,8 +9,8 @@ from hypothesis import given, settings, strategies as st
 from conftest import run_cli
 from hpcorch.cluster.slurmconf import topology_conf
 from hpcorch.errors import ConfigError, PlanError
-from hpcorch.nodefit import constraint_features
-from hpcorch.plan import make_plan
+from hpcorch.plan.nodefit import constraint_features
+from hpcorch.plan.plan import make_plan
 from hpcorch.spec import units
 from hpcorch.spec.job import load_job
 from hpcorch.spec.profile import load_profile

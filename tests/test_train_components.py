@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hpcorch import protocol
-from hpcorch.rundir import RunDir
+from hpcorch.state.rundir import RunDir
 from hpcorch.spec.job import OptimizerSpec, load_job
 from hpcorch.train.faults import SampleTrace, crash_in_save
 from hpcorch.train.optim import lr_at
@@ -177,9 +177,9 @@ def test_stop_flag_rides_on_the_loss_all_reduce(group):
 # ----- checkpointer and trainer --------------------------------------------------------------------
 def test_checkpointer_restores_and_refuses_another_job(group, tmp_path):
     from hpcorch.spec.compat import ConfigChanged, training_config
-    from hpcorch.train.checkpoint import Checkpointer, CheckpointError
-    from hpcorch.train.model import GPT
-    from hpcorch.train.store import CheckpointStore
+    from hpcorch.train.checkpoint.checkpointer import Checkpointer, CheckpointError
+    from hpcorch.train.models.gpt.model import GPT
+    from hpcorch.train.checkpoint.store import CheckpointStore
 
     job = tiny_job()
     module = GPT(job.trainer.model)

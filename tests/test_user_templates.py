@@ -5,8 +5,8 @@ import pytest
 from conftest import run_cli
 
 from hpcorch.errors import RenderError
-from hpcorch.plan import make_plan
-from hpcorch.render import _MARKERS, render_sbatch
+from hpcorch.plan.plan import make_plan
+from hpcorch.render.sbatch import _MARKERS, render_sbatch
 from hpcorch.spec.job import load_job
 from hpcorch.spec.profile import load_profile
 

@@ -4,8 +4,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from hpcorch.display import Column, duration, percent, table
-from hpcorch.views import jobs_lines, status_lines
+from hpcorch.util.display import Column, duration, percent, table
+from hpcorch.cli.views import jobs_lines, status_lines
 
 NOW = 1_800_000_000.0
 
@@ -79,7 +79,7 @@ def test_status_shows_goodput_buckets_and_warnings_when_present():
 
 def test_cli_status_and_ls_render_and_json_stays_raw(monkeypatch):
     from hpcorch import service
-    from hpcorch.cli import main
+    from hpcorch.cli.main import main
 
     info = _status(goodput=GOODPUT, warnings=["w"])
     monkeypatch.setattr(service, "status", lambda ref: info)

@@ -36,7 +36,7 @@ def finish_ranks(procs: list[subprocess.Popen], timeout: float) -> list[str]:
 def train_cmd(run_dir: Path, nproc: int, *extra: str, flags: tuple[str, ...] = ()) -> list[str]:
     """`hpcorch train` of the tiny job; ``extra`` are more --set overrides, ``flags`` more options."""
     sets = [a for s in TINY + list(extra) for a in ("--set", s)]
-    return [sys.executable, "-m", "hpcorch.cli", "train", "jobs/gpt-tiny.yaml", "--nproc", str(nproc),
+    return [sys.executable, "-m", "hpcorch.cli.main", "train", "jobs/gpt-tiny.yaml", "--nproc", str(nproc),
             "--run-dir", str(run_dir), *sets, *flags]
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..spec.profile import ClusterProfile, NodeType
-from ..spec.units import compress_hostlist, format_time, parse_time
-from .live import LiveCluster, Runner, collect, partition_hosts, subprocess_runner
-from .naming import node_types, valid_name
-from .slurmtext import Shape, profile_time
+from hpcorch.spec.profile import ClusterProfile, NodeType
+from hpcorch.spec.units import compress_hostlist, format_time, parse_time
+from hpcorch.cluster.live import LiveCluster, Runner, collect, partition_hosts, subprocess_runner
+from hpcorch.cluster.naming import node_types, valid_name
+from hpcorch.cluster.slurmtext import Shape, profile_time
 
 
 @dataclass
@@ -167,8 +167,8 @@ def _switch_drift(kind: str, what: str, want: dict, have: dict, show) -> list[st
 def diff_profile(profile: str, runner: Runner | None = None) -> list[str]:
     """Drift between the profile ``profile`` (a name or path, validated by the loader) and the
     cluster that ``runner`` reaches."""
-    from ..errors import ConfigError
-    from ..spec.profile import load_profile
+    from hpcorch.errors import ConfigError
+    from hpcorch.spec.profile import load_profile
 
     loaded = load_profile(profile)
     if loaded.scheduler != "slurm":

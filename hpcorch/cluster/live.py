@@ -13,9 +13,8 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .slurm import SlurmError
-from .slurmtext import (ASSOC_FORMAT, QOS_FORMAT, Assoc, Node, Qos, SlurmPartition, Topology, expand_hosts,
-                        parse_assoc, parse_config, parse_nodes, parse_partitions, parse_qos, parse_topology)
+from hpcorch.cluster.slurm import SlurmError
+from hpcorch.cluster.slurmtext import ASSOC_FORMAT, QOS_FORMAT, Assoc, Node, Qos, SlurmPartition, Topology, expand_hosts, parse_assoc, parse_config, parse_nodes, parse_partitions, parse_qos, parse_topology
 
 
 Runner = Callable[..., str]  # runner("scontrol", "-o", "show", "node") -> stdout, or SlurmError

@@ -8,7 +8,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
-from ..errors import HpcorchError
+from hpcorch.errors import HpcorchError
 
 # States after which a job runs no more (unless requeued by hand). ENDED: the controller no
 # longer holds the job and accounting cannot say how it ended (it is not pending or running:

@@ -12,8 +12,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..spec.units import expand_hostlist, format_time, parse_time
-from .slurm import SlurmError
+from hpcorch.spec.units import expand_hostlist, format_time, parse_time
+from hpcorch.cluster.slurm import SlurmError
 
 
 NULLS = {"", "(null)", "N/A", "n/a", "n/s", "NONE", "None"}

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import RemoteError
+from hpcorch.errors import RemoteError
 
 log = logging.getLogger("hpcorch.remote.agent")
 
@@ -97,7 +97,7 @@ def socket_path(aid: str) -> Path:
 
 
 def log_path(aid: str) -> Path:
-    from ..spec.catalog import hpcorch_home
+    from hpcorch.spec.catalog import hpcorch_home
 
     return hpcorch_home() / "remote" / f"agent-{aid}.log"
 
@@ -311,8 +311,8 @@ class _PipePrompter:
 
 def serve(stdin=sys.stdin, stdout=sys.stdout) -> int:
     """The agent's main: read the job, connect (relaying prompts), listen, serve until idle."""
-    from .connect import open_transport
-    from .sshconfig import Target
+    from hpcorch.remote.connect import open_transport
+    from hpcorch.remote.sshconfig import Target
 
     job = json.loads(stdin.readline())
     target = Target.from_dict(job["target"])

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from ..errors import RemoteError
-from ..spec.profile import Login
-from . import agent as _agent
-from .sshconfig import Target, resolve
+from hpcorch.errors import RemoteError
+from hpcorch.spec.profile import Login
+from hpcorch.remote import agent as _agent
+from hpcorch.remote.sshconfig import Target, resolve
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _connect(path) -> socket.socket | None:
 
 
 def _home() -> str:
-    from ..spec.catalog import hpcorch_home
+    from hpcorch.spec.catalog import hpcorch_home
 
     return str(hpcorch_home().resolve())
 
@@ -249,7 +249,7 @@ class Session:
     def check_version(self) -> str:
         """The login node's hpcorch version for ``login.python`` (asked once per agent); raise
         RemoteError when python or hpcorch is missing there, or its major.minor differs."""
-        from .. import __version__
+        from hpcorch import __version__
 
         name = f"version:{self.python}"
         known = self._ask({"op": "fact", "name": name})["value"]

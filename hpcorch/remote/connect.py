@@ -17,13 +17,13 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from ..errors import RemoteError
-from . import hostkeys
+from hpcorch.errors import RemoteError
+from hpcorch.remote import hostkeys
 
 if TYPE_CHECKING:
     import paramiko
 
-    from .sshconfig import Target
+    from hpcorch.remote.sshconfig import Target
 
 log = logging.getLogger(__name__)
 

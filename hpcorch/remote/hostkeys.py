@@ -14,12 +14,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import RemoteError
+from hpcorch.errors import RemoteError
 
 if TYPE_CHECKING:
     import paramiko
 
-    from .sshconfig import Target
+    from hpcorch.remote.sshconfig import Target
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConfigError, HpcorchError, RemoteError
-from ..fileio import number
-from ..registry import Entry, Registry, RemoteRef
-from ..spec.profile import ClusterProfile, load_profile
+from hpcorch.errors import ConfigError, HpcorchError, RemoteError
+from hpcorch.util.fileio import number
+from hpcorch.state.registry import Entry, Registry, RemoteRef
+from hpcorch.spec.profile import ClusterProfile, load_profile
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def wanted(profile: ClusterProfile, remote: bool | None, source: str = "") -> bo
 
 def login_of(profile_ref: str):
     """The ``login:`` of a profile (name or path); ConfigError naming the file when absent."""
-    from ..spec import catalog
+    from hpcorch.spec import catalog
 
     prof = load_profile(profile_ref)
     if prof.login is None:
@@ -55,7 +55,7 @@ def login_of(profile_ref: str):
 
 def session(profile_ref: str, accept_new: bool = False):
     """The agent's session to ``profile_ref``'s login node, its hpcorch version checked."""
-    from .client import Session
+    from hpcorch.remote.client import Session
 
     sess = Session.open(login_of(profile_ref), accept_new=accept_new)
     sess.check_version()
@@ -72,8 +72,8 @@ def submit(plan, profile_ref: str, code_dir: str | None = None, run_dir: str | N
     ``WORKDIR/code/NAME``, where the remote submission then runs, so relative paths in the job
     resolve against it) and ``template_dir``. ``run_dir``: a path on the login node. ``check``:
     only ask that cluster whether it would take the job; returns Slurm's answer."""
-    from ..spec.schema import to_dict
-    from ..spec.yamlio import dump_yaml
+    from hpcorch.spec.schema import to_dict
+    from hpcorch.spec.yamlio import dump_yaml
 
     sess = session(profile_ref, accept_new)
     texts = {"job.yaml": dump_yaml(to_dict(plan.job)), "profile.yaml": dump_yaml(to_dict(plan.profile))}
@@ -105,7 +105,7 @@ def submit(plan, profile_ref: str, code_dir: str | None = None, run_dir: str | N
 
 def push(sess, local: str | os.PathLike, remote: str):
     """Sync ``local`` to ``remote`` on the login node (a full remote disk: RemoteDiskFull)."""
-    from .sync import push as sync_push
+    from hpcorch.remote.sync import push as sync_push
 
     stats = sync_push(sess, str(local), remote)
     log.info("synced %s to %s:%s (%s)", local, sess.host, remote, stats)
@@ -173,10 +173,10 @@ def status(entry: Entry) -> dict:
         sess = session(ref.profile)
         info = _json(sess, hpcorch(sess, ["status", str(ref.key), "--json"]))
     except RemoteError as exc:
-        mirror = pulled_dir(entry)
+        mirror = entry.pulled_dir
         if not mirror.is_dir():
             raise
-        from .. import status as observe
+        from hpcorch.observe import status as observe
 
         local = Entry(**{**entry.__dict__, "run_dir": str(mirror), "remote": None})
         return {"key": entry.key, "job_id": entry.job_id, "name": entry.name, "state": f"UNKNOWN ({exc})",
@@ -218,21 +218,14 @@ def resume(entry: Entry, exclude: str | None = None, allow_config_change: bool =
 
 
 # ----- pull --------------------------------------------------------------------------------------
-def pulled_dir(entry: Entry) -> Path:
-    """Where ``hpcorch pull`` keeps a remote job's observable files on this machine."""
-    from ..spec.catalog import hpcorch_home
-
-    return hpcorch_home() / "pulled" / f"{entry.key}-{entry.name}"
-
-
 def pull(entry: Entry, into: str | os.PathLike | None = None):
     """Fetch the remote run directory's metrics, summary, events, logs and exit records (never
-    checkpoints) into ``into`` (default :func:`pulled_dir`), moving only what changed since
+    checkpoints) into ``into`` (default :attr:`Entry.pulled_dir`), moving only what changed since
     the last pull (appended files by offset). Returns (folder, SyncStats)."""
-    from .sync import pull as sync_pull
+    from hpcorch.remote.sync import pull as sync_pull
 
     ref = entry.remote_ref
     sess = session(ref.profile)
-    target = Path(into) if into is not None else pulled_dir(entry)
+    target = Path(into) if into is not None else entry.pulled_dir
     target.mkdir(parents=True, exist_ok=True)
     return target, sync_pull(sess, entry.run_dir, str(target))

@@ -18,8 +18,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import RemoteError
-from ..spec.profile import Login
+from hpcorch.errors import RemoteError
+from hpcorch.spec.profile import Login
 
 log = logging.getLogger(__name__)
 

@@ -34,11 +34,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, BinaryIO, Callable, Iterable, Iterator, Protocol
 
-from ..errors import HpcorchError, RemoteError
-from ..rundir import RunDir
-from . import files
-from .client import Completed, remote_command
-from .files import DEFAULT_EXCLUDE, Manifest
+from hpcorch.errors import HpcorchError, RemoteError
+from hpcorch.state.rundir import RunDir
+from hpcorch.remote import files
+from hpcorch.remote.client import Completed, remote_command
+from hpcorch.remote.files import DEFAULT_EXCLUDE, Manifest
 
 log = logging.getLogger(__name__)
 _SPOOL = 32 << 20  # the tar of a push is spooled in memory up to this, then on disk

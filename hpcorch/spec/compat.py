@@ -33,8 +33,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..errors import HpcorchError
-from .schema import to_dict
+from hpcorch.errors import HpcorchError
+from hpcorch.spec.schema import to_dict
 
 FLAG = "--allow-config-change"
 

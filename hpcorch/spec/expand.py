@@ -3,7 +3,7 @@
 One small grammar (:func:`split_refs`): ``$NAME`` and ``${NAME}`` expand when the job runs,
 ``$$`` is a literal ``$``, and every other ``$`` is refused, so no command substitution,
 arithmetic or ``${x:-...}`` can be written at all. The template writes such values through
-``|expand`` and ``|prepend`` (see :mod:`hpcorch.render`), built by :func:`shell_word` and
+``|expand`` and ``|prepend`` (see :mod:`hpcorch.render.sbatch`), built by :func:`shell_word` and
 :func:`prepend_word` here.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from .schema import RESERVED_ENV, RESERVED_ENV_PREFIXES, ENV_NAME_RE, Invalid
+from hpcorch.spec.schema import RESERVED_ENV, RESERVED_ENV_PREFIXES, ENV_NAME_RE, Invalid
 
 
 # ----- expandable values ----------------------------------------------------------------------

@@ -2,14 +2,14 @@
 
 The profile says what a healthy node of this cluster reaches (free disk, /dev/shm, memory,
 the InfiniBand rate, the bus bandwidth of a short all-reduce); the job only says whether to
-check at all and may shorten or lengthen the deadline. :mod:`hpcorch.health.criteria` turns
+check at all and may shorten or lengthen the deadline. :mod:`hpcorch.batch.health.criteria` turns
 both, with the job's resources, into the explicit options of the pre-flight step.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schema import Invalid, check_positive
+from hpcorch.spec.schema import Invalid, check_positive
 
 # One Slurm step per job start: a deadline beyond ten minutes would hide a hang, not a check.
 MAX_TIMEOUT_S = 600

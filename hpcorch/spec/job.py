@@ -5,20 +5,21 @@ import copy
 import os
 import re
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
 
-from . import catalog, units
-from ..errors import ConfigError
-from .profile import check_constraint
-from .yamlio import read_yaml
-from .schema import Invalid, build, check_account, check_env_names, check_name, check_positive, set_dotted
-from .model import GPTConfig
-from .parallel import Layout, ParallelSpec, resolve_layout
-from .expand import check_expandable
-from .launch import Launch, check_directives
-from .placement import Placement
-from .health import JobHealth
+from hpcorch.spec import catalog, units
+from hpcorch.errors import ConfigError
+from hpcorch.spec.profile import check_constraint
+from hpcorch.spec.yamlio import read_yaml
+from hpcorch.spec.schema import Invalid, build, check_account, check_env_names, check_name, check_positive, set_dotted
+from hpcorch.spec.model import GPTConfig
+from hpcorch.spec.parallel import Layout, ParallelSpec, resolve_layout
+from hpcorch.spec.expand import check_expandable
+from hpcorch.spec.launch import Launch, check_directives
+from hpcorch.spec.placement import Placement
+from hpcorch.spec.health import JobHealth
 
 
 # A typed GPU request as Slurm writes it: TYPE:COUNT (a40:4); TYPE is a GRES type name.
@@ -322,3 +323,18 @@ def _blame_override(exc: ConfigError, path: Path, overrides) -> ConfigError:
         if exc.key == key or exc.key.startswith((key + ".", key + "[")):
             return ConfigError(f"{path} (--set {key})", exc.key, exc.message)
     return exc
+
+
+# logger -> (module imported, what to install)
+PACKAGES = {"tensorboard": ("tensorboardX", "pip install 'hpcorch[tensorboard]' (tensorboardX)"),
+            "wandb": ("wandb", "pip install 'hpcorch[wandb]' (wandb)")}
+
+
+def check_available(loggers, source: str) -> None:
+    """Raise one :class:`ConfigError` naming ``trainer.loggers`` if a logger's package is not
+    installed here."""
+    for name in loggers:
+        module, install = PACKAGES[name]
+        if find_spec(module) is None:
+            raise ConfigError(source, "trainer.loggers", f"{name} needs the {module} package, which is not "
+                                                         f"installed: {install}, or remove {name!r}")

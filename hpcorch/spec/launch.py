@@ -2,7 +2,7 @@
 directives.
 
 Everything here is validated text: the template writes it through ``|q``, ``|expand`` or
-``|directive`` (see :mod:`hpcorch.render`), and these checks make sure no value needs more than
+``|directive`` (see :mod:`hpcorch.render.sbatch`), and these checks make sure no value needs more than
 that. Values that expand at run time follow :mod:`.expand`'s grammar.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
-from .expand import check_expandable
-from .schema import Invalid
+from hpcorch.spec.expand import check_expandable
+from hpcorch.spec.schema import Invalid
 
 # ----- option lists ---------------------------------------------------------------------------
 # A long option as sbatch/srun read it: --name or --name=value. Values keep to an alphabet with
@@ -20,7 +20,7 @@ from .schema import Invalid
 _OPTION = re.compile(r"--([a-z][a-z0-9-]*[a-z0-9])(?:=(.+))?")
 _SRUN_VALUE = re.compile(r"[A-Za-z0-9_./:=,@%+*-]+")
 # What may stand in an #SBATCH value: sbatch splits those lines itself (no shell), so no
-# whitespace, quotes, '#' or control characters. The one alphabet: hpcorch.render's |directive uses it.
+# whitespace, quotes, '#' or control characters. The one alphabet: hpcorch.render.sbatch's |directive uses it.
 DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9_./:=,@%+\-\[\]&|*!()]+")
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from . import units
-from .schema import Invalid, check_name
+from hpcorch.spec import units
+from hpcorch.spec.schema import Invalid, check_name
 
 
 @dataclass

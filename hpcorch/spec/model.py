@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schema import Invalid, check_positive
+from hpcorch.spec.schema import Invalid, check_positive
 
 # Far above any model (the largest have a few hundred), far below a typo that makes the
 # planner, which walks the layers, take minutes and gigabytes.

@@ -6,9 +6,9 @@ import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from . import units
-from .expand import check_expandable
-from .schema import Invalid, check_name, check_positive
+from hpcorch.spec import units
+from hpcorch.spec.expand import check_expandable
+from hpcorch.spec.schema import Invalid, check_name, check_positive
 
 
 def hosts_of(field: str, expr: str) -> list[str]:

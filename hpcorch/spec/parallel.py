@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .schema import Invalid, check_positive
+from hpcorch.spec.schema import Invalid, check_positive
 
 PP_SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")

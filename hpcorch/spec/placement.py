@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from . import units
-from .schema import Invalid
+from hpcorch.spec import units
+from hpcorch.spec.schema import Invalid
 
 # sbatch --segment (topology/block) exists from Slurm 24.05; the block plugin from 23.11.
 SEGMENT_SINCE = (24, 5)

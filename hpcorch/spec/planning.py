@@ -2,13 +2,13 @@
 
 Every key has a default that is honest for a current NVIDIA cluster; a site sets one when it
 knows better (a measured MFU, its nodes' failure rate, its file system's write bandwidth, the
-memory its CUDA stack takes before the first tensor). :mod:`hpcorch.estimate` reads them.
+memory its CUDA stack takes before the first tensor). :mod:`hpcorch.plan.estimate` reads them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schema import Invalid, check_positive
+from hpcorch.spec.schema import Invalid, check_positive
 
 
 @dataclass

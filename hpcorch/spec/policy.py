@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from . import units
-from .schema import Invalid, check_account, check_positive
+from hpcorch.spec import units
+from hpcorch.spec.schema import Invalid, check_account, check_positive
 
 
 @dataclass

@@ -12,11 +12,10 @@ import difflib
 import math
 import re
 import types
-from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from ..errors import ConfigError
-from .yamlio import parse_override, shown
+from hpcorch.errors import ConfigError
+from hpcorch.spec.yamlio import parse_override, shown
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from yaml.nodes import ScalarNode
 
-from ..errors import ConfigError
+from hpcorch.errors import ConfigError
 
 MAX_BYTES = 1 << 20
 MAX_DEPTH = 64

@@ -11,11 +11,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..errors import HpcorchError
-from ..manifest import record_submission
-from ..plan import Plan
-from ..spec.schema import to_dict
-from .task import TrainTask
+from hpcorch.errors import HpcorchError
+from hpcorch.batch.manifest import record_submission
+from hpcorch.plan.plan import Plan
+from hpcorch.spec.schema import to_dict
+from hpcorch.batch.task import TrainTask
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _local_executor(plan: Plan):
     the same expanding form) and the same rank command, wrapper words first."""
     import submitit
 
-    from ..spec.expand import expand_with, prepend_word, shell_word
+    from hpcorch.spec.expand import expand_with, prepend_word, shell_word
 
     res = plan.job.resources
     setup = [f"export {k}={prepend_word(k, dirs)}" for k, dirs in plan.prepend.items()]

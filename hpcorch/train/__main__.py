@@ -12,7 +12,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .rank import run_rank
+    from hpcorch.train.rank import run_rank
 
     parser = argparse.ArgumentParser(prog="python -m hpcorch.train", description=__doc__.splitlines()[0])
     parser.add_argument("--job", required=True, help="job YAML (the resolved copy in the run dir)")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from .tokencache import TokenCache, fingerprint
+from hpcorch.errors import ConfigError
+from hpcorch.train.tokencache import TokenCache, fingerprint
 
 _SEPARATOR = b"\n\x00\n"  # between files: a byte that text never contains
 

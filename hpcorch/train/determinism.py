@@ -16,7 +16,7 @@ launcher compute the same numbers bit for bit (on CPU with gloo; on GPUs up to t
    another bucket layout means another summation order, so a resumed process (whose first step
    is not the run's first) would drift from an uninterrupted one by rounding. Every process
    therefore runs one zero-gradient backward before its first real step
-   (:meth:`hpcorch.train.parallel.ParallelModel.settle`), with the RNG state saved around it;
+   (:meth:`hpcorch.train.parallelize.base.ParallelModel.settle`), with the RNG state saved around it;
    weights, optimizer and RNG are untouched, and every real step uses the rebuilt layout.
 5. **Data position is a global cursor.** Samples come from one seeded global order and the
    checkpoint stores the number consumed (``hpcorch.train.data``), so a resume on any world

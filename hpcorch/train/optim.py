@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..spec.job import OptimizerSpec
+from hpcorch.spec.job import OptimizerSpec
 
 
 def build_optimizer(module: torch.nn.Module, opt: OptimizerSpec, device: torch.device,

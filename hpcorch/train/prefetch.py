@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from .data import SampleOrder
+from hpcorch.train.data import SampleOrder
 
 Batch = tuple[list[int], torch.Tensor, torch.Tensor]
 

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import protocol
+from hpcorch import protocol
 
 # Who started the rank: `hpcorch train` (no scheduler), Slurm, or submitit's local controller.
 SCHEDULERS = ("process", "slurm", "local")
@@ -38,16 +38,16 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
     """
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
-    from .startup import StartupClock
+    from hpcorch.train.startup import StartupClock
 
     clock = StartupClock()
     clock.mark("interpreter")
-    from ..diskspace import DiskFull
-    from ..errors import HpcorchError
-    from ..spec.job import load_job
-    from .distributed import abandon, init_distributed, shutdown
-    from .store import CheckpointError, PeerSaveFailed
-    from .trainer import Trainer
+    from hpcorch.util.diskspace import DiskFull
+    from hpcorch.errors import HpcorchError
+    from hpcorch.spec.job import load_job
+    from hpcorch.train.distributed import abandon, init_distributed, shutdown
+    from hpcorch.train.checkpoint.store import CheckpointError, PeerSaveFailed
+    from hpcorch.train.trainer import Trainer
 
     clock.mark("imports")
     try:

@@ -2,7 +2,7 @@
 the console lines, each written by a :class:`Sink`.
 
 Only rank 0 reports (the other ranks' :class:`RunLogger` has no sinks). File names come from
-:class:`hpcorch.rundir.RunDir`. A new destination (TensorBoard, W&B) is one more sink passed
+:class:`hpcorch.state.rundir.RunDir`. A new destination (TensorBoard, W&B) is one more sink passed
 to :class:`RunLogger`; the trainer does not change.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ import time
 from collections import deque
 from typing import Callable
 
-from ..diskspace import DiskFull
-from ..display import duration
-from ..fileio import atomic_write
-from ..rundir import RunDir
-from .state import TrainState
+from hpcorch.util.diskspace import DiskFull
+from hpcorch.util.display import duration
+from hpcorch.util.fileio import atomic_write
+from hpcorch.state.rundir import RunDir
+from hpcorch.train.state import TrainState
 
 log = logging.getLogger("hpcorch.train")
 
@@ -184,7 +184,7 @@ class RunLogger:
         self._tolerate_full_disk(self.progress, self.progress.write)
         st = self.state
         self.info(f"hpcorch: {'resumed at step ' + str(st.step) if resumed else 'starting'}; {setup}")
-        from .startup import process_start_time
+        from hpcorch.train.startup import process_start_time
 
         # The process's real start time: the restart took from the stop event until then.
         self.event("process_start", time=process_start_time(), step=st.step, restarts=st.restarts,

@@ -3,7 +3,7 @@ TensorBoard event files in ``RUN_DIR/tensorboard`` (tensorboardX: numpy and prot
 TensorFlow, no ``tensorboard`` server package) and W&B runs in offline mode in
 ``RUN_DIR/wandb`` (``wandb sync`` uploads them later, from a machine with a network).
 
-Their packages are optional: :func:`check_available` refuses a job that names a logger whose
+Their packages are optional: :func:`hpcorch.spec.job.check_available` refuses a job that names a logger whose
 package is missing with one line at plan, submit and train time, before any rank starts. The
 packages themselves are imported only when rank 0 builds the sinks.
 """
@@ -11,28 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-from importlib.util import find_spec
 
-from ..errors import ConfigError
-from ..rundir import RunDir
-from .runlog import Sink
+from hpcorch.spec.job import check_available
+from hpcorch.state.rundir import RunDir
+from hpcorch.train.runlog import Sink
 
 log = logging.getLogger("hpcorch.train")
 
-# logger -> (module imported, what to install)
-PACKAGES = {"tensorboard": ("tensorboardX", "pip install 'hpcorch[tensorboard]' (tensorboardX)"),
-            "wandb": ("wandb", "pip install 'hpcorch[wandb]' (wandb)")}
 SCALARS = ("loss", "val_loss", "lr", "grad_norm", "step_time_s", "tokens_per_s", "mfu", "max_mem_mb", "eval_s")
-
-
-def check_available(loggers, source: str) -> None:
-    """Raise one :class:`ConfigError` naming ``trainer.loggers`` if a logger's package is not
-    installed here."""
-    for name in loggers:
-        module, install = PACKAGES[name]
-        if find_spec(module) is None:
-            raise ConfigError(source, "trainer.loggers", f"{name} needs the {module} package, which is not "
-                                                         f"installed: {install}, or remove {name!r}")
 
 
 def build_sinks(job, run: RunDir) -> tuple[Sink, ...]:
@@ -94,7 +80,7 @@ class WandbSink(Sink):
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
-        from ..spec.schema import to_dict
+        from hpcorch.spec.schema import to_dict
 
         run_id = f"{job.name}-{hashlib.sha256(str(run.root).encode()).hexdigest()[:8]}"
         self.run = wandb.init(mode="offline", dir=str(run.root), project=job.name, id=run_id, resume="allow",

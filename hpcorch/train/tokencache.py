@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import fsync_dir
+from hpcorch.util.fileio import fsync_dir
 
 log = logging.getLogger("hpcorch.train")
 

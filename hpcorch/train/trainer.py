@@ -12,24 +12,24 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .. import protocol
-from ..rundir import RunDir
-from ..spec.job import JobSpec
-from .checkpoint import Checkpointer, checkpoint_group, model_digest
-from .data import DataSource
-from .determinism import pin_threads
-from .distributed import DistEnv, all_agree, gather_objects, node_first
-from .faults import SampleTrace, after_step, drop_grad
-from .optim import lr_at
-from .parallel import build_parallel_model, resolve_layout
-from .prefetch import StepBatches
-from .runlog import RunLogger, Sink, placement_record
-from .sinks import build_sinks
-from .startup import StartupClock
-from .state import TrainState
-from .stop import StopAgreement
-from .tokencache import TokenCache
-from .store import CheckpointStore
+from hpcorch import protocol
+from hpcorch.state.rundir import RunDir
+from hpcorch.spec.job import JobSpec
+from hpcorch.train.checkpoint.checkpointer import Checkpointer, checkpoint_group, model_digest
+from hpcorch.train.data import DataSource
+from hpcorch.train.determinism import pin_threads
+from hpcorch.train.distributed import DistEnv, all_agree, gather_objects, node_first
+from hpcorch.train.faults import SampleTrace, after_step, drop_grad
+from hpcorch.train.optim import lr_at
+from hpcorch.train.parallelize.build import build_parallel_model, resolve_layout
+from hpcorch.train.prefetch import StepBatches
+from hpcorch.train.runlog import RunLogger, Sink, placement_record
+from hpcorch.train.sinks import build_sinks
+from hpcorch.train.startup import StartupClock
+from hpcorch.train.state import TrainState
+from hpcorch.train.stop import StopAgreement
+from hpcorch.train.tokencache import TokenCache
+from hpcorch.train.checkpoint.store import CheckpointStore
 
 
 class Trainer:

@@ -1,0 +1,294 @@
+"""The batch script's answer to a failed step: keep the bad node out and come back, or stop
+and say why. ``python -m hpcorch.batch.recovery`` runs on the batch host after the pre-flight step or
+the training step failed (``srun ... || exec python -m hpcorch.batch.recovery ...``).
+
+1. **Classify** the failure (:mod:`hpcorch.batch.failure`): which node failed first, at which step.
+2. **Record** it: ``failures.jsonl`` and an event in the run directory.
+3. **Stop** without burning the budget when retrying cannot help: a rank's own clear error (a
+   config or checkpoint problem), a pre-flight every node failed alike (a floor or the fabric,
+   not a node), or a crash loop (the same failure at the same step ``requeue.crash_loop``
+   times in a row), and when ``requeue.max_node_failures`` is spent.
+4. **Quarantine** the culprit nodes in the registry (hard evidence: killed first, down,
+   failed pre-flight; an error exit only when the same node failed the attempt before too).
+5. **Requeue in place without them**: ``scontrol requeue``, then ``ExcNodeList`` while the
+   job completes (Slurm refuses it for a running job, accepts it once the requeue made the
+   job pending; this process is one of the job's, so the job stays completing until it is
+   done, and it ignores the requeue's SIGTERM), then ``StartTime=now`` (a requeued job is
+   otherwise held about two minutes). The next attempt resumes from the last committed
+   checkpoint as any requeued attempt does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+from hpcorch import protocol
+from hpcorch.cluster.slurm import Slurm, SlurmError
+from hpcorch.errors import HpcorchError
+from hpcorch.batch.failure import Failure, classify_preflight, classify_training, exit_records, srun_ends
+from hpcorch.protocol import Action, Cause, Decision, RestartBudget
+from hpcorch.util.fileio import read_json
+from hpcorch.state.rundir import RunDir
+from hpcorch.spec.job import load_job
+from hpcorch.spec.units import compress_hostlist, expand_hostlist
+
+log = logging.getLogger("hpcorch.batch.recovery")
+
+ERR_TAIL_BYTES = 256 * 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Our own requeue signals every process of the job; this one must finish its update first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if argv is None and sys.argv[1:2] == ["--start-when-pending"]:
+        return _start_when_pending(sys.argv[2])
+    parser = argparse.ArgumentParser(prog="python -m hpcorch.batch.recovery", description=__doc__.split("\n")[0])
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--stage", choices=("preflight", "train"), required=True)
+    parser.add_argument("--exit-code", type=int, required=True, help="the failed step's exit code")
+    parser.add_argument("--profile", required=True, help="the profile's name (quarantine is per profile)")
+    parser.add_argument("--quarantine-hours", type=float, default=24.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="hpcorch: %(message)s")
+    try:
+        Recovery(RunDir.open(args.run_dir), args.profile, args.quarantine_hours).after(args.stage, args.exit_code)
+    except (HpcorchError, OSError) as exc:
+        log.error("recovery after the failed %s step could not finish: %s", args.stage, exc)
+    return args.exit_code
+
+
+class Recovery:
+    """One failed attempt of one job, on its batch host (Slurm's environment says which)."""
+
+    def __init__(self, run: RunDir, profile: str, quarantine_hours: float, slurm: Slurm | None = None,
+                 environ: dict | None = None):
+        env = os.environ if environ is None else environ
+        self.run, self.profile, self.hours = run, profile, quarantine_hours
+        self.job = load_job(run.job_file)
+        self.job_id = env["SLURM_JOB_ID"]
+        self.attempt = int(env.get("SLURM_RESTART_COUNT", "0") or 0)
+        self.allocated = expand_hostlist(env.get("SLURM_JOB_NODELIST", ""))
+        self.slurm = slurm or Slurm()
+
+    def after(self, stage: str, exit_code: int = 1) -> Failure:
+        """Classify the failed ``stage``, then stop or requeue without the culprit nodes."""
+        failure = self.classify(stage)
+        if stage == "preflight" and exit_code == protocol.CLEAR_ERROR:  # its options, not a node
+            failure.clear_error, failure.nodes = True, []
+            failure.what = f"the pre-flight step could not start its checks (exit {exit_code}); see the batch log"
+        if failure.protocol_stop:
+            return failure
+        when = "before training" if failure.step is None else f"at step {failure.step}"
+        log.error("%s step failed %s: %s", stage, when, failure.what)
+        self._record(failure)
+        # A bad node stays out of later jobs whether or not this one comes back.
+        history = self._history()  # this failure included
+        held = [] if failure.clear_error or failure.evidence == "unattributable" else \
+            self._quarantine(failure, history)
+        decision = self._decide(failure, held, history)
+        if decision.action is not Action.REQUEUE:
+            RestartBudget(self.run).record(Cause.NODE_FAILURE, Decision(Action.REFUSE, decision.reason))
+            log.error("not requeued: %s", decision.reason)
+            return failure
+        RestartBudget(self.run).record(Cause.NODE_FAILURE, decision)
+        requeue_without(self.slurm, self.job_id, held)
+        log.info("requeued (%s)%s; the next attempt resumes from step %s", decision.reason,
+                 f" without {compress_hostlist(held)}" if held else "", self.run.latest_checkpoint() or 0)
+        return failure
+
+    def _decide(self, failure: Failure, held: list[str], history: list[dict]) -> Decision:
+        """Requeue within the node-failure budget, unless retrying cannot help or the job
+        could not start again without ``held``."""
+        stop = self._why_stop(failure, history)
+        if stop:
+            return Decision(Action.REFUSE, stop)
+        decision = protocol.decide(Cause.NODE_FAILURE, RestartBudget(self.run).load(), self.job.requeue, "slurm", 0)
+        short = self._too_few_nodes_without(held) if decision.action is Action.REQUEUE else None
+        return Decision(Action.REFUSE, short) if short else decision
+
+    # ----- evidence ------------------------------------------------------------------------
+    def classify(self, stage: str) -> Failure:
+        done = self.run.progress().get("step")
+        step = None if done is None else done + 1  # the step being trained when it failed
+        if stage == "preflight":
+            reports = {n: read_json(self.run.health_report(self.attempt, n)) or None for n in self.allocated}
+            return classify_preflight(reports, step)
+        ends, srun_failed = srun_ends(_tail(self.run.batch_log("err", self.job_id)))
+        records = exit_records(self.run.exit_record(self.attempt, 0).parent)
+        down = [n for n in self.allocated if self.slurm.node_unhealthy(n)]
+        failure = classify_training(ends, srun_failed, records, down, step)
+        failure.lines = self._last_lines(failure, records)
+        return failure
+
+    def _last_lines(self, failure: Failure, records: list[dict], count: int = 6) -> list[str]:
+        """The culprit rank's last log lines (its traceback, for an error), without submitit's own."""
+        ranks = [r["rank"] for r in records if r.get("node") in failure.nodes]
+        if not ranks:
+            return []
+        pattern = self.run.rank_log_pattern("err").replace("%j", self.job_id).replace("%t", str(ranks[0]))
+        lines = [ln for ln in _tail(pattern, 16384).splitlines()
+                 if ln.strip() and not ln.startswith(("submitit ", "slurmstepd"))]
+        return lines[-count:]
+
+    # ----- decisions -----------------------------------------------------------------------
+    def _history(self) -> list[dict]:
+        try:
+            text = self.run.failures.read_text()
+        except OSError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
+
+    def _why_stop(self, failure: Failure, history: list[dict]) -> str | None:
+        """Why retrying cannot help, or None."""
+        if failure.clear_error:
+            return f"a rank stopped with a clear error ({failure.what}); fix it and resume"
+        if failure.evidence == "unattributable":
+            return (f"pre-flight failed on every node alike ({failure.what}): a profile floor or the "
+                    f"fabric, not one node; fix the profile's health floors, or set health.preflight: false")
+        return crash_loop(history, self.job.requeue.crash_loop)
+
+    def _quarantine(self, failure: Failure, history: list[dict]) -> list[str]:
+        """Quarantine the culprits the evidence convicts; returns every node to exclude."""
+        from hpcorch.state.registry import Registry
+
+        convicted = list(failure.nodes) if failure.evidence == "hard" else []
+        if failure.evidence == "soft" and len(history) >= 2 and set(history[-2].get("nodes", [])) & set(failure.nodes):
+            convicted = list(failure.nodes)  # the same node failed the job twice in a row
+        registry = Registry()
+        for node in convicted:
+            registry.quarantine(self.profile, node, f"{failure.stage}: {failure.what}", self.hours, self.job_id)
+        held = {q.node for q in registry.quarantined(self.profile)}
+        return sorted(set(convicted) | (held & set(self.allocated)))
+
+    def _too_few_nodes_without(self, held: list[str]) -> str | None:
+        """Why the job could never start again without ``held`` (and what it excludes already):
+        a requeued job that no allocation can satisfy would pend forever."""
+        info = self.slurm.job(self.job_id)
+        current = info.get("ExcNodeList", "")
+        excluded = set(held) | (set(expand_hostlist(current)) if current not in ("", "(null)") else set())
+        partition = self.slurm.show("partition", info.get("Partition", "")).get("Nodes", "")
+        if not partition or partition == "(null)":
+            return None  # cannot tell: let Slurm judge
+        left = [n for n in expand_hostlist(partition) if n not in excluded]
+        need = self.job.resources.nodes
+        if len(left) >= need:
+            return None
+        return (f"without {compress_hostlist(sorted(excluded))} partition {info.get('Partition')} has "
+                f"{len(left)} of the {need} nodes this job needs; release a node (hpcorch nodes clear NODE) "
+                f"and resume")
+
+    def _record(self, failure: Failure) -> None:
+        record = failure.record(self.attempt, self.job_id)
+        with open(self.run.failures, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.run.append_event("failure", durable=True, **{k: v for k, v in record.items() if k != "lines"})
+
+
+def crash_loop(history: list[dict], times: int) -> str | None:
+    """The stop message when the last ``times`` failures are the same failure at the same step."""
+    if times < 1 or len(history) < times:
+        return None
+    last = history[-times:]
+    if len({f.get("signature") for f in last}) != 1:
+        return None
+    f = last[-1]
+    nodes = ", ".join(dict.fromkeys(n for x in last for n in x.get("nodes", []))) or "unknown nodes"
+    lines = " | ".join(f.get("lines", [])[-3:])
+    return (f"crash loop: the same failure at step {f.get('step')} {times} times in a row (on {nodes}): "
+            f"{f.get('what')}" + (f"; last lines: {lines}" if lines else ""))
+
+
+def requeue_without(slurm: Slurm, job_id: str, nodes: list[str], patience_s: float = 20.0) -> None:
+    """Requeue the job, exclude ``nodes`` from its next start, and let it start at once."""
+    try:
+        slurm.run("scontrol", "requeue", job_id)
+    except SlurmError as exc:
+        # Slurm may have requeued it already (a node it marked down); anything else is final.
+        if slurm.job(job_id).get("JobState") not in ("PENDING", "REQUEUED", "REQUEUE_FED", "COMPLETING"):
+            raise
+        log.info("Slurm requeued the job itself (%s)", exc)
+    if nodes:
+        current = slurm.job(job_id).get("ExcNodeList", "")
+        hosts = set(nodes) | (set(expand_hostlist(current)) if current not in ("", "(null)") else set())
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                slurm.run("scontrol", "update", f"JobId={job_id}", f"ExcNodeList={compress_hostlist(sorted(hosts))}")
+                break
+            except SlurmError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)  # not pending yet: the requeue is still being carried out
+    start_when_pending(job_id)
+
+
+HOLD_ENV = "HPCORCH_REQUEUE_HOLD"  # "keep": leave Slurm's hold after our requeues (benchmarks compare)
+
+
+def start_when_pending(job_id: str) -> bool:
+    """Cut the hold Slurm puts on a requeued job (``BeginTime``, about two minutes) once the
+    job is pending: only then does ``StartTime=now`` stick, and the job stays completing while
+    this process (one of its own) lives. So a detached process does it after we are gone. On
+    sites whose process tracking is a cgroup it ends with the job, and the hold stays; where
+    the user may not update the job, Slurm refuses and the hold stays too (nothing fails).
+    ``HPCORCH_REQUEUE_HOLD=keep`` leaves the hold (to measure what the cut gains). Returns
+    whether the helper was started."""
+    import subprocess
+
+    if os.environ.get(HOLD_ENV, "").strip().lower() == "keep":
+        log.info("%s=keep: Slurm's hold on the requeued job stays", HOLD_ENV)
+        return False
+    # The requeue SIGTERMs the job's processes, maybe while the helper is still starting (before
+    # its own handler): an ignored signal is inherited through exec, so it is ignored from birth.
+    previous = _ignore_sigterm()
+    try:
+        subprocess.Popen([sys.executable, "-m", "hpcorch.batch.recovery", "--start-when-pending", job_id],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, close_fds=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return True
+
+
+def _ignore_sigterm():
+    """Ignore SIGTERM in this process; the previous handler (None off the main thread, where
+    handlers cannot change: the helper then installs its own a moment later)."""
+    try:
+        return signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:
+        return None
+
+
+def _start_when_pending(job_id: str, patience_s: float = 120.0) -> int:
+    slurm, deadline = Slurm(), time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        info = slurm.job(job_id)
+        if info.get("JobState") != "PENDING" or info.get("Reason") != "BeginTime":
+            time.sleep(0.5)
+            continue
+        # slurmd refuses a credential made in the same second as the revoked one ("Job
+        # credential revoked", and the job fails): the hold exists for that; two seconds suffice.
+        time.sleep(2.0)
+        slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
+        return 0
+    return 1
+
+
+def _tail(path, size: int = ERR_TAIL_BYTES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Observe jobs: a run's progress from its run directory, ``ls`` rows, advice, and following a log
+as it grows. Whether a job runs is :mod:`hpcorch.state.jobstate`'s."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+from hpcorch.util.poll import Backoff
+from hpcorch.state.jobstate import base_state, has_ended
+from hpcorch.state.registry import Entry
+from hpcorch.state.rundir import RunDir
+
+# submitit's own bookkeeping lines in a rank's log ("submitit INFO (2026-...) - Job completed")
+_SUBMITIT_LINE = re.compile(r"^submitit (INFO|DEBUG) \(")
+
+
+def progress(entry: Entry) -> dict:
+    """Restarts, latest committed checkpoint, last loss and throughput from the run directory."""
+    run = RunDir.open(entry.run_dir)
+    prog, metrics, budget = run.progress(), run.last_metrics(), run.restarts()
+    return {
+        "step": prog.get("step"),
+        "steps": planned_steps(run),
+        "restarts": prog.get("restarts", 0),
+        "requeues": {k: budget.get(k, 0) for k in ("preemption", "timeout", "node_failure")},
+        "latest_checkpoint": run.latest_checkpoint(),
+        "loss": metrics.get("loss"),
+        "tokens_per_s": metrics.get("tokens_per_s"),
+        "note": budget.get("refused") or None,
+        "placement": placement_summary(run),
+    }
+
+
+def planned_steps(run: RunDir) -> int | None:
+    """``trainer.steps`` of the run's resolved job (None before job.yaml exists, or unreadable)."""
+    from hpcorch.errors import HpcorchError
+    from hpcorch.spec.yamlio import parse_yaml
+
+    try:
+        steps = parse_yaml(run.job_file.read_text(), str(run.job_file))["trainer"]["steps"]
+    except (OSError, UnicodeDecodeError, HpcorchError, KeyError, TypeError):
+        return None
+    return steps if isinstance(steps, int) else None
+
+
+def row(entry: Entry) -> dict:
+    """What ``hpcorch ls`` shows of a job besides its state, from its run directory without
+    asking anyone (a remote job's from its last ``hpcorch pull``, else nothing): step, planned
+    steps and the time of submission."""
+    folder = entry.observable_dir
+    run = RunDir(folder)
+    step = run.progress().get("step") if Path(folder).is_dir() else None
+    return {"step": step, "steps": planned_steps(run) if step is not None else None,
+            "submitted": entry.submitted}
+
+
+def placement_summary(run: RunDir) -> str | None:
+    """``2 nodes on 1 leaf switch (leaf1)`` for the latest process start of the run, from the
+    ranks' ``placement`` events (None before any). A leaf is the second-to-last component of
+    SLURM_TOPOLOGY_ADDR (``spine.leaf1.node1``); without one (no topology plugin, or a local
+    run) only the nodes are counted."""
+    from hpcorch.util.fileio import json_lines
+
+    records: list[dict] = []
+    for event in json_lines(run.events):
+        if event.get("event") == "process_start":
+            records = []  # a later start's ranks replace the earlier ones
+        elif event.get("event") == "placement":
+            records.append(event)
+    if not records:
+        return None
+    nodes = list(dict.fromkeys(str(r.get("node")) for r in records))
+    addrs = [str(r["topology_addr"]).split(".") for r in records if r.get("topology_addr")]
+    leaves = list(dict.fromkeys(parts[-2] for parts in addrs if len(parts) >= 2))
+    where = f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}"
+    if not leaves:
+        return f"{where} ({', '.join(nodes[:4])}{', ...' if len(nodes) > 4 else ''}; no switch recorded)"
+    unit = "leaf switch" if len(leaves) == 1 else "leaf switches"
+    return f"{where} on {len(leaves)} {unit} ({', '.join(leaves)})"
+
+
+def advice(entry: Entry, state: str) -> str | None:
+    """What the user should do next, if anything: ``resume`` only when the job has ended
+    without completing (nothing restarts it by itself)."""
+    base = base_state(state)
+    if base == "COMPLETED":
+        return None
+    if has_ended(state):
+        return f"hpcorch resume {entry.key}"
+    if base == "REQUEUE_HOLD" or "JobHeldUser" in state or "JobHeldAdmin" in state:
+        return f"none until released: scontrol release {entry.job_id}"
+    if base in ("REQUEUED", "REQUEUE_FED") or (base == "PENDING" and "BeginTime" in state):
+        return "none: Slurm starts it again by itself"
+    return None
+
+
+def follow(path: Path, done: Callable[[], bool], write: Callable[[str], None], poll_s: float = 0.5,
+           backoff: Backoff | None = None, show_submitit: bool = False) -> None:
+    """Pass ``path``'s text to ``write`` as it grows, until ``done()`` and the end is read.
+
+    The file is read every ``poll_s``; ``done`` (which asks the scheduler) only when
+    ``backoff`` says so, like submitit's watcher. submitit's INFO lines are left out unless
+    ``show_submitit``.
+    """
+    import time
+
+    backoff = backoff or Backoff()
+    offset, pending = 0, ""
+    while True:
+        finished = backoff.due() and done()
+        try:
+            with open(path, errors="replace") as f:
+                f.seek(offset)
+                chunk = f.read()
+                offset = f.tell()
+        except OSError:
+            chunk = ""
+        text, pending = _complete_lines(pending + chunk, flush=finished)
+        if text:
+            write(text if show_submitit else _without_submitit(text))
+        if finished:
+            return
+        time.sleep(poll_s)
+
+
+def _complete_lines(text: str, flush: bool) -> tuple[str, str]:
+    """Split off a trailing partial line (kept for the next read) unless flushing."""
+    if flush or text.endswith("\n"):
+        return text, ""
+    cut = text.rfind("\n") + 1
+    return text[:cut], text[cut:]
+
+
+def _without_submitit(text: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if not _SUBMITIT_LINE.match(line))

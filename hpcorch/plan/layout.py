@@ -1,0 +1,114 @@
+"""The parallel layout against the cluster: where the mesh's ranks land, and what that asks of the nodes.
+
+Ranks are placed block-wise (Slurm's default distribution): node ``n`` runs ranks
+``n * tasks_per_node ... (n + 1) * tasks_per_node - 1``. With ``tp`` innermost in the mesh
+(:mod:`hpcorch.spec.parallel`), a tensor-parallel group is consecutive ranks, so it stays on one
+node exactly when ``tp`` divides ``tasks_per_node``; pipeline stages, outermost, span nodes.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from hpcorch.errors import PlanError
+from hpcorch.spec.job import JobSpec
+from hpcorch.spec.parallel import Layout
+from hpcorch.spec.profile import NodeGroup
+
+# Interconnects over which tensor parallelism's per-layer all-reduces are slow.
+SLOW_LINKS = ("pcie", "none")
+# Nodes the plan table lists one by one; beyond it: the first two, "...", the last.
+NODES_SHOWN = 3
+
+
+def check_layout(job: JobSpec, groups: list[NodeGroup], fail: Callable[[str, str], PlanError],
+                 warnings: list[str]) -> None:
+    """Refuse a tensor-parallel group that would span nodes; warn when it would run over GPUs
+    without a fast GPU-to-GPU link (``groups``: the node types the job may land on)."""
+    layout, res = job.layout, job.resources
+    if layout.tp == 1:
+        return
+    if res.tasks_per_node % layout.tp:
+        raise fail("trainer.parallel.tp", f"expected a divisor of resources.tasks_per_node "
+                   f"({res.tasks_per_node} ranks per node): a tensor-parallel group must stay inside "
+                   f"one node (it all-reduces every layer over the node's GPU links), got {layout.tp}")
+    if not res.gpus_per_node:
+        return  # CPU ranks of one node share memory
+    slow = sorted({f"{g.node_type} ({g.spec.gpus.interconnect})" for g in groups
+                   if g.spec.gpus.count and g.spec.gpus.interconnect in SLOW_LINKS})
+    if slow:
+        warnings.append(f"trainer.parallel.tp {layout.tp} on GPUs without NVLink or xGMI: node type "
+                        f"{', '.join(slow)}; tensor parallelism all-reduces every layer's activations, "
+                        f"expect it to be slow (prefer dp_shard / FSDP there)")
+
+
+def _spans(values) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2,5``."""
+    values = sorted(set(values))
+    out, start = [], values[0]
+    for prev, cur in zip(values, values[1:] + [None]):
+        if cur is None or cur != prev + 1:  # a run ends here
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+            start = cur
+    return ",".join(out)
+
+
+def node_coords(layout: Layout, node: int, tasks_per_node: int) -> dict[str, list[int]]:
+    """The mesh coordinates the ranks of ``node`` hold: pp stage, data-parallel rank (which share
+    of the batch), tp rank; only the dimensions above 1."""
+    ranks = range(node * tasks_per_node, (node + 1) * tasks_per_node)
+    dims = {"pp": layout.pp, "dp": layout.dp, "tp": layout.tp}
+    found: dict[str, set[int]] = {d: set() for d, size in dims.items() if size > 1}
+    for rank in ranks:
+        c = layout.coords(rank)
+        here = {"pp": c["pp"], "dp": layout.dp_rank(rank), "tp": c["tp"]}
+        for d in found:
+            found[d].add(here[d])
+    return {d: sorted(v) for d, v in found.items()}
+
+
+def layout_summary(job: JobSpec) -> dict:
+    """The layout for ``hpcorch plan --json``: mesh sizes, the batch split, every pipeline
+    stage's layers (first and last, inclusive) and every node's ranks and coordinates."""
+    layout, res, tr = job.layout, job.resources, job.trainer
+    stages = tr.parallel.stage_layers(tr.model.layers)
+    info = {
+        "mesh": layout.describe(),
+        "kind": layout.kind,
+        "sizes": layout.sizes,
+        "dp": layout.dp,
+        "accumulation": layout.accumulation,
+        "micro_batch": layout.micro_batch,
+        "pp_schedule": tr.parallel.pp_schedule if layout.pp > 1 else None,
+        "stages": [{"stage": s, "pp_rank": s % layout.pp, "layers": [r.start, r.stop - 1]}
+                   for s, r in enumerate(stages)],
+        "nodes": [{"node": n, "ranks": [n * res.tasks_per_node, (n + 1) * res.tasks_per_node - 1],
+                   **node_coords(layout, n, res.tasks_per_node)} for n in range(res.nodes)],
+    }
+    if tr.parallel.tp > 1:
+        info["sequence_parallel"] = tr.parallel.sequence_parallel
+        info["loss_parallel"] = tr.parallel.loss_parallel
+    return info
+
+
+def _node_row(node: dict) -> str:
+    first, last = node["ranks"]
+    coords = " ".join(f"{d}{_spans(node[d])}" for d in ("pp", "dp", "tp") if d in node)
+    return f"rank{'s' if last > first else ''} {_spans(range(first, last + 1))}" + (f"  {coords}" if coords else "")
+
+
+def layout_rows(info: dict) -> dict[str, str]:
+    """The layout as rows of the plan table: the mesh, the pipeline stages, and which ranks sit
+    on which node (the first two and the last when there are many)."""
+    rows = {"layout": f"{info['mesh']}, {info['kind']}", "micro_batch": str(info["micro_batch"])}
+    if info["sizes"]["pp"] > 1:
+        layers = " | ".join(f"{a}-{b}" if b > a else str(a) for a, b in (s["layers"] for s in info["stages"]))
+        rows["pp_stages"] = (f"{len(info['stages'])} stages, {info['pp_schedule']}, "
+                             f"{info['accumulation']} micro-batches; layers {layers}")
+    nodes = info["nodes"]
+    shown = nodes if len(nodes) <= NODES_SHOWN else [*nodes[:2], None, nodes[-1]]
+    for node in shown:
+        if node is None:
+            rows["..."] = f"nodes 2-{len(nodes) - 2}"
+        else:
+            rows[f"node {node['node']}"] = _node_row(node)
+    return rows

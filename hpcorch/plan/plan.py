@@ -1,0 +1,330 @@
+"""Fit a job to a cluster profile: every check a scheduler would do, before a queue slot is spent."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpcorch.plan import fabric
+from hpcorch.plan import layout as layoutplan
+from hpcorch.plan.placement import PlacementPlan, plan_placement
+from hpcorch.plan.nodefit import check_constraint, check_gpu_type, check_mig, check_node_counts, fit_node_groups
+from hpcorch.plan import siterequests
+from hpcorch.spec import units
+from hpcorch.errors import HpcorchError, PlanError
+from hpcorch.plan.launch import LaunchPlan, extra_directives, resolve_launch
+from hpcorch.state.rundir import RunDir
+from hpcorch.spec.job import JobSpec
+from hpcorch.spec.placement import NCCL_DEBUG_LEVELS, debugging_in
+from hpcorch.spec.profile import ClusterProfile, NodeGroup, Partition
+
+# Run directories reach #SBATCH --output, where sbatch does its own word splitting: keep them plain.
+_PATH_RE = re.compile(r"^[A-Za-z0-9_./+@:,=-]+$")
+
+
+@dataclass
+class Plan:
+    """Everything the sbatch template needs, resolved and checked."""
+
+    job: JobSpec
+    profile: ClusterProfile
+    partition: Partition
+    run_dir: Path
+    account: str | None
+    qos: str | None
+    constraint: str | None
+    time_minutes: int
+    modules: list[str]
+    environment: dict[str, str]
+    python: str = sys.executable
+    source: str = "job"
+    profile_ref: str = ""  # the profile as the user named it (a name or a path), for resume
+    notes: list[str] = field(default_factory=list)
+    # Doubts that do not stop the job (the CLI prints each on stderr as "warning: ...").
+    warnings: list[str] = field(default_factory=list)
+    # The header's resource options as the site wants them asked (profile `requests`), each a
+    # whole option checked for an #SBATCH line: "--gres=gpu:a40:4", "--mem=0"; None: no line.
+    gpu_request: str | None = None
+    memory_request: str | None = None
+    exclusive: bool = False
+    gpu_type: str | None = None  # the GRES type written into gpu_request, if any
+    # The partition's node groups the job may land on (fit its per-node needs and constraint).
+    node_groups: list[NodeGroup] = field(default_factory=list)
+    # how ranks start (wrapper words, srun options), extra #SBATCH options (profile ->
+    # partition -> job), and folders prepended to PATH-like variables.
+    launch: LaunchPlan = field(default_factory=lambda: LaunchPlan(python=sys.executable))
+    extra_directives: list[str] = field(default_factory=list)
+    prepend: dict[str, list[str]] = field(default_factory=dict)
+    # The interpreter hpcorch was planned with (the login node's): the batch script runs its
+    # own hpcorch steps (recovery) with it, outside any container the ranks run in.
+    host_python: str = sys.executable
+    # Nodes the registry keeps out of this profile's jobs (node -> why), excluded with the job's own.
+    quarantined: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def recovery_args(self) -> list[str]:
+        """What ``python -m hpcorch.batch.recovery`` needs besides the stage (see the template)."""
+        return ["--run-dir", str(self.run_dir), "--profile", self.profile.name,
+                "--quarantine-hours", f"{self.profile.health.quarantine_hours:g}"]
+
+    @property
+    def preflight_args(self) -> list[str] | None:
+        """The words after ``python -m`` of the pre-flight step; None when the job turned it
+        off, or on a profile without Slurm (nothing runs the script's steps there)."""
+        from hpcorch.batch.health.criteria import preflight_args
+
+        return preflight_args(self) if self.profile.scheduler == "slurm" else None
+
+    @property
+    def preflight_step_minutes(self) -> int:
+        """srun's hard limit on the pre-flight step (whole minutes, at least one): the check's
+        own deadline plus the interpreter's start, in case that is what hangs."""
+        timeout = self.job.health.timeout_s or self.profile.health.timeout_s
+        return -(-(timeout + 60) // 60)
+
+    @property
+    def exclude(self) -> str | None:
+        """The hostlist for ``--exclude``: the job's own exclusions and the quarantined nodes."""
+        hosts = set(self.job.resources.exclude_hosts) | set(self.quarantined)
+        return units.compress_hostlist(sorted(hosts)) if hosts else None
+    # Leaf switches / blocks the job fits in, and the #SBATCH option that asks for them.
+    placement: PlacementPlan | None = None
+
+    @property
+    def placement_directive(self) -> str | None:
+        """``--switches=K@WAIT`` or ``--segment=S`` for the header, or None."""
+        return self.placement.directive if self.placement else None
+
+    @property
+    def time_limit(self) -> str:
+        return units.format_time(self.time_minutes * 60)
+
+    @property
+    def run(self) -> RunDir:
+        """The run directory's owner: every file name the script and the ranks use."""
+        return RunDir.for_job(self.run_dir, self.job)
+
+    @property
+    def submitit_command(self) -> str:
+        """The command submitit runs on each task (as its executor spells it)."""
+        import shlex
+
+        return f"{shlex.quote(self.python)} -u -m submitit.core._submit {shlex.quote(self.run.submitit_folder)}"
+
+    @property
+    def world_size(self) -> int:
+        return self.job.resources.world_size
+
+    @property
+    def landing_groups(self) -> list[NodeGroup]:
+        """The node groups the job may land on (all of the partition's for a plan made without them)."""
+        return self.node_groups or self.profile.groups_of(self.partition)
+
+    @property
+    def peak_tflops(self) -> float | None:
+        """Per-GPU dense bf16 peak, the denominator of MFU: only for a GPU job, and only when every
+        node type it may land on states the same one."""
+        peaks = {g.spec.gpus.peak_tflops for g in self.landing_groups}
+        peak = peaks.pop() if len(peaks) == 1 else 0.0
+        return peak if self.job.resources.gpus_per_node and peak else None
+
+
+def default_run_dir(job: JobSpec, profile: ClusterProfile | None = None) -> Path:
+    """``RUN_ROOT/JOB_NAME`` with the profile's ``defaults.run_root`` (``~`` and ``$VARS``
+    expanded here), else ``runs/JOB_NAME`` below the current folder."""
+    root = profile.defaults.run_root if profile is not None else None
+    if root is None:
+        return Path("runs") / job.name
+    if "USER" not in os.environ:  # cron, containers and `sudo -i` may not set it
+        import getpass
+
+        root = root.replace("${USER}", getpass.getuser()).replace("$USER", getpass.getuser())
+    expanded = os.path.expanduser(os.path.expandvars(root))
+    if "$" in expanded:
+        raise PlanError(f"profile {profile.name!r}", "defaults.run_root",
+                        f"{root!r} names an unset environment variable; set it or pass --run-dir")
+    return Path(expanded) / job.name
+
+
+def _check_loggers(job: JobSpec, profile: ClusterProfile, source: str, warnings: list[str]) -> None:
+    """A logger whose package is missing: refused here, unless the job may be submitted from a
+    login node over SSH (``login:``), whose own hpcorch checks its own packages."""
+    from hpcorch.spec.job import check_available
+
+    try:
+        check_available(job.trainer.loggers, source)
+    except HpcorchError as exc:
+        if profile.login is None:
+            raise
+        warnings.append(f"{exc}; needed only where the job runs")
+
+
+def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None = None,
+              source: str = "job", python: str | None = None, nccl_debug: str | None = None,
+              quarantined: dict[str, str] | None = None) -> Plan:
+    """Check that ``job`` fits ``profile`` and resolve defaults; raise PlanError if not.
+
+    ``source`` names the job file in error messages; ``nccl_debug`` (a level such as INFO)
+    sets NCCL_DEBUG for this submission only (``submit --nccl-debug``); ``quarantined``
+    (node -> why) are nodes to exclude as well (see :meth:`hpcorch.state.registry.Registry.quarantined`).
+    """
+    res = job.resources
+
+    def fail(key: str, message: str) -> PlanError:
+        return PlanError(source, key, message)
+
+    try:
+        part = profile.partition(res.partition)
+    except KeyError:
+        raise fail("resources.partition", f"expected one of profile {profile.name!r}'s partitions "
+                   f"({', '.join(p.name for p in profile.partitions)}), got {res.partition!r}") from None
+    groups = profile.groups_of(part)
+    excluded = set(res.exclude_hosts)  # a set: 16k hosts x 1k exclusions stays linear
+    quarantined = {h: why for h, why in (quarantined or {}).items() if h not in excluded and profile.has_host(h)}
+    excluded |= set(quarantined)
+    usable = [h for h in part.hosts if h not in excluded]
+    if res.nodes > len(usable):
+        held = (f" ({units.brief_hosts(sorted(quarantined))} quarantined; see hpcorch nodes, "
+                f"hpcorch nodes clear NODE)") if quarantined else ""
+        raise fail("resources.nodes", f"asks for {res.nodes} nodes, but partition {part.name!r} has "
+                   f"{len(usable)}{' after exclusions' if excluded else ''}{held}")
+    candidates = groups
+    groups = typed = check_gpu_type(res, part, groups, excluded, fail)  # a typed job: only that type counts
+    fitting = fit_node_groups(res, part, groups, fail)
+    if part.max_time_s is not None and res.time_s > part.max_time_s:
+        raise fail("resources.time", f"asks for {units.format_time(res.time_s)}, but partition "
+                   f"{part.name!r} allows at most {units.format_time(part.max_time_s)}")
+
+    constraint = res.constraint or profile.defaults.constraint
+    eligible = fitting
+    if profile.scheduler != "local":  # the local executor has no features to match
+        check_constraint(constraint, profile, part, from_profile=not res.constraint, fail=fail)
+        eligible = check_node_counts(res, part, groups, fitting, constraint, excluded, fail)
+    check_mig(res, eligible, fail)
+
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(job, profile)
+    run_dir = run_dir.expanduser().absolute()
+    if not _PATH_RE.fullmatch(str(run_dir)):
+        raise PlanError("--run-dir", "", f"expected a path of letters, digits and _./+@:,=- "
+                        f"(it reaches #SBATCH lines), got {str(run_dir)!r}")
+
+    notes: list[str] = []
+    qos, account = siterequests.qos_and_account(res, profile, part, fail)
+    requests = profile.requests_for(part)
+    gpu_request, gpu_type = siterequests.gpu_request(res, requests, part, candidates, fail, notes)
+    memory_request = siterequests.memory_request(res, requests, typed, fail, notes)
+    for key, option in (("resources.gpus_per_node", gpu_request), ("resources.mem", memory_request)):
+        siterequests.check_directive(option, key, fail)
+
+    # Derived from the fabric first, so that the profile's and the job's own values win.
+    environment = fabric.environment(profile, eligible)
+    environment.update({k: str(v) for k, v in profile.environment.variables.items()})
+    environment.update({k: str(v) for k, v in job.environment.items()})
+    warnings: list[str] = []
+    _nccl_debugging(job, environment, nccl_debug, warnings, notes)
+    layoutplan.check_layout(job, eligible, fail, warnings)
+    launch = resolve_launch(job, profile, eligible, python, fail, warnings)
+    _check_loggers(job, profile, source, warnings)
+    # The nodes the job may land on: its eligible node groups' hosts, minus exclusions.
+    hosts = [h for h in dict.fromkeys(h for g in eligible for h in g.hosts) if h not in excluded]
+    placement = plan_placement(job.placement, profile, hosts, res.nodes, fail, notes, warnings)
+    plan = Plan(
+        job=job, profile=profile, partition=part, run_dir=run_dir,
+        account=account,
+        qos=qos,
+        constraint=constraint,
+        time_minutes=units.minutes_ceil(res.time_s),
+        modules=list(profile.environment.modules),
+        environment=environment, source=source,
+        node_groups=eligible,
+        gpu_request=gpu_request, memory_request=memory_request, gpu_type=gpu_type,
+        exclusive=requests.exclusive if res.exclusive is None else res.exclusive,
+        python=launch.python, launch=launch, warnings=warnings, host_python=python or sys.executable,
+        extra_directives=extra_directives(job, profile, part),
+        prepend={k: list(v) for k, v in profile.environment.prepend.items()},
+        quarantined=quarantined,
+        placement=placement,
+    )
+    plan.notes += [f"excluding quarantined node {h}: {why}" for h, why in sorted(quarantined.items())]
+    if part.implicit and res.partition is not None:
+        plan.notes.append(f"partition {part.name!r} is implicit (the site routes jobs itself): "
+                          "checked against it, but the script names no --partition")
+    plan.notes += notes
+    plan.warnings += _unknown_exclusions(res.exclude_hosts, profile)
+    if job.trainer.checkpoint.interval > job.trainer.steps:
+        plan.notes.append("checkpoint.interval exceeds steps: only the final checkpoint is written")
+    return plan
+
+
+def _nccl_debugging(job: JobSpec, environment: dict[str, str], nccl_debug: str | None,
+                    warnings: list[str], notes: list[str]) -> None:
+    """A job may set NCCL's debugging variables (the plan warns: NCCL says not to keep them);
+    ``--nccl-debug LEVEL`` sets NCCL_DEBUG for this submission, over the job's."""
+    found = debugging_in(job.environment)
+    if found:
+        warnings.append(f"environment sets NCCL debugging variable{'s' if len(found) > 1 else ''} "
+                        f"{', '.join(found)}: NCCL advises against keeping them outside a debugging run")
+    if nccl_debug is not None:
+        level = nccl_debug.upper()
+        if level not in NCCL_DEBUG_LEVELS:
+            raise PlanError("--nccl-debug", "", f"expected one of {', '.join(NCCL_DEBUG_LEVELS)}, got {nccl_debug!r}")
+        environment["NCCL_DEBUG"] = level
+        notes.append(f"NCCL_DEBUG={level} for this submission (--nccl-debug)")
+
+
+def _unknown_exclusions(hosts: list[str], profile: ClusterProfile) -> list[str]:
+    """A warning for excluded hosts the profile does not list: the profile may describe only part
+    of the cluster, so they are passed on to Slurm rather than refused. Kept on the plan, not
+    logged: the CLI prints plan.warnings, and its logging setup would print a logged one twice."""
+    unknown = [h for h in hosts if not profile.has_host(h)]
+    if not unknown:
+        return []
+    message = (f"resources.exclude names {len(unknown)} host{'s' if len(unknown) > 1 else ''} not in "
+               f"profile {profile.name!r}: {units.brief_hosts(unknown)} (passed to Slurm as they are)")
+    return [message]
+
+
+def summarize(plan: Plan) -> dict:
+    """What the plan will use: resources, batch arithmetic, model size (raw numbers; the CLI
+    adds separators and units, see :mod:`hpcorch.util.display`)."""
+    job, res, tr = plan.job, plan.job.resources, plan.job.trainer
+    model = tr.model
+    models = " or ".join(dict.fromkeys(str(g.spec.gpus.model) for g in plan.landing_groups if g.spec.gpus.count))
+    tokens_per_step = tr.global_batch * tr.model.seq_len
+    summary = {
+        "job": job.name,
+        "profile": plan.profile.name,
+        "partition": plan.partition.name,
+        "nodes": res.nodes,
+        "tasks_per_node": res.tasks_per_node,
+        "world_size": plan.world_size,
+        "gpus": f"{res.nodes * res.gpus_per_node} x {models}" if res.gpus_per_node else "none (CPU)",
+        "time_limit": plan.time_limit,
+        "account": plan.account or "-",
+        "qos": plan.qos or "-",
+        "parameters": model.num_params(),
+        "flops_per_token": round(model.flops_per_token()),
+        "tokens_per_step": tokens_per_step,
+        "grad_accumulation": job.grad_accum,
+        "total_tokens": tokens_per_step * tr.steps,
+        "sharding": tr.sharding,
+        "layout": layoutplan.layout_summary(job),
+        "checkpoint_every": f"{tr.checkpoint.interval} steps, keep {tr.checkpoint.keep}",
+        "requeue": (f"on, {job.requeue.signal} {job.requeue.signal_lead_s}s before the limit"
+                    if job.requeue.enabled else "off"),
+        "run_dir": str(plan.run_dir),
+    }
+    if plan.placement is not None:
+        summary["placement"] = plan.placement.to_dict()
+    if plan.launch.wrapper != "none":  # what starts the ranks, when it is not plain python
+        summary["launch"] = f"{plan.launch.wrapper} wrapper, {plan.python}"
+    if plan.peak_tflops:
+        summary["peak_pflops"] = round(plan.peak_tflops * res.nodes * res.gpus_per_node / 1000, 2)
+    from hpcorch.plan.verdict import summary as planner_summary
+
+    summary.update(planner_summary(plan))  # memory per GPU, time, GPU-hours, checkpoint interval
+    for i, note in enumerate(plan.notes):
+        summary[f"note{i + 1}"] = note
+    return summary

@@ -1,0 +1,416 @@
+"""hpcorch's service API: the functions the ``hpcorch`` command is a thin layer over, and the
+ones to call from Python.
+
+    from hpcorch import service
+
+    plan = service.plan("jobs/gpt2-124m.yaml", "h100-ndr", overrides=["trainer.steps=50"])
+    print(service.render(plan))            # the exact sbatch script
+    print(service.check(plan))             # sbatch --test-only on the live cluster
+    sub = service.submit(plan)             # the job, recorded in the registry
+                                           # (allow_config_change=True: over a checkpoint's config)
+    service.status(sub.entry.key)          # state, progress, what to do next
+    service.resume(sub.entry.key)          # after it ended without completing
+    service.export(sub.entry.key, "model.safetensors")  # the weights, for use outside hpcorch
+
+A job is named by its registry number, Slurm job id, name (the newest) or run directory.
+Nothing here imports torch or submitit until a job is really submitted or trained.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from hpcorch.observe import status as observe
+from hpcorch.state import jobstate
+from hpcorch.errors import ConfigError, HpcorchError
+from hpcorch.batch.manifest import write_attempt
+from hpcorch.observe.manifest import differences
+from hpcorch.plan.plan import Plan, default_run_dir, make_plan
+from hpcorch.state.registry import Entry, Registry
+from hpcorch.state.rundir import LEASE_ENV, Lease, RunDir
+from hpcorch.spec.compat import check_config_change, training_config
+from hpcorch.spec.job import load_job
+from hpcorch.spec.profile import load_profile
+
+@dataclass
+class Submission:
+    entry: Entry
+    job: object  # submitit.Job
+
+    def describe(self) -> str:
+        e = self.entry
+        where = f"{e.profile} ({e.remote_ref.host})" if e.remote else e.profile
+        return f"submitted job {e.job_id} (hpcorch #{e.key}, {e.name}) on {where}; run dir {e.run_dir}"
+
+
+# ----- spec -> plan -> script -------------------------------------------------------------------
+def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+         run_dir: str | os.PathLike | None = None, nccl_debug: str | None = None,
+         registry: Registry | None = None, force: bool = False) -> Plan:
+    """Load ``job`` (a path or a job name) and ``profile`` (a name or a path; default
+    ``$HPCORCH_PROFILE`` or ``local``), apply ``overrides`` (``KEY=VALUE``), check the fit.
+    ``nccl_debug``: NCCL_DEBUG's level for this submission only (INFO, WARN, ...). On Slurm,
+    the nodes the registry holds in quarantine for the profile are excluded. A GPU job whose
+    memory estimate exceeds its GPUs is refused unless ``force`` (:mod:`hpcorch.plan.verdict`)."""
+    from hpcorch.plan.verdict import check_fit
+    from hpcorch.state.quarantine import excluded_nodes
+    from hpcorch.spec.catalog import default_profile
+
+    profile = str(profile) if profile is not None else default_profile()
+    spec = load_job(job, list(overrides))
+    cluster = load_profile(profile)
+    held = excluded_nodes(cluster.name, registry) if cluster.scheduler == "slurm" else {}
+    result = make_plan(spec, cluster, run_dir=run_dir, source=str(job), quarantined=held, nccl_debug=nccl_debug)
+    result.profile_ref = profile
+    check_fit(result, force)  # a GPU job that cannot fit is refused (force: a warning)
+    return result
+
+
+def render(plan: Plan, template_dir: str | os.PathLike | None = None) -> str:
+    """The sbatch script ``plan`` submits, byte for byte."""
+    from hpcorch.render.sbatch import render_sbatch
+
+    return render_sbatch(plan, template_dir)
+
+
+def check(plan: Plan, script: str | None = None) -> str:
+    """Ask the live cluster whether it would accept the script (``sbatch --test-only``);
+    returns Slurm's answer (when and where it would start), raises with Slurm's refusal."""
+    from hpcorch.cluster.slurm import Slurm
+
+    if plan.profile.scheduler != "slurm":
+        raise HpcorchError(f"--check asks a Slurm cluster; profile {plan.profile.name!r} has none")
+    return Slurm().test_only(script if script is not None else render(plan))
+
+
+# ----- submit, resume ---------------------------------------------------------------------------
+def submit(plan: Plan, script: str | None = None, registry: Registry | None = None,
+           resumed_from: int | None = None, allow_config_change: bool = False,
+           template_dir: str | os.PathLike | None = None) -> Submission:
+    """Submit ``plan`` (with ``script``, else rendered from ``template_dir`` or the shipped
+    templates), take the run directory's lease for the new job, and record it in the registry
+    (with ``template_dir``, which ``resume`` renders with again). A run directory whose checkpoint was
+    trained under another config is refused before anything is submitted, unless
+    ``allow_config_change`` (see :func:`accept_config_changes`)."""
+    from hpcorch.submit.executor import SubmitError, start
+
+    script = script if script is not None else render(plan, template_dir)
+    run = plan.run
+    scheduler = plan.profile.scheduler
+    run.check_location()
+    fresh = not run.root.exists()
+    try:
+        with run.lease_lock():  # a concurrent submit into the same directory waits, then sees our job
+            # A live job in the directory first: its checkpoints are still moving, so a config
+            # comparison against them would be premature (and "in use" is what the user must hear).
+            run.ensure_free(Lease(scheduler, ""), jobstate.lease_is_live)
+            accept_config_changes(run, plan.job, allow_config_change)
+            job = start(plan, script)
+            holder = Lease.for_holder(scheduler, str(job.job_id), slurm_conf=os.environ.get("SLURM_CONF"))
+            run.take(holder)
+    except SubmitError:
+        if fresh:  # a rejected submission leaves nothing behind (an existing run directory stays)
+            import shutil
+
+            shutil.rmtree(run.root, ignore_errors=True)
+        raise
+    entry = (registry or Registry()).add(
+        job.job_id, plan.job.name, plan.profile_ref or plan.profile.name, scheduler,
+        str(run.root), str(run.job_file), slurm_conf=os.environ.get("SLURM_CONF"),
+        exclude=plan.job.resources.exclude, resumed_from=resumed_from, started=holder.started or None,
+        template_dir=str(Path(template_dir).absolute()) if template_dir else None)
+    return Submission(entry, job)
+
+
+def submit_remote(plan: Plan, code_dir: str | os.PathLike | None = None, run_dir: str | None = None,
+                  template_dir: str | os.PathLike | None = None, allow_config_change: bool = False,
+                  nccl_debug: str | None = None, accept_new: bool = False, check: bool = False,
+                  force: bool = False, registry: Registry | None = None) -> Submission | str:
+    """Submit ``plan`` (validated here) on its profile's login node over SSH (see
+    :mod:`hpcorch.remote.ops`) and record it here as remote; ``code_dir`` is synced there
+    first. ``run_dir``: a path on the login node. ``check``: ask that cluster whether it would
+    take the job (``sbatch --test-only``) and return its answer; nothing is submitted.
+    ``force``: the login node submits a job estimated not to fit too (as ``submit --force``)."""
+    from hpcorch.remote import ops
+
+    entry = ops.submit(plan, plan.profile_ref or plan.profile.name, code_dir=code_dir, run_dir=run_dir,
+                       template_dir=template_dir, allow_config_change=allow_config_change,
+                       nccl_debug=nccl_debug, accept_new=accept_new, check=check, force=force,
+                       registry=registry)
+    return entry if check else Submission(entry, None)
+
+
+def resume(ref: str, exclude: str | None = None, registry: Registry | None = None,
+           allow_config_change: bool = False, template_dir: str | os.PathLike | None = None) -> Submission:
+    """Submit job ``ref`` again into its run directory (the ranks resume from the latest
+    committed checkpoint), excluding nodes that failed under it. Refused while the job is
+    pending, running or requeued, and for a completed job: there is nothing to resume.
+    ``allow_config_change``: as for :func:`submit` (its job file was edited since). The script
+    is rendered from ``template_dir``, else the template folder the job was submitted with."""
+    from hpcorch.spec.units import compress_hostlist, expand_hostlist
+
+    try:  # the user's input first, before any scheduler is asked
+        asked = set(expand_hostlist(exclude)) if exclude else set()
+    except ValueError as exc:
+        raise ConfigError("--exclude", "", str(exc)) from None
+    registry = registry or Registry()
+    entry = registry.get(ref)
+    if entry.remote:  # the login node's hpcorch checks its state and its failed nodes itself
+        from hpcorch.remote import ops
+
+        return Submission(ops.resume(entry, exclude, allow_config_change, registry), None)
+    state = jobstate.states([entry])[entry.key]
+    if jobstate.base_state(state) == "COMPLETED":
+        raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) completed; nothing to resume")
+    if not jobstate.has_ended(state):
+        next_step = observe.advice(entry, state) or "it is still live"
+        raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) is {state}; nothing to resume "
+                           f"(next: {next_step}; cancel it first to start it anew)")
+    overrides = []
+    if entry.scheduler == "slurm":
+        excluded = set(expand_hostlist(entry.exclude)) if entry.exclude else set()
+        excluded.update(failed_nodes(entry))
+        excluded.update(asked)
+        if excluded:
+            overrides.append(f"resources.exclude={compress_hostlist(sorted(excluded))}")
+        if entry.slurm_conf:  # submitit's sbatch reads it from the environment
+            os.environ["SLURM_CONF"] = entry.slurm_conf
+    again = plan(entry.job_file, entry.profile, overrides, run_dir=entry.run_dir, registry=registry)
+    return submit(again, registry=registry, resumed_from=entry.key, allow_config_change=allow_config_change,
+                  template_dir=template_dir or entry.template_dir)
+
+
+def accept_config_changes(run: RunDir, job, allow: bool = False, step: int | None = None) -> list[str]:
+    """Compare ``job``'s training config with the one recorded with the run directory's latest
+    committed checkpoint (or ``step``), reading only JSON (no torch, no rank started, nothing
+    submitted). Raises :class:`hpcorch.spec.compat.ConfigChanged` for a change the user did not
+    accept (``allow``), or one no flag allows. Accepted differences are recorded in the run
+    directory, which is how the flag reaches every rank and every requeued attempt (they read
+    the run directory, not our command line); call it holding the directory's lease. The
+    ranks check again when they load (they may fall back to an older checkpoint)."""
+    found = run.recorded_config(step)
+    if found is None:  # nothing to continue, or a checkpoint from before configs were recorded
+        return []
+    step, recorded = found
+    config = training_config(job)
+    changes = check_config_change(recorded, config, f"the checkpoint at step {step} in "
+                                  f"{run.checkpoints}", allow, run.accepted_config())
+    if changes:
+        run.accept_config(config, changes)
+    return changes
+
+
+def failed_nodes(entry: Entry) -> list[str]:
+    """Nodes that ran the job (any of its runs, requeues included) and that Slurm now reports
+    down, drained or failing: a node that failed and was brought back is not excluded."""
+    from hpcorch.cluster.slurm import Slurm
+    from hpcorch.spec.units import expand_hostlist
+
+    slurm = Slurm(env=entry.env)
+    out = slurm.run("sacct", "-j", entry.job_id, "--duplicates", "-X", "-n", "-P", "-o", "NodeList",
+                    check=False)
+    latest = slurm.job(entry.job_id).get("NodeList", "")  # accounting may lag the controller
+    used = set()
+    for nodes in out.split() + [latest]:
+        if nodes and nodes not in ("None", "(null)"):
+            used.update(expand_hostlist(nodes))
+    return sorted(h for h in used if slurm.node_unhealthy(h))
+
+
+# ----- observe and operate ----------------------------------------------------------------------
+def jobs(registry: Registry | None = None) -> list[dict]:
+    """Every registered job with its state and goodput (0..1 or None): batched squeue/sacct
+    calls per cluster; a remote job's, its login node's ``ls`` (one call per login node)."""
+    entries = (registry or Registry()).all()
+    current = jobstate.states([e for e in entries if not e.remote])
+    remote_rows: dict[int, dict] = {}
+    if any(e.remote for e in entries):
+        from hpcorch.remote import ops
+
+        remote_rows = ops.rows([e for e in entries if e.remote])  # the login node's own figures
+        current.update({key: row["state"] for key, row in remote_rows.items()})
+    from hpcorch.observe.goodput import goodput_of
+
+    ended = {e.key for e in entries if jobstate.has_ended(current[e.key])}
+    good = goodput_of(entries, ended)  # one sacct call per cluster, then the run directories
+    good.update({key: row["goodput"] for key, row in remote_rows.items()})
+    return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": current[e.key],
+             "run_dir": e.run_dir, "host": e.remote_ref.host if e.remote else None, **observe.row(e),
+             "goodput": good[e.key]}
+            for e in entries]
+
+
+def status(ref: str, registry: Registry | None = None) -> dict:
+    """State, restarts, latest checkpoint, last loss, tokens/s, what to do next, and where the
+    allocated time went (``goodput``, see :mod:`hpcorch.observe.goodput`)."""
+    entry = (registry or Registry()).get(ref)
+    if entry.remote:
+        from hpcorch.remote import ops
+
+        return ops.status(entry)
+    from hpcorch.observe.goodput import goodput_dict
+
+    state = jobstate.states([entry])[entry.key]
+    return {"key": entry.key, "job_id": entry.job_id, "name": entry.name, "state": state,
+            **observe.progress(entry), "next": observe.advice(entry, state), "run_dir": entry.run_dir,
+            "warnings": differences(RunDir.open(entry.run_dir)),
+            "goodput": goodput_dict(entry, running=not jobstate.has_ended(state))}
+
+
+def cancel(ref: str, registry: Registry | None = None) -> str:
+    """Cancel job ``ref``: its ranks checkpoint on SIGTERM and the job ends. Returns what was done."""
+    import signal
+
+    entry = (registry or Registry()).get(ref)
+    if entry.remote:
+        from hpcorch.remote import ops
+
+        return ops.cancel(entry)
+    if entry.scheduler == "slurm":
+        from hpcorch.cluster.slurm import Slurm
+
+        Slurm(env=entry.env).cancel(entry.job_id)
+        return f"cancel sent to job {entry.job_id}"
+    if not jobstate.local_controller_alive(entry):
+        return f"job {entry.job_id} is not running; nothing to cancel"
+    os.kill(int(entry.job_id), signal.SIGTERM)  # the local controller forwards it to every rank
+    return f"cancel sent to job {entry.job_id}"
+
+
+def logs(ref: str, write: Callable[[str], None], rank: int = 0, stream: str = "out", follow: bool = False,
+         show_submitit: bool = False, registry: Registry | None = None) -> None:
+    """Pass rank ``rank``'s log of job ``ref`` to ``write``; with ``follow`` until the job ends."""
+    entry = (registry or Registry()).get(ref)
+    if entry.remote:
+        from hpcorch.remote import ops
+
+        return ops.logs(entry, write, rank=rank, stream=stream, follow=follow)
+    path = RunDir(entry.run_dir).rank_log(entry.job_id, rank, stream)
+    if not path.exists() and not follow:
+        raise HpcorchError(f"no log yet at {path}")
+    _follow(entry, path, write, follow, show_submitit)
+
+
+def wait(entry: Entry, write: Callable[[str], None], show_submitit: bool = False) -> str:
+    """Follow rank 0's log until the job ends; returns its final state."""
+    if entry.remote:
+        from hpcorch.remote import ops
+
+        ops.logs(entry, write, follow=True)
+        return ops.status(entry)["state"]
+    _follow(entry, RunDir(entry.run_dir).rank_log(entry.job_id), write, True, show_submitit)
+    return jobstate.states([entry])[entry.key]
+
+
+def _follow(entry: Entry, path: Path, write: Callable[[str], None], until_end: bool, show_submitit: bool) -> None:
+    """Pass ``path``'s text to ``write``; with ``until_end`` as it grows, until the job ends
+    (Slurm asked with back-off)."""
+    done = _ended_or_given_up(entry) if until_end else (lambda: True)
+    observe.follow(path, done, write, backoff=_scheduler_backoff(entry), show_submitit=show_submitit)
+
+
+UNKNOWN_PATIENCE_S = 300.0
+
+
+def _ended_or_given_up(entry: Entry, patience_s: float = UNKNOWN_PATIENCE_S) -> Callable[[], bool]:
+    """A ``done`` test for followers: the job has ended. A scheduler that cannot say anything
+    (UNKNOWN) for ``patience_s`` in a row ends the following with an error, not a hang."""
+    import time
+
+    unknown_since: list[float] = []
+
+    def done() -> bool:
+        state = jobstate.states([entry])[entry.key]
+        if jobstate.base_state(state) != "UNKNOWN":
+            unknown_since.clear()
+            return jobstate.has_ended(state)
+        unknown_since[:] = unknown_since or [time.monotonic()]
+        if time.monotonic() - unknown_since[0] > patience_s:
+            raise HpcorchError(f"job {entry.job_id}: the scheduler has not answered for {patience_s:.0f} s "
+                               f"(state UNKNOWN); stopped following")
+        return False
+
+    return done
+
+
+def _scheduler_backoff(entry: Entry):
+    """Slurm is asked at most every 15 s after a short ramp (as submitit's watcher backs off);
+    a local job's state is the process table, cheap to read twice a second."""
+    from hpcorch.util.poll import Backoff
+
+    return Backoff(1.0, 2.0, 15.0) if entry.scheduler == "slurm" else Backoff(0.5, 1.0, 0.5)
+
+
+# ----- train here ------------------------------------------------------------------------------
+def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[str] = (),
+          run_dir: str | os.PathLike | None = None, resume_step: int | None = None,
+          peak_tflops: float | None = None, allow_config_change: bool = False) -> tuple[int, Path]:
+    """Train ``job`` in ``nproc`` processes on this machine (``hpcorch train``); returns the exit
+    code (``protocol.CHECKPOINTED`` after a signal: run it again to resume) and the run dir.
+    ``allow_config_change``: continue a checkpoint trained under another config (see
+    :func:`accept_config_changes`; refused before any rank starts otherwise)."""
+    from hpcorch.train.spawn import launch_local
+
+    overrides = list(overrides)
+    if nproc is not None:
+        overrides += ["resources.nodes=1", f"resources.tasks_per_node={nproc}"]
+    try:
+        spec = load_job(job, overrides)
+    except ConfigError as exc:
+        # --nproc is the world size here: a layout or batch that does not fit it names it.
+        if nproc is None or "(--set " in exc.source or not exc.key.startswith("trainer."):
+            raise
+        raise ConfigError(f"{exc.source} (--nproc {nproc})", exc.key, exc.message) from None
+    from hpcorch.spec.job import check_available
+
+    check_available(spec.trainer.loggers, str(job))
+    if spec.resources.nodes != 1:
+        raise ConfigError(str(job), "resources.nodes",
+                          f"a local run uses one node, got {spec.resources.nodes}; pass --nproc")
+    run = RunDir.for_job(run_dir if run_dir else default_run_dir(spec), spec)
+    run.check_location()
+    lease = Lease.for_holder("process", str(os.getpid()))
+    with run.lease_lock():
+        run.claim(lease, jobstate.lease_is_live)  # "in use" first, as in submit
+        accept_config_changes(run, spec, allow_config_change, resume_step)
+    job_file = run.write_job(spec)
+    write_attempt(run, str(os.getpid()), "process", code_dir=os.getcwd())
+    extra = (["--resume-step", str(resume_step)] if resume_step is not None else []) + \
+        (["--peak-tflops", str(peak_tflops)] if peak_tflops else [])
+    code = launch_local(job_file, run.root, spec.resources.tasks_per_node, extra, env={LEASE_ENV: lease.token()})
+    return code, run.root
+
+
+def pull(ref: str, into: str | os.PathLike | None = None, registry: Registry | None = None):
+    """Fetch remote job ``ref``'s metrics, summary, events and logs (incrementally) so that
+    ``status`` works offline; returns (folder, what moved)."""
+    from hpcorch.remote import ops
+
+    entry = (registry or Registry()).get(ref)
+    if not entry.remote:
+        raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) ran from this machine; its run "
+                           f"directory is {entry.run_dir}: nothing to pull")
+    return ops.pull(entry, into)
+
+
+def export(ref: str, out: str | os.PathLike, step: int | None = None, registry: Registry | None = None) -> Path:
+    """Write the model weights of job ``ref``'s checkpoint (the latest committed one, or
+    ``step``) to one plain file ``out`` (see :mod:`hpcorch.train.checkpoint.export`). ``ref`` is a run
+    directory or a job in the registry. Returns the file written."""
+    from hpcorch.state.rundir import CheckpointLayout
+
+    run = RunDir.open(ref) if Path(ref).is_dir() else RunDir.open((registry or Registry()).get(ref).run_dir)
+    committed = CheckpointLayout(run.checkpoints).committed_steps()
+    if not committed:
+        raise HpcorchError(f"no committed checkpoint in {run.checkpoints}")
+    if step is not None and step not in committed:
+        raise HpcorchError(f"no committed checkpoint at step {step} in {run.checkpoints} (committed: {committed})")
+    from hpcorch.train.checkpoint.export import export_weights
+    from hpcorch.train.checkpoint.store import CheckpointError
+
+    try:
+        return export_weights(run.checkpoints, committed[-1] if step is None else step, Path(out))
+    except CheckpointError as exc:
+        raise HpcorchError(str(exc)) from None

@@ -1,0 +1,93 @@
+"""``hpcorch train``: N local rank processes on this machine (gloo on CPU, NCCL on GPUs).
+
+The launcher forwards the stop signals (SIGTERM, SIGINT, SIGUSR2) to every rank (each then
+checkpoints at the next step boundary), and ends the others if one rank fails, so a dead peer
+never hangs the run.
+
+Why this launcher exists next to ``hpcorch submit -p local``: ``train`` is a foreground
+command with no scheduler. A signal means "stop and let me run it again": every rank
+checkpoints and the run exits :data:`protocol.CHECKPOINTED` (3); nothing restarts it.
+``submit -p local`` goes through submitit's local controller to emulate a scheduler: requeue
+by exit 144 (:data:`protocol.LOCAL_REQUEUE`), restart budgets, a job id. Both start each rank
+through the same entry (:func:`hpcorch.train.rank.run_rank`, scheduler "process" here, "local"
+there), with the exit codes and stop signals :mod:`hpcorch.protocol` names, and the
+decision table (:func:`protocol.decide`) states both rows side by side (its "process" row:
+stop, never requeue), so they cannot differ in restart semantics by accident.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hpcorch.protocol import CHECKPOINTED, DONE, stop_signals
+
+FORWARDED = stop_signals("process", None)  # `hpcorch train` has no requeue policy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_local(job_file: Path, run_dir: Path, nproc: int, extra_args: list[str] = (),
+                 env: dict | None = None, grace_s: float = 30.0) -> int:
+    """Run ranks 0..nproc-1 of ``python -m hpcorch.train`` and return the run's exit code:
+    DONE, CHECKPOINTED (every rank checkpointed on a signal), otherwise the first failing
+    rank's code."""
+    port = free_port()
+    procs = []
+    for rank in range(nproc):
+        rank_env = {**os.environ, **(env or {}), "RANK": str(rank), "WORLD_SIZE": str(nproc),
+                    "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        cmd = [sys.executable, "-u", "-m", "hpcorch.train", "--job", str(job_file),
+               "--run-dir", str(run_dir), *extra_args]
+        procs.append(subprocess.Popen(cmd, env=rank_env, start_new_session=True))
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    try:
+        return _wait(procs, grace_s)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for p in procs:  # never leave a rank behind
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _wait(procs: list[subprocess.Popen], grace_s: float) -> int:
+    first_failure = None  # the root cause, not a rank we terminated because of it
+    failed_at = None
+    while True:
+        codes = [p.poll() for p in procs]
+        if all(c is not None for c in codes):
+            break
+        bad = [c for c in codes if c not in (None, DONE, CHECKPOINTED)]
+        if bad and failed_at is None:
+            first_failure, failed_at = bad[0], time.monotonic()
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+        if failed_at is not None and time.monotonic() - failed_at > grace_s:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        time.sleep(0.05)
+    codes = [p.returncode for p in procs]
+    if first_failure is None:
+        first_failure = next((c for c in codes if c not in (DONE, CHECKPOINTED)), None)
+    if first_failure is not None:
+        return first_failure if first_failure > 0 else 128 - first_failure
+    return CHECKPOINTED if CHECKPOINTED in codes else DONE
