@@ -6,7 +6,8 @@ from conftest import run_cli
 
 from hpcorch.errors import RenderError
 from hpcorch.plan.plan import make_plan
-from hpcorch.render.sbatch import _MARKERS, render_sbatch
+from hpcorch.render.sbatch import render_sbatch
+from hpcorch.render.shell import _MARKERS
 from hpcorch.spec.job import load_job
 from hpcorch.spec.profile import load_profile
 
