@@ -10,7 +10,8 @@
 * Every ``hpcorch ...`` command in a fenced code block of README.md and docs/*.md parses
   against the real click CLI: unknown commands, unknown options, missing arguments and bad
   values fail. A line holding the marker ``# placeholder`` is skipped.
-* Every relative link of README.md and docs/*.md names a file that exists.
+* Every relative link of README.md and docs/*.md names a file that exists, and a heading of it
+  when it names one (``profiles.md#extra-directives``).
 """
 from __future__ import annotations
 
@@ -199,14 +200,26 @@ def test_commands_are_found_in_pipes_lists_and_substitutions():
 
 
 # ----- links -----------------------------------------------------------------------------------------
-def test_links_name_files_that_exist():
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.*)$", text, re.M)}
+
+
+def test_links_name_files_and_headings_that_exist():
     readme = (REPO / "README.md").read_text()
     assert re.findall(r"\]\((docs/[^)#]+)", readme), "the README links to docs/"
     broken = []
     for page in PAGES:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
-            if not re.match(r"[a-z]+:", target) and not (page.parent / target).exists():
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            where = page.parent / target if target else page
+            if not where.is_file():
                 broken.append(f"{page.relative_to(REPO)} -> {target}")
+            elif anchor and anchor not in _anchors(where):
+                broken.append(f"{page.relative_to(REPO)} -> {target}#{anchor}")
     assert not broken
 
 
