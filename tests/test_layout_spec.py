@@ -325,10 +325,9 @@ def test_the_error_keys_name_what_the_user_wrote(tmp_path):
     assert err.value.key == P + "dp_shard"
 
 
-# ----- the README's layouts --------------------------------------------------------------------------
+# ----- the layouts page's examples (docs/layouts.md) ---------------------------------------------------
 def _readme_layouts(repo) -> str:
-    text = (repo / "README.md").read_text()
-    return text.split("### Parallel layouts")[1].split("\n## ")[0]
+    return (repo / "docs" / "layouts.md").read_text()
 
 
 def _merge(base: dict, extra: dict) -> dict:
