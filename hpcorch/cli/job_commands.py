@@ -10,7 +10,6 @@ import sys
 
 import click
 
-from hpcorch.cli.completion import complete_refs
 from hpcorch.cli.options import (allow_config_change_option, force_option, job_argument, job_options,
                                  json_option, nccl_debug_option, profile_option, ref_argument, template_option,
                                  wait_option)
@@ -176,7 +175,7 @@ def list_jobs(as_json):
 
 
 @click.command()
-@ref_argument
+@ref_argument()
 @json_option()
 def status(ref, as_json):
     """State, restarts, latest checkpoint, last loss and tokens/s of job REF
@@ -188,7 +187,7 @@ def status(ref, as_json):
 
 
 @click.command()
-@ref_argument
+@ref_argument()
 @click.option("--rank", type=click.IntRange(0), default=0, show_default=True, help="Whose log.")
 @click.option("--err", "stream", flag_value="err", default="out", help="Standard error instead of output.")
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing until the job ends.")
@@ -200,7 +199,7 @@ def logs(ref, rank, stream, follow_):
 
 
 @click.command()
-@ref_argument
+@ref_argument()
 @json_option(STDOUT_JSON_HELP)
 def cancel(ref, as_json):
     """Cancel job REF. Its ranks get SIGTERM and checkpoint first; `hpcorch resume` continues it."""
@@ -211,7 +210,7 @@ def cancel(ref, as_json):
 
 
 @click.command()
-@ref_argument
+@ref_argument()
 @click.option("--exclude", help="Also exclude these nodes (a Slurm hostlist).")
 @wait_option("Follow rank 0's log until the job ends.")
 @json_option("Print the new submission as JSON on stdout.")
@@ -226,7 +225,7 @@ def resume(ref, exclude, wait, allow_config_change, template_dir, as_json=False)
 
 
 @click.command()
-@ref_argument
+@ref_argument()
 @click.option("--to", "into", type=click.Path(file_okay=False),
               help="Into this folder [default: $HPCORCH_HOME/pulled/NUMBER-NAME].")
 @json_option(STDOUT_JSON_HELP)
@@ -245,7 +244,7 @@ def pull(ref, into, as_json):
 
 
 @click.command()
-@click.argument("ref", metavar="RUN_DIR_OR_REF", shell_complete=complete_refs)
+@ref_argument("RUN_DIR_OR_REF")
 @click.option("--step", type=click.IntRange(0), default=None, help="This committed step (default: the latest).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="model.safetensors (needs the safetensors package; else a .pt is written) or FILE.pt.")

@@ -8,16 +8,11 @@ import sys
 
 import click
 
-from hpcorch.cli.completion import complete_refs
-from hpcorch.cli.options import json_option
-
-
-def _ref(func):
-    return click.argument("ref", metavar="REF", shell_complete=complete_refs)(func)
+from hpcorch.cli.options import json_option, ref_argument
 
 
 @click.command()
-@_ref
+@ref_argument()
 @click.option("--diff", "pair", nargs=2, type=click.IntRange(0), metavar="A B",
               help="What differs between attempts A and B (code, packages, versions, inputs).")
 @json_option()
@@ -38,7 +33,7 @@ def manifest(ref, pair, as_json):
 
 
 @click.command()
-@_ref
+@ref_argument()
 @click.option("--png", "png_file", type=click.Path(dir_okay=False),
               help="Write a PNG (1200x800, needs matplotlib: pip install 'hpcorch[plot]') instead of drawing here.")
 @json_option("The curves as JSON.")

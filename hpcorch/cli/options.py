@@ -3,7 +3,7 @@
 ``flags.py``)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import click
 
@@ -43,9 +43,10 @@ def job_argument(func):
     return click.argument("job", type=click.Path(dir_okay=False), shell_complete=complete_jobs)(func)
 
 
-def ref_argument(func):
-    """A job in the registry: number, Slurm job id, name or run directory."""
-    return click.argument("ref", shell_complete=complete_refs)(func)
+def ref_argument(metavar: str | None = None) -> Decorator:
+    """A job in the registry: number, Slurm job id, name or run directory, completed from the
+    registry."""
+    return click.argument("ref", metavar=metavar, shell_complete=complete_refs)
 
 
 def json_option(help: str = JSON_HELP) -> Decorator:

@@ -6,7 +6,8 @@ Imports stay lazy: nothing here imports paramiko (only the agent process does).
 from __future__ import annotations
 
 import sys
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 import click
 

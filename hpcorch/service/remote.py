@@ -3,7 +3,7 @@ connection agents, disconnect, run a command. Nothing here imports paramiko (onl
 process does)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 Output = Callable[[bytes], None]
 
