@@ -92,6 +92,5 @@ def devcluster_options(func):
     func = click.option("--state-dir", type=click.Path(file_okay=False),
                         help="Private folder for the cluster's configs, sockets, pid files, logs "
                              "[default: $HPCORCH_DEVCLUSTER_DIR or /tmp/hpcorch-devcluster].")(func)
-    func = click.option("--profile", "-p", "profile_name", default="devcluster", show_default=True,
-                        help="The dev cluster's profile: a name or a YAML file.")(func)
-    return func
+    return profile_option("The dev cluster's profile: a name or a YAML file.", default="devcluster",
+                          show_default=True)(func)
