@@ -148,6 +148,27 @@ def test_click_lives_only_in_the_cli():
     assert users == []
 
 
+# What the CLI may import beside hpcorch.service*, hpcorch.errors, hpcorch.cli.* and the package
+# root; each with why. Everything else goes through the service.
+CLI_MAY_IMPORT = {
+    # the views' number formatting; the trainer's console log shares it, so it is no CLI module
+    "hpcorch.cli.views": {"hpcorch.util.display"},
+    # shell completion runs on every <TAB>: it reads the catalog's folders and the registry file
+    # directly, without importing the service (and the planner with it)
+    "hpcorch.cli.completion": {"hpcorch.spec.catalog", "hpcorch.state.registry"},
+}
+
+
+def test_the_cli_goes_through_the_service():
+    """The CLI parses, calls :mod:`hpcorch.service` and prints: no domain module of its own."""
+    def through_service(dep: str) -> bool:
+        return unit(dep) in ("cli", "service", "errors", "__init__")
+
+    bad = [f"{name} -> {dep}" for name, deps in graph().items() if unit(name) == "cli"
+           for dep in deps if not through_service(dep) and dep not in CLI_MAY_IMPORT.get(name, ())]
+    assert not bad, "the CLI imports past the service:\n" + "\n".join(sorted(bad))
+
+
 def test_the_top_level_is_small():
     files = sorted(p.stem for p in PACKAGE.glob("*.py") if module_name(p) not in SHIMS)
     assert len(files) <= TOP_LEVEL_FILES_MAX, files

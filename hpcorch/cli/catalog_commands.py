@@ -1,12 +1,9 @@
-"""``hpcorch jobs list``: the jobs found by name, as a CLI command (no torch: the parameter
-count is arithmetic on the model's shape)."""
+"""``hpcorch jobs list``: the jobs found by name, over :mod:`hpcorch.service.catalog`."""
 from __future__ import annotations
-
-import json
 
 import click
 
-from hpcorch.util.display import Column, table
+from hpcorch.cli.options import json_option
 
 
 @click.group()
@@ -15,23 +12,10 @@ def jobs():
 
 
 @jobs.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def jobs_list(as_json):
     """List the jobs found by name: yours in $HPCORCH_HOME/jobs, then the shipped ones."""
-    from hpcorch.spec.catalog import names
-    from hpcorch.spec.job import load_job
+    from hpcorch.cli.views import catalog_lines, text
+    from hpcorch.service import catalog
 
-    rows = []
-    for name, path in names("jobs").items():
-        job = load_job(path)
-        rows.append({"name": name, "path": str(path), "nodes": job.resources.nodes,
-                     "gpus_per_node": job.resources.gpus_per_node, "parameters": job.trainer.model.num_params(),
-                     "description": job.description})
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    columns = (Column("name"), Column("nodes", number=True), Column("gpus/node", number=True),
-               Column("parameters", number=True), Column("description"))
-    cells = [[r["name"], str(r["nodes"]), str(r["gpus_per_node"]), f"{r['parameters'] / 1e6:,.1f}M",
-              r["description"]] for r in rows]
-    click.echo("\n".join(table(columns, cells)))
+    click.echo(text(catalog.jobs(), as_json, catalog_lines))

@@ -1,5 +1,8 @@
-"""What ``hpcorch ls`` and ``hpcorch status`` print for people: aligned tables and sections
-with human numbers (:mod:`.display`). ``--json`` prints the same dicts raw instead.
+"""Every table and text the CLI prints for people: aligned tables and sections with human
+numbers (:mod:`hpcorch.util.display`). ``--json`` prints the same data raw instead.
+
+Each view takes the data a :mod:`hpcorch.service` function returns and gives lines; the commands
+only echo them.
 
 Both take the dicts of :func:`hpcorch.service.jobs` / :func:`hpcorch.service.status` and show
 what is there: ``goodput`` and ``warnings`` appear when present, and keys this module does not
@@ -7,10 +10,17 @@ know still appear, at the end, as they are.
 """
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
+from typing import Any
 
-from hpcorch.plan.layout import layout_rows
-from hpcorch.util.display import Column, cell, duration, percent, table
+from hpcorch.util.display import Column, cell, duration, percent, table, when
+
+def text(data: Any, as_json: bool, view: Callable[[Any], list[str]]) -> str:
+    """What a command prints: ``data`` as indented JSON (``--json``), else ``view``'s lines."""
+    return json.dumps(data, indent=2) if as_json else "\n".join(view(data))
+
 
 LS_COLUMNS = (Column("#", number=True), Column("job id", number=True), Column("name"), Column("profile"),
               Column("state"), Column("progress", number=True), Column("goodput", number=True),
@@ -118,6 +128,8 @@ def _pairs(values: dict[str, str]) -> list[str]:
 
 
 # ----- plan -----------------------------------------------------------------------------------
+# Nodes the plan table lists one by one; beyond it: the first two, "...", the last.
+NODES_SHOWN = 3
 _MEMORY_PARTS = ("params", "grads", "optimizer", "activations", "temporary", "overhead")
 
 
@@ -146,6 +158,46 @@ def time_rows(t: dict) -> dict[str, str]:
     return rows
 
 
+def _spans(values) -> str:
+    """``[0, 1, 2, 5]`` -> ``0-2,5``."""
+    values = sorted(set(values))
+    out, start = [], values[0]
+    for prev, cur in zip(values, values[1:] + [None], strict=True):
+        if cur is None or cur != prev + 1:  # a run ends here
+            out.append(str(start) if start == prev else f"{start}-{prev}")
+            start = cur
+    return ",".join(out)
+
+
+def _node_row(node: dict) -> str:
+    first, last = node["ranks"]
+    coords = " ".join(f"{d}{_spans(node[d])}" for d in ("pp", "dp", "tp") if d in node)
+    return f"rank{'s' if last > first else ''} {_spans(range(first, last + 1))}" + (f"  {coords}" if coords else "")
+
+
+def layout_rows(info: dict) -> dict[str, str]:
+    """The layout as rows of the plan table: the mesh, the pipeline stages, and which ranks sit
+    on which node (the first two and the last when there are many)."""
+    rows = {"layout": f"{info['mesh']}, {info['kind']}", "micro_batch": str(info["micro_batch"])}
+    if info["sizes"]["pp"] > 1:
+        layers = " | ".join(f"{a}-{b}" if b > a else str(a) for a, b in (s["layers"] for s in info["stages"]))
+        rows["pp_stages"] = (f"{len(info['stages'])} stages, {info['pp_schedule']}, "
+                             f"{info['accumulation']} micro-batches; layers {layers}")
+    nodes = info["nodes"]
+    shown = nodes if len(nodes) <= NODES_SHOWN else [*nodes[:2], None, nodes[-1]]
+    for node in shown:
+        if node is None:
+            rows["..."] = f"nodes 2-{len(nodes) - 2}"
+        else:
+            rows[f"node {node['node']}"] = _node_row(node)
+    return rows
+
+
+def plan_lines(summary: dict) -> list[str]:
+    """``hpcorch plan``: one aligned ``key  value`` line per row of :func:`table_view`."""
+    return _pairs({key: cell(key, value) for key, value in table_view(summary).items()})
+
+
 def table_view(summary: dict) -> dict:
     """``summarize``'s output for the plan table: the ``layout`` entry expanded into rows, the
     ``placement`` entry as one line, the planner's memory and time as readable rows."""
@@ -163,3 +215,135 @@ def table_view(summary: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+# ----- catalog and profiles -------------------------------------------------------------------
+def catalog_lines(rows: list[dict]) -> list[str]:
+    """``hpcorch jobs list``: name, nodes, GPUs per node, parameters (millions), description."""
+    columns = (Column("name"), Column("nodes", number=True), Column("gpus/node", number=True),
+               Column("parameters", number=True), Column("description"))
+    cells = [[r["name"], str(r["nodes"]), str(r["gpus_per_node"]), f"{r['parameters'] / 1e6:,.1f}M",
+              r["description"]] for r in rows]
+    return table(columns, cells)
+
+
+def profile_lines(rows: list[dict]) -> list[str]:
+    """``hpcorch profile list``: name, scheduler, node count, partitions, description."""
+    lines = [f"{'name':<12} {'kind':<6} {'nodes':>5}        {'partitions':<24} description"]
+    lines += [f"{r['name']:<12} {r['scheduler']:<6} {r['nodes']:>5} nodes  "
+              f"{','.join(r['partitions']):<24} {r['description']}" for r in rows]
+    return lines
+
+
+def validated_line(row: dict) -> str:
+    """``hpcorch profile validate``: one line per valid profile."""
+    return f"{row['profile']}: ok ({row['nodes']} nodes, {row['partitions']} partitions)"
+
+
+# ----- nodes ------------------------------------------------------------------------------------
+def _for_profile(name: str | None) -> str:
+    return f" for profile {name}" if name else ""
+
+
+def quarantine_lines(found: dict) -> list[str]:
+    """``hpcorch nodes list``: profile, node, since, until, job and reason, lemons flagged."""
+    if not found["nodes"]:
+        return ["no node in quarantine" + _for_profile(found["profile"])]
+    lines = [f"{'profile':<12} {'node':<12} {'since':<16} {'until':<16} {'job':<8} reason"]
+    for q in found["nodes"]:
+        flag = "  [lemon: quarantined again within a week]" if q["lemon"] else ""
+        lines.append(f"{q['profile']:<12} {q['node']:<12} {when(q['since']):<16} {when(q['until']):<16} "
+                     f"{q['job_id'] or '-':<8} {q['reason']}{flag}")
+    return lines
+
+
+def released_line(node: str, profile: str | None) -> str:
+    """``hpcorch nodes clear``: what was released."""
+    return f"released {node} from quarantine{_for_profile(profile)}"
+
+
+# ----- manifest ---------------------------------------------------------------------------------
+def _h(digest) -> str:
+    return digest[:12] if digest else "-"
+
+
+def _code_text(git: dict) -> str:
+    """The git state of an attempt's code folder in one phrase."""
+    if not git.get("repo"):
+        return "not a git repository"
+    dirty = (f", dirty: {git.get('patch_bytes', 0):,} bytes of changes ({git.get('untracked', 0)} untracked files)"
+             f"{', cut' if git.get('patch_truncated') else ''}")
+    return (f"{(git.get('commit') or 'no commit')[:12]} ({git.get('branch') or 'detached'})"
+            + (dirty if git.get("dirty") else ", clean")
+            + (f", {git['incomplete']}" if git.get("incomplete") else ""))
+
+
+def manifest_lines(m: dict) -> list[str]:
+    """One attempt's manifest: a title line, then code, versions, GPUs, packages, hashes, topology."""
+    v = m.get("versions") or {}
+    gpu = m.get("gpu") or {}
+    rows = [("code", f"{m.get('code_dir')}: {_code_text(m.get('git') or {})}"),
+            ("versions", f"python {m.get('python')}, torch {v.get('torch')}, cuda {v.get('cuda')}, "
+                         f"nccl {v.get('nccl')}, slurm {v.get('slurm')}, hpcorch {v.get('hpcorch')}"),
+            ("gpu", f"{gpu.get('count')} x {gpu.get('model')}, driver {gpu.get('driver')}" if gpu else None),
+            ("packages", f"{len(m.get('packages') or {})} installed"),
+            ("hashes", f"script {_h(m.get('script_sha256'))}, job {_h(m.get('job_sha256'))}, "
+                       f"profile {m.get('profile')} {_h(m.get('profile_sha256'))}"),
+            ("topology", m.get("topology_addr"))]
+    title = (f"attempt {m.get('attempt')}: job {m.get('job_id')} ({m.get('scheduler')}, restart "
+             f"{m.get('restart_count')}) on {m.get('nodes')}")
+    return [title, *(f"  {key:<9} {value}" for key, value in rows if value)]
+
+
+def attempts_lines(found: dict) -> list[str]:
+    """``hpcorch manifest``: every attempt's manifest, then what changed between them."""
+    if not found["manifests"]:
+        return ["no manifest yet: one is written as each attempt starts"]
+    lines = [line for data in found["manifests"] for line in manifest_lines(data)]
+    return lines + [f"warning: {line}" for line in found["warnings"]]
+
+
+def _section(title: str, lines: list[str]) -> list[str]:
+    return [title, *(f"  {line}" for line in lines)] if lines else []
+
+
+def diff_lines(result: dict) -> list[str]:
+    """``hpcorch manifest --diff A B``: what may change the result, other fields, the code diff."""
+    other = [f for f in result["fields"] if not f.startswith(("git.", "versions.", "python:"))]
+    return [f"attempt {result['a']} -> attempt {result['b']}",
+            *(_section("differs in what may change the result:", result["changes"])
+              or ["same code, packages, versions and inputs"]),
+            *_section("other fields:", other),
+            *_section("code changes between the attempts:", result["code"])]
+
+
+# ----- health, remote ---------------------------------------------------------------------------
+def health_lines(report) -> list[str]:
+    """``hpcorch health``: one line per check, the notes, then the summary."""
+    return [*(check.line() for check in report.checks), *(f"note: {note}" for note in report.notes),
+            report.summary()]
+
+
+def connected_line(info: dict) -> str:
+    """``hpcorch remote connect``: where, which hpcorch and Python, and the idle timeout."""
+    return (f"connected to {info['host']} (hpcorch {info['version']}, {info['python']}); "
+            f"idle timeout {duration(info['persist_s'])}")
+
+
+def agents_lines(rows: list[dict]) -> list[str]:
+    """``hpcorch remote status``: one line per running connection agent."""
+    if not rows:
+        return ["no connection agent is running"]
+    lines = [f"{'host':<32} {'pid':>7}  {'since':<19} {'idle':>7} {'in':>10} {'out':>10} {'commands':>8}"]
+    for r in rows:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["since"]))
+        lines.append(f"{r['host']:<32} {r['pid']:>7}  {since:<19} {duration(r['idle_s']):>7} "
+                     f"{r['bytes_in']:>10} {r['bytes_out']:>10} {r['commands']:>8}")
+    return lines
+
+
+def disconnected_line(hosts: list[str] | bool) -> str:
+    """``hpcorch remote disconnect``: the hosts closed (True: the profile's one), or none."""
+    if not hosts:
+        return "no connection was open"
+    return "disconnected" if hosts is True else f"disconnected {', '.join(hosts)}"

@@ -16,8 +16,6 @@ from hpcorch.spec.profile import NodeGroup
 
 # Interconnects over which tensor parallelism's per-layer all-reduces are slow.
 SLOW_LINKS = ("pcie", "none")
-# Nodes the plan table lists one by one; beyond it: the first two, "...", the last.
-NODES_SHOWN = 3
 
 
 def check_layout(job: JobSpec, groups: list[NodeGroup], fail: Callable[[str, str], PlanError],
@@ -39,17 +37,6 @@ def check_layout(job: JobSpec, groups: list[NodeGroup], fail: Callable[[str, str
         warnings.append(f"trainer.parallel.tp {layout.tp} on GPUs without NVLink or xGMI: node type "
                         f"{', '.join(slow)}; tensor parallelism all-reduces every layer's activations, "
                         f"expect it to be slow (prefer dp_shard / FSDP there)")
-
-
-def _spans(values) -> str:
-    """``[0, 1, 2, 5]`` -> ``0-2,5``."""
-    values = sorted(set(values))
-    out, start = [], values[0]
-    for prev, cur in zip(values, values[1:] + [None]):
-        if cur is None or cur != prev + 1:  # a run ends here
-            out.append(str(start) if start == prev else f"{start}-{prev}")
-            start = cur
-    return ",".join(out)
 
 
 def node_coords(layout: Layout, node: int, tasks_per_node: int) -> dict[str, list[int]]:
@@ -88,27 +75,3 @@ def layout_summary(job: JobSpec) -> dict:
         info["sequence_parallel"] = tr.parallel.sequence_parallel
         info["loss_parallel"] = tr.parallel.loss_parallel
     return info
-
-
-def _node_row(node: dict) -> str:
-    first, last = node["ranks"]
-    coords = " ".join(f"{d}{_spans(node[d])}" for d in ("pp", "dp", "tp") if d in node)
-    return f"rank{'s' if last > first else ''} {_spans(range(first, last + 1))}" + (f"  {coords}" if coords else "")
-
-
-def layout_rows(info: dict) -> dict[str, str]:
-    """The layout as rows of the plan table: the mesh, the pipeline stages, and which ranks sit
-    on which node (the first two and the last when there are many)."""
-    rows = {"layout": f"{info['mesh']}, {info['kind']}", "micro_batch": str(info["micro_batch"])}
-    if info["sizes"]["pp"] > 1:
-        layers = " | ".join(f"{a}-{b}" if b > a else str(a) for a, b in (s["layers"] for s in info["stages"]))
-        rows["pp_stages"] = (f"{len(info['stages'])} stages, {info['pp_schedule']}, "
-                             f"{info['accumulation']} micro-batches; layers {layers}")
-    nodes = info["nodes"]
-    shown = nodes if len(nodes) <= NODES_SHOWN else [*nodes[:2], None, nodes[-1]]
-    for node in shown:
-        if node is None:
-            rows["..."] = f"nodes 2-{len(nodes) - 2}"
-        else:
-            rows[f"node {node['node']}"] = _node_row(node)
-    return rows

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 
 from hpcorch.state.registry import Quarantined, Registry
+from hpcorch.util.display import when
 
 # A node quarantined this often within this window is a lemon: worth telling the site about.
 LEMON_TIMES = 2
@@ -32,8 +33,3 @@ def lemons(history: list[Quarantined], now: float | None = None) -> set[tuple[st
     now = time.time() if now is None else now
     counts = Counter((q.profile, q.node) for q in history if now - q.since <= LEMON_WINDOW_S)
     return {key for key, n in counts.items() if n >= LEMON_TIMES}
-
-
-def when(ts: float) -> str:
-    """A local time stamp for people: ``2026-11-24 07:15``."""
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -91,3 +92,8 @@ def cell(key: str, value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
+
+
+def when(ts: float) -> str:
+    """A local time stamp for people: ``2026-11-24 07:15``."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
