@@ -5,6 +5,7 @@ on floors below its own (:data:`FLOORS`, top to bottom). So there is no import c
 layer is a leaf, the trainer imports no orchestration, and a new module has one obvious home.
 """
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -38,11 +39,13 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.cache
 def all_modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def imports(path: Path) -> set[str]:
+@functools.cache
+def imports(path: Path) -> frozenset[str]:
     """Every hpcorch module ``path`` imports, at module level or inside functions."""
     here = module_name(path).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
@@ -56,7 +59,7 @@ def imports(path: Path) -> set[str]:
             found.add(module)
             found.update(f"{module}.{a.name}" for a in node.names)  # `from . import units`
     known = all_modules()
-    return {m for m in found if m in known}
+    return frozenset(m for m in found if m in known)
 
 
 def unit(module: str) -> str:
@@ -69,6 +72,7 @@ def floor_of(name: str) -> int | None:
     return next((i for i, units in enumerate(FLOORS) if name in units), None)
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
     return {name: imports(path) - {name} for name, path in all_modules().items()}
 

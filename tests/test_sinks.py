@@ -83,9 +83,9 @@ def test_unknown_logger_names_the_key(tmp_path):
 
 @pytest.mark.parametrize("command", ["plan", "train"])
 def test_a_missing_package_is_one_line_before_anything_starts(tmp_path, monkeypatch, command):
-    from hpcorch.train import sinks
+    from hpcorch.spec import job
 
-    monkeypatch.setattr(sinks, "find_spec", lambda name: None if name == "wandb" else object())
+    monkeypatch.setattr(job, "find_spec", lambda name: None if name == "wandb" else object())
     args = [command, str(REPO / "jobs/gpt-tiny.yaml"), "--set", "trainer.loggers=[wandb]"]
     args += ["-p", "local"] if command == "plan" else ["--run-dir", str(tmp_path / "run")]
     result = CliRunner().invoke(main, args)
