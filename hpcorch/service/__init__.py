@@ -206,17 +206,9 @@ def failed_nodes(entry: Entry) -> list[str]:
     """Nodes that ran the job (any of its runs, requeues included) and that Slurm now reports
     down, drained or failing: a node that failed and was brought back is not excluded."""
     from hpcorch.cluster.slurm import Slurm
-    from hpcorch.spec.units import expand_hostlist
 
     slurm = Slurm(env=entry.env)
-    out = slurm.run("sacct", "-j", entry.job_id, "--duplicates", "-X", "-n", "-P", "-o", "NodeList",
-                    check=False)
-    latest = slurm.job(entry.job_id).get("NodeList", "")  # accounting may lag the controller
-    used = set()
-    for nodes in out.split() + [latest]:
-        if nodes and nodes not in ("None", "(null)"):
-            used.update(expand_hostlist(nodes))
-    return sorted(h for h in used if slurm.node_unhealthy(h))
+    return sorted(h for h in slurm.nodes_used(entry.job_id) if slurm.node_unhealthy(h))
 
 
 # ----- observe and operate ----------------------------------------------------------------------
