@@ -55,7 +55,7 @@ def local_controller_alive(entry: Entry) -> bool:
     lease = RunDir(entry.run_dir).lease()
     if lease is None:
         return process_alive(int(entry.job_id))
-    if (lease.scheduler, lease.job_id) != ("local", entry.job_id):
+    if (lease.scheduler, lease.job_id) != (entry.scheduler, entry.job_id):
         return False
     return process_alive(int(entry.job_id), lease.started)
 
@@ -70,13 +70,6 @@ def local_state(entry: Entry) -> str:
     except OSError:
         pass
     return "STOPPED"
-
-
-def states(entries: list[Entry]) -> dict[int, str]:
-    """Each entry's current state, keyed by registry number."""
-    slurm = slurm_states([e for e in entries if e.scheduler == "slurm"])
-    return {e.key: slurm.get(e.job_id, "UNKNOWN") if e.scheduler == "slurm" else local_state(e)
-            for e in entries}
 
 
 def base_state(state: str) -> str:
