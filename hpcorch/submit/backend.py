@@ -19,7 +19,8 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 from hpcorch.errors import HpcorchError
 from hpcorch.observe import status as observe

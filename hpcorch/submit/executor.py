@@ -9,8 +9,8 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from hpcorch.errors import HpcorchError
 from hpcorch.batch.manifest import record_submission
