@@ -209,7 +209,7 @@ class Slurm:
             return None
         try:
             out = Slurm(self.env, timeout_s).run("sinfo", "--version", check=False)
-        except SlurmError:
+        except (SlurmError, OSError):  # an unreadable binary too: a manifest records None, never fails
             return None
         return out.strip().removeprefix("slurm ").strip() or None
 
