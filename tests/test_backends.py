@@ -64,7 +64,10 @@ def test_ls_asks_squeue_once_and_sacct_once_for_what_the_controller_forgot(slurm
     assert {j: r["state"] for j, r in rows.items()} == {
         "11": "RUNNING", "12": "PENDING (Priority)", "13": "COMPLETED", "14": "PENDING", "15": "ENDED"}
     assert fake.calls("squeue") == [["squeue", "-h", "-t", "all", "-o", "%i|%T|%r", "-j", "11,12,13,14,15"]]
-    assert ["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", "13,15"] in fake.calls("sacct")
+    fields = ",".join(Slurm.ATTEMPT_FIELDS)  # then goodput: every job's runs in one sacct call
+    assert fake.calls("sacct") == [["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", "13,15"],
+                                   ["sacct", "-D", "-X", "-n", "-P", f"--format={fields}", "-j", "11,12,13,14,15"]]
+    assert all(r["goodput"] is None for r in rows.values())  # nothing ran in these run directories
 
 
 def test_without_a_controller_accounting_answers_and_the_rest_is_unknown(slurm_path, tmp_path):

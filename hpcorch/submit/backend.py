@@ -98,8 +98,12 @@ class Backend(ABC):
 
         current = self.states(entries)
         ended = {key for key, state in current.items() if jobstate.has_ended(state)}
-        good = goodput_of(entries, ended)
+        good = goodput_of(entries, ended, self.accounting)
         return {e.key: {"state": current[e.key], "goodput": good[e.key]} for e in entries}
+
+    # Where the allocated time is accounted (sacct for Slurm): a function of many entries, see
+    # :data:`hpcorch.observe.goodput.Accounting`. None: the run directory's own records answer.
+    accounting: Callable[[list[Entry]], dict[str, list[dict[str, str]]]] | None = None
 
     def status(self, entry: Entry) -> dict:
         """State, progress from the run directory, advice, warnings and goodput."""

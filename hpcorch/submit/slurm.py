@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from hpcorch.cluster.slurm import Slurm
+from hpcorch.cluster.slurm import Slurm, SlurmError
 from hpcorch.state import jobstate
 from hpcorch.state.registry import Entry
 from hpcorch.submit.backend import Backend
@@ -30,6 +30,17 @@ class SlurmBackend(Backend):
         (see :func:`hpcorch.state.jobstate.slurm_states`); a job no one knows is UNKNOWN."""
         found = jobstate.slurm_states(entries)
         return {e.key: found.get(e.job_id, "UNKNOWN") for e in entries}
+
+    def accounting(self, entries: list[Entry]) -> dict[str, list[dict[str, str]]]:
+        """Every run of each job (``sacct -D``), one call per cluster; a cluster without
+        accounting (no slurmdbd) gives nothing, and its jobs' run directories answer."""
+        rows: dict[str, list[dict[str, str]]] = {}
+        for slurm, ids in jobstate.clusters(entries):
+            try:
+                rows.update(slurm.attempts(ids))
+            except SlurmError:
+                pass
+        return rows
 
     def cancel(self, entry: Entry) -> str:
         Slurm(env=entry.env).cancel(entry.job_id)
