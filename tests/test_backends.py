@@ -132,6 +132,45 @@ def test_resume_refuses_a_live_or_completed_job_before_planning(slurm_path, tmp_
     assert len(fake.calls()) == asked
 
 
+# ----- remote jobs: their login node's hpcorch answers -------------------------------------------
+def test_remote_entries_go_to_their_login_node_and_the_others_stay_here(slurm_path, tmp_path, monkeypatch):
+    from hpcorch.remote import ops
+    from hpcorch.state.registry import RemoteRef
+
+    fake = slurm_path
+    fake.job("91", "RUNNING")
+    reg = _registry(tmp_path)
+    here = _add(reg, tmp_path, "91")
+    there = _add(reg, tmp_path, "5", remote=RemoteRef("cluster-a", 3, "login1"))
+    asked: list[tuple] = []
+    monkeypatch.setattr(ops, "rows", lambda entries: asked.append(("rows", [e.key for e in entries]))
+                        or {e.key: {"state": "PENDING (Priority)", "goodput": 0.25} for e in entries})
+    monkeypatch.setattr(ops, "cancel", lambda entry: asked.append(("cancel", entry.key)) or "cancelled (on login1)")
+    monkeypatch.setattr(ops, "resume", lambda entry, exclude, allow, registry: asked.append(("resume", exclude))
+                        or entry)
+    monkeypatch.setattr(ops, "pull", lambda entry, into: asked.append(("pull", entry.key)) or ("dir", None))
+    listed = {r["key"]: r for r in service.jobs(registry=reg)}
+    assert listed[there.key]["state"] == "PENDING (Priority)" and listed[there.key]["goodput"] == 0.25
+    assert listed[there.key]["host"] == "login1" and listed[here.key]["state"] == "RUNNING"
+    assert service.cancel(str(there.key), registry=reg) == "cancelled (on login1)"
+    assert service.resume(str(there.key), exclude="node[1-2]", registry=reg).entry == there
+    assert service.pull(str(there.key), registry=reg) == ("dir", None)
+    assert asked == [("rows", [there.key]), ("cancel", there.key), ("resume", "node[1-2]"), ("pull", there.key)]
+    assert fake.calls("squeue")[0][-1] == "91"  # the remote job is not asked of this machine's Slurm
+    with pytest.raises(service.HpcorchError, match="ran from this machine; its run directory is .*nothing to pull"):
+        service.pull(str(here.key), registry=reg)
+
+
+def test_only_a_slurm_job_is_requeued_or_checked(tmp_path):
+    reg = _registry(tmp_path)
+    local = _add(reg, tmp_path, "999999998", scheduler="local")
+    with pytest.raises(service.HpcorchError, match="is a local job: only a Slurm job is requeued"):
+        service.backend_for(local).requeue(local, ["node1"])
+    with pytest.raises(service.HpcorchError, match="--check asks a Slurm cluster; profile 'local' has none"):
+        service.check(service.plan(Path(__file__).parent.parent / "hpcorch/jobs/gpt-tiny.yaml", "local",
+                                   run_dir=tmp_path / "r", registry=reg), script="")
+
+
 # ----- the command lines the adapter builds ---------------------------------------------------------
 def test_requeue_exclusion_and_start_now_command_lines(slurm_path):
     fake = slurm_path
