@@ -13,6 +13,9 @@ ones to call from Python.
     service.export(sub.entry.key, "model.safetensors")  # the weights, for use outside hpcorch
 
 A job is named by its registry number, Slurm job id, name (the newest) or run directory.
+What a job's scheduler kind decides (Slurm, submitit's local controller, ``hpcorch train``'s
+processes, a login node over SSH) is its backend's (:mod:`hpcorch.submit.backend`), chosen once
+here by :func:`backend_for`; no function below branches on the kind.
 Nothing here imports torch or submitit until a job is really submitted or trained.
 """
 from __future__ import annotations
@@ -29,7 +32,7 @@ from hpcorch.state.registry import Entry, Registry
 from hpcorch.state.rundir import LEASE_ENV, Lease, RunDir
 from hpcorch.spec.compat import check_config_change, training_config
 from hpcorch.spec.job import load_job
-from hpcorch.spec.profile import ClusterProfile, load_profile
+from hpcorch.spec.profile import load_profile
 from hpcorch.submit.backend import Backend, Resume, Submission
 from hpcorch.submit.local import LocalBackend
 from hpcorch.submit.process import ProcessBackend
@@ -82,16 +85,11 @@ def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overr
     profile = str(profile) if profile is not None else default_profile()
     spec = load_job(job, list(overrides))
     cluster = load_profile(profile)
-    held = excluded_nodes(cluster.name, registry) if _has_nodes(cluster) else {}
+    held = excluded_nodes(cluster.name, registry) if backend_of(cluster.scheduler).has_nodes else {}
     result = make_plan(spec, cluster, run_dir=run_dir, source=str(job), quarantined=held, nccl_debug=nccl_debug)
     result.profile_ref = profile
     check_fit(result, force)  # a GPU job that cannot fit is refused (force: a warning)
     return result
-
-
-def _has_nodes(profile: ClusterProfile) -> bool:
-    """Whether the profile's backend places jobs on nodes that can be quarantined or excluded."""
-    return backend_of(profile.scheduler).has_nodes
 
 
 def render(plan: Plan, template_dir: str | os.PathLike | None = None) -> str:
