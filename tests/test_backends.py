@@ -288,3 +288,30 @@ def test_every_slurm_command_line_is_written_in_the_slurm_adapter():
              for path in sorted(PACKAGE.rglob("*.py")) if "cluster" not in path.relative_to(PACKAGE).parts[:1]
              for line in slurm_command_lines(path.read_text())]
     assert not stray, "Slurm command lines outside hpcorch/cluster/:\n" + "\n".join(stray)
+
+
+KINDS = {"slurm", "local", "process", "remote"}
+
+
+def kind_branches(source: str, allowed: set[str]) -> list[str]:
+    """Functions of ``source`` (outside ``allowed``) that compare with a scheduler kind's name
+    or test ``.remote``: the branches a backend call replaces."""
+    found = []
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, ast.FunctionDef) or fn.name in allowed:
+            continue
+        for node in ast.walk(fn):
+            compared = isinstance(node, ast.Compare) and any(
+                isinstance(c, ast.Constant) and c.value in KINDS for c in [node.left, *node.comparators])
+            tested = isinstance(node, (ast.If, ast.IfExp)) and isinstance(node.test, ast.Attribute) \
+                and node.test.attr == "remote"
+            if compared or tested:
+                found.append(f"{fn.name}:{node.lineno}")
+    return found
+
+
+def test_the_service_chooses_the_backend_once_and_never_branches_on_the_kind():
+    assert kind_branches('def f(e):\n    if e.remote:\n        pass\n    return e.scheduler == "slurm"\n', set()) \
+        == ["f:2", "f:4"]
+    source = (PACKAGE / "service" / "__init__.py").read_text()
+    assert kind_branches(source, allowed={"backend_for", "describe"}) == []

@@ -15,8 +15,9 @@ class RemoteBackend(Backend):
         return {key: row["state"] for key, row in self.rows(entries).items()}
 
     def rows(self, entries: list[Entry]) -> dict[int, dict]:
-        """The login node's own ``ls`` figures: one call per login node."""
-        return ops.rows(entries)
+        """The login node's own ``ls`` figures (one call per login node), and which host it is."""
+        hosts = {e.key: e.remote_ref.host for e in entries}
+        return {key: {**row, "host": hosts[key]} for key, row in ops.rows(entries).items()}
 
     def status(self, entry: Entry) -> dict:
         return ops.status(entry)

@@ -225,7 +225,7 @@ def jobs(registry: Registry | None = None) -> list[dict]:
     for backend, group in _by_backend(entries):
         found.update(backend.rows(group))
     return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": found[e.key]["state"],
-             "run_dir": e.run_dir, "host": e.remote_ref.host if e.remote else None, **observe.row(e),
+             "run_dir": e.run_dir, "host": found[e.key].get("host"), **observe.row(e),
              "goodput": found[e.key]["goodput"]}
             for e in entries]
 

@@ -93,7 +93,8 @@ class Backend(ABC):
 
     def rows(self, entries: list[Entry]) -> dict[int, dict]:
         """``hpcorch ls``'s ``state`` and ``goodput`` of each entry (see
-        :func:`hpcorch.observe.goodput.goodput_of`; an ended job's figure is kept)."""
+        :func:`hpcorch.observe.goodput.goodput_of`; an ended job's figure is kept), and its
+        ``host`` where that is not this machine."""
         from hpcorch.observe.goodput import goodput_of
 
         current = self.states(entries)
