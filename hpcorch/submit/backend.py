@@ -14,12 +14,11 @@ Nothing here imports submitit or torch.
 """
 from __future__ import annotations
 
-import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import ClassVar
 
 from hpcorch.errors import HpcorchError
@@ -29,7 +28,6 @@ from hpcorch.state.registry import Entry, Registry
 from hpcorch.state.rundir import RunDir
 from hpcorch.util.poll import Backoff
 
-log = logging.getLogger(__name__)
 
 Write = Callable[[str], None]
 
