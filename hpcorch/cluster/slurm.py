@@ -14,6 +14,9 @@ import subprocess
 from dataclasses import dataclass
 
 from hpcorch.errors import HpcorchError
+# At module level on purpose: time_left runs in submitit's checkpoint signal handler (see
+# hpcorch.batch.task), where an import could meet half-imported modules.
+from hpcorch.spec.units import expand_hostlist, parse_time
 
 # States after which a job runs no more (unless requeued by hand). ENDED: the controller no
 # longer holds the job and accounting cannot say how it ended (it is not pending or running:
@@ -167,8 +170,6 @@ class Slurm:
         """Every node that ran the job, in any of its runs (requeues included): accounting's
         (``sacct --duplicates``) and the controller's latest (accounting may lag it). Empty
         when neither knows (the job never started, or both are silent)."""
-        from hpcorch.spec.units import expand_hostlist
-
         out = self.run("sacct", "-j", job_id, "--duplicates", "-X", "-n", "-P", "-o", "NodeList", check=False)
         latest = self.job(job_id).get("NodeList", "")
         used: set[str] = set()
@@ -180,8 +181,6 @@ class Slurm:
     def time_left(self, job_id: str) -> int | None:
         """Seconds until the job's time limit (``squeue %L``); None when Slurm does not say
         (no limit, the job unknown, an answer that is no time)."""
-        from hpcorch.spec.units import parse_time
-
         out = self.run("squeue", "-h", "-j", job_id, "-o", "%L", check=False).strip()
         try:
             return parse_time(out) if out and out not in ("INVALID", "NOT_SET") else None
