@@ -27,6 +27,16 @@ def repo() -> Path:
     return REPO
 
 
+@pytest.fixture
+def fake_slurm(tmp_path):
+    """Slurm's commands faked on a PATH of their own (:class:`fake_slurm.FakeSlurm`): set jobs,
+    nodes and recorded answers per test, read back every command line hpcorch ran. Put
+    ``fake_slurm.path`` on PATH (monkeypatch) or pass ``fake_slurm.env`` to a subprocess."""
+    from fake_slurm import FakeSlurm
+
+    return FakeSlurm(tmp_path)
+
+
 def run_cli(*args, cwd=None, env=None, timeout=120):
     """Run the real ``hpcorch`` console entry point as a separate process."""
     import subprocess

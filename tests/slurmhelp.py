@@ -38,15 +38,15 @@ class TestSlurm(Slurm):
             raise AssertionError(f"job {job_id} did not reach {sorted(wanted)} in {timeout_s:.0f} s "
                                  f"(states seen: {' -> '.join(seen)})") from None
 
-    def start_now(self, job_id: str) -> None:
+    def start_now(self, job_id: str, check: bool = False) -> None:
         """A requeued job waits ~120 s (BeginTime); let it start almost at once. Not within
         the second its old credential was revoked: slurmd would refuse the new one and the
         job would fail ("Job credential revoked"; see hpcorch.batch.recovery.start_when_pending)."""
         import time
 
         time.sleep(2.0)
-        # check=False: hpcorch.batch.recovery's own helper may have started it meanwhile.
-        self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
+        # unchecked by default: hpcorch.batch.recovery's own helper may have started it meanwhile.
+        super().start_now(job_id, check=check)
 
     def set_node(self, node: str, state: str, reason: str = "hpcorch") -> None:
         args = ["scontrol", "update", f"NodeName={node}", f"State={state}"]

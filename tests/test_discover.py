@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -365,37 +364,8 @@ def test_block_topology_against_a_tree_is_drift():
 
 # --- the commands, with fake scontrol/sacctmgr -----------------------------------------------
 
-FAKE = """#!/bin/sh
-d={data}
-case "$*" in
-  "show config") cat "$d/config.txt";;
-  "-o show node") cat "$d/node.txt";;
-  "-o show partition") cat "$d/partition.txt";;
-  "show topology") cat "$d/topology.txt";;
-  *qos*) cat "$d/qos.txt";;
-  *assoc*) cat "$d/assoc.txt";;
-  *) echo "unexpected: $*" >&2; exit 1;;
-esac
-"""
-
-
-@pytest.fixture
-def fake_slurm(tmp_path):
-    """A PATH whose scontrol and sacctmgr answer from a recorded version's files."""
-    def make(version):
-        bin_dir = tmp_path / f"bin-{version}"
-        bin_dir.mkdir()
-        for name in ("scontrol", "sacctmgr"):
-            path = bin_dir / name
-            path.write_text(FAKE.format(data=DATA / version))
-            path.chmod(path.stat().st_mode | stat.S_IXUSR)
-        return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
-
-    return make
-
-
 def test_cli_discover_writes_refuses_overwrite_and_diff_exits(tmp_path, fake_slurm):
-    env = fake_slurm("20.11")
+    env = fake_slurm.replay(DATA / "20.11").env
     out = tmp_path / "uni.yaml"
     res = run_cli("profile", "discover", "--name", "uni", "-o", out, env=env)
     assert res.returncode == 0, res.stderr
@@ -446,7 +416,7 @@ def test_cold_path_imports_neither_torch_nor_submitit(fake_slurm):
             "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
             "print(sorted(m for m in ('torch', 'submitit', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=str(REPO), env={**os.environ, **fake_slurm("22.05")})
+                         cwd=str(REPO), env={**os.environ, **fake_slurm.replay(DATA / "22.05").env})
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
 
 

@@ -171,11 +171,11 @@ def test_a_local_job_whose_lease_moved_on_is_not_running(tmp_path):
 def test_followers_give_up_on_a_scheduler_that_never_answers(tmp_path, monkeypatch):
     from hpcorch.errors import HpcorchError
     from hpcorch.state.registry import Registry
-    from hpcorch.service import _ended_or_given_up
+    from hpcorch.service import backend_for
 
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no squeue, no sacct: the state stays UNKNOWN
     entry = Registry(tmp_path / "r.sqlite").add("123", "job", "x", "slurm", str(tmp_path), "job.yaml")
-    done = _ended_or_given_up(entry, patience_s=0.05)
+    done = backend_for(entry).ended_or_given_up(entry, patience_s=0.05)
     assert done() is False
     time.sleep(0.1)
     with pytest.raises(HpcorchError, match="has not answered"):

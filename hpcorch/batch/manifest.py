@@ -24,9 +24,7 @@ import logging
 import os
 import platform
 import re
-import shutil
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -157,13 +155,9 @@ def _torch_cuda() -> str | None:
 
 def _slurm_version() -> str | None:
     """``sinfo --version`` (``slurm 24.05.4``) where Slurm is installed."""
-    if shutil.which("sinfo") is None:
-        return None
-    try:
-        out = subprocess.run(["sinfo", "--version"], capture_output=True, text=True, timeout=1.0).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.strip().removeprefix("slurm ").strip() or None
+    from hpcorch.cluster.slurm import Slurm
+
+    return Slurm().version()
 
 
 def gpu_info() -> dict | None:

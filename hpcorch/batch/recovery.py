@@ -33,6 +33,7 @@ from hpcorch.errors import HpcorchError
 from hpcorch.batch.failure import Failure, classify_preflight, classify_training, exit_records, srun_ends
 from hpcorch.protocol import Action, Cause, Decision, RestartBudget
 from hpcorch.util.fileio import read_json
+from hpcorch.util.poll import PollTimeout, poll_until
 from hpcorch.state.rundir import RunDir
 from hpcorch.spec.job import load_job
 from hpcorch.spec.units import compress_hostlist, expand_hostlist
@@ -206,7 +207,7 @@ def crash_loop(history: list[dict], times: int) -> str | None:
 def requeue_without(slurm: Slurm, job_id: str, nodes: list[str], patience_s: float = 20.0) -> None:
     """Requeue the job, exclude ``nodes`` from its next start, and let it start at once."""
     try:
-        slurm.run("scontrol", "requeue", job_id)
+        slurm.requeue(job_id)
     except SlurmError as exc:
         # Slurm may have requeued it already (a node it marked down); anything else is final.
         if slurm.job(job_id).get("JobState") not in ("PENDING", "REQUEUED", "REQUEUE_FED", "COMPLETING"):
@@ -215,16 +216,27 @@ def requeue_without(slurm: Slurm, job_id: str, nodes: list[str], patience_s: flo
     if nodes:
         current = slurm.job(job_id).get("ExcNodeList", "")
         hosts = set(nodes) | (set(expand_hostlist(current)) if current not in ("", "(null)") else set())
-        deadline = time.monotonic() + patience_s
-        while True:
-            try:
-                slurm.run("scontrol", "update", f"JobId={job_id}", f"ExcNodeList={compress_hostlist(sorted(hosts))}")
-                break
-            except SlurmError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)  # not pending yet: the requeue is still being carried out
+        _exclude_once_pending(slurm, job_id, compress_hostlist(sorted(hosts)), patience_s)
     start_when_pending(job_id)
+
+
+def _exclude_once_pending(slurm: Slurm, job_id: str, hosts: str, patience_s: float) -> None:
+    """Set ``ExcNodeList``, retrying while Slurm refuses it because the requeue is still being
+    carried out (the job not pending yet); after ``patience_s`` Slurm's refusal is raised."""
+    refused: list[SlurmError] = []
+
+    def excluded() -> bool:
+        try:
+            slurm.exclude_nodes(job_id, hosts)
+            return True
+        except SlurmError as exc:
+            refused[:] = [exc]
+            return False
+
+    try:
+        poll_until(excluded, patience_s, interval_s=0.3)
+    except PollTimeout:
+        raise refused[-1] from None
 
 
 HOLD_ENV = "HPCORCH_REQUEUE_HOLD"  # "keep": leave Slurm's hold after our requeues (benchmarks compare)
@@ -266,18 +278,21 @@ def _ignore_sigterm():
 
 
 def _start_when_pending(job_id: str, patience_s: float = 120.0) -> int:
-    slurm, deadline = Slurm(), time.monotonic() + patience_s
-    while time.monotonic() < deadline:
+    slurm = Slurm()
+
+    def held_for_begin_time() -> bool:
         info = slurm.job(job_id)
-        if info.get("JobState") != "PENDING" or info.get("Reason") != "BeginTime":
-            time.sleep(0.5)
-            continue
-        # slurmd refuses a credential made in the same second as the revoked one ("Job
-        # credential revoked", and the job fails): the hold exists for that; two seconds suffice.
-        time.sleep(2.0)
-        slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
-        return 0
-    return 1
+        return info.get("JobState") == "PENDING" and info.get("Reason") == "BeginTime"
+
+    try:
+        poll_until(held_for_begin_time, patience_s, interval_s=0.5)
+    except PollTimeout:
+        return 1
+    # slurmd refuses a credential made in the same second as the revoked one ("Job
+    # credential revoked", and the job fails): the hold exists for that; two seconds suffice.
+    time.sleep(2.0)
+    slurm.start_now(job_id)
+    return 0
 
 
 def _tail(path, size: int = ERR_TAIL_BYTES) -> str:

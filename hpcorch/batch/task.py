@@ -26,7 +26,6 @@ from hpcorch.protocol import Action, Cause, NotRequeued, RestartBudget
 from hpcorch.batch.recovery import start_when_pending
 from hpcorch.state.rundir import LEASE_ENV, Lease, RunDir
 from hpcorch.spec.job import load_job
-from hpcorch.spec.units import parse_time
 from hpcorch.train.faults import start_delay
 
 log = logging.getLogger(__name__)
@@ -141,11 +140,7 @@ class TrainTask:
         if self.scheduler == "local":
             limit = int(os.environ.get("SUBMITIT_LOCAL_TIMEOUT_S", "0") or 0)
             return limit - int(time.time() - psutil.Process().create_time()) if limit else None
-        out = _slurm().run("squeue", "-h", "-j", job_id, "-o", "%L", check=False).strip()
-        try:
-            return parse_time(out) if out and out not in ("INVALID", "NOT_SET") else None
-        except ValueError:
-            return None
+        return _slurm().time_left(job_id)
 
     @staticmethod
     def _count_unplanned_restart(job, budget: RestartBudget) -> None:
@@ -194,7 +189,7 @@ def _requeue(job_id: str) -> None:
     The requeue SIGTERMs this process too: ignored, so that it cannot end us before the hold
     is dealt with (we exit right after)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _slurm().run("scontrol", "requeue", job_id)
+    _slurm().requeue(job_id)
     start_when_pending(job_id)
 
 

@@ -2,18 +2,17 @@
 output into a :class:`LiveCluster` (what ``profile discover`` and ``profile diff`` read).
 
 A runner is any ``runner(*argv) -> stdout`` that raises :class:`~hpcorch.cluster.slurm.SlurmError`;
-:func:`subprocess_runner` is this login node's, ``Slurm(env=...).run`` is another, and the tests
+:func:`subprocess_runner` (:meth:`Slurm.ask`) is this login node's, and the tests
 answer from recorded outputs.
 """
 from __future__ import annotations
 
 import getpass
 import os
-import subprocess
 from dataclasses import dataclass, field
 from typing import Callable
 
-from hpcorch.cluster.slurm import SlurmError
+from hpcorch.cluster.slurm import Slurm, SlurmError
 from hpcorch.cluster.slurmtext import ASSOC_FORMAT, QOS_FORMAT, Assoc, Node, Qos, SlurmPartition, Topology, expand_hosts, parse_assoc, parse_config, parse_nodes, parse_partitions, parse_qos, parse_topology
 
 
@@ -44,26 +43,10 @@ class LiveCluster:
 
 
 def subprocess_runner(env: dict | None = None, timeout_s: float = 60.0) -> Runner:
-    """A runner for :func:`collect`: runs the command with ``env`` added to this process's
-    environment (``{"SLURM_CONF": ...}`` picks a cluster), stops it after ``timeout_s`` and
-    raises :class:`SlurmError` as one line when it is missing, hangs or fails."""
-
-    def run(*args: str) -> str:
-        command = " ".join(args)
-        try:
-            proc = subprocess.run(list(args), env={**os.environ, **(env or {})}, capture_output=True,
-                                  text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
-        except FileNotFoundError:
-            raise SlurmError(f"{args[0]}: not found; run this on a login node with Slurm's "
-                             "commands on PATH") from None
-        except subprocess.TimeoutExpired:
-            raise SlurmError(f"{command}: no answer in {timeout_s:.0f} s") from None
-        if proc.returncode != 0:
-            message = (proc.stderr.strip() or proc.stdout.strip() or "no message").splitlines()[0]
-            raise SlurmError(f"{command} failed (exit {proc.returncode}): {message}")
-        return proc.stdout
-
-    return run
+    """A runner for :func:`collect`: :meth:`Slurm.ask` with ``env`` added to this process's
+    environment (``{"SLURM_CONF": ...}`` picks a cluster) and ``timeout_s``; it raises
+    :class:`SlurmError` as one line when the command is missing, hangs or fails."""
+    return Slurm(env=env, timeout_s=timeout_s).ask
 
 
 # Topology plugins whose `scontrol show topology` lists something a profile can use or note.

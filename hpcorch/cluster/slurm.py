@@ -1,14 +1,22 @@
 """Talking to Slurm through its own commands: submit, query, wait, update.
 
-Every call has a timeout and raises :class:`SlurmError` with Slurm's own message.
+Every Slurm command line hpcorch runs (``sbatch``, ``squeue``, ``sacct``, ``scontrol``,
+``scancel``, ``sinfo``, ``sacctmgr``) is written here, in a :class:`Slurm` method, and runs
+through one subprocess wrapper (:meth:`Slurm._call`): one place to read what hpcorch asks
+Slurm, one environment, one timeout, one error. Every call raises :class:`SlurmError` with
+Slurm's own message.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 
 from hpcorch.errors import HpcorchError
+# At module level on purpose: time_left runs in submitit's checkpoint signal handler (see
+# hpcorch.batch.task), where an import could meet half-imported modules.
+from hpcorch.spec.units import expand_hostlist, parse_time
 
 # States after which a job runs no more (unless requeued by hand). ENDED: the controller no
 # longer holds the job and accounting cannot say how it ended (it is not pending or running:
@@ -34,12 +42,16 @@ class Slurm:
     timeout_s: float = 60.0
 
     def _call(self, args: list[str], input: str | None = None) -> subprocess.CompletedProcess:
+        """The one subprocess call: ``env`` over this process's environment, ``timeout_s``,
+        no terminal input (a command that would prompt gets end of file, not a hang)."""
         env = {**os.environ, **(self.env or {})}
+        stdin = None if input is not None else subprocess.DEVNULL
         try:
-            return subprocess.run(args, input=input, env=env, capture_output=True, text=True,
+            return subprocess.run(args, input=input, stdin=stdin, env=env, capture_output=True, text=True,
                                   timeout=self.timeout_s)
         except FileNotFoundError:
-            raise SlurmError(f"{args[0]}: not found; is Slurm installed and on PATH?") from None
+            raise SlurmError(f"{args[0]}: not found; run this on a login node with Slurm's "
+                             "commands on PATH") from None
         except subprocess.TimeoutExpired:
             raise SlurmError(f"{' '.join(args)}: no answer in {self.timeout_s:.0f} s") from None
 
@@ -48,6 +60,16 @@ class Slurm:
         proc = self._call(list(args), input)
         if check and proc.returncode != 0:
             raise SlurmError(f"{' '.join(args[:2])} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc.stdout
+
+    def ask(self, *args: str) -> str:
+        """Run a Slurm command as a :data:`hpcorch.cluster.live.Runner`: its stdout, or a
+        one-line :class:`SlurmError` naming the whole command, its exit code and the first
+        line Slurm said (``profile discover`` shows it as the command's error)."""
+        proc = self._call(list(args))
+        if proc.returncode != 0:
+            message = (proc.stderr.strip() or proc.stdout.strip() or "no message").splitlines()[0]
+            raise SlurmError(f"{' '.join(args)} failed (exit {proc.returncode}): {message}")
         return proc.stdout
 
     def test_only(self, script: str, *options: str) -> str:
@@ -143,6 +165,52 @@ class Slurm:
     def node_unhealthy(self, node: str) -> bool:
         """Whether the controller holds ``node`` down, drained or failing (a job should avoid it)."""
         return bool(self.node_flags(node) & UNHEALTHY_NODE_STATES)
+
+    def nodes_used(self, job_id: str) -> set[str]:
+        """Every node that ran the job, in any of its runs (requeues included): accounting's
+        (``sacct --duplicates``) and the controller's latest (accounting may lag it). Empty
+        when neither knows (the job never started, or both are silent)."""
+        out = self.run("sacct", "-j", job_id, "--duplicates", "-X", "-n", "-P", "-o", "NodeList", check=False)
+        latest = self.job(job_id).get("NodeList", "")
+        used: set[str] = set()
+        for nodes in out.split() + [latest]:
+            if nodes and nodes not in ("None", "(null)"):
+                used.update(expand_hostlist(nodes))
+        return used
+
+    def time_left(self, job_id: str) -> int | None:
+        """Seconds until the job's time limit (``squeue %L``); None when Slurm does not say
+        (no limit, the job unknown, an answer that is no time)."""
+        out = self.run("squeue", "-h", "-j", job_id, "-o", "%L", check=False).strip()
+        try:
+            return parse_time(out) if out and out not in ("INVALID", "NOT_SET") else None
+        except ValueError:
+            return None
+
+    def requeue(self, job_id: str) -> None:
+        """``scontrol requeue``: the job ends now (its processes get SIGTERM) and pends again."""
+        self.run("scontrol", "requeue", job_id)
+
+    def exclude_nodes(self, job_id: str, nodes: str) -> None:
+        """Set a pending job's ``ExcNodeList`` (a compressed host list; it replaces the old
+        one). Slurm refuses it for a running job."""
+        self.run("scontrol", "update", f"JobId={job_id}", f"ExcNodeList={nodes}")
+
+    def start_now(self, job_id: str, check: bool = False) -> None:
+        """``StartTime=now``: cut the ~120 s ``BeginTime`` hold Slurm puts on a requeued job.
+        Unchecked by default: the user may not be allowed to, and then the hold just stays."""
+        self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=check)
+
+    def version(self, timeout_s: float = 1.0) -> str | None:
+        """``sinfo --version`` (``slurm 24.05.4`` -> ``24.05.4``) where Slurm is installed;
+        None without it, or without an answer within ``timeout_s`` (a manifest waits no longer)."""
+        if shutil.which("sinfo", path=(self.env or {}).get("PATH")) is None:
+            return None
+        try:
+            out = Slurm(self.env, timeout_s).run("sinfo", "--version", check=False)
+        except (SlurmError, OSError):  # an unreadable binary too: a manifest records None, never fails
+            return None
+        return out.strip().removeprefix("slurm ").strip() or None
 
     def cancel(self, job_id: str, signal: str | None = None, batch_only: bool = False) -> None:
         args = ["scancel"]

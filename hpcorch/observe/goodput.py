@@ -33,6 +33,7 @@ from __future__ import annotations
 import bisect
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +43,10 @@ from hpcorch.cluster.slurmtext import tres_counts
 from hpcorch.util.fileio import atomic_write, json_lines, number, read_json
 from hpcorch.state.registry import Entry
 from hpcorch.state.rundir import RunDir
+
+# A backend's accounting: each job's runs as :meth:`Slurm.attempts` rows, by job id, asked in one
+# go for many entries (a job it has nothing on may be missing: then asked alone).
+Accounting = Callable[[list[Entry]], dict[str, list[dict[str, str]]]]
 
 BUCKETS = ("productive", "startup", "recomputed", "checkpoint", "eval", "idle_after_signal", "other")
 SAVE_EVENTS = ("checkpoint_save", "checkpoint_wait")
@@ -361,22 +366,16 @@ def goodput_dict(entry: Entry, running: bool = False) -> dict | None:
     return found.as_dict() if found else None
 
 
-def goodput_of(entries: list[Entry], ended: set[int] = frozenset()) -> dict[int, float | None]:
-    """Each entry's goodput (0..1, None when unknown), for ``hpcorch ls``: one sacct call per
-    cluster for the Slurm jobs still needing one, then each run directory's records. A job in
-    ``ended`` (registry keys) keeps its figure in ``goodput.json``, valid while its metrics and
-    events stay the size they were: ``ls`` reads a long run's records once, not every time."""
+def goodput_of(entries: list[Entry], ended: set[int] = frozenset(),
+               accounting: Accounting | None = None) -> dict[int, float | None]:
+    """Each entry's goodput (0..1, None when unknown), for ``hpcorch ls``: ``accounting`` (the
+    job's backend's: one sacct call per cluster) asked once for the jobs still needing it, then
+    each run directory's records. A job in ``ended`` (registry keys) keeps its figure in
+    ``goodput.json``, valid while its metrics and events stay the size they were: ``ls`` reads
+    a long run's records once, not every time."""
     cached = {e.key: _cached(e) for e in entries if e.key in ended and not e.remote}
-    rows: dict[str, list[dict[str, str]]] = {}
-    by_conf: dict[str | None, list[str]] = {}
-    for e in entries:
-        if e.scheduler == "slurm" and not e.remote and cached.get(e.key) is None:
-            by_conf.setdefault(e.slurm_conf, []).append(e.job_id)
-    for conf, ids in by_conf.items():
-        try:
-            rows.update(Slurm(env={"SLURM_CONF": conf} if conf else None).attempts(ids))
-        except SlurmError:
-            pass  # accounting off: the run directories answer
+    asked = [e for e in entries if not e.remote and cached.get(e.key) is None]
+    rows = accounting(asked) if accounting is not None and asked else None
     out: dict[int, float | None] = {}
     for e in entries:
         if e.remote:
@@ -386,7 +385,7 @@ def goodput_of(entries: list[Entry], ended: set[int] = frozenset()) -> dict[int,
             out[e.key] = cached[e.key]["goodput"]
             continue
         try:
-            found = goodput(e, rows=rows.get(e.job_id) if e.scheduler == "slurm" else None)
+            found = goodput(e, rows=rows.get(e.job_id) if rows is not None else None)
         except OSError:
             found = None
         out[e.key] = found.goodput if found and found.allocated_s > 0 else None

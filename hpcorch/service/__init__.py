@@ -13,36 +13,60 @@ ones to call from Python.
     service.export(sub.entry.key, "model.safetensors")  # the weights, for use outside hpcorch
 
 A job is named by its registry number, Slurm job id, name (the newest) or run directory.
+What a job's scheduler kind decides (Slurm, submitit's local controller, ``hpcorch train``'s
+processes, a login node over SSH) is its backend's (:mod:`hpcorch.submit.backend`), chosen once
+here by :func:`backend_for`; no function below branches on the kind.
 Nothing here imports torch or submitit until a job is really submitted or trained.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from hpcorch.observe import status as observe
 from hpcorch.state import jobstate
 from hpcorch.errors import ConfigError, HpcorchError
 from hpcorch.batch.manifest import write_attempt
-from hpcorch.observe.manifest import differences
 from hpcorch.plan.plan import Plan, default_run_dir, make_plan
 from hpcorch.state.registry import Entry, Registry
 from hpcorch.state.rundir import LEASE_ENV, Lease, RunDir
 from hpcorch.spec.compat import check_config_change, training_config
 from hpcorch.spec.job import load_job
 from hpcorch.spec.profile import load_profile
+from hpcorch.submit.backend import Backend, Resume, Submission
+from hpcorch.submit.local import LocalBackend
+from hpcorch.submit.process import ProcessBackend
+from hpcorch.submit.slurm import SlurmBackend
 
-@dataclass
-class Submission:
-    entry: Entry
-    job: object  # submitit.Job
+_BACKENDS: dict[str, type[Backend]] = {b.kind: b for b in (SlurmBackend, LocalBackend, ProcessBackend)}
 
-    def describe(self) -> str:
-        e = self.entry
-        where = f"{e.profile} ({e.remote_ref.host})" if e.remote else e.profile
-        return f"submitted job {e.job_id} (hpcorch #{e.key}, {e.name}) on {where}; run dir {e.run_dir}"
+
+# ----- the backend of a job: chosen here, once ---------------------------------------------------
+def backend_of(scheduler: str) -> Backend:
+    """The backend of a scheduler kind (a profile's ``scheduler``, a registry entry's)."""
+    try:
+        return _BACKENDS[scheduler]()
+    except KeyError:
+        raise HpcorchError(f"unknown scheduler {scheduler!r}; expected one of {sorted(_BACKENDS)}") from None
+
+
+def backend_for(entry: Entry) -> Backend:
+    """The backend that answers for a registered job: its login node's when it was submitted
+    over SSH, else its scheduler's."""
+    if entry.remote:
+        from hpcorch.remote.backend import RemoteBackend
+
+        return RemoteBackend()
+    return backend_of(entry.scheduler)
+
+
+def _by_backend(entries: list[Entry]) -> list[tuple[Backend, list[Entry]]]:
+    """``entries`` grouped by backend kind (each group asked once), in the order first seen."""
+    groups: dict[str, tuple[Backend, list[Entry]]] = {}
+    for e in entries:
+        backend = backend_for(e)
+        groups.setdefault(backend.kind, (backend, []))[1].append(e)
+    return list(groups.values())
 
 
 # ----- spec -> plan -> script -------------------------------------------------------------------
@@ -61,7 +85,7 @@ def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overr
     profile = str(profile) if profile is not None else default_profile()
     spec = load_job(job, list(overrides))
     cluster = load_profile(profile)
-    held = excluded_nodes(cluster.name, registry) if cluster.scheduler == "slurm" else {}
+    held = excluded_nodes(cluster.name, registry) if backend_of(cluster.scheduler).has_nodes else {}
     result = make_plan(spec, cluster, run_dir=run_dir, source=str(job), quarantined=held, nccl_debug=nccl_debug)
     result.profile_ref = profile
     check_fit(result, force)  # a GPU job that cannot fit is refused (force: a warning)
@@ -78,11 +102,8 @@ def render(plan: Plan, template_dir: str | os.PathLike | None = None) -> str:
 def check(plan: Plan, script: str | None = None) -> str:
     """Ask the live cluster whether it would accept the script (``sbatch --test-only``);
     returns Slurm's answer (when and where it would start), raises with Slurm's refusal."""
-    from hpcorch.cluster.slurm import Slurm
-
-    if plan.profile.scheduler != "slurm":
-        raise HpcorchError(f"--check asks a Slurm cluster; profile {plan.profile.name!r} has none")
-    return Slurm().test_only(script if script is not None else render(plan))
+    backend = backend_of(plan.profile.scheduler)
+    return backend.check(plan.profile.name, script if script is not None else render(plan))
 
 
 # ----- submit, resume ---------------------------------------------------------------------------
@@ -94,11 +115,12 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
     (with ``template_dir``, which ``resume`` renders with again). A run directory whose checkpoint was
     trained under another config is refused before anything is submitted, unless
     ``allow_config_change`` (see :func:`accept_config_changes`)."""
-    from hpcorch.submit.executor import SubmitError, start
+    from hpcorch.submit.executor import SubmitError
 
     script = script if script is not None else render(plan, template_dir)
     run = plan.run
-    scheduler = plan.profile.scheduler
+    backend = backend_of(plan.profile.scheduler)
+    scheduler = backend.kind
     run.check_location()
     fresh = not run.root.exists()
     try:
@@ -107,7 +129,7 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
             # comparison against them would be premature (and "in use" is what the user must hear).
             run.ensure_free(Lease(scheduler, ""), jobstate.lease_is_live)
             accept_config_changes(run, plan.job, allow_config_change)
-            job = start(plan, script)
+            job = backend.submit(plan, script)
             holder = Lease.for_holder(scheduler, str(job.job_id), slurm_conf=os.environ.get("SLURM_CONF"))
             run.take(holder)
     except SubmitError:
@@ -149,7 +171,7 @@ def resume(ref: str, exclude: str | None = None, registry: Registry | None = Non
     pending, running or requeued, and for a completed job: there is nothing to resume.
     ``allow_config_change``: as for :func:`submit` (its job file was edited since). The script
     is rendered from ``template_dir``, else the template folder the job was submitted with."""
-    from hpcorch.spec.units import compress_hostlist, expand_hostlist
+    from hpcorch.spec.units import expand_hostlist
 
     try:  # the user's input first, before any scheduler is asked
         asked = set(expand_hostlist(exclude)) if exclude else set()
@@ -157,29 +179,13 @@ def resume(ref: str, exclude: str | None = None, registry: Registry | None = Non
         raise ConfigError("--exclude", "", str(exc)) from None
     registry = registry or Registry()
     entry = registry.get(ref)
-    if entry.remote:  # the login node's hpcorch checks its state and its failed nodes itself
-        from hpcorch.remote import ops
 
-        return Submission(ops.resume(entry, exclude, allow_config_change, registry), None)
-    state = jobstate.states([entry])[entry.key]
-    if jobstate.base_state(state) == "COMPLETED":
-        raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) completed; nothing to resume")
-    if not jobstate.has_ended(state):
-        next_step = observe.advice(entry, state) or "it is still live"
-        raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) is {state}; nothing to resume "
-                           f"(next: {next_step}; cancel it first to start it anew)")
-    overrides = []
-    if entry.scheduler == "slurm":
-        excluded = set(expand_hostlist(entry.exclude)) if entry.exclude else set()
-        excluded.update(failed_nodes(entry))
-        excluded.update(asked)
-        if excluded:
-            overrides.append(f"resources.exclude={compress_hostlist(sorted(excluded))}")
-        if entry.slurm_conf:  # submitit's sbatch reads it from the environment
-            os.environ["SLURM_CONF"] = entry.slurm_conf
-    again = plan(entry.job_file, entry.profile, overrides, run_dir=entry.run_dir, registry=registry)
-    return submit(again, registry=registry, resumed_from=entry.key, allow_config_change=allow_config_change,
-                  template_dir=template_dir or entry.template_dir)
+    def resubmit(overrides: list[str]) -> Submission:
+        again = plan(entry.job_file, entry.profile, overrides, run_dir=entry.run_dir, registry=registry)
+        return submit(again, registry=registry, resumed_from=entry.key, allow_config_change=allow_config_change,
+                      template_dir=template_dir or entry.template_dir)
+
+    return backend_for(entry).resume(entry, Resume(exclude, asked, allow_config_change, registry, resubmit))
 
 
 def accept_config_changes(run: RunDir, job, allow: bool = False, step: int | None = None) -> list[str]:
@@ -203,42 +209,24 @@ def accept_config_changes(run: RunDir, job, allow: bool = False, step: int | Non
 
 
 def failed_nodes(entry: Entry) -> list[str]:
-    """Nodes that ran the job (any of its runs, requeues included) and that Slurm now reports
-    down, drained or failing: a node that failed and was brought back is not excluded."""
-    from hpcorch.cluster.slurm import Slurm
-    from hpcorch.spec.units import expand_hostlist
-
-    slurm = Slurm(env=entry.env)
-    out = slurm.run("sacct", "-j", entry.job_id, "--duplicates", "-X", "-n", "-P", "-o", "NodeList",
-                    check=False)
-    latest = slurm.job(entry.job_id).get("NodeList", "")  # accounting may lag the controller
-    used = set()
-    for nodes in out.split() + [latest]:
-        if nodes and nodes not in ("None", "(null)"):
-            used.update(expand_hostlist(nodes))
-    return sorted(h for h in used if slurm.node_unhealthy(h))
+    """Nodes that ran the job (any of its runs, requeues included) and that its scheduler now
+    reports down, drained or failing: a node that failed and was brought back is not excluded."""
+    return backend_for(entry).failed_nodes(entry)
 
 
 # ----- observe and operate ----------------------------------------------------------------------
 def jobs(registry: Registry | None = None) -> list[dict]:
     """Every registered job with its state and goodput (0..1 or None): batched squeue/sacct
     calls per cluster; a remote job's, its login node's ``ls`` (one call per login node)."""
+    from hpcorch.observe import status as observe
+
     entries = (registry or Registry()).all()
-    current = jobstate.states([e for e in entries if not e.remote])
-    remote_rows: dict[int, dict] = {}
-    if any(e.remote for e in entries):
-        from hpcorch.remote import ops
-
-        remote_rows = ops.rows([e for e in entries if e.remote])  # the login node's own figures
-        current.update({key: row["state"] for key, row in remote_rows.items()})
-    from hpcorch.observe.goodput import goodput_of
-
-    ended = {e.key for e in entries if jobstate.has_ended(current[e.key])}
-    good = goodput_of(entries, ended)  # one sacct call per cluster, then the run directories
-    good.update({key: row["goodput"] for key, row in remote_rows.items()})
-    return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": current[e.key],
-             "run_dir": e.run_dir, "host": e.remote_ref.host if e.remote else None, **observe.row(e),
-             "goodput": good[e.key]}
+    found: dict[int, dict] = {}
+    for backend, group in _by_backend(entries):
+        found.update(backend.rows(group))
+    return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": found[e.key]["state"],
+             "run_dir": e.run_dir, "host": found[e.key].get("host"), **observe.row(e),
+             "goodput": found[e.key]["goodput"]}
             for e in entries]
 
 
@@ -246,101 +234,25 @@ def status(ref: str, registry: Registry | None = None) -> dict:
     """State, restarts, latest checkpoint, last loss, tokens/s, what to do next, and where the
     allocated time went (``goodput``, see :mod:`hpcorch.observe.goodput`)."""
     entry = (registry or Registry()).get(ref)
-    if entry.remote:
-        from hpcorch.remote import ops
-
-        return ops.status(entry)
-    from hpcorch.observe.goodput import goodput_dict
-
-    state = jobstate.states([entry])[entry.key]
-    return {"key": entry.key, "job_id": entry.job_id, "name": entry.name, "state": state,
-            **observe.progress(entry), "next": observe.advice(entry, state), "run_dir": entry.run_dir,
-            "warnings": differences(RunDir.open(entry.run_dir)),
-            "goodput": goodput_dict(entry, running=not jobstate.has_ended(state))}
+    return backend_for(entry).status(entry)
 
 
 def cancel(ref: str, registry: Registry | None = None) -> str:
     """Cancel job ``ref``: its ranks checkpoint on SIGTERM and the job ends. Returns what was done."""
-    import signal
-
     entry = (registry or Registry()).get(ref)
-    if entry.remote:
-        from hpcorch.remote import ops
-
-        return ops.cancel(entry)
-    if entry.scheduler == "slurm":
-        from hpcorch.cluster.slurm import Slurm
-
-        Slurm(env=entry.env).cancel(entry.job_id)
-        return f"cancel sent to job {entry.job_id}"
-    if not jobstate.local_controller_alive(entry):
-        return f"job {entry.job_id} is not running; nothing to cancel"
-    os.kill(int(entry.job_id), signal.SIGTERM)  # the local controller forwards it to every rank
-    return f"cancel sent to job {entry.job_id}"
+    return backend_for(entry).cancel(entry)
 
 
 def logs(ref: str, write: Callable[[str], None], rank: int = 0, stream: str = "out", follow: bool = False,
          show_submitit: bool = False, registry: Registry | None = None) -> None:
     """Pass rank ``rank``'s log of job ``ref`` to ``write``; with ``follow`` until the job ends."""
     entry = (registry or Registry()).get(ref)
-    if entry.remote:
-        from hpcorch.remote import ops
-
-        return ops.logs(entry, write, rank=rank, stream=stream, follow=follow)
-    path = RunDir(entry.run_dir).rank_log(entry.job_id, rank, stream)
-    if not path.exists() and not follow:
-        raise HpcorchError(f"no log yet at {path}")
-    _follow(entry, path, write, follow, show_submitit)
+    backend_for(entry).logs(entry, write, rank=rank, stream=stream, follow=follow, show_submitit=show_submitit)
 
 
 def wait(entry: Entry, write: Callable[[str], None], show_submitit: bool = False) -> str:
     """Follow rank 0's log until the job ends; returns its final state."""
-    if entry.remote:
-        from hpcorch.remote import ops
-
-        ops.logs(entry, write, follow=True)
-        return ops.status(entry)["state"]
-    _follow(entry, RunDir(entry.run_dir).rank_log(entry.job_id), write, True, show_submitit)
-    return jobstate.states([entry])[entry.key]
-
-
-def _follow(entry: Entry, path: Path, write: Callable[[str], None], until_end: bool, show_submitit: bool) -> None:
-    """Pass ``path``'s text to ``write``; with ``until_end`` as it grows, until the job ends
-    (Slurm asked with back-off)."""
-    done = _ended_or_given_up(entry) if until_end else (lambda: True)
-    observe.follow(path, done, write, backoff=_scheduler_backoff(entry), show_submitit=show_submitit)
-
-
-UNKNOWN_PATIENCE_S = 300.0
-
-
-def _ended_or_given_up(entry: Entry, patience_s: float = UNKNOWN_PATIENCE_S) -> Callable[[], bool]:
-    """A ``done`` test for followers: the job has ended. A scheduler that cannot say anything
-    (UNKNOWN) for ``patience_s`` in a row ends the following with an error, not a hang."""
-    import time
-
-    unknown_since: list[float] = []
-
-    def done() -> bool:
-        state = jobstate.states([entry])[entry.key]
-        if jobstate.base_state(state) != "UNKNOWN":
-            unknown_since.clear()
-            return jobstate.has_ended(state)
-        unknown_since[:] = unknown_since or [time.monotonic()]
-        if time.monotonic() - unknown_since[0] > patience_s:
-            raise HpcorchError(f"job {entry.job_id}: the scheduler has not answered for {patience_s:.0f} s "
-                               f"(state UNKNOWN); stopped following")
-        return False
-
-    return done
-
-
-def _scheduler_backoff(entry: Entry):
-    """Slurm is asked at most every 15 s after a short ramp (as submitit's watcher backs off);
-    a local job's state is the process table, cheap to read twice a second."""
-    from hpcorch.util.poll import Backoff
-
-    return Backoff(1.0, 2.0, 15.0) if entry.scheduler == "slurm" else Backoff(0.5, 1.0, 0.5)
+    return backend_for(entry).wait(entry, write, show_submitit)
 
 
 # ----- train here ------------------------------------------------------------------------------
@@ -371,12 +283,13 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
                           f"a local run uses one node, got {spec.resources.nodes}; pass --nproc")
     run = RunDir.for_job(run_dir if run_dir else default_run_dir(spec), spec)
     run.check_location()
-    lease = Lease.for_holder("process", str(os.getpid()))
+    kind = ProcessBackend.kind
+    lease = Lease.for_holder(kind, str(os.getpid()))
     with run.lease_lock():
         run.claim(lease, jobstate.lease_is_live)  # "in use" first, as in submit
         accept_config_changes(run, spec, allow_config_change, resume_step)
     job_file = run.write_job(spec)
-    write_attempt(run, str(os.getpid()), "process", code_dir=os.getcwd())
+    write_attempt(run, str(os.getpid()), kind, code_dir=os.getcwd())
     extra = (["--resume-step", str(resume_step)] if resume_step is not None else []) + \
         (["--peak-tflops", str(peak_tflops)] if peak_tflops else [])
     code = launch_local(job_file, run.root, spec.resources.tasks_per_node, extra, env={LEASE_ENV: lease.token()})
@@ -386,13 +299,8 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
 def pull(ref: str, into: str | os.PathLike | None = None, registry: Registry | None = None):
     """Fetch remote job ``ref``'s metrics, summary, events and logs (incrementally) so that
     ``status`` works offline; returns (folder, what moved)."""
-    from hpcorch.remote import ops
-
     entry = (registry or Registry()).get(ref)
-    if not entry.remote:
-        raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) ran from this machine; its run "
-                           f"directory is {entry.run_dir}: nothing to pull")
-    return ops.pull(entry, into)
+    return backend_for(entry).pull(entry, into)
 
 
 def export(ref: str, out: str | os.PathLike, step: int | None = None, registry: Registry | None = None) -> Path:

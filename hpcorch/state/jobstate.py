@@ -9,16 +9,21 @@ from hpcorch.state.rundir import Lease, RunDir
 ENDED_STATES = FINAL_STATES | {"STOPPED"}  # STOPPED: a local job whose controller is gone
 
 
+def clusters(entries: list[Entry]) -> list[tuple[Slurm, list[str]]]:
+    """The Slurm jobs of ``entries`` grouped by cluster (their ``SLURM_CONF``), each group with
+    the :class:`Slurm` that asks its cluster: one call per cluster, not one per job."""
+    by_conf: dict[str | None, list[str]] = {}
+    for e in entries:
+        by_conf.setdefault(e.slurm_conf, []).append(e.job_id)
+    return [(Slurm(env={"SLURM_CONF": conf} if conf else None), ids) for conf, ids in by_conf.items()]
+
+
 def slurm_states(entries: list[Entry]) -> dict[str, str]:
     """States of many Slurm jobs, batched per cluster (SLURM_CONF) as :meth:`Slurm.states`
     decides them; PENDING carries its reason. If the controller cannot be asked, accounting
     alone answers, and a job it does not know is UNKNOWN."""
     states: dict[str, str] = {}
-    by_conf: dict[str | None, list[str]] = {}
-    for e in entries:
-        by_conf.setdefault(e.slurm_conf, []).append(e.job_id)
-    for conf, ids in by_conf.items():
-        slurm = Slurm(env={"SLURM_CONF": conf} if conf else None)
+    for slurm, ids in clusters(entries):
         try:
             found = slurm.states(ids)
         except SlurmError:
@@ -55,7 +60,7 @@ def local_controller_alive(entry: Entry) -> bool:
     lease = RunDir(entry.run_dir).lease()
     if lease is None:
         return process_alive(int(entry.job_id))
-    if (lease.scheduler, lease.job_id) != ("local", entry.job_id):
+    if (lease.scheduler, lease.job_id) != (entry.scheduler, entry.job_id):
         return False
     return process_alive(int(entry.job_id), lease.started)
 
@@ -70,13 +75,6 @@ def local_state(entry: Entry) -> str:
     except OSError:
         pass
     return "STOPPED"
-
-
-def states(entries: list[Entry]) -> dict[int, str]:
-    """Each entry's current state, keyed by registry number."""
-    slurm = slurm_states([e for e in entries if e.scheduler == "slurm"])
-    return {e.key: slurm.get(e.job_id, "UNKNOWN") if e.scheduler == "slurm" else local_state(e)
-            for e in entries}
 
 
 def base_state(state: str) -> str:

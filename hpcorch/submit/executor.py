@@ -9,6 +9,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from hpcorch.errors import HpcorchError
@@ -47,8 +48,12 @@ def _executor_class():
     return TemplateSlurmExecutor
 
 
-def start(plan: Plan, script: str):
-    """Write the run directory's job file and submit; returns submitit's Job."""
+HandOver = Callable[[Plan, str, TrainTask], object]  # (plan, script, task) -> submitit's Job
+
+
+def start(plan: Plan, script: str, hand_over: HandOver):
+    """Write the run directory's job file and submit with ``hand_over`` (the backend's:
+    :func:`submit_slurm` or :func:`submit_local`); returns submitit's Job."""
     import submitit
 
     _align_submitit_logging()
@@ -58,15 +63,7 @@ def start(plan: Plan, script: str):
     record_submission(run, os.getcwd(), script, to_dict(plan.profile))
     task = TrainTask(str(job_file), str(run.root), plan.profile.scheduler, plan.peak_tflops)
     try:
-        if plan.profile.scheduler == "slurm":
-            # submitit prints sbatch's refusal before raising it: say it once, in our words.
-            with contextlib.redirect_stderr(io.StringIO()):
-                job = _executor_class()(plan, script).submit(task)
-        else:
-            # The local controller outlives this command: give it a log file, not our terminal
-            # (a caller reading our output would otherwise wait for the whole run).
-            with _stdio_to(run.controller_log):
-                job = _local_executor(plan).submit(task)
+        job = hand_over(plan, script, task)
     except submitit.core.utils.FailedJobError as exc:
         raise SubmitError(f"sbatch rejected the job: {_slurm_message(str(exc))}") from None
     except RuntimeError as exc:
@@ -76,6 +73,20 @@ def start(plan: Plan, script: str):
                           "or use -p local") from None
     log.info("submitted job %s with submitit (folder %s)", job.job_id, run.submitit_folder)
     return job
+
+
+def submit_slurm(plan: Plan, script: str, task: TrainTask):
+    """sbatch our rendered ``script`` through submitit. submitit prints sbatch's refusal before
+    raising it: :func:`start` says it once, in our words."""
+    with contextlib.redirect_stderr(io.StringIO()):
+        return _executor_class()(plan, script).submit(task)
+
+
+def submit_local(plan: Plan, script: str, task: TrainTask):
+    """Start submitit's local controller. It outlives this command: give it a log file, not our
+    terminal (a caller reading our output would otherwise wait for the whole run)."""
+    with _stdio_to(plan.run.controller_log):
+        return _local_executor(plan).submit(task)
 
 
 def _slurm_message(text: str) -> str:

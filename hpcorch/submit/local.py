@@ -1,0 +1,29 @@
+"""The local backend: submitit's local controller runs the ranks on this machine. The job id is
+the controller's pid; whether the job runs is whether that process (the same one: its start
+time is recorded) is alive, and a cancel is a SIGTERM to it (it forwards it to every rank)."""
+from __future__ import annotations
+
+import os
+import signal
+
+from hpcorch.state import jobstate
+from hpcorch.state.registry import Entry
+from hpcorch.submit.backend import Backend
+
+
+class LocalBackend(Backend):
+    kind = "local"
+
+    def submit(self, plan, script: str):
+        from hpcorch.submit.executor import start, submit_local
+
+        return start(plan, script, submit_local)
+
+    def states(self, entries: list[Entry]) -> dict[int, str]:
+        return {e.key: jobstate.local_state(e) for e in entries}
+
+    def cancel(self, entry: Entry) -> str:
+        if not jobstate.local_controller_alive(entry):
+            return f"job {entry.job_id} is not running; nothing to cancel"
+        os.kill(int(entry.job_id), signal.SIGTERM)
+        return f"cancel sent to job {entry.job_id}"

@@ -1,0 +1,80 @@
+"""The Slurm backend: jobs submitted with sbatch (through submitit, our rendered script) and
+asked after with squeue/sacct/scontrol, every command line written in
+:class:`hpcorch.cluster.slurm.Slurm`. A job's cluster is its ``SLURM_CONF`` (``entry.env``)."""
+from __future__ import annotations
+
+import os
+
+from hpcorch.cluster.slurm import Slurm, SlurmError
+from hpcorch.state import jobstate
+from hpcorch.state.registry import Entry
+from hpcorch.submit.backend import Backend
+from hpcorch.util.poll import Backoff
+
+
+class SlurmBackend(Backend):
+    kind = "slurm"
+    has_nodes = True
+
+    def check(self, profile: str, script: str) -> str:
+        """``sbatch --test-only``: Slurm's answer (when and where it would start), or its refusal."""
+        return Slurm().test_only(script)
+
+    def submit(self, plan, script: str):
+        from hpcorch.submit.executor import start, submit_slurm
+
+        return start(plan, script, submit_slurm)
+
+    def states(self, entries: list[Entry]) -> dict[int, str]:
+        """Batched per cluster: one squeue call, one sacct call for what the controller forgot
+        (see :func:`hpcorch.state.jobstate.slurm_states`); a job no one knows is UNKNOWN."""
+        found = jobstate.slurm_states(entries)
+        return {e.key: found.get(e.job_id, "UNKNOWN") for e in entries}
+
+    def accounting(self, entries: list[Entry]) -> dict[str, list[dict[str, str]]]:
+        """Every run of each job (``sacct -D``), one call per cluster; a cluster without
+        accounting (no slurmdbd) gives nothing, and its jobs' run directories answer."""
+        rows: dict[str, list[dict[str, str]]] = {}
+        for slurm, ids in jobstate.clusters(entries):
+            try:
+                rows.update(slurm.attempts(ids))
+            except SlurmError:
+                pass
+        return rows
+
+    def cancel(self, entry: Entry) -> str:
+        Slurm(env=entry.env).cancel(entry.job_id)
+        return f"cancel sent to job {entry.job_id}"
+
+    def backoff(self) -> Backoff:
+        """Slurm is asked at most every 15 s after a short ramp (as submitit's watcher backs off)."""
+        return Backoff(1.0, 2.0, 15.0)
+
+    def failed_nodes(self, entry: Entry) -> list[str]:
+        """Nodes that ran the job (any of its runs, requeues included) and that Slurm now reports
+        down, drained or failing: a node that failed and was brought back is not excluded."""
+        slurm = Slurm(env=entry.env)
+        return sorted(h for h in slurm.nodes_used(entry.job_id) if slurm.node_unhealthy(h))
+
+    def resume_overrides(self, entry: Entry, asked: set[str]) -> list[str]:
+        """Exclude what the job excluded, the nodes that failed under it and ``asked``; and aim
+        the resubmission at the job's cluster (submitit's sbatch reads ``SLURM_CONF`` from the
+        environment)."""
+        from hpcorch.spec.units import compress_hostlist, expand_hostlist
+
+        excluded = set(expand_hostlist(entry.exclude)) if entry.exclude else set()
+        excluded.update(self.failed_nodes(entry))
+        excluded.update(asked)
+        if entry.slurm_conf:
+            os.environ["SLURM_CONF"] = entry.slurm_conf
+        return [f"resources.exclude={compress_hostlist(sorted(excluded))}"] if excluded else []
+
+    def time_left(self, entry: Entry) -> int | None:
+        return Slurm(env=entry.env).time_left(entry.job_id)
+
+    def requeue(self, entry: Entry, exclude: list[str] = ()) -> None:
+        """Requeue in place without ``exclude``, and cut Slurm's hold on the requeued job (see
+        :func:`hpcorch.batch.recovery.requeue_without`)."""
+        from hpcorch.batch.recovery import requeue_without
+
+        requeue_without(Slurm(env=entry.env), entry.job_id, list(exclude))
