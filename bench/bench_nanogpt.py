@@ -118,8 +118,8 @@ def child(work: Path, steps: int, clock: str, seed: int) -> None:
 
     from hpcorch.spec.job import load_job
     from hpcorch.train.distributed import init_distributed
-    from hpcorch.train.spawn import free_port
     from hpcorch.train.runlog import Sink
+    from hpcorch.train.spawn import free_port
     from hpcorch.train.trainer import Trainer
 
     logging.getLogger("hpcorch").setLevel(logging.WARNING)

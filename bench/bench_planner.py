@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_scale import profile_data  # noqa: E402
+
 from hpcorch.state.registry import Registry  # noqa: E402
 
 

@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     args = parser.parse_args()
 
-    from ssh_fixtures import LOCAL_PROFILE, RemoteClient
+    from ssh_fixtures import RemoteClient
     from sshd import SSHServer, ensure_sshd
 
     why = ensure_sshd()

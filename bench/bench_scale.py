@@ -48,8 +48,8 @@ from hpcorch.plan.plan import make_plan  # noqa: E402
 from hpcorch.render.sbatch import render_sbatch  # noqa: E402
 from hpcorch.spec.job import load_job  # noqa: E402
 from hpcorch.spec.profile import load_profile  # noqa: E402
-from hpcorch.spec.yamlio import read_yaml  # noqa: E402
 from hpcorch.spec.units import compress_hostlist, expand_hostlist  # noqa: E402
+from hpcorch.spec.yamlio import read_yaml  # noqa: E402
 
 LEAF, LEAVES_PER_SPINE = 32, 32
 

@@ -47,13 +47,14 @@ def main() -> None:
     import submitit
 
     from hpcorch.cluster.devcluster import DevCluster
-    from hpcorch.spec.job import load_job
     from hpcorch.plan.plan import make_plan
+    from hpcorch.render.sbatch import render_sbatch
+    from hpcorch.spec.job import load_job
     from hpcorch.spec.profile import load_profile
     from hpcorch.state.registry import Registry
-    from hpcorch.render.sbatch import render_sbatch
     sys.path.insert(0, str(REPO / "tests"))
     from slurmhelp import TestSlurm as Slurm  # sbatch, wait_for, update_job: a tester's tools
+
     from hpcorch import service
     from hpcorch.batch.task import TrainTask
 
@@ -113,9 +114,8 @@ def main() -> None:
 
 def preemption(plan, script, slurm, tmp) -> None:
     from hpcorch import service
-
-    from hpcorch.util.poll import poll_until
     from hpcorch.state.rundir import RunDir
+    from hpcorch.util.poll import poll_until
 
     run = plan.run_dir
     entry = service.submit(plan, script).entry

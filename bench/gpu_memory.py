@@ -35,7 +35,7 @@ AC = {"ac_off": ["trainer.activation_checkpointing=false"], "ac_on": ["trainer.a
 
 
 def cases(micro: int, nproc: int) -> dict[str, list[str]]:
-    base = [f"resources.nodes=1", f"resources.gpus_per_node={nproc}", f"resources.tasks_per_node={nproc}",
+    base = ["resources.nodes=1", f"resources.gpus_per_node={nproc}", f"resources.tasks_per_node={nproc}",
             f"trainer.micro_batch={micro}", f"trainer.global_batch={micro * nproc}", "trainer.precision=bf16",
             "trainer.compile=false", "resources.partition=null", "resources.account=null", "resources.qos=null"]
     return {f"{m}/{lay}/{ac}": base + ms + ls + acs for m, ms in MODELS.items()

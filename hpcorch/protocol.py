@@ -26,12 +26,12 @@ from __future__ import annotations
 import enum
 import json
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from hpcorch.errors import HpcorchError
-from hpcorch.util.fileio import atomic_write
 from hpcorch.state.rundir import RunDir
+from hpcorch.util.fileio import atomic_write
 
 # Exit codes, named once.
 DONE = 0

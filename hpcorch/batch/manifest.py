@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 from hpcorch.batch.gitstate import git_state, sha256
-from hpcorch.util.fileio import atomic_write, read_json
 from hpcorch.state.rundir import RunDir
+from hpcorch.util.fileio import atomic_write, read_json
 
 log = logging.getLogger(__name__)
 

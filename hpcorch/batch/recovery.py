@@ -28,15 +28,15 @@ import sys
 import time
 
 from hpcorch import protocol
+from hpcorch.batch.failure import Failure, classify_preflight, classify_training, exit_records, srun_ends
 from hpcorch.cluster.slurm import Slurm, SlurmError
 from hpcorch.errors import HpcorchError
-from hpcorch.batch.failure import Failure, classify_preflight, classify_training, exit_records, srun_ends
 from hpcorch.protocol import Action, Cause, Decision, RestartBudget
-from hpcorch.util.fileio import read_json
-from hpcorch.util.poll import PollTimeout, poll_until
-from hpcorch.state.rundir import RunDir
 from hpcorch.spec.job import load_job
 from hpcorch.spec.units import compress_hostlist, expand_hostlist
+from hpcorch.state.rundir import RunDir
+from hpcorch.util.fileio import read_json
+from hpcorch.util.poll import PollTimeout, poll_until
 
 log = logging.getLogger("hpcorch.batch.recovery")
 

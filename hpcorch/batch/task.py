@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import psutil
 
 from hpcorch import protocol
+from hpcorch.batch.recovery import start_when_pending
 from hpcorch.cluster.slurm import Slurm
 from hpcorch.errors import HpcorchError
 from hpcorch.protocol import Action, Cause, NotRequeued, RestartBudget
-from hpcorch.batch.recovery import start_when_pending
-from hpcorch.state.rundir import LEASE_ENV, Lease, RunDir
 from hpcorch.spec.job import load_job
+from hpcorch.state.rundir import LEASE_ENV, Lease, RunDir
 from hpcorch.train.faults import start_delay
 
 log = logging.getLogger(__name__)

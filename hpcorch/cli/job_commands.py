@@ -10,9 +10,18 @@ import sys
 
 import click
 
-from hpcorch.cli.options import (allow_config_change_option, force_option, job_argument, job_options,
-                                 json_option, nccl_debug_option, profile_option, ref_argument, template_option,
-                                 wait_option)
+from hpcorch.cli.options import (
+    allow_config_change_option,
+    force_option,
+    job_argument,
+    job_options,
+    json_option,
+    nccl_debug_option,
+    profile_option,
+    ref_argument,
+    template_option,
+    wait_option,
+)
 from hpcorch.errors import HpcorchError
 
 STDOUT_JSON_HELP = "Machine-readable output on stdout."

@@ -17,6 +17,7 @@ from typing import Any
 
 from hpcorch.util.display import Column, cell, duration, percent, table, when
 
+
 def text(data: Any, as_json: bool, view: Callable[[Any], list[str]]) -> str:
     """What a command prints: ``data`` as indented JSON (``--json``), else ``view``'s lines."""
     return json.dumps(data, indent=2) if as_json else "\n".join(view(data))

@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcorch.errors import HpcorchError
-from hpcorch.util.poll import PollTimeout, poll_until
-from hpcorch.spec.profile import ClusterProfile, load_profile
-from hpcorch.spec.units import format_time
 from hpcorch.cluster.slurm import Slurm
 from hpcorch.cluster.slurmconf import LocalCluster, write_configs
+from hpcorch.errors import HpcorchError
+from hpcorch.spec.profile import ClusterProfile, load_profile
+from hpcorch.spec.units import format_time
+from hpcorch.util.poll import PollTimeout, poll_until
 
 DEFAULT_STATE_DIR = Path(os.environ.get("HPCORCH_DEVCLUSTER_DIR", "/tmp/hpcorch-devcluster"))
 PACKAGES = ["slurm-wlm", "slurmdbd", "munge", "mariadb-server"]

@@ -15,14 +15,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpcorch.spec.profile import MIG_PROFILE_RE
-from hpcorch.spec.units import compress_hostlist
 from hpcorch.cluster.draft import Draft, render_draft
 from hpcorch.cluster.drift import View, diff, diff_profile, live_view, profile_view
 from hpcorch.cluster.live import LiveCluster, Runner, collect, partition_hosts, subprocess_runner
 from hpcorch.cluster.naming import node_types, safe_name, valid_name
 from hpcorch.cluster.slurm import SlurmError
-from hpcorch.cluster.slurmtext import ASSOC_FORMAT, NULLS, QOS_FORMAT, Assoc, Block, Gres, Node, Qos, Shape, SlurmPartition, Switch, Topology, node_from_record, parse_assoc, parse_config, parse_gres, parse_nodes, parse_partitions, parse_qos, parse_records, parse_topology, profile_time, value
+from hpcorch.cluster.slurmtext import (
+    ASSOC_FORMAT,
+    NULLS,
+    QOS_FORMAT,
+    Assoc,
+    Block,
+    Gres,
+    Node,
+    Qos,
+    Shape,
+    SlurmPartition,
+    Switch,
+    Topology,
+    node_from_record,
+    parse_assoc,
+    parse_config,
+    parse_gres,
+    parse_nodes,
+    parse_partitions,
+    parse_qos,
+    parse_records,
+    parse_topology,
+    profile_time,
+    value,
+)
+from hpcorch.spec.profile import MIG_PROFILE_RE
+from hpcorch.spec.units import compress_hostlist
 
 __all__ = [  # this module's own names, then the ones it re-exports for its callers
     "build_profile", "discover",

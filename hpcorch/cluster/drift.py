@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hpcorch.spec.profile import ClusterProfile, NodeType
-from hpcorch.spec.units import compress_hostlist, format_time, parse_time
 from hpcorch.cluster.live import LiveCluster, Runner, collect, partition_hosts, subprocess_runner
 from hpcorch.cluster.naming import node_types, valid_name
 from hpcorch.cluster.slurmtext import Shape, profile_time
+from hpcorch.spec.profile import ClusterProfile, NodeType
+from hpcorch.spec.units import compress_hostlist, format_time, parse_time
 
 
 @dataclass

@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import getpass
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from hpcorch.cluster.slurm import Slurm, SlurmError
-from hpcorch.cluster.slurmtext import ASSOC_FORMAT, QOS_FORMAT, Assoc, Node, Qos, SlurmPartition, Topology, expand_hosts, parse_assoc, parse_config, parse_nodes, parse_partitions, parse_qos, parse_topology
-
+from hpcorch.cluster.slurmtext import (
+    ASSOC_FORMAT,
+    QOS_FORMAT,
+    Assoc,
+    Node,
+    Qos,
+    SlurmPartition,
+    Topology,
+    expand_hosts,
+    parse_assoc,
+    parse_config,
+    parse_nodes,
+    parse_partitions,
+    parse_qos,
+    parse_topology,
+)
 
 Runner = Callable[..., str]  # runner("scontrol", "-o", "show", "node") -> stdout, or SlurmError
 

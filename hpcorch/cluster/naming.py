@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from hpcorch.spec.schema import NAME_RE
 from hpcorch.cluster.slurmtext import Node, Shape
+from hpcorch.spec.schema import NAME_RE
 
 
 def safe_name(text: str) -> str:

@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 
 from hpcorch.errors import HpcorchError
+
 # At module level on purpose: time_left runs in submitit's checkpoint signal handler (see
 # hpcorch.batch.task), where an import could meet half-imported modules.
 from hpcorch.spec.units import expand_hostlist, parse_time

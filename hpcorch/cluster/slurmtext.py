@@ -12,9 +12,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hpcorch.spec.units import expand_hostlist, format_time, parse_time
 from hpcorch.cluster.slurm import SlurmError
-
+from hpcorch.spec.units import expand_hostlist, format_time, parse_time
 
 NULLS = {"", "(null)", "N/A", "n/a", "n/s", "NONE", "None"}
 

@@ -40,9 +40,9 @@ from pathlib import Path
 
 from hpcorch.cluster.slurm import Slurm, SlurmError
 from hpcorch.cluster.slurmtext import tres_counts
-from hpcorch.util.fileio import atomic_write, json_lines, number, read_json
 from hpcorch.state.registry import Entry
 from hpcorch.state.rundir import RunDir
+from hpcorch.util.fileio import atomic_write, json_lines, number, read_json
 
 # A backend's accounting: each job's runs as :meth:`Slurm.attempts` rows, by job id, asked in one
 # go for many entries (a job it has nothing on may be missing: then asked alone).
@@ -87,7 +87,7 @@ class RunLog:
     unplaced: int = 0  # step records without a time (older runs)
 
     @classmethod
-    def read(cls, run: RunDir) -> "RunLog":
+    def read(cls, run: RunDir) -> RunLog:
         log = cls()
         for ev in json_lines(run.events):
             log._event(ev)

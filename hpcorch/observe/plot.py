@@ -16,10 +16,10 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hpcorch.observe import goodput
 from hpcorch.errors import HpcorchError
-from hpcorch.util.fileio import json_lines, number
+from hpcorch.observe import goodput
 from hpcorch.state.rundir import RunDir
+from hpcorch.util.fileio import json_lines, number
 
 PNG_SIZE_IN = (12.0, 8.0)
 PNG_DPI = 100                # 1200 x 800 pixels

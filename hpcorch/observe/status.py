@@ -3,13 +3,13 @@ as it grows. Whether a job runs is :mod:`hpcorch.state.jobstate`'s."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from hpcorch.util.poll import Backoff
 from hpcorch.state.jobstate import base_state, has_ended
 from hpcorch.state.registry import Entry
 from hpcorch.state.rundir import RunDir
+from hpcorch.util.poll import Backoff
 
 # submitit's own bookkeeping lines in a rank's log ("submitit INFO (2026-...) - Job completed")
 _SUBMITIT_LINE = re.compile(r"^submitit (INFO|DEBUG) \(")

@@ -7,7 +7,7 @@ node exactly when ``tp`` divides ``tasks_per_node``; pipeline stages, outermost,
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from hpcorch.errors import PlanError
 from hpcorch.spec.job import JobSpec

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hpcorch.spec import constraint as csyntax
+from hpcorch.spec import units
 from hpcorch.spec.job import Resources
 from hpcorch.spec.profile import ClusterProfile, NodeGroup, NodeType, Partition
-from hpcorch.spec import units
 
 
 def gpu_types(groups: list[NodeGroup]) -> list[str | None]:

@@ -15,8 +15,8 @@ Torch-free and Slurm-free: a dry run computes all of it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from hpcorch.errors import PlanError
 from hpcorch.spec.network import BlockTopology, SwitchTree

@@ -11,11 +11,11 @@ import statistics
 from dataclasses import dataclass
 
 from hpcorch.errors import PlanError
-from hpcorch.util.fileio import json_lines, number
-from hpcorch.state.rundir import RunDir
 from hpcorch.plan.estimate.memory import GIB, MemoryEstimate, estimate_memory
 from hpcorch.plan.estimate.time import Calibration, TimeEstimate, estimate_time
 from hpcorch.spec.schema import Invalid
+from hpcorch.state.rundir import RunDir
+from hpcorch.util.fileio import json_lines, number
 
 log = logging.getLogger(__name__)
 

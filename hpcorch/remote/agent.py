@@ -158,7 +158,7 @@ class Agent:
         while not self.stopping.is_set():
             try:
                 client, _ = listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 pass
             else:
                 threading.Thread(target=self._client, args=(client,), daemon=True).start()

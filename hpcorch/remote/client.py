@@ -17,14 +17,15 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from hpcorch.errors import RemoteError
-from hpcorch.spec.profile import Login
 from hpcorch.remote import agent as _agent
 from hpcorch.remote.sshconfig import Target, resolve
+from hpcorch.spec.profile import Login
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class Session:
 
     @classmethod
     def open(cls, login: Login, accept_new: bool = False, prompter: Prompter | None = None,
-             start: bool = True) -> "Session":
+             start: bool = True) -> Session:
         """A session through the running agent for ``login``, starting one (and authenticating,
         prompts relayed through ``prompter``) when there is none and ``start``."""
         session = cls(login, resolve(login), prompter)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from hpcorch.errors import RemoteError
 from hpcorch.remote import hostkeys
@@ -35,9 +36,9 @@ KEEPALIVE_S = 30
 class Connection:
     """The target's transport plus the jump transports it rides on (closed together)."""
 
-    target: "Target"
-    transport: "paramiko.Transport"
-    jumps: list["paramiko.Transport"] = field(default_factory=list)
+    target: Target
+    transport: paramiko.Transport
+    jumps: list[paramiko.Transport] = field(default_factory=list)
 
     def alive(self) -> bool:
         """True while every transport of the chain is up."""
@@ -52,7 +53,7 @@ class Connection:
                 pass
 
 
-def open_transport(target: "Target", prompter: Prompter, accept_new: bool = False,
+def open_transport(target: Target, prompter: Prompter, accept_new: bool = False,
                    timeout: float = 10) -> Connection:
     """Connect to ``target`` through its jump hosts and authenticate; raise RemoteError."""
     opened: list[paramiko.Transport] = []
@@ -71,7 +72,7 @@ def open_transport(target: "Target", prompter: Prompter, accept_new: bool = Fals
     return Connection(target, opened[-1], opened[:-1])
 
 
-def _sock(hop: "Target", via: "paramiko.Transport | None", timeout: float):
+def _sock(hop: Target, via: paramiko.Transport | None, timeout: float):
     import paramiko
 
     where = f"{hop.hostname}:{hop.port}"
@@ -95,7 +96,7 @@ def _sock(hop: "Target", via: "paramiko.Transport | None", timeout: float):
     except ConnectionRefusedError:
         raise RemoteError(f"{where} refused the connection: check login.port (or Port in your ssh config) "
                           "and that sshd runs there") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise RemoteError(f"{where} did not answer within {timeout:g} s: check the host, your network or "
                           "VPN, or set login.proxy_jump") from None
     except OSError as exc:
@@ -103,7 +104,7 @@ def _sock(hop: "Target", via: "paramiko.Transport | None", timeout: float):
                           "VPN") from None
 
 
-def _handshake(hop: "Target", via, accept_new: bool, timeout: float) -> "paramiko.Transport":
+def _handshake(hop: Target, via, accept_new: bool, timeout: float) -> paramiko.Transport:
     import paramiko
 
     sock = _sock(hop, via, timeout)
@@ -130,7 +131,7 @@ def _short(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def authenticate(transport: "paramiko.Transport", hop: "Target", prompter: Prompter) -> None:
+def authenticate(transport: paramiko.Transport, hop: Target, prompter: Prompter) -> None:
     """Authenticate ``transport`` as ``hop.user``: agent keys, key files, then the prompter."""
     import paramiko
 
@@ -177,7 +178,7 @@ def _allowed(transport, user: str) -> list[str] | None:
         return list(exc.allowed_types)
 
 
-def _publickey(transport, hop: "Target", prompter: Prompter, tried: list[str]) -> list[str] | None:
+def _publickey(transport, hop: Target, prompter: Prompter, tried: list[str]) -> list[str] | None:
     """Try each key; return the remaining methods after a (partial) success, None when all failed."""
     import paramiko
 
@@ -209,7 +210,7 @@ def _note(tried: list[str], n_agent: int, n_files: int) -> None:
         tried.append(f"{n_files} key file{'s' * (n_files > 1)}")
 
 
-def _with_files(keys, hop: "Target", prompter: Prompter):
+def _with_files(keys, hop: Target, prompter: Prompter):
     """Agent keys first, then each identity file, loaded lazily (a passphrase only when needed)."""
     yield from keys
     for path in hop.identity_files:
@@ -240,7 +241,7 @@ def load_key(path: str, prompter: Prompter):
     return None
 
 
-def _interactive(transport, user: str, prompter: Prompter, hop: "Target") -> list[str]:
+def _interactive(transport, user: str, prompter: Prompter, hop: Target) -> list[str]:
     failed: list[BaseException] = []
 
     def handler(title: str, instructions: str, prompts) -> list[str]:

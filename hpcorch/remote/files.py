@@ -29,7 +29,8 @@ import struct
 import sys
 import tarfile
 import zlib
-from typing import IO, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO
 
 MAGIC = b"\x00HPCSYNC1\n"
 EXIT_NO_SPACE = 28      # errno ENOSPC's number: the caller says "remote disk full at HOST:DIR"

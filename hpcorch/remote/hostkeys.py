@@ -27,19 +27,19 @@ log = logging.getLogger(__name__)
 _ALGORITHMS = {"ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]}
 
 
-def fingerprint(key: "paramiko.PKey") -> str:
+def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH's fingerprint format: ``SHA256:`` then unpadded base64 of the key's SHA-256."""
     digest = hashlib.sha256(key.asbytes()).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-def host_entry(target: "Target") -> str:
+def host_entry(target: Target) -> str:
     """The name known_hosts stores for ``target``: ``host`` on port 22, ``[host]:port`` otherwise."""
     name = target.host_key_alias or target.hostname
     return name if target.port == 22 or target.host_key_alias else f"[{name}]:{target.port}"
 
 
-def known_keys(target: "Target") -> dict[str, tuple["paramiko.PKey", str]]:
+def known_keys(target: Target) -> dict[str, tuple[paramiko.PKey, str]]:
     """Key type -> (key, file) for every known_hosts entry matching ``target``, first file first."""
     import paramiko
 
@@ -60,7 +60,7 @@ def known_keys(target: "Target") -> dict[str, tuple["paramiko.PKey", str]]:
     return found
 
 
-def preferred_algorithms(target: "Target", offered: tuple[str, ...]) -> tuple[str, ...]:
+def preferred_algorithms(target: Target, offered: tuple[str, ...]) -> tuple[str, ...]:
     """Host key algorithms with the known ones first, so a server with several keys shows the
     one we can check (as OpenSSH orders HostKeyAlgorithms)."""
     known = [a for t in known_keys(target) for a in _ALGORITHMS.get(t, [t])]
@@ -68,7 +68,7 @@ def preferred_algorithms(target: "Target", offered: tuple[str, ...]) -> tuple[st
     return tuple(first + [a for a in offered if a not in first])
 
 
-def verify(target: "Target", key: "paramiko.PKey", accept_new: bool) -> None:
+def verify(target: Target, key: paramiko.PKey, accept_new: bool) -> None:
     """Check the server's ``key`` for ``target``; raise RemoteError when it is unknown (unless
     ``accept_new``, which stores it) or changed (always)."""
     name = host_entry(target)
@@ -97,7 +97,7 @@ def verify(target: "Target", key: "paramiko.PKey", accept_new: bool) -> None:
     store(target, key)
 
 
-def store(target: "Target", key: "paramiko.PKey") -> str:
+def store(target: Target, key: paramiko.PKey) -> str:
     """Append ``key`` for ``target`` to the first known_hosts file (creating it 0600 in a 0700
     folder); return that file's path."""
     import paramiko

@@ -15,13 +15,13 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from hpcorch.errors import ConfigError, HpcorchError, RemoteError
-from hpcorch.util.fileio import number
-from hpcorch.state.registry import Entry, Registry, RemoteRef
 from hpcorch.spec.profile import ClusterProfile, load_profile
+from hpcorch.state.registry import Entry, Registry, RemoteRef
+from hpcorch.util.fileio import number
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ class Target:
     user: str
     identity_files: list[str] = field(default_factory=list)
     known_hosts: list[str] = field(default_factory=list)
-    jumps: list["Target"] = field(default_factory=list)
+    jumps: list[Target] = field(default_factory=list)
     key: str = ""
     # Not in the design's field list, both optional: OpenSSH's HashKnownHosts (how accept-new
     # writes a new entry) and HostKeyAlias (the name known_hosts is searched under).
@@ -63,7 +63,7 @@ class Target:
                 "hash_known_hosts": self.hash_known_hosts, "host_key_alias": self.host_key_alias}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Target":
+    def from_dict(cls, data: dict) -> Target:
         return cls(**{**data, "jumps": [cls.from_dict(j) for j in data.get("jumps", [])]})
 
 

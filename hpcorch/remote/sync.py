@@ -19,6 +19,7 @@ Completed``: :class:`hpcorch.remote.client.Session` over SSH, or :class:`LocalRu
 """
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -28,17 +29,17 @@ import sys
 import tarfile
 import tempfile
 import threading
-import gzip
 import zlib
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, BinaryIO, Callable, Iterable, Iterator, Protocol
+from typing import IO, BinaryIO, Protocol
 
 from hpcorch.errors import HpcorchError, RemoteError
-from hpcorch.state.rundir import RunDir
 from hpcorch.remote import files
 from hpcorch.remote.client import Completed, remote_command
 from hpcorch.remote.files import DEFAULT_EXCLUDE, Manifest
+from hpcorch.state.rundir import RunDir
 
 log = logging.getLogger(__name__)
 _SPOOL = 32 << 20  # the tar of a push is spooled in memory up to this, then on disk

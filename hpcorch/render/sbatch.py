@@ -35,8 +35,16 @@ from pathlib import Path
 
 from hpcorch.errors import RenderError
 from hpcorch.plan.plan import Plan
-from hpcorch.render.shell import (Safe, check_directives, check_placement, directive, expand, finalize, prepend,
-                                  shell_quote)
+from hpcorch.render.shell import (
+    Safe,
+    check_directives,
+    check_placement,
+    directive,
+    expand,
+    finalize,
+    prepend,
+    shell_quote,
+)
 from hpcorch.spec.catalog import TEMPLATES_DIR
 
 DEFAULT_TEMPLATE = "sbatch.sh.j2"

@@ -21,18 +21,18 @@ Nothing here imports torch or submitit until a job is really submitted or traine
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
-from hpcorch.state import jobstate
-from hpcorch.errors import ConfigError, HpcorchError
 from hpcorch.batch.manifest import write_attempt
+from hpcorch.errors import ConfigError, HpcorchError
 from hpcorch.plan.plan import Plan, default_run_dir, make_plan
-from hpcorch.state.registry import Entry, Registry
-from hpcorch.state.rundir import LEASE_ENV, Lease, RunDir
 from hpcorch.spec.compat import check_config_change, training_config
 from hpcorch.spec.job import load_job
 from hpcorch.spec.profile import load_profile
+from hpcorch.state import jobstate
+from hpcorch.state.registry import Entry, Registry
+from hpcorch.state.rundir import LEASE_ENV, Lease, RunDir
 from hpcorch.submit.backend import Backend, Resume, Submission
 from hpcorch.submit.local import LocalBackend
 from hpcorch.submit.process import ProcessBackend
@@ -79,8 +79,8 @@ def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overr
     the nodes the registry holds in quarantine for the profile are excluded. A GPU job whose
     memory estimate exceeds its GPUs is refused unless ``force`` (:mod:`hpcorch.plan.verdict`)."""
     from hpcorch.plan.verdict import check_fit
-    from hpcorch.state.quarantine import excluded_nodes
     from hpcorch.spec.catalog import default_profile
+    from hpcorch.state.quarantine import excluded_nodes
 
     profile = str(profile) if profile is not None else default_profile()
     spec = load_job(job, list(overrides))

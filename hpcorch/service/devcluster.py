@@ -3,8 +3,8 @@ the shell line that points Slurm's clients at it, and installing its packages.""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 Log = Callable[[str], None]
 

@@ -13,7 +13,8 @@ from pathlib import Path
 def list_profiles() -> list[dict]:
     """Every profile found by name (yours: $HPCORCH_PROFILE_PATH, $HPCORCH_HOME/profiles; then the
     shipped ones): name, scheduler, node count, partition names and description."""
-    from hpcorch.spec.profile import list_profiles as found, load_profile
+    from hpcorch.spec.profile import list_profiles as found
+    from hpcorch.spec.profile import load_profile
 
     rows = []
     for name in found():

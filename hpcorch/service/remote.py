@@ -44,7 +44,8 @@ def disconnect(profile: str) -> bool:
 
 def disconnect_all() -> list[str]:
     """Stop every connection agent; the hosts whose connection closed (empty: none was open)."""
-    from hpcorch.remote.client import agents as running, stop
+    from hpcorch.remote.client import agents as running
+    from hpcorch.remote.client import stop
 
     return [r["host"] for r in running() if stop(r)]
 

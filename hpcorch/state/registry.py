@@ -13,9 +13,9 @@ import dataclasses
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from hpcorch.errors import HpcorchError
 from hpcorch.spec.catalog import hpcorch_home
@@ -77,7 +77,7 @@ class Entry:
     remote: str | None = None  # JSON of a RemoteRef; None for a job submitted from this machine
 
     @property
-    def remote_ref(self) -> "RemoteRef | None":
+    def remote_ref(self) -> RemoteRef | None:
         return RemoteRef.from_json(self.remote) if self.remote else None
 
     @property
@@ -96,7 +96,7 @@ class Entry:
         return str(self.pulled_dir) if self.remote else self.run_dir
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Entry":
+    def from_row(cls, row: sqlite3.Row) -> Entry:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: row[k] for k in row.keys() if k in names})
 
@@ -116,7 +116,7 @@ class RemoteRef:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "RemoteRef":
+    def from_json(cls, text: str) -> RemoteRef:
         import json
 
         return cls(**json.loads(text))

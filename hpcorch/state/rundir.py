@@ -28,10 +28,10 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from hpcorch.errors import HpcorchError
 from hpcorch.util.fileio import atomic_write, last_json_line, read_json
@@ -97,7 +97,7 @@ class Lease:
     claimed: float = field(default_factory=time.time)
 
     @classmethod
-    def for_holder(cls, scheduler: str, job_id: str, attempt: int = 0, slurm_conf: str | None = None) -> "Lease":
+    def for_holder(cls, scheduler: str, job_id: str, attempt: int = 0, slurm_conf: str | None = None) -> Lease:
         """The lease of a holder. A local holder is a pid: its start time is recorded too, so
         a later process that reuses the number is never taken for it."""
         started = 0.0
@@ -130,12 +130,12 @@ class RunDir:
             else self.root / "checkpoints"
 
     @classmethod
-    def for_job(cls, root: str | os.PathLike, job) -> "RunDir":
+    def for_job(cls, root: str | os.PathLike, job) -> RunDir:
         """The run directory of ``job`` (a JobSpec): honours ``trainer.checkpoint.dir``."""
         return cls(root, job.trainer.checkpoint.dir)
 
     @classmethod
-    def open(cls, root: str | os.PathLike) -> "RunDir":
+    def open(cls, root: str | os.PathLike) -> RunDir:
         """An existing run directory, its checkpoint folder read from its resolved job."""
         from hpcorch.spec.job import load_job
 
@@ -229,7 +229,7 @@ class RunDir:
                     raise HpcorchError(f"{wanted}: {folder} is not writable")
                 break
 
-    def create(self) -> "RunDir":
+    def create(self) -> RunDir:
         """Make the folders a run writes into."""
         for folder in (self.root, self.logs):
             folder.mkdir(parents=True, exist_ok=True)

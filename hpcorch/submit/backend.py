@@ -28,7 +28,6 @@ from hpcorch.state.registry import Entry, Registry
 from hpcorch.state.rundir import RunDir
 from hpcorch.util.poll import Backoff
 
-
 Write = Callable[[str], None]
 
 # How long a follower waits on a scheduler that answers nothing (UNKNOWN) before giving up.

@@ -12,11 +12,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from hpcorch.errors import HpcorchError
 from hpcorch.batch.manifest import record_submission
+from hpcorch.batch.task import TrainTask
+from hpcorch.errors import HpcorchError
 from hpcorch.plan.plan import Plan
 from hpcorch.spec.schema import to_dict
-from hpcorch.batch.task import TrainTask
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ import math
 import os
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from hpcorch.util.diskspace import DiskFull
 

@@ -8,7 +8,8 @@ hammers a scheduler: like submitit's watcher, the interval grows from ``interval
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import sys
 
+from hpcorch.batch.health.criteria import _Parser, add_arguments, from_namespace
 from hpcorch.errors import HpcorchError
 from hpcorch.protocol import CLEAR_ERROR
-from hpcorch.batch.health.criteria import _Parser, add_arguments, from_namespace
 
 log = logging.getLogger("hpcorch.batch.health")
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import datetime
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from hpcorch.batch.health.criteria import Criteria
 from hpcorch.batch.health.report import Check, NodeReport

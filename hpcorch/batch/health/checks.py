@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
-from hpcorch.util.diskspace import free_bytes
 from hpcorch.batch.health.criteria import Criteria
 from hpcorch.batch.health.report import Check, NodeReport
+from hpcorch.util.diskspace import free_bytes
 
 ROOT_ENV = "HPCORCH_SYSTEM_ROOT"
 GB = 1e9  # decimal, as `df -H` and the floors count

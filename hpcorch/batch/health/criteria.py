@@ -78,7 +78,7 @@ class Criteria:
         return args
 
     @classmethod
-    def from_args(cls, args: list[str]) -> "Criteria":
+    def from_args(cls, args: list[str]) -> Criteria:
         """The inverse of :meth:`to_args`; a bad option raises :class:`BadCriteria`. Options not
         given keep their defaults."""
         namespace, rest = parser().parse_known_args(args)

@@ -11,14 +11,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
-from hpcorch.protocol import DONE, HEALTH_FAILED
-from hpcorch.state.rundir import RunDir
 from hpcorch.batch.health.checks import check_node, node_name
 from hpcorch.batch.health.criteria import Criteria
 from hpcorch.batch.health.report import Check, NodeReport
+from hpcorch.protocol import DONE, HEALTH_FAILED
+from hpcorch.state.rundir import RunDir
 
 log = logging.getLogger(__name__)
 # How long the watchdog waits for its own report write (the file system may be what hangs).
@@ -39,7 +39,7 @@ class Deadline:
         self._timer.daemon = True
         self.started = time.monotonic()
 
-    def start(self) -> "Deadline":
+    def start(self) -> Deadline:
         self._timer.start()
         return self
 

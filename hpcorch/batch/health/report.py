@@ -71,7 +71,7 @@ class NodeReport:
     def add(self, checks: list[Check] | Check) -> None:
         self.checks.extend([checks] if isinstance(checks, Check) else checks)
 
-    def finish(self) -> "NodeReport":
+    def finish(self) -> NodeReport:
         """Stamp the wall time since ``started``."""
         self.wall_s = round(time.time() - self.started, 3)
         return self
@@ -97,7 +97,7 @@ class NodeReport:
         return path
 
     @classmethod
-    def from_dict(cls, data: dict) -> "NodeReport":
+    def from_dict(cls, data: dict) -> NodeReport:
         checks = [Check(**{k: c.get(k) for k in CHECK_KEYS}) for c in data.get("checks", [])]
         fields = {k: data[k] for k in ("node", "started", "attempt", "job_id", "root", "notes", "gpu_source",
                                        "peers", "criteria", "wall_s") if k in data}
