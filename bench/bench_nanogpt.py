@@ -151,7 +151,7 @@ def child(work: Path, steps: int, clock: str, seed: int) -> None:
     trainer = Trainer(job, work / "run", init_distributed(), stop_signals=(), sinks=(clock,))
     clock.times[0] = now()
     trainer.run()
-    dts = [b - a for a, b in zip(clock.times, clock.times[1:])]
+    dts = [b - a for a, b in zip(clock.times, clock.times[1:], strict=False)]
     print(json.dumps({"loss": clock.losses, "dt": dts, "val_loss": clock.val_loss}))
 
 
@@ -204,8 +204,8 @@ def main() -> None:
     # Times: the median over rounds (a busy machine slows some). Losses: the mean over the
     # rounds' seeds (one seed's loss after a few hundred steps varies by several percent).
     ours, theirs = (statistics.median(row[0] for row in results[n]) for n in ("hpcorch", "nanogpt"))
-    loss_ours, val_ours = (statistics.mean(col) for col in list(zip(*results["hpcorch"]))[1:])
-    loss_theirs, val_theirs = (statistics.mean(col) for col in list(zip(*results["nanogpt"]))[1:])
+    loss_ours, val_ours = (statistics.mean(col) for col in list(zip(*results["hpcorch"], strict=True))[1:])
+    loss_theirs, val_theirs = (statistics.mean(col) for col in list(zip(*results["nanogpt"], strict=True))[1:])
     print(f"step time ({args.clock} clock): hpcorch {ours * 1000:.2f} ms, nanoGPT {theirs * 1000:.2f} ms, ratio {ours / theirs:.3f}x (goal <= 1.0x)")
     print(f"train loss (mean of the last {tail} steps, mean over {args.rounds} seeds): hpcorch {loss_ours:.4f}, nanoGPT {loss_theirs:.4f}, "
           f"difference {100 * (loss_ours / loss_theirs - 1):+.2f}% (one batch per step: noisy)")

@@ -42,6 +42,20 @@ def cases(micro: int, nproc: int) -> dict[str, list[str]]:
             for lay, ls in LAYOUTS.items() for ac, acs in AC.items()}
 
 
+def _train_step(parallel, job, gen, device) -> None:
+    """One training step of random tokens, as the trainer runs it."""
+    import torch
+
+    tr, layout = job.trainer, job.layout
+    shape = (layout.micro_batch, tr.model.seq_len)
+    batches = [(torch.randint(tr.model.vocab, shape, device=device, generator=gen),
+                torch.randint(tr.model.vocab, shape, device=device, generator=gen))
+               for _ in range(layout.accumulation)]
+    parallel.forward_backward(batches)
+    parallel.clip_grad_norm(tr.optimizer.grad_clip)
+    parallel.optimizer_step()
+
+
 def rank_main(case_file: Path, out_dir: Path) -> None:
     """One rank: every case, one warm-up and one measured step each."""
     import torch
@@ -54,27 +68,18 @@ def rank_main(case_file: Path, out_dir: Path) -> None:
     try:
         for name, sets in json.loads(case_file.read_text()).items():
             job = load_job("gpt2-124m", sets)
-            tr, layout = job.trainer, job.layout
+            tr = job.trainer
             parallel = build_parallel_model(job, env)
             parallel.train()
             gen = torch.Generator(device=env.device).manual_seed(env.rank)
 
-            def step():
-                shape = (layout.micro_batch, tr.model.seq_len)
-                batches = [(torch.randint(tr.model.vocab, shape, device=env.device, generator=gen),
-                            torch.randint(tr.model.vocab, shape, device=env.device, generator=gen))
-                           for _ in range(layout.accumulation)]
-                parallel.forward_backward(batches)
-                parallel.clip_grad_norm(tr.optimizer.grad_clip)
-                parallel.optimizer_step()
-
             x = torch.randint(tr.model.vocab, (tr.micro_batch, tr.model.seq_len), device=env.device, generator=gen)
             parallel.settle(x, x)
-            step()
+            _train_step(parallel, job, gen, env.device)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
-            step()
+            _train_step(parallel, job, gen, env.device)
             torch.cuda.synchronize()
             free, total = torch.cuda.mem_get_info()
             reserved = torch.cuda.memory_reserved()

@@ -160,6 +160,11 @@ def _slurm_version() -> str | None:
     return Slurm().version()
 
 
+def _text(value):
+    """NVML answers bytes in older pynvml releases, str in newer ones."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def gpu_info() -> dict | None:
     """GPU model, count and driver through NVML (nvidia-ml-py), when it is installed and finds a
     GPU; None otherwise (no nvidia-smi subprocess: it can hang on a sick node)."""
@@ -175,8 +180,7 @@ def gpu_info() -> dict | None:
         count = pynvml.nvmlDeviceGetCount()
         name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0)) if count else None
         driver = pynvml.nvmlSystemGetDriverVersion()
-        as_text = (lambda v: v.decode() if isinstance(v, bytes) else v)
-        return {"model": as_text(name), "count": count, "driver": as_text(driver)}
+        return {"model": _text(name), "count": count, "driver": _text(driver)}
     finally:
         pynvml.nvmlShutdown()
 

@@ -282,7 +282,7 @@ class DevCluster:
                 continue
             os.kill(pid, signal.SIGTERM)
             try:
-                poll_until(lambda: daemon.pid() != pid, timeout_s, interval_s=0.1)
+                poll_until(lambda: daemon.pid() != pid, timeout_s, interval_s=0.1)  # noqa: B023 (called in this turn)
             except PollTimeout:
                 os.kill(pid, signal.SIGKILL)
             stopped.append(daemon.name)

@@ -151,7 +151,7 @@ class Slurm:
             values = line.split("|")
             if len(values) != len(self.ATTEMPT_FIELDS):
                 continue
-            row = dict(zip(self.ATTEMPT_FIELDS, values))
+            row = dict(zip(self.ATTEMPT_FIELDS, values, strict=True))
             runs.setdefault(row["JobID"], []).append(row)
         for rows in runs.values():
             rows.sort(key=lambda r: r["Submit"])  # ISO times: text order is time order

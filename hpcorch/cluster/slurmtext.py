@@ -303,7 +303,7 @@ def parse_qos(text: str) -> list[Qos]:
     for line in text.splitlines():
         if not line.strip():
             continue
-        cols = dict(zip(QOS_FORMAT, (line.split("|") + [""] * len(QOS_FORMAT))))
+        cols = dict(zip(QOS_FORMAT, (line.split("|") + [""] * len(QOS_FORMAT)), strict=False))  # padded
         per_job, per_node = tres_counts(cols["MaxTRES"]), tres_counts(cols["MaxTRESPerNode"])
         wall = cols["MaxWall"].strip()
         wall = profile_time(wall) if wall else None

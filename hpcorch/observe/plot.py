@@ -104,7 +104,7 @@ def running_share(attempts: list[goodput.Attempt], log: goodput.RunLog) -> list[
 
 def _points(x: list, y: list) -> tuple[list, list]:
     """The points of a series that have a value."""
-    pairs = [(a, b) for a, b in zip(x, y) if b is not None]
+    pairs = [(a, b) for a, b in zip(x, y, strict=True) if b is not None]
     return [a for a, _ in pairs], [b for _, b in pairs]
 
 
@@ -184,7 +184,7 @@ def png(c: Curves, path: str | Path) -> Path:
 
     fig, axes = plt.subplots(2, 2, figsize=PNG_SIZE_IN, dpi=PNG_DPI, sharex=True)
     try:
-        for ax, (title, series) in zip(axes.flat, _panels(c)):
+        for ax, (title, series) in zip(axes.flat, _panels(c), strict=False):  # 4 axes, up to 4 panels
             for label, x, y in series:
                 x, y = _points(x, y)
                 if x:

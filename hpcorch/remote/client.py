@@ -51,7 +51,7 @@ def default_prompter(text: str, echo: bool) -> str:
     """Ask on the terminal (/dev/tty, hidden input unless ``echo``), else read a line of stdin
     (so a script can pipe a one-time code in); raise RemoteError when there is no answer."""
     try:
-        tty = open("/dev/tty", "r+")
+        tty = open("/dev/tty", "r+")  # noqa: SIM115 (closed by the `with` below; only the open may fail)
     except OSError:
         tty = None
     if tty is not None:

@@ -177,10 +177,7 @@ def _same(mine: list, theirs: list) -> bool:
         return mine == theirs
     if mine[0] != theirs[0] or mine[2] != theirs[2]:
         return False
-    for unit in (1, 1000, 10**9):
-        if theirs[1] % unit == 0 and mine[1] - mine[1] % unit == theirs[1]:
-            return True
-    return False
+    return any(theirs[1] % unit == 0 and mine[1] - mine[1] % unit == theirs[1] for unit in (1, 1000, 10**9))
 
 
 def push(runner: Runner, local_dir: str | os.PathLike, remote_dir: str,
@@ -304,7 +301,7 @@ def pull(runner: Runner, remote_dir: str, local_dir: str | os.PathLike,
 def _apply(local_dir: str, frames: Iterable[tuple[bytes, bytes]], stats: SyncStats) -> None:
     """Write what ``send`` answered: whole files atomically, appends at the offset we held."""
     frames = iter(frames)
-    for kind, data in frames:
+    for _kind, data in frames:
         head = json.loads(data)
         if head.get("done"):
             return
@@ -318,7 +315,7 @@ def _apply(local_dir: str, frames: Iterable[tuple[bytes, bytes]], stats: SyncSta
                     return
                 stats.bytes_sent += len(block)
                 yield block
-            raise EOFError(f"answer cut inside {rel}")
+            raise EOFError(f"answer cut inside {rel}")  # noqa: B023 (consumed in this turn)
 
         if head["offset"] == 0:
             os.replace(files.write_atomic(path, content(), None, head["mtime_ns"], durable=True), path)

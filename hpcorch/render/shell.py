@@ -25,7 +25,7 @@ Q_OPEN, Q_CLOSE, D_OPEN, D_CLOSE = "\ue000", "\ue001", "\ue002", "\ue003"
 E_OPEN, E_CLOSE = "\ue004", "\ue005"
 _OPENERS, _CLOSERS = (Q_OPEN, D_OPEN, E_OPEN), (Q_CLOSE, D_CLOSE, E_CLOSE)
 _MARKERS = "".join(_OPENERS + _CLOSERS)
-_MARKED = re.compile("|".join(f"{o}[^{_MARKERS}]*{c}" for o, c in zip(_OPENERS, _CLOSERS)))
+_MARKED = re.compile("|".join(f"{o}[^{_MARKERS}]*{c}" for o, c in zip(_OPENERS, _CLOSERS, strict=True)))
 _FILTER = {Q_OPEN: "|q", D_OPEN: "|directive", E_OPEN: "|expand"}
 _HEREDOC = re.compile(f"<<(-?)[ \\t]*([^\\s;&|()<>{_MARKERS}]*)")
 

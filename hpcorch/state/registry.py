@@ -98,7 +98,7 @@ class Entry:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Entry:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: row[k] for k in row.keys() if k in names})
+        return cls(**{k: row[k] for k in row.keys() if k in names})  # noqa: SIM118 (a Row iterates values)
 
 
 @dataclass

@@ -73,7 +73,7 @@ def json_lines(path: Path, tail: int | None = None) -> Iterator[dict]:
     """The JSON objects of a ``.jsonl`` file (of its last ``tail`` bytes when given), skipping
     lines cut short by a crash (or by the tail's start); nothing if the file is missing."""
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 (closed by the `with` below; only the open may fail)
     except OSError:
         return
     with f:
