@@ -20,12 +20,15 @@ def jobs_list(as_json):
     """List the jobs found by name: yours in $HPCORCH_HOME/jobs, then the shipped ones."""
     from hpcorch.spec.catalog import names
     from hpcorch.spec.job import load_job
+    from hpcorch.train.models import spec_of  # torch-free: the family's arithmetic
 
     rows = []
     for name, path in names("jobs").items():
         job = load_job(path)
+        model = job.trainer.model
         rows.append({"name": name, "path": str(path), "nodes": job.resources.nodes,
-                     "gpus_per_node": job.resources.gpus_per_node, "parameters": job.trainer.model.num_params(),
+                     "gpus_per_node": job.resources.gpus_per_node,
+                     "parameters": spec_of(model).shapes.num_params(model),
                      "description": job.description})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
