@@ -41,8 +41,8 @@ def build_parallel_model(job: JobSpec, env: DistEnv) -> ParallelModel:
     tr = job.trainer
     layout = resolve_layout(job, env.world_size)
     precision = resolve_precision(tr.precision, env.device)
+    parts = spec_of(tr.model).parts()  # imports the family's modules before the seed, as always
     seed_everything(tr.seed)  # the same initial weights on every rank (determinism rule 2)
-    parts = spec_of(tr.model).parts()
     module = parts.build(tr.model, activation_checkpointing=tr.activation_checkpointing).to(env.device)
     if layout.kind == "nd":
         from hpcorch.train.parallelize.nd import build_nd
