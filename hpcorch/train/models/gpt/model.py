@@ -187,8 +187,9 @@ def _qkv_view(value, width: int):
 
 
 def export_tensor(name: str, tensor):
-    """For files read outside hpcorch: q, k and v as one ``nn.Linear(width, 3 * width)`` holds them (the trainer keeps them as
-    ``(3, width, width)`` so that tensor parallelism splits whole heads): the same bytes."""
+    """For files read outside hpcorch: q, k and v as one ``nn.Linear(width, 3 * width)`` holds
+    them (the trainer keeps them as ``(3, width, width)`` so that tensor parallelism splits whole
+    heads): the same bytes."""
     if name.endswith("attn.qkv.weight") and tensor.dim() == 3:
         return tensor.reshape(-1, tensor.shape[-1])
     if name.endswith("attn.qkv.bias") and tensor.dim() == 2:
