@@ -199,3 +199,10 @@ def test_the_gpt_check_sees_a_use():
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_module_is_a_monolith(path):
     assert len(path.read_text().splitlines()) <= 450
+
+
+def test_the_planner_reaches_the_trainer_only_through_the_registry_of_models():
+    """plan/ is torch-free: of train/ it may import only the registry, whose families' torch-free
+    halves (``shapes``) it reads; the torch halves load on demand (ModelSpec.parts)."""
+    reached = {dep for name, deps in graph().items() if unit(name) == "plan" for dep in deps if unit(dep) == "train"}
+    assert reached == {"hpcorch.train.models"}

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -112,3 +114,16 @@ def test_a_choice_of_two_families_defaults_to_the_field_s_kind():
         build(_Holder, {"model": {"depth": 2}}, "t")
     assert info.value.key == "model.depth"
     assert [f.name for f in dataclasses.fields(GPTConfig)][0] == "kind"
+
+
+def test_the_registry_and_the_plan_import_no_torch(repo):
+    """``hpcorch plan`` reads the family's figures from its torch-free half."""
+    code = ("import sys\nfrom hpcorch.cli.main import main\n"
+            "try:\n    main(['plan', 'jobs/gpt2-124m.yaml', '-p', 'h100-ndr'])\nexcept SystemExit as exc:\n"
+            "    assert not exc.code, exc.code\n"
+            "from hpcorch.train.models import get_model_spec\n"
+            "gpt = get_model_spec('gpt')\nassert gpt.shapes.num_params(gpt.config_cls()) > 0\n"
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(repo))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
