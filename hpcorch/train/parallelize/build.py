@@ -6,7 +6,7 @@ optimizers, and one training step's forward/backward, gradient clipping and upda
 The layout comes from ``trainer.parallel`` resolved against the world size
 (:class:`hpcorch.spec.parallel.Layout`). The plain data-parallel kinds keep their code paths
 (:data:`LAYOUTS`: DDP, or FSDP2 over all ranks), number for number; every other layout
-(``nd``) is built on one device mesh (:mod:`.mesh`): tensor parallelism (:mod:`.tensor_parallel`),
+(``nd``) is built on one device mesh (:mod:`.mesh`): tensor parallelism (the family's plan),
 then FSDP2/HSDP over the data-parallel dimensions, and pipeline stages (:mod:`.pipeline`).
 Nothing here knows the family: its module, tp plan, loss and tied weights come from its
 :class:`~hpcorch.train.models.spec.ModelParts`.
@@ -41,13 +41,13 @@ def build_parallel_model(job: JobSpec, env: DistEnv) -> ParallelModel:
     tr = job.trainer
     layout = resolve_layout(job, env.world_size)
     precision = resolve_precision(tr.precision, env.device)
-    parts = spec_of(tr.model).parts()  # imports the family's modules before the seed, as always
+    family = spec_of(tr.model).parts()  # imports the family's modules before the seed, as always
     seed_everything(tr.seed)  # the same initial weights on every rank (determinism rule 2)
-    module = parts.build(tr.model, activation_checkpointing=tr.activation_checkpointing).to(env.device)
+    module = family.build(tr.model, activation_checkpointing=tr.activation_checkpointing).to(env.device)
     if layout.kind == "nd":
         from hpcorch.train.parallelize.nd import build_nd
 
-        return build_nd(module, parts, job, env, layout, precision)
+        return build_nd(module, family, job, env, layout, precision)
     # One rank is both kinds: trainer.sharding decides, as it always did.
     kind = layout.kind if layout.dp > 1 else tr.sharding
     wrapped = LAYOUTS[kind](module, job, env, precision)
