@@ -33,6 +33,7 @@ from hpcorch.state.registry import Registry
 from hpcorch.spec.job import load_job
 from hpcorch.spec.planning import Planning
 from hpcorch.spec.profile import load_profile
+from hpcorch.train.models import spec_of
 
 pytestmark = pytest.mark.timeout(300)
 
