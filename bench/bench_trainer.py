@@ -28,8 +28,8 @@ def main() -> None:
 
     from hpcorch.spec.job import load_job
     from hpcorch.train.distributed import init_distributed
-    from hpcorch.train.models.gpt.model import GPT
     from hpcorch.train.spawn import free_port
+    from hpcorch.train.models import spec_of
     from hpcorch.train.trainer import Trainer
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
@@ -40,7 +40,8 @@ def main() -> None:
 
     tr = job.trainer
     torch.manual_seed(tr.seed)
-    bare = GPT(tr.model)
+    family = spec_of(tr.model)
+    bare = family.parts().build(tr.model)
     opt = torch.optim.AdamW(bare.parameters(), lr=tr.optimizer.lr)
     _, x, y = trainer.data.train.batch(range(tr.micro_batch))
     accum = trainer.accum
@@ -66,7 +67,7 @@ def main() -> None:
         base.append(timed(bare_step))
     o, b = statistics.median(ours), statistics.median(base)
     tokens = tr.global_batch * tr.model.seq_len
-    print(f"model {tr.model.num_params() / 1e6:.2f}M params, {tokens} tokens/step, accumulation {accum}, "
+    print(f"model {family.shapes.num_params(tr.model) / 1e6:.2f}M params, {tokens} tokens/step, accumulation {accum}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"{'loop':<22}{'median step s':>14}{'tokens/s':>12}{'ratio':>8}")
     print(f"{'bare loop':<22}{b:>14.4f}{tokens / b:>12.0f}{1.0:>8.2f}")

@@ -33,6 +33,7 @@ from hpcorch.state.registry import Registry
 from hpcorch.spec.job import load_job
 from hpcorch.spec.planning import Planning
 from hpcorch.spec.profile import load_profile
+from hpcorch.train.models import spec_of
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -241,7 +242,7 @@ def test_time_figures_and_the_interval_in_steps():
     gpus = job.resources.nodes * job.resources.gpus_per_node
     t = estimate_time(job, 989.0, gpus, planning)
     tokens = job.trainer.global_batch * job.trainer.model.seq_len
-    assert t.tokens_per_s == pytest.approx(gpus * 989e12 * 0.35 / job.trainer.model.flops_per_token())
+    assert t.tokens_per_s == pytest.approx(gpus * 989e12 * 0.35 / spec_of(job.trainer.model).shapes.flops_per_token(job.trainer.model))
     assert t.wall_s == pytest.approx(job.trainer.steps * tokens / t.tokens_per_s)
     assert t.gpu_hours == pytest.approx(t.wall_s * gpus / 3600)
     assert t.save_s == pytest.approx(checkpoint_bytes(job.trainer.model, "adamw") / 2e9)

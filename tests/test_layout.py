@@ -183,18 +183,51 @@ def test_the_graph_sees_lazy_imports():
     assert "hpcorch.batch.health.criteria" in imports(PACKAGE / "plan" / "plan.py")  # inside a function
 
 
+# The GPT family's own names: its module, config and arithmetic classes.
+GPT_NAMES = {"GPT", "GPTConfig", "GPTShapes"}
+# Where they may be named: the family's folder, the registry of families, the configs in spec/.
+GPT_HOMES = ("hpcorch.train.models.gpt", "hpcorch.spec.model")
+REGISTRY = "hpcorch.train.models"
+
+
+def gpt_uses(text: str, deps: set[str]) -> list[str]:
+    """The code (not the docstrings) of a module (``text``, importing ``deps``) that names the
+    GPT family: its classes, or an import of anything in its folder."""
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Name) and node.id in GPT_NAMES:
+            found.append(node.id)
+        elif isinstance(node, ast.Attribute) and node.attr in GPT_NAMES:
+            found.append(node.attr)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            found += [a.name for a in node.names if a.name.split(".")[-1] in GPT_NAMES]
+    return found + sorted(m for m in deps if m.startswith(GPT_HOMES[0]))
+
+
 def test_no_other_module_names_the_gpt_class():
-    """The model seam: the GPT family is named only in its own folder and in the registry of models."""
-    users = []
-    for name, path in all_modules().items():
-        if name.startswith(("hpcorch.train.models", "hpcorch.spec.model")):
-            continue
-        text = path.read_text()
-        if "import GPT\n" in text or "import GPT," in text or ", GPT\n" in text or " GPT(" in text:
-            users.append(name)
-    assert users == []
+    """The model seam: the GPT family is named only in its own folder, the registry of models and
+    its config in spec/; every other module reaches it through ``trainer.model.kind``."""
+    users = {name: gpt_uses(path.read_text(), imports(path)) for name, path in all_modules().items()
+             if not name.startswith(GPT_HOMES) and name != REGISTRY}
+    assert {name: uses for name, uses in users.items() if uses} == {}
+
+
+def test_the_gpt_check_sees_a_use():
+    text = "from hpcorch.train.models.gpt.model import GPT\nm = GPT(cfg)\n"
+    assert gpt_uses(text, {"hpcorch.train.models.gpt.model"}) == ["GPT", "GPT", "hpcorch.train.models.gpt.model"]
+    assert gpt_uses('"""A GPT-style decoder (docstrings may say GPT)."""\nx = models.GPTConfig\n', set()) \
+        == ["GPTConfig"]
+    assert gpt_uses("from hpcorch.train.models.gpt import shapes\n", {"hpcorch.train.models.gpt.shapes"}) \
+        == ["hpcorch.train.models.gpt.shapes"]
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_module_is_a_monolith(path):
     assert len(path.read_text().splitlines()) <= 450
+
+
+def test_the_planner_reaches_the_trainer_only_through_the_registry_of_models():
+    """plan/ is torch-free: of train/ it may import only the registry, whose families' torch-free
+    halves (``shapes``) it reads; the torch halves load on demand (ModelSpec.parts)."""
+    reached = {dep for name, deps in graph().items() if unit(name) == "plan" for dep in deps if unit(dep) == "train"}
+    assert reached == {"hpcorch.train.models"}

@@ -14,6 +14,7 @@ from hpcorch.plan.launch import LaunchPlan, extra_directives, resolve_launch
 from hpcorch.plan.nodefit import check_constraint, check_gpu_type, check_mig, check_node_counts, fit_node_groups
 from hpcorch.plan.placement import PlacementPlan, plan_placement
 from hpcorch.spec import units
+from hpcorch.train.models import spec_of
 from hpcorch.spec.job import JobSpec
 from hpcorch.spec.placement import NCCL_DEBUG_LEVELS, debugging_in
 from hpcorch.spec.profile import ClusterProfile, NodeGroup, Partition
@@ -289,7 +290,7 @@ def summarize(plan: Plan) -> dict:
     """What the plan will use: resources, batch arithmetic, model size (raw numbers; the CLI
     adds separators and units, see :mod:`hpcorch.util.display`)."""
     job, res, tr = plan.job, plan.job.resources, plan.job.trainer
-    model = tr.model
+    model, family = tr.model, spec_of(tr.model).shapes
     models = " or ".join(dict.fromkeys(str(g.spec.gpus.model) for g in plan.landing_groups if g.spec.gpus.count))
     tokens_per_step = tr.global_batch * tr.model.seq_len
     summary = {
@@ -303,8 +304,8 @@ def summarize(plan: Plan) -> dict:
         "time_limit": plan.time_limit,
         "account": plan.account or "-",
         "qos": plan.qos or "-",
-        "parameters": model.num_params(),
-        "flops_per_token": round(model.flops_per_token()),
+        "parameters": family.num_params(model),
+        "flops_per_token": round(family.flops_per_token(model)),
         "tokens_per_step": tokens_per_step,
         "grad_accumulation": job.grad_accum,
         "total_tokens": tokens_per_step * tr.steps,

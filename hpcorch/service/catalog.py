@@ -8,12 +8,15 @@ def jobs() -> list[dict]:
     shipped ones): name, path, nodes, GPUs per node, parameters and description."""
     from hpcorch.spec.catalog import names
     from hpcorch.spec.job import load_job
+    from hpcorch.train.models import spec_of  # torch-free: the family's arithmetic
 
     rows = []
     for name, path in names("jobs").items():
         job = load_job(path)
+        model = job.trainer.model
         rows.append({"name": name, "path": str(path), "nodes": job.resources.nodes,
-                     "gpus_per_node": job.resources.gpus_per_node, "parameters": job.trainer.model.num_params(),
+                     "gpus_per_node": job.resources.gpus_per_node,
+                     "parameters": spec_of(model).shapes.num_params(model),
                      "description": job.description})
     return rows
 

@@ -34,6 +34,7 @@ import json
 from typing import Any
 
 from hpcorch.errors import HpcorchError
+from hpcorch.spec.model import recorded
 from hpcorch.spec.schema import to_dict
 
 FLAG = "--allow-config-change"
@@ -67,7 +68,8 @@ def _flatten(data: dict, prefix: str) -> dict[str, Any]:
 def training_config(job) -> dict[str, Any]:
     """The recorded part of ``job`` (a JobSpec) as {dotted key: value}, in its JSON form (a
     tuple reads back as a list), so that a fresh value compares equal to one read back."""
-    flat = _flatten(to_dict(job.trainer), "trainer")
+    # The default family's model is recorded without its kind, as before there were families.
+    flat = _flatten({**to_dict(job.trainer), "model": recorded(job.trainer.model)}, "trainer")
     return json.loads(json.dumps({k: v for k, v in flat.items() if not _under(k, NOT_RECORDED)}))
 
 

@@ -13,8 +13,8 @@ from hpcorch.spec import catalog, units
 from hpcorch.errors import ConfigError
 from hpcorch.spec.profile import check_constraint
 from hpcorch.spec.yamlio import read_yaml
-from hpcorch.spec.schema import Invalid, build, check_account, check_env_names, check_name, check_positive, set_dotted
-from hpcorch.spec.model import GPTConfig
+from hpcorch.spec.schema import KIND_DEFAULT, Invalid, build, check_account, check_env_names, check_name, check_positive, set_dotted
+from hpcorch.spec.model import ModelConfig, default_model
 from hpcorch.spec.parallel import Layout, ParallelSpec, resolve_layout
 from hpcorch.spec.expand import check_expandable
 from hpcorch.spec.launch import Launch, check_directives
@@ -172,7 +172,8 @@ class CheckpointSpec:
 
 @dataclass
 class TrainerSpec:
-    model: GPTConfig = field(default_factory=GPTConfig)
+    # A choice tagged on ``kind`` (hpcorch.spec.model.MODEL_CONFIGS); no kind: the default's.
+    model: ModelConfig = field(default_factory=default_model, metadata={KIND_DEFAULT: True})
     data: DataSpec = field(default_factory=DataSpec)
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)

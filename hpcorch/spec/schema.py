@@ -22,6 +22,9 @@ T = TypeVar("T")
 # Integers beyond 64 bits are never meant here (seeds go up to 2**64 - 1), and huge ones make
 # arithmetic and error messages slow.
 MAX_INT = 2**64 - 1
+# Field metadata key: this field is a choice tagged on ``kind`` whose default's kind stands for
+# an absent ``kind`` (see _with_default_kind).
+KIND_DEFAULT = "hpcorch.kind_default"
 
 
 class Invalid(ValueError):
@@ -146,6 +149,9 @@ def _convert(tp: Any, value: Any, source: str, path: str) -> Any:
         return {_convert(key_t, k, source, _join(path, k)): _convert(val_t, v, source, _join(path, k))
                 for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
+        variants = _tagged_variants([tp])
+        if variants and isinstance(value, dict) and "kind" in value:  # a choice of one: kind first
+            _tagged_choice(variants, value, source, path)
         return _build_dataclass(tp, value, source, path)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -187,6 +193,14 @@ def _tagged_choice(variants: dict, value: dict, source: str, path: str) -> type:
     return variants[kind]
 
 
+def _with_default_kind(f: dataclasses.Field, value: Any) -> Any:
+    """A tagged choice whose field is marked :data:`KIND_DEFAULT` takes its default's ``kind``
+    when the file names none (``trainer.model`` without ``kind`` is the GPT it always was)."""
+    if f.metadata.get(KIND_DEFAULT) and isinstance(value, dict) and "kind" not in value:
+        return {"kind": f.default_factory().kind, **value}
+    return value
+
+
 def _check_text(value: str, source: str, path: str) -> None:
     if "\n" in value or "\r" in value or "\0" in value:
         raise ConfigError(source, path, "expected a single line, got a newline or NUL")
@@ -215,7 +229,7 @@ def _build_dataclass(cls: type, value: Any, source: str, path: str) -> Any:
     kwargs = {}
     for name, f in fields.items():
         if name in value:
-            kwargs[name] = _convert(hints[name], value[name], source, _join(path, name))
+            kwargs[name] = _convert(hints[name], _with_default_kind(f, value[name]), source, _join(path, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(source, _join(path, name), f"missing; expected {_type_name(hints[name])}")
     try:

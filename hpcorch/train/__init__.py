@@ -3,7 +3,8 @@
 One rank starts in :mod:`.rank` (``run_rank``; ``python -m hpcorch.train`` wraps it) and runs a
 :class:`.trainer.Trainer`, built from components:
 
-- :mod:`.parallel`: the model, seeded and laid out (DDP or FSDP2), compiled, autocast, no-sync
+- :mod:`.models`: the registry of model families (``trainer.model.kind``), one folder each (``gpt/``)
+- :mod:`.parallelize`: the model, seeded and laid out (DDP, FSDP2, or tp/pp/HSDP on a device mesh), compiled, autocast, no-sync
 - :mod:`.optim`: the optimizer and the LR schedule
 - :mod:`.data`: the seeded global sample order and its cursor
 - :mod:`.checkpoint`: what a checkpoint holds, the recorded-config check, restore

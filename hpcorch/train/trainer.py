@@ -16,6 +16,7 @@ from hpcorch import protocol
 from hpcorch.state.rundir import RunDir
 from hpcorch.spec.job import JobSpec
 from hpcorch.train.checkpoint.checkpointer import Checkpointer, checkpoint_group, model_digest
+from hpcorch.train.models import spec_of
 from hpcorch.train.data import DataSource
 from hpcorch.train.determinism import pin_threads
 from hpcorch.train.distributed import DistEnv, all_agree, gather_objects, node_first
@@ -52,7 +53,7 @@ class Trainer:
         self.resume_step = resume_step
         self.peak_flops = (peak_tflops or 0) * 1e12
         self.tokens_per_step = tr.global_batch * tr.model.seq_len
-        self.flops_per_step = tr.model.flops_per_token() * self.tokens_per_step
+        self.flops_per_step = spec_of(tr.model).shapes.flops_per_token(tr.model) * self.tokens_per_step
         self.state = TrainState()
         self.stop = StopAgreement(stop_signals, env.device, self.world)
         self.stop.install()
@@ -134,7 +135,7 @@ class Trainer:
 
     def _setup_line(self) -> str:
         env = self.env
-        return (f"{self.tr.model.num_params() / 1e6:.2f}M parameters, world {self.world}, "
+        return (f"{spec_of(self.tr.model).shapes.num_params(self.tr.model) / 1e6:.2f}M parameters, world {self.world}, "
                 f"layout {self.layout.describe()}, accumulation {self.accum}, {env.backend} on {env.device.type}")
 
     def _save(self) -> None:
@@ -236,7 +237,7 @@ class Trainer:
         start = time.perf_counter()
         val_loss = self.evaluate()
         self.runlog.event("final_eval", step=self.state.step, eval_s=time.perf_counter() - start)
-        digest = model_digest(self.checkpointer.parts)  # a collective: every rank
+        digest = model_digest(self.checkpointer.parts, self.checkpointer.family.tied)  # a collective: every rank
         if not self.env.is_main:
             return
         st = self.state

@@ -6,13 +6,15 @@ The trainer's own tensors, by what :mod:`hpcorch.train` keeps in which dtype:
   them per op, FSDP2's mixed precision all-gathers bf16 copies. Gradients are fp32 (FSDP2
   reduces in fp32). AdamW keeps two fp32 states per parameter, Adafactor a row and a column
   factor per matrix. Plain DDP keeps its fp32 gradient buckets beside the gradients.
-- tensor parallelism (:mod:`hpcorch.train.parallelize.tensor_parallel`) splits q/k/v, the MLP and the
-  embedding (vocabulary rows) over ``tp``; norms and the position embedding stay whole.
+- the model's tensors and what a block saves for backward are its family's
+  (:class:`hpcorch.train.models.spec.Shapes`, torch-free, found by ``trainer.model.kind``): the
+  shapes on a tp rank of a block and of the rest of a stage (for the GPT: q/k/v, the MLP and the
+  embedding's vocabulary rows split over ``tp``, norms and the position embedding whole).
   FSDP2 shards every tensor of the (tp-local) model on dimension 0, padded to equal rows.
-- activations: the GPT of :mod:`hpcorch.train.models.gpt.model`, per block and micro-batch (Korthikanti
-  et al.'s accounting, for this block: pre-LN, SDPA attention saving q, k, v, its output and the
-  log-sum-exp, a 4x GELU MLP), then the final norm, the logits and the fp32 log-softmax of the
-  loss. Activation checkpointing keeps each block's input and recomputes the block in backward.
+- activations: per block and micro-batch, Korthikanti et al.'s accounting with the family's
+  coefficients (:class:`hpcorch.train.models.spec.BlockActivations`), then the final norm, the
+  logits and the fp32 log-softmax of the loss. Activation checkpointing keeps each block's input
+  and recomputes the block in backward.
 - pipeline stages hold their micro-batches in flight as the schedule runs them (GPipe all of
   them, 1F1B at most one per later stage) and the receive buffers torch's stages preallocate.
 
@@ -25,8 +27,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from hpcorch.spec.model import GPTConfig
+from hpcorch.spec.model import ModelConfig
 from hpcorch.spec.parallel import Layout
+from hpcorch.train.models import Shapes, spec_of
 
 GIB = 2 ** 30
 FP32, BF16 = 4, 2
@@ -58,7 +61,7 @@ class MemoryEstimate:
 class Setup:
     """What decides a step's memory: the model, the layout, the precision, the optimizer."""
 
-    cfg: GPTConfig
+    cfg: ModelConfig
     layout: Layout
     bf16: bool = False
     cuda: bool = True
@@ -66,6 +69,11 @@ class Setup:
     optimizer: str = "adamw"
     sharding: str = "ddp"          # trainer.sharding: the kind of a one-rank job
     compression: bool = False      # DDP with a gradient compression hook (a DDP even on one rank)
+
+    @property
+    def shapes(self) -> Shapes:
+        """The model family's torch-free arithmetic."""
+        return spec_of(self.cfg).shapes
 
     @property
     def fsdp(self) -> bool:
@@ -92,30 +100,6 @@ def setup_of(job, device: str = "cuda") -> Setup:
 
 
 # ----- parameters -------------------------------------------------------------------------------
-def _block_tensors(cfg: GPTConfig, tp: int) -> list[tuple[int, ...]]:
-    """Shapes of one block's tensors on a tp rank (q/k/v and fc column-wise, projections
-    row-wise; norms and the row-wise biases whole)."""
-    w, bias = cfg.width, cfg.bias
-    shapes = [(w,), (3, w // tp, w), (w, w // tp), (w,), (4 * w // tp, w), (w, 4 * w // tp)]
-    if bias:
-        shapes += [(w,), (3, w // tp), (w,), (w,), (4 * w // tp,), (w,)]
-    return shapes
-
-
-def _root_tensors(cfg: GPTConfig, tp: int, first: bool, last: bool) -> list[tuple[int, ...]]:
-    """The stage's tensors outside its blocks: embeddings (first stage), final norm and the head
-    (last stage; tied to the embedding when the stage holds both, else its own copy)."""
-    w = cfg.width
-    shapes: list[tuple[int, ...]] = []
-    if first:
-        shapes += [(cfg.vocab // tp, w), (cfg.seq_len, w)]
-    if last:
-        shapes += [(w,)] + ([(w,)] if cfg.bias else [])
-        if not first:
-            shapes.append((cfg.vocab // tp, w))
-    return shapes
-
-
 def _numel(shape: tuple[int, ...], shards: int = 1) -> int:
     """Elements of rank 0's FSDP2 shard of ``shape`` (dimension 0 split in padded equal rows;
     rank 0 holds the most)."""
@@ -178,6 +162,7 @@ class _RankModel:
         self.setup, self.stages, self.pp_rank = setup, stages, pp_rank
         cfg, layout = setup.cfg, setup.layout
         self.cfg, self.layout, self.t = cfg, layout, layout.tp
+        self.shapes, self.act = setup.shapes, setup.shapes.activations(cfg, setup.bf16)
         spec = layout.spec
         self.rep = 1 / self.t if spec.sequence_parallel and self.t > 1 else 1.0  # residual stream share
         self.vocab = cfg.vocab // self.t if self.t > 1 and spec.loss_parallel else cfg.vocab
@@ -193,8 +178,8 @@ class _RankModel:
 
     # -- parameters, gradients, optimizer ----------------------------------------------------
     def tensors(self, stage: Stage, root: bool = True, blocks: bool = True) -> list[tuple[int, ...]]:
-        out = _root_tensors(self.cfg, self.t, stage.first, stage.last) if root else []
-        return out + (_block_tensors(self.cfg, self.t) * stage.blocks if blocks else [])
+        out = self.shapes.root_tensors(self.cfg, self.t, stage.first, stage.last) if root else []
+        return out + (self.shapes.block_tensors(self.cfg, self.t) * stage.blocks if blocks else [])
 
     def all_tensors(self) -> list[tuple[int, ...]]:
         return [s for st in self.stages for s in self.tensors(st)]
@@ -222,10 +207,10 @@ class _RankModel:
     # -- activations -------------------------------------------------------------------------
     def block_saved(self) -> float:
         """Bytes one block keeps for backward per micro-batch (its output included)."""
-        ln_out, resid, mm = (4, 8, 24) if self.setup.bf16 else (8, 8, 48)
-        small = self.layout.micro_batch * (self.cfg.heads // self.t) * self.cfg.seq_len * FP32 \
-            + 4 * self.rows * self.rep * FP32  # attention's log-sum-exp; the norms' mean and rstd
-        return self.S * (ln_out + resid * self.rep + mm / self.t) + small
+        act = self.act
+        small = self.layout.micro_batch * (act.heads // self.t) * self.cfg.seq_len * FP32 \
+            + act.norm_stats * self.rows * self.rep * FP32  # attention's log-sum-exp; the norms' mean and rstd
+        return self.S * (act.norm_out + act.residual * self.rep + act.sharded / self.t) + small
 
     def head_saved(self) -> float:
         """The last stage's: final norm output, logits, the loss's fp32 log-softmax."""
@@ -239,8 +224,8 @@ class _RankModel:
         return self.rows * self.vocab * (count * FP32 + (BF16 if self.setup.bf16 else 0))
 
     def block_temp(self) -> float:
-        """A block's backward: the MLP's widest gradients and the residual stream's."""
-        return self.S * (self.gd * 4 / self.t + 2 * self.res * self.rep)
+        """A block's backward: the widest activation gradients (the MLP's) and the residual stream's."""
+        return self.S * (self.gd * self.act.widest / self.t + 2 * self.res * self.rep)
 
     def micro(self, stage: Stage) -> float:
         """One micro-batch's saved activations on ``stage``."""
@@ -281,7 +266,7 @@ class _RankModel:
         unsharded_root = unsharded_blocks = gather = block_full = 0
         if self.setup.fsdp:
             roots = [s for st in self.stages for s in self.tensors(st, blocks=False)]
-            one_block = _block_tensors(self.cfg, self.t)
+            one_block = self.shapes.block_tensors(self.cfg, self.t)
             unsharded_root = self.full_bytes(roots, self.pdt)
             block_full = self.full_bytes(one_block, self.pdt)
             gather = self.shards * self.local_bytes(one_block, self.pdt)
@@ -324,20 +309,21 @@ class _RankModel:
             mine = x0 + (k + 1) * blk
         if stage.last and self.layout.pp == 1:
             mine += self.rows * self.vocab * (BF16 if self.setup.bf16 else FP32)  # the step keeps the logits
-        one_block = _block_tensors(self.cfg, self.t)
-        # Gradients made so far: later blocks', the head's and this block's MLP output projection
-        # (its backward's widest moment). With gradients kept from earlier micro-batches they
-        # accumulate in place: nothing new.
-        made = [*one_block * (stage.blocks - 1 - k), one_block[5]]
+        one_block = self.shapes.block_tensors(self.cfg, self.t)
+        # Gradients made so far: later blocks', the head's and this block's widest (the GPT's MLP
+        # output projection: its backward's widest moment). With gradients kept from earlier
+        # micro-batches they accumulate in place: nothing new.
+        made = [*one_block * (stage.blocks - 1 - k), self.shapes.widest_block_grad(self.cfg, self.t)]
         if stage.last:
-            made += _root_tensors(self.cfg, self.t, False, True)
+            made += self.shapes.root_tensors(self.cfg, self.t, False, True)
         later = 0 if acc else self.local_bytes(made) if self.setup.fsdp else self.full_bytes(made)
         temp = self.block_temp() + (block_full if self.setup.fsdp else 0)  # FSDP2: the block's unsharded grads
         return ("block backward", params, acc + buckets + later, older + mine, temp)
 
 
-def checkpoint_bytes(cfg: GPTConfig, optimizer: str) -> int:
+def checkpoint_bytes(cfg: ModelConfig, optimizer: str) -> int:
     """What a checkpoint holds: the fp32 parameters and the optimizer's states."""
-    shapes = _root_tensors(cfg, 1, True, True) + _block_tensors(cfg, 1) * cfg.layers
+    family = spec_of(cfg).shapes
+    shapes = family.root_tensors(cfg, 1, True, True) + family.block_tensors(cfg, 1) * cfg.layers
     params = sum(math.prod(s) for s in shapes)
     return (params + sum(_optimizer_numel(s, optimizer) for s in shapes)) * FP32

@@ -1,8 +1,8 @@
 """Throughput, wall time, GPU-hours and the checkpoint interval of a job (torch-free).
 
-tokens/s = GPUs x peak FLOP/s x MFU / FLOPs per token (6N plus the attention term,
-:meth:`GPTConfig.flops_per_token`). The MFU is the profile's assumption (``planning.mfu``)
-until the user's own completed runs on the profile calibrate it: the caller reads them (the
+tokens/s = GPUs x peak FLOP/s x MFU / FLOPs per token (for the GPT 6N plus the attention term:
+:meth:`hpcorch.train.models.spec.Shapes.flops_per_token` of the job's model family). The MFU is
+the profile's assumption (``planning.mfu``) until the user's own completed runs on the profile calibrate it: the caller reads them (the
 registry, :mod:`hpcorch.plan.verdict`) and passes a :class:`Calibration` in.
 
 The checkpoint interval that minimises the expected time lost to saves and to the work
@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass
 
 from hpcorch.plan.estimate.memory import checkpoint_bytes
+from hpcorch.train.models import spec_of
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def estimate_time(job, peak_tflops: float | None, gpus: int, planning, calibrati
     tokens_per_step = tr.global_batch * tr.model.seq_len
     tokens_per_s = wall_s = gpu_hours = None
     if peak_tflops and gpus:
-        tokens_per_s = gpus * peak_tflops * 1e12 * mfu / tr.model.flops_per_token()
+        tokens_per_s = gpus * peak_tflops * 1e12 * mfu / spec_of(tr.model).shapes.flops_per_token(tr.model)
     elif calibration.tokens_per_s:  # no peak to scale (CPU nodes): the job's own measured speed
         tokens_per_s = statistics.median(calibration.tokens_per_s)
         mfu_source = f"no peak FLOP/s; tokens/s measured: median of {len(calibration.tokens_per_s)} run(s)"

@@ -9,10 +9,11 @@ record, the :class:`TrainState` and the job's training config
 another config fails loudly (or, accepted with ``--allow-config-change``, is recorded).
 
 Canonical state: ``{"model": {fqn: tensor}, "optim": {flattened optimizer key: value}}`` merged
-over this rank's model parts (one per pipeline stage it holds), with the names of the plain GPT.
-The tied embedding appears only as ``wte.weight``: a part holding both ``wte`` and ``head``
-drops ``head.weight``; a part holding only ``head`` (the last pipeline stage) names it
-``wte.weight`` (model and optimizer keys).
+over this rank's model parts (one per pipeline stage it holds), with the names of the whole model.
+A tied weight (the family's :attr:`~hpcorch.train.models.spec.ModelSpec.tied`; the GPT's
+embedding and head) appears only under its canonical name (``wte.weight``): a part holding both
+drops the alias (``head.weight``); a part holding only the alias (the last pipeline stage)
+names it canonically (model and optimizer keys).
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import torch.nn as nn
 
 from hpcorch.spec.compat import check_config_change, training_config
 from hpcorch.spec.job import JobSpec
+from hpcorch.spec.model import DEFAULT_KIND, recorded
+from hpcorch.train.models import get_model_spec, spec_of
 from hpcorch.train.determinism import fresh_rank_seed, rng_state, seed_everything, set_rng_state
 from hpcorch.train.state import TrainState
 from hpcorch.train.checkpoint.store import CheckpointError, CheckpointStore, PeerSaveFailed
@@ -33,7 +36,10 @@ from hpcorch.train.checkpoint.store import CheckpointError, CheckpointStore, Pee
 __all__ = ["Checkpointer", "CheckpointError", "canonical_state", "checkpoint_group", "fingerprint",
            "model_digest", "weights_digest"]
 
-TIED, TIED_ALIAS = "wte.weight", "head.weight"
+# The tied weight's (canonical, alias) names of the default family, for callers that name no
+# family (tests, tools reading today's checkpoints); the trainer passes its job's family's.
+DEFAULT_TIED = get_model_spec(DEFAULT_KIND).tied
+Tied = tuple[str, str] | None
 
 
 def fingerprint(job: JobSpec) -> dict:
@@ -41,7 +47,7 @@ def fingerprint(job: JobSpec) -> dict:
     against checkpoints written before the full training config was recorded (still written,
     for older readers)."""
     tr = job.trainer
-    return {"model": vars(tr.model), "global_batch": tr.global_batch,
+    return {"model": recorded(tr.model), "global_batch": tr.global_batch,
             "seed": tr.seed, "data": {"source": tr.data.source, "path": tr.data.path,
                                       "val_fraction": tr.data.val_fraction, "max_bytes": tr.data.max_bytes},
             "optimizer": tr.optimizer.name, "sharding": tr.sharding}
@@ -67,12 +73,12 @@ def combine_digests(digests: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def weights_digest(state: dict) -> str:
+def weights_digest(state: dict, tied: Tied = DEFAULT_TIED) -> str:
     """The weights digest of a full (unsharded, plain-tensor) model state dict."""
-    return combine_digests({n: tensor_digest(t) for n, t in _canonical_model(state).items()})
+    return combine_digests({n: tensor_digest(t) for n, t in _canonical_model(state, tied).items()})
 
 
-def model_digest(parts: Sequence[nn.Module] | nn.Module) -> str:
+def model_digest(parts: Sequence[nn.Module] | nn.Module, tied: Tied = DEFAULT_TIED) -> str:
     """The weights digest of the model whose parts the ranks hold, the same for the same
     weights whatever the layout. Every rank calls it (a collective): tensor by tensor, a
     sharded tensor is gathered to its full value on the ranks that shard it (never the whole
@@ -89,7 +95,7 @@ def model_digest(parts: Sequence[nn.Module] | nn.Module) -> str:
     quiet.setLevel(logging.ERROR)
     try:
         for part in _as_list(parts):
-            for name, value in _canonical_model(get_model_state_dict(part)).items():
+            for name, value in _canonical_model(get_model_state_dict(part), tied).items():
                 full = value.full_tensor() if isinstance(value, DTensor) else value
                 digests[name] = tensor_digest(full)
     finally:
@@ -106,33 +112,38 @@ def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def _canonical_name(key: str, alias: bool) -> str | None:
-    """A model key's canonical name: None drops the tied duplicate ``head.weight``."""
-    if key == TIED_ALIAS:
-        return TIED if alias else None
+def _canonical_name(key: str, alias: bool, tied: Tied) -> str | None:
+    """A model key's canonical name: None drops the tied duplicate (the GPT's ``head.weight``);
+    ``alias``: the part holds only the duplicate, which stands for the canonical name."""
+    if tied is not None and key == tied[1]:
+        return tied[0] if alias else None
     return key
 
 
-def _canonical_model(sd: dict) -> dict:
-    alias = TIED not in sd
+def _holds_alias_only(sd: dict, tied: Tied) -> bool:
+    return tied is not None and tied[0] not in sd
+
+
+def _canonical_model(sd: dict, tied: Tied = DEFAULT_TIED) -> dict:
+    alias = _holds_alias_only(sd, tied)
     out = {}
     for key, value in sd.items():
-        name = _canonical_name(key, alias)
+        name = _canonical_name(key, alias, tied)
         if name is not None:
             out[name] = value
     return out
 
 
-def _canonical_optim_key(key: str) -> str:
+def _canonical_optim_key(key: str, tied: Tied) -> str:
     """``state.head.weight.exp_avg`` -> ``state.wte.weight.exp_avg`` (the same tied parameter)."""
     kind, _, rest = key.partition(".")
-    if rest.startswith(TIED_ALIAS + "."):
-        return f"{kind}.{TIED}{rest[len(TIED_ALIAS):]}"
+    if tied is not None and rest.startswith(tied[1] + "."):
+        return f"{kind}.{tied[0]}{rest[len(tied[1]):]}"
     return key
 
 
-def canonical_state(parts: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer]
-                    ) -> tuple[dict, list[tuple[dict, dict]]]:
+def canonical_state(parts: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
+                    tied: Tied = DEFAULT_TIED) -> tuple[dict, list[tuple[dict, dict]]]:
     """This rank's canonical state (live tensors, DTensors stay sharded; an optimizer without
     state yet is initialised by torch), and per part the {own key: canonical key} maps of its
     model and optimizer keys, to hand a loaded state back to each part."""
@@ -144,10 +155,10 @@ def canonical_state(parts: Sequence[nn.Module], optimizers: Sequence[torch.optim
     for part, optimizer in zip(parts, optimizers, strict=True):
         msd = get_model_state_dict(part, options=opts)
         osd = get_optimizer_state_dict(part, optimizer, options=opts)
-        alias = TIED not in msd
-        mmap = {k: _canonical_name(k, alias) or TIED for k in msd}
-        omap = {k: _canonical_optim_key(k) for k in osd}
-        model.update({mmap[k]: v for k, v in msd.items() if not (k == TIED_ALIAS and not alias)})
+        alias = _holds_alias_only(msd, tied)
+        mmap = {k: _canonical_name(k, alias, tied) or tied[0] for k in msd}
+        omap = {k: _canonical_optim_key(k, tied) for k in osd}
+        model.update({mmap[k]: v for k, v in msd.items() if _canonical_name(k, alias, tied) is not None})
         optim.update({omap[k]: v for k, v in osd.items()})
         maps.append((mmap, omap))
     return {"model": model, "optim": optim}, maps
@@ -178,13 +189,14 @@ class Checkpointer:
         if len(self.parts) != len(self.optimizers):
             raise ValueError(f"{len(self.parts)} model parts but {len(self.optimizers)} optimizers")
         self.accepted_config = accepted_config  # what the user accepted over a checkpoint's config
+        self.family = spec_of(job.trainer.model)  # its tied weight's names, old checkpoints' upgrade
         self.saved_step = -1  # the step of the newest checkpoint this process knows of
         self.config_changes: list[str] = []  # the accepted differences the last restore went on under
 
     def save(self, state: TrainState) -> float:
         """Checkpoint ``state.step``; returns the seconds training was blocked."""
         self.wait()  # the previous save (async) is committed on every rank, or all stop here
-        sharded, _ = canonical_state(self.parts, self.optimizers)
+        sharded, _ = canonical_state(self.parts, self.optimizers, self.family.tied)
         local = {"rng": rng_state()}
         meta = {**state.state_dict(), "fingerprint": fingerprint(self.job), "config": training_config(self.job)}
         blocked = self.store.save(state.step, sharded, local, meta)
@@ -210,7 +222,7 @@ class Checkpointer:
     def restore(self, state: TrainState, resume_step: int | None = None) -> bool:
         """Load ``resume_step``, or the latest committed checkpoint that verifies, into the
         model parts, optimizers, RNG and ``state``. False if there is none (a fresh start)."""
-        target, maps = canonical_state(self.parts, self.optimizers)
+        target, maps = canonical_state(self.parts, self.optimizers, self.family.tied)
         found = self._find(resume_step, target)
         if found is None:
             return False
@@ -242,10 +254,8 @@ class Checkpointer:
     def _apply_full(self, shared: dict) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        from hpcorch.train.models.gpt.model import legacy_state  # q/k/v saved as (3 * width, width) before it was (3, width, width)
-
-        width = self.job.trainer.model.width
-        model, optim = legacy_state(shared["model"], width), legacy_state(shared["optimizer"], width)
+        upgrade, cfg = self.family.parts().upgrade_state, self.job.trainer.model  # old checkpoints' shapes
+        model, optim = upgrade(shared["model"], cfg), upgrade(shared["optimizer"], cfg)
         for part, optimizer in zip(self.parts, self.optimizers):
             set_state_dict(part, optimizer, model_state_dict=model, optim_state_dict=optim,
                            options=StateDictOptions(full_state_dict=True, strict=len(self.parts) == 1))

@@ -3,17 +3,21 @@
 Read in this one process (no process group), whatever layout saved it: a DCP checkpoint's
 shards are assembled into full tensors (:func:`hpcorch.train.checkpoint.dcpio.read_full`, files verified
 against the commit record), a checkpoint of the format before DCP is read whole. The file holds
-the canonical names of the plain GPT (``wte.weight``, ``blocks.<i>...``, ``ln_f.weight``); the
-output layer is tied to the embedding and stored once, as ``wte.weight`` (as Hugging Face's GPT-2
-files do): load it with ``strict=False`` or tie ``head.weight`` to it. ``.safetensors`` needs the
+the canonical names of the whole model (the GPT's ``wte.weight``, ``blocks.<i>...``,
+``ln_f.weight``) in the shapes its family exports (:attr:`~hpcorch.train.models.spec.ModelParts.export`);
+a tied weight is stored once under its canonical name (the GPT's output layer as ``wte.weight``,
+as Hugging Face's GPT-2 files do): load it with ``strict=False`` or tie ``head.weight`` to it.
+The family is the commit record's ``trainer.model.kind`` (none recorded: the default, GPT). ``.safetensors`` needs the
 ``safetensors`` package (``pip install 'hpcorch[export]'``); otherwise a ``torch.save`` file.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from hpcorch.spec.model import DEFAULT_KIND
 from hpcorch.train.checkpoint.checkpointer import _canonical_model
 from hpcorch.train.checkpoint.store import CheckpointStore
+from hpcorch.train.models import get_model_spec
 
 
 def safetensors_available() -> bool:
@@ -32,10 +36,14 @@ def export_weights(checkpoints: Path, step: int, out: Path) -> Path:
     import torch
 
     state, _, record = CheckpointStore(checkpoints, rank=0, world_size=1).load(step)
-    model = {name: _plain(name, t.detach().to("cpu").contiguous())
-             for name, t in _canonical_model(state["model"]).items()}
+    family = get_model_spec((record.get("config") or {}).get("trainer.model.kind", DEFAULT_KIND))
+    export = family.parts().export
+    model = {name: export(name, t.detach().to("cpu").contiguous())
+             for name, t in _canonical_model(state["model"], family.tied).items()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "hpcorch", "step": str(step), "tied": "head.weight=wte.weight"}
+    meta = {"format": "hpcorch", "step": str(step)}
+    if family.tied is not None:
+        meta["tied"] = f"{family.tied[1]}={family.tied[0]}"
     if out.suffix == ".safetensors" and safetensors_available():
         from safetensors.torch import save_file
 
@@ -46,12 +54,3 @@ def export_weights(checkpoints: Path, step: int, out: Path) -> Path:
     torch.save(model, out)
     return out
 
-
-def _plain(name: str, tensor):
-    """q, k and v as one ``nn.Linear(width, 3 * width)`` holds them (the trainer keeps them as
-    ``(3, width, width)`` so that tensor parallelism splits whole heads): the same bytes."""
-    if name.endswith("attn.qkv.weight") and tensor.dim() == 3:
-        return tensor.reshape(-1, tensor.shape[-1])
-    if name.endswith("attn.qkv.bias") and tensor.dim() == 2:
-        return tensor.reshape(-1)
-    return tensor

@@ -28,7 +28,7 @@ class Wrapped:
 @dataclass
 class ParallelModel:
     """The model of this rank. ``parts`` are the modules it holds, with the whole model's
-    parameter names: ``[the GPT]`` without pipeline parallelism, else one cut-down GPT per
+    parameter names: ``[the model]`` without pipeline parallelism, else one cut-down copy per
     pipeline stage held; ``optimizers`` one per part, stepped together. ``module`` is
     ``parts[0]`` and ``model`` what a non-pipelined forward runs through (DDP, compiled)."""
 

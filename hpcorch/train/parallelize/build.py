@@ -1,12 +1,15 @@
-"""Building the model and laying it out over the ranks: seed, GPT, then the layout, gradient
+"""Building the model and laying it out over the ranks: seed, the job's model family
+(:mod:`hpcorch.train.models`, by ``trainer.model.kind``), then the layout, gradient
 compression, ``torch.compile``, mixed precision, the no-sync context for accumulation, the
 optimizers, and one training step's forward/backward, gradient clipping and update.
 
 The layout comes from ``trainer.parallel`` resolved against the world size
 (:class:`hpcorch.spec.parallel.Layout`). The plain data-parallel kinds keep their code paths
 (:data:`LAYOUTS`: DDP, or FSDP2 over all ranks), number for number; every other layout
-(``nd``) is built on one device mesh (:mod:`.mesh`): tensor parallelism (:mod:`.tensor_parallel`),
+(``nd``) is built on one device mesh (:mod:`.mesh`): tensor parallelism (the family's plan),
 then FSDP2/HSDP over the data-parallel dimensions, and pipeline stages (:mod:`.pipeline`).
+Nothing here knows the family: its module, tp plan, loss and tied weights come from its
+:class:`~hpcorch.train.models.spec.ModelParts`.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from hpcorch.spec.parallel import Layout
 from hpcorch.spec.schema import Invalid
 from hpcorch.train.determinism import seed_everything
 from hpcorch.train.distributed import DistEnv
-from hpcorch.train.models.gpt.model import GPT
+from hpcorch.train.models import spec_of
 from hpcorch.train.optim import build_optimizer
 from hpcorch.train.parallelize.base import ParallelModel, resolve_precision
 from hpcorch.train.parallelize.dp import LAYOUTS
@@ -33,17 +36,18 @@ def resolve_layout(job: JobSpec, world_size: int) -> Layout:
 
 
 def build_parallel_model(job: JobSpec, env: DistEnv) -> ParallelModel:
-    """Seed, build the GPT on this rank's device, lay it out, (optionally) compile it, and
-    build the optimizers."""
+    """Seed, build the job's model on this rank's device, lay it out, (optionally) compile it,
+    and build the optimizers."""
     tr = job.trainer
     layout = resolve_layout(job, env.world_size)
     precision = resolve_precision(tr.precision, env.device)
+    family = spec_of(tr.model).parts()  # imports the family's modules before the seed, as always
     seed_everything(tr.seed)  # the same initial weights on every rank (determinism rule 2)
-    module = GPT(tr.model, activation_checkpointing=tr.activation_checkpointing).to(env.device)
+    module = family.build(tr.model, activation_checkpointing=tr.activation_checkpointing).to(env.device)
     if layout.kind == "nd":
         from hpcorch.train.parallelize.nd import build_nd
 
-        return build_nd(module, job, env, layout, precision)
+        return build_nd(module, family, job, env, layout, precision)
     # One rank is both kinds: trainer.sharding decides, as it always did.
     kind = layout.kind if layout.dp > 1 else tr.sharding
     wrapped = LAYOUTS[kind](module, job, env, precision)

@@ -11,11 +11,10 @@ import torch.nn as nn
 from hpcorch.errors import ConfigError
 from hpcorch.spec.job import JobSpec
 from hpcorch.train.distributed import DistEnv
-from hpcorch.train.models.gpt.model import GPT
 from hpcorch.train.parallelize.base import Wrapped, fsdp_no_sync, mixed_precision
 
 
-def wrap_ddp(module: GPT, job: JobSpec, env: DistEnv, precision: torch.dtype | None) -> Wrapped:
+def wrap_ddp(module: nn.Module, job: JobSpec, env: DistEnv, precision: torch.dtype | None) -> Wrapped:
     """Replicate the model; gradients are all-reduced (optionally compressed) in buckets.
     One rank without compression needs no reduction: DDP would copy every gradient into a
     bucket, all-reduce it with itself on gloo's thread and copy it back, the same numbers at
@@ -31,7 +30,7 @@ def wrap_ddp(module: GPT, job: JobSpec, env: DistEnv, precision: torch.dtype | N
     return Wrapped(ddp, ddp.no_sync, settle_buckets=True)
 
 
-def wrap_fsdp(module: GPT, job: JobSpec, env: DistEnv, precision: torch.dtype | None) -> Wrapped:
+def wrap_fsdp(module: nn.Module, job: JobSpec, env: DistEnv, precision: torch.dtype | None) -> Wrapped:
     """Shard parameters with FSDP2: each block is its own unit, then the root (embeddings,
     final norm, head), so only one block's full parameters exist at a time."""
     from torch.distributed.fsdp import fully_shard
@@ -43,7 +42,7 @@ def wrap_fsdp(module: GPT, job: JobSpec, env: DistEnv, precision: torch.dtype | 
     return Wrapped(module, lambda: fsdp_no_sync(module))
 
 
-LAYOUTS: dict[str, Callable[[GPT, JobSpec, DistEnv, torch.dtype | None], Wrapped]] = {
+LAYOUTS: dict[str, Callable[[nn.Module, JobSpec, DistEnv, torch.dtype | None], Wrapped]] = {
     "ddp": wrap_ddp,
     "fsdp": wrap_fsdp,
 }

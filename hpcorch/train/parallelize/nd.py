@@ -12,20 +12,21 @@ import contextlib
 import logging
 
 import torch
+import torch.nn as nn
 
 from hpcorch.errors import ConfigError
 from hpcorch.spec.job import JobSpec
 from hpcorch.spec.parallel import Layout
 from hpcorch.train.distributed import DistEnv
+from hpcorch.train.models.spec import ModelParts
 from hpcorch.train.parallelize.mesh import build_mesh, dp_mesh, edge_stage_group, pp_group, pp_rank, tp_mesh
-from hpcorch.train.models.gpt.model import GPT
 from hpcorch.train.optim import build_optimizer
 from hpcorch.train.parallelize.base import ParallelModel, Wrapped, fsdp_no_sync, mixed_precision
 
 log = logging.getLogger(__name__)
 
 
-def apply_fsdp(part: GPT, mesh, precision: torch.dtype | None, reshard_after_forward: bool) -> None:
+def apply_fsdp(part: nn.Module, mesh, precision: torch.dtype | None, reshard_after_forward: bool) -> None:
     """FSDP2 over ``mesh``: each block its own unit, then the rest of the part."""
     from torch.distributed.fsdp import fully_shard
 
@@ -35,9 +36,10 @@ def apply_fsdp(part: GPT, mesh, precision: torch.dtype | None, reshard_after_for
     fully_shard(part, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
 
 
-def build_nd(module: GPT, job: JobSpec, env: DistEnv, layout: Layout,
+def build_nd(module: nn.Module, family: ModelParts, job: JobSpec, env: DistEnv, layout: Layout,
              precision: torch.dtype | None) -> ParallelModel:
-    """Lay ``module`` (the whole seeded GPT on this rank's device) out as ``layout``."""
+    """Lay ``module`` (the whole seeded model on this rank's device; ``family`` its torch half)
+    out as ``layout``."""
     tr, spec = job.trainer, layout.spec
     if tr.grad_compression != "none":
         raise ConfigError(job.name, "trainer.grad_compression",
@@ -53,9 +55,7 @@ def build_nd(module: GPT, job: JobSpec, env: DistEnv, layout: Layout,
     dpm = dp_mesh(mesh, layout)
     for _, part in held:
         if layout.tp > 1:
-            from hpcorch.train.parallelize.tensor_parallel import apply_tp
-
-            apply_tp(part, tp_mesh(mesh), spec)
+            family.apply_tp(part, tp_mesh(mesh), spec)
         if tr.compile:
             for block in part.blocks.values():
                 block.compile()
@@ -67,7 +67,7 @@ def build_nd(module: GPT, job: JobSpec, env: DistEnv, layout: Layout,
         from hpcorch.train.parallelize.pipeline import build_pipeline
 
         tie = edge_stage_group(layout, env.rank)
-        pipeline = build_pipeline(held, layout, pp_group(mesh), tie, env.device, GPT.loss)
+        pipeline = build_pipeline(held, layout, pp_group(mesh), tie, env.device, family)
     if dpm is not None and pipeline is None:
         no_sync = lambda: fsdp_no_sync(parts[0])  # noqa: E731
     else:  # no data parallelism, or the pipeline schedule skips the syncs itself

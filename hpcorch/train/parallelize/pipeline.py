@@ -1,4 +1,4 @@
-"""Pipeline parallelism with ``torch.distributed.pipelining``: the GPT cut into stages, one
+"""Pipeline parallelism with ``torch.distributed.pipelining``: the model cut into stages, one
 :class:`PipelineStage` per stage this rank holds, and the schedule (gpipe, 1f1b or
 interleaved_1f1b) that runs a step's micro-batches through them.
 
@@ -6,13 +6,15 @@ Gradient accumulation is the schedule's micro-batches (``Layout.accumulation``):
 each micro-batch is the model's mean cross-entropy and the schedule divides the accumulated
 gradients by their number, so a step's gradient is the mean over micro-batches, as DDP's.
 
-The tied embedding: the first stage holds ``wte`` and the last stage ``head``, two copies of one
-weight, initialised equal. After each backward their gradients are summed between the two
+A tied weight (the family's :attr:`~hpcorch.train.models.spec.ModelParts.tied_weights`, the
+GPT's embedding and head): the first stage holds one copy and the last stage the other,
+initialised equal. After each backward their gradients are summed between the two
 ranks (:meth:`Pipeline.sync_tied_grads`), so both copies take the same step and stay equal.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -20,12 +22,12 @@ import torch.nn as nn
 from torch.distributed.tensor import DTensor
 
 from hpcorch.spec.parallel import Layout
-from hpcorch.train.models.gpt.model import GPT
+from hpcorch.train.models.spec import ModelParts
 
 SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B", "interleaved_1f1b": "ScheduleInterleaved1F1B"}
 
 
-def cut_stages(model: GPT, layout: Layout, pp_rank: int) -> list[tuple[int, GPT]]:
+def cut_stages(model: nn.Module, layout: Layout, pp_rank: int) -> list[tuple[int, nn.Module]]:
     """The stages this rank holds, as ``(stage index, module)``: copies of ``model`` (built
     and seeded as a whole, so every stage starts from the whole model's weights) cut down to
     each stage's layers. ``model`` itself becomes the last of them."""
@@ -57,6 +59,7 @@ class Pipeline:
     has_last: bool           # holds the last stage (computes the loss)
     tie_group: dist.ProcessGroup | None
     microbatches: int
+    tied_weights: Callable[[nn.Module], tuple] = lambda part: (None, None)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward and backward of one step's batch (this dp rank's, all micro-batches
@@ -81,16 +84,19 @@ class Pipeline:
         return torch.stack([_local(loss).detach().float() for loss in losses]).sum() / len(losses)
 
     def sync_tied_grads(self) -> None:
-        """Sum the gradients of the two copies of the tied embedding (first stage ``wte``,
-        last stage ``head``) so that both see the whole model's gradient."""
+        """Sum the gradients of the two copies of the tied weight (first stage's embedding,
+        last stage's head) so that both see the whole model's gradient."""
         if self.tie_group is None:
             return
         weight = None
         for part in self.parts:
-            if part.wte is not None:
-                weight = part.wte.weight
-            elif part.head is not None:
-                weight = part.head.weight
+            first, last = self.tied_weights(part)
+            if first is not None:
+                weight = first
+            elif last is not None:
+                weight = last
+        if weight is None:  # an untied family
+            return
         from hpcorch.train.parallelize.gradnorm import settle_grads
 
         settle_grads([weight])  # both copies' gradients in the weight's own placements
@@ -100,12 +106,15 @@ class Pipeline:
 
     def tied_copy(self) -> set[int]:
         """``id`` of the last stage's copy of the tied weight (not counted twice in norms)."""
-        return {id(p.head.weight) for p in self.parts if p.head is not None and p.wte is None}
+        pairs = [self.tied_weights(p) for p in self.parts]
+        return {id(last) for first, last in pairs if last is not None and first is None}
 
 
 def build_pipeline(stages: list[tuple[int, nn.Module]], layout: Layout, group: dist.ProcessGroup,
-                   tie_group: dist.ProcessGroup | None, device: torch.device, loss_fn) -> Pipeline:
-    """Wrap the (already parallelized) stage modules of this rank and make the schedule."""
+                   tie_group: dist.ProcessGroup | None, device: torch.device, family: ModelParts) -> Pipeline:
+    """Wrap the (already parallelized) stage modules of this rank and make the schedule (with
+    the ``family``'s loss and tied weights)."""
+    loss_fn = family.loss
     from torch.distributed import pipelining
 
     num = layout.spec.num_stages
@@ -119,4 +128,5 @@ def build_pipeline(stages: list[tuple[int, nn.Module]], layout: Layout, group: d
             raise ValueError(f"schedule {layout.spec.pp_schedule} runs one stage per rank, got {len(pstages)}")
         schedule = cls(pstages[0], n_microbatches=n, loss_fn=loss_fn, scale_grads=True)
     ids = [sid for sid, _ in stages]
-    return Pipeline(schedule, pstages, [p for _, p in stages], 0 in ids, num - 1 in ids, tie_group, n)
+    return Pipeline(schedule, pstages, [p for _, p in stages], 0 in ids, num - 1 in ids, tie_group, n,
+                    family.tied_weights)

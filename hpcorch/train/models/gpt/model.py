@@ -3,7 +3,7 @@
 The model can be cut into pipeline stages (:meth:`GPT.keep_only`): a stage keeps the blocks it
 runs under their own names (``blocks.4`` stays ``blocks.4``), the first stage the embeddings and
 the last one the final norm and the head, so every stage's parameter names are the whole model's.
-Under tensor parallelism the parameters are DTensors (:mod:`.tensor_parallel`); the modules
+Under tensor parallelism the parameters are DTensors (:mod:`.parallelize`); the modules
 compute on their local shards and :attr:`CausalSelfAttention.heads` is this rank's head count.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ class QKV(nn.Module):
     in three), but tensor parallelism can shard dimension 1, which gives each rank whole heads of
     q, k and v as one contiguous DTensor shard that checkpoints can reshard. Under tensor
     parallelism the weight is a DTensor and ``forward`` computes on the local shard; the style
-    in :mod:`.tensor_parallel` hands it a local input whose gradient is reduced over tp."""
+    in :mod:`.parallelize` hands it a local input whose gradient is reduced over tp."""
 
     def __init__(self, width: int, bias: bool):
         super().__init__()
@@ -152,6 +152,13 @@ class GPT(nn.Module):
         return logits, self.loss(logits, targets)
 
     @staticmethod
+    def tied_weights(part: "GPT") -> tuple[nn.Parameter | None, nn.Parameter | None]:
+        """This part's copies of the tied weight: the embedding's (first stage) and the head's
+        (last stage); one parameter when the part holds both."""
+        return (part.wte.weight if part.wte is not None else None,
+                part.head.weight if part.head is not None else None)
+
+    @staticmethod
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the tokens (fp32). Logits sharded on the vocabulary (a
         DTensor, loss parallel) need :func:`torch.distributed.tensor.parallel.loss_parallel`."""
@@ -177,3 +184,14 @@ def _qkv_view(value, width: int):
     if isinstance(value, torch.Tensor) and value.dim() in (1, 2) and value.shape[0] == 3 * width:
         return value.view(3, width, *value.shape[1:])
     return value
+
+
+def export_tensor(name: str, tensor):
+    """For files read outside hpcorch: q, k and v as one ``nn.Linear(width, 3 * width)`` holds
+    them (the trainer keeps them as ``(3, width, width)`` so that tensor parallelism splits whole
+    heads): the same bytes."""
+    if name.endswith("attn.qkv.weight") and tensor.dim() == 3:
+        return tensor.reshape(-1, tensor.shape[-1])
+    if name.endswith("attn.qkv.bias") and tensor.dim() == 2:
+        return tensor.reshape(-1)
+    return tensor

@@ -1,0 +1,96 @@
+"""What a model family tells the rest of hpcorch (:class:`ModelSpec`), in torchtitan's manner
+(``protocols/train_spec.py``: ``TrainSpec``), split in two halves:
+
+- :class:`Shapes`, torch-free: parameter count, FLOPs per token, the tensors a block and the
+  rest of a pipeline stage hold, and what a block keeps for backward. The planner
+  (:mod:`hpcorch.plan.estimate`) reads these, so ``hpcorch plan`` never imports torch.
+- :class:`ModelParts`, built on demand (:meth:`ModelSpec.parts`) because it imports torch: the
+  module, its tensor-parallel plan, the loss, the tied weights and old checkpoints' upgrade.
+
+The module a family builds keeps the contract the layouts rely on: ``blocks``, an
+``nn.ModuleDict`` keyed by layer index (FSDP2 and ``torch.compile`` units, pipeline cuts),
+``cfg`` (its config), ``keep_only(layers, first, last)`` to become one pipeline stage under the
+whole model's parameter names, and ``forward(idx, targets) -> (logits, loss)`` (a stage returns
+only its output).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BlockActivations:
+    """Bytes a block keeps for backward, per token of a micro-batch, in multiples of the width
+    (Korthikanti et al.'s accounting): ``norm_out`` for what stays whole under tp (norm
+    outputs), ``residual`` for what sequence parallelism shards, ``sharded`` for what tp splits
+    (q, k, v, attention output, the MLP's hidden); ``heads`` for attention's log-sum-exp,
+    ``norm_stats`` fp32 values per token (the norms' mean and rstd), ``widest`` the widest
+    activation gradient of a backward in widths (the MLP's hidden)."""
+
+    norm_out: int
+    residual: int
+    sharded: int
+    heads: int
+    norm_stats: int
+    widest: int
+
+
+class Shapes(Protocol):
+    """A family's torch-free arithmetic over its config."""
+
+    def num_params(self, cfg) -> int: ...
+
+    def flops_per_token(self, cfg) -> int: ...
+
+    def block_tensors(self, cfg, tp: int) -> list[Shape]:
+        """One block's parameter shapes on a tp rank."""
+
+    def root_tensors(self, cfg, tp: int, first: bool, last: bool) -> list[Shape]:
+        """A stage's parameters outside its blocks (embeddings on the first, head on the last)."""
+
+    def widest_block_grad(self, cfg, tp: int) -> Shape:
+        """The block parameter whose gradient the backward makes at its widest moment."""
+
+    def activations(self, cfg, bf16: bool) -> BlockActivations: ...
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """A family's torch half.
+
+    ``build(cfg, activation_checkpointing)`` makes the whole module (seeded by the caller);
+    ``apply_tp(module, mesh, parallel_spec)`` its tensor-parallel plan (the whole model or one
+    stage); ``loss(logits, targets)`` the pipeline's loss; ``tied_weights(part)`` the part's
+    ``(embedding copy, head copy)`` of a tied weight (None where it holds none; both None for an
+    untied family); ``upgrade_state(state, cfg)`` views old checkpoints' tensors in today's shapes;
+    ``export(name, tensor)`` a canonical tensor as files read outside hpcorch hold it
+    (:mod:`hpcorch.train.checkpoint.export`).
+    """
+
+    build: Callable[..., Any]
+    apply_tp: Callable[..., None]
+    loss: Callable[..., Any]
+    tied_weights: Callable[[Any], tuple[Any, Any]]
+    upgrade_state: Callable[[dict, Any], dict]
+    export: Callable[[str, Any], Any] = lambda name, tensor: tensor
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One family: its ``kind`` (``trainer.model.kind``), config class, torch-free
+    :class:`Shapes`, the loader of its :class:`ModelParts`, and ``tied``: the canonical and the
+    alias name of a weight shared by two modules (checkpoints store it once, under the first),
+    or None."""
+
+    kind: str
+    config_cls: type
+    shapes: Shapes
+    load_parts: Callable[[], ModelParts]
+    tied: tuple[str, str] | None = None
+
+    def parts(self) -> ModelParts:
+        """The torch half (imports torch)."""
+        return self.load_parts()
