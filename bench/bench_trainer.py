@@ -28,8 +28,8 @@ def main() -> None:
 
     from hpcorch.spec.job import load_job
     from hpcorch.train.distributed import init_distributed
-    from hpcorch.train.spawn import free_port
     from hpcorch.train.models import spec_of
+    from hpcorch.train.spawn import free_port
     from hpcorch.train.trainer import Trainer
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",

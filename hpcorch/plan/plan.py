@@ -14,11 +14,11 @@ from hpcorch.plan.launch import LaunchPlan, extra_directives, resolve_launch
 from hpcorch.plan.nodefit import check_constraint, check_gpu_type, check_mig, check_node_counts, fit_node_groups
 from hpcorch.plan.placement import PlacementPlan, plan_placement
 from hpcorch.spec import units
-from hpcorch.train.models import spec_of
 from hpcorch.spec.job import JobSpec
 from hpcorch.spec.placement import NCCL_DEBUG_LEVELS, debugging_in
 from hpcorch.spec.profile import ClusterProfile, NodeGroup, Partition
 from hpcorch.state.rundir import RunDir
+from hpcorch.train.models import spec_of
 
 # Run directories reach #SBATCH --output, where sbatch does its own word splitting: keep them plain.
 _PATH_RE = re.compile(r"^[A-Za-z0-9_./+@:,=-]+$")

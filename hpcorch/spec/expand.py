@@ -11,8 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from hpcorch.spec.schema import RESERVED_ENV, RESERVED_ENV_PREFIXES, ENV_NAME_RE, Invalid
-
+from hpcorch.spec.schema import ENV_NAME_RE, RESERVED_ENV, RESERVED_ENV_PREFIXES, Invalid
 
 # ----- expandable values ----------------------------------------------------------------------
 _REF = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")

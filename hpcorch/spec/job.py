@@ -9,18 +9,26 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
 
-from hpcorch.spec import catalog, units
 from hpcorch.errors import ConfigError
-from hpcorch.spec.profile import check_constraint
-from hpcorch.spec.yamlio import read_yaml
-from hpcorch.spec.schema import KIND_DEFAULT, Invalid, build, check_account, check_env_names, check_name, check_positive, set_dotted
+from hpcorch.spec import catalog, units
+from hpcorch.spec.expand import check_expandable
+from hpcorch.spec.health import JobHealth
+from hpcorch.spec.launch import Launch, check_directives
 from hpcorch.spec.model import ModelConfig, default_model
 from hpcorch.spec.parallel import Layout, ParallelSpec, resolve_layout
-from hpcorch.spec.expand import check_expandable
-from hpcorch.spec.launch import Launch, check_directives
 from hpcorch.spec.placement import Placement
-from hpcorch.spec.health import JobHealth
-
+from hpcorch.spec.profile import check_constraint
+from hpcorch.spec.schema import (
+    KIND_DEFAULT,
+    Invalid,
+    build,
+    check_account,
+    check_env_names,
+    check_name,
+    check_positive,
+    set_dotted,
+)
+from hpcorch.spec.yamlio import read_yaml
 
 # A typed GPU request as Slurm writes it: TYPE:COUNT (a40:4); TYPE is a GRES type name.
 _TYPED_GPUS = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.+-]{0,127}):([0-9]{1,6})")

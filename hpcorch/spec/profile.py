@@ -8,20 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from hpcorch.spec import catalog, constraint as constraint_syntax, units
 from hpcorch.errors import ConfigError
-from hpcorch.spec.yamlio import read_yaml
-from hpcorch.spec.schema import Invalid, build, check_account, check_env_names, check_name, check_positive
+from hpcorch.spec import catalog, units
+from hpcorch.spec import constraint as constraint_syntax
 from hpcorch.spec.expand import check_expandable, check_prepend
 from hpcorch.spec.health import HealthPolicy
 from hpcorch.spec.launch import Launch, check_directives
 from hpcorch.spec.login import Login
 from hpcorch.spec.network import Network, hosts_of
-from hpcorch.spec.planning import Planning
 from hpcorch.spec.placement import BLOCKS_SINCE, check_no_debugging, parse_slurm_version, version_text
+from hpcorch.spec.planning import Planning
 from hpcorch.spec.policy import QOS, Requests, RequestsOverride
-
-
+from hpcorch.spec.schema import Invalid, build, check_account, check_env_names, check_name, check_positive
+from hpcorch.spec.yamlio import read_yaml
 
 # NVIDIA's MIG profile names: compute slices "g", memory "gb", optionally "+me" (media engines).
 MIG_PROFILE_RE = re.compile(r"[1-8]g\.\d{1,4}gb(\+me)?")

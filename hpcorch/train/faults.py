@@ -33,8 +33,9 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 CRASH_IN_SAVE = "HPCORCH_CRASH_IN_SAVE"
 SAMPLE_TRACE = "HPCORCH_SAMPLE_TRACE"

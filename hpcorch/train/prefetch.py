@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Optional
 
 import torch
 
@@ -55,13 +54,13 @@ class StepBatches:
         self.device = torch.device(device)
         self.depth = max(1, depth)
         self.pin = self.device.type == "cuda"
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[int, Future] = {}  # cursor -> the host batches being built
         self._lock = threading.Lock()
         self._closed = False
 
     # ----- building (either thread) ----------------------------------------------------------
-    def build(self, cursor: int, order: Optional[SampleOrder] = None) -> list[Batch]:
+    def build(self, cursor: int, order: SampleOrder | None = None) -> list[Batch]:
         """This rank's micro-batches of the step at ``cursor``, on the host."""
         order = order or self.order
         positions = step_positions(cursor, self.global_batch, self.dp_rank, self.dp_size)
@@ -119,7 +118,7 @@ class StepBatches:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def __enter__(self) -> "StepBatches":
+    def __enter__(self) -> StepBatches:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -42,12 +42,12 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
 
     clock = StartupClock()
     clock.mark("interpreter")
-    from hpcorch.util.diskspace import DiskFull
     from hpcorch.errors import HpcorchError
     from hpcorch.spec.job import load_job
-    from hpcorch.train.distributed import abandon, init_distributed, shutdown
     from hpcorch.train.checkpoint.store import CheckpointError, PeerSaveFailed
+    from hpcorch.train.distributed import abandon, init_distributed, shutdown
     from hpcorch.train.trainer import Trainer
+    from hpcorch.util.diskspace import DiskFull
 
     clock.mark("imports")
     try:

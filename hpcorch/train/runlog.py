@@ -11,13 +11,13 @@ import json
 import logging
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
+from hpcorch.state.rundir import RunDir
+from hpcorch.train.state import TrainState
 from hpcorch.util.diskspace import DiskFull
 from hpcorch.util.display import duration
 from hpcorch.util.fileio import atomic_write
-from hpcorch.state.rundir import RunDir
-from hpcorch.train.state import TrainState
 
 log = logging.getLogger("hpcorch.train")
 

@@ -13,14 +13,15 @@ import torch
 import torch.distributed as dist
 
 from hpcorch import protocol
-from hpcorch.state.rundir import RunDir
 from hpcorch.spec.job import JobSpec
+from hpcorch.state.rundir import RunDir
 from hpcorch.train.checkpoint.checkpointer import Checkpointer, checkpoint_group, model_digest
-from hpcorch.train.models import spec_of
+from hpcorch.train.checkpoint.store import CheckpointStore
 from hpcorch.train.data import DataSource
 from hpcorch.train.determinism import pin_threads
 from hpcorch.train.distributed import DistEnv, all_agree, gather_objects, node_first
 from hpcorch.train.faults import SampleTrace, after_step, drop_grad
+from hpcorch.train.models import spec_of
 from hpcorch.train.optim import lr_at
 from hpcorch.train.parallelize.build import build_parallel_model, resolve_layout
 from hpcorch.train.prefetch import StepBatches
@@ -30,7 +31,6 @@ from hpcorch.train.startup import StartupClock
 from hpcorch.train.state import TrainState
 from hpcorch.train.stop import StopAgreement
 from hpcorch.train.tokencache import TokenCache
-from hpcorch.train.checkpoint.store import CheckpointStore
 
 
 class Trainer:

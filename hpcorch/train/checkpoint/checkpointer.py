@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -28,10 +28,10 @@ import torch.nn as nn
 from hpcorch.spec.compat import check_config_change, training_config
 from hpcorch.spec.job import JobSpec
 from hpcorch.spec.model import DEFAULT_KIND, recorded
-from hpcorch.train.models import get_model_spec, spec_of
-from hpcorch.train.determinism import fresh_rank_seed, rng_state, seed_everything, set_rng_state
-from hpcorch.train.state import TrainState
 from hpcorch.train.checkpoint.store import CheckpointError, CheckpointStore, PeerSaveFailed
+from hpcorch.train.determinism import fresh_rank_seed, rng_state, seed_everything, set_rng_state
+from hpcorch.train.models import get_model_spec, spec_of
+from hpcorch.train.state import TrainState
 
 __all__ = ["Checkpointer", "CheckpointError", "canonical_state", "checkpoint_group", "fingerprint",
            "model_digest", "weights_digest"]
@@ -147,8 +147,7 @@ def canonical_state(parts: Sequence[nn.Module], optimizers: Sequence[torch.optim
     """This rank's canonical state (live tensors, DTensors stay sharded; an optimizer without
     state yet is initialised by torch), and per part the {own key: canonical key} maps of its
     model and optimizer keys, to hand a loaded state back to each part."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     opts = StateDictOptions(flatten_optimizer_state_dict=True)
     model, optim, maps = {}, {}, []
@@ -242,8 +241,11 @@ class Checkpointer:
     def _apply(self, loaded: dict, maps: list[tuple[dict, dict]]) -> None:
         """Hand the loaded canonical state back to each part under its own key names (the
         tensors were filled in place; param groups and FSDP/TP bookkeeping need the set)."""
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         opts = StateDictOptions(flatten_optimizer_state_dict=True)
         for part, optimizer, (mmap, omap) in zip(self.parts, self.optimizers, maps):

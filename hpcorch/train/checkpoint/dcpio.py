@@ -22,10 +22,9 @@ import hashlib
 import io
 import os
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
-
-from typing import Iterator
+from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -224,8 +223,8 @@ class VerifyingReader(dcp.FileSystemReader):
         return metadata
 
     def read_data(self, plan, planner):
-        from torch.distributed.checkpoint.planner import LoadItemType
         from torch.distributed._shard._utils import narrow_tensor_by_index
+        from torch.distributed.checkpoint.planner import LoadItemType
         from torch.distributed.checkpoint.utils import _create_file_view as view_of
         from torch.futures import Future
 

@@ -36,17 +36,18 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
-from hpcorch.util.poll import PollTimeout, poll_until
-from hpcorch.util.fileio import atomic_write, fsync_dir
 from hpcorch.state.rundir import COMMIT_MARKER, CheckpointLayout
-from hpcorch.util.diskspace import describe_write_failure
 from hpcorch.train.checkpoint import dcpio
 from hpcorch.train.faults import crash_in_prune, crash_in_save
+from hpcorch.util.diskspace import describe_write_failure
+from hpcorch.util.fileio import atomic_write, fsync_dir
+from hpcorch.util.poll import PollTimeout, poll_until
 
 SHARED_FILE = "shared.pt"  # the format before DCP: rank 0's full model and optimizer state
 

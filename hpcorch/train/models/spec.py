@@ -15,8 +15,9 @@ only its output).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 Shape = tuple[int, ...]
 

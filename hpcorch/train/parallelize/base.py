@@ -5,8 +5,9 @@ FSDP2 pieces the layouts share."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager
+from typing import ContextManager
 
 import torch
 import torch.nn as nn

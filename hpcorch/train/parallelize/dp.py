@@ -3,7 +3,7 @@ FSDP2 over all ranks, kept number for number as they always were."""
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

@@ -19,9 +19,9 @@ from hpcorch.spec.job import JobSpec
 from hpcorch.spec.parallel import Layout
 from hpcorch.train.distributed import DistEnv
 from hpcorch.train.models.spec import ModelParts
-from hpcorch.train.parallelize.mesh import build_mesh, dp_mesh, edge_stage_group, pp_group, pp_rank, tp_mesh
 from hpcorch.train.optim import build_optimizer
 from hpcorch.train.parallelize.base import ParallelModel, Wrapped, fsdp_no_sync, mixed_precision
+from hpcorch.train.parallelize.mesh import build_mesh, dp_mesh, edge_stage_group, pp_group, pp_rank, tp_mesh
 
 log = logging.getLogger(__name__)
 

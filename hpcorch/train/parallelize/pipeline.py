@@ -13,8 +13,8 @@ ranks (:meth:`Pipeline.sync_tied_grads`), so both copies take the same step and 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist

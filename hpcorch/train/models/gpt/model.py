@@ -115,7 +115,7 @@ class GPT(nn.Module):
         if isinstance(module, (nn.Linear, QKV)) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def keep_only(self, layers: range, first: bool, last: bool) -> "GPT":
+    def keep_only(self, layers: range, first: bool, last: bool) -> GPT:
         """Make this model the pipeline stage that runs ``layers``: the embeddings stay only on
         the ``first`` stage, the final norm and head only on the ``last``. The head keeps its
         own copy of the tied weight when the embedding leaves (kept equal by summing the two
@@ -152,7 +152,7 @@ class GPT(nn.Module):
         return logits, self.loss(logits, targets)
 
     @staticmethod
-    def tied_weights(part: "GPT") -> tuple[nn.Parameter | None, nn.Parameter | None]:
+    def tied_weights(part: GPT) -> tuple[nn.Parameter | None, nn.Parameter | None]:
         """This part's copies of the tied weight: the embedding's (first stage) and the head's
         (last stage); one parameter when the part holds both."""
         return (part.wte.weight if part.wte is not None else None,
