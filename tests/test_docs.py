@@ -247,4 +247,7 @@ def test_the_ci_command_is_the_readmes():
     lines = (REPO / "README.md").read_text().splitlines()
     at = lines.index("<!-- test-command -->")
     assert lines[at + 1] == "```bash"
-    assert lines[at + 2] == "pip install torch==2.13.0 && pip install -e '.[test]' && python -m pytest -q"
+    command = lines[at + 2]
+    # the CPU build of torch first (an unpinned torch pulls a CUDA build), then lint, then every test
+    assert command.startswith("pip install torch==2.13.0 && pip install -e '.[test]' && "), command
+    assert command.endswith("ruff check && python -m pytest -q"), command
