@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+INTEGRATION = Path(__file__).resolve().parent / "integration"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 pytest_plugins = [p for p in ("slurm_fixtures", "ssh_fixtures") if (Path(__file__).parent / f"{p}.py").exists()]
@@ -20,6 +21,14 @@ pytest_plugins = [p for p in ("slurm_fixtures", "ssh_fixtures") if (Path(__file_
 if "HPCORCH_CACHE" not in os.environ:
     os.environ["HPCORCH_CACHE"] = tempfile.mkdtemp(prefix="hpcorch-tokens-")
     atexit.register(shutil.rmtree, os.environ["HPCORCH_CACHE"], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/integration starts processes (trainers, submitit, sshd, the dev
+    cluster): marked slow, so ``-m "not slurm and not slow"`` is the unit tests alone."""
+    for item in items:
+        if INTEGRATION in Path(item.path).parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

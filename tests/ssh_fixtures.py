@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sshd import SSHServer, ensure_sshd
 
 REPO = Path(__file__).resolve().parent.parent

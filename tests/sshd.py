@@ -107,13 +107,13 @@ class SSHServer:
     def write_config(self) -> None:
         env = " ".join(f"{k}={v}" for k, v in self.env.items())
         self.config.write_text("\n".join([
-            f"ListenAddress 127.0.0.1", f"HostKey {self.host_key}", f"PidFile {self.root / 'sshd.pid'}",
+            "ListenAddress 127.0.0.1", f"HostKey {self.host_key}", f"PidFile {self.root / 'sshd.pid'}",
             f"AuthorizedKeysFile {self.authorized}", "StrictModes no", "UsePAM no",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
             "PermitRootLogin prohibit-password", "AllowTcpForwarding yes", "LogLevel VERBOSE",
             f"SetEnv {env}" if env else "", "Subsystem sftp internal-sftp", ""]))
 
-    def start(self) -> "SSHServer":
+    def start(self) -> SSHServer:
         self.write_config()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config), "-p", str(self.port)],
@@ -164,7 +164,7 @@ class OtpServer:
     def interactive_auths(self) -> int:
         return len(self.count_file.read_text().splitlines()) if self.count_file.exists() else 0
 
-    def start(self) -> "OtpServer":
+    def start(self) -> OtpServer:
         argv = [sys.executable, __file__, "otp", str(self.port), str(self.host_key), str(self.authorized_pub),
                 str(self.count_file)]
         with open(self.log, "ab") as log:
@@ -179,13 +179,13 @@ class OtpServer:
         stop_pid(self.proc)
 
 
-def _otp_main(port: int, host_key: str, authorized_pub: str, count_file: str) -> None:
+def _otp_main(port: int, host_key: str, authorized_pub: str, count_file: str) -> None:  # noqa: C901 (the server class and exec pump nest here to share its code and key)
     import threading
 
     import paramiko
 
     code = sys.stdin.readline().strip()
-    allowed = open(authorized_pub).read().split()[1]  # the public key's base64 blob
+    allowed = Path(authorized_pub).read_text().split()[1]  # the public key's base64 blob
     hkey = paramiko.RSAKey.from_private_key_file(host_key)
 
     class Server(paramiko.ServerInterface):

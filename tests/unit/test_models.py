@@ -1,0 +1,129 @@
+"""The model seam: ``trainer.model.kind`` and the registry of families (hpcorch.train.models)."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+from conftest import run_cli
+
+from hpcorch.errors import ConfigError
+from hpcorch.spec.compat import training_config
+from hpcorch.spec.job import load_job
+from hpcorch.spec.model import DEFAULT_KIND, MODEL_CONFIGS, GPTConfig
+from hpcorch.spec.schema import KIND_DEFAULT, build
+from hpcorch.train.models import FAMILIES, get_model_spec, spec_of
+
+TINY = """\
+name: tiny
+resources: {{nodes: 1, gpus_per_node: 0, tasks_per_node: 1, cpus_per_task: 1, time: "0:10:00"}}
+trainer:
+  model: {model}
+"""
+
+
+def _job(tmp_path, model: str):
+    path = tmp_path / "job.yaml"
+    path.write_text(TINY.format(model=model))
+    return load_job(path)
+
+
+def test_a_job_without_kind_is_gpt(tmp_path, repo):
+    assert load_job(repo / "jobs/gpt-tiny.yaml").trainer.model.kind == "gpt"
+    job = _job(tmp_path, "{layers: 3, heads: 2, width: 32}")
+    assert job.trainer.model == GPTConfig(layers=3, heads=2, width=32)
+    assert spec_of(job.trainer.model) is get_model_spec("gpt")
+
+
+def test_gpt_is_the_default_kind(tmp_path):
+    assert DEFAULT_KIND == "gpt" and GPTConfig().kind == "gpt"
+    assert _job(tmp_path, "{kind: gpt, layers: 3}").trainer.model.layers == 3
+    path = tmp_path / "nomodel.yaml"
+    path.write_text(TINY.format(model="{}").split("trainer:")[0])
+    assert load_job(path).trainer.model == GPTConfig()
+
+
+@pytest.mark.parametrize("model", ["{kind: llama}", "{kind: llama, kv_heads: 2}", "{kind: 3}"])
+def test_an_unknown_kind_is_one_line_naming_the_kinds(tmp_path, model):
+    with pytest.raises(ConfigError) as info:
+        _job(tmp_path, model)
+    assert info.value.key == "trainer.model.kind"
+    assert "'gpt'" in info.value.message and "\n" not in str(info.value)
+
+
+def test_an_unknown_kind_through_the_cli_is_one_line(tmp_path, repo):
+    out = run_cli("plan", repo / "jobs/gpt-tiny.yaml", "--set", "trainer.model.kind=llama")
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if "trainer.model.kind" in line]
+    assert len(lines) == 1 and "'gpt'" in lines[0], out.stderr
+
+
+def test_every_config_kind_has_a_family_and_back():
+    assert set(MODEL_CONFIGS) == set(FAMILIES)
+    for kind, family in FAMILIES.items():
+        assert family.kind == kind and family.config_cls is MODEL_CONFIGS[kind]
+
+
+def test_an_unknown_kind_in_the_registry_names_the_known():
+    with pytest.raises(ValueError, match="unknown model kind 'llama'; known: gpt"):
+        get_model_spec("llama")
+
+
+def test_the_gpt_figures_are_the_module_s():
+    """The torch-free arithmetic agrees with the module it describes."""
+    cfg = GPTConfig(layers=3, heads=2, width=32, seq_len=16, vocab=64, bias=True)
+    family = get_model_spec("gpt")
+    module = family.parts().build(cfg)
+    shapes = family.shapes
+    assert sum(p.numel() for p in module.parameters()) == shapes.num_params(cfg, include_position=True)
+    want = shapes.root_tensors(cfg, 1, True, True) + shapes.block_tensors(cfg, 1) * cfg.layers
+    assert sorted(tuple(p.shape) for p in module.parameters()) == sorted(want)
+    first, last = family.parts().tied_weights(module)
+    assert first is last and family.tied == ("wte.weight", "head.weight")
+
+
+def test_gpt_records_as_before_there_were_kinds(repo):
+    """Old checkpoints recorded trainer.model without kind: today's GPT records the same keys."""
+    recorded = training_config(load_job(repo / "jobs/gpt-tiny.yaml"))
+    assert "trainer.model.kind" not in recorded and recorded["trainer.model.layers"] == 2
+
+
+# ----- the schema of a choice of families (what a second family will use) -------------------
+@dataclass(frozen=True)
+class _Other:
+    kind: Literal["other"] = "other"
+    depth: int = 1
+
+
+@dataclass
+class _Holder:
+    model: GPTConfig | _Other = field(default_factory=GPTConfig, metadata={KIND_DEFAULT: True})
+
+
+def test_a_choice_of_two_families_defaults_to_the_field_s_kind():
+    assert build(_Holder, {"model": {"layers": 3}}, "t").model == GPTConfig(layers=3)
+    assert build(_Holder, {"model": {"kind": "other", "depth": 2}}, "t").model == _Other(depth=2)
+    assert build(_Holder, {}, "t").model == GPTConfig()
+    with pytest.raises(ConfigError) as info:
+        build(_Holder, {"model": {"kind": "third", "depth": 2}}, "t")
+    assert info.value.key == "model.kind" and "'gpt', 'other'" in info.value.message
+    with pytest.raises(ConfigError) as info:  # the default family's keys, checked as its own
+        build(_Holder, {"model": {"depth": 2}}, "t")
+    assert info.value.key == "model.depth"
+    assert [f.name for f in dataclasses.fields(GPTConfig)][0] == "kind"
+
+
+def test_the_registry_and_the_plan_import_no_torch(repo):
+    """``hpcorch plan`` reads the family's figures from its torch-free half."""
+    code = ("import sys\nfrom hpcorch.cli.main import main\n"
+            "try:\n    main(['plan', 'jobs/gpt2-124m.yaml', '-p', 'h100-ndr'])\nexcept SystemExit as exc:\n"
+            "    assert not exc.code, exc.code\n"
+            "from hpcorch.train.models import get_model_spec\n"
+            "gpt = get_model_spec('gpt')\nassert gpt.shapes.num_params(gpt.config_cls()) > 0\n"
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(repo))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
