@@ -58,7 +58,13 @@ def check_name(field: str, value: str | None, what: str = "a name") -> None:
 
 # Bash refuses to assign these (read-only or special), or assigning them breaks the job script,
 # Slurm's bookkeeping or the launcher that hpcorch and submitit set up on every rank.
-RESERVED_ENV = frozenset(["BASHOPTS", "BASH_ARGC", "BASH_ARGV", "BASH_COMMAND", "BASH_ENV", "BASH_LINENO", "BASH_SOURCE", "BASH_SUBSHELL", "BASH_VERSINFO", "BASH_VERSION", "BASHPID", "DIRSTACK", "ENV", "EUID", "FUNCNAME", "GROUPS", "HISTCMD", "HOME", "HOSTNAME", "IFS", "LINENO", "OLDPWD", "OPTARG", "OPTIND", "PATH", "PPID", "PS4", "PWD", "RANDOM", "SECONDS", "SHELL", "SHELLOPTS", "SHLVL", "UID", "USER", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "PYTHONHOME", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "HPCORCH_RUN_DIR", "HPCORCH_LEASE"])
+RESERVED_ENV = frozenset(["BASHOPTS", "BASH_ARGC", "BASH_ARGV", "BASH_COMMAND", "BASH_ENV", "BASH_LINENO",
+                          "BASH_SOURCE", "BASH_SUBSHELL", "BASH_VERSINFO", "BASH_VERSION", "BASHPID", "DIRSTACK", "ENV",
+                          "EUID", "FUNCNAME", "GROUPS", "HISTCMD", "HOME", "HOSTNAME", "IFS", "LINENO", "OLDPWD",
+                          "OPTARG", "OPTIND", "PATH", "PPID", "PS4", "PWD", "RANDOM", "SECONDS", "SHELL", "SHELLOPTS",
+                          "SHLVL", "UID", "USER", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "PYTHONHOME",
+                          "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                          "GROUP_RANK", "HPCORCH_RUN_DIR", "HPCORCH_LEASE"])
 # (Other HPCORCH_ names stay free: the fault-injection hooks of hpcorch.train.faults are set so.)
 RESERVED_ENV_PREFIXES = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "SUBMITIT_", "BASH_FUNC_")
 
