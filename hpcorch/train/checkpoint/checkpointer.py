@@ -212,9 +212,10 @@ class Checkpointer:
             self.store.wait()
         except CheckpointError as exc:
             error = exc
-        if self.store.async_save and self.store.agree is not None:
-            if not self.store.agree(error is None) and error is None:
-                raise PeerSaveFailed(self.saved_step)
+        # agree() is a collective: every rank must reach it, whether its own save failed or not
+        peers_failed = self.store.async_save and self.store.agree is not None and not self.store.agree(error is None)
+        if peers_failed and error is None:
+            raise PeerSaveFailed(self.saved_step)
         if error is not None:
             raise error
 
