@@ -170,8 +170,9 @@ def report(results: list[dict]) -> str:
     row("steps recomputed", lambda r: str(r["goodput"]["steps_recomputed"]))
     row("queue wait s (all restarts)", lambda r: f"{r['goodput']['queue_wait_s']:.0f}")
     row("queue wait per attempt s", lambda r: ", ".join(f"{w:.0f}" for w in r["queue_waits_s"]))
-    row("productive / (allocated + queue wait)",
-        lambda r: f"{r['goodput']['buckets_s']['productive'] / (r['allocated_s'] + r['goodput']['queue_wait_s']) * 100:.1f} %")
+    def productive_of_wall(r) -> float:
+        return r["goodput"]["buckets_s"]["productive"] / (r["allocated_s"] + r["goodput"]["queue_wait_s"]) * 100
+    row("productive / (allocated + queue wait)", lambda r: f"{productive_of_wall(r):.1f} %")
     row("committed checkpoint -> next first step s (per restart)",
         lambda r: ", ".join(f"{g:.0f}" for g in r["restart_gaps_s"]))
     row("  mean s", lambda r: f"{sum(r['restart_gaps_s']) / max(1, len(r['restart_gaps_s'])):.1f}")

@@ -82,8 +82,8 @@ def main() -> None:
             if on:
                 walls += [r["wall_s"] for r in reports(run, 0)]
     pf, base = statistics.median(with_pf), statistics.median(without_pf)
-    print(f"pre-flight wall per node (healthy, 2 nodes, {len(walls)} reports): median {statistics.median(walls):.2f} s, "
-          f"max {max(walls):.2f} s")
+    print(f"pre-flight wall per node (healthy, 2 nodes, {len(walls)} reports): "
+          f"median {statistics.median(walls):.2f} s, max {max(walls):.2f} s")
     print(f"job start -> first step: {pf:.1f} s with pre-flight, {base:.1f} s without "
           f"(ratio {pf / base:.2f}; pre-flight share of start-up {(pf - base) / pf:.0%})")
 

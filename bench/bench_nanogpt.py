@@ -75,7 +75,8 @@ def run_nanogpt(nanogpt: Path, work: Path, steps: int, clock: str, seed: int) ->
             "beta1": 0.9, "beta2": 0.95, "grad_clip": OPT["grad_clip"], "warmup_iters": OPT["warmup_steps"],
             "lr_decay_iters": steps, "max_iters": steps - 1, "eval_interval": steps - 1, "eval_iters": EVAL_BATCHES,
             "log_interval": 1, "always_save_checkpoint": False, "out_dir": str(work / "out")}
-    cmd = [sys.executable, __file__, "--clock", clock, "--seed", str(seed), "--nanogpt-child", str(nanogpt / "train.py"),
+    cmd = [sys.executable, __file__, "--clock", clock, "--seed", str(seed),
+           "--nanogpt-child", str(nanogpt / "train.py"),
            *(f"--{k}={v}" for k, v in args.items())]
     out = subprocess.run(cmd, cwd=work, env=_env(), capture_output=True, text=True, check=True).stdout
     rows = [(int(i), float(loss), float(ms) / 1000) for i, loss, ms in ITER_RE.findall(out)]
@@ -194,8 +195,9 @@ def main() -> None:
                 work = Path(tmp) / f"{name}-{r}"
                 work.mkdir()
                 (work / "data").symlink_to(Path(tmp) / "data")
-                losses, dts, val = (run_nanogpt(nanogpt, work, args.steps, args.clock, args.seed + r) if name == "nanogpt"
-                                   else run_ours(work, args.steps, args.clock, args.seed + r))
+                seed = args.seed + r
+                losses, dts, val = (run_nanogpt(nanogpt, work, args.steps, args.clock, seed) if name == "nanogpt"
+                                    else run_ours(work, args.steps, args.clock, seed))
                 step = statistics.median(dts[args.skip:])
                 loss = statistics.mean(losses[-tail:])
                 results[name].append((step, loss, val))
@@ -206,10 +208,13 @@ def main() -> None:
     ours, theirs = (statistics.median(row[0] for row in results[n]) for n in ("hpcorch", "nanogpt"))
     loss_ours, val_ours = (statistics.mean(col) for col in list(zip(*results["hpcorch"], strict=True))[1:])
     loss_theirs, val_theirs = (statistics.mean(col) for col in list(zip(*results["nanogpt"], strict=True))[1:])
-    print(f"step time ({args.clock} clock): hpcorch {ours * 1000:.2f} ms, nanoGPT {theirs * 1000:.2f} ms, ratio {ours / theirs:.3f}x (goal <= 1.0x)")
-    print(f"train loss (mean of the last {tail} steps, mean over {args.rounds} seeds): hpcorch {loss_ours:.4f}, nanoGPT {loss_theirs:.4f}, "
+    print(f"step time ({args.clock} clock): hpcorch {ours * 1000:.2f} ms, nanoGPT {theirs * 1000:.2f} ms, "
+          f"ratio {ours / theirs:.3f}x (goal <= 1.0x)")
+    print(f"train loss (mean of the last {tail} steps, mean over {args.rounds} seeds): "
+          f"hpcorch {loss_ours:.4f}, nanoGPT {loss_theirs:.4f}, "
           f"difference {100 * (loss_ours / loss_theirs - 1):+.2f}% (one batch per step: noisy)")
-    print(f"val loss ({EVAL_BATCHES} x {BATCH['micro_batch']} sequences of val.bin at the end, mean over seeds): hpcorch {val_ours:.4f}, "
+    print(f"val loss ({EVAL_BATCHES} x {BATCH['micro_batch']} sequences of val.bin at the end, mean over seeds): "
+          f"hpcorch {val_ours:.4f}, "
           f"nanoGPT {val_theirs:.4f}, difference {100 * (val_ours / val_theirs - 1):+.2f}%")
 
 

@@ -90,7 +90,8 @@ def main() -> None:
         py = sys.executable
         cases = [("python -c pass", [py, "-c", "pass"]),
                  ("hpcorch --help", [py, "-m", "hpcorch.cli.main", "--help"]),
-                 ("hpcorch plan gpt-1.3b", [py, "-m", "hpcorch.cli.main", "plan", "jobs/gpt-1.3b.yaml", "-p", str(profile)]),
+                 ("hpcorch plan gpt-1.3b", [py, "-m", "hpcorch.cli.main", "plan", "jobs/gpt-1.3b.yaml",
+                                            "-p", str(profile)]),
                  ("hpcorch plan gpt-1.3b --json", [py, "-m", "hpcorch.cli.main", "plan", "jobs/gpt-1.3b.yaml", "-p",
                                                    str(profile), "--json"])]
         print(f"{args.nodes:,}-node profile, {args.runs} completed runs x {args.steps} steps in the registry, "

@@ -32,7 +32,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"  # the "remote" python too
 
-WORDS = ["def", "class", "return", "self", "import", "from", "for", "in", "if", "else", "elif", "while", "with", "as", "try", "except", "raise", "yield", "lambda", "None", "True", "False", "torch", "tensor", "model", "layer", "batch", "loss", "step", "optimizer", "config", "path", "value", "result", "data", "index", "shape", "device", "grad", "weight", "bias", "forward", "backward", "init", "update", "log"]
+WORDS = ["def", "class", "return", "self", "import", "from", "for", "in", "if", "else", "elif", "while", "with", "as",
+         "try", "except", "raise", "yield", "lambda", "None", "True", "False", "torch", "tensor", "model", "layer",
+         "batch", "loss", "step", "optimizer", "config", "path", "value", "result", "data", "index", "shape", "device",
+         "grad", "weight", "bias", "forward", "backward", "init", "update", "log"]
 
 
 def corpus(rng: random.Random, size: int) -> bytes:

@@ -122,7 +122,8 @@ def main() -> None:
     times["dry run (render)"], _ = timed(lambda: render_sbatch(plan), args.repeat)
     times["slurm-conf (write_configs)"], _ = timed(lambda: write_configs(profile, tmp / "conf"), args.repeat)
     names = profile.partition("urgent").hosts
-    times["expand urgent (name by name)"], _ = timed(lambda: expand_hostlist(data["partitions"][1]["nodes"]), args.repeat)
+    urgent_nodes = data["partitions"][1]["nodes"]
+    times["expand urgent (name by name)"], _ = timed(lambda: expand_hostlist(urgent_nodes), args.repeat)
     times["compress urgent"], _ = timed(lambda: compress_hostlist(names), args.repeat)
     try:
         import hostlist  # python-hostlist, in the test extra: what hpcorch used before

@@ -146,7 +146,8 @@ def preemption(plan, script, slurm, tmp) -> None:
     torch_s = median_time(lambda: subprocess.run([sys.executable, "-c", "import torch"], check=True), 3)
     to_commit = commit["time"] - signal_t
     restart = firsts[-1]["time"] - starts[-1]["time"]
-    print(f"\npreempted at step {commit['step']}, summary: {json.loads((run / 'summary.json').read_text())['restarts']} restart(s)")
+    restarts = json.loads((run / "summary.json").read_text())["restarts"]
+    print(f"\npreempted at step {commit['step']}, summary: {restarts} restart(s)")
     print(f"{'preemption':<34}{'seconds':>9}{'baseline s':>12}{'ratio':>8}")
     print(f"{'signal -> committed checkpoint':<34}{to_commit:>9.3f}{save_s:>12.3f}{to_commit / save_s:>8.2f}"
           "   (baseline: the same checkpoint's plain save)")

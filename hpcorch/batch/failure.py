@@ -122,7 +122,8 @@ def classify_training(ends: list[TaskEnd], srun_failed: list[str], records: list
                         f"{first.get('error') or 'a clear error (exit 2); its log has the line'}")
         return failure
     lost = sorted(dict.fromkeys(down + srun_failed))
-    own = [r for r in records if not PEER_LOST.search(r.get("error", "")) and r.get("exit_code") != protocol.CHECKPOINTED]
+    own = [r for r in records
+           if not PEER_LOST.search(r.get("error", "")) and r.get("exit_code") != protocol.CHECKPOINTED]
     hard = _hard_deaths(ends, after_an_error_of_its_own=bool(own))
     if lost:
         failure.nodes, failure.evidence = lost, "hard"
@@ -134,7 +135,8 @@ def classify_training(ends: list[TaskEnd], srun_failed: list[str], records: list
     elif own:
         first = own[0]
         failure.nodes, failure.evidence = [first["node"]], "soft"
-        failure.what = f"rank {first['rank']} on {first['node']}: {first['error'] or 'exit code ' + str(first['exit_code'])}"
+        reason = first["error"] or f"exit code {first['exit_code']}"
+        failure.what = f"rank {first['rank']} on {first['node']}: {reason}"
     elif ends:
         bad = [e for e in ends if e.exit_code not in (None, 0)] or ends
         failure.what = f"tasks {bad[0].tasks} on {bad[0].node}: {bad[0].what}; no rank said why"

@@ -46,7 +46,8 @@ def record_submission(run: RunDir, code_dir: str | os.PathLike, script: str | No
     run.manifests.mkdir(parents=True, exist_ok=True)
     record = {"code_dir": str(Path(code_dir).absolute()), "time": time.time(),
               "script_sha256": sha256(script) if script is not None else None,
-              "profile": profile.get("name"), "profile_sha256": sha256(json.dumps(profile, sort_keys=True, default=str))}
+              "profile": profile.get("name"),
+              "profile_sha256": sha256(json.dumps(profile, sort_keys=True, default=str))}
     atomic_write(run.manifest_file(None), json.dumps(record, indent=1))
 
 

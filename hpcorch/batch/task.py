@@ -72,7 +72,8 @@ class TrainTask:
         from hpcorch.util.fileio import atomic_write
 
         env = os.environ
-        record = {"rank": int(env.get("SLURM_PROCID", "0") or 0), "node": env.get("SLURMD_NODENAME") or socket.gethostname(),
+        record = {"rank": int(env.get("SLURM_PROCID", "0") or 0),
+                  "node": env.get("SLURMD_NODENAME") or socket.gethostname(),
                   "exit_code": code, "error": error.strip().splitlines()[-1][:2000] if error.strip() else "",
                   "time": time.time()}
         attempt = int(env.get("SLURM_RESTART_COUNT", "0") or 0)

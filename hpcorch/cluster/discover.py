@@ -128,6 +128,26 @@ def build_profile(live: LiveCluster, name: str | None = None) -> Draft:
     spans several types), the switch tree, QOS and the user's only account where accounting
     answered; comments say what the user must fill in and what Slurm reported that a profile
     cannot hold."""
+    draft = _new_draft(live, name)
+    partitions_hosts = _usable_partitions(live, draft)
+    in_partitions = {h for _, hosts in partitions_hosts for h in hosts}
+    type_of = _add_node_types(live, in_partitions, draft)
+    draft.data["partitions"] = []
+    for part, hosts in partitions_hosts:
+        draft.data["partitions"].append(_partition_entry(part, hosts, type_of, live, draft))
+    _add_qos(live, draft)
+    _add_network(live, in_partitions, draft)
+    draft.note("environment", "FILL IN: what every job needs loaded, e.g.",
+               "environment:", "  modules: [cuda/12.4, nccl/2.21]", "  variables: {OMP_NUM_THREADS: 1}")
+    draft.note("launch", "FILL IN: the Python that runs the ranks on compute nodes, e.g.",
+               "launch: {python: /sw/venvs/torch/bin/python}")
+    _add_defaults(live, draft)
+    return draft
+
+
+def _new_draft(live: LiveCluster, name: str | None) -> Draft:
+    """The draft's identity (name, scheduler, description) and the header comments that tell
+    the user what Slurm could report and what they must fill in."""
     name = safe_name(name or live.config.get("ClusterName") or "cluster")
     draft = Draft({"name": name, "scheduler": "slurm",
                    "description": f"Discovered from Slurm cluster "
@@ -138,9 +158,13 @@ def build_profile(live: LiveCluster, name: str | None = None) -> Draft:
                "`hpcorch profile validate FILE` and `hpcorch profile diff FILE` later for drift.")
     draft.note("login", "FILL IN (optional): the login node, for submitting from elsewhere over SSH:",
                "login: {host: login.example.org, user: me}")
+    return draft
 
+
+def _usable_partitions(live: LiveCluster, draft: Draft) -> list[tuple[SlurmPartition, list[str]]]:
+    """Each partition a profile can hold, with its hosts that scontrol describes; the rest are
+    noted as left out. Raises when none is left, since a profile needs one."""
     node_names = {n.name for n in live.nodes}
-    in_partitions: set[str] = set()
     partitions_hosts: list[tuple[SlurmPartition, list[str]]] = []
     for part in live.partitions:
         hosts = partition_hosts(part, live)
@@ -154,14 +178,25 @@ def build_profile(live: LiveCluster, name: str | None = None) -> Draft:
                                      f"({'no nodes' if not hosts else 'a name a profile cannot hold'}).")
             continue
         partitions_hosts.append((part, hosts))
-        in_partitions.update(hosts)
     if not partitions_hosts:
         raise SlurmError("the cluster reports no partition with nodes; a profile needs at least one")
+    return partitions_hosts
 
+
+_GPU_FILL_IN = ("FILL IN: what Slurm cannot report about these GPUs, e.g.",
+                "model: A100  # GPU model name",
+                "memory_gb: 80",
+                "interconnect: nvlink  # nvlink | xgmi | pcie | none",
+                "peak_tflops: 312.0  # dense bf16 TFLOP/s per GPU, the denominator of MFU",
+                "vendor: nvidia  # nvidia | amd")
+
+
+def _add_node_types(live: LiveCluster, in_partitions: set[str], draft: Draft) -> dict[str, str]:
+    """``node_types`` for the nodes of the kept partitions, with their members and what to fill
+    in noted; returns each such node's type name."""
     nodes = [n for n in live.nodes if n.name in in_partitions]
     outside = [n.name for n in live.nodes if n.name not in in_partitions]
     types, type_of = node_types(nodes)
-
     draft.data["node_types"] = {}
     for type_name, shape in types.items():
         members = [n for n in nodes if type_of[n.name] == type_name]
@@ -169,63 +204,73 @@ def build_profile(live: LiveCluster, name: str | None = None) -> Draft:
         path = f"node_types.{type_name}"
         draft.note(path + ".cpus", f"{len(members)} node(s): {compress_hostlist([n.name for n in members])}")
         if shape.gpu_count:
-            draft.note(path + ".gpus",
-                       "FILL IN: what Slurm cannot report about these GPUs, e.g.",
-                       "model: A100  # GPU model name",
-                       "memory_gb: 80",
-                       "interconnect: nvlink  # nvlink | xgmi | pcie | none",
-                       "peak_tflops: 312.0  # dense bf16 TFLOP/s per GPU, the denominator of MFU",
-                       "vendor: nvidia  # nvidia | amd")
-            others = sorted({f"gpu:{g.type or ''}:{g.count}".replace("::", ":")
-                             for n in members for g in n.other_gpus})
-            if others:
-                draft.note(path + ".gpus", f"These nodes also offer {', '.join(others)}: a node type holds one "
-                                           "GPU kind, so only the most numerous is described.")
+            _note_gpus(path + ".gpus", members, draft)
     if outside:
         draft.note("node_types", f"Left out: {compress_hostlist(outside)} (in no partition).")
+    return type_of
 
-    draft.data["partitions"] = []
-    for part, hosts in partitions_hosts:
-        entry: dict[str, Any] = {"name": part.name}
-        groups: dict[str, list[str]] = {}
-        for host in hosts:
-            groups.setdefault(type_of[host], []).append(host)
-        if len(groups) == 1:
-            (type_name, members), = groups.items()
-            entry["nodes"] = compress_hostlist(members)
-            entry["node_type"] = type_name
+
+def _note_gpus(path: str, members: list[Node], draft: Draft) -> None:
+    """What to fill in about a node type's GPUs, and the other GPU kinds its nodes offer (a
+    node type describes one)."""
+    draft.note(path, *_GPU_FILL_IN)
+    others = sorted({f"gpu:{g.type or ''}:{g.count}".replace("::", ":")
+                     for n in members for g in n.other_gpus})
+    if others:
+        draft.note(path, f"These nodes also offer {', '.join(others)}: a node type holds one "
+                         "GPU kind, so only the most numerous is described.")
+
+
+def _partition_entry(part: SlurmPartition, hosts: list[str], type_of: dict[str, str], live: LiveCluster,
+                     draft: Draft) -> dict[str, Any]:
+    """One ``partitions`` entry (appended next, so its index is the current length), with notes
+    on what Slurm says about it that the entry cannot hold."""
+    entry: dict[str, Any] = {"name": part.name, **_partition_nodes(hosts, type_of)}
+    entry["max_time"] = profile_time(part.max_time)
+    entry["default"] = part.default
+    entry["priority_tier"] = max(1, part.priority_tier)
+    i = len(draft.data["partitions"])
+    if part.priority_tier < 1:
+        draft.note(f"partitions[{i}].priority_tier",
+                   f"Slurm's PriorityTier={part.priority_tier}; a profile's tiers start at 1.")
+    if part.allow_qos:
+        known = {q.name for q in live.qos or []}
+        if live.qos is not None and all(q in known for q in part.allow_qos):
+            entry["qos"] = list(part.allow_qos)
         else:
-            entry["node_groups"] = [{"nodes": compress_hostlist(m), "node_type": t} for t, m in groups.items()]
-        entry["max_time"] = profile_time(part.max_time)
-        entry["default"] = part.default
-        entry["priority_tier"] = max(1, part.priority_tier)
-        i = len(draft.data["partitions"])
-        if part.priority_tier < 1:
-            draft.note(f"partitions[{i}].priority_tier",
-                       f"Slurm's PriorityTier={part.priority_tier}; a profile's tiers start at 1.")
-        if part.allow_qos:
-            known = {q.name for q in live.qos or []}
-            if live.qos is not None and all(q in known for q in part.allow_qos):
-                entry["qos"] = list(part.allow_qos)
-            else:
-                draft.note(f"partitions[{i}].qos", f"Slurm allows QOS {', '.join(part.allow_qos)} here "
-                                                   "(sacctmgr did not describe them).")
-        if part.qos:
-            draft.note(f"partitions[{i}].name", f"Partition QOS {part.qos} sets this partition's limits.")
-        draft.data["partitions"].append(entry)
+            draft.note(f"partitions[{i}].qos", f"Slurm allows QOS {', '.join(part.allow_qos)} here "
+                                               "(sacctmgr did not describe them).")
+    if part.qos:
+        draft.note(f"partitions[{i}].name", f"Partition QOS {part.qos} sets this partition's limits.")
+    return entry
 
-    _add_qos(live, draft)
 
+def _partition_nodes(hosts: list[str], type_of: dict[str, str]) -> dict[str, Any]:
+    """``nodes`` and ``node_type`` when the partition's hosts are of one type, else one
+    ``node_groups`` entry per type."""
+    groups: dict[str, list[str]] = {}
+    for host in hosts:
+        groups.setdefault(type_of[host], []).append(host)
+    if len(groups) == 1:
+        (type_name, members), = groups.items()
+        return {"nodes": compress_hostlist(members), "node_type": type_name}
+    return {"node_groups": [{"nodes": compress_hostlist(m), "node_type": t} for t, m in groups.items()]}
+
+
+def _add_network(live: LiveCluster, in_partitions: set[str], draft: Draft) -> None:
+    """``network.switches`` from Slurm's switch tree; a block topology is only noted (profiles
+    cannot hold one yet), and the fabric is left to fill in."""
     network: dict[str, Any] = {}
     tree = _switch_tree(live, in_partitions, draft)
     if tree:
         network["switches"] = tree
-    if live.topology.blocks:
+    blocks = live.topology.blocks
+    if blocks:
         draft.note("network", f"Slurm reports a block topology ({live.topology_plugin}): "
-                              f"{len(live.topology.blocks)} blocks; profiles have no block topology yet,",
+                              f"{len(blocks)} blocks; profiles have no block topology yet,",
                    "so it is left out:",
-                   *(f"  BlockName={b.name} Nodes={compress_hostlist(b.nodes)}" for b in live.topology.blocks[:20]),
-                   *([f"  ... and {len(live.topology.blocks) - 20} more"] if len(live.topology.blocks) > 20 else []))
+                   *(f"  BlockName={b.name} Nodes={compress_hostlist(b.nodes)}" for b in blocks[:20]),
+                   *([f"  ... and {len(blocks) - 20} more"] if len(blocks) > 20 else []))
     # Written inside `network:` when there is one, else as a whole commented-out block.
     pad, head = ("", []) if network else ("  ", ["network:"])
     draft.note("network", "FILL IN: the fabric and its adapters, e.g.", *head,
@@ -233,11 +278,11 @@ def build_profile(live: LiveCluster, name: str | None = None) -> Draft:
                f"{pad}infiniband: {{hcas: [mlx5_0, mlx5_1], ports: 1, link_rate_gbps: 200, rails_per_node: 2}}")
     if network:
         draft.data["network"] = network
-    draft.note("environment", "FILL IN: what every job needs loaded, e.g.",
-               "environment:", "  modules: [cuda/12.4, nccl/2.21]", "  variables: {OMP_NUM_THREADS: 1}")
-    draft.note("launch", "FILL IN: the Python that runs the ranks on compute nodes, e.g.",
-               "launch: {python: /sw/venvs/torch/bin/python}")
 
+
+def _add_defaults(live: LiveCluster, draft: Draft) -> None:
+    """``defaults.account`` when the user's associations name one account; otherwise the
+    choices (or why accounting did not answer) as a comment."""
     defaults: dict[str, Any] = {}
     if live.assoc is not None:
         accounts = sorted({a.account for a in live.assoc if a.account})
@@ -252,7 +297,6 @@ def build_profile(live: LiveCluster, name: str | None = None) -> Draft:
     draft.note("defaults", "FILL IN: run_root: /scratch/$USER/runs  # where run directories go")
     if defaults:
         draft.data["defaults"] = defaults
-    return draft
 
 
 def _add_qos(live: LiveCluster, draft: Draft) -> None:

@@ -99,6 +99,17 @@ def diff(profile: ClusterProfile, live: LiveCluster) -> list[str]:
     they agree. Fields Slurm cannot report (GPU model, memory, peak TFLOP/s, fabric, ...) are
     never drift; neither is a node type's name."""
     want, have = profile_view(profile), live_view(live)
+    lines = _host_drift(want, have) + _shape_drift(want, have) + _partition_drift(want, have)
+    lines += _switch_drift("leaf switch", "nodes", want.leaves, have.leaves, _hostlist)
+    lines += _switch_drift("spine switch", "switches", want.spines, have.spines, _show)
+    if live.topology.blocks and (want.leaves or want.spines):
+        lines.append(f"switch tree: the profile has one, the cluster uses a block topology "
+                     f"({len(live.topology.blocks)} blocks)")
+    return lines
+
+
+def _host_drift(want: View, have: View) -> list[str]:
+    """Hosts on one side only, one line per side."""
     lines = []
     gone = [h for h in want.hosts if h not in have.hosts]
     new = [h for h in have.hosts if h not in want.hosts]
@@ -106,7 +117,12 @@ def diff(profile: ClusterProfile, live: LiveCluster) -> list[str]:
         lines.append(f"nodes {_hostlist(gone)}: in the profile, not on the cluster")
     if new:
         lines.append(f"nodes {_hostlist(new)}: on the cluster, not in the profile")
-    # Per field, hosts with the same (profile value, cluster value) share one line.
+    return lines
+
+
+def _shape_drift(want: View, have: View) -> list[str]:
+    """Node shape fields that differ on hosts of both sides. Per field, hosts with the same
+    (profile value, cluster value) share one line, so a rack of changed nodes reads as one."""
     drift: dict[tuple, list[str]] = {}
     for host, (type_name, shape) in want.hosts.items():
         if host not in have.hosts:
@@ -118,36 +134,38 @@ def diff(profile: ClusterProfile, live: LiveCluster) -> list[str]:
                 continue  # not reported by a node that never registered
             if mine != theirs:
                 drift.setdefault((type_name, label, mine, theirs), []).append(host)
-    for (type_name, label, mine, theirs), hosts in drift.items():
-        lines.append(f"nodes {_hostlist(hosts)} (node type {type_name}): {label} {_show(mine)} in the profile, "
-                     f"{_show(theirs)} on the cluster")
-    for name in want.partitions:
-        if name not in have.partitions:
-            lines.append(f"partition {name}: in the profile, not on the cluster")
-    for name in have.partitions:
-        if name not in want.partitions:
-            lines.append(f"partition {name}: on the cluster, not in the profile "
-                         f"(nodes {_hostlist(have.partitions[name][0])})")
-    for name, (hosts, max_time, default, tier) in want.partitions.items():
-        if name not in have.partitions:
-            continue
-        l_hosts, l_time, l_default, l_tier = have.partitions[name]
-        if hosts != l_hosts:
-            lines.append(f"partition {name}: nodes {_hostlist(hosts)} in the profile, {_hostlist(l_hosts)} "
-                         "on the cluster")
-        if max_time != l_time:
-            lines.append(f"partition {name}: max_time {format_time(max_time)} in the profile, {format_time(l_time)} "
-                         "on the cluster")
-        if default != l_default:
-            lines.append(f"partition {name}: default {str(default).lower()} in the profile, "
-                         f"{str(l_default).lower()} on the cluster")
-        if tier != l_tier:
-            lines.append(f"partition {name}: priority_tier {tier} in the profile, {l_tier} on the cluster")
-    lines += _switch_drift("leaf switch", "nodes", want.leaves, have.leaves, _hostlist)
-    lines += _switch_drift("spine switch", "switches", want.spines, have.spines, _show)
-    if live.topology.blocks and (want.leaves or want.spines):
-        lines.append(f"switch tree: the profile has one, the cluster uses a block topology "
-                     f"({len(live.topology.blocks)} blocks)")
+    return [f"nodes {_hostlist(hosts)} (node type {type_name}): {label} {_show(mine)} in the profile, "
+            f"{_show(theirs)} on the cluster"
+            for (type_name, label, mine, theirs), hosts in drift.items()]
+
+
+def _partition_drift(want: View, have: View) -> list[str]:
+    """Partitions on one side only, then the fields of partitions on both that differ."""
+    lines = [f"partition {name}: in the profile, not on the cluster"
+             for name in want.partitions if name not in have.partitions]
+    lines += [f"partition {name}: on the cluster, not in the profile (nodes {_hostlist(have.partitions[name][0])})"
+              for name in have.partitions if name not in want.partitions]
+    for name, fields in want.partitions.items():
+        if name in have.partitions:
+            lines += _partition_field_drift(name, fields, have.partitions[name])
+    return lines
+
+
+def _partition_field_drift(name: str, mine: tuple, theirs: tuple) -> list[str]:
+    """The (hosts, max_time, default, priority_tier) of one partition, profile against cluster."""
+    (hosts, max_time, default, tier), (l_hosts, l_time, l_default, l_tier) = mine, theirs
+    lines = []
+    if hosts != l_hosts:
+        lines.append(f"partition {name}: nodes {_hostlist(hosts)} in the profile, {_hostlist(l_hosts)} "
+                     "on the cluster")
+    if max_time != l_time:
+        lines.append(f"partition {name}: max_time {format_time(max_time)} in the profile, {format_time(l_time)} "
+                     "on the cluster")
+    if default != l_default:
+        lines.append(f"partition {name}: default {str(default).lower()} in the profile, "
+                     f"{str(l_default).lower()} on the cluster")
+    if tier != l_tier:
+        lines.append(f"partition {name}: priority_tier {tier} in the profile, {l_tier} on the cluster")
     return lines
 
 

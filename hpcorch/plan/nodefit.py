@@ -146,7 +146,8 @@ def check_node_counts(res: Resources, part: Partition, groups: list[NodeGroup], 
     if res.nodes > len(hosts):
         qualifiers = []
         if expr is not None:
-            qualifiers.append(f"with feature {constraint}" if len(csyntax.features(expr)) == 1 and not csyntax.counted(expr)
+            one_feature = len(csyntax.features(expr)) == 1 and not csyntax.counted(expr)
+            qualifiers.append(f"with feature {constraint}" if one_feature
                               else f"matching {constraint!r}" if len(choices) == 1
                               else f"all matching one alternative of {constraint!r}")
         if len(fitting) < len(groups):

@@ -342,7 +342,8 @@ def send(root: str, request: dict, out: FrameWriter) -> None:
                 if mine and mine[2] and 0 < mine[0] <= size and tail_hash(path, mine[0]) == mine[2]:
                     offset = mine[0]
                 f.seek(offset)
-                out.json({"path": rel, "offset": offset, "mtime_ns": now.st_mtime_ns, "mode": stat.S_IMODE(now.st_mode)})
+                out.json({"path": rel, "offset": offset, "mtime_ns": now.st_mtime_ns,
+                          "mode": stat.S_IMODE(now.st_mode)})
                 left = size - offset
                 while left > 0 and (block := f.read(min(CHUNK, left))):
                     out.frame(b"D", block)

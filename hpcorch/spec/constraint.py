@@ -121,7 +121,7 @@ def matches(expr: Expr | Feature, have: set[str] | frozenset[str]) -> bool:
     if expr.count is not None:
         return True
     result = matches(expr.terms[0], have)
-    for op, term in zip(expr.ops, expr.terms[1:]):
+    for op, term in zip(expr.ops, expr.terms[1:], strict=True):
         result = (result or matches(term, have)) if op == "|" else (result and matches(term, have))
     return result
 
@@ -160,7 +160,7 @@ def show(term: Feature | Expr, top: bool = True) -> str:
     if isinstance(term, Feature):
         return term.name + (f"*{term.count}" if term.count else "")
     inner = show(term.terms[0], top=False)
-    for op, t in zip(term.ops, term.terms[1:]):
+    for op, t in zip(term.ops, term.terms[1:], strict=True):
         inner += op + show(t, top=False)
     if term.bracket:
         return f"[{inner}]"

@@ -43,7 +43,8 @@ class Resources:
     gpus_per_node: int | str = 0       # 4, or "a40:4" for a GRES type
     tasks_per_node: int | None = None  # default: one task per GPU, or 1 without GPUs
     cpus_per_task: int = 1
-    mem: str | int | None = None       # per node, Slurm form (4000, 4000M, 64G); 0 = the whole node; None = Slurm default
+    # per node, Slurm form (4000, 4000M, 64G); 0 = the whole node; None = Slurm default
+    mem: str | int | None = None
     mem_per_gpu: str | int | None = None  # Slurm form; instead of mem
     gpu_type: str | None = None        # the Slurm GRES type name (a40)
     exclusive: bool | None = None      # None: as the profile's requests.exclusive says
@@ -102,7 +103,8 @@ class Resources:
             return
         m = _TYPED_GPUS.fullmatch(self.gpus_per_node)
         if not m:
-            raise Invalid("gpus_per_node", f"expected a GPU count or TYPE:COUNT such as a40:4, got {self.gpus_per_node!r}")
+            raise Invalid("gpus_per_node",
+                          f"expected a GPU count or TYPE:COUNT such as a40:4, got {self.gpus_per_node!r}")
         gpu_type, self.gpus_per_node = m[1], int(m[2])
         if self.gpu_type is not None and self.gpu_type != gpu_type:
             raise Invalid("gpu_type", f"{self.gpu_type!r} disagrees with gpus_per_node's type {gpu_type!r}; give one")
@@ -204,7 +206,8 @@ class TrainerSpec:
     loggers: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
 
     def __post_init__(self):
-        check_positive(self, "steps", "global_batch", "micro_batch", "eval_batches", "log_interval", "collective_timeout_s")
+        check_positive(self, "steps", "global_batch", "micro_batch", "eval_batches", "log_interval",
+                       "collective_timeout_s")
         check_positive(self, "eval_interval", allow_zero=True)
         if len(set(self.loggers)) != len(self.loggers):
             raise Invalid("loggers", f"expected each logger once, got {self.loggers}")

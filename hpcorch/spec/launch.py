@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 from hpcorch.spec.expand import check_expandable
 from hpcorch.spec.schema import Invalid
@@ -303,7 +303,7 @@ class Command(_Wrapper):
 
 # Tagged on `kind` (see hpcorch.spec.schema: a union of dataclasses that all have a Literal
 # `kind` is chosen by that key, so errors name the right variant's keys).
-Wrapper = Union[NoWrapper, Apptainer, Pyxis, Uenv, Edf, Command]
+Wrapper = NoWrapper | Apptainer | Pyxis | Uenv | Edf | Command
 # The Python on compute nodes: an absolute path of plain characters (it reaches submitit's command).
 _PYTHON = re.compile(r"/[A-Za-z0-9_./+@-]+")
 

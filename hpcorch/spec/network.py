@@ -179,7 +179,8 @@ class BlockTopology:
         block_of: dict[str, int] = {}
         for i, block in enumerate(self.blocks):
             if block.name in seen:
-                raise Invalid(f"blocks[{i}].name", f"duplicate block {block.name!r} (already blocks[{seen[block.name]}])")
+                raise Invalid(f"blocks[{i}].name",
+                              f"duplicate block {block.name!r} (already blocks[{seen[block.name]}])")
             seen[block.name] = i
             clash = [h for h in block.hosts if h in block_of]
             if clash:

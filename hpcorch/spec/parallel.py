@@ -16,6 +16,7 @@ the trainer builds its mesh from the same :class:`Layout`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Literal
 
 from hpcorch.spec.schema import Invalid, check_positive
@@ -47,7 +48,7 @@ class ParallelSpec:
         if self.pp_split is not None:
             if any(not isinstance(i, int) or isinstance(i, bool) for i in self.pp_split):
                 raise Invalid("pp_split", f"expected a list of layer indices, got {self.pp_split!r}")
-            if any(b <= a for a, b in zip(self.pp_split, self.pp_split[1:])) or (self.pp_split and self.pp_split[0] < 1):
+            if any(b <= a for a, b in pairwise(self.pp_split)) or (self.pp_split and self.pp_split[0] < 1):
                 raise Invalid("pp_split", f"expected increasing layer indices above 0, got {self.pp_split}")
 
     @property
@@ -72,16 +73,18 @@ class ParallelSpec:
         if self.sequence_parallel and self.tp == 1:
             raise Invalid("parallel.sequence_parallel", "expected tp > 1 (sequence parallelism shards over tp)")
         if self.sequence_parallel and seq_len is not None and seq_len % self.tp:
-            raise Invalid("parallel.sequence_parallel", f"expected model.seq_len ({seq_len}) to be a multiple "
-                                                        f"of tp ({self.tp}): each tp rank holds a slice of the sequence")
+            raise Invalid("parallel.sequence_parallel",
+                          f"expected model.seq_len ({seq_len}) to be a multiple "
+                          f"of tp ({self.tp}): each tp rank holds a slice of the sequence")
         stages = self.num_stages
         if stages > layers:
             raise Invalid("parallel.pp", f"expected at most one pipeline stage per layer: {stages} stages "
                                          f"(pp {self.pp} x {self.stages_per_rank} per rank) for {layers} layers")
         if self.pp_split is not None and self.pp > 1:
             if len(self.pp_split) != stages - 1:
-                raise Invalid("parallel.pp_split", f"expected {stages - 1} layer indices (the first layer of "
-                                                   f"every stage after the first of {stages}), got {len(self.pp_split)}")
+                raise Invalid("parallel.pp_split",
+                              f"expected {stages - 1} layer indices (the first layer of "
+                              f"every stage after the first of {stages}), got {len(self.pp_split)}")
             if self.pp_split and self.pp_split[-1] >= layers:
                 raise Invalid("parallel.pp_split", f"expected layer indices below {layers} (the model's "
                                                    f"layers), got {self.pp_split}")
@@ -97,7 +100,7 @@ class ParallelSpec:
             bounds = [0]
             for s in range(stages):
                 bounds.append(bounds[-1] + base + (1 if s < extra else 0))
-        return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+        return [range(a, b) for a, b in pairwise(bounds)]
 
 
 @dataclass(frozen=True)

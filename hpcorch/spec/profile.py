@@ -283,7 +283,8 @@ class ClusterProfile:
         for key, hosts in groups:
             stray = [h for h in hosts if h not in self._type_of]
             if stray:
-                raise Invalid(key, f"expected nodes of this cluster's partitions, got unknown {units.brief_hosts(stray)}")
+                raise Invalid(key,
+                              f"expected nodes of this cluster's partitions, got unknown {units.brief_hosts(stray)}")
 
     def _check_qos_names(self) -> None:
         """QOS names used anywhere must be ones the profile lists (when it lists any)."""

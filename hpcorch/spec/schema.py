@@ -58,7 +58,13 @@ def check_name(field: str, value: str | None, what: str = "a name") -> None:
 
 # Bash refuses to assign these (read-only or special), or assigning them breaks the job script,
 # Slurm's bookkeeping or the launcher that hpcorch and submitit set up on every rank.
-RESERVED_ENV = frozenset(["BASHOPTS", "BASH_ARGC", "BASH_ARGV", "BASH_COMMAND", "BASH_ENV", "BASH_LINENO", "BASH_SOURCE", "BASH_SUBSHELL", "BASH_VERSINFO", "BASH_VERSION", "BASHPID", "DIRSTACK", "ENV", "EUID", "FUNCNAME", "GROUPS", "HISTCMD", "HOME", "HOSTNAME", "IFS", "LINENO", "OLDPWD", "OPTARG", "OPTIND", "PATH", "PPID", "PS4", "PWD", "RANDOM", "SECONDS", "SHELL", "SHELLOPTS", "SHLVL", "UID", "USER", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "PYTHONHOME", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "HPCORCH_RUN_DIR", "HPCORCH_LEASE"])
+RESERVED_ENV = frozenset(["BASHOPTS", "BASH_ARGC", "BASH_ARGV", "BASH_COMMAND", "BASH_ENV", "BASH_LINENO",
+                          "BASH_SOURCE", "BASH_SUBSHELL", "BASH_VERSINFO", "BASH_VERSION", "BASHPID", "DIRSTACK", "ENV",
+                          "EUID", "FUNCNAME", "GROUPS", "HISTCMD", "HOME", "HOSTNAME", "IFS", "LINENO", "OLDPWD",
+                          "OPTARG", "OPTIND", "PATH", "PPID", "PS4", "PWD", "RANDOM", "SECONDS", "SHELL", "SHELLOPTS",
+                          "SHLVL", "UID", "USER", "LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH", "PYTHONHOME",
+                          "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                          "GROUP_RANK", "HPCORCH_RUN_DIR", "HPCORCH_LEASE"])
 # (Other HPCORCH_ names stay free: the fault-injection hooks of hpcorch.train.faults are set so.)
 RESERVED_ENV_PREFIXES = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "SUBMITIT_", "BASH_FUNC_")
 
@@ -110,61 +116,89 @@ def build(cls: type[T], data: Any, source: str, path: str = "") -> T:
 
 
 def _convert(tp: Any, value: Any, source: str, path: str) -> Any:
+    """``value`` checked against the annotation ``tp`` (and built, for dataclasses), by the
+    annotation's kind; raises :class:`ConfigError` naming ``source`` and ``path``."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if value is None and len(args) < len(get_args(tp)):
-            return None
-        variants = _tagged_variants(args)
-        if variants and isinstance(value, dict):
-            return _convert(_tagged_choice(variants, value, source, path), value, source, path)
-        errors = []
-        for arg in args:
-            try:
-                return _convert(arg, value, source, path)
-            except ConfigError as exc:
-                errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
-        raise ConfigError(source, path, f"expected {_type_name(tp)}, got {shown(value)}")
+        return _convert_union(tp, value, source, path)
     if origin is Literal:
         if value not in get_args(tp):
             raise ConfigError(source, path, f"expected {_type_name(tp)}, got {shown(value)}")
         return value
     if origin in (list, tuple):
-        if not isinstance(value, list):
-            raise ConfigError(source, path, f"expected {_type_name(tp)}, got {shown(value)}")
-        items = [_convert(get_args(tp)[0], v, source, f"{path}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _convert_sequence(tp, value, source, path)
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(source, path, f"expected {_type_name(tp)}, got {shown(value)}")
-        key_t, val_t = get_args(tp)
-        return {_convert(key_t, k, source, _join(path, k)): _convert(val_t, v, source, _join(path, k))
-                for k, v in value.items()}
+        return _convert_mapping(tp, value, source, path)
     if dataclasses.is_dataclass(tp):
         variants = _tagged_variants([tp])
         if variants and isinstance(value, dict) and "kind" in value:  # a choice of one: kind first
             _tagged_choice(variants, value, source, path)
         return _build_dataclass(tp, value, source, path)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(source, path, f"expected a number, got {shown(value)}")
-        if isinstance(value, int) and abs(value) > MAX_INT or not math.isfinite(value):
-            raise ConfigError(source, path, f"expected a finite number, got {shown(value)}")
-        return float(value)
+        return _convert_float(value, source, path)
     if tp is int or tp is bool or tp is str:
-        # bool is a subclass of int; "yes" must not become an int, nor 1 a string.
-        if type(value) is not tp:
-            raise ConfigError(source, path, f"expected {_type_name(tp)}, got {shown(value)}")
-        if tp is int and not -MAX_INT <= value <= MAX_INT:
-            raise ConfigError(source, path, f"expected an integer of at most 64 bits, got {shown(value)}")
-        if tp is str:
-            _check_text(value, source, path)
-        return value
+        return _convert_exact(tp, value, source, path)
     if tp is Any:
         return value
     raise TypeError(f"schema: unsupported annotation {tp!r}")
+
+
+def _convert_union(tp: Any, value: Any, source: str, path: str) -> Any:
+    """``None`` for an optional; the variant ``kind`` names for a tagged union; else the first
+    variant that accepts ``value`` (a lone variant's own error, when only one was tried)."""
+    args = [a for a in get_args(tp) if a is not type(None)]
+    if value is None and len(args) < len(get_args(tp)):
+        return None
+    variants = _tagged_variants(args)
+    if variants and isinstance(value, dict):
+        return _convert(_tagged_choice(variants, value, source, path), value, source, path)
+    errors = []
+    for arg in args:
+        try:
+            return _convert(arg, value, source, path)
+        except ConfigError as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    raise ConfigError(source, path, f"expected {_type_name(tp)}, got {shown(value)}")
+
+
+def _convert_sequence(tp: Any, value: Any, source: str, path: str) -> list | tuple:
+    """A YAML list, item by item (a tuple where the annotation says so)."""
+    if not isinstance(value, list):
+        raise ConfigError(source, path, f"expected {_type_name(tp)}, got {shown(value)}")
+    items = [_convert(get_args(tp)[0], v, source, f"{path}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if get_origin(tp) is tuple else items
+
+
+def _convert_mapping(tp: Any, value: Any, source: str, path: str) -> dict:
+    """A YAML mapping, keys and values each checked, errors at the key's path."""
+    if not isinstance(value, dict):
+        raise ConfigError(source, path, f"expected {_type_name(tp)}, got {shown(value)}")
+    key_t, val_t = get_args(tp)
+    return {_convert(key_t, k, source, _join(path, k)): _convert(val_t, v, source, _join(path, k))
+            for k, v in value.items()}
+
+
+def _convert_float(value: Any, source: str, path: str) -> float:
+    """A number (an integer too, but not a bool), finite and of at most 64-bit magnitude."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(source, path, f"expected a number, got {shown(value)}")
+    if isinstance(value, int) and abs(value) > MAX_INT or not math.isfinite(value):
+        raise ConfigError(source, path, f"expected a finite number, got {shown(value)}")
+    return float(value)
+
+
+def _convert_exact(tp: type, value: Any, source: str, path: str) -> Any:
+    """An int, bool or str of exactly that type: bool is a subclass of int, and "yes" must not
+    become an int, nor 1 a string. Integers stay within 64 bits; strings are single lines."""
+    if type(value) is not tp:
+        raise ConfigError(source, path, f"expected {_type_name(tp)}, got {shown(value)}")
+    if tp is int and not -MAX_INT <= value <= MAX_INT:
+        raise ConfigError(source, path, f"expected an integer of at most 64 bits, got {shown(value)}")
+    if tp is str:
+        _check_text(value, source, path)
+    return value
 
 
 def _tagged_variants(args) -> dict | None:

@@ -4,7 +4,8 @@ One rank starts in :mod:`.rank` (``run_rank``; ``python -m hpcorch.train`` wraps
 :class:`.trainer.Trainer`, built from components:
 
 - :mod:`.models`: the registry of model families (``trainer.model.kind``), one folder each (``gpt/``)
-- :mod:`.parallelize`: the model, seeded and laid out (DDP, FSDP2, or tp/pp/HSDP on a device mesh), compiled, autocast, no-sync
+- :mod:`.parallelize`: the model, seeded and laid out (DDP, FSDP2, or tp/pp/HSDP on a device mesh),
+  compiled, autocast, no-sync
 - :mod:`.optim`: the optimizer and the LR schedule
 - :mod:`.data`: the seeded global sample order and its cursor
 - :mod:`.checkpoint`: what a checkpoint holds, the recorded-config check, restore

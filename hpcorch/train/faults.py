@@ -84,7 +84,8 @@ class SampleTrace:
         self._file = None
         if folder:
             Path(folder).mkdir(parents=True, exist_ok=True)
-            self._file = open(Path(folder) / f"rank{rank}.jsonl", "a")
+            # kept open for the tracer's lifetime (a line per step); close() ends it
+            self._file = open(Path(folder) / f"rank{rank}.jsonl", "a")  # noqa: SIM115 (open for the object's life)
 
     def write(self, step: int, samples: list[int]) -> None:
         """Record the samples this rank trained on at ``step``."""

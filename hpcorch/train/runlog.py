@@ -45,7 +45,7 @@ class MetricsFile(Sink):
     """``metrics.jsonl``: one JSON line per step, flushed at once (``hpcorch logs`` follows it)."""
 
     def __init__(self, run: RunDir):
-        self._file = open(run.metrics, "a")
+        self._file = open(run.metrics, "a")  # noqa: SIM115 (kept open for the sink's lifetime; close() ends it)
 
     def on_step(self, record: dict) -> None:
         self._file.write(json.dumps(record) + "\n")

@@ -67,7 +67,8 @@ def table(columns: Sequence[Column], rows: Iterable[Sequence[str]], gap: int = 2
     widths = [max([len(col.header)] + [len(r[i]) for r in rows]) for i, col in enumerate(columns)]
     out = []
     for cells in [[c.header for c in columns], *rows]:
-        parts = [cell.rjust(w) if col.number else cell.ljust(w) for col, cell, w in zip(columns, cells, widths, strict=True)]
+        parts = [cell.rjust(w) if col.number else cell.ljust(w)
+                 for col, cell, w in zip(columns, cells, widths, strict=True)]
         out.append((" " * gap).join(parts).rstrip())
     return out
 

@@ -2,8 +2,8 @@
 
 tokens/s = GPUs x peak FLOP/s x MFU / FLOPs per token (for the GPT 6N plus the attention term:
 :meth:`hpcorch.train.models.spec.Shapes.flops_per_token` of the job's model family). The MFU is
-the profile's assumption (``planning.mfu``) until the user's own completed runs on the profile calibrate it: the caller reads them (the
-registry, :mod:`hpcorch.plan.verdict`) and passes a :class:`Calibration` in.
+the profile's assumption (``planning.mfu``) until the user's own completed runs on the profile calibrate it:
+the caller reads them (the registry, :mod:`hpcorch.plan.verdict`) and passes a :class:`Calibration` in.
 
 The checkpoint interval that minimises the expected time lost to saves and to the work
 redone after a failure is Young's (and Daly's first-order) ``sqrt(2 x save_s x MTBF)``, with

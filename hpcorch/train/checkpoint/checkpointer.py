@@ -212,9 +212,10 @@ class Checkpointer:
             self.store.wait()
         except CheckpointError as exc:
             error = exc
-        if self.store.async_save and self.store.agree is not None:
-            if not self.store.agree(error is None) and error is None:
-                raise PeerSaveFailed(self.saved_step)
+        # agree() is a collective: every rank must reach it, whether its own save failed or not
+        peers_failed = self.store.async_save and self.store.agree is not None and not self.store.agree(error is None)
+        if peers_failed and error is None:
+            raise PeerSaveFailed(self.saved_step)
         if error is not None:
             raise error
 
@@ -248,7 +249,7 @@ class Checkpointer:
         )
 
         opts = StateDictOptions(flatten_optimizer_state_dict=True)
-        for part, optimizer, (mmap, omap) in zip(self.parts, self.optimizers, maps):
+        for part, optimizer, (mmap, omap) in zip(self.parts, self.optimizers, maps, strict=True):
             set_model_state_dict(part, {k: loaded["model"][c] for k, c in mmap.items()}, options=opts)
             set_optimizer_state_dict(part, optimizer, {k: loaded["optim"][c] for k, c in omap.items()},
                                      options=opts)
@@ -258,7 +259,7 @@ class Checkpointer:
 
         upgrade, cfg = self.family.parts().upgrade_state, self.job.trainer.model  # old checkpoints' shapes
         model, optim = upgrade(shared["model"], cfg), upgrade(shared["optimizer"], cfg)
-        for part, optimizer in zip(self.parts, self.optimizers):
+        for part, optimizer in zip(self.parts, self.optimizers, strict=True):
             set_state_dict(part, optimizer, model_state_dict=model, optim_state_dict=optim,
                            options=StateDictOptions(full_state_dict=True, strict=len(self.parts) == 1))
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ContextManager
 
 import torch
 import torch.nn as nn
@@ -22,7 +21,7 @@ class Wrapped:
     """What a layout makes of the raw model."""
 
     model: nn.Module                            # runs forward and backward
-    no_sync: Callable[[], ContextManager]       # skips the gradient reduction of a micro-step
+    no_sync: Callable[[], contextlib.AbstractContextManager]       # skips the gradient reduction of a micro-step
     settle_buckets: bool = False                # see ParallelModel.settle
 
 
@@ -58,17 +57,17 @@ class ParallelModel:
             return 1.0
         return float(self.layout.pp) if self.pipeline.has_last else 0.0
 
-    def no_sync(self, last_micro: bool) -> ContextManager:
+    def no_sync(self, last_micro: bool) -> contextlib.AbstractContextManager:
         """Reduce gradients only on the last micro-step of an accumulated step."""
         return contextlib.nullcontext() if last_micro else self.wrapped.no_sync()
 
-    def autocast(self) -> ContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast to the training precision (nothing in fp32)."""
         if self.precision is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.precision)
 
-    def loss_context(self) -> ContextManager:
+    def loss_context(self) -> contextlib.AbstractContextManager:
         from hpcorch.train.parallelize.tensor_parallel import loss_context
 
         return loss_context(self.loss_parallel)

@@ -20,7 +20,7 @@ def _replicas(grad: torch.Tensor, ranks_per_stage: int) -> int:
     if not isinstance(grad, DTensor):
         return ranks_per_stage
     shards = 1
-    for size, placement in zip(grad.device_mesh.shape, grad.placements):
+    for size, placement in zip(grad.device_mesh.shape, grad.placements, strict=True):
         if placement.is_shard() or type(placement).__name__ == "_StridedShard":
             shards *= size
     return ranks_per_stage // shards

@@ -4,11 +4,10 @@ vocabulary."""
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
 
 from torch.distributed.tensor.parallel import loss_parallel
 
 
-def loss_context(enabled: bool) -> ContextManager:
+def loss_context(enabled: bool) -> contextlib.AbstractContextManager:
     """Around forward and backward when the logits are sharded on the vocabulary."""
     return loss_parallel() if enabled else contextlib.nullcontext()
