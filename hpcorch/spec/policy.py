@@ -10,7 +10,7 @@ from hpcorch.spec.schema import Invalid, check_account, check_positive
 
 @dataclass
 class Requests:
-    """How a site wants resources asked for in the #SBATCH header (see the README's table).
+    """How a site wants resources asked for in the #SBATCH header (see the table in docs/profiles.md).
 
     ``gpus``: the option that asks for GPUs; ``gpu_type``: whether the GRES type is written
     (``when-typed``: only when the job asked for a type; ``always``: the job's type, else the

@@ -4,7 +4,7 @@ environment variable is set:
 ``HPCORCH_CRASH_IN_SAVE=STEP[:RANK]``
     The rank (every rank, or only ``RANK``) kills itself with SIGKILL halfway through really
     writing its first checkpoint file of step ``STEP``: the crash the commit protocol must
-    survive (:func:`crash_in_save`, used as :func:`hpcorch.state.rundir.atomic_write`'s ``fault``).
+    survive (:func:`crash_in_save`, used as :func:`hpcorch.util.fileio.atomic_write`'s ``fault``).
 ``HPCORCH_SAMPLE_TRACE=DIR``
     Each rank appends the sample ids it trained on per step to ``DIR/rankN.jsonl``
     (:class:`SampleTrace`), to check that a resume on another world size sees every sample once.

@@ -3,7 +3,7 @@
 Every rank writes its shards of the model and optimizer state through
 ``torch.distributed.checkpoint`` (:mod:`hpcorch.train.checkpoint.dcpio`: ``__<rank>_<n>.distcp``, rank 0
 also ``.metadata``, fsynced), its own ``rank_NNNNN.pt`` (its RNG, through
-:func:`hpcorch.state.rundir.atomic_write`), and then a ``rank_NNNNN.done`` record listing the sizes and
+:func:`hpcorch.util.fileio.atomic_write`), and then a ``rank_NNNNN.done`` record listing the sizes and
 SHA-256 digests of ITS OWN files (computed while writing). Rank 0
 waits for every rank's record and only then writes the commit marker (same protocol), so a
 checkpoint that lacks the marker, or whose files do not match the digests in it, is never
