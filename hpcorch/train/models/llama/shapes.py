@@ -58,18 +58,16 @@ class LlamaShapes:
         """Pre-norm block, in widths per token. Each RMSNorm (fp32, as Hugging Face's) keeps its
         input and its normalised values (``residual``: sharded under sequence parallelism) and
         its rstd (``norm_stats``); its output is kept once in fp32, or under autocast cast once
-        per matmul that reads it (q, k, v; gate, up: ``norm_out``). Attention keeps q and k,
-        their halves rotated and the rotated q (k at the kv heads' share, repeated for SDPA),
-        SDPA's v, output and log-sum-exp, and ``wo``'s input; the SwiGLU MLP its gate and up
-        outputs, the gate's SiLU and their product (four of ``intermediate``)."""
-        w, r = cfg.width, cfg.kv_heads / cfg.heads
-        hidden = cfg.intermediate / w
-        matmul = 3 + (2 * r + 1) + 1 + 2 + 4 * hidden  # q; k; v; SDPA out and wo's input; the MLP
-        if bf16:
-            norm_out, sharded = 5 * 2, matmul * 2
-        else:
-            norm_out, sharded = 2 * 4, matmul * 4
-        return BlockActivations(norm_out=norm_out, residual=2 * (4 + 4), sharded=round(sharded),
+        per matmul that reads it (q, k, v; gate, up: ``norm_out``). Attention keeps the rotated
+        q and k (the rotation itself keeps only the shared cos/sin tables; k repeated to whole
+        heads when grouped), v, SDPA's output (``wo``'s input, the same memory) and log-sum-exp;
+        the SwiGLU MLP its gate and up outputs, the gate's SiLU and their product (four of
+        ``intermediate``)."""
+        hidden = cfg.intermediate / cfg.width
+        matmul = 4 + 4 * hidden  # q, k, v, attention's output; the MLP
+        size = 2 if bf16 else 4
+        norm_out = 5 * 2 if bf16 else 2 * 4
+        return BlockActivations(norm_out=norm_out, residual=2 * (4 + 4), sharded=round(matmul * size),
                                 heads=cfg.heads, norm_stats=2, widest=round(2 * hidden))
 
 
