@@ -2,10 +2,10 @@
 
 Memory: every layout the trainer supports (DDP, FSDP, HSDP, tp, tp x dp, sequence parallel,
 pp with 1F1B, GPipe and interleaved 1F1B, tp x pp; activation checkpointing on and off; AdamW
-and Adafactor; fp32 as on CPU, and bf16 autocast; the GPT and, on a few of them, the Llama family)
-trains one measured step of the real trainer
-code on CPU processes (gloo) under torch's MemTracker (tests/memory_worker.py); the planner's
-estimate of the most loaded rank must be within 10% of the largest peak any rank measured.
+and Adafactor; fp32 as on CPU, and bf16 autocast; the GPT, and the Llama on a few of them) trains
+one measured step of the real trainer code on CPU processes (gloo) under torch's MemTracker
+(tests/memory_worker.py); the planner's estimate of the most loaded rank must be within 10% of the
+largest peak any rank measured.
 
 The model is small but activations matter: they are about half of the peak without
 checkpointing, and the layouts move the peak by up to 2.6x (:func:`test_the_grid_has_teeth`
