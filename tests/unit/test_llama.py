@@ -144,3 +144,14 @@ def test_hugging_face_weights_map_by_renaming_alone(tied):
         want = hf(idx).logits
         got, _ = ours(idx)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_an_export_ties_what_the_recorded_model_ties():
+    """The export drops the output layer only for a model that tied it (the commit record's keys)."""
+    from hpcorch.train.checkpoint.export import _recorded_tied
+
+    llama, gpt = get_model_spec("llama"), get_model_spec("gpt")
+    record = {"trainer.model.kind": "llama", "trainer.model.layers": 2, "trainer.model.kv_heads": 2}
+    assert _recorded_tied(llama, record) is None
+    assert _recorded_tied(llama, {**record, "trainer.model.tied": True}) == ("tok_embeddings.weight", "output.weight")
+    assert _recorded_tied(gpt, {}) == ("wte.weight", "head.weight")  # the oldest records: the family's default
