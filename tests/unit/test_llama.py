@@ -155,3 +155,18 @@ def test_an_export_ties_what_the_recorded_model_ties():
     assert _recorded_tied(llama, record) is None
     assert _recorded_tied(llama, {**record, "trainer.model.tied": True}) == ("tok_embeddings.weight", "output.weight")
     assert _recorded_tied(gpt, {}) == ("wte.weight", "head.weight")  # the oldest records: the family's default
+
+
+@pytest.mark.parametrize("name", ["llama-350m", "llama-1b", "llama-8b"])
+def test_the_llama_presets_fit_h100_ndr(repo, name):
+    out = run_cli("plan", repo / f"jobs/{name}.yaml", "-p", "h100-ndr")
+    assert out.returncode == 0, out.stderr
+    assert "fits" in out.stdout
+
+
+def test_llama_8b_without_tp_and_checkpointing_is_refused_with_a_fix(repo):
+    """The 8B preset's tp 2 and activation checkpointing are what the planner asks for."""
+    out = run_cli("plan", repo / "jobs/llama-8b.yaml", "-p", "h100-ndr", "--set", "trainer.parallel.tp=1",
+                  "--set", "trainer.activation_checkpointing=false")
+    assert out.returncode == 2
+    assert "the cheapest change that fits: --set trainer.activation_checkpointing=true" in out.stderr, out.stderr
