@@ -33,23 +33,25 @@ def finish_ranks(procs: list[subprocess.Popen], timeout: float) -> list[str]:
     return logs
 
 
-def train_cmd(run_dir: Path, nproc: int, *extra: str, flags: tuple[str, ...] = ()) -> list[str]:
-    """`hpcorch train` of the tiny job; ``extra`` are more --set overrides, ``flags`` more options."""
+def train_cmd(run_dir: Path, nproc: int, *extra: str, flags: tuple[str, ...] = (),
+              job: str = "jobs/gpt-tiny.yaml") -> list[str]:
+    """`hpcorch train` of the tiny job (``job``: another one, cut down by the same overrides);
+    ``extra`` are more --set overrides, ``flags`` more options."""
     sets = [a for s in TINY + list(extra) for a in ("--set", s)]
-    return [sys.executable, "-m", "hpcorch.cli.main", "train", "jobs/gpt-tiny.yaml", "--nproc", str(nproc),
+    return [sys.executable, "-m", "hpcorch.cli.main", "train", job, "--nproc", str(nproc),
             "--run-dir", str(run_dir), *sets, *flags]
 
 
 def train(run_dir: Path, nproc: int = 2, *extra: str, env: dict | None = None, timeout: float = 240,
-          flags: tuple[str, ...] = ()):
-    return subprocess.run(train_cmd(run_dir, nproc, *extra, flags=flags), cwd=REPO, capture_output=True,
+          flags: tuple[str, ...] = (), job: str = "jobs/gpt-tiny.yaml"):
+    return subprocess.run(train_cmd(run_dir, nproc, *extra, flags=flags, job=job), cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def train_and_signal(run_dir: Path, at_step: int, nproc: int = 2, sig=signal.SIGTERM,
-                     *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
+                     *extra: str, timeout: float = 240, job: str = "jobs/gpt-tiny.yaml") -> subprocess.CompletedProcess:
     """Start a run and send ``sig`` to the launcher once rank 0 reports ``at_step``."""
-    proc = subprocess.Popen(train_cmd(run_dir, nproc, *extra), cwd=REPO, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(train_cmd(run_dir, nproc, *extra, job=job), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout
     try:

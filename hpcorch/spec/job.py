@@ -214,7 +214,7 @@ class TrainerSpec:
         if not 0 <= self.seed < 2**64:
             raise Invalid("seed", f"expected 0 <= seed < 2**64 (what torch accepts), got {self.seed}")
         m = self.model
-        self.parallel.check_model(m.layers, m.heads, m.vocab, m.seq_len)
+        self.parallel.check_model(m.layers, m.heads, m.vocab, m.seq_len, getattr(m, "kv_heads", None))
 
     def layout(self, world_size: int) -> Layout:
         """The parallel layout on ``world_size`` ranks; raises :class:`Invalid` (key under trainer)."""

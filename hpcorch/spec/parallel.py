@@ -61,9 +61,15 @@ class ParallelSpec:
     def num_stages(self) -> int:
         return self.pp * self.stages_per_rank if self.pp > 1 else 1
 
-    def check_model(self, layers: int, heads: int, vocab: int, seq_len: int | None = None) -> None:
+    def check_model(self, layers: int, heads: int, vocab: int, seq_len: int | None = None,
+                    kv_heads: int | None = None) -> None:
         """What the layout needs of the model: raises :class:`Invalid` (key under ``parallel``).
+        ``kv_heads``: a model with fewer key/value heads than query heads (grouped-query
+        attention): tp splits those too, so it must divide them.
         The ``pp_*`` keys are ignored when ``pp`` is 1 (a pipelined job may run unpipelined)."""
+        if kv_heads is not None and kv_heads % self.tp:
+            raise Invalid("parallel.tp", f"expected a divisor of the model's {kv_heads} kv_heads (each rank "
+                                         f"takes whole key/value heads), got {self.tp}")
         if heads % self.tp:
             raise Invalid("parallel.tp", f"expected a divisor of the model's {heads} heads "
                                          f"(each rank takes whole heads), got {self.tp}")

@@ -237,7 +237,7 @@ class Trainer:
         start = time.perf_counter()
         val_loss = self.evaluate()
         self.runlog.event("final_eval", step=self.state.step, eval_s=time.perf_counter() - start)
-        digest = model_digest(self.checkpointer.parts, self.checkpointer.family.tied)  # a collective: every rank
+        digest = model_digest(self.checkpointer.parts, self.checkpointer.tied)  # a collective: every rank
         if not self.env.is_main:
             return
         st = self.state

@@ -183,32 +183,38 @@ def test_the_graph_sees_lazy_imports():
     assert "hpcorch.batch.health.criteria" in imports(PACKAGE / "plan" / "plan.py")  # inside a function
 
 
-# The GPT family's own names: its module, config and arithmetic classes.
-GPT_NAMES = {"GPT", "GPTConfig", "GPTShapes"}
-# Where they may be named: the family's folder, the registry of families, the configs in spec/.
-GPT_HOMES = ("hpcorch.train.models.gpt", "hpcorch.spec.model")
+# Each family's own names: its module, config and arithmetic classes. They may be named only in
+# the family's folder, the registry of families and the configs in spec/.
+FAMILY_NAMES = {"gpt": {"GPT", "GPTConfig", "GPTShapes"}, "llama": {"Llama", "LlamaConfig", "LlamaShapes"}}
+GPT_NAMES = FAMILY_NAMES["gpt"]
 REGISTRY = "hpcorch.train.models"
 
 
-def gpt_uses(text: str, deps: set[str]) -> list[str]:
-    """The code (not the docstrings) of a module (``text``, importing ``deps``) that names the
-    GPT family: its classes, or an import of anything in its folder."""
+def homes(family: str) -> tuple[str, str]:
+    return (f"hpcorch.train.models.{family}", "hpcorch.spec.model")
+
+
+def gpt_uses(text: str, deps: set[str], family: str = "gpt") -> list[str]:
+    """The code (not the docstrings) of a module (``text``, importing ``deps``) that names a
+    family: its classes, or an import of anything in its folder."""
+    names, folder = FAMILY_NAMES[family], homes(family)[0]
     found = []
     for node in ast.walk(ast.parse(text)):
-        if isinstance(node, ast.Name) and node.id in GPT_NAMES:
+        if isinstance(node, ast.Name) and node.id in names:
             found.append(node.id)
-        elif isinstance(node, ast.Attribute) and node.attr in GPT_NAMES:
+        elif isinstance(node, ast.Attribute) and node.attr in names:
             found.append(node.attr)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            found += [a.name for a in node.names if a.name.split(".")[-1] in GPT_NAMES]
-    return found + sorted(m for m in deps if m.startswith(GPT_HOMES[0]))
+            found += [a.name for a in node.names if a.name.split(".")[-1] in names]
+    return found + sorted(m for m in deps if m == folder or m.startswith(folder + "."))
 
 
-def test_no_other_module_names_the_gpt_class():
-    """The model seam: the GPT family is named only in its own folder, the registry of models and
+@pytest.mark.parametrize("family", sorted(FAMILY_NAMES))
+def test_no_other_module_names_the_gpt_class(family):
+    """The model seam: a family is named only in its own folder, the registry of models and
     its config in spec/; every other module reaches it through ``trainer.model.kind``."""
-    users = {name: gpt_uses(path.read_text(), imports(path)) for name, path in all_modules().items()
-             if not name.startswith(GPT_HOMES) and name != REGISTRY}
+    users = {name: gpt_uses(path.read_text(), imports(path), family) for name, path in all_modules().items()
+             if not name.startswith(homes(family)) and name != REGISTRY}
     assert {name: uses for name, uses in users.items() if uses} == {}
 
 
@@ -219,6 +225,8 @@ def test_the_gpt_check_sees_a_use():
         == ["GPTConfig"]
     assert gpt_uses("from hpcorch.train.models.gpt import shapes\n", {"hpcorch.train.models.gpt.shapes"}) \
         == ["hpcorch.train.models.gpt.shapes"]
+    assert gpt_uses("from hpcorch.train.models.llama.model import Llama\n", {"hpcorch.train.models.llama.model"},
+                    "llama") == ["Llama", "hpcorch.train.models.llama.model"]
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))

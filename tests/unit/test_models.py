@@ -46,16 +46,16 @@ def test_gpt_is_the_default_kind(tmp_path):
     assert load_job(path).trainer.model == GPTConfig()
 
 
-@pytest.mark.parametrize("model", ["{kind: llama}", "{kind: llama, kv_heads: 2}", "{kind: 3}"])
+@pytest.mark.parametrize("model", ["{kind: mamba}", "{kind: mamba, state: 2}", "{kind: 3}"])
 def test_an_unknown_kind_is_one_line_naming_the_kinds(tmp_path, model):
     with pytest.raises(ConfigError) as info:
         _job(tmp_path, model)
     assert info.value.key == "trainer.model.kind"
-    assert "'gpt'" in info.value.message and "\n" not in str(info.value)
+    assert "'gpt', 'llama'" in info.value.message and "\n" not in str(info.value)
 
 
 def test_an_unknown_kind_through_the_cli_is_one_line(tmp_path, repo):
-    out = run_cli("plan", repo / "jobs/gpt-tiny.yaml", "--set", "trainer.model.kind=llama")
+    out = run_cli("plan", repo / "jobs/gpt-tiny.yaml", "--set", "trainer.model.kind=mamba")
     assert out.returncode != 0
     lines = [line for line in out.stderr.splitlines() if "trainer.model.kind" in line]
     assert len(lines) == 1 and "'gpt'" in lines[0], out.stderr
@@ -68,8 +68,8 @@ def test_every_config_kind_has_a_family_and_back():
 
 
 def test_an_unknown_kind_in_the_registry_names_the_known():
-    with pytest.raises(ValueError, match="unknown model kind 'llama'; known: gpt"):
-        get_model_spec("llama")
+    with pytest.raises(ValueError, match="unknown model kind 'mamba'; known: gpt, llama"):
+        get_model_spec("mamba")
 
 
 def test_the_gpt_figures_are_the_module_s():
@@ -122,7 +122,8 @@ def test_the_registry_and_the_plan_import_no_torch(repo):
             "try:\n    main(['plan', 'jobs/gpt2-124m.yaml', '-p', 'h100-ndr'])\nexcept SystemExit as exc:\n"
             "    assert not exc.code, exc.code\n"
             "from hpcorch.train.models import get_model_spec\n"
-            "gpt = get_model_spec('gpt')\nassert gpt.shapes.num_params(gpt.config_cls()) > 0\n"
+            "for kind in ('gpt', 'llama'):\n    f = get_model_spec(kind)\n"
+            "    assert f.shapes.num_params(f.config_cls()) > 0\n"
             "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(repo))
     assert out.returncode == 0, out.stderr

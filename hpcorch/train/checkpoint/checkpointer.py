@@ -10,7 +10,7 @@ another config fails loudly (or, accepted with ``--allow-config-change``, is rec
 
 Canonical state: ``{"model": {fqn: tensor}, "optim": {flattened optimizer key: value}}`` merged
 over this rank's model parts (one per pipeline stage it holds), with the names of the whole model.
-A tied weight (the family's :attr:`~hpcorch.train.models.spec.ModelSpec.tied`; the GPT's
+A tied weight (the family's :meth:`~hpcorch.train.models.spec.ModelSpec.tied_names`; the GPT's
 embedding and head) appears only under its canonical name (``wte.weight``): a part holding both
 drops the alias (``head.weight``); a part holding only the alias (the last pipeline stage)
 names it canonically (model and optimizer keys).
@@ -188,14 +188,15 @@ class Checkpointer:
         if len(self.parts) != len(self.optimizers):
             raise ValueError(f"{len(self.parts)} model parts but {len(self.optimizers)} optimizers")
         self.accepted_config = accepted_config  # what the user accepted over a checkpoint's config
-        self.family = spec_of(job.trainer.model)  # its tied weight's names, old checkpoints' upgrade
+        self.family = spec_of(job.trainer.model)  # old checkpoints' upgrade
+        self.tied = self.family.tied_names(job.trainer.model)  # the tied weight's names, if the model ties one
         self.saved_step = -1  # the step of the newest checkpoint this process knows of
         self.config_changes: list[str] = []  # the accepted differences the last restore went on under
 
     def save(self, state: TrainState) -> float:
         """Checkpoint ``state.step``; returns the seconds training was blocked."""
         self.wait()  # the previous save (async) is committed on every rank, or all stop here
-        sharded, _ = canonical_state(self.parts, self.optimizers, self.family.tied)
+        sharded, _ = canonical_state(self.parts, self.optimizers, self.tied)
         local = {"rng": rng_state()}
         meta = {**state.state_dict(), "fingerprint": fingerprint(self.job), "config": training_config(self.job)}
         blocked = self.store.save(state.step, sharded, local, meta)
@@ -222,7 +223,7 @@ class Checkpointer:
     def restore(self, state: TrainState, resume_step: int | None = None) -> bool:
         """Load ``resume_step``, or the latest committed checkpoint that verifies, into the
         model parts, optimizers, RNG and ``state``. False if there is none (a fresh start)."""
-        target, maps = canonical_state(self.parts, self.optimizers, self.family.tied)
+        target, maps = canonical_state(self.parts, self.optimizers, self.tied)
         found = self._find(resume_step, target)
         if found is None:
             return False

@@ -36,14 +36,16 @@ def export_weights(checkpoints: Path, step: int, out: Path) -> Path:
     import torch
 
     state, _, record = CheckpointStore(checkpoints, rank=0, world_size=1).load(step)
-    family = get_model_spec((record.get("config") or {}).get("trainer.model.kind", DEFAULT_KIND))
+    config = record.get("config") or {}
+    family = get_model_spec(config.get("trainer.model.kind", DEFAULT_KIND))
+    tied = _recorded_tied(family, config)
     export = family.parts().export
     model = {name: export(name, t.detach().to("cpu").contiguous())
-             for name, t in _canonical_model(state["model"], family.tied).items()}
+             for name, t in _canonical_model(state["model"], tied).items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "hpcorch", "step": str(step)}
-    if family.tied is not None:
-        meta["tied"] = f"{family.tied[1]}={family.tied[0]}"
+    if tied is not None:
+        meta["tied"] = f"{tied[1]}={tied[0]}"
     if out.suffix == ".safetensors" and safetensors_available():
         from safetensors.torch import save_file
 
@@ -54,3 +56,15 @@ def export_weights(checkpoints: Path, step: int, out: Path) -> Path:
     torch.save(model, out)
     return out
 
+
+
+def _recorded_tied(family, config: dict) -> tuple[str, str] | None:
+    """The tied weight's names for the model the commit record describes (an untied Llama ties
+    none); a record without the model's keys (the oldest checkpoints) means the family's default."""
+    prefix = "trainer.model."
+    fields = {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix) and k != prefix + "kind"}
+    try:
+        cfg = family.config_cls(**fields)
+    except (TypeError, ValueError):
+        cfg = family.config_cls()
+    return family.tied_names(cfg)

@@ -1,17 +1,17 @@
 """The registry of model families: ``trainer.model.kind`` -> :class:`ModelSpec`.
 
-A family is one folder here (``gpt/``: its torch-free ``shapes``, its module and tensor-parallel
+A family is one folder here (``gpt/``, ``llama/``: its torch-free ``shapes``, its module and tensor-parallel
 plan) whose ``__init__`` defines ``SPEC``, plus one entry in :data:`FAMILIES` and its config class
 in :mod:`hpcorch.spec.model`. Importing this package does not import torch (the planner uses it).
 """
 from __future__ import annotations
 
-from hpcorch.train.models import gpt
+from hpcorch.train.models import gpt, llama
 from hpcorch.train.models.spec import BlockActivations, ModelParts, ModelSpec, Shapes
 
 __all__ = ["BlockActivations", "FAMILIES", "ModelParts", "ModelSpec", "Shapes", "get_model_spec", "spec_of"]
 
-FAMILIES: dict[str, ModelSpec] = {spec.kind: spec for spec in (gpt.SPEC,)}
+FAMILIES: dict[str, ModelSpec] = {spec.kind: spec for spec in (gpt.SPEC, llama.SPEC)}
 
 
 def get_model_spec(kind: str) -> ModelSpec:

@@ -84,14 +84,21 @@ class ModelSpec:
     """One family: its ``kind`` (``trainer.model.kind``), config class, torch-free
     :class:`Shapes`, the loader of its :class:`ModelParts`, and ``tied``: the canonical and the
     alias name of a weight shared by two modules (checkpoints store it once, under the first),
-    or None."""
+    or None; ``ties(cfg)``: whether a config ties them (the Llama's ``tied`` key; the GPT always).
+    Code that holds a config asks :meth:`tied_names`."""
 
     kind: str
     config_cls: type
     shapes: Shapes
     load_parts: Callable[[], ModelParts]
     tied: tuple[str, str] | None = None
+    ties: Callable[[Any], bool] = lambda cfg: True
 
     def parts(self) -> ModelParts:
         """The torch half (imports torch)."""
         return self.load_parts()
+
+    def tied_names(self, cfg) -> tuple[str, str] | None:
+        """The (canonical, alias) names of the weight ``cfg``'s model ties, or None: an untied
+        model's two weights are both its own (none is dropped from checkpoints or digests)."""
+        return self.tied if self.tied is not None and self.ties(cfg) else None

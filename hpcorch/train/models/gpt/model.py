@@ -13,9 +13,9 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from hpcorch.spec.model import GPTConfig
+from hpcorch.train.models.decoder import causal_lm_loss, keep_layers, run_blocks
 
 
 class QKV(nn.Module):
@@ -121,8 +121,7 @@ class GPT(nn.Module):
         own copy of the tied weight when the embedding leaves (kept equal by summing the two
         gradients, :func:`hpcorch.train.parallelize.pipeline.sync_tied_grads`)."""
         self.is_stage = True
-        for key in [k for k in self.blocks if int(k) not in layers]:
-            del self.blocks[key]
+        keep_layers(self.blocks, layers)
         if not first:
             self.wte = self.wpe = None
         if not last:
@@ -137,11 +136,7 @@ class GPT(nn.Module):
             x = self.drop(self.wte(idx) + self.wpe(pos))
         else:
             x = idx  # the previous stage's hidden states
-        for block in self.blocks.values():
-            if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+        x = run_blocks(self.blocks, x, checkpointing=self.activation_checkpointing and self.training)
         if self.head is None:
             return x
         logits = self.head(self.ln_f(x))
@@ -158,11 +153,7 @@ class GPT(nn.Module):
         return (part.wte.weight if part.wte is not None else None,
                 part.head.weight if part.head is not None else None)
 
-    @staticmethod
-    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the tokens (fp32). Logits sharded on the vocabulary (a
-        DTensor, loss parallel) need :func:`torch.distributed.tensor.parallel.loss_parallel`."""
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+    loss = staticmethod(causal_lm_loss)
 
 
 def legacy_state(state: dict, width: int) -> dict:
