@@ -6,6 +6,10 @@
   (:mod:`hpcorch.plan.estimate`) reads these, so ``hpcorch plan`` never imports torch.
 - :class:`ModelParts`, built on demand (:meth:`ModelSpec.parts`) because it imports torch: the
   module, its tensor-parallel plan, the loss, the tied weights and old checkpoints' upgrade.
+- :class:`HFMapping`, loaded on demand too (:meth:`ModelSpec.hf`): the family as Hugging Face
+  transformers names it (``model_type``, config keys, tensor names and layouts), for
+  ``hpcorch export --format hf`` and ``trainer.init_from``. Its module imports no torch at import
+  time, so that a family without one costs nothing.
 
 The module a family builds keeps the contract the layouts rely on: ``blocks``, an
 ``nn.ModuleDict`` keyed by layer index (FSDP2 and ``torch.compile`` units, pipeline cuts),
@@ -80,11 +84,32 @@ class ModelParts:
 
 
 @dataclass(frozen=True)
+class HFMapping:
+    """A family in Hugging Face transformers' terms.
+
+    ``model_type`` and ``architecture`` are what ``config.json`` says (``gpt2``,
+    ``GPT2LMHeadModel``). ``to_hf(state, cfg) -> (config_dict, tensors)`` turns the canonical
+    full state (the tied weight once, under its canonical name) into transformers' config and
+    tensors; ``from_hf(config_dict, tensors) -> (cfg, state)`` is its inverse: the config the
+    checkpoint implies and the canonical state (every parameter of the module but a tied alias).
+    ``free`` names the config fields that are training choices, not shapes (dropout): a job
+    may differ from a checkpoint on them.
+    """
+
+    model_type: str
+    architecture: str
+    to_hf: Callable[[dict, Any], tuple[dict, dict]]
+    from_hf: Callable[[dict, dict], tuple[Any, dict]]
+    free: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One family: its ``kind`` (``trainer.model.kind``), config class, torch-free
     :class:`Shapes`, the loader of its :class:`ModelParts`, and ``tied``: the canonical and the
     alias name of a weight shared by two modules (checkpoints store it once, under the first),
-    or None."""
+    or None. Its :class:`HFMapping`, if it has one, is ``MAPPING`` in its folder's ``hf.py``
+    (found by :meth:`hf`, so a family gains one by adding that file alone)."""
 
     kind: str
     config_cls: type
@@ -95,3 +120,17 @@ class ModelSpec:
     def parts(self) -> ModelParts:
         """The torch half (imports torch)."""
         return self.load_parts()
+
+    def hf(self) -> HFMapping:
+        """The family's Hugging Face mapping (``hpcorch.train.models.<kind>.hf.MAPPING``); a
+        ValueError where it has none."""
+        import importlib
+
+        name = f"{__package__}.{self.kind}.hf"
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name not in (name, f"{__package__}.{self.kind}"):
+                raise
+            raise ValueError(f"model kind {self.kind!r} has no Hugging Face form") from None
+        return module.MAPPING
