@@ -112,3 +112,29 @@ def read_tensors(folder: Path) -> dict:
     for name in files:
         tensors.update(st.load_file(str(folder / name)))
     return tensors
+
+
+def init_state(folder: Path, cfg, family) -> dict:
+    """The canonical state of the checkpoint in ``folder`` for a model ``cfg`` of ``family`` (a
+    :class:`~hpcorch.train.models.spec.ModelSpec`), checked: the family's ``model_type``, and
+    every config field but the training choices (:attr:`HFMapping.free`) equal to ``cfg``'s."""
+    config = read_config(folder)
+    try:
+        mapping = family.hf()
+    except ValueError as exc:
+        raise HFFolderError(str(exc)) from None
+    if config.get("model_type") != mapping.model_type:
+        raise HFFolderError(f"{folder} holds model_type {config.get('model_type')!r}, but trainer.model.kind "
+                            f"{family.kind!r} reads {mapping.model_type!r}")
+    try:
+        theirs, state = mapping.from_hf(config, read_tensors(folder))
+    except KeyError as exc:
+        raise HFFolderError(f"{folder} lacks {exc.args[0]!r}") from None
+    except ValueError as exc:
+        raise HFFolderError(f"{folder}: {exc}") from None
+    differ = [f"trainer.model.{key} is {getattr(cfg, key)} but the checkpoint's is {value}"
+              for key, value in vars(theirs).items()
+              if key not in mapping.free and key != "kind" and value != getattr(cfg, key, None)]
+    if differ:
+        raise HFFolderError(f"{folder} does not fit the job's model: " + "; ".join(differ))
+    return state
