@@ -39,7 +39,8 @@ def full_model(checkpoints: Path, step: int) -> tuple[ModelSpec, dict, dict]:
     the trainer keeps) and commit record."""
     state, _, record = CheckpointStore(checkpoints, rank=0, world_size=1).load(step)
     family = get_model_spec((record.get("config") or {}).get("trainer.model.kind", DEFAULT_KIND))
-    model = {name: t.detach().to("cpu").contiguous() for name, t in _canonical_model(state["model"], family.tied).items()}
+    model = {name: t.detach().to("cpu").contiguous()
+             for name, t in _canonical_model(state["model"], family.tied).items()}
     return family, model, record
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from hpcorch.train.models import gpt
 from hpcorch.train.models.spec import BlockActivations, HFMapping, ModelParts, ModelSpec, Shapes
 
-__all__ = ["BlockActivations", "FAMILIES", "HFMapping", "ModelParts", "ModelSpec", "Shapes", "get_model_spec", "spec_of"]
+__all__ = ["BlockActivations", "FAMILIES", "HFMapping", "ModelParts", "ModelSpec", "Shapes", "get_model_spec",
+           "spec_of"]
 
 FAMILIES: dict[str, ModelSpec] = {spec.kind: spec for spec in (gpt.SPEC,)}
 

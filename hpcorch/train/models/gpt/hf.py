@@ -60,7 +60,8 @@ def from_hf(config: dict, tensors: dict) -> tuple[GPTConfig, dict]:
     cannot compute."""
     act, eps = config.get("activation_function", "gelu_new"), config.get("layer_norm_epsilon", 1e-5)
     w = config["n_embd"]
-    problems = [f"activation_function {act!r} (hpcorch's GPT computes exact GELU, {ACTIVATION!r})"] * (act != ACTIVATION)
+    problems = [f"activation_function {act!r} (hpcorch's GPT computes exact GELU, {ACTIVATION!r})"] * \
+        (act != ACTIVATION)
     problems += [f"layer_norm_epsilon {eps} (hpcorch's GPT uses {LN_EPS})"] * (eps != LN_EPS)
     problems += [f"n_inner {config['n_inner']} (hpcorch's GPT uses 4 * n_embd = {4 * w})"] * \
         (config.get("n_inner") not in (None, 4 * w))
