@@ -182,3 +182,28 @@ def test_llama_loads_in_transformers_with_the_same_logits(tmp_path, tied):
     assert max_logit_diff(ours, load_hf(tmp_path), cfg.vocab, cfg.seq_len) < 1e-5
     back = init_state(tmp_path, cfg, family)
     assert sorted(back) == sorted(state) and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_a_family_without_an_hf_file_says_so():
+    from hpcorch.train.models.spec import ModelSpec
+
+    spec = ModelSpec(kind="nothere", config_cls=object, shapes=None, load_parts=lambda: None)
+    with pytest.raises(ValueError, match="'nothere' has no Hugging Face form"):
+        spec.hf()
+
+
+def test_llama_fixed_fields_spell_out_the_kv_heads_default():
+    from hpcorch.train.models.llama import hf
+
+    assert hf.fixed(llama_cfg(tied=True, kv_heads=None))["kv_heads"] == 4
+    cfg = llama_cfg(tied=False)
+    assert hf.fixed(cfg) == hf.config_fields(hf.config_dict(cfg))
+
+
+def test_init_from_must_name_a_folder(repo):
+    from hpcorch.errors import ConfigError
+    from hpcorch.spec.job import load_job
+
+    with pytest.raises(ConfigError, match="trainer.init_from: expected a folder"):
+        load_job(repo / "jobs/gpt-tiny.yaml", ["trainer.init_from= "])
+    assert load_job(repo / "jobs/gpt-tiny.yaml", ["trainer.init_from=/x/hf"]).trainer.init_from == "/x/hf"

@@ -117,7 +117,7 @@ def read_tensors(folder: Path) -> dict:
 def init_state(folder: Path, cfg, family) -> dict:
     """The canonical state of the checkpoint in ``folder`` for a model ``cfg`` of ``family`` (a
     :class:`~hpcorch.train.models.spec.ModelSpec`), checked: the family's ``model_type``, and
-    every config field but the training choices (:attr:`HFMapping.free`) equal to ``cfg``'s."""
+    what the checkpoint fixes of the config (:attr:`HFMapping.fixed`) equal to ``cfg``'s."""
     config = read_config(folder)
     try:
         mapping = family.hf()
@@ -132,9 +132,9 @@ def init_state(folder: Path, cfg, family) -> dict:
         raise HFFolderError(f"{folder} lacks {exc.args[0]!r}") from None
     except ValueError as exc:
         raise HFFolderError(f"{folder}: {exc}") from None
-    differ = [f"trainer.model.{key} is {getattr(cfg, key)} but the checkpoint's is {value}"
-              for key, value in vars(theirs).items()
-              if key not in mapping.free and key != "kind" and value != getattr(cfg, key, None)]
+    ours = mapping.fixed(cfg)
+    differ = [f"trainer.model.{key} is {ours.get(key)} but the checkpoint's is {value}"
+              for key, value in mapping.fixed(theirs).items() if value != ours.get(key)]
     if differ:
         raise HFFolderError(f"{folder} does not fit the job's model: " + "; ".join(differ))
     return state

@@ -92,15 +92,16 @@ class HFMapping:
     full state (the tied weight once, under its canonical name) into transformers' config and
     tensors; ``from_hf(config_dict, tensors) -> (cfg, state)`` is its inverse: the config the
     checkpoint implies and the canonical state (every parameter of the module but a tied alias).
-    ``free`` names the config fields that are training choices, not shapes (dropout): a job
-    may differ from a checkpoint on them.
+    ``fixed(cfg) -> {field: value}`` is what of a config a checkpoint fixes (its shapes, not
+    training choices such as dropout), in one form (a default spelled out), so that a job's
+    ``trainer.model`` and a checkpoint's compare field by field.
     """
 
     model_type: str
     architecture: str
     to_hf: Callable[[dict, Any], tuple[dict, dict]]
     from_hf: Callable[[dict, dict], tuple[Any, dict]]
-    free: tuple[str, ...] = ()
+    fixed: Callable[[Any], dict]
 
 
 @dataclass(frozen=True)

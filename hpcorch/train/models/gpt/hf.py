@@ -82,5 +82,9 @@ def from_hf(config: dict, tensors: dict) -> tuple[GPTConfig, dict]:
     return cfg, state
 
 
-MAPPING = HFMapping(model_type="gpt2", architecture="GPT2LMHeadModel", to_hf=to_hf, from_hf=from_hf,
-                    free=("dropout",))
+def fixed(cfg: GPTConfig) -> dict:
+    """What a checkpoint fixes of the config: all but dropout."""
+    return {k: getattr(cfg, k) for k in ("layers", "heads", "width", "seq_len", "vocab", "bias")}
+
+
+MAPPING = HFMapping(model_type="gpt2", architecture="GPT2LMHeadModel", to_hf=to_hf, from_hf=from_hf, fixed=fixed)

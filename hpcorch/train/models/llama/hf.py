@@ -92,4 +92,12 @@ def from_hf(config: dict, tensors: dict) -> tuple[Any, dict]:
     return MODEL_CONFIGS[KIND](kind=KIND, **fields), state_of(tensors, fields["layers"], fields["tied"])
 
 
-MAPPING = HFMapping(model_type="llama", architecture="LlamaForCausalLM", to_hf=to_hf, from_hf=from_hf)
+def fixed(cfg: Any) -> dict:
+    """What a checkpoint fixes of the config: the fields transformers' config holds (no kv_heads
+    given: one per head), whatever else the family's config adds."""
+    fields = {ours: getattr(cfg, ours) for ours, _ in CONFIG_KEYS}
+    fields["kv_heads"] = fields["kv_heads"] or cfg.heads
+    return fields
+
+
+MAPPING = HFMapping(model_type="llama", architecture="LlamaForCausalLM", to_hf=to_hf, from_hf=from_hf, fixed=fixed)
