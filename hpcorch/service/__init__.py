@@ -334,5 +334,5 @@ def export(ref: str, out: str | os.PathLike, step: int | None = None, registry: 
         fallback = load_job(run.job_file).trainer.model if run.job_file.is_file() else None
         export_hf(run.checkpoints, step, Path(out), parse_size(max_shard_size), fallback_model=fallback)
         return Path(out)
-    except (CheckpointError, HFFolderError, ValueError) as exc:
+    except (CheckpointError, HFFolderError, ValueError, OSError) as exc:
         raise HpcorchError(str(exc)) from None

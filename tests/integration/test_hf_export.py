@@ -98,10 +98,19 @@ def test_init_from_errors_are_one_line_and_a_resume_ignores_it(gpt_run, tmp_path
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 
-def test_a_tp_pp_checkpoint_exports(tmp_path):
-    """Trained under tp2 x pp2 (4 layers, 4 heads): the DCP shards assembled and mapped."""
-    run = trained(tmp_path / "tp_pp", 4, "trainer.model.layers=4", "trainer.model.heads=4",
-                  "trainer.parallel.tp=2", "trainer.parallel.pp=2")
+TP_PP = ("trainer.model.layers=4", "trainer.model.heads=4", "trainer.parallel.tp=2", "trainer.parallel.pp=2")
+
+
+def test_a_tp_pp_checkpoint_exports_and_inits_a_tp_pp_run(tmp_path):
+    """Trained under tp2 x pp2 (4 layers, 4 heads): the DCP shards assembled and mapped; and a
+    tp2 x pp2 run initialised from that folder (every stage and tp shard cut from the loaded
+    whole) starts from exactly those weights."""
+    run = trained(tmp_path / "tp_pp", 4, *TP_PP)
     folder = export(run, tmp_path / "hf")
     ours, cfg = ours_at(run, 3)
-    assert max_logit_diff(ours, load_hf(folder), cfg.vocab, cfg.seq_len) < 1e-5
+    theirs = load_hf(folder)
+    assert max_logit_diff(ours, theirs, cfg.vocab, cfg.seq_len) < 1e-5
+    again = trained(tmp_path / "again", 4, *TP_PP, f"trainer.init_from={folder}", "trainer.steps=1",
+                    "trainer.checkpoint.interval=1", "trainer.optimizer.lr=1e-30", "trainer.optimizer.min_lr=0")
+    ours, _ = ours_at(again, 1)
+    assert max_logit_diff(ours, theirs, cfg.vocab, cfg.seq_len) < 1e-5
