@@ -84,6 +84,9 @@ def test_init_state_names_the_problem(tmp_path):
         init_state(tmp_path / "nope", cfg, GPT)
     with pytest.raises(HFFolderError, match="trainer.model.width is 64 but the checkpoint's is 32"):
         init_state(folder, GPTConfig(layers=2, heads=2, width=64, seq_len=16, vocab=64), GPT)
+    # all-zero biases fit a model with biases too
+    with_bias = init_state(folder, GPTConfig(layers=2, heads=2, width=32, seq_len=16, vocab=64, bias=True), GPT)
+    assert not with_bias["blocks.0.attn.qkv.bias"].any() and with_bias["blocks.0.attn.qkv.bias"].shape == (3, 32)
     # dropout is a training choice, not a shape
     assert init_state(folder, GPTConfig(layers=2, heads=2, width=32, seq_len=16, vocab=64, dropout=0.1), GPT)
     config = read_config(folder)

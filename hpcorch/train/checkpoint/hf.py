@@ -127,7 +127,7 @@ def init_state(folder: Path, cfg, family) -> dict:
         raise HFFolderError(f"{folder} holds model_type {config.get('model_type')!r}, but trainer.model.kind "
                             f"{family.kind!r} reads {mapping.model_type!r}")
     try:
-        theirs, state = mapping.from_hf(config, read_tensors(folder))
+        theirs, state = mapping.from_hf(config, read_tensors(folder), cfg)
     except KeyError as exc:
         raise HFFolderError(f"{folder} lacks {exc.args[0]!r}") from None
     except ValueError as exc:

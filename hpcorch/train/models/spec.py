@@ -90,8 +90,10 @@ class HFMapping:
     ``model_type`` and ``architecture`` are what ``config.json`` says (``gpt2``,
     ``GPT2LMHeadModel``). ``to_hf(state, cfg) -> (config_dict, tensors)`` turns the canonical
     full state (the tied weight once, under its canonical name) into transformers' config and
-    tensors; ``from_hf(config_dict, tensors) -> (cfg, state)`` is its inverse: the config the
-    checkpoint implies and the canonical state (every parameter of the module but a tied alias).
+    tensors; ``from_hf(config_dict, tensors, like=None) -> (cfg, state)`` is its inverse: the
+    config the checkpoint implies and the canonical state (every parameter of the module but a
+    tied alias); ``like``, the config the weights are for, settles what a checkpoint leaves open
+    (a GPT-2 file's all-zero biases fit a model with biases and one without).
     ``fixed(cfg) -> {field: value}`` is what of a config a checkpoint fixes (its shapes, not
     training choices such as dropout), in one form (a default spelled out), so that a job's
     ``trainer.model`` and a checkpoint's compare field by field.
@@ -100,7 +102,7 @@ class HFMapping:
     model_type: str
     architecture: str
     to_hf: Callable[[dict, Any], tuple[dict, dict]]
-    from_hf: Callable[[dict, dict], tuple[Any, dict]]
+    from_hf: Callable[..., tuple[Any, dict]]
     fixed: Callable[[Any], dict]
 
 

@@ -54,31 +54,34 @@ def to_hf(state: dict, cfg: GPTConfig) -> tuple[dict, dict]:
     return config, tensors
 
 
-def from_hf(config: dict, tensors: dict) -> tuple[GPTConfig, dict]:
+def from_hf(config: dict, tensors: dict, like: GPTConfig | None = None) -> tuple[GPTConfig, dict]:
     """The config and canonical state of a GPT-2 checkpoint (names with or without the
     ``transformer.`` prefix, as GPT-2's own files have them); a ValueError for what this model
-    cannot compute."""
-    act, eps = config.get("activation_function", "gelu_new"), config.get("layer_norm_epsilon", 1e-5)
+    cannot compute. Biases all zero fit either ``bias`` setting: ``like``'s, else none."""
     w = config["n_embd"]
-    problems = [f"activation_function {act!r} (hpcorch's GPT computes exact GELU, {ACTIVATION!r})"] * \
-        (act != ACTIVATION)
-    problems += [f"layer_norm_epsilon {eps} (hpcorch's GPT uses {LN_EPS})"] * (eps != LN_EPS)
-    problems += [f"n_inner {config['n_inner']} (hpcorch's GPT uses 4 * n_embd = {4 * w})"] * \
-        (config.get("n_inner") not in (None, 4 * w))
+    act, eps, inner = (config.get("activation_function", "gelu_new"), config.get("layer_norm_epsilon", 1e-5),
+                       config.get("n_inner"))
+    checks = ((act == ACTIVATION, f"activation_function {act!r} (hpcorch's GPT computes exact GELU, {ACTIVATION!r})"),
+              (eps == LN_EPS, f"layer_norm_epsilon {eps} (hpcorch's GPT uses {LN_EPS})"),
+              (inner in (None, 4 * w), f"n_inner {inner} (hpcorch's GPT uses 4 * n_embd = {4 * w})"))
+    problems = [message for ok, message in checks if not ok]
     if problems:
         raise ValueError("unsupported GPT-2 config: " + "; ".join(problems))
     theirs = {("transformer." + k if not k.startswith(("transformer.", "lm_head.")) else k): t
               for k, t in tensors.items() if not k.endswith(BUFFERS)}
-    bias = any(bool(t.any()) for k, t in theirs.items() if k.endswith(".bias"))
+    bias = any(bool(t.any()) for k, t in theirs.items() if k.endswith(".bias")) or bool(like and like.bias)
     cfg = GPTConfig(layers=config["n_layer"], heads=config["n_head"], width=w, seq_len=config["n_positions"],
                     vocab=config["vocab_size"], dropout=config.get("resid_pdrop", 0.0), bias=bias)
     state = {"wte.weight": theirs["transformer.wte.weight"], "wpe.weight": theirs["transformer.wpe.weight"]}
     for ours, their, mult in _pairs(cfg.layers):
-        weight = theirs[f"{their}.weight"]
-        state[f"{ours}.weight"] = weight.t().reshape(mult, w, -1) if mult == 3 else weight.t() if mult else weight
+        weight, b = theirs[f"{their}.weight"], theirs[f"{their}.bias"]
+        if mult:  # Conv1D [in, out] -> Linear [out, in]; q, k, v as (3, width, width)
+            weight = weight.t()
+        if mult == 3:
+            weight, b = weight.reshape(3, w, w), b.reshape(3, w)
+        state[f"{ours}.weight"] = weight
         if bias:
-            b = theirs[f"{their}.bias"]
-            state[f"{ours}.bias"] = b.reshape(3, w) if mult == 3 else b
+            state[f"{ours}.bias"] = b
     return cfg, state
 
 

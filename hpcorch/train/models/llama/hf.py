@@ -84,8 +84,9 @@ def state_of(tensors: dict, layers: int, tied: bool) -> dict:
     return {ours: tensors[theirs] for ours, theirs in names(layers, tied)}
 
 
-def from_hf(config: dict, tensors: dict) -> tuple[Any, dict]:
-    """The family's config and canonical state of a ``LlamaForCausalLM`` checkpoint."""
+def from_hf(config: dict, tensors: dict, like: Any = None) -> tuple[Any, dict]:
+    """The family's config and canonical state of a ``LlamaForCausalLM`` checkpoint (``like``:
+    unused, a Llama file leaves nothing open)."""
     from hpcorch.spec.model import MODEL_CONFIGS
 
     fields = config_fields(config)
