@@ -210,3 +210,37 @@ def test_init_from_must_name_a_folder(repo):
     with pytest.raises(ConfigError, match="trainer.init_from: expected a folder"):
         load_job(repo / "jobs/gpt-tiny.yaml", ["trainer.init_from= "])
     assert load_job(repo / "jobs/gpt-tiny.yaml", ["trainer.init_from=/x/hf"]).trainer.init_from == "/x/hf"
+
+
+def test_a_gpt2_folder_saved_by_transformers_inits_our_gpt(tmp_path):
+    """The other direction: ``save_pretrained`` of a (random, exact-GELU) GPT2LMHeadModel read by
+    ``trainer.init_from``'s code gives our model transformers' logits."""
+    from hpcorch.train.parallelize.build import load_whole
+
+    torch.manual_seed(0)
+    theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, n_positions=16, vocab_size=64, activation_function="gelu",
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()
+    theirs.save_pretrained(tmp_path)
+    cfg = GPTConfig(layers=2, heads=2, width=32, seq_len=16, vocab=64, bias=True)
+    ours = GPT.parts().build(cfg)
+    load_whole(ours, init_state(tmp_path, cfg, GPT), GPT.tied, "test")
+    assert max_logit_diff(ours, theirs, cfg.vocab, cfg.seq_len) < 1e-5
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_llama_folder_saved_by_transformers_reads_back(tmp_path, tied):
+    """``save_pretrained`` of a LlamaForCausalLM (transformers' own config.json, rope included):
+    our config fields and the contract's state come back."""
+    from hpcorch.train.models.llama import hf
+
+    cfg = llama_cfg(tied)
+    config = hf.config_dict(cfg)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        **{k: v for k, v in config.items() if k not in ("architectures", "model_type")}))
+    model.save_pretrained(tmp_path)
+    saved = read_config(tmp_path)
+    assert hf.config_fields(saved) == {k: v for k, v in vars(cfg).items() if k != "kind"}
+    state = hf.state_of(read_tensors(tmp_path), cfg.layers, cfg.tied)
+    assert sorted(state) == sorted(llama_contract_state(cfg))
+    assert torch.equal(state["blocks.1.feed_forward.w1.weight"], model.model.layers[1].mlp.gate_proj.weight)
