@@ -65,8 +65,10 @@ class Trainer:
         # Build in the order the determinism rules need: threads, seed + model, optimizer,
         # data, then DDP's settling backward (which needs a batch and the optimizer's params).
         pin_threads(job.resources.cpus_per_task)
-        self.init_from = self._init_from()
-        self.parallel = build_parallel_model(job, env, self.init_from)  # with its optimizers, one per part
+        initial = self._init_from()
+        self.parallel = build_parallel_model(job, env, initial)  # with its optimizers, one per part
+        self.initialised_from = initial is not None
+        del initial  # the whole model's weights, copied into the parts: not kept twice
         self.clock.mark("model")
         # Text is tokenized once per node into the user's token cache, then mapped by all.
         cache = TokenCache()
@@ -118,7 +120,7 @@ class Trainer:
             resumed = self.checkpointer.restore(self.state, self.resume_step)
             self.clock.mark("restore")
             self.runlog.start(resumed, self._setup_line())
-            if self.init_from is not None:
+            if self.initialised_from:
                 self.runlog.info(f"hpcorch: initialised the weights from {self.tr.init_from} (trainer.init_from)")
             # Where every rank landed (node, Slurm's topology address), for `hpcorch status`.
             self.runlog.placement(gather_objects(placement_record(self.env.rank, self.env.local_rank)))

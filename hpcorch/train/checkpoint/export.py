@@ -94,4 +94,3 @@ def export_hf(checkpoints: Path, step: int, out: Path, max_shard_size: str | int
     return write_folder(out, config, tensors, max_shard_size,
                         generation={"_from_model_config": True, "bos_token_id": config.get("bos_token_id"),
                                     "eos_token_id": config.get("eos_token_id")})
-
