@@ -98,6 +98,22 @@ def test_init_from_errors_are_one_line_and_a_resume_ignores_it(gpt_run, tmp_path
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
 
+def test_a_trained_llama_exports(tmp_path):
+    """Runs once the Llama family is registered (its own branch): trained, exported, loaded."""
+    from hpcorch.train.models import get_model_spec
+
+    try:
+        get_model_spec("llama")
+    except ValueError:
+        pytest.skip("the llama family is not registered on this branch (trainer.model.kind: llama)")
+    run = trained(tmp_path / "llama", 1, "trainer.model.kind=llama", "trainer.model.layers=2")
+    folder = export(run, tmp_path / "hf")
+    ours, cfg = ours_at(run, 3)
+    theirs = load_hf(folder)
+    assert type(theirs).__name__ == "LlamaForCausalLM"
+    assert max_logit_diff(ours, theirs, cfg.vocab, cfg.seq_len) < 1e-5
+
+
 TP_PP = ("trainer.model.layers=4", "trainer.model.heads=4", "trainer.parallel.tp=2", "trainer.parallel.pp=2")
 
 
