@@ -255,15 +255,23 @@ def pull(ref, into, as_json):
 @click.command()
 @ref_argument("RUN_DIR_OR_REF")
 @click.option("--step", type=click.IntRange(0), default=None, help="This committed step (default: the latest).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="model.safetensors (needs the safetensors package; else a .pt is written) or FILE.pt.")
+@click.option("--out", required=True, type=click.Path(),
+              help="--format hpcorch: model.safetensors (needs the safetensors package; else a .pt is "
+                   "written) or FILE.pt; --format hf: a folder.")
+@click.option("--format", "fmt", type=click.Choice(["hpcorch", "hf"]), default="hpcorch", show_default=True,
+              help="hpcorch: one file under hpcorch's names; hf: a Hugging Face folder (config.json, "
+                   "model.safetensors, generation_config.json) that transformers' from_pretrained loads.")
+@click.option("--max-shard-size", default="5GB", show_default=True,
+              help="--format hf: above this, the weights are sharded (model-0000k-of-0000n.safetensors + index).")
 @json_option(STDOUT_JSON_HELP)
-def export(ref, step, out, as_json):
-    """Write a checkpoint's model weights to one plain file for use outside hpcorch."""
+def export(ref, step, out, fmt, max_shard_size, as_json):
+    """Write a checkpoint's model weights for use outside hpcorch: one plain file, or a Hugging
+    Face folder (--format hf)."""
     from hpcorch import service
 
-    path = service.export(ref, out, step=step)
-    click.echo(json.dumps({"path": str(path), "bytes": path.stat().st_size}) if as_json else f"wrote {path}")
+    path = service.export(ref, out, step=step, format=fmt, max_shard_size=max_shard_size)
+    size = sum(p.stat().st_size for p in path.iterdir()) if path.is_dir() else path.stat().st_size
+    click.echo(json.dumps({"path": str(path), "bytes": size}) if as_json else f"wrote {path}")
 
 
 COMMANDS = (submit, render, plan, train, list_jobs, status, logs, cancel, resume, pull, export)

@@ -303,22 +303,36 @@ def pull(ref: str, into: str | os.PathLike | None = None, registry: Registry | N
     return backend_for(entry).pull(entry, into)
 
 
-def export(ref: str, out: str | os.PathLike, step: int | None = None, registry: Registry | None = None) -> Path:
+EXPORT_FORMATS = ("hpcorch", "hf")
+
+
+def export(ref: str, out: str | os.PathLike, step: int | None = None, registry: Registry | None = None,
+           format: str = "hpcorch", max_shard_size: str = "5GB") -> Path:
     """Write the model weights of job ``ref``'s checkpoint (the latest committed one, or
-    ``step``) to one plain file ``out`` (see :mod:`hpcorch.train.checkpoint.export`). ``ref`` is a run
-    directory or a job in the registry. Returns the file written."""
+    ``step``): ``format`` ``hpcorch``, one plain file ``out`` under hpcorch's names (see
+    :mod:`hpcorch.train.checkpoint.export`); ``hf``, a Hugging Face folder ``out`` that
+    transformers' ``from_pretrained`` loads (weights sharded above ``max_shard_size``). ``ref`` is
+    a run directory or a job in the registry. Returns the file or folder written."""
     from hpcorch.state.rundir import CheckpointLayout
 
+    if format not in EXPORT_FORMATS:
+        raise HpcorchError(f"unknown export format {format!r}; known: {', '.join(EXPORT_FORMATS)}")
     run = RunDir.open(ref) if Path(ref).is_dir() else RunDir.open((registry or Registry()).get(ref).run_dir)
     committed = CheckpointLayout(run.checkpoints).committed_steps()
     if not committed:
         raise HpcorchError(f"no committed checkpoint in {run.checkpoints}")
     if step is not None and step not in committed:
         raise HpcorchError(f"no committed checkpoint at step {step} in {run.checkpoints} (committed: {committed})")
-    from hpcorch.train.checkpoint.export import export_weights
+    step = committed[-1] if step is None else step
+    from hpcorch.train.checkpoint.export import export_hf, export_weights
+    from hpcorch.train.checkpoint.hf import HFFolderError, parse_size
     from hpcorch.train.checkpoint.store import CheckpointError
 
     try:
-        return export_weights(run.checkpoints, committed[-1] if step is None else step, Path(out))
-    except CheckpointError as exc:
+        if format == "hpcorch":
+            return export_weights(run.checkpoints, step, Path(out))
+        fallback = load_job(run.job_file).trainer.model if run.job_file.is_file() else None
+        export_hf(run.checkpoints, step, Path(out), parse_size(max_shard_size), fallback_model=fallback)
+        return Path(out)
+    except (CheckpointError, HFFolderError, ValueError, OSError) as exc:
         raise HpcorchError(str(exc)) from None

@@ -42,7 +42,7 @@ FLAG = "--allow-config-change"
 NOT_RECORDED = ("trainer.micro_batch", "trainer.sharding", "trainer.parallel", "trainer.checkpoint",
                 "trainer.eval_interval", "trainer.eval_batches",
                 "trainer.log_interval", "trainer.loggers", "trainer.activation_checkpointing", "trainer.compile",
-                "trainer.collective_timeout_s")
+                "trainer.collective_timeout_s", "trainer.init_from")
 FIXED = ("trainer.model", "trainer.data", "trainer.seed", "trainer.global_batch", "trainer.optimizer.name")
 
 

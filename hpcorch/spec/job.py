@@ -204,11 +204,17 @@ class TrainerSpec:
     # More destinations for rank 0's reports (hpcorch.train.sinks): TensorBoard event files in
     # RUN_DIR/tensorboard, W&B offline runs in RUN_DIR/wandb.
     loggers: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    # A Hugging Face checkpoint folder (config.json + safetensors) whose weights replace the
+    # random init at a run's first start (hpcorch.train.checkpoint.hf); a resume ignores it.
+    # Checked where the trainer runs (the folder need not exist where the job is submitted).
+    init_from: str | None = None
 
     def __post_init__(self):
         check_positive(self, "steps", "global_batch", "micro_batch", "eval_batches", "log_interval",
                        "collective_timeout_s")
         check_positive(self, "eval_interval", allow_zero=True)
+        if self.init_from is not None and not self.init_from.strip():
+            raise Invalid("init_from", "expected a folder holding config.json and model.safetensors, got an empty path")
         if len(set(self.loggers)) != len(self.loggers):
             raise Invalid("loggers", f"expected each logger once, got {self.loggers}")
         if not 0 <= self.seed < 2**64:

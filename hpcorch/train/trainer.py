@@ -13,9 +13,11 @@ import torch
 import torch.distributed as dist
 
 from hpcorch import protocol
+from hpcorch.errors import ConfigError
 from hpcorch.spec.job import JobSpec
-from hpcorch.state.rundir import RunDir
+from hpcorch.state.rundir import CheckpointLayout, RunDir
 from hpcorch.train.checkpoint.checkpointer import Checkpointer, checkpoint_group, model_digest
+from hpcorch.train.checkpoint.hf import HFFolderError, init_state
 from hpcorch.train.checkpoint.store import CheckpointStore
 from hpcorch.train.data import DataSource
 from hpcorch.train.determinism import pin_threads
@@ -63,7 +65,10 @@ class Trainer:
         # Build in the order the determinism rules need: threads, seed + model, optimizer,
         # data, then DDP's settling backward (which needs a batch and the optimizer's params).
         pin_threads(job.resources.cpus_per_task)
-        self.parallel = build_parallel_model(job, env)  # with its optimizers, one per part
+        initial = self._init_from()
+        self.parallel = build_parallel_model(job, env, initial)  # with its optimizers, one per part
+        self.initialised_from = initial is not None
+        del initial  # the whole model's weights, copied into the parts: not kept twice
         self.clock.mark("model")
         # Text is tokenized once per node into the user's token cache, then mapped by all.
         cache = TokenCache()
@@ -92,6 +97,16 @@ class Trainer:
         self.steps_this_process = 0
         self.clock.mark("setup")
 
+    def _init_from(self) -> dict | None:
+        """``trainer.init_from``'s weights at a run's first start (no committed checkpoint; a
+        resume restores its own), read by every rank alike; None otherwise."""
+        if self.tr.init_from is None or CheckpointLayout(self.run_dir.checkpoints).committed_steps():
+            return None
+        try:
+            return init_state(Path(self.tr.init_from).expanduser(), self.tr.model, spec_of(self.tr.model))
+        except HFFolderError as exc:
+            raise ConfigError(self.job.name, "trainer.init_from", str(exc)) from None
+
     @property
     def agreed_signal(self) -> int:
         """The signal the ranks agreed to stop on (0 if none)."""
@@ -105,6 +120,8 @@ class Trainer:
             resumed = self.checkpointer.restore(self.state, self.resume_step)
             self.clock.mark("restore")
             self.runlog.start(resumed, self._setup_line())
+            if self.initialised_from:
+                self.runlog.info(f"hpcorch: initialised the weights from {self.tr.init_from} (trainer.init_from)")
             # Where every rank landed (node, Slurm's topology address), for `hpcorch status`.
             self.runlog.placement(gather_objects(placement_record(self.env.rank, self.env.local_rank)))
             self._record_config_change()

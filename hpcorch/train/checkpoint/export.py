@@ -9,6 +9,10 @@ a tied weight is stored once under its canonical name (the GPT's output layer as
 as Hugging Face's GPT-2 files do): load it with ``strict=False`` or tie ``head.weight`` to it.
 The family is the commit record's ``trainer.model.kind`` (none recorded: the default, GPT). ``.safetensors`` needs the
 ``safetensors`` package (``pip install 'hpcorch[export]'``); otherwise a ``torch.save`` file.
+
+:func:`export_hf` writes a Hugging Face folder instead (``--format hf``): the family's
+:class:`~hpcorch.train.models.spec.HFMapping` renames and reshapes the same canonical state, and
+:mod:`hpcorch.train.checkpoint.hf` writes it as transformers' ``save_pretrained`` would.
 """
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ from pathlib import Path
 
 from hpcorch.spec.model import DEFAULT_KIND
 from hpcorch.train.checkpoint.checkpointer import _canonical_model
+from hpcorch.train.checkpoint.hf import DEFAULT_SHARD_SIZE, write_folder
 from hpcorch.train.checkpoint.store import CheckpointStore
-from hpcorch.train.models import get_model_spec
+from hpcorch.train.models import ModelSpec, get_model_spec
 
 
 def safetensors_available() -> bool:
@@ -29,19 +34,26 @@ def safetensors_available() -> bool:
     return True
 
 
+def full_model(checkpoints: Path, step: int) -> tuple[ModelSpec, dict, dict]:
+    """Step ``step``'s family, whole model state (canonical names, on the CPU, in the shapes
+    the trainer keeps) and commit record."""
+    state, _, record = CheckpointStore(checkpoints, rank=0, world_size=1).load(step)
+    family = get_model_spec((record.get("config") or {}).get("trainer.model.kind", DEFAULT_KIND))
+    model = {name: t.detach().to("cpu").contiguous()
+             for name, t in _canonical_model(state["model"], _recorded_tied(family, record)).items()}
+    return family, model, record
+
+
 def export_weights(checkpoints: Path, step: int, out: Path) -> Path:
     """Write step ``step``'s model weights (full, canonical names) to ``out``: safetensors if
     ``out`` ends in ``.safetensors`` and the package is there, else ``torch.save`` (then a
     ``.safetensors`` name becomes ``.pt``). Returns the file written."""
     import torch
 
-    state, _, record = CheckpointStore(checkpoints, rank=0, world_size=1).load(step)
-    config = record.get("config") or {}
-    family = get_model_spec(config.get("trainer.model.kind", DEFAULT_KIND))
-    tied = _recorded_tied(family, config)
+    family, model, record = full_model(checkpoints, step)
+    tied = _recorded_tied(family, record)
     export = family.parts().export
-    model = {name: export(name, t.detach().to("cpu").contiguous())
-             for name, t in _canonical_model(state["model"], tied).items()}
+    model = {name: export(name, t) for name, t in model.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "hpcorch", "step": str(step)}
     if tied is not None:
@@ -58,13 +70,39 @@ def export_weights(checkpoints: Path, step: int, out: Path) -> Path:
 
 
 
-def _recorded_tied(family, config: dict) -> tuple[str, str] | None:
+def _recorded_tied(family: ModelSpec, record: dict) -> tuple[str, str] | None:
     """The tied weight's names for the model the commit record describes (an untied Llama ties
     none); a record without the model's keys (the oldest checkpoints) means the family's default."""
-    prefix = "trainer.model."
-    fields = {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix) and k != prefix + "kind"}
     try:
-        cfg = family.config_cls(**fields)
+        cfg = recorded_model(record, family, fallback=family.config_cls())
     except (TypeError, ValueError):
         cfg = family.config_cls()
     return family.tied_names(cfg)
+
+
+def recorded_model(record: dict, family: ModelSpec, fallback=None):
+    """The model config a checkpoint was trained with: its commit record's ``trainer.model.*``
+    (the kind left out for the default family), or ``fallback`` (the run's job) for checkpoints
+    written before configs were recorded."""
+    prefix = "trainer.model."
+    fields = {k[len(prefix):]: v for k, v in (record.get("config") or {}).items() if k.startswith(prefix)}
+    if not fields:
+        if fallback is None:
+            raise ValueError("the checkpoint records no model config")
+        return fallback
+    return family.config_cls(**{**fields, "kind": family.kind})
+
+
+def export_hf(checkpoints: Path, step: int, out: Path, max_shard_size: str | int = DEFAULT_SHARD_SIZE,
+              fallback_model=None) -> list[Path]:
+    """Write step ``step``'s model to the Hugging Face folder ``out`` (config, weights sharded
+    above ``max_shard_size``, generation config). The model config is the checkpoint's own
+    (:func:`recorded_model`). Returns the files written."""
+    family, model, record = full_model(checkpoints, step)
+    mapping = family.hf()
+    cfg = recorded_model(record, family, fallback_model)
+    model = family.parts().upgrade_state(model, cfg)  # checkpoints of older shapes
+    config, tensors = mapping.to_hf(model, cfg)
+    return write_folder(out, config, tensors, max_shard_size,
+                        generation={"_from_model_config": True, "bos_token_id": config.get("bos_token_id"),
+                                    "eos_token_id": config.get("eos_token_id")})

@@ -7,9 +7,10 @@ in :mod:`hpcorch.spec.model`. Importing this package does not import torch (the 
 from __future__ import annotations
 
 from hpcorch.train.models import gpt, llama
-from hpcorch.train.models.spec import BlockActivations, ModelParts, ModelSpec, Shapes
+from hpcorch.train.models.spec import BlockActivations, HFMapping, ModelParts, ModelSpec, Shapes
 
-__all__ = ["BlockActivations", "FAMILIES", "ModelParts", "ModelSpec", "Shapes", "get_model_spec", "spec_of"]
+__all__ = ["BlockActivations", "FAMILIES", "HFMapping", "ModelParts", "ModelSpec", "Shapes", "get_model_spec",
+           "spec_of"]
 
 FAMILIES: dict[str, ModelSpec] = {spec.kind: spec for spec in (gpt.SPEC, llama.SPEC)}
 

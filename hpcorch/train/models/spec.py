@@ -6,6 +6,10 @@
   (:mod:`hpcorch.plan.estimate`) reads these, so ``hpcorch plan`` never imports torch.
 - :class:`ModelParts`, built on demand (:meth:`ModelSpec.parts`) because it imports torch: the
   module, its tensor-parallel plan, the loss, the tied weights and old checkpoints' upgrade.
+- :class:`HFMapping`, loaded on demand too (:meth:`ModelSpec.hf`): the family as Hugging Face
+  transformers names it (``model_type``, config keys, tensor names and layouts), for
+  ``hpcorch export --format hf`` and ``trainer.init_from``. Its module imports no torch at import
+  time, so that a family without one costs nothing.
 
 The module a family builds keeps the contract the layouts rely on: ``blocks``, an
 ``nn.ModuleDict`` keyed by layer index (FSDP2 and ``torch.compile`` units, pipeline cuts),
@@ -80,12 +84,37 @@ class ModelParts:
 
 
 @dataclass(frozen=True)
+class HFMapping:
+    """A family in Hugging Face transformers' terms.
+
+    ``model_type`` and ``architecture`` are what ``config.json`` says (``gpt2``,
+    ``GPT2LMHeadModel``). ``to_hf(state, cfg) -> (config_dict, tensors)`` turns the canonical
+    full state (the tied weight once, under its canonical name) into transformers' config and
+    tensors; ``from_hf(config_dict, tensors, like=None) -> (cfg, state)`` is its inverse: the
+    config the checkpoint implies and the canonical state (every parameter of the module but a
+    tied alias); ``like``, the config the weights are for, settles what a checkpoint leaves open
+    (a GPT-2 file's all-zero biases fit a model with biases and one without).
+    ``fixed(cfg) -> {field: value}`` is what of a config a checkpoint fixes (its shapes, not
+    training choices such as dropout), in one form (a default spelled out), so that a job's
+    ``trainer.model`` and a checkpoint's compare field by field.
+    """
+
+    model_type: str
+    architecture: str
+    to_hf: Callable[[dict, Any], tuple[dict, dict]]
+    from_hf: Callable[..., tuple[Any, dict]]
+    fixed: Callable[[Any], dict]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One family: its ``kind`` (``trainer.model.kind``), config class, torch-free
     :class:`Shapes`, the loader of its :class:`ModelParts`, and ``tied``: the canonical and the
     alias name of a weight shared by two modules (checkpoints store it once, under the first),
     or None; ``ties(cfg)``: whether a config ties them (the Llama's ``tied`` key; the GPT always).
-    Code that holds a config asks :meth:`tied_names`."""
+    Code that holds a config asks :meth:`tied_names`.
+    Its :class:`HFMapping`, if it has one, is ``MAPPING`` in its folder's ``hf.py``
+    (found by :meth:`hf`, so a family gains one by adding that file alone)."""
 
     kind: str
     config_cls: type
@@ -102,3 +131,17 @@ class ModelSpec:
         """The (canonical, alias) names of the weight ``cfg``'s model ties, or None: an untied
         model's two weights are both its own (none is dropped from checkpoints or digests)."""
         return self.tied if self.tied is not None and self.ties(cfg) else None
+
+    def hf(self) -> HFMapping:
+        """The family's Hugging Face mapping (``hpcorch.train.models.<kind>.hf.MAPPING``); a
+        ValueError where it has none."""
+        import importlib
+
+        name = f"{__package__}.{self.kind}.hf"
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name not in (name, f"{__package__}.{self.kind}"):
+                raise
+            raise ValueError(f"model kind {self.kind!r} has no Hugging Face form") from None
+        return module.MAPPING

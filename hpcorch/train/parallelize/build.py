@@ -35,15 +35,19 @@ def resolve_layout(job: JobSpec, world_size: int) -> Layout:
         raise ConfigError(job.name, f"trainer.{exc.field}", exc.message) from None
 
 
-def build_parallel_model(job: JobSpec, env: DistEnv) -> ParallelModel:
-    """Seed, build the job's model on this rank's device, lay it out, (optionally) compile it,
-    and build the optimizers."""
+def build_parallel_model(job: JobSpec, env: DistEnv, initial: dict | None = None) -> ParallelModel:
+    """Seed, build the job's model on this rank's device (``initial``'s weights, canonical
+    names, instead of the random ones where given: ``trainer.init_from``), lay it out,
+    (optionally) compile it, and build the optimizers."""
     tr = job.trainer
     layout = resolve_layout(job, env.world_size)
     precision = resolve_precision(tr.precision, env.device)
     family = spec_of(tr.model).parts()  # imports the family's modules before the seed, as always
     seed_everything(tr.seed)  # the same initial weights on every rank (determinism rule 2)
-    module = family.build(tr.model, activation_checkpointing=tr.activation_checkpointing).to(env.device)
+    module = family.build(tr.model, activation_checkpointing=tr.activation_checkpointing)
+    if initial is not None:  # whole, before any layout: every rank loads the same numbers
+        load_whole(module, initial, spec_of(tr.model).tied, job.name)
+    module = module.to(env.device)
     if layout.kind == "nd":
         from hpcorch.train.parallelize.nd import build_nd
 
@@ -55,3 +59,13 @@ def build_parallel_model(job: JobSpec, env: DistEnv) -> ParallelModel:
     optimizer = build_optimizer(module, tr.optimizer, env.device, kind)
     return ParallelModel(module, model, env.device, precision, wrapped, layout, parts=[module],
                          optimizers=[optimizer])
+
+
+def load_whole(module: torch.nn.Module, state: dict, tied: tuple[str, str] | None, job: str) -> None:
+    """Copy a canonical state into the whole, freshly built ``module``: every parameter but the
+    tied alias (which shares the canonical one's storage) must be there, nothing else."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if tied is None or k != tied[1]]
+    if missing or unexpected:
+        raise ConfigError(job, "trainer.init_from", f"the checkpoint's tensors do not fit the model: missing "
+                          f"{missing[:3] or 'none'}, unexpected {unexpected[:3] or 'none'}")
