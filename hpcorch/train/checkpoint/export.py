@@ -38,9 +38,10 @@ def full_model(checkpoints: Path, step: int) -> tuple[ModelSpec, dict, dict]:
     """Step ``step``'s family, whole model state (canonical names, on the CPU, in the shapes
     the trainer keeps) and commit record."""
     state, _, record = CheckpointStore(checkpoints, rank=0, world_size=1).load(step)
-    family = get_model_spec((record.get("config") or {}).get("trainer.model.kind", DEFAULT_KIND))
+    config = record.get("config") or {}
+    family = get_model_spec(config.get("trainer.model.kind", DEFAULT_KIND))
     model = {name: t.detach().to("cpu").contiguous()
-             for name, t in _canonical_model(state["model"], _recorded_tied(family, record)).items()}
+             for name, t in _canonical_model(state["model"], _recorded_tied(family, config)).items()}
     return family, model, record
 
 
@@ -51,7 +52,7 @@ def export_weights(checkpoints: Path, step: int, out: Path) -> Path:
     import torch
 
     family, model, record = full_model(checkpoints, step)
-    tied = _recorded_tied(family, record)
+    tied = _recorded_tied(family, record.get("config") or {})
     export = family.parts().export
     model = {name: export(name, t) for name, t in model.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -70,11 +71,11 @@ def export_weights(checkpoints: Path, step: int, out: Path) -> Path:
 
 
 
-def _recorded_tied(family: ModelSpec, record: dict) -> tuple[str, str] | None:
+def _recorded_tied(family: ModelSpec, config: dict) -> tuple[str, str] | None:
     """The tied weight's names for the model the commit record describes (an untied Llama ties
     none); a record without the model's keys (the oldest checkpoints) means the family's default."""
     try:
-        cfg = recorded_model(record, family, fallback=family.config_cls())
+        cfg = recorded_model({"config": config}, family, fallback=family.config_cls())
     except (TypeError, ValueError):
         cfg = family.config_cls()
     return family.tied_names(cfg)

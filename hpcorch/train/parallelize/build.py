@@ -46,7 +46,7 @@ def build_parallel_model(job: JobSpec, env: DistEnv, initial: dict | None = None
     seed_everything(tr.seed)  # the same initial weights on every rank (determinism rule 2)
     module = family.build(tr.model, activation_checkpointing=tr.activation_checkpointing)
     if initial is not None:  # whole, before any layout: every rank loads the same numbers
-        load_whole(module, initial, spec_of(tr.model).tied, job.name)
+        load_whole(module, initial, spec_of(tr.model).tied_names(tr.model), job.name)
     module = module.to(env.device)
     if layout.kind == "nd":
         from hpcorch.train.parallelize.nd import build_nd
