@@ -31,6 +31,7 @@ from torch.distributed.tensor.parallel import (
 
 from hpcorch.spec.parallel import ParallelSpec
 from hpcorch.train.models.gpt.model import GPT
+from hpcorch.train.parallelize.tensor_parallel import ends_plan, residual_layout
 
 
 class QKVColwise(ParallelStyle):
@@ -60,18 +61,11 @@ class QKVColwise(ParallelStyle):
 def apply_tp(model: GPT, mesh: DeviceMesh, spec: ParallelSpec) -> None:
     """Parallelize ``model`` (the whole GPT or one pipeline stage) over the 1-D tp ``mesh``."""
     tp, sp = mesh.size(), spec.sequence_parallel
-    seq = Shard(1) if sp else Replicate()  # the residual stream's layout between sub-layers
-    top: dict[str, ParallelStyle] = {}
-    if model.wte is not None:
-        top["wte"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq)
-        if sp:  # the position embedding's rows for this rank's part of the sequence
-            top["wpe"] = PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=Shard(0))
-    if model.head is not None:
-        if sp:
-            top["ln_f"] = SequenceParallel()
-        top["head"] = ColwiseParallel(input_layouts=seq,
-                                      output_layouts=Shard(-1) if spec.loss_parallel else Replicate(),
-                                      use_local_output=not spec.loss_parallel)
+    seq = residual_layout(sp)
+    top = ends_plan(spec, "wte" if model.wte is not None else None, "ln_f",
+                    "head" if model.head is not None else None)
+    if model.wte is not None and sp:  # the position embedding's rows for this rank's part of the sequence
+        top["wpe"] = PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=Shard(0))
     parallelize_module(model, mesh, top)
     for block in model.blocks.values():
         plan: dict[str, ParallelStyle] = {

@@ -32,6 +32,7 @@ from torch.distributed.tensor.parallel import (
 
 from hpcorch.spec.parallel import ParallelSpec
 from hpcorch.train.models.llama.model import Llama
+from hpcorch.train.parallelize.tensor_parallel import ends_plan, residual_layout
 
 
 def apply_tp(model: Llama, mesh: DeviceMesh, spec: ParallelSpec) -> None:
@@ -39,16 +40,9 @@ def apply_tp(model: Llama, mesh: DeviceMesh, spec: ParallelSpec) -> None:
     tp, sp, cfg = mesh.size(), spec.sequence_parallel, model.cfg
     if cfg.kv_heads % tp:  # the job's check refuses this first; a direct caller meets it here
         raise ValueError(f"trainer.parallel.tp ({tp}) must divide the model's {cfg.kv_heads} kv_heads")
-    seq = Shard(1) if sp else Replicate()  # the residual stream's layout between sub-layers
-    top: dict[str, ParallelStyle] = {}
-    if model.tok_embeddings is not None:
-        top["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq)
-    if model.output is not None:
-        if sp:
-            top["norm"] = SequenceParallel()
-        top["output"] = ColwiseParallel(input_layouts=seq,
-                                        output_layouts=Shard(-1) if spec.loss_parallel else Replicate(),
-                                        use_local_output=not spec.loss_parallel)
+    seq = residual_layout(sp)
+    top = ends_plan(spec, "tok_embeddings" if model.tok_embeddings is not None else None, "norm",
+                    "output" if model.output is not None else None)
     parallelize_module(model, mesh, top)
     for block in model.blocks.values():
         plan: dict[str, ParallelStyle] = {
