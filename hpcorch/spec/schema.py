@@ -215,7 +215,7 @@ def _tagged_variants(args) -> dict | None:
 
 def _tagged_choice(variants: dict, value: dict, source: str, path: str) -> type:
     kind = value.get("kind")
-    if kind not in variants:
+    if not isinstance(kind, str) or kind not in variants:  # a list or mapping is no kind (nor hashable)
         got = "nothing" if "kind" not in value else shown(kind)
         raise ConfigError(source, _join(path, "kind"), f"expected one of {', '.join(map(repr, variants))}, got {got}")
     return variants[kind]

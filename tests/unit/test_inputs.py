@@ -125,6 +125,9 @@ def test_dump_and_parse_agree_on_every_scalar_rule():
     ("description=caf\udce9", "lone surrogate"),  # what Python makes of a non-UTF-8 argv byte
     ("trainer.stpes=5", "did you mean 'steps'"),
     ("trainer.optimizer.betas=[.nan, 0.5]", r"\(--set trainer.optimizer.betas\): trainer.optimizer.betas\[0\]: expected a finite"),
+    # a kind that is a list or mapping was a TypeError (unhashable) in the tagged choice
+    ("trainer.model.kind=[1]", r"trainer.model.kind: expected one of 'gpt', 'llama', got \[1\]"),
+    ("launch.wrapper={kind: {a: 1}}", r"launch.wrapper.kind: expected one of .*, got \{'a': 1\}"),
 ])
 def test_values_accepted_before_then_failing_later(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
