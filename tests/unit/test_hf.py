@@ -102,6 +102,26 @@ def test_init_state_names_the_problem(tmp_path):
         init_state(folder, cfg, GPT)
 
 
+@pytest.mark.parametrize("damage", ["garbage", "cut short", "bad index", "index names a missing shard"])
+def test_a_damaged_weights_file_is_one_line(tmp_path, damage):
+    """A weights file that is not safetensors, or cut short, or an index that is no index, is a
+    one-line HFFolderError naming the file, never safetensors' own traceback."""
+    cfg = GPTConfig(layers=2, heads=2, width=32, seq_len=16, vocab=64)
+    sharded = damage.startswith(("bad index", "index"))
+    _, _, folder = export_gpt(tmp_path, cfg, max_shard_size="10KB" if sharded else "5GB")
+    weights = folder / "model.safetensors"
+    if damage == "garbage":
+        weights.write_bytes(b"\xff" * 100)
+    elif damage == "cut short":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "bad index":
+        (folder / INDEX).write_text("[1, 2]")
+    else:
+        next(folder.glob("model-00002-*.safetensors")).unlink()
+    with pytest.raises(HFFolderError, match="model|index"):
+        init_state(folder, cfg, GPT)
+
+
 def test_parse_size():
     assert parse_size("5GB") == 5 * 10**9 and parse_size("2GiB") == 2 * 2**30 and parse_size("10kb") == 10**4
     assert parse_size(123) == 123 and parse_size("1.5MB") == 1_500_000

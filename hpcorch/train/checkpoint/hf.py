@@ -103,14 +103,22 @@ def read_tensors(folder: Path) -> dict:
     """Every tensor of a checkpoint folder, sharded or not (on the CPU)."""
     st = _require_safetensors()
     if (folder / INDEX).is_file():
-        files = sorted(set(json.loads((folder / INDEX).read_text())["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads((folder / INDEX).read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise HFFolderError(f"{folder / INDEX} is no shard index ({type(exc).__name__}: {exc})") from None
     elif (folder / WEIGHTS).is_file():
         files = [WEIGHTS]
     else:
         raise HFFolderError(f"{folder} holds no {WEIGHTS} or {INDEX}")
+    from safetensors import SafetensorError
+
     tensors: dict = {}
     for name in files:
-        tensors.update(st.load_file(str(folder / name)))
+        try:
+            tensors.update(st.load_file(str(folder / name)))
+        except (OSError, SafetensorError) as exc:  # missing, unreadable, cut short or not safetensors
+            raise HFFolderError(f"{folder / name} cannot be read as safetensors: {exc}") from None
     return tensors
 
 
