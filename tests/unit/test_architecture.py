@@ -22,6 +22,7 @@ FLOORS = [
     ["observe", "plan"],       # reading run directories and the scheduler; job x profile -> Plan
     ["batch"],                 # what the sbatch script runs on the allocation
     ["train"],                 # the trainer (torch)
+    ["data"],                  # tokenizers, token shards, dataset indexes, corpus preparation
     ["protocol"],              # the stop/requeue contract batch/ and train/ share
     ["state"],                 # the registry, run directories, whether a job runs
     ["cluster"],               # the Slurm adapter and the dev cluster
@@ -137,7 +138,7 @@ def test_spec_layer_is_a_leaf(path):
 
 @pytest.mark.parametrize("path", sorted((PACKAGE / "train").rglob("*.py")), ids=lambda p: p.name)
 def test_trainer_never_imports_orchestration(path):
-    allowed = {"train", "protocol", "state", "spec", "util", "errors", "__init__"}
+    allowed = {"train", "data", "protocol", "state", "spec", "util", "errors", "__init__"}
     bad = {m for m in imports(path) if unit(m) not in allowed or m == "hpcorch.state.registry"}
     assert not bad, f"{path.name} imports {sorted(bad)}"
 
