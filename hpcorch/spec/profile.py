@@ -25,6 +25,7 @@ from hpcorch.spec.yamlio import read_yaml
 # NVIDIA's MIG profile names: compute slices "g", memory "gb", optionally "+me" (media engines).
 MIG_PROFILE_RE = re.compile(r"[1-8]g\.\d{1,4}gb(\+me)?")
 MAX_PEAK_TFLOPS = 1e6  # an exaFLOP/s per GPU: far above any
+MAX_PRIORITY_TIER = 65533  # slurm.conf(5): PriorityTier 0-65533
 
 
 @dataclass
@@ -74,6 +75,12 @@ class NodeType:
     features: list[str] = field(default_factory=list)
     arch: Literal["x86_64", "aarch64", "ppc64le"] = "x86_64"
     threads_per_core: int = 1  # SMT: `cpus` counts every hardware thread
+    # How Slurm counts a CPU on these nodes (--cpus-per-task): "threads" (its default with
+    # ThreadsPerCore>1), or "cores" (the node is configured with CPUs=cores, e.g. SMT off).
+    slurm_cpus: Literal["threads", "cores"] = "threads"
+    # Cores (CoreSpecCount) or CPU ids (CpuSpecList) Slurm keeps for system daemons: no job gets them.
+    core_spec_count: int = 0
+    cpu_spec_list: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         # Remembered so that a Slurm profile can refuse them: 'auto' describes this machine.
@@ -86,6 +93,26 @@ class NodeType:
         if self.cpus % self.threads_per_core:
             raise Invalid("cpus", f"expected a multiple of threads_per_core ({self.threads_per_core}): cpus "
                                   f"counts every hardware thread, got {self.cpus}")
+        check_positive(self, "core_spec_count", allow_zero=True)
+        if self.core_spec_count and self.cpu_spec_list:
+            raise Invalid("cpu_spec_list", "expected core_spec_count or cpu_spec_list, not both "
+                                           "(Slurm refuses the pair)")
+        for i, cpu in enumerate(self.cpu_spec_list):
+            if isinstance(cpu, bool) or not 0 <= cpu < self.cpus:
+                raise Invalid(f"cpu_spec_list[{i}]", f"expected a CPU id from 0 to {self.cpus - 1}, got {cpu!r}")
+        if self.usable_cpus < 1:
+            raise Invalid("core_spec_count", f"expected to leave jobs at least one CPU of {self.cpus}")
+
+    @property
+    def usable_cpus(self) -> int:
+        """CPUs a job may ask for on one node, counted as Slurm counts them (``slurm_cpus``),
+        less those CoreSpecCount/CpuSpecList keep for the system."""
+        per_core = self.threads_per_core if self.slurm_cpus == "threads" else 1
+        total = self.cpus if per_core == self.threads_per_core else self.cpus // self.threads_per_core
+        # CpuSpecList names hardware threads; counted in cores, a core with one of them is lost.
+        listed = -(-len(set(self.cpu_spec_list)) // (self.threads_per_core // per_core))
+        reserved = self.core_spec_count * per_core + listed
+        return total - reserved
         for i, feature in enumerate(self.features):
             check_name(f"features[{i}]", feature, "a feature name")
 
@@ -123,6 +150,10 @@ class Partition:
     max_time: str | int = "UNLIMITED"
     default: bool = False
     priority_tier: int = 1
+    # Slurm's MinNodes/MaxNodes; min_time is a site rule (a job_submit plugin), not a slurm.conf key.
+    min_nodes: int | None = None
+    max_nodes: int | None = None
+    min_time: str | int | None = None
     # The site routes jobs itself (by QOS or constraint): plans check against this partition,
     # scripts name no --partition.
     implicit: bool = False
@@ -163,7 +194,16 @@ class Partition:
             self.max_time_s = units.parse_time(self.max_time)
         except ValueError as exc:
             raise Invalid("max_time", str(exc)) from None
-        check_positive(self, "priority_tier")
+        check_positive(self, "priority_tier", "min_nodes", "max_nodes")
+        if self.priority_tier > MAX_PRIORITY_TIER:
+            raise Invalid("priority_tier", f"expected at most {MAX_PRIORITY_TIER} (Slurm's PriorityTier is "
+                                           f"16 bits, its top values reserved), got {self.priority_tier}")
+        if self.min_nodes and self.max_nodes and self.min_nodes > self.max_nodes:
+            raise Invalid("min_nodes", f"expected at most max_nodes ({self.max_nodes}), got {self.min_nodes}")
+        try:
+            self.min_time_s = None if self.min_time is None else units.parse_time(self.min_time)
+        except ValueError as exc:
+            raise Invalid("min_time", str(exc)) from None
 
 
 # A module name never starts with '-': `module load --help` would run an option, not a module.

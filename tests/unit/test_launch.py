@@ -88,7 +88,7 @@ HOST = ("srun --unbuffered --kill-on-bad-exit=1 --output /scratch/runs/gpt-tiny/
 ])
 def test_wrapper_renders(repo, tmp_path, wrapper, gpus, srun, prefix):
     text = _script(repo, tmp_path, python=None, **{"launch.wrapper": wrapper, "resources.gpus_per_node": gpus,
-                                                   "resources.tasks_per_node": 2})
+                                                   "resources.tasks_per_node": gpus or 2})
     # Inside a container the image's python3 runs, not this machine's interpreter.
     python = shlex.quote(sys.executable) if wrapper["kind"] == "command" else "python3"
     assert _srun_line(text) == f"{HOST}{srun} \\\n  {prefix}{python} -u -m submitit.core._submit {FOLDER}"
@@ -97,11 +97,13 @@ def test_wrapper_renders(repo, tmp_path, wrapper, gpus, srun, prefix):
 def test_apptainer_gpu_auto_follows_the_vendor(repo, tmp_path):
     wrapper = {"kind": "apptainer", "image": "/sw/torch.sif"}
     profile = _profile(repo, tmp_path)
-    plan = _plan(repo, tmp_path, profile=profile, **{"launch.wrapper": wrapper, "resources.gpus_per_node": 1})
+    plan = _plan(repo, tmp_path, profile=profile, **{"launch.wrapper": wrapper, "resources.gpus_per_node": 1,
+                                                     "resources.tasks_per_node": 1})
     assert plan.launch.prefix == ["apptainer", "exec", "--nv", "/sw/torch.sif"]
     for node_type in profile.node_types.values():
         node_type.gpus.vendor = "amd"
-    plan = _plan(repo, tmp_path, profile=profile, **{"launch.wrapper": wrapper, "resources.gpus_per_node": 1})
+    plan = _plan(repo, tmp_path, profile=profile, **{"launch.wrapper": wrapper, "resources.gpus_per_node": 1,
+                                                     "resources.tasks_per_node": 1})
     assert plan.launch.prefix == ["apptainer", "exec", "--rocm", "/sw/torch.sif"]
     plan = _plan(repo, tmp_path, profile=profile, **{"launch.wrapper": wrapper})
     assert plan.launch.prefix == ["apptainer", "exec", "/sw/torch.sif"]  # no GPUs asked for
