@@ -35,13 +35,27 @@ def _owned(name: str, owners: dict[str, str]) -> tuple[str, str] | None:
     return None
 
 
+# Options that change what the program does rather than what the job asks for: the script
+# would print help, submit nothing, block, or print differently for hpcorch to read.
+_HELP = "it prints its help and runs nothing"
+SBATCH_ACTIONS = {"help": _HELP, "usage": _HELP, "version": "it prints its version and submits nothing",
+                  "test-only": "it only estimates a start time and submits nothing; submit --check does that",
+                  "wait": "sbatch would block until the job ends", "parsable": "it changes the output hpcorch reads"}
+SRUN_ACTIONS = {"help": _HELP, "usage": _HELP, "version": "it prints its version and runs no ranks",
+                "test-only": "it starts no ranks"}
+
+
 def _check_options(key: str, options: list[str], value_re: re.Pattern, owners: dict[str, str],
-                   tool: str) -> None:
+                   tool: str, actions: dict[str, str] | None = None) -> None:
     for i, option in enumerate(options):
         match = _OPTION.fullmatch(option)
         if not match or (match.group(2) is not None and not value_re.fullmatch(match.group(2))):
             raise Invalid(f"{key}[{i}]", f"expected --name or --name=value ({tool} option; values of "
                                          f"letters, digits and {_alphabet_extra(value_re)}), got {option!r}")
+        action = _owned(match.group(1), actions or {})
+        if action:
+            raise Invalid(f"{key}[{i}]", f"--{action[0]} changes what {tool.split()[-1]} does, not what the job "
+                                         f"asks for ({action[1]}); remove it")
         owned = _owned(match.group(1), owners)
         if owned:
             what = "" if owned[0] == match.group(1) else f" (an abbreviation of --{owned[0]})"
@@ -119,7 +133,7 @@ SRUN_OWNED = {
 def check_directives(key: str, directives: list[str]) -> None:
     """Extra ``#SBATCH`` options: ``--name[=value]`` in the directive alphabet, none that hpcorch
     writes itself (the message names the key to use instead)."""
-    _check_options(key, directives, DIRECTIVE_VALUE, SBATCH_OWNED, "an sbatch")
+    _check_options(key, directives, DIRECTIVE_VALUE, SBATCH_OWNED, "an sbatch", SBATCH_ACTIONS)
 
 
 # ----- wrappers -------------------------------------------------------------------------------
@@ -321,4 +335,4 @@ class Launch:
         if self.python is not None and not _PYTHON.fullmatch(self.python):
             raise Invalid("python", f"expected an absolute path such as /sw/venvs/torch/bin/python "
                                     f"(letters, digits, _./+@-), got {self.python!r}")
-        _check_options("srun_options", self.srun_options, _SRUN_VALUE, SRUN_OWNED, "an srun")
+        _check_options("srun_options", self.srun_options, _SRUN_VALUE, SRUN_OWNED, "an srun", SRUN_ACTIONS)

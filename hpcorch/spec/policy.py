@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from hpcorch.spec import units
-from hpcorch.spec.schema import Invalid, check_account, check_positive
+from hpcorch.spec.schema import SLURM_MAX32, Invalid, check_account, check_at_most, check_positive
 
 
 @dataclass
@@ -63,6 +63,8 @@ class QOS:
         except ValueError as exc:
             raise Invalid("min_time", str(exc)) from None
         check_positive(self, "max_nodes", "min_nodes")
+        check_at_most(self, SLURM_MAX32, "Slurm's TRES counts are 32-bit here", "max_nodes", "min_nodes",
+                      "max_gpus", "max_gpus_per_node")
         if self.min_nodes and self.max_nodes and self.min_nodes > self.max_nodes:
             raise Invalid("min_nodes", f"expected at most max_nodes ({self.max_nodes}), got {self.min_nodes}")
         check_positive(self, "max_gpus", "max_gpus_per_node", allow_zero=True)  # 0: a CPU-only QOS

@@ -19,13 +19,27 @@ from hpcorch.spec.network import Network, hosts_of
 from hpcorch.spec.placement import BLOCKS_SINCE, check_no_debugging, parse_slurm_version, version_text
 from hpcorch.spec.planning import Planning
 from hpcorch.spec.policy import QOS, Requests, RequestsOverride
-from hpcorch.spec.schema import Invalid, build, check_account, check_env_names, check_name, check_positive
+from hpcorch.spec.schema import (
+    SLURM_MAX16,
+    SLURM_MAX32,
+    Invalid,
+    build,
+    check_account,
+    check_at_most,
+    check_env_names,
+    check_name,
+    check_positive,
+)
 from hpcorch.spec.yamlio import read_yaml
 
 # NVIDIA's MIG profile names: compute slices "g", memory "gb", optionally "+me" (media engines).
 MIG_PROFILE_RE = re.compile(r"[1-8]g\.\d{1,4}gb(\+me)?")
 MAX_PEAK_TFLOPS = 1e6  # an exaFLOP/s per GPU: far above any
 MAX_PRIORITY_TIER = 65533  # slurm.conf(5): PriorityTier 0-65533
+MAX_GPUS = 1024  # per node: each becomes a device file and a GRES index
+MAX_GPU_MEMORY_GB = 1_000_000
+MAX_SMT = 8
+MAX_MEMORY_MB = 2**40
 
 
 @dataclass
@@ -46,6 +60,8 @@ class GPUs:
 
     def __post_init__(self):
         check_positive(self, "count", "memory_gb", "peak_tflops", allow_zero=True)
+        check_at_most(self, MAX_GPUS, "GPUs or MIG slices per node", "count")
+        check_at_most(self, MAX_GPU_MEMORY_GB, "GB per GPU", "memory_gb")
         if self.peak_tflops > MAX_PEAK_TFLOPS:  # a typo that would overflow the planner's tokens/s
             raise Invalid("peak_tflops", f"expected at most {MAX_PEAK_TFLOPS:g} TFLOP/s per GPU, "
                                          f"got {self.peak_tflops:g}")
@@ -90,6 +106,9 @@ class NodeType:
         if self.memory_mb == "auto":
             self.memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
         check_positive(self, "cpus", "memory_mb", "threads_per_core")
+        check_at_most(self, SLURM_MAX16, "Slurm's CPUs= is 16-bit", "cpus", "core_spec_count")
+        check_at_most(self, MAX_SMT, "hardware threads per core", "threads_per_core")
+        check_at_most(self, MAX_MEMORY_MB, "MB per node, an exabyte", "memory_mb")
         if self.cpus % self.threads_per_core:
             raise Invalid("cpus", f"expected a multiple of threads_per_core ({self.threads_per_core}): cpus "
                                   f"counts every hardware thread, got {self.cpus}")
@@ -195,6 +214,7 @@ class Partition:
         except ValueError as exc:
             raise Invalid("max_time", str(exc)) from None
         check_positive(self, "priority_tier", "min_nodes", "max_nodes")
+        check_at_most(self, SLURM_MAX32, "Slurm's node counts are 32-bit", "min_nodes", "max_nodes")
         if self.priority_tier > MAX_PRIORITY_TIER:
             raise Invalid("priority_tier", f"expected at most {MAX_PRIORITY_TIER} (Slurm's PriorityTier is "
                                            f"16 bits, its top values reserved), got {self.priority_tier}")

@@ -15,7 +15,7 @@ import pytest
 from hpcorch.errors import ConfigError, PlanError, RenderError
 from hpcorch.plan.plan import make_plan
 from hpcorch.render.sbatch import render_sbatch
-from hpcorch.spec.expand import expand_with, prepend_word, shell_word, split_refs
+from hpcorch.spec.expand import UnsetVariable, expand_with, prepend_word, shell_word, split_refs
 from hpcorch.spec.job import load_job
 from hpcorch.spec.profile import load_profile
 from hpcorch.spec.yamlio import dump_yaml, read_yaml
@@ -358,7 +358,10 @@ def test_expansion_helpers():
     assert shell_word("a b$$") == "'a b$'"
     assert shell_word('$A"b') == '"${A}\\"b"'
     assert prepend_word("PATH", ["/x"]) == '"/x${PATH:+:$PATH}"'
-    assert expand_with("/s/$USER/${N}$$", {"USER": "u"}) == "/s/u/$"
+    assert expand_with("/s/$USER/${N}$$", {"USER": "u", "N": ""}) == "/s/u/$"
+    # Unset: refused as the script's `set -u` refuses it, not expanded to nothing.
+    with pytest.raises(UnsetVariable, match=r"names \$N, which is unset"):
+        expand_with("/s/$USER/${N}", {"USER": "u"})
 
 
 def test_expand_filter_placement_is_checked(repo, tmp_path):
