@@ -144,3 +144,18 @@ def test_mig_gres_type_defaults_to_the_profile_name_in_plan_as_in_slurm_conf():
     job = _job(nodes=1, gpus_per_node="1g.10gb:1", tasks_per_node=1, partition="mig", cpus_per_task=1)
     plan = _plan(job)
     assert plan.gpu_request == "--gpus-per-node=1g.10gb:1"
+
+
+@pytest.mark.parametrize("args", [["plan", "gpt-tiny", "-p", "devcluster"],
+                                  ["render", "gpt-tiny", "-p", "devcluster"],
+                                  ["submit", "gpt-tiny", "-p", "devcluster", "--dry-run"],
+                                  ["submit", "gpt-tiny", "-p", "local", "--dry-run"]])
+def test_a_dry_run_writes_nothing(tmp_path, args):
+    """No $HPCORCH_HOME folder, no registry, no run directory; the quarantine is read only if it exists."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    out = subprocess.run([sys.executable, "-m", "hpcorch.cli.main", *args], capture_output=True, text=True,
+                         timeout=120, cwd=cwd, env={**os.environ, "HPCORCH_HOME": str(home),
+                                                    "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr
+    assert not home.exists() and not any(cwd.iterdir())
