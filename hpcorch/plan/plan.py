@@ -267,6 +267,8 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         plan.notes.append(f"partition {part.name!r} is implicit (the site routes jobs itself): "
                           "checked against it, but the script names no --partition")
     plan.notes += notes
+    plan.notes += [f"environment {name}={profile.environment.variables[name]} from profile {profile.name!r} "
+                   f"(site_tuned: the site documents it)" for name in profile.environment.site_tuned]
     plan.warnings += _unknown_exclusions(res.exclude_hosts, profile)
     if job.trainer.checkpoint.interval > job.trainer.steps:
         plan.notes.append("checkpoint.interval exceeds steps: only the final checkpoint is written")

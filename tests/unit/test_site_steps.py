@@ -59,3 +59,83 @@ def test_each_srun_step_runs_where_the_ranks_run(repo, tmp_path, kind):
     assert launches[0] == launches[1], launches
     assert launches[0].startswith(" ") and "--cpu-bind=cores" in launches[0]
     assert launches[0].endswith(" /sw/venv/bin/python")
+
+
+MODULES = {"module_purge": True, "module_use": ["$HOME/mods", "/sw/modules/all"],
+           "modules": ["gcc/13", "cuda/12.4"], "prepend": {"PATH": ["$CUDA_HOME/bin"]},
+           "variables": {"NCCL_BUFFSIZE": 8388608, "TOOL": "$CUDA_HOME/tool"}, "site_tuned": ["NCCL_BUFFSIZE"]}
+
+
+def _setup(repo, tmp_path, environment: dict) -> list[str]:
+    data = read_yaml(repo / "hpcorch/profiles/devcluster.yaml")
+    data["environment"] = environment
+    path = tmp_path / "m.yaml"
+    path.write_text(dump_yaml(data))
+    plan = make_plan(load_job(repo / "jobs/gpt-tiny.yaml"), load_profile(path), run_dir="/scratch/runs/gpt-tiny",
+                     python="/usr/bin/python3")
+    lines = render_sbatch(plan).splitlines()
+    return lines[lines.index("set -euo pipefail") + 1:lines.index("export HPCORCH_RUN_DIR=/scratch/runs/gpt-tiny")]
+
+
+def test_modules_purge_use_and_load_in_order_before_what_depends_on_them(repo, tmp_path):
+    setup = _setup(repo, tmp_path, MODULES)
+    path = os.path.join(GOLDEN, "modules.setup")
+    if os.environ.get("HPCORCH_UPDATE_GOLDEN"):
+        with open(path, "w") as f:
+            f.write("\n".join(setup) + "\n")
+    with open(path) as f:
+        assert "\n".join(setup) + "\n" == f.read()
+    assert setup[:5] == ["module purge", 'module use "${HOME}/mods"', "module use /sw/modules/all",
+                         "module load gcc/13", "module load cuda/12.4"]
+
+
+def test_prepend_modulepath_is_refused_with_the_hint(repo, tmp_path):
+    from hpcorch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"environment.prepend.MODULEPATH: takes effect after the module "
+                                          r"loads.*use environment.module_use"):
+        _setup(repo, tmp_path, {"prepend": {"MODULEPATH": ["/sw/modules"]}, "modules": ["x"]})
+
+
+INIT = "/usr/share/modules/init/bash"  # Debian's environment-modules
+
+
+@pytest.mark.skipif(not os.path.exists(INIT), reason="no module system (apt install environment-modules)")
+def test_the_setup_runs_on_a_real_module_system(repo, tmp_path):
+    """Debian's environment-modules 5: the rendered lines, under the script's set -euo pipefail,
+    find modules only through module use, and what depends on a module sees it loaded."""
+    import subprocess
+
+    mods = tmp_path / "home" / "mods" / "cuda"
+    mods.mkdir(parents=True)
+    (mods / "12.4").write_text("#%Module1.0\nsetenv CUDA_HOME /opt/cuda-12.4\n")
+    gcc = tmp_path / "home" / "mods" / "gcc"
+    gcc.mkdir()
+    (gcc / "13").write_text("#%Module1.0\nsetenv GCC_LOADED yes\n")
+    setup = _setup(repo, tmp_path, {**MODULES, "module_use": ["$HOME/mods"]})
+    script = "\n".join([f". {INIT}", "set -euo pipefail", *setup,
+                        'echo "$CUDA_HOME|$GCC_LOADED|$TOOL|${PATH%%:*}|$NCCL_BUFFSIZE"'])
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                         env={"HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "/opt/cuda-12.4|yes|/opt/cuda-12.4/tool|/opt/cuda-12.4/bin|8388608"
+
+
+def test_a_profile_keeps_a_site_tuned_nccl_variable_but_never_logging(repo, tmp_path):
+    from hpcorch.errors import ConfigError
+
+    data = read_yaml(repo / "hpcorch/profiles/devcluster.yaml")
+    data["environment"] = {"variables": {"NCCL_BUFFSIZE": 8388608}, "site_tuned": ["NCCL_BUFFSIZE"]}
+    path = tmp_path / "t.yaml"
+    path.write_text(dump_yaml(data))
+    plan = make_plan(load_job(repo / "jobs/gpt-tiny.yaml"), load_profile(path), run_dir="/scratch/r")
+    assert plan.environment["NCCL_BUFFSIZE"] == "8388608"
+    assert any("NCCL_BUFFSIZE=8388608 from profile" in n and "site_tuned" in n for n in plan.notes)
+    data["environment"] = {"variables": {"NCCL_BUFFSIZE": 1}}
+    path.write_text(dump_yaml(data))
+    with pytest.raises(ConfigError, match="environment.site_tuned lists NCCL_BUFFSIZE"):
+        load_profile(path)
+    data["environment"] = {"variables": {"NCCL_DEBUG": "INFO"}, "site_tuned": ["NCCL_DEBUG"]}
+    path.write_text(dump_yaml(data))
+    with pytest.raises(ConfigError, match="environment.variables.NCCL_DEBUG: is one of NCCL's debugging"):
+        load_profile(path)
