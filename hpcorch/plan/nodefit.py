@@ -83,7 +83,7 @@ def _node_needs(res: Resources) -> list[_Need]:
         _Need("resources.gpus_per_node", res.gpus_per_node or None, gpus, gpus, "", lambda nt: nt.gpus.count),
         _Need("resources.cpus_per_task", cpus,
               f"{res.tasks_per_node} tasks x {res.cpus_per_task} CPUs = {cpus} CPUs per node",
-              f"{cpus} CPUs per node", " CPUs for jobs", lambda nt: nt.usable_cpus),
+              f"{cpus} CPUs per node", "", lambda nt: nt.usable_cpus),  # as Slurm counts, less CoreSpec
         _Need("resources.mem", res.mem_mb, f"{res.mem_mb} MB per node", f"{res.mem_mb} MB per node", " MB",
               lambda nt: nt.memory_mb),
     ]

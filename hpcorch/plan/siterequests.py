@@ -112,6 +112,10 @@ def qos_and_account(res, profile: ClusterProfile, part: Partition, fail) -> tupl
         qos, origin = part.default_qos, f" (partition {part.name!r}'s default_qos)"
     elif qos is None and profile.defaults.qos is not None:
         qos, origin = profile.defaults.qos, f" (profile {profile.name!r}'s defaults.qos)"
+    if part.partition_qos is not None and part.partition_qos in profile.qos:
+        # The partition's own QOS binds every job there, whatever QOS the job names.
+        _check_qos_limits(res, f"partition {part.name!r}'s QOS {part.partition_qos!r}",
+                          profile.qos[part.partition_qos], account, account_origin, fail)
     if qos is None:
         return None, account
     if profile.qos and qos not in profile.qos:
@@ -144,13 +148,12 @@ def _check_qos_limits(res, name: str, limits: QOS, account: str | None, account_
     problems.raise_any()
 
 
-def _check_span(res, name: str, limits, fail) -> None:
+def _check_span(res, name: str, limits, fail, qos: bool = True) -> None:
     """Nodes and time against a partition's or a QOS's minimum and maximum (``limits`` has
     ``min_nodes``, ``max_nodes``, ``min_time_s``, ``max_time_s``); the message names the limit
     as Slurm spells it."""
     problems = Problems()
-    spelled = ("MinNodes", "MaxNodes", "MaxTime") if name.startswith("partition") else \
-        ("MinTRESPerJob=node", "MaxTRESPerJob=node", "MaxWall")
+    spelled = ("MinTRESPerJob=node", "MaxTRESPerJob=node", "MaxWall") if qos else ("MinNodes", "MaxNodes", "MaxTime")
     if limits.max_time_s is not None and res.time_s > limits.max_time_s:
         problems.add(fail("resources.time", f"asks for {units.format_time(res.time_s)}, but {name} allows at most "
                           f"{units.format_time(limits.max_time_s)} ({spelled[2]})"))
@@ -168,4 +171,4 @@ def _check_span(res, name: str, limits, fail) -> None:
 
 def check_partition_limits(res, part: Partition, fail) -> None:
     """Nodes and time against the partition's MinNodes, MaxNodes, MaxTime and min_time."""
-    _check_span(res, f"partition {part.name!r}", part, fail)
+    _check_span(res, f"partition {part.name!r}", part, fail, qos=False)

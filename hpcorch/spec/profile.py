@@ -179,6 +179,7 @@ class Partition:
     account: str | None = None            # for jobs here that name none (before defaults.account)
     qos: list[str] = field(default_factory=list)  # QOS allowed here; empty: any
     default_qos: str | None = None        # for jobs here that name none (before defaults.qos)
+    partition_qos: str | None = None      # Slurm's partition QOS=: its limits hold for every job here
     requests: RequestsOverride = field(default_factory=RequestsOverride)
     extra_directives: list[str] = field(default_factory=list)  # e.g. ["--reservation=big"]
 
@@ -189,6 +190,7 @@ class Partition:
         for i, qos in enumerate(self.qos):
             check_name(f"qos[{i}]", qos, "a QOS name")
         check_name("default_qos", self.default_qos, "a QOS name")
+        check_name("partition_qos", self.partition_qos, "a QOS name")
         if self.default_qos is not None and self.qos and self.default_qos not in self.qos:
             raise Invalid("default_qos", f"expected one of this partition's qos ({', '.join(self.qos)}), "
                                          f"got {self.default_qos!r}")
@@ -374,6 +376,7 @@ class ClusterProfile:
         known = ", ".join(self.qos)
         used = [(f"partitions[{i}].qos[{j}]", q) for i, p in enumerate(self.partitions) for j, q in enumerate(p.qos)]
         used += [(f"partitions[{i}].default_qos", p.default_qos) for i, p in enumerate(self.partitions)]
+        used += [(f"partitions[{i}].partition_qos", p.partition_qos) for i, p in enumerate(self.partitions)]
         used.append(("defaults.qos", self.defaults.qos))
         for key, name in used:
             if name is not None and name not in self.qos:

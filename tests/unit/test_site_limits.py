@@ -118,19 +118,19 @@ def test_all_independent_errors_of_a_job_in_one_run(tmp_path):
 
 @pytest.mark.parametrize("changes, cpus_per_task, ok", [
     ({}, 16, True),                                   # 64 threads, Slurm counts threads: 4 x 16
-    ({"slurm_cpus": "cores"}, 16, False),             # 32 cores: 4 x 16 = 64 > 32
+    ({"slurm_cpus": "cores"}, 16, 32),                # 32 cores: 4 x 16 = 64 > 32
     ({"slurm_cpus": "cores"}, 8, True),
-    ({"core_spec_count": 2}, 16, False),              # 2 cores = 4 threads kept for the system
+    ({"core_spec_count": 2}, 16, 60),                 # 2 cores = 4 threads kept for the system
     ({"core_spec_count": 2}, 15, True),
-    ({"cpu_spec_list": [0, 1]}, 16, False),
+    ({"cpu_spec_list": [0, 1]}, 16, 62),
 ])
 def test_cpus_are_counted_as_slurm_counts_them(changes, cpus_per_task, ok):
     job = _job(cpus_per_task=cpus_per_task)
-    if ok:
+    if ok is True:
         _plan(job, _profile(**changes))
     else:
         (line,) = _errors(job, _profile(**changes))
-        assert "resources.cpus_per_task: asks for 4 tasks x" in line and "CPUs for jobs" in line
+        assert "resources.cpus_per_task: asks for 4 tasks x" in line and line.endswith(f"have {ok}")
 
 
 def test_core_spec_must_leave_cpus_and_not_both_kinds():
@@ -159,3 +159,32 @@ def test_a_dry_run_writes_nothing(tmp_path, args):
                                                     "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.returncode == 0, out.stderr
     assert not home.exists() and not any(cwd.iterdir())
+
+
+def test_slurm_conf_mimics_the_sites_qos_and_partition_limits():
+    from hpcorch.cluster.slurmconf import qos_commands, slurm_conf
+
+    data = copy.deepcopy(PROFILE)
+    data["node_types"]["gpu"]["core_spec_count"] = 2
+    data["node_types"]["mig"]["slurm_cpus"] = "cores"
+    data["partitions"][1]["partition_qos"] = "normal"
+    profile = build(ClusterProfile, data, "qsite.yaml")
+    conf = slurm_conf(profile)
+    assert "NodeName=g[01-16] CPUs=64 RealMemory=256000 ThreadsPerCore=2 CoreSpecCount=2 Gres=gpu:a100:4 " in conf
+    assert "NodeName=m[01-02] CPUs=32 RealMemory=128000 Gres=gpu:1g.10gb:7 " in conf
+    assert ("PartitionName=gpu Nodes=g[01-16] Default=YES MaxTime=1-00:00:00 PriorityTier=1 MinNodes=2 MaxNodes=8 "
+            "AllowQos=normal,big ") in conf
+    assert "PartitionName=debug Nodes=g[01-16] Default=NO MaxTime=00:30:00 PriorityTier=1 MaxNodes=2 QOS=normal " \
+        in conf
+    assert qos_commands(profile).splitlines()[3:] == [
+        "sacctmgr -i add qos normal",
+        "sacctmgr -i modify qos where name=normal set MaxWall=12:00:00 MaxTRESPerJob=node=4",
+        "sacctmgr -i add qos big",
+        "sacctmgr -i modify qos where name=big set MinTRESPerJob=node=4",
+        "# big: min_time 01:00:00 is a site rule, not a QOS limit",
+        "sacctmgr -i modify account where name=bigproj set qos+=big",
+    ]
+    # The partition's own QOS binds a job there whatever QOS it names.
+    job = _job(partition="debug", nodes=2, time="20", qos="big", account="bigproj")
+    assert any("partition 'debug''s QOS 'normal'" in line or "QOS 'big' takes at least 4" in line
+               for line in _errors(job, profile))
