@@ -186,8 +186,9 @@ def test_wrapper_paths_expand_in_srun_options_and_words(repo, tmp_path):
         _script(repo, tmp_path, python=None, **{"launch.wrapper": apptainer})
 
 
-@pytest.mark.parametrize("python", ["python3", "./venv/bin/python", "/a b/python", "/x;id", "/x$(id)", "/x\n"])
-def test_python_must_be_an_absolute_plain_path(repo, tmp_path, python):
+@pytest.mark.parametrize("python", ["python-x", "./venv/bin/python", "/a b/python", "/x;id", "/x$(id)", "/x\n"])
+def test_python_must_be_an_absolute_plain_path_or_a_python_name(repo, tmp_path, python):
+    """A bare python3 / python3.11 is looked up on PATH where the ranks run (the image's)."""
     with pytest.raises(ConfigError) as info:
         _job(repo, tmp_path, **{"launch.python": python})
     assert info.value.key == "launch.python"

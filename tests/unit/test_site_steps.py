@@ -17,7 +17,8 @@ WRAPPERS = {
     "none": {"kind": "none"},
     "apptainer": {"kind": "apptainer", "image": "/sw/images/torch.sif", "binds": ["/scratch"]},
     "singularity-run": {"kind": "apptainer", "image": "/sw/images/torch.sif", "executable": "singularity",
-                        "gpu": "none"},
+                        "gpu": "none", "command": "run"},
+    "apptainer-rocm-activate": {"kind": "apptainer", "image": "docker://rocm/pytorch:latest", "gpu": "rocm"},
     "pyxis": {"kind": "pyxis", "image": "nvcr.io#nvidia/pytorch:24.05-py3", "mounts": ["/scratch:/scratch"]},
     "uenv": {"kind": "uenv", "image": "pytorch/v2.6.0:v1", "view": "default"},
     "edf": {"kind": "edf", "environment": "pytorch"},
@@ -28,6 +29,8 @@ WRAPPERS = {
 def _script(repo, tmp_path, wrapper: dict) -> str:
     data = read_yaml(repo / "hpcorch/profiles/devcluster.yaml")
     data["launch"] = {"wrapper": wrapper, "srun_options": ["--cpu-bind=cores"], "python": "/sw/venv/bin/python"}
+    if wrapper.get("gpu") == "rocm":  # the venv inside the image, activated there
+        data["launch"].update(activate="/opt/venv/bin/activate", python="python3")
     path = tmp_path / "p.yaml"
     path.write_text(dump_yaml(data))
     job = load_job(repo / "jobs/gpt-tiny.yaml", ["resources.gpus_per_node=1", "resources.tasks_per_node=1"])
@@ -58,7 +61,7 @@ def test_each_srun_step_runs_where_the_ranks_run(repo, tmp_path, kind):
     launches = [owned.sub("", step).split(" -u -m ")[0] for step in steps]
     assert launches[0] == launches[1], launches
     assert launches[0].startswith(" ") and "--cpu-bind=cores" in launches[0]
-    assert launches[0].endswith(" /sw/venv/bin/python")
+    assert launches[0].endswith((" /sw/venv/bin/python", " python3"))
 
 
 MODULES = {"module_purge": True, "module_use": ["$HOME/mods", "/sw/modules/all"],
@@ -139,3 +142,28 @@ def test_a_profile_keeps_a_site_tuned_nccl_variable_but_never_logging(repo, tmp_
     path.write_text(dump_yaml(data))
     with pytest.raises(ConfigError, match="environment.variables.NCCL_DEBUG: is one of NCCL's debugging"):
         load_profile(path)
+
+
+def test_an_activation_step_puts_the_environments_python_first(repo, tmp_path):
+    """launch.activate with a bare python3: the rendered step sources the script, then finds
+    python3 on the PATH it set (a stub venv here), with the step's arguments intact."""
+    import subprocess
+
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text(f'export PATH="{venv}/bin:$PATH"\nexport VIRTUAL_ENV="{venv}"\n')
+    stub = venv / "bin" / "python3"
+    stub.write_text('#!/bin/sh\necho "venv python3 in $VIRTUAL_ENV: $*"\n')
+    stub.chmod(0o755)
+    data = read_yaml(repo / "hpcorch/profiles/devcluster.yaml")
+    data["launch"] = {"activate": str(venv / "bin" / "activate")}
+    path = tmp_path / "a.yaml"
+    path.write_text(dump_yaml(data))
+    plan = make_plan(load_job(repo / "jobs/gpt-tiny.yaml"), load_profile(path), run_dir="/scratch/runs/gpt-tiny")
+    assert plan.python == "python3"
+    lines = render_sbatch(plan).splitlines()
+    train = lines[next(i for i, ln in enumerate(lines) if ln.startswith("srun --unbuffered")) + 1]
+    command = train.strip().removesuffix(" \\")
+    out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert out.stdout == f"venv python3 in {venv}: -u -m submitit.core._submit /scratch/runs/gpt-tiny/submitit/%j\n"
