@@ -71,3 +71,22 @@ def test_a_preflight_whose_interpreter_cannot_start_stops_with_that_reason(ctx, 
     refused = json.loads((run / "restarts.json").read_text())["refused"]
     assert "interpreter did not start" in refused and "floor" not in refused, refused
     assert json.loads(ctx.cli("nodes", "list", "--json").stdout) == []  # no node blamed
+
+
+def test_submit_check_probes_hpcorch_where_the_ranks_run(ctx, tmp_path):
+    """submit --check: one line saying hpcorch imports through the wrapper and its srun options
+    on a compute node; one error line when the image's interpreter is missing."""
+    from test_submit import _sets
+
+    script, marker, log = _wrapper(tmp_path)
+    profile = _profile(tmp_path, {"wrapper": {"kind": "command", "argv": [str(script), "--site-token=ok"]},
+                                  "srun_options": [f"--chdir={marker}"]})
+    out = ctx.cli("submit", "jobs/gpt-tiny.yaml", "-p", profile, "--run-dir", tmp_path / "run", *_sets(), "--check")
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith("hpcorch 0.") and "imports where the ranks run (command wrapper" in line, out.stdout
+    assert "checked on a compute node" in line and "-c import hpcorch" in log.read_text()
+    bad = _profile(tmp_path, {"python": "/nonexistent/venv/bin/python"})
+    out = ctx.cli("submit", "jobs/gpt-tiny.yaml", "-p", bad, "--run-dir", tmp_path / "run2", *_sets(), "--check",
+                  expect=2)
+    errors = out.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: launch: hpcorch does not import where the ranks run")

@@ -167,3 +167,23 @@ def test_an_activation_step_puts_the_environments_python_first(repo, tmp_path):
     out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30,
                          env={"PATH": "/usr/bin:/bin"})
     assert out.stdout == f"venv python3 in {venv}: -u -m submitit.core._submit /scratch/runs/gpt-tiny/submitit/%j\n"
+
+
+def test_the_image_check_is_one_line_either_way(repo, tmp_path):
+    from hpcorch import __version__
+    from hpcorch.errors import HpcorchError
+    from hpcorch.submit.imagecheck import check_image
+
+    job = load_job(repo / "jobs/gpt-tiny.yaml")
+    plan = make_plan(job, load_profile("local"), run_dir=tmp_path / "run")
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    line = check_image(plan, env, __version__)
+    assert line == f"hpcorch {__version__} imports where the ranks run ({plan.python}, checked on this machine)"
+    with pytest.raises(HpcorchError, match=r"hpcorch .* imports where the ranks run .* but 9.9.0 planned the job"):
+        check_image(plan, env, "9.9.0")
+    plan = make_plan(job, load_profile("local"), run_dir=tmp_path / "run", python="/nonexistent/bin/python3")
+    with pytest.raises(HpcorchError, match=r"^launch: /nonexistent/bin/python3 not found on this machine"):
+        check_image(plan, env, __version__)
+    plan = make_plan(job, load_profile("local"), run_dir=tmp_path / "run", python="/bin/true")
+    with pytest.raises(HpcorchError, match=r"^launch: hpcorch does not import where the ranks run"):
+        check_image(plan, env, __version__)
