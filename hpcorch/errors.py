@@ -30,6 +30,20 @@ class PlanError(ConfigError):
     """A valid job does not fit the cluster profile it is planned on."""
 
 
+class PlanErrors(PlanError):
+    """Several independent plan errors of one job: ``str()`` is one line each (the CLI prints
+    each as its own ``error:`` line); ``key``/``message`` are the first one's."""
+
+    def __init__(self, errors: list[PlanError]):
+        first = errors[0]
+        super().__init__(first.source, first.key, first.message)
+        self.errors = list(errors)
+        self.args = ("\n".join(str(e) for e in self.errors),)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 class RenderError(HpcorchError):
     """A value would reach the sbatch script without being validated or quoted."""
 

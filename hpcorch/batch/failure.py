@@ -186,6 +186,26 @@ def classify_preflight(reports: dict[str, dict | None], step: int | None) -> Fai
     return failure
 
 
+# What the batch log shows when the step's interpreter never ran the check: the launcher could
+# not execute it, or it ran without hpcorch (a container's or a bare host's python).
+_NO_INTERPRETER = re.compile(r"execve\(\)|command not found|No module named '?hpcorch|"
+                             r"ModuleNotFoundError|can't open file|cannot execute|exec format error", re.I)
+
+
+def interpreter_failure(reports: dict[str, dict | None], err_tail: str, exit_code: int) -> str | None:
+    """Why the pre-flight never started, when no node wrote a report and the batch log (or the
+    exit status: 126/127 are the shell's "cannot execute"/"not found") shows the interpreter did
+    not start or could not import hpcorch; None otherwise. Not a node and not a floor."""
+    if not reports or any(r is not None for r in reports.values()):
+        return None
+    lines = [ln.strip() for ln in err_tail.splitlines() if _NO_INTERPRETER.search(ln)]
+    if not lines and exit_code not in (126, 127):
+        return None
+    seen = f": {lines[-1][:200]}" if lines else f" (exit {exit_code})"
+    return (f"the pre-flight's interpreter did not start or could not import hpcorch on any node{seen}; "
+            f"check launch.python and launch.wrapper (the pre-flight runs where the ranks run)")
+
+
 def _collective(check: dict) -> bool:
     """A check every node fails together when one peer is slow or gone."""
     name, detail = str(check.get("name", "")), str(check.get("detail", ""))

@@ -28,7 +28,14 @@ import sys
 import time
 
 from hpcorch import protocol
-from hpcorch.batch.failure import Failure, classify_preflight, classify_training, exit_records, srun_ends
+from hpcorch.batch.failure import (
+    Failure,
+    classify_preflight,
+    classify_training,
+    exit_records,
+    interpreter_failure,
+    srun_ends,
+)
 from hpcorch.cluster.slurm import Slurm, SlurmError
 from hpcorch.errors import HpcorchError
 from hpcorch.protocol import Action, Cause, Decision, RestartBudget
@@ -79,7 +86,12 @@ class Recovery:
     def after(self, stage: str, exit_code: int = 1) -> Failure:
         """Classify the failed ``stage``, then stop or requeue without the culprit nodes."""
         failure = self.classify(stage)
-        if stage == "preflight" and exit_code == protocol.CLEAR_ERROR:  # its options, not a node
+        # The launch is wrong (srun's own exit 2 when it cannot execve the interpreter): not a
+        # node, not a floor; stop without quarantine.
+        why = self._no_interpreter(exit_code) if stage == "preflight" else None
+        if why:
+            failure.clear_error, failure.nodes, failure.what = True, [], why
+        elif stage == "preflight" and exit_code == protocol.CLEAR_ERROR:  # its options, not a node
             failure.clear_error, failure.nodes = True, []
             failure.what = f"the pre-flight step could not start its checks (exit {exit_code}); see the batch log"
         if failure.protocol_stop:
@@ -113,6 +125,11 @@ class Recovery:
         return Decision(Action.REFUSE, short) if short else decision
 
     # ----- evidence ------------------------------------------------------------------------
+    def _no_interpreter(self, exit_code: int) -> str | None:
+        """Why the pre-flight never ran its checks anywhere, if its interpreter did not start."""
+        reports = {n: read_json(self.run.health_report(self.attempt, n)) or None for n in self.allocated}
+        return interpreter_failure(reports, _tail(self.run.batch_log("err", self.job_id)), exit_code)
+
     def classify(self, stage: str) -> Failure:
         done = self.run.progress().get("step")
         step = None if done is None else done + 1  # the step being trained when it failed

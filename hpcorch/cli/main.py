@@ -44,7 +44,8 @@ class HpcorchGroup(click.Group):
         try:
             return super().invoke(ctx)
         except HpcorchError as exc:
-            click.echo(f"error: {exc}", err=True)
+            for line in str(exc).splitlines() or [""]:  # several independent errors: one line each
+                click.echo(f"error: {line}", err=True)
             ctx.exit(exc.exit_code)
 
 

@@ -47,11 +47,14 @@ def resolve_launch(job: JobSpec, profile: ClusterProfile, groups: list[NodeGroup
     srun_options = merge_options(wrapper.srun_options(), theirs.srun_options, mine.srun_options)
     if profile.scheduler == "local" and (theirs.srun_options or mine.srun_options):
         warnings.append(f"launch.srun_options are ignored: profile {profile.name!r} starts ranks without srun")
-    default = CONTAINER_PYTHON if wrapper.in_container else sys.executable
+    activating = mine if mine.activate is not None else theirs
+    # Inside a container, or after an activation step, the interpreter is the one on that PATH.
+    default = CONTAINER_PYTHON if wrapper.in_container or activating.activate else sys.executable
     # NVIDIA unless every GPU node the job may land on is AMD (apptainer's --nv or --rocm).
     vendor = (gpu_vendor(groups) or "nvidia") if job.resources.gpus_per_node else None
+    # The activation step (the job's over the profile's, as a pair) runs inside the wrapper.
     return LaunchPlan(python=python or mine.python or theirs.python or default, wrapper=wrapper.kind,
-                      prefix=wrapper.prefix(vendor), srun_options=srun_options)
+                      prefix=wrapper.prefix(vendor) + activating.activation(), srun_options=srun_options)
 
 
 def extra_directives(job: JobSpec, profile: ClusterProfile, part: Partition) -> list[str]:

@@ -13,10 +13,11 @@ from hpcorch.spec.profile import ClusterProfile, NodeGroup, NodeType, Partition
 
 def gpu_types(groups: list[NodeGroup]) -> list[str | None]:
     """The GRES types of the groups that have GPUs, once each (None: untyped GRES)."""
-    return list(dict.fromkeys(g.spec.gpus.type for g in groups if g.spec.gpus.count))
+    return list(dict.fromkeys(g.spec.gpus.gres_type for g in groups if g.spec.gpus.count))
 
 
-def check_gpu_type(res, part: Partition, groups: list[NodeGroup], excluded: set[str], fail) -> list[NodeGroup]:
+def check_gpu_type(res, part: Partition, groups: list[NodeGroup], excluded: set[str], fail,
+                   count_nodes: bool = True) -> list[NodeGroup]:
     """The groups a job may run on: for a typed request only those of that GRES type, with
     enough GPUs per node and enough usable nodes; Slurm would refuse a type no node has
     ("Invalid generic resource (gres) specification") and leave a too-large one pending."""
@@ -24,7 +25,7 @@ def check_gpu_type(res, part: Partition, groups: list[NodeGroup], excluded: set[
         return groups
     key = f"resources.{res.gpu_type_key}"
     types = [t for t in gpu_types(groups) if t is not None]
-    typed = [g for g in groups if g.spec.gpus.count and g.spec.gpus.type == res.gpu_type]
+    typed = [g for g in groups if g.spec.gpus.count and g.spec.gpus.gres_type == res.gpu_type]
     if not typed:
         have = f"has GPU types {', '.join(types)}" if types else "declares no GPU types (node_types.*.gpus.type)"
         raise fail(key, f"partition {part.name!r} {have}; got {res.gpu_type}")
@@ -33,7 +34,7 @@ def check_gpu_type(res, part: Partition, groups: list[NodeGroup], excluded: set[
         raise fail("resources.gpus_per_node", f"asks for {res.gpus_per_node} {res.gpu_type} GPUs per node, but "
                    f"partition {part.name!r} {res.gpu_type} nodes have at most {most}")
     hosts = [h for g in typed if g.spec.gpus.count >= res.gpus_per_node for h in g.hosts if h not in excluded]
-    if res.nodes > len(hosts):
+    if count_nodes and res.nodes > len(hosts):  # (not when the partition as a whole is too small)
         raise fail("resources.nodes", f"asks for {res.nodes} nodes with GPU type {res.gpu_type}, but partition "
                    f"{part.name!r} has {len(hosts)}{' after exclusions' if excluded else ''}")
     return typed
@@ -82,7 +83,7 @@ def _node_needs(res: Resources) -> list[_Need]:
         _Need("resources.gpus_per_node", res.gpus_per_node or None, gpus, gpus, "", lambda nt: nt.gpus.count),
         _Need("resources.cpus_per_task", cpus,
               f"{res.tasks_per_node} tasks x {res.cpus_per_task} CPUs = {cpus} CPUs per node",
-              f"{cpus} CPUs per node", "", lambda nt: nt.cpus),
+              f"{cpus} CPUs per node", "", lambda nt: nt.usable_cpus),  # as Slurm counts, less CoreSpec
         _Need("resources.mem", res.mem_mb, f"{res.mem_mb} MB per node", f"{res.mem_mb} MB per node", " MB",
               lambda nt: nt.memory_mb),
     ]
@@ -167,6 +168,21 @@ def check_node_counts(res: Resources, part: Partition, groups: list[NodeGroup], 
     # With a matching OR, the job may land on any alternative that has enough nodes.
     fits = [alt for alt in choices if len(hosts_of(eligible(alt))) >= res.nodes]
     return [g for g in fitting if any(g in eligible(alt) for alt in fits)]
+
+
+def check_ranks_per_gpu(res: Resources, eligible: list[NodeGroup], fail, warnings: list[str]) -> None:
+    """A GPU job runs one rank per GPU: NCCL refuses two ranks on one GPU (refused); fewer ranks
+    than GPUs leave GPUs allocated and idle (a warning: a rank may want a node's memory)."""
+    if not res.gpus_per_node or res.tasks_per_node == res.gpus_per_node:
+        return
+    if any(g.spec.gpus.mig for g in eligible):
+        return  # check_mig says what MIG allows
+    if res.tasks_per_node > res.gpus_per_node:
+        raise fail("resources.tasks_per_node", f"expected at most {res.gpus_per_node} (one rank per GPU, "
+                   f"resources.gpus_per_node), got {res.tasks_per_node}: NCCL refuses two ranks on one GPU")
+    warnings.append(f"resources.tasks_per_node {res.tasks_per_node} with {res.gpus_per_node} GPUs per node: "
+                    f"each rank drives one GPU, so {res.gpus_per_node - res.tasks_per_node} GPU(s) per node "
+                    f"sit idle; set tasks_per_node to {res.gpus_per_node}")
 
 
 def check_mig(res: Resources, eligible: list[NodeGroup], fail) -> None:

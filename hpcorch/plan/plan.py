@@ -11,8 +11,16 @@ from hpcorch.errors import HpcorchError, PlanError
 from hpcorch.plan import fabric, siterequests
 from hpcorch.plan import layout as layoutplan
 from hpcorch.plan.launch import LaunchPlan, extra_directives, resolve_launch
-from hpcorch.plan.nodefit import check_constraint, check_gpu_type, check_mig, check_node_counts, fit_node_groups
+from hpcorch.plan.nodefit import (
+    check_constraint,
+    check_gpu_type,
+    check_mig,
+    check_node_counts,
+    check_ranks_per_gpu,
+    fit_node_groups,
+)
 from hpcorch.plan.placement import PlacementPlan, plan_placement
+from hpcorch.plan.problems import Problems
 from hpcorch.spec import units
 from hpcorch.spec.job import JobSpec
 from hpcorch.spec.placement import NCCL_DEBUG_LEVELS, debugging_in
@@ -185,24 +193,31 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     quarantined = {h: why for h, why in (quarantined or {}).items() if h not in excluded and profile.has_host(h)}
     excluded |= set(quarantined)
     usable = [h for h in part.hosts if h not in excluded]
+    # Independent checks: each kept, so that one run names every problem of the job.
+    problems = Problems()
     if res.nodes > len(usable):
         held = (f" ({units.brief_hosts(sorted(quarantined))} quarantined; see hpcorch nodes, "
                 f"hpcorch nodes clear NODE)") if quarantined else ""
-        raise fail("resources.nodes", f"asks for {res.nodes} nodes, but partition {part.name!r} has "
-                   f"{len(usable)}{' after exclusions' if excluded else ''}{held}")
+        problems.add(fail("resources.nodes", f"asks for {res.nodes} nodes, but partition {part.name!r} has "
+                          f"{len(usable)}{' after exclusions' if excluded else ''}{held}"))
+    problems.check(siterequests.check_partition_limits, res, part, fail)
     candidates = groups
-    groups = typed = check_gpu_type(res, part, groups, excluded, fail)  # a typed job: only that type counts
-    fitting = fit_node_groups(res, part, groups, fail)
-    if part.max_time_s is not None and res.time_s > part.max_time_s:
-        raise fail("resources.time", f"asks for {units.format_time(res.time_s)}, but partition "
-                   f"{part.name!r} allows at most {units.format_time(part.max_time_s)}")
-
+    typed = problems.check(check_gpu_type, res, part, groups, excluded, fail, res.nodes <= len(usable))
+    # What depends on a check that failed is not checked: its error would say the same again.
+    fitting = problems.check(fit_node_groups, res, part, typed, fail) if typed else None
+    groups = typed = typed or groups
     constraint = res.constraint or profile.defaults.constraint
-    eligible = fitting
-    if profile.scheduler != "local":  # the local executor has no features to match
-        check_constraint(constraint, profile, part, from_profile=not res.constraint, fail=fail)
-        eligible = check_node_counts(res, part, groups, fitting, constraint, excluded, fail)
-    check_mig(res, eligible, fail)
+    eligible = fitting or groups
+    # The local executor has no features to match; too many nodes is said once, above.
+    if profile.scheduler != "local" and fitting and res.nodes <= len(usable):
+        problems.check(check_constraint, constraint, profile, part, from_profile=not res.constraint, fail=fail)
+        eligible = problems.check(check_node_counts, res, part, groups, fitting, constraint, excluded, fail,
+                                  fallback=fitting)
+    problems.check(check_mig, res, eligible, fail)
+    warnings: list[str] = []
+    problems.check(check_ranks_per_gpu, res, eligible, fail, warnings)
+    qos, account = problems.check(siterequests.qos_and_account, res, profile, part, fail,
+                                  fallback=(None, None))
 
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(job, profile)
     run_dir = run_dir.expanduser().absolute()
@@ -211,18 +226,18 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
                         f"(it reaches #SBATCH lines), got {str(run_dir)!r}")
 
     notes: list[str] = []
-    qos, account = siterequests.qos_and_account(res, profile, part, fail)
     requests = profile.requests_for(part)
-    gpu_request, gpu_type = siterequests.gpu_request(res, requests, part, candidates, fail, notes)
-    memory_request = siterequests.memory_request(res, requests, typed, fail, notes)
+    gpu_request, gpu_type = problems.check(siterequests.gpu_request, res, requests, part, candidates, fail,
+                                           notes, fallback=(None, None))
+    memory_request = problems.check(siterequests.memory_request, res, requests, typed, fail, notes)
     for key, option in (("resources.gpus_per_node", gpu_request), ("resources.mem", memory_request)):
-        siterequests.check_directive(option, key, fail)
+        problems.check(siterequests.check_directive, option, key, fail)
+    problems.raise_any()  # what follows (layout, launch, placement) assumes the job fits
 
     # Derived from the fabric first, so that the profile's and the job's own values win.
     environment = fabric.environment(profile, eligible)
     environment.update({k: str(v) for k, v in profile.environment.variables.items()})
     environment.update({k: str(v) for k, v in job.environment.items()})
-    warnings: list[str] = []
     _nccl_debugging(job, environment, nccl_debug, warnings, notes)
     layoutplan.check_layout(job, eligible, fail, warnings)
     launch = resolve_launch(job, profile, eligible, python, fail, warnings)
@@ -252,6 +267,8 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         plan.notes.append(f"partition {part.name!r} is implicit (the site routes jobs itself): "
                           "checked against it, but the script names no --partition")
     plan.notes += notes
+    plan.notes += [f"environment {name}={profile.environment.variables[name]} from profile {profile.name!r} "
+                   f"(site_tuned: the site documents it)" for name in profile.environment.site_tuned]
     plan.warnings += _unknown_exclusions(res.exclude_hosts, profile)
     if job.trainer.checkpoint.interval > job.trainer.steps:
         plan.notes.append("checkpoint.interval exceeds steps: only the final checkpoint is written")

@@ -3,6 +3,7 @@ options in the site's style, and the QOS and account with their limits checked."
 from __future__ import annotations
 
 from hpcorch.plan.nodefit import gpu_types
+from hpcorch.plan.problems import Problems
 from hpcorch.spec import units
 from hpcorch.spec.launch import DIRECTIVE_VALUE
 from hpcorch.spec.policy import QOS, Requests
@@ -111,6 +112,10 @@ def qos_and_account(res, profile: ClusterProfile, part: Partition, fail) -> tupl
         qos, origin = part.default_qos, f" (partition {part.name!r}'s default_qos)"
     elif qos is None and profile.defaults.qos is not None:
         qos, origin = profile.defaults.qos, f" (profile {profile.name!r}'s defaults.qos)"
+    if part.partition_qos is not None and part.partition_qos in profile.qos:
+        # The partition's own QOS binds every job there, whatever QOS the job names.
+        _check_qos_limits(res, f"partition {part.name!r}'s QOS {part.partition_qos!r}",
+                          profile.qos[part.partition_qos], account, account_origin, fail)
     if qos is None:
         return None, account
     if profile.qos and qos not in profile.qos:
@@ -125,19 +130,45 @@ def qos_and_account(res, profile: ClusterProfile, part: Partition, fail) -> tupl
 
 
 def _check_qos_limits(res, name: str, limits: QOS, account: str | None, account_origin: str, fail) -> None:
-    """Refuse what the QOS would refuse or leave pending forever (QOSMax*Limit), numbers included."""
-    if limits.max_time_s is not None and res.time_s > limits.max_time_s:
-        raise fail("resources.time", f"asks for {units.format_time(res.time_s)}, but {name} allows at most "
-                   f"{units.format_time(limits.max_time_s)}")
-    if limits.max_nodes is not None and res.nodes > limits.max_nodes:
-        raise fail("resources.nodes", f"asks for {res.nodes} nodes, but {name} allows at most {limits.max_nodes}")
+    """Refuse what the QOS would refuse or leave pending forever (QOSMax*Limit, QOSMin*), every
+    broken limit at once, each naming the limit."""
+    problems = Problems()
+    problems.check(_check_span, res, name, limits, fail)
     if limits.max_gpus_per_node is not None and res.gpus_per_node > limits.max_gpus_per_node:
-        raise fail("resources.gpus_per_node", f"asks for {res.gpus_per_node} GPUs per node, but {name} allows "
-                   f"at most {limits.max_gpus_per_node} per node")
+        problems.add(fail("resources.gpus_per_node", f"asks for {res.gpus_per_node} GPUs per node, but {name} "
+                          f"allows at most {limits.max_gpus_per_node} per node (MaxTRESPerNode=gres/gpu)"))
     total = res.nodes * res.gpus_per_node
     if limits.max_gpus is not None and total > limits.max_gpus:
-        raise fail("resources.gpus_per_node", f"asks for {total} GPU{'s' * (total != 1)} ({res.nodes} "
-                   f"node{'s' * (res.nodes != 1)} x {res.gpus_per_node}), but {name} allows at most {limits.max_gpus}")
+        problems.add(fail("resources.gpus_per_node", f"asks for {total} GPU{'s' * (total != 1)} ({res.nodes} "
+                          f"node{'s' * (res.nodes != 1)} x {res.gpus_per_node}), but {name} allows at most "
+                          f"{limits.max_gpus} (MaxTRESPerJob=gres/gpu)"))
     if limits.accounts and account not in limits.accounts:
         got = f"got {account!r}{account_origin}" if account else "the job names none"
-        raise fail("resources.account", f"{name} is only for accounts {', '.join(limits.accounts)}; {got}")
+        problems.add(fail("resources.account", f"{name} is only for accounts {', '.join(limits.accounts)}; {got}"))
+    problems.raise_any()
+
+
+def _check_span(res, name: str, limits, fail, qos: bool = True) -> None:
+    """Nodes and time against a partition's or a QOS's minimum and maximum (``limits`` has
+    ``min_nodes``, ``max_nodes``, ``min_time_s``, ``max_time_s``); the message names the limit
+    as Slurm spells it."""
+    problems = Problems()
+    spelled = ("MinTRESPerJob=node", "MaxTRESPerJob=node", "MaxWall") if qos else ("MinNodes", "MaxNodes", "MaxTime")
+    if limits.max_time_s is not None and res.time_s > limits.max_time_s:
+        problems.add(fail("resources.time", f"asks for {units.format_time(res.time_s)}, but {name} allows at most "
+                          f"{units.format_time(limits.max_time_s)} ({spelled[2]})"))
+    if limits.min_time_s is not None and res.time_s < limits.min_time_s:
+        problems.add(fail("resources.time", f"asks for {units.format_time(res.time_s)}, but {name} takes at least "
+                          f"{units.format_time(limits.min_time_s)} (the profile's min_time)"))
+    if limits.max_nodes is not None and res.nodes > limits.max_nodes:
+        problems.add(fail("resources.nodes", f"asks for {res.nodes} nodes, but {name} allows at most "
+                          f"{limits.max_nodes} ({spelled[1]})"))
+    if limits.min_nodes is not None and res.nodes < limits.min_nodes:
+        problems.add(fail("resources.nodes", f"asks for {res.nodes} node{'s' * (res.nodes != 1)}, but {name} "
+                          f"takes at least {limits.min_nodes} ({spelled[0]})"))
+    problems.raise_any()
+
+
+def check_partition_limits(res, part: Partition, fail) -> None:
+    """Nodes and time against the partition's MinNodes, MaxNodes, MaxTime and min_time."""
+    _check_span(res, f"partition {part.name!r}", part, fail, qos=False)

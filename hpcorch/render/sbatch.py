@@ -44,6 +44,8 @@ from hpcorch.render.shell import (
     finalize,
     prepend,
     shell_quote,
+    step_command,
+    step_options,
 )
 from hpcorch.spec.catalog import TEMPLATES_DIR
 
@@ -129,6 +131,8 @@ def environment(template_dir: str | Path | None = None):
     env.filters["directive"] = directive
     env.filters["expand"] = expand
     env.filters["prepend"] = prepend
+    env.filters["step_options"] = step_options
+    env.filters["step_command"] = step_command
     return env
 
 

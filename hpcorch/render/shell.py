@@ -75,6 +75,23 @@ def prepend(dirs, name) -> Safe:
         raise RenderError(f"refusing to prepend to {name!r}: {exc}") from None
 
 
+def step_options(launch) -> Safe:
+    """The ``step_options`` filter: a LaunchPlan's srun options (the wrapper's own first:
+    ``--uenv=``, ``--environment=``, ``--container-image=``), each ``|expand``-ed, each after a
+    space. Every srun step that runs where the ranks run writes them, from this one place."""
+    return Safe("".join(" " + expand(option) for option in launch.srun_options))
+
+
+def step_command(launch, args) -> Safe:
+    """The ``step_command`` filter: the wrapper's words (``apptainer exec ... IMAGE``, a
+    command), the interpreter and ``-u -m ARGS...`` (``args``: the module and its words), for
+    any srun step of the script; the same launch description for pre-flight and training."""
+    if isinstance(args, str):
+        raise RenderError(f"|step_command expects a list of words, got the string {args!r}")
+    words = [expand(word) for word in launch.prefix] + [shell_quote(launch.python), "-u", "-m"]
+    return Safe(" ".join(words + [shell_quote(word) for word in args]))
+
+
 def _check_unfiltered(text: str) -> None:
     if any(mark in text for mark in _MARKERS):
         raise RenderError(f"refusing to quote a value that is already filtered: {_strip(text)!r}")

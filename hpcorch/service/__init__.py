@@ -100,10 +100,15 @@ def render(plan: Plan, template_dir: str | os.PathLike | None = None) -> str:
 
 
 def check(plan: Plan, script: str | None = None) -> str:
-    """Ask the live cluster whether it would accept the script (``sbatch --test-only``);
-    returns Slurm's answer (when and where it would start), raises with Slurm's refusal."""
+    """Ask the live cluster whether it would accept the script (``sbatch --test-only``), then
+    whether hpcorch of a compatible version imports where the ranks run (inside the image);
+    returns both answers, one line each, and raises with the first refusal."""
+    from hpcorch import __version__
+    from hpcorch.submit.imagecheck import check_image
+
     backend = backend_of(plan.profile.scheduler)
-    return backend.check(plan.profile.name, script if script is not None else render(plan))
+    answer = backend.check(plan.profile.name, script if script is not None else render(plan))
+    return "\n".join(filter(None, [answer, check_image(plan, dict(os.environ), __version__)]))
 
 
 # ----- submit, resume ---------------------------------------------------------------------------

@@ -77,10 +77,25 @@ def prepend_word(name: str, dirs: list[str]) -> str:
     return f'"{body}${{{name}:+:${name}}}"'
 
 
+class UnsetVariable(ValueError):
+    """A value names a variable that is unset where it expands."""
+
+    def __init__(self, name: str, value):
+        self.name = name
+        super().__init__(f"{str(value)!r} names ${name}, which is unset where the job starts")
+
+
 def expand_with(value, env: dict) -> str:
-    """``value`` expanded as the job script's shell would (unset names expand to nothing): for
-    launchers without a shell (submitit's local controller starts argv lists)."""
-    return "".join(env.get(text, "") if ref else text for text, ref in split_refs(str(value)))
+    """``value`` expanded as the job script's shell would, for launchers without a shell
+    (submitit's local controller starts argv lists). An unset name raises
+    :class:`UnsetVariable`: the script runs under ``set -u``, where it stops the job, so both
+    executors refuse it alike rather than one expanding it to nothing."""
+    out = []
+    for text, ref in split_refs(str(value)):
+        if ref and text not in env:
+            raise UnsetVariable(text, value)
+        out.append(env[text] if ref else text)
+    return "".join(out)
 
 
 # ----- environment.prepend --------------------------------------------------------------------

@@ -39,6 +39,9 @@ class HealthPolicy:
     check_ib_rate: bool = True
     timeout_s: int = 30
     quarantine_hours: float = 24.0
+    # false: no job on this profile runs the pre-flight unless it sets health.preflight: true
+    # (a site where the check cannot work need not say so on every job).
+    preflight: bool = True
 
     def __post_init__(self):
         check_positive(self, "min_busbw_gbps", "min_free_disk_gb", "min_shm_gb", "min_free_memory_gb",
@@ -55,10 +58,10 @@ class HealthPolicy:
 
 @dataclass
 class JobHealth:
-    """A job's ``health:`` section: ``preflight: false`` skips the check for this job;
-    ``timeout_s`` replaces the profile's deadline."""
+    """A job's ``health:`` section: ``preflight: false`` skips the check for this job (unset:
+    the profile's ``health.preflight``); ``timeout_s`` replaces the profile's deadline."""
 
-    preflight: bool = True
+    preflight: bool | None = None
     timeout_s: int | None = None
 
     def __post_init__(self):

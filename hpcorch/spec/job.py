@@ -20,15 +20,19 @@ from hpcorch.spec.placement import Placement
 from hpcorch.spec.profile import check_constraint
 from hpcorch.spec.schema import (
     KIND_DEFAULT,
+    SLURM_MAX16,
     Invalid,
     build,
     check_account,
+    check_at_most,
     check_env_names,
     check_name,
     check_positive,
     set_dotted,
 )
 from hpcorch.spec.yamlio import read_yaml
+
+MAX_TASKS_PER_NODE = 1024  # ranks per node: one per GPU or a few per CPU socket, far below this
 
 # A typed GPU request as Slurm writes it: TYPE:COUNT (a40:4); TYPE is a GRES type name.
 _TYPED_GPUS = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.+-]{0,127}):([0-9]{1,6})")
@@ -61,6 +65,10 @@ class Resources:
         check_directives("extra_directives", self.extra_directives)
         check_positive(self, "nodes", "cpus_per_task", "tasks_per_node")
         check_positive(self, "gpus_per_node", allow_zero=True)
+        # #SBATCH counts within Slurm's ranges; nodes and ranks also become per-node lists.
+        check_at_most(self, SLURM_MAX16, "Slurm's largest node count", "nodes")
+        check_at_most(self, SLURM_MAX16, "Slurm's 16-bit per-node counts", "cpus_per_task", "gpus_per_node")
+        check_at_most(self, MAX_TASKS_PER_NODE, "ranks per node", "tasks_per_node")
         if self.gpu_type is not None and not self.gpus_per_node:
             raise Invalid(self.gpu_type_key, f"expected GPUs with GPU type {self.gpu_type!r} (gpus_per_node is 0)")
         if self.tasks_per_node is None:

@@ -35,13 +35,27 @@ def _owned(name: str, owners: dict[str, str]) -> tuple[str, str] | None:
     return None
 
 
+# Options that change what the program does rather than what the job asks for: the script
+# would print help, submit nothing, block, or print differently for hpcorch to read.
+_HELP = "it prints its help and runs nothing"
+SBATCH_ACTIONS = {"help": _HELP, "usage": _HELP, "version": "it prints its version and submits nothing",
+                  "test-only": "it only estimates a start time and submits nothing; submit --check does that",
+                  "wait": "sbatch would block until the job ends", "parsable": "it changes the output hpcorch reads"}
+SRUN_ACTIONS = {"help": _HELP, "usage": _HELP, "version": "it prints its version and runs no ranks",
+                "test-only": "it starts no ranks"}
+
+
 def _check_options(key: str, options: list[str], value_re: re.Pattern, owners: dict[str, str],
-                   tool: str) -> None:
+                   tool: str, actions: dict[str, str] | None = None) -> None:
     for i, option in enumerate(options):
         match = _OPTION.fullmatch(option)
         if not match or (match.group(2) is not None and not value_re.fullmatch(match.group(2))):
             raise Invalid(f"{key}[{i}]", f"expected --name or --name=value ({tool} option; values of "
                                          f"letters, digits and {_alphabet_extra(value_re)}), got {option!r}")
+        action = _owned(match.group(1), actions or {})
+        if action:
+            raise Invalid(f"{key}[{i}]", f"--{action[0]} changes what {tool.split()[-1]} does, not what the job "
+                                         f"asks for ({action[1]}); remove it")
         owned = _owned(match.group(1), owners)
         if owned:
             what = "" if owned[0] == match.group(1) else f" (an abbreviation of --{owned[0]})"
@@ -119,7 +133,7 @@ SRUN_OWNED = {
 def check_directives(key: str, directives: list[str]) -> None:
     """Extra ``#SBATCH`` options: ``--name[=value]`` in the directive alphabet, none that hpcorch
     writes itself (the message names the key to use instead)."""
-    _check_options(key, directives, DIRECTIVE_VALUE, SBATCH_OWNED, "an sbatch")
+    _check_options(key, directives, DIRECTIVE_VALUE, SBATCH_OWNED, "an sbatch", SBATCH_ACTIONS)
 
 
 # ----- wrappers -------------------------------------------------------------------------------
@@ -180,7 +194,8 @@ class NoWrapper(_Wrapper):
 
 @dataclass
 class Apptainer(_Wrapper):
-    """``apptainer exec [--nv|--rocm] [--bind a,b] [options] IMAGE PYTHON ...`` inside srun."""
+    """``apptainer exec|run [--nv|--rocm] [--bind a,b] [options] IMAGE PYTHON ...`` inside srun;
+    ``gpu`` is a choice (``auto``: --nv or --rocm by the nodes' GPU vendor, or none)."""
 
     image: str
     kind: Literal["apptainer"] = "apptainer"
@@ -188,6 +203,9 @@ class Apptainer(_Wrapper):
     gpu: Literal["auto", "nv", "rocm", "none"] = "auto"
     executable: Literal["apptainer", "singularity"] = "apptainer"
     options: list[str] = field(default_factory=list)
+    # exec runs PYTHON in the image; run starts the image's runscript with PYTHON ... as its
+    # arguments (images whose runscript sets up the environment, then execs "$@").
+    command: Literal["exec", "run"] = "exec"
     in_container = True
 
     def __post_init__(self):
@@ -202,7 +220,7 @@ class Apptainer(_Wrapper):
         gpu = self.gpu
         if gpu == "auto":
             gpu = {"nvidia": "nv", "amd": "rocm"}.get(gpu_vendor or "", "none")
-        words = [self.executable, "exec"] + ([f"--{gpu}"] if gpu != "none" else [])
+        words = [self.executable, self.command] + ([f"--{gpu}"] if gpu != "none" else [])
         if self.binds:
             words += ["--bind", ",".join(self.binds)]
         return words + list(self.options) + [self.image]
@@ -304,8 +322,12 @@ class Command(_Wrapper):
 # Tagged on `kind` (see hpcorch.spec.schema: a union of dataclasses that all have a Literal
 # `kind` is chosen by that key, so errors name the right variant's keys).
 Wrapper = NoWrapper | Apptainer | Pyxis | Uenv | Edf | Command
-# The Python on compute nodes: an absolute path of plain characters (it reaches submitit's command).
-_PYTHON = re.compile(r"/[A-Za-z0-9_./+@-]+")
+# The Python on compute nodes: an absolute path of plain characters (it reaches submitit's
+# command), or a bare name (python3, python3.11) looked up on PATH where the ranks run: the
+# image's, or the one an activation step sets.
+_PYTHON = re.compile(r"/[A-Za-z0-9_./+@-]+|python[0-9.]*")
+_ACTIVATE = re.compile(r"/[A-Za-z0-9_./+@-]+|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?[A-Za-z0-9_./+@-]*")
+_CONDA_ENV = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}|/[A-Za-z0-9_./+@-]+")
 
 
 @dataclass
@@ -316,9 +338,32 @@ class Launch:
     python: str | None = None
     wrapper: Wrapper | None = None
     srun_options: list[str] = field(default_factory=list)
+    # Sourced where the ranks run (inside the container) before the interpreter starts: a venv's
+    # bin/activate, or conda's etc/profile.d/conda.sh with conda_env (then `conda activate ENV`).
+    activate: str | None = None
+    conda_env: str | None = None
 
     def __post_init__(self):
         if self.python is not None and not _PYTHON.fullmatch(self.python):
             raise Invalid("python", f"expected an absolute path such as /sw/venvs/torch/bin/python "
-                                    f"(letters, digits, _./+@-), got {self.python!r}")
-        _check_options("srun_options", self.srun_options, _SRUN_VALUE, SRUN_OWNED, "an srun")
+                                    f"(letters, digits, _./+@-) or a name on PATH such as python3, "
+                                    f"got {self.python!r}")
+        if self.activate is not None and not _ACTIVATE.fullmatch(self.activate):
+            raise Invalid("activate", f"expected the absolute path of a script to source, such as "
+                                      f"/opt/venv/bin/activate, got {self.activate!r}")
+        if self.conda_env is not None:
+            if not _CONDA_ENV.fullmatch(self.conda_env):
+                raise Invalid("conda_env", f"expected a conda environment name or path, got {self.conda_env!r}")
+            if self.activate is None:
+                raise Invalid("conda_env", "expected activate too: conda's hook script, such as "
+                                           "/opt/conda/etc/profile.d/conda.sh")
+        _check_options("srun_options", self.srun_options, _SRUN_VALUE, SRUN_OWNED, "an srun", SRUN_ACTIONS)
+
+    def activation(self) -> list[str]:
+        """Words between the wrapper's and the interpreter: ``bash -c '. SCRIPT [&& conda activate
+        ENV] && exec "$@"' activate``, so the rest of the argv runs in the activated environment.
+        Written in the expansion grammar (``$$`` is a literal ``$``; $NAME in the path expands)."""
+        if self.activate is None:
+            return []
+        steps = f". {self.activate}" + (f" && conda activate {self.conda_env}" if self.conda_env else "")
+        return ["bash", "-c", f'{steps} && exec "$$@"', "activate"]

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from hpcorch.spec import units
 from hpcorch.spec.expand import check_expandable
-from hpcorch.spec.schema import Invalid, check_name, check_positive
+from hpcorch.spec.schema import Invalid, check_at_most, check_name, check_positive
 
 
 def hosts_of(field: str, expr: str) -> list[str]:
@@ -17,6 +17,11 @@ def hosts_of(field: str, expr: str) -> list[str]:
         return units.expand_hostlist(expr)
     except ValueError as exc:
         raise Invalid(field, str(exc)) from None
+
+
+MAX_PORTS = 254
+MAX_RAILS = 1024
+MAX_LINK_GBPS = 100_000
 
 
 @dataclass
@@ -33,6 +38,12 @@ class InfiniBand:
         for i, hca in enumerate(self.hcas):
             check_name(f"hcas[{i}]", hca, "an HCA name such as mlx5_0")
         check_positive(self, "ports", "link_rate_gbps", "rails_per_node")
+        # Each HCA port becomes an entry of the pre-flight's list and of NCCL_IB_HCA.
+        check_at_most(self, MAX_PORTS, "ports per adapter; InfiniBand port numbers are 8-bit", "ports")
+        check_at_most(self, MAX_LINK_GBPS, "Gb/s; no link is faster", "link_rate_gbps")
+        if len(self.hcas) * self.ports > MAX_RAILS:
+            raise Invalid("hcas", f"expected at most {MAX_RAILS} adapter ports per node (hcas x ports), "
+                                  f"got {len(self.hcas)} x {self.ports}")
         if self.gid_index is not None and not 0 <= self.gid_index <= 255:
             raise Invalid("gid_index", f"expected a GID index 0-255, got {self.gid_index}")
         if self.rails_per_node > len(self.hcas) * self.ports:

@@ -92,14 +92,18 @@ NCCL_DEBUGGING = frozenset(NCCL_LOGGING + (
 NCCL_DEBUG_LEVELS = ("VERSION", "WARN", "INFO", "TRACE")
 
 
-def check_no_debugging(variables: dict, key: str = "environment.variables") -> None:
+def check_no_debugging(variables: dict, key: str = "environment.variables", site_tuned=()) -> None:
     """A profile's variables hold system configuration only: a debugging one is refused with
-    where it belongs instead."""
+    where it belongs instead, unless the profile names it in ``site_tuned`` (a value the site
+    documents for its fabric, such as a tuned NCCL_BUFFSIZE). Logging (NCCL_DEBUG*) is always
+    per submission."""
     for name in variables:
-        if name in NCCL_DEBUGGING:
+        if name in NCCL_LOGGING or (name in NCCL_DEBUGGING and name not in site_tuned):
+            hint = "" if name in NCCL_LOGGING else (f"; a value the site documents may stay here when "
+                                                    f"environment.site_tuned lists {name}")
             raise Invalid(f"{key}.{name}", "is one of NCCL's debugging variables, which NCCL says not to keep "
                                            "in production scripts; set it in a job's environment (the plan "
-                                           "warns) or, for NCCL_DEBUG, use `submit --nccl-debug`")
+                                           f"warns) or, for NCCL_DEBUG, use `submit --nccl-debug`{hint}")
 
 
 def debugging_in(variables: dict) -> list[str]:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from hpcorch.spec import units
-from hpcorch.spec.schema import Invalid, check_account, check_positive
+from hpcorch.spec.schema import SLURM_MAX32, Invalid, check_account, check_at_most, check_positive
 
 
 @dataclass
@@ -47,6 +47,8 @@ class QOS:
 
     max_time: str | int | None = None
     max_nodes: int | None = None
+    min_nodes: int | None = None          # MinTRESPerJob=node=N
+    min_time: str | int | None = None     # a site rule (job_submit plugin); Slurm's QOS has none
     max_gpus: int | None = None           # over the whole job
     max_gpus_per_node: int | None = None
     accounts: list[str] = field(default_factory=list)  # empty: any account may use it
@@ -56,7 +58,15 @@ class QOS:
             self.max_time_s = None if self.max_time is None else units.parse_time(self.max_time)
         except ValueError as exc:
             raise Invalid("max_time", str(exc)) from None
-        check_positive(self, "max_nodes")
+        try:
+            self.min_time_s = None if self.min_time is None else units.parse_time(self.min_time)
+        except ValueError as exc:
+            raise Invalid("min_time", str(exc)) from None
+        check_positive(self, "max_nodes", "min_nodes")
+        check_at_most(self, SLURM_MAX32, "Slurm's TRES counts are 32-bit here", "max_nodes", "min_nodes",
+                      "max_gpus", "max_gpus_per_node")
+        if self.min_nodes and self.max_nodes and self.min_nodes > self.max_nodes:
+            raise Invalid("min_nodes", f"expected at most max_nodes ({self.max_nodes}), got {self.min_nodes}")
         check_positive(self, "max_gpus", "max_gpus_per_node", allow_zero=True)  # 0: a CPU-only QOS
         for i, account in enumerate(self.accounts):
             check_account(f"accounts[{i}]", account)

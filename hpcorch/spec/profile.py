@@ -11,7 +11,7 @@ from typing import Literal
 from hpcorch.errors import ConfigError
 from hpcorch.spec import catalog, units
 from hpcorch.spec import constraint as constraint_syntax
-from hpcorch.spec.expand import check_expandable, check_prepend
+from hpcorch.spec.environment import Environment
 from hpcorch.spec.health import HealthPolicy
 from hpcorch.spec.launch import Launch, check_directives
 from hpcorch.spec.login import Login
@@ -19,12 +19,26 @@ from hpcorch.spec.network import Network, hosts_of
 from hpcorch.spec.placement import BLOCKS_SINCE, check_no_debugging, parse_slurm_version, version_text
 from hpcorch.spec.planning import Planning
 from hpcorch.spec.policy import QOS, Requests, RequestsOverride
-from hpcorch.spec.schema import Invalid, build, check_account, check_env_names, check_name, check_positive
+from hpcorch.spec.schema import (
+    SLURM_MAX16,
+    SLURM_MAX32,
+    Invalid,
+    build,
+    check_account,
+    check_at_most,
+    check_name,
+    check_positive,
+)
 from hpcorch.spec.yamlio import read_yaml
 
 # NVIDIA's MIG profile names: compute slices "g", memory "gb", optionally "+me" (media engines).
 MIG_PROFILE_RE = re.compile(r"[1-8]g\.\d{1,4}gb(\+me)?")
 MAX_PEAK_TFLOPS = 1e6  # an exaFLOP/s per GPU: far above any
+MAX_PRIORITY_TIER = 65533  # slurm.conf(5): PriorityTier 0-65533
+MAX_GPUS = 1024  # per node: each becomes a device file and a GRES index
+MAX_GPU_MEMORY_GB = 1_000_000
+MAX_SMT = 8
+MAX_MEMORY_MB = 2**40
 
 
 @dataclass
@@ -45,6 +59,8 @@ class GPUs:
 
     def __post_init__(self):
         check_positive(self, "count", "memory_gb", "peak_tflops", allow_zero=True)
+        check_at_most(self, MAX_GPUS, "GPUs or MIG slices per node", "count")
+        check_at_most(self, MAX_GPU_MEMORY_GB, "GB per GPU", "memory_gb")
         if self.peak_tflops > MAX_PEAK_TFLOPS:  # a typo that would overflow the planner's tokens/s
             raise Invalid("peak_tflops", f"expected at most {MAX_PEAK_TFLOPS:g} TFLOP/s per GPU, "
                                          f"got {self.peak_tflops:g}")
@@ -74,6 +90,12 @@ class NodeType:
     features: list[str] = field(default_factory=list)
     arch: Literal["x86_64", "aarch64", "ppc64le"] = "x86_64"
     threads_per_core: int = 1  # SMT: `cpus` counts every hardware thread
+    # How Slurm counts a CPU on these nodes (--cpus-per-task): "threads" (its default with
+    # ThreadsPerCore>1), or "cores" (the node is configured with CPUs=cores, e.g. SMT off).
+    slurm_cpus: Literal["threads", "cores"] = "threads"
+    # Cores (CoreSpecCount) or CPU ids (CpuSpecList) Slurm keeps for system daemons: no job gets them.
+    core_spec_count: int = 0
+    cpu_spec_list: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         # Remembered so that a Slurm profile can refuse them: 'auto' describes this machine.
@@ -83,9 +105,32 @@ class NodeType:
         if self.memory_mb == "auto":
             self.memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
         check_positive(self, "cpus", "memory_mb", "threads_per_core")
+        check_at_most(self, SLURM_MAX16, "Slurm's CPUs= is 16-bit", "cpus", "core_spec_count")
+        check_at_most(self, MAX_SMT, "hardware threads per core", "threads_per_core")
+        check_at_most(self, MAX_MEMORY_MB, "MB per node, an exabyte", "memory_mb")
         if self.cpus % self.threads_per_core:
             raise Invalid("cpus", f"expected a multiple of threads_per_core ({self.threads_per_core}): cpus "
                                   f"counts every hardware thread, got {self.cpus}")
+        check_positive(self, "core_spec_count", allow_zero=True)
+        if self.core_spec_count and self.cpu_spec_list:
+            raise Invalid("cpu_spec_list", "expected core_spec_count or cpu_spec_list, not both "
+                                           "(Slurm refuses the pair)")
+        for i, cpu in enumerate(self.cpu_spec_list):
+            if isinstance(cpu, bool) or not 0 <= cpu < self.cpus:
+                raise Invalid(f"cpu_spec_list[{i}]", f"expected a CPU id from 0 to {self.cpus - 1}, got {cpu!r}")
+        if self.usable_cpus < 1:
+            raise Invalid("core_spec_count", f"expected to leave jobs at least one CPU of {self.cpus}")
+
+    @property
+    def usable_cpus(self) -> int:
+        """CPUs a job may ask for on one node, counted as Slurm counts them (``slurm_cpus``),
+        less those CoreSpecCount/CpuSpecList keep for the system."""
+        per_core = self.threads_per_core if self.slurm_cpus == "threads" else 1
+        total = self.cpus if per_core == self.threads_per_core else self.cpus // self.threads_per_core
+        # CpuSpecList names hardware threads; counted in cores, a core with one of them is lost.
+        listed = -(-len(set(self.cpu_spec_list)) // (self.threads_per_core // per_core))
+        reserved = self.core_spec_count * per_core + listed
+        return total - reserved
         for i, feature in enumerate(self.features):
             check_name(f"features[{i}]", feature, "a feature name")
 
@@ -123,12 +168,17 @@ class Partition:
     max_time: str | int = "UNLIMITED"
     default: bool = False
     priority_tier: int = 1
+    # Slurm's MinNodes/MaxNodes; min_time is a site rule (a job_submit plugin), not a slurm.conf key.
+    min_nodes: int | None = None
+    max_nodes: int | None = None
+    min_time: str | int | None = None
     # The site routes jobs itself (by QOS or constraint): plans check against this partition,
     # scripts name no --partition.
     implicit: bool = False
     account: str | None = None            # for jobs here that name none (before defaults.account)
     qos: list[str] = field(default_factory=list)  # QOS allowed here; empty: any
     default_qos: str | None = None        # for jobs here that name none (before defaults.qos)
+    partition_qos: str | None = None      # Slurm's partition QOS=: its limits hold for every job here
     requests: RequestsOverride = field(default_factory=RequestsOverride)
     extra_directives: list[str] = field(default_factory=list)  # e.g. ["--reservation=big"]
 
@@ -139,6 +189,7 @@ class Partition:
         for i, qos in enumerate(self.qos):
             check_name(f"qos[{i}]", qos, "a QOS name")
         check_name("default_qos", self.default_qos, "a QOS name")
+        check_name("partition_qos", self.partition_qos, "a QOS name")
         if self.default_qos is not None and self.qos and self.default_qos not in self.qos:
             raise Invalid("default_qos", f"expected one of this partition's qos ({', '.join(self.qos)}), "
                                          f"got {self.default_qos!r}")
@@ -163,30 +214,17 @@ class Partition:
             self.max_time_s = units.parse_time(self.max_time)
         except ValueError as exc:
             raise Invalid("max_time", str(exc)) from None
-        check_positive(self, "priority_tier")
-
-
-# A module name never starts with '-': `module load --help` would run an option, not a module.
-_MODULE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\-/@]{0,199}")
-
-
-@dataclass
-class Environment:
-    """Set up in every job script: ``module load`` lines, folders prepended to PATH-like
-    variables, then exported variables (``$NAME`` in values expands when the job runs)."""
-
-    modules: list[str] = field(default_factory=list)
-    variables: dict[str, str | int | float] = field(default_factory=dict)
-    prepend: dict[str, list[str]] = field(default_factory=dict)
-
-    def __post_init__(self):
-        for i, module in enumerate(self.modules):
-            if not _MODULE_RE.fullmatch(module):
-                raise Invalid(f"modules[{i}]", f"expected a module name such as cuda/12.4, got {module!r}")
-        check_env_names(self.variables)
-        for name, value in self.variables.items():
-            check_expandable(f"variables.{name}", value)
-        check_prepend(self.prepend)
+        check_positive(self, "priority_tier", "min_nodes", "max_nodes")
+        check_at_most(self, SLURM_MAX32, "Slurm's node counts are 32-bit", "min_nodes", "max_nodes")
+        if self.priority_tier > MAX_PRIORITY_TIER:
+            raise Invalid("priority_tier", f"expected at most {MAX_PRIORITY_TIER} (Slurm's PriorityTier is "
+                                           f"16 bits, its top values reserved), got {self.priority_tier}")
+        if self.min_nodes and self.max_nodes and self.min_nodes > self.max_nodes:
+            raise Invalid("min_nodes", f"expected at most max_nodes ({self.max_nodes}), got {self.min_nodes}")
+        try:
+            self.min_time_s = None if self.min_time is None else units.parse_time(self.min_time)
+        except ValueError as exc:
+            raise Invalid("min_time", str(exc)) from None
 
 
 _RUN_ROOT_RE = re.compile(r"(~|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|[A-Za-z0-9_./+@:,=-])+")
@@ -245,7 +283,7 @@ class ClusterProfile:
         check_name("name", self.name, "a profile name")
         check_directives("extra_directives", self.extra_directives)
         self.slurm_release = parse_slurm_version("slurm_version", self.slurm_version)
-        check_no_debugging(self.environment.variables)
+        check_no_debugging(self.environment.variables, site_tuned=self.environment.site_tuned)
         self._check_qos_names()
         for name, node_type in self.node_types.items():
             check_name(f"node_types.{name}", name, "a node type name")
@@ -295,6 +333,7 @@ class ClusterProfile:
         known = ", ".join(self.qos)
         used = [(f"partitions[{i}].qos[{j}]", q) for i, p in enumerate(self.partitions) for j, q in enumerate(p.qos)]
         used += [(f"partitions[{i}].default_qos", p.default_qos) for i, p in enumerate(self.partitions)]
+        used += [(f"partitions[{i}].partition_qos", p.partition_qos) for i, p in enumerate(self.partitions)]
         used.append(("defaults.qos", self.defaults.qos))
         for key, name in used:
             if name is not None and name not in self.qos:

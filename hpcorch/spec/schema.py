@@ -80,6 +80,21 @@ def check_env_names(variables: dict) -> None:
                                 "name (for PATH and LD_LIBRARY_PATH, use the profile's environment.prepend)")
 
 
+# Slurm keeps most counts in 16 bits with the top two values as sentinels (NO_VAL16,
+# INFINITE16), node counts and limits in 32 bits likewise: the largest real values.
+SLURM_MAX16 = 2**16 - 3
+SLURM_MAX32 = 2**32 - 3
+
+
+def check_at_most(obj: Any, limit: int, why: str, *names: str) -> None:
+    """Each of ``names`` (None skipped) is at most ``limit``; ``why`` says whose limit it is.
+    Every count that reaches slurm.conf or #SBATCH, or becomes a list, has one."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not isinstance(value, bool) and value > limit:
+            raise Invalid(name, f"expected at most {limit} ({why}), got {shown(value)}")
+
+
 def check_positive(obj: Any, *names: str, allow_zero: bool = False) -> None:
     for name in names:
         value = getattr(obj, name)

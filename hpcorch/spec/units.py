@@ -11,6 +11,11 @@ _TIME_RE = re.compile(
 )
 
 
+# Slurm keeps time limits as 32-bit minutes: 0xfffffffe is NO_VAL and 0xffffffff INFINITE, so
+# the largest real limit is one below.
+SLURM_MAX_MINUTES = 2**32 - 3
+
+
 def parse_time(text: str | int) -> int | None:
     """Seconds in a Slurm time limit (``90``, ``2:00:00``, ``1-00:00:00``); None if unlimited.
 
@@ -35,6 +40,9 @@ def parse_time(text: str | int) -> int | None:
         seconds = g["a"] * 60 + g.get("b", 0)
     if seconds <= 0:
         raise ValueError(f"expected a positive time limit, got {text!r}")
+    if -(-seconds // 60) > SLURM_MAX_MINUTES:
+        raise ValueError(f"expected at most {SLURM_MAX_MINUTES} minutes (Slurm reads 4294967294 minutes "
+                         f"and more as 'no value'/'unlimited'; write UNLIMITED for that), got {text!r}")
     return seconds
 
 

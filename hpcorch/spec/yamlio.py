@@ -63,6 +63,11 @@ _Resolver.add_implicit_resolver(_INT, _INT_RE, list("-+0123456789"))
 _Resolver.add_implicit_resolver(_FLOAT, _FLOAT_RE, list("-+0123456789."))
 
 
+# Which node each plain tag stands on (every other plain tag is a scalar's).
+_TAG_KINDS = {_TAG + "map": yaml.MappingNode, _TAG + "seq": yaml.SequenceNode}
+_KIND_NAMES = {yaml.MappingNode: "mapping", yaml.SequenceNode: "list", ScalarNode: "scalar"}
+
+
 class _Constructor(yaml.constructor.SafeConstructor):
     """Builds only plain values, refuses duplicate keys, and turns PyYAML's own ``ValueError``
     (an impossible date, ``0x_``) or ``KeyError`` (``!!bool maybe``) into a marked error."""
@@ -71,6 +76,11 @@ class _Constructor(yaml.constructor.SafeConstructor):
         if node.tag not in _PLAIN_TAGS:
             raise _Refused(node, f"unsupported tag {node.tag.replace(_TAG, '!!')}; "
                                  "expected plain strings, numbers, booleans, lists and mappings")
+        kind = _TAG_KINDS.get(node.tag, ScalarNode)
+        if not isinstance(node, kind):
+            # `!!map [1, 2]`: PyYAML would unpack the wrong node later, outside this guard.
+            raise _Refused(node, f"tag {node.tag.replace(_TAG, '!!')} expects a {_KIND_NAMES[kind]}, but the "
+                                 f"value is a {_KIND_NAMES[type(node)]}; drop the tag")
         try:
             return super().construct_object(node, deep)
         except yaml.YAMLError:

@@ -167,14 +167,16 @@ def journal_mode(path: Path, mounts: str | None = None) -> str:
 
 class Registry:
     def __init__(self, path: Path | None = None):
+        # No folder yet: one is made on the first connection, so that a dry run that only
+        # asks whether a registry exists (plan, render, submit --dry-run) creates nothing.
         self.path = Path(path) if path else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         """A connection with the schema brought up to date; SQLite's own failures (a corrupted
         or foreign file) become one clear error naming the file."""
         conn = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # busy_timeout makes concurrent writers wait instead of failing with "database is locked".
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)

@@ -126,7 +126,7 @@ def _local_executor(plan: Plan):
     the same expanding form) and the same rank command, wrapper words first."""
     import submitit
 
-    from hpcorch.spec.expand import expand_with, prepend_word, shell_word
+    from hpcorch.spec.expand import UnsetVariable, expand_with, prepend_word, shell_word
 
     res = plan.job.resources
     setup = [f"export {k}={prepend_word(k, dirs)}" for k, dirs in plan.prepend.items()]
@@ -134,11 +134,19 @@ def _local_executor(plan: Plan):
     # The controller starts ranks from an argv list, without a shell: expand the wrapper's
     # $NAMEs here, against the environment the setup above gives it.
     env = dict(os.environ)
-    for name, dirs in plan.prepend.items():
-        env[name] = ":".join([expand_with(d, env) for d in dirs] + ([env[name]] if env.get(name) else []))
-    for name, value in plan.environment.items():
-        env[name] = expand_with(value, env)
-    argv = [expand_with(word, env) for word in plan.launch.prefix] + [plan.python]
+    key = ""
+    try:
+        for name, dirs in plan.prepend.items():
+            key = f"environment.prepend.{name}"
+            env[name] = ":".join([expand_with(d, env) for d in dirs] + ([env[name]] if env.get(name) else []))
+        for name, value in plan.environment.items():
+            key = f"environment variable {name}"
+            env[name] = expand_with(value, env)
+        key = "launch.wrapper"
+        argv = [expand_with(word, env) for word in plan.launch.prefix] + [plan.python]
+    except UnsetVariable as exc:  # the Slurm script (set -u) stops on it the same way
+        raise HpcorchError(f"{key}: {exc}; set it before submitting (on Slurm the script stops "
+                           f"on it too: '{exc.name}: unbound variable')") from None
     executor = submitit.LocalExecutor(folder=plan.run.submitit_folder, python=shlex.join(argv))
     executor.update_parameters(tasks_per_node=res.world_size, nodes=1, timeout_min=plan.time_minutes,
                                signal_delay_s=plan.job.requeue.signal_lead_s,

@@ -214,3 +214,16 @@ def test_the_script_runs_preflight_then_training_each_followed_by_recovery(tmp_p
     off = _cli("submit", "gpt-tiny", "-p", "devcluster", *sets, "--set", "health.preflight=false", "--dry-run",
                home=tmp_path).stdout
     assert "hpcorch.batch.health" not in off and "--stage train" in off
+
+
+def test_a_preflight_whose_interpreter_never_started_is_named_as_such():
+    from hpcorch.batch.failure import interpreter_failure
+
+    none = {"node1": None, "node2": None}
+    err = "srun: error: node1: task 0: Exited with exit code 2\nslurmstepd: error: execve(): python3: No such file"
+    assert "interpreter did not start" in interpreter_failure(none, err, 2)
+    assert "No module named 'hpcorch'" in interpreter_failure(
+        none, "ModuleNotFoundError: No module named 'hpcorch'", 1)
+    assert "(exit 127)" in interpreter_failure(none, "", 127)
+    assert interpreter_failure(none, "Killed", 1) is None  # silence alone may be a hang or a death
+    assert interpreter_failure({"node1": {"ok": False}, "node2": None}, err, 2) is None  # a check ran

@@ -81,7 +81,7 @@ def test_profile_and_job_health_sections(tmp_path):
     assert load_profile("devcluster").health.timeout_s == 30
     job = load_job(REPO / "jobs/gpt-tiny.yaml", ["health.preflight=false", "health.timeout_s=60"])
     assert job.health.preflight is False and job.health.timeout_s == 60
-    assert load_job(REPO / "jobs/gpt-tiny.yaml").health.preflight is True
+    assert load_job(REPO / "jobs/gpt-tiny.yaml").health.preflight is None  # the profile decides
 
 
 @pytest.mark.parametrize("extra, key, expected", [

@@ -15,7 +15,7 @@ import pytest
 from hpcorch.errors import ConfigError, PlanError, RenderError
 from hpcorch.plan.plan import make_plan
 from hpcorch.render.sbatch import render_sbatch
-from hpcorch.spec.expand import expand_with, prepend_word, shell_word, split_refs
+from hpcorch.spec.expand import UnsetVariable, expand_with, prepend_word, shell_word, split_refs
 from hpcorch.spec.job import load_job
 from hpcorch.spec.profile import load_profile
 from hpcorch.spec.yamlio import dump_yaml, read_yaml
@@ -88,7 +88,7 @@ HOST = ("srun --unbuffered --kill-on-bad-exit=1 --output /scratch/runs/gpt-tiny/
 ])
 def test_wrapper_renders(repo, tmp_path, wrapper, gpus, srun, prefix):
     text = _script(repo, tmp_path, python=None, **{"launch.wrapper": wrapper, "resources.gpus_per_node": gpus,
-                                                   "resources.tasks_per_node": 2})
+                                                   "resources.tasks_per_node": gpus or 2})
     # Inside a container the image's python3 runs, not this machine's interpreter.
     python = shlex.quote(sys.executable) if wrapper["kind"] == "command" else "python3"
     assert _srun_line(text) == f"{HOST}{srun} \\\n  {prefix}{python} -u -m submitit.core._submit {FOLDER}"
@@ -97,11 +97,13 @@ def test_wrapper_renders(repo, tmp_path, wrapper, gpus, srun, prefix):
 def test_apptainer_gpu_auto_follows_the_vendor(repo, tmp_path):
     wrapper = {"kind": "apptainer", "image": "/sw/torch.sif"}
     profile = _profile(repo, tmp_path)
-    plan = _plan(repo, tmp_path, profile=profile, **{"launch.wrapper": wrapper, "resources.gpus_per_node": 1})
+    plan = _plan(repo, tmp_path, profile=profile, **{"launch.wrapper": wrapper, "resources.gpus_per_node": 1,
+                                                     "resources.tasks_per_node": 1})
     assert plan.launch.prefix == ["apptainer", "exec", "--nv", "/sw/torch.sif"]
     for node_type in profile.node_types.values():
         node_type.gpus.vendor = "amd"
-    plan = _plan(repo, tmp_path, profile=profile, **{"launch.wrapper": wrapper, "resources.gpus_per_node": 1})
+    plan = _plan(repo, tmp_path, profile=profile, **{"launch.wrapper": wrapper, "resources.gpus_per_node": 1,
+                                                     "resources.tasks_per_node": 1})
     assert plan.launch.prefix == ["apptainer", "exec", "--rocm", "/sw/torch.sif"]
     plan = _plan(repo, tmp_path, profile=profile, **{"launch.wrapper": wrapper})
     assert plan.launch.prefix == ["apptainer", "exec", "/sw/torch.sif"]  # no GPUs asked for
@@ -184,8 +186,9 @@ def test_wrapper_paths_expand_in_srun_options_and_words(repo, tmp_path):
         _script(repo, tmp_path, python=None, **{"launch.wrapper": apptainer})
 
 
-@pytest.mark.parametrize("python", ["python3", "./venv/bin/python", "/a b/python", "/x;id", "/x$(id)", "/x\n"])
-def test_python_must_be_an_absolute_plain_path(repo, tmp_path, python):
+@pytest.mark.parametrize("python", ["python-x", "./venv/bin/python", "/a b/python", "/x;id", "/x$(id)", "/x\n"])
+def test_python_must_be_an_absolute_plain_path_or_a_python_name(repo, tmp_path, python):
+    """A bare python3 / python3.11 is looked up on PATH where the ranks run (the image's)."""
     with pytest.raises(ConfigError) as info:
         _job(repo, tmp_path, **{"launch.python": python})
     assert info.value.key == "launch.python"
@@ -356,7 +359,10 @@ def test_expansion_helpers():
     assert shell_word("a b$$") == "'a b$'"
     assert shell_word('$A"b') == '"${A}\\"b"'
     assert prepend_word("PATH", ["/x"]) == '"/x${PATH:+:$PATH}"'
-    assert expand_with("/s/$USER/${N}$$", {"USER": "u"}) == "/s/u/$"
+    assert expand_with("/s/$USER/${N}$$", {"USER": "u", "N": ""}) == "/s/u/$"
+    # Unset: refused as the script's `set -u` refuses it, not expanded to nothing.
+    with pytest.raises(UnsetVariable, match=r"names \$N, which is unset"):
+        expand_with("/s/$USER/${N}", {"USER": "u"})
 
 
 def test_expand_filter_placement_is_checked(repo, tmp_path):

@@ -191,7 +191,8 @@ MODULE = "hpcorch.batch.health"
 
 def preflight_args(plan) -> list[str] | None:
     """The words after ``python -m`` for a plan's pre-flight step (``hpcorch.batch.health preflight
-    --run-dir RUN <criteria>``), or None when the job turned the check off."""
-    if not plan.job.health.preflight:
+    --run-dir RUN <criteria>``), or None when the job (else its profile) turned the check off."""
+    wanted = plan.job.health.preflight
+    if not (plan.profile.health.preflight if wanted is None else wanted):
         return None
     return [MODULE, "preflight", "--run-dir", str(plan.run.root), *for_job(plan.profile, plan).to_args()]
