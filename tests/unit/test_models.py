@@ -89,6 +89,10 @@ def test_gpt_records_as_before_there_were_kinds(repo):
     """Old checkpoints recorded trainer.model without kind: today's GPT records the same keys."""
     recorded = training_config(load_job(repo / "jobs/gpt-tiny.yaml"))
     assert "trainer.model.kind" not in recorded and recorded["trainer.model.layers"] == 2
+    # activation came later: recorded only when it is not what every older run computed
+    assert "trainer.model.activation" not in recorded
+    tanh = training_config(load_job(repo / "jobs/gpt-tiny.yaml", ["trainer.model.activation=gelu_tanh"]))
+    assert tanh["trainer.model.activation"] == "gelu_tanh"
 
 
 # ----- the schema of a choice of families (what a second family will use) -------------------

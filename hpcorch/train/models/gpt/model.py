@@ -1,4 +1,5 @@
-"""A GPT-style decoder: pre-LayerNorm blocks, causal SDPA attention, GELU MLP, tied embeddings.
+"""A GPT-style decoder: pre-LayerNorm blocks, causal SDPA attention, GELU MLP (exact, or GPT-2's
+tanh approximation: ``activation``), tied embeddings.
 
 The model can be cut into pipeline stages (:meth:`GPT.keep_only`): a stage keeps the blocks it
 runs under their own names (``blocks.4`` stays ``blocks.4``), the first stage the embeddings and
@@ -68,9 +69,10 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.width, 4 * cfg.width, bias=cfg.bias)
         self.proj = nn.Linear(4 * cfg.width, cfg.width, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
