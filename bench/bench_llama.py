@@ -11,7 +11,7 @@ attention and theta; skipped with the reason when it does not import.
 
 Memory (``--memory``): torch's MemTracker peak of one training step (tests/memory_worker.py, the
 trainer's own code) and the planner's estimate, for a Llama-tiny-ish shape (4 layers, width 64,
-4 x 64 tokens) with a 32k and a 128k vocabulary, the loss whole (``loss_chunk=0``) and in
+4 or 8 x 64 tokens) with a 32k and a 128k vocabulary, the loss whole (``loss_chunk=0``) and in
 chunks of 64 tokens.
 
 Usage: python bench/bench_llama.py [--steps N] [--memory]
@@ -145,24 +145,25 @@ def memory() -> None:
     from hpcorch.train.spawn import free_port
 
     shape = ["trainer.model.kind=llama", "trainer.model.layers=4", "trainer.model.heads=4", "trainer.model.kv_heads=2",
-             "trainer.model.width=64", "trainer.model.seq_len=64", "trainer.micro_batch=4", "trainer.global_batch=4"]
-    cases = [{"name": f"v{v // 1024}k-{'whole' if c == 0 else f'chunks-of-{c}'}",
-              "sets": [*shape, f"trainer.model.vocab={v}", f"trainer.loss_chunk={c}"]}
-             for v in (32768, 131072) for c in (0, 64)]
+             "trainer.model.width=64", "trainer.model.seq_len=64"]
+    cases = [{"name": f"v{v // 1024}k-mb{b}-{'whole' if c == 0 else f'chunks-of-{c}'}",
+              "sets": [*shape, f"trainer.model.vocab={v}", f"trainer.loss_chunk={c}", f"trainer.micro_batch={b}",
+                       f"trainer.global_batch={b}"]}
+             for v, b in ((32768, 4), (32768, 8), (131072, 4)) for c in (0, 64)]
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "cases.json").write_text(json.dumps(cases))
         env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(free_port()), "PYTHONPATH": str(REPO), "HPCORCH_MEMORY_WORKER_TIMEOUT": "600"}
         subprocess.run([sys.executable, str(REPO / "tests/memory_worker.py"), str(Path(tmp) / "cases.json"), tmp],
                        env=env, check=True, timeout=900)
-        print("one training step, 4 layers x width 64, 4 x 64 tokens, fp32 (CPU); MiB")
+        print("one training step, 4 layers x width 64, micro-batch (mb) x 64 tokens, fp32 (CPU); MiB")
         print(f"{'case':<22}{'measured':>10}{'planner':>10}{'error':>8}{'vs whole':>10}")
         whole = {}
         for case in cases:
             peak = json.loads((Path(tmp) / f"{case['name']}-0.json").read_text())["peak"]
             est = estimate_memory(load_job(REPO / "jobs/gpt-tiny.yaml", ["resources.tasks_per_node=1", *case["sets"]]),
                                   "cpu").total
-            vocab = case["name"].split("-")[0]
+            vocab = case["name"].rsplit("-", 1)[0].removesuffix("-chunks-of")
             whole.setdefault(vocab, peak)
             print(f"{case['name']:<22}{peak / 2**20:>10.1f}{est / 2**20:>10.1f}{est / peak - 1:>+8.1%}"
                   f"{peak / whole[vocab]:>10.2f}")
