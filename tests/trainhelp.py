@@ -83,3 +83,30 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def check_reshard(ref: Path, tmp_path: Path, into: list[tuple[str, int, list[str]]],
+                  continued: tuple[int, list[str]], resume_step: int, tolerance: float, *model: str,
+                  job: str = "jobs/gpt-tiny.yaml") -> None:
+    """``ref``'s checkpoints (a finished run) load into each layout of ``into`` (name, ranks,
+    --set overrides): the same weights before any further step (the final checkpoint's); and a
+    run on ``continued`` (ranks, overrides) goes on from step ``resume_step`` with ``ref``'s
+    losses within ``tolerance`` (relative). ``model``: the overrides every run shares."""
+    import shutil
+
+    for name, nproc, sets in into:
+        same = tmp_path / f"final-{name}"
+        shutil.copytree(ref, same)
+        (same / "summary.json").unlink()
+        out = train(same, nproc, *model, *sets, timeout=400, job=job)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert summary(same)["weights_sha256"] == summary(ref)["weights_sha256"], name
+    on = tmp_path / "continued"
+    shutil.copytree(ref, on)
+    (on / "summary.json").unlink()
+    nproc, sets = continued
+    out = train(on, nproc, *model, *sets, flags=("--resume-step", str(resume_step)), timeout=400, job=job)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    got, want = losses(on), losses(ref)
+    after = [s for s in want if s > resume_step]
+    assert after and max(abs(got[s] - want[s]) / want[s] for s in after) <= tolerance

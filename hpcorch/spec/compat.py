@@ -19,8 +19,8 @@ The split, decided key by key:
   ``trainer.micro_batch``, which has to follow the number of ranks to keep the global batch);
   where and how often checkpoints go (``trainer.checkpoint.*``); evaluation and logging
   (``eval_interval``, ``eval_batches``, ``log_interval``, ``loggers``); speed switches that recompute the
-  same values (``activation_checkpointing``, ``compile``); the collective timeout; and the
-  job's ``name``, ``description``, ``environment`` and ``requeue`` budgets.
+  same values (``activation_checkpointing``, ``compile``, ``loss_chunk``: up to fp32 summation order);
+  the collective timeout; and the job's ``name``, ``description``, ``environment`` and ``requeue`` budgets.
 * **Never accepted** (:data:`FIXED`), not even with the flag: the model (another shape cannot
   load), the data, the seed and the global batch (the checkpoint's sample cursor counts
   samples of *this* seeded order in steps of *this* batch) and the optimizer's kind (another
@@ -42,7 +42,7 @@ FLAG = "--allow-config-change"
 NOT_RECORDED = ("trainer.micro_batch", "trainer.sharding", "trainer.parallel", "trainer.checkpoint",
                 "trainer.eval_interval", "trainer.eval_batches",
                 "trainer.log_interval", "trainer.loggers", "trainer.activation_checkpointing", "trainer.compile",
-                "trainer.collective_timeout_s", "trainer.init_from")
+                "trainer.loss_chunk", "trainer.collective_timeout_s", "trainer.init_from")
 FIXED = ("trainer.model", "trainer.data", "trainer.seed", "trainer.global_batch", "trainer.optimizer.name")
 
 

@@ -204,6 +204,9 @@ class TrainerSpec:
     parallel: ParallelSpec = field(default_factory=ParallelSpec)
     activation_checkpointing: bool = False
     compile: bool = False
+    # Tokens per chunk of the output layer + loss (hpcorch.train.models.decoder.head_and_loss):
+    # the whole micro-batch's fp32 logits never exist at once. 0: the loss in one piece.
+    loss_chunk: int = 1024
     grad_compression: Literal["none", "fp16", "bf16", "powersgd"] = "none"
     eval_interval: int = 0  # 0: only at the end
     eval_batches: int = 4
@@ -220,7 +223,7 @@ class TrainerSpec:
     def __post_init__(self):
         check_positive(self, "steps", "global_batch", "micro_batch", "eval_batches", "log_interval",
                        "collective_timeout_s")
-        check_positive(self, "eval_interval", allow_zero=True)
+        check_positive(self, "eval_interval", "loss_chunk", allow_zero=True)
         if self.init_from is not None and not self.init_from.strip():
             raise Invalid("init_from", "expected a folder holding config.json and model.safetensors, got an empty path")
         if len(set(self.loggers)) != len(self.loggers):

@@ -42,6 +42,8 @@ class GPTConfig:
     vocab: int = 256
     dropout: float = 0.0
     bias: bool = False
+    # The MLP's GELU: exact, or the tanh approximation (GPT-2's own checkpoints: "gelu_new").
+    activation: Literal["gelu", "gelu_tanh"] = "gelu"
 
     def __post_init__(self):
         check_shape(self)
@@ -112,10 +114,19 @@ def default_model():
     return MODEL_CONFIGS[DEFAULT_KIND]()
 
 
+# Keys added after checkpoints recorded their model, with the value those runs had: a record
+# leaves them out at that value, so that older records still match.
+LATER_KEYS = {"gpt": {"activation": "gelu"}}
+
+
 def recorded(cfg) -> dict:
     """``cfg`` as checkpoints record it: without ``kind`` when it is the default, so that the
-    records of runs from before there were families (which had no ``kind``) still match."""
+    records of runs from before there were families (which had no ``kind``) still match; nor
+    a later key (:data:`LATER_KEYS`) at the value runs had before it."""
     fields = dict(vars(cfg))
+    for key, value in LATER_KEYS.get(cfg.kind, {}).items():
+        if fields.get(key) == value:
+            del fields[key]
     if fields.get("kind") == DEFAULT_KIND:
         del fields["kind"]
     return fields

@@ -1,6 +1,8 @@
 """The Llama family through the real trainer on CPU processes (gloo): its layouts against its own
-DDP run, exact stop and resume (untied, and tied across pipeline stages), and the refusal of a
-tensor-parallel degree that does not divide the key/value heads.
+DDP run (two of them with the loss in chunks, ``trainer.loss_chunk``), a tp x sp x FSDP2
+checkpoint resharded into pipeline stages and one rank, ``torch.compile``, exact stop and
+resume (untied, and tied across pipeline stages), and the refusal of a tensor-parallel degree
+that does not divide the key/value heads.
 
 The tolerance is the GPT layouts' (tests/integration/test_parallel_layouts_train.py): the
 layouts differ from DDP only by the order of their reductions.
@@ -8,7 +10,7 @@ layouts differ from DDP only by the order of their reductions.
 import signal
 
 import pytest
-from trainhelp import losses, summary, train, train_and_signal
+from trainhelp import check_reshard, losses, summary, train, train_and_signal
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -19,11 +21,14 @@ JOB = "jobs/llama-tiny.yaml"
 MODEL = ["trainer.model.layers=4", "trainer.model.heads=4", "trainer.model.kv_heads=2", "trainer.model.width=32",
          "trainer.model.intermediate=64", "trainer.steps=8", "trainer.checkpoint.interval=4"]
 
+# 20 tokens a chunk: 2 sequences of 32 in chunks of 10, 10, 10 and 2 positions (DDP's loss is whole).
+CHUNKED = "trainer.loss_chunk=20"
 LAYOUTS = {
-    "fsdp4": ["trainer.sharding=fsdp"],
+    "fsdp4_chunked": ["trainer.sharding=fsdp", CHUNKED],
     "hsdp2x2": ["trainer.parallel.dp_replicate=2", "trainer.parallel.dp_shard=2"],
     "tp2_dp2": ["trainer.parallel.tp=2"],
-    "tp2_sp_fsdp2": ["trainer.parallel.tp=2", "trainer.parallel.sequence_parallel=true", "trainer.sharding=fsdp"],
+    "tp2_sp_fsdp2_chunked": ["trainer.parallel.tp=2", "trainer.parallel.sequence_parallel=true",
+                             "trainer.sharding=fsdp", CHUNKED],
     "pp2_dp2": ["trainer.parallel.pp=2"],
 }
 
@@ -45,10 +50,43 @@ def ddp(tmp_path_factory):
     return run(tmp_path_factory.mktemp("llama-ddp4"), 4)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Each layout's run on 4 ranks, made once: its run directory."""
+    made = {}
+
+    def get(name):
+        if name not in made:
+            made[name] = tmp_path_factory.mktemp(name)
+            run(made[name], 4, *LAYOUTS[name])
+        return made[name]
+    return get
+
+
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_llama_layout_matches_ddp(ddp, tmp_path, name):
-    got = run(tmp_path, 4, *LAYOUTS[name])
+def test_llama_layout_matches_ddp(ddp, uninterrupted, name):
+    got = losses(uninterrupted(name))
     assert max_rel(got, ddp) <= TOLERANCE, f"{name}: max relative loss difference {max_rel(got, ddp):.3e}"
+
+
+def test_a_llama_tp_sp_fsdp_checkpoint_reshards_into_stages_and_one_rank(uninterrupted, tmp_path):
+    """tp2 x sp x FSDP2's checkpoints (its kv heads split over tp) load into pp2 x dp2 and one
+    rank with the same weights, and pp2 x dp2 goes on from step 4 with its losses."""
+    check_reshard(uninterrupted("tp2_sp_fsdp2_chunked"), tmp_path, [("pp2_dp2", 4, LAYOUTS["pp2_dp2"]), ("one", 1, [])],
+                  (4, LAYOUTS["pp2_dp2"]), 4, TOLERANCE, *MODEL, job=JOB)
+
+
+def test_llama_compiles(tmp_path):
+    """``trainer.compile`` (inductor on CPU; the loss in chunks inside the compiled graph) trains
+    2 steps of a 1-layer model with eager's losses. About a minute of compiling on CPU."""
+    small = [*MODEL, "trainer.model.layers=1", "trainer.steps=2", CHUNKED]
+    eager = train(tmp_path / "eager", 1, *small, timeout=400, job=JOB)
+    compiled = train(tmp_path / "compiled", 1, *small, "trainer.compile=true", timeout=400, job=JOB)
+    for out in (eager, compiled):
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    got, want = losses(tmp_path / "compiled"), losses(tmp_path / "eager")
+    assert sorted(got) == sorted(want) == [1, 2]
+    assert max(abs(got[s] - want[s]) / want[s] for s in want) <= 1e-5, (got, want)
 
 
 @pytest.mark.parametrize("sets", [[], ["trainer.model.tied=true", "trainer.parallel.pp=2"]], ids=["ddp", "tied_pp2"])

@@ -11,11 +11,10 @@ last stage's copy of the tied embedding's gradient zeroed by 8.8e-2 (pp2 x dp2) 
 :func:`test_a_dropped_gradient_breaks_the_tolerance`.
 """
 import random
-import shutil
 import signal
 
 import pytest
-from trainhelp import losses, summary, train, train_and_signal
+from trainhelp import check_reshard, losses, summary, train, train_and_signal
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -87,21 +86,9 @@ def test_stop_and_resume_is_exact_in_every_layout(uninterrupted, tmp_path, name)
 def test_a_tp_pp_checkpoint_reshards_into_other_layouts(uninterrupted, tmp_path):
     """tp2 x pp2's checkpoints load into dp4, tp2 x dp2 and one rank: the same weights before
     any further step (the final one), and training goes on from an earlier one."""
-    ref = uninterrupted("tp2_pp2")
-    for name, nproc, sets in (("dp4", 4, []), ("tp2_dp2", 4, LAYOUTS["tp2_dp2"]), ("one", 1, [])):
-        same = tmp_path / f"final-{name}"
-        shutil.copytree(ref, same)
-        (same / "summary.json").unlink()
-        out = train(same, nproc, *MODEL, *sets, timeout=400)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert summary(same)["weights_sha256"] == summary(ref)["weights_sha256"], name
-    on = tmp_path / "continued"
-    shutil.copytree(ref, on)
-    (on / "summary.json").unlink()
-    out = train(on, 4, *MODEL, flags=("--resume-step", "10"), timeout=400)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    got, want = losses(on), losses(ref)
-    assert max(abs(got[s] - want[s]) / want[s] for s in (11, 12)) <= TOLERANCE
+    check_reshard(uninterrupted("tp2_pp2"), tmp_path,
+                  [("dp4", 4, []), ("tp2_dp2", 4, LAYOUTS["tp2_dp2"]), ("one", 1, [])], (4, []), 10, TOLERANCE,
+                  *MODEL)
 
 
 def test_a_dropped_gradient_breaks_the_tolerance(ddp, tmp_path):

@@ -47,6 +47,9 @@ MODEL = ["trainer.model.layers=4", "trainer.model.heads=4", "trainer.model.width
 AC = "trainer.activation_checkpointing=true"
 # The Llama family on the same sizes: grouped-query attention (2 kv heads for 4), SwiGLU, untied output.
 LLAMA = ["trainer.model.kind=llama", "trainer.model.kv_heads=2"]
+# A real vocabulary's loss: 32k / 128k tokens, whole (the logits the peak) or in chunks of 64 tokens.
+V32K, V128K = "trainer.model.vocab=32768", "trainer.model.vocab=131072"
+WHOLE, CHUNKED = "trainer.loss_chunk=0", "trainer.loss_chunk=64"
 ONE_RANK = {
     "single": ["trainer.global_batch=4"],
     "single_ac": ["trainer.global_batch=4", AC],
@@ -57,6 +60,10 @@ ONE_RANK = {
     "llama": ["trainer.global_batch=4", *LLAMA],
     "llama_ac": ["trainer.global_batch=4", *LLAMA, AC],
     "llama_bf16": ["trainer.global_batch=4", *LLAMA, "trainer.precision=bf16"],
+    "llama_v32k_whole": ["trainer.global_batch=4", *LLAMA, V32K, WHOLE],
+    "llama_v32k_chunked": ["trainer.global_batch=4", *LLAMA, V32K, CHUNKED],
+    "llama_v32k_chunked_accumulating": ["trainer.global_batch=8", *LLAMA, V32K, CHUNKED],
+    "llama_v128k_chunked": ["trainer.global_batch=4", *LLAMA, V128K, CHUNKED],
 }
 FOUR_RANKS = {
     "ddp4": ["trainer.global_batch=16"],
@@ -76,6 +83,8 @@ FOUR_RANKS = {
     "llama_tp2_sp_fsdp2": ["trainer.global_batch=16", *LLAMA, "trainer.parallel.tp=2",
                            "trainer.parallel.sequence_parallel=true", "trainer.sharding=fsdp"],
     "llama_pp2_dp2": ["trainer.global_batch=16", *LLAMA, "trainer.parallel.pp=2"],
+    "llama_v32k_tp2_sp_fsdp2_chunked": ["trainer.global_batch=8", *LLAMA, V32K, CHUNKED, "trainer.parallel.tp=2",
+                                        "trainer.parallel.sequence_parallel=true", "trainer.sharding=fsdp"],
 }
 WORLD = {**{n: 1 for n in ONE_RANK}, **{n: 4 for n in FOUR_RANKS}}
 SETS = {**ONE_RANK, **FOUR_RANKS}
@@ -142,6 +151,13 @@ def test_the_grid_has_teeth(measured):
     gpt = [n for n in FOUR_RANKS if not n.startswith("llama")]
     off = [n for n in gpt if abs(single / measured[n] - 1) > TOLERANCE]
     assert len(off) >= len(gpt) - 1, off
+
+
+def test_a_loss_in_chunks_no_longer_peaks_with_the_vocabulary(measured):
+    """With a 32k vocabulary the whole loss's logits are the peak; in chunks torch measures half
+    of it, and the planner, which models both, is not fooled into the whole loss's figure."""
+    assert measured["llama_v32k_chunked"] < 0.55 * measured["llama_v32k_whole"]
+    assert estimate("llama_v32k_chunked").total < 0.55 * estimate("llama_v32k_whole").total
 
 
 # ----- refusal ----------------------------------------------------------------------------------

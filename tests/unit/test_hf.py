@@ -45,13 +45,14 @@ def export_gpt(tmp_path, cfg: GPTConfig, max_shard_size="5GB"):
     return model, state, tmp_path / "hf"
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_gpt_loads_in_transformers_with_the_same_logits(tmp_path, bias):
-    cfg = GPTConfig(layers=2, heads=2, width=32, seq_len=16, vocab=64, bias=bias)
+@pytest.mark.parametrize("bias, activation, theirs_name", [(False, "gelu", "gelu"), (True, "gelu", "gelu"),
+                                                        (True, "gelu_tanh", "gelu_new")])
+def test_gpt_loads_in_transformers_with_the_same_logits(tmp_path, bias, activation, theirs_name):
+    cfg = GPTConfig(layers=2, heads=2, width=32, seq_len=16, vocab=64, bias=bias, activation=activation)
     ours, _, folder = export_gpt(tmp_path, cfg)
     theirs = load_hf(folder)
     assert type(theirs).__name__ == "GPT2LMHeadModel"
-    assert theirs.config.activation_function == "gelu" and theirs.config.tie_word_embeddings
+    assert theirs.config.activation_function == theirs_name and theirs.config.tie_word_embeddings
     assert max_logit_diff(ours, theirs, cfg.vocab, cfg.seq_len) < 1e-5
 
 
@@ -94,7 +95,10 @@ def test_init_state_names_the_problem(tmp_path):
     with pytest.raises(HFFolderError, match="model_type 'llama'.*'gpt2'"):
         init_state(folder, cfg, GPT)
     (folder / "config.json").write_text(__import__("json").dumps({**config, "activation_function": "gelu_new"}))
-    with pytest.raises(HFFolderError, match="activation_function 'gelu_new'"):
+    with pytest.raises(HFFolderError, match="trainer.model.activation is gelu but the checkpoint's is gelu_tanh"):
+        init_state(folder, cfg, GPT)
+    (folder / "config.json").write_text(__import__("json").dumps({**config, "activation_function": "relu"}))
+    with pytest.raises(HFFolderError, match="activation_function 'relu'.*'gelu_new'"):
         init_state(folder, cfg, GPT)
     (folder / "model.safetensors").unlink()
     (folder / "config.json").write_text(__import__("json").dumps(config))
@@ -232,17 +236,19 @@ def test_init_from_must_name_a_folder(repo):
     assert load_job(repo / "jobs/gpt-tiny.yaml", ["trainer.init_from=/x/hf"]).trainer.init_from == "/x/hf"
 
 
-def test_a_gpt2_folder_saved_by_transformers_inits_our_gpt(tmp_path):
-    """The other direction: ``save_pretrained`` of a (random, exact-GELU) GPT2LMHeadModel read by
-    ``trainer.init_from``'s code gives our model transformers' logits."""
+@pytest.mark.parametrize("theirs_name, activation", [("gelu", "gelu"), ("gelu_new", "gelu_tanh")])
+def test_a_gpt2_folder_saved_by_transformers_inits_our_gpt(tmp_path, theirs_name, activation):
+    """The other direction: ``save_pretrained`` of a (random) GPT2LMHeadModel, exact GELU or
+    GPT-2's own ``gelu_new``, read by ``trainer.init_from``'s code gives our model
+    transformers' logits."""
     from hpcorch.train.parallelize.build import load_whole
 
     torch.manual_seed(0)
     theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        n_embd=32, n_layer=2, n_head=2, n_positions=16, vocab_size=64, activation_function="gelu",
+        n_embd=32, n_layer=2, n_head=2, n_positions=16, vocab_size=64, activation_function=theirs_name,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()
     theirs.save_pretrained(tmp_path)
-    cfg = GPTConfig(layers=2, heads=2, width=32, seq_len=16, vocab=64, bias=True)
+    cfg = GPTConfig(layers=2, heads=2, width=32, seq_len=16, vocab=64, bias=True, activation=activation)
     ours = GPT.parts().build(cfg)
     load_whole(ours, init_state(tmp_path, cfg, GPT), GPT.tied, "test")
     assert max_logit_diff(ours, theirs, cfg.vocab, cfg.seq_len) < 1e-5

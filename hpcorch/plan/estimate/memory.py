@@ -14,7 +14,9 @@ The trainer's own tensors, by what :mod:`hpcorch.train` keeps in which dtype:
 - activations: per block and micro-batch, Korthikanti et al.'s accounting with the family's
   coefficients (:class:`hpcorch.train.models.spec.BlockActivations`), then the final norm, the
   logits and the fp32 log-softmax of the loss. Activation checkpointing keeps each block's input
-  and recomputes the block in backward.
+  and recomputes the block in backward. A loss in chunks (``trainer.loss_chunk``; not on
+  pipeline stages) keeps only the final norm's output, and its backward holds one chunk's
+  logits and their gradients (with the output layer's gradient, made by the first chunk).
 - pipeline stages hold their micro-batches in flight as the schedule runs them (GPipe all of
   them, 1F1B at most one per later stage) and the receive buffers torch's stages preallocate.
 
@@ -69,6 +71,7 @@ class Setup:
     optimizer: str = "adamw"
     sharding: str = "ddp"          # trainer.sharding: the kind of a one-rank job
     compression: bool = False      # DDP with a gradient compression hook (a DDP even on one rank)
+    loss_chunk: int = 0            # trainer.loss_chunk: tokens per chunk of the loss (0: whole)
 
     @property
     def shapes(self) -> Shapes:
@@ -96,7 +99,7 @@ def setup_of(job, device: str = "cuda") -> Setup:
     bf16 = tr.precision == "bf16" or (tr.precision == "auto" and device == "cuda")
     return Setup(tr.model, job.layout, bf16=bf16, cuda=device == "cuda",
                  checkpointing=tr.activation_checkpointing, optimizer=tr.optimizer.name,
-                 sharding=tr.sharding, compression=tr.grad_compression != "none")
+                 sharding=tr.sharding, compression=tr.grad_compression != "none", loss_chunk=tr.loss_chunk)
 
 
 # ----- parameters -------------------------------------------------------------------------------
@@ -167,6 +170,10 @@ class _RankModel:
         self.rep = 1 / self.t if spec.sequence_parallel and self.t > 1 else 1.0  # residual stream share
         self.vocab = cfg.vocab // self.t if self.t > 1 and spec.loss_parallel else cfg.vocab
         self.rows = layout.micro_batch * cfg.seq_len  # tokens of a micro-batch
+        # The loss's rows at once: a chunk of whole positions (decoder.head_and_loss), or all.
+        chunk = setup.loss_chunk
+        self.chunked = layout.pp == 1 and 0 < chunk < self.rows
+        self.loss_rows = layout.micro_batch * max(1, chunk // layout.micro_batch) if self.chunked else self.rows
         self.S = self.rows * cfg.width
         self.shards = layout.dp_shard if setup.fsdp else 1
         self.n = layout.accumulation
@@ -213,15 +220,22 @@ class _RankModel:
         return self.S * (act.norm_out + act.residual * self.rep + act.sharded / self.t) + small
 
     def head_saved(self) -> float:
-        """The last stage's: final norm output, logits, the loss's fp32 log-softmax."""
+        """The last stage's: final norm output, logits, the loss's fp32 log-softmax (in chunks:
+        the norm's output alone, the logits are recomputed chunk by chunk in backward)."""
         act = BF16 if self.setup.bf16 else FP32
-        return self.S * act + self.rows * self.vocab * (act + FP32)
+        return self.S * act + (0 if self.chunked else self.rows * self.vocab * (act + FP32))
 
     def ce_temp(self) -> float:
         """The cross-entropy's backward: gradients of the log-softmax and of the logits (one more
-        under loss parallelism), cast back to bf16 under autocast."""
+        under loss parallelism), cast back to bf16 under autocast. In chunks (measured under
+        MemTracker): a chunk's recomputed log-softmax and those gradients in fp32, one output
+        layer's gradient (the first chunk makes it; later chunks, and micro-batches after the
+        first, add theirs to it) and the norm output's gradient the chunks fill."""
         count = 3 if self.t > 1 and self.layout.spec.loss_parallel else 2
-        return self.rows * self.vocab * (count * FP32 + (BF16 if self.setup.bf16 else 0))
+        if not self.chunked:
+            return self.rows * self.vocab * (count * FP32 + (BF16 if self.setup.bf16 else 0))
+        head = self.full_bytes(self.shapes.root_tensors(self.cfg, self.t, False, True))
+        return self.loss_rows * self.vocab * (count + 1) * FP32 + head + self.S * self.gd
 
     def block_temp(self) -> float:
         """A block's backward: the widest activation gradients (the MLP's) and the residual stream's."""
@@ -307,7 +321,7 @@ class _RankModel:
             mine = x0 + k * out + (blk - out)
         else:
             mine = x0 + (k + 1) * blk
-        if stage.last and self.layout.pp == 1:
+        if stage.last and self.layout.pp == 1 and not self.chunked:
             mine += self.rows * self.vocab * (BF16 if self.setup.bf16 else FP32)  # the step keeps the logits
         one_block = self.shapes.block_tensors(self.cfg, self.t)
         # Gradients made so far: later blocks', the head's and this block's widest (the GPT's MLP

@@ -44,7 +44,7 @@ def build_parallel_model(job: JobSpec, env: DistEnv, initial: dict | None = None
     precision = resolve_precision(tr.precision, env.device)
     family = spec_of(tr.model).parts()  # imports the family's modules before the seed, as always
     seed_everything(tr.seed)  # the same initial weights on every rank (determinism rule 2)
-    module = family.build(tr.model, activation_checkpointing=tr.activation_checkpointing)
+    module = family.build(tr.model, activation_checkpointing=tr.activation_checkpointing, loss_chunk=tr.loss_chunk)
     if initial is not None:  # whole, before any layout: every rank loads the same numbers
         load_whole(module, initial, spec_of(tr.model).tied_names(tr.model), job.name)
     module = module.to(env.device)

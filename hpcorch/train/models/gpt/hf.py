@@ -4,9 +4,9 @@ What differs besides the names: GPT-2's ``c_attn``, ``c_proj`` and ``c_fc`` are 
 layers, whose weights are ``[in, out]`` (an ``nn.Linear``'s transposed); q, k and v are one
 ``[width, 3 * width]`` matrix (ours ``(3, width, width)``, the same numbers once flattened);
 GPT-2 always has biases, so a model without them (``bias: false``) gets zeros, and one whose
-biases are all zero comes back as ``bias: false``. Our MLP computes exact GELU, transformers'
-``"gelu"`` (GPT-2's own checkpoints say ``"gelu_new"``, the tanh approximation, which this
-model does not compute: :func:`from_hf` refuses them rather than drift silently). LayerNorm's
+biases are all zero comes back as ``bias: false``. The MLP's GELU is ``activation``: exact,
+transformers' ``"gelu"``, or ``gelu_tanh``, the tanh approximation GPT-2's own checkpoints name
+``"gelu_new"`` (``"gelu_pytorch_tanh"`` too); any other activation is refused. LayerNorm's
 epsilon is torch's default, 1e-5, as GPT-2's. The head is tied: written once, as the embedding.
 
 No torch at import (the registry may look the mapping up on a torch-free path): tensors are
@@ -17,7 +17,8 @@ from __future__ import annotations
 from hpcorch.spec.model import GPTConfig
 from hpcorch.train.models.spec import HFMapping
 
-ACTIVATION = "gelu"  # transformers' exact GELU, what F.gelu computes
+# Our activation -> transformers' name (written) and the names read as it.
+ACTIVATIONS = {"gelu": ("gelu",), "gelu_tanh": ("gelu_new", "gelu_pytorch_tanh")}
 LN_EPS = 1e-5
 # (our module under blocks.<i>, GPT-2's under h.<i>, output width in widths): the Conv1D layers.
 LINEARS = (("attn.qkv", "attn.c_attn", 3), ("attn.proj", "attn.c_proj", 1),
@@ -46,7 +47,7 @@ def to_hf(state: dict, cfg: GPTConfig) -> tuple[dict, dict]:
         tensors[f"{theirs}.bias"] = bias.reshape(-1) if bias is not None else wte.new_zeros((mult or 1) * w)
     config = {"architectures": [MAPPING.architecture], "model_type": MAPPING.model_type,
               "vocab_size": cfg.vocab, "n_positions": cfg.seq_len, "n_embd": w, "n_layer": cfg.layers,
-              "n_head": cfg.heads, "n_inner": None, "activation_function": ACTIVATION,
+              "n_head": cfg.heads, "n_inner": None, "activation_function": ACTIVATIONS[cfg.activation][0],
               "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
               "layer_norm_epsilon": LN_EPS, "initializer_range": 0.02, "scale_attn_weights": True,
               "tie_word_embeddings": True, "bos_token_id": None, "eos_token_id": None,
@@ -61,7 +62,9 @@ def from_hf(config: dict, tensors: dict, like: GPTConfig | None = None) -> tuple
     w = config["n_embd"]
     act, eps, inner = (config.get("activation_function", "gelu_new"), config.get("layer_norm_epsilon", 1e-5),
                        config.get("n_inner"))
-    checks = ((act == ACTIVATION, f"activation_function {act!r} (hpcorch's GPT computes exact GELU, {ACTIVATION!r})"),
+    ours = next((k for k, names in ACTIVATIONS.items() if act in names), None)
+    known = ", ".join(repr(n) for names in ACTIVATIONS.values() for n in names)
+    checks = ((ours is not None, f"activation_function {act!r} (hpcorch's GPT computes {known})"),
               (eps == LN_EPS, f"layer_norm_epsilon {eps} (hpcorch's GPT uses {LN_EPS})"),
               (inner in (None, 4 * w), f"n_inner {inner} (hpcorch's GPT uses 4 * n_embd = {4 * w})"))
     problems = [message for ok, message in checks if not ok]
@@ -71,7 +74,7 @@ def from_hf(config: dict, tensors: dict, like: GPTConfig | None = None) -> tuple
               for k, t in tensors.items() if not k.endswith(BUFFERS)}
     bias = any(bool(t.any()) for k, t in theirs.items() if k.endswith(".bias")) or bool(like and like.bias)
     cfg = GPTConfig(layers=config["n_layer"], heads=config["n_head"], width=w, seq_len=config["n_positions"],
-                    vocab=config["vocab_size"], dropout=config.get("resid_pdrop", 0.0), bias=bias)
+                    vocab=config["vocab_size"], dropout=config.get("resid_pdrop", 0.0), bias=bias, activation=ours)
     state = {"wte.weight": theirs["transformer.wte.weight"], "wpe.weight": theirs["transformer.wpe.weight"]}
     for ours, their, mult in _pairs(cfg.layers):
         weight, b = theirs[f"{their}.weight"], theirs[f"{their}.bias"]
@@ -87,7 +90,7 @@ def from_hf(config: dict, tensors: dict, like: GPTConfig | None = None) -> tuple
 
 def fixed(cfg: GPTConfig) -> dict:
     """What a checkpoint fixes of the config: all but dropout."""
-    return {k: getattr(cfg, k) for k in ("layers", "heads", "width", "seq_len", "vocab", "bias")}
+    return {k: getattr(cfg, k) for k in ("layers", "heads", "width", "seq_len", "vocab", "bias", "activation")}
 
 
 MAPPING = HFMapping(model_type="gpt2", architecture="GPT2LMHeadModel", to_hf=to_hf, from_hf=from_hf, fixed=fixed)

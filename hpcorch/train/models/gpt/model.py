@@ -1,4 +1,5 @@
-"""A GPT-style decoder: pre-LayerNorm blocks, causal SDPA attention, GELU MLP, tied embeddings.
+"""A GPT-style decoder: pre-LayerNorm blocks, causal SDPA attention, GELU MLP (exact, or GPT-2's
+tanh approximation: ``activation``), tied embeddings.
 
 The model can be cut into pipeline stages (:meth:`GPT.keep_only`): a stage keeps the blocks it
 runs under their own names (``blocks.4`` stays ``blocks.4``), the first stage the embeddings and
@@ -15,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hpcorch.spec.model import GPTConfig
-from hpcorch.train.models.decoder import causal_lm_loss, keep_layers, run_blocks
+from hpcorch.train.models.decoder import causal_lm_loss, head_and_loss, keep_layers, run_blocks
 
 
 class QKV(nn.Module):
@@ -68,9 +69,10 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.width, 4 * cfg.width, bias=cfg.bias)
         self.proj = nn.Linear(4 * cfg.width, cfg.width, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
@@ -89,10 +91,11 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """The whole model, or (after :meth:`keep_only`) one pipeline stage of it."""
 
-    def __init__(self, cfg: GPTConfig, activation_checkpointing: bool = False):
+    def __init__(self, cfg: GPTConfig, activation_checkpointing: bool = False, loss_chunk: int = 0):
         super().__init__()
         self.cfg = cfg
         self.activation_checkpointing = activation_checkpointing
+        self.loss_chunk = loss_chunk  # tokens per chunk of the loss (decoder.head_and_loss); 0: whole
         self.is_stage = False  # a pipeline stage: forward returns one tensor, no loss
         self.wte: nn.Embedding | None = nn.Embedding(cfg.vocab, cfg.width)
         self.wpe: nn.Embedding | None = nn.Embedding(cfg.seq_len, cfg.width)
@@ -129,8 +132,9 @@ class GPT(nn.Module):
         return self
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """``(logits, loss)`` for the whole model (loss None without targets); a pipeline
-        stage returns only its output (hidden states, or logits from the last stage)."""
+        """``(logits, loss)`` for the whole model (loss None without targets; logits None when
+        the loss ran in chunks); a pipeline stage returns only its output (hidden states, or
+        logits from the last stage)."""
         if self.wte is not None:
             pos = torch.arange(idx.shape[1], device=idx.device)
             x = self.drop(self.wte(idx) + self.wpe(pos))
@@ -139,12 +143,10 @@ class GPT(nn.Module):
         x = run_blocks(self.blocks, x, checkpointing=self.activation_checkpointing and self.training)
         if self.head is None:
             return x
-        logits = self.head(self.ln_f(x))
-        if self.is_stage:
-            return logits
-        if targets is None:
-            return logits, None
-        return logits, self.loss(logits, targets)
+        if self.is_stage or targets is None:
+            logits = self.head(self.ln_f(x))
+            return logits if self.is_stage else (logits, None)
+        return head_and_loss(self.ln_f(x), self.head, targets, self.loss_chunk)
 
     @staticmethod
     def tied_weights(part: GPT) -> tuple[nn.Parameter | None, nn.Parameter | None]:

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hpcorch.spec.model import LlamaConfig
-from hpcorch.train.models.decoder import causal_lm_loss, keep_layers, run_blocks
+from hpcorch.train.models.decoder import causal_lm_loss, head_and_loss, keep_layers, run_blocks
 
 
 class RMSNorm(nn.Module):
@@ -116,10 +116,11 @@ class Block(nn.Module):
 class Llama(nn.Module):
     """The whole model, or (after :meth:`keep_only`) one pipeline stage of it."""
 
-    def __init__(self, cfg: LlamaConfig, activation_checkpointing: bool = False):
+    def __init__(self, cfg: LlamaConfig, activation_checkpointing: bool = False, loss_chunk: int = 0):
         super().__init__()
         self.cfg = cfg
         self.activation_checkpointing = activation_checkpointing
+        self.loss_chunk = loss_chunk  # tokens per chunk of the loss (decoder.head_and_loss); 0: whole
         self.is_stage = False  # a pipeline stage: forward returns one tensor, no loss
         self.tok_embeddings: nn.Embedding | None = nn.Embedding(cfg.vocab, cfg.width)
         # Keyed by the layer index, so that a stage holding layers 4..7 still names them blocks.4..7.
@@ -150,19 +151,18 @@ class Llama(nn.Module):
         return self
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """``(logits, loss)`` for the whole model (loss None without targets); a pipeline
-        stage returns only its output (hidden states, or logits from the last stage)."""
+        """``(logits, loss)`` for the whole model (loss None without targets; logits None when
+        the loss ran in chunks); a pipeline stage returns only its output (hidden states, or
+        logits from the last stage)."""
         x = self.tok_embeddings(idx) if self.tok_embeddings is not None else idx
         x = run_blocks(self.blocks, x, self.rope_cos, self.rope_sin,
                        checkpointing=self.activation_checkpointing and self.training)
         if self.output is None:
             return x
-        logits = self.output(self.norm(x))
-        if self.is_stage:
-            return logits
-        if targets is None:
-            return logits, None
-        return logits, self.loss(logits, targets)
+        if self.is_stage or targets is None:
+            logits = self.output(self.norm(x))
+            return logits if self.is_stage else (logits, None)
+        return head_and_loss(self.norm(x), self.output, targets, self.loss_chunk)
 
     @staticmethod
     def tied_weights(part: Llama) -> tuple[nn.Parameter | None, nn.Parameter | None]:
