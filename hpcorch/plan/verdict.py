@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import statistics
 from dataclasses import dataclass
 
 from hpcorch.errors import PlanError
@@ -152,6 +151,8 @@ def calibration(profile: str, job_name: str, world_size: int = 0, registry=None)
         log.debug("no calibration: %s", exc)
         return Calibration()
     entries.sort(key=lambda e: e.submitted, reverse=True)
+    import statistics  # only when there are runs to learn from: its import is a cold plan's cost
+
     mfus, saves, speeds = [], [], []
     for entry in entries[:CALIBRATION_RUNS]:
         run = RunDir(entry.run_dir)

@@ -31,6 +31,7 @@ Shipped templates are reachable as ``hpcorch/NAME``; a user's ``sbatch.sh.j2`` t
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from hpcorch.errors import RenderError
@@ -57,6 +58,8 @@ _TEMPLATE_METHODS = frozenset({"batch_log", "rank_log_pattern"})
 # Builtin types whose non-mutating methods (the immutable sandbox blocks the others) are harmless.
 _BUILTIN_TYPES = (str, int, float, bool, tuple, list, dict, set, frozenset, type({}.keys()),
                   type({}.values()), type({}.items()), type(type.__dict__))
+# How templates are parsed; part of the compiled-template cache's version (see _bytecode_cache).
+_ENV_OPTIONS = {"keep_trailing_newline": True, "trim_blocks": True, "lstrip_blocks": True, "autoescape": False}
 
 
 def _sandbox_class():
@@ -123,10 +126,8 @@ def environment(template_dir: str | Path | None = None):
     # The prefix loader comes first so that a user folder holding hpcorch/ cannot shadow ours.
     loader = jinja2.ChoiceLoader([jinja2.PrefixLoader({SHIPPED_PREFIX: ours}),
                                   jinja2.FileSystemLoader(_template_search(template_dir)), ours])
-    env = _sandbox_class()(
-        loader=loader, undefined=jinja2.StrictUndefined, finalize=finalize,
-        keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,
-    )
+    env = _sandbox_class()(loader=loader, undefined=jinja2.StrictUndefined, finalize=finalize,
+                           bytecode_cache=_bytecode_cache(), **_ENV_OPTIONS)
     env.filters["q"] = shell_quote
     env.filters["directive"] = directive
     env.filters["expand"] = expand
@@ -134,6 +135,43 @@ def environment(template_dir: str | Path | None = None):
     env.filters["step_options"] = step_options
     env.filters["step_command"] = step_command
     return env
+
+
+def _bytecode_cache():
+    """Compiled templates kept across processes in ``$XDG_CACHE_HOME/hpcorch/templates-V`` (or
+    ``~/.cache``): compiling the shipped template is a quarter of a cold ``submit --dry-run``.
+    Jinja keys an entry by template name and file and checks it against the source's SHA-1, so
+    an edited template recompiles; ``V`` covers what the key does not (this module's environment
+    options, hpcorch's and Jinja's versions). Entries are written to a temporary name and renamed;
+    an entry that cannot be read back, or a folder that cannot be written, only costs a compile."""
+    import hashlib
+
+    import jinja2
+    from jinja2.bccache import FileSystemBytecodeCache
+
+    from hpcorch import __version__
+
+    class Cache(FileSystemBytecodeCache):
+        def load_bytecode(self, bucket) -> None:
+            try:
+                super().load_bytecode(bucket)
+            except Exception:  # a damaged entry (pickle, marshal, I/O): compile from the source
+                bucket.reset()
+
+        def dump_bytecode(self, bucket) -> None:
+            try:
+                super().dump_bytecode(bucket)
+            except OSError:
+                pass
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    version = hashlib.sha1(f"{__version__} {jinja2.__version__} {_ENV_OPTIONS}".encode()).hexdigest()[:12]
+    folder = Path(base) / "hpcorch" / f"templates-{version}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        return None
+    return Cache(str(folder))
 
 
 def render_sbatch(plan: Plan, template_dir: str | Path | None = None,

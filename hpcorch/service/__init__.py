@@ -24,7 +24,6 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from hpcorch.batch.manifest import write_attempt
 from hpcorch.errors import ConfigError, HpcorchError
 from hpcorch.plan.plan import Plan, default_run_dir, make_plan
 from hpcorch.spec.compat import check_config_change, training_config
@@ -294,6 +293,8 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
         run.claim(lease, jobstate.lease_is_live)  # "in use" first, as in submit
         accept_config_changes(run, spec, allow_config_change, resume_step)
     job_file = run.write_job(spec)
+    from hpcorch.batch.manifest import write_attempt  # git and socket: not on a dry run's path
+
     write_attempt(run, str(os.getpid()), kind, code_dir=os.getcwd())
     extra = (["--resume-step", str(resume_step)] if resume_step is not None else []) + \
         (["--peak-tflops", str(peak_tflops)] if peak_tflops else [])

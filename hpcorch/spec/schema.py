@@ -8,7 +8,6 @@ which raises :class:`Invalid`; the loader adds the path.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 import types
@@ -254,6 +253,8 @@ def _check_text(value: str, source: str, path: str) -> None:
 
 
 def _unknown_key(key: Any, known) -> str:
+    import difflib  # only for a misspelt key
+
     close = difflib.get_close_matches(str(key), list(known), n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"unknown key; {hint}expected one of: {', '.join(sorted(known))}"

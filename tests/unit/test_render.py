@@ -125,3 +125,22 @@ def test_hostile_profile_fields_are_rejected(repo, tmp_path, patch):
     path.write_text(text.replace(patch[0], patch[1]))
     with pytest.raises(ConfigError):
         load_profile(path)
+
+
+def test_compiled_template_cache_is_only_a_cache(repo, tmp_path, monkeypatch):
+    """Compiled templates are kept across processes; a damaged entry or a cache folder that
+    cannot be made only costs a compile, never a different script or an error."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with open(os.path.join(GOLDEN, "devcluster__gpt-tiny.sbatch")) as f:
+        golden = f.read()
+    assert _render(repo, "gpt-tiny", "devcluster") == golden
+    entries = list((tmp_path / "cache" / "hpcorch").glob("templates-*/*.cache"))
+    assert entries, "the first render fills the cache"
+    assert _render(repo, "gpt-tiny", "devcluster") == golden  # from the cache
+    for damage in (b"", b"garbage", entries[0].read_bytes()[:40]):
+        for entry in entries:
+            entry.write_bytes(damage)
+        assert _render(repo, "gpt-tiny", "devcluster") == golden
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # the folder cannot be made
+    assert _render(repo, "gpt-tiny", "devcluster") == golden

@@ -12,11 +12,16 @@ the job's MTBF = one node's MTBF / nodes.
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 
 from hpcorch.plan.estimate.memory import checkpoint_bytes
 from hpcorch.train.models import spec_of
+
+
+def _median(values) -> float:
+    import statistics  # with decimal and fractions: a cold plan's cost when nothing is calibrated
+
+    return statistics.median(values)
 
 
 @dataclass(frozen=True)
@@ -31,11 +36,11 @@ class Calibration:
 
     @property
     def mfu(self) -> float | None:
-        return statistics.median(self.mfus) if self.mfus else None
+        return _median(self.mfus) if self.mfus else None
 
     @property
     def save_s(self) -> float | None:
-        return statistics.median(self.save_times) if self.save_times else None
+        return _median(self.save_times) if self.save_times else None
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ def estimate_time(job, peak_tflops: float | None, gpus: int, planning, calibrati
     if peak_tflops and gpus:
         tokens_per_s = gpus * peak_tflops * 1e12 * mfu / spec_of(tr.model).shapes.flops_per_token(tr.model)
     elif calibration.tokens_per_s:  # no peak to scale (CPU nodes): the job's own measured speed
-        tokens_per_s = statistics.median(calibration.tokens_per_s)
+        tokens_per_s = _median(calibration.tokens_per_s)
         mfu_source = f"no peak FLOP/s; tokens/s measured: median of {len(calibration.tokens_per_s)} run(s)"
     if tokens_per_s and not math.isfinite(tr.steps * tokens_per_step / tokens_per_s):
         tokens_per_s = None  # a throughput so small its wall time overflows: no figure, not infinity

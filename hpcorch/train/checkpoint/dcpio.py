@@ -1,24 +1,25 @@
 """Sharded checkpoint files through ``torch.distributed.checkpoint`` (DCP), with the integrity
 hooks hpcorch's commit protocol (:mod:`hpcorch.train.checkpoint.store`) needs.
 
-Writing: every rank writes its own ``__<rank>_<n>.distcp`` files (rank 0 also ``.metadata``)
-through :class:`DigestWriter`, a ``FileSystemWriter`` whose streams compute size and SHA-256
-while the bytes go out (no second pass over the data), so the rank's ``.done`` record costs
-nothing extra to make. The test fault ``HPCORCH_CRASH_IN_SAVE`` kills the process halfway
-through the rank's first data file (:func:`hpcorch.train.faults.crash_in_save`). torch's zip
-CRC-32 per tensor is switched off while writing: it duplicates our SHA-256 and cost more than
-the disk write itself (bench/bench_checkpoint.py).
+Writing: every rank writes its own ``__<rank>_0.distcp`` file (rank 0 also ``.metadata``)
+through :class:`DigestWriter`, a ``FileSystemWriter`` that writes each tensor's bytes as they
+are in memory (:mod:`hpcorch.train.checkpoint.rawio`: no ``torch.save`` record, no buffer copy)
+through a stream that computes size and digest while the bytes go out (no second pass over the
+data), so the rank's ``.done`` record costs nothing extra to make; then fsyncs. The test fault
+``HPCORCH_CRASH_IN_SAVE`` kills the process halfway through the rank's first data file
+(:func:`hpcorch.train.faults.crash_in_save`).
 
-Reading: :class:`VerifyingReader` reads every file it needs once, whole, into memory, checks it
-against the commit record's size and SHA-256, and serves DCP's read requests from that buffer.
-So each rank verifies exactly the files it reads (a resharded rank may read parts of several),
-and a corrupted file fails DCP's collective read on every rank at once (DCP gathers the
-exception), so the ranks fall back to an older checkpoint together.
+Reading: :class:`VerifyingReader` reads each file it needs once, front to back, tensors straight
+into their destinations (:func:`hpcorch.train.checkpoint.rawio.read_file`), and checks the whole
+file against the commit record's size and digest before it commits anything. Files of the
+earlier format (``torch.save`` records) are read whole, verified, then deserialized. So each
+rank verifies exactly the files it reads (a resharded rank may read parts of several), and a
+corrupted file fails DCP's collective read on every rank at once (DCP gathers the exception),
+so the ranks fall back to an older checkpoint together.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import signal
@@ -29,7 +30,11 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.filesystem import FileSystem, _item_size
+from torch.distributed.checkpoint.filesystem import DEFAULT_SUFFIX, FileSystem, _item_size
+from torch.distributed.checkpoint.planner import LoadItemType
+
+from hpcorch.train.checkpoint import rawio
+from hpcorch.train.checkpoint.rawio import DigestMismatch
 
 __all__ = ["CheckpointException", "DigestMismatch", "Stager", "nbytes", "own_files", "read_full",
            "read_sharded", "read_verified", "write_sharded"]
@@ -37,17 +42,14 @@ __all__ = ["CheckpointException", "DigestMismatch", "Stager", "nbytes", "own_fil
 METADATA = ".metadata"
 
 
-class DigestMismatch(RuntimeError):
-    """A checkpoint file does not match the size or SHA-256 its commit record gives."""
-
-
 class _DigestStream(io.RawIOBase):
-    """A write stream that hashes what passes through it; optionally dies midway (test fault)."""
+    """A write stream that hashes what passes through it (the caller's buffers, as handed to the
+    file: what is hashed is what was written); optionally dies midway (test fault)."""
 
     def __init__(self, raw, on_close: Callable[[int, str], None], kill_at: int | None,
                  on_error: Callable[[OSError], None]):
         self.raw, self.on_close, self.kill_at, self.on_error = raw, on_close, kill_at, on_error
-        self.sha, self.size = hashlib.sha256(), 0
+        self.hasher, self.size = rawio.new_hasher(), 0
 
     def writable(self) -> bool:
         return True
@@ -73,7 +75,7 @@ class _DigestStream(io.RawIOBase):
         except OSError as exc:  # torch's zip writer turns it into an opaque RuntimeError
             self.on_error(exc)
             raise
-        self.sha.update(view)
+        self.hasher.update(view)
         self.size += len(view)
         return len(view)
 
@@ -85,11 +87,11 @@ class _DigestStream(io.RawIOBase):
         if not self.closed:
             super().close()
             self.raw.close()
-            self.on_close(self.size, self.sha.hexdigest())
+            self.on_close(self.size, self.hasher.hexdigest())
 
 
 class _DigestFileSystem(FileSystem):
-    """DCP's local file system, recording {file name: {size, sha256}} of every file written."""
+    """DCP's local file system, recording {file name: {size, digest}} of every file written."""
 
     def __init__(self, fault: Callable | None):
         super().__init__()
@@ -108,8 +110,8 @@ class _DigestFileSystem(FileSystem):
         if self.fault is not None and name.endswith(".distcp"):
             kill_at, self.fault = max(1, self.expected // 2), None  # the first data file only
 
-        def record(size: int, sha: str) -> None:
-            self.files[name] = {"size": size, "sha256": sha}
+        def record(size: int, digest: str) -> None:
+            self.files[name] = {"size": size, rawio.DIGEST: digest}
 
         def failed(exc: OSError) -> None:
             self.error = self.error or exc
@@ -140,34 +142,28 @@ class DigestWriter(dcp.FileSystemWriter):
         return self.fs.files
 
     def write_data(self, plan, planner):
+        """This rank's items into one file, raw (:func:`hpcorch.train.checkpoint.rawio.write_items`), fsynced."""
+        from torch.futures import Future
+
         self.fs.expected = sum(_item_size(item) for item in plan.items if item.tensor_data is not None)
-        return super().write_data(plan, planner)
-
-
-@contextlib.contextmanager
-def _no_zip_crc():
-    """torch.save without its per-record CRC-32 (our SHA-256 covers every byte)."""
-    try:
-        from torch.utils.serialization import config
-    except ImportError:  # an older torch: its CRC stays on
-        yield
-        return
-    old = config.save.compute_crc32
-    config.save.compute_crc32 = False
-    try:
-        yield
-    finally:
-        config.save.compute_crc32 = old
+        name = f"{plan.storage_data.prefix}0{DEFAULT_SUFFIX}"
+        with self.fs.create_stream(Path(self.path) / name, "wb") as stream:
+            results = rawio.write_items(stream, name, plan.items, planner)
+            stream.flush()
+            os.fsync(stream.fileno())
+        done: Future = Future()
+        done.set_result(results)
+        return done
 
 
 def write_sharded(folder: Path, state: dict, group, fault: Callable | None = None) -> dict[str, dict]:
     """Write this rank's shards of ``state`` into ``folder`` (a collective over ``group``, or
-    one process when None); returns {file name: {size, sha256}} of the files this rank wrote."""
+    one process when None); returns {file name: {size, digest}} of the files this rank wrote."""
     if group is None and not state:
         return {}  # one process with nothing to write (a store test's stand-in rank)
     writer = DigestWriter(folder, fault)
     try:
-        with _no_zip_crc(), _quiet_overwrite():
+        with _quiet_overwrite():
             dcp.save(state, storage_writer=writer, process_group=group, no_dist=group is None and _no_dist())
     except CheckpointException:
         if writer.fs.error is not None:  # this rank's own write failed: say why (peers see ours)
@@ -186,7 +182,7 @@ def own_files(folder: Path, rank: int) -> list[Path]:
 
 def read_verified(path: Path, digests: dict[str, dict] | None) -> bytes:
     """``path``'s bytes, read once, whole, and checked against ``digests[path.name]`` (the
-    commit record's size and SHA-256; None: unchecked). Raises :class:`DigestMismatch`."""
+    commit record's size and digest; None: unchecked). Raises :class:`DigestMismatch`."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -194,8 +190,9 @@ def read_verified(path: Path, digests: dict[str, dict] | None) -> bytes:
         raise DigestMismatch(f"{path}: missing ({exc.strerror})") from None
     if digests is not None:
         want = digests.get(path.name)
-        if want is None or len(data) != want["size"] or hashlib.sha256(data).hexdigest() != want["sha256"]:
-            raise DigestMismatch(f"{path}: size or SHA-256 does not match the commit record")
+        hasher = rawio.new_hasher(want)
+        hasher.update(data)
+        rawio.check(str(path), want, len(data), hasher)
     return data
 
 
@@ -224,7 +221,6 @@ class VerifyingReader(dcp.FileSystemReader):
 
     def read_data(self, plan, planner):
         from torch.distributed._shard._utils import narrow_tensor_by_index
-        from torch.distributed.checkpoint.planner import LoadItemType
         from torch.distributed.checkpoint.utils import _create_file_view as view_of
         from torch.futures import Future
 
@@ -234,16 +230,24 @@ class VerifyingReader(dcp.FileSystemReader):
         for item in plan.items:
             per_file.setdefault(self.storage_data[item.storage_index].relative_path, []).append(item)
         for name, items in per_file.items():
-            stream = io.BytesIO(self._verified(name))  # shares the bytes: no copy
+            if self._streamable(items):
+                self._read_raw(name, items, planner)
+                continue
+            data = self._verified(name)
+            stream = io.BytesIO(data)  # shares the bytes: no copy
             for req in sorted(items, key=lambda r: self.storage_data[r.storage_index].offset):
                 info = self.storage_data[req.storage_index]
-                if info.transform_descriptors:
+                raw = rawio.parse(info.transform_descriptors)
+                if info.transform_descriptors and raw is None:
                     raise DigestMismatch(f"{name}: written with stream transforms hpcorch does not use")
                 part = view_of(stream, info.offset, info.length)
                 if req.type == LoadItemType.BYTE_IO:
                     planner.load_bytes(req, io.BytesIO(part.read(-1)))
                     continue
-                tensor = torch.load(part, map_location="cpu", weights_only=True)
+                if raw is not None:  # raw entries that overlap: served from the verified bytes
+                    tensor = torch.frombuffer(bytearray(part.read(-1)), dtype=raw[0]).reshape(raw[1])
+                else:
+                    tensor = torch.load(part, map_location="cpu", weights_only=True)
                 tensor = narrow_tensor_by_index(tensor, req.storage_offsets, req.lengths)
                 target = planner.resolve_tensor(req).detach()
                 if target.size() != tensor.size():
@@ -254,6 +258,28 @@ class VerifyingReader(dcp.FileSystemReader):
         done: Future = Future()
         done.set_result(None)
         return done
+
+    def _streamable(self, items: list) -> bool:
+        """Whether one front-to-back pass serves ``items``: every entry raw, none overlapping."""
+        end = 0
+        for req in sorted(items, key=lambda r: self.storage_data[r.storage_index].offset):
+            info = self.storage_data[req.storage_index]
+            if (req.type != LoadItemType.BYTE_IO and rawio.parse(info.transform_descriptors) is None) \
+                    or info.offset < end:
+                return False
+            end = info.offset + info.length
+        return True
+
+    def _read_raw(self, name: str, items: list, planner) -> None:
+        path = Path(self.path) / name
+        want = self.digests.get(name) if self.digests is not None else None
+        if self.digests is not None and want is None:
+            raise DigestMismatch(f"{path}: not in the commit record")
+        try:
+            rawio.read_file(path, items, lambda r: self.storage_data[r.storage_index], planner, want,
+                            verify=self.digests is not None)
+        except OSError as exc:
+            raise DigestMismatch(f"{path}: unreadable ({exc.strerror})") from None
 
 
 def read_sharded(folder: Path, target: dict, group, digests: dict[str, dict] | None,

@@ -4,7 +4,7 @@ Every rank writes its shards of the model and optimizer state through
 ``torch.distributed.checkpoint`` (:mod:`hpcorch.train.checkpoint.dcpio`: ``__<rank>_<n>.distcp``, rank 0
 also ``.metadata``, fsynced), its own ``rank_NNNNN.pt`` (its RNG, through
 :func:`hpcorch.util.fileio.atomic_write`), and then a ``rank_NNNNN.done`` record listing the sizes and
-SHA-256 digests of ITS OWN files (computed while writing). Rank 0
+digests of ITS OWN files (computed while writing; see :mod:`hpcorch.train.checkpoint.rawio`). Rank 0
 waits for every rank's record and only then writes the commit marker (same protocol), so a
 checkpoint that lacks the marker, or whose files do not match the digests in it, is never
 loaded. Older checkpoints are deleted only after a newer one is committed. Rank 0's waiting
@@ -29,7 +29,6 @@ This module stores opaque states; :mod:`hpcorch.train.checkpoint.checkpointer` d
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -43,7 +42,7 @@ from typing import Any
 import torch
 
 from hpcorch.state.rundir import COMMIT_MARKER, CheckpointLayout
-from hpcorch.train.checkpoint import dcpio
+from hpcorch.train.checkpoint import dcpio, rawio
 from hpcorch.train.faults import crash_in_prune, crash_in_save
 from hpcorch.util.diskspace import describe_write_failure
 from hpcorch.util.fileio import atomic_write, fsync_dir
@@ -101,10 +100,6 @@ def _deserialize(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
-def _digest(data: bytes) -> dict:
-    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
 class CheckpointStore:
     """Saves and finds checkpoints under ``root`` for one rank of a run."""
 
@@ -123,6 +118,7 @@ class CheckpointStore:
         self._stager = dcpio.Stager()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._pruner: threading.Thread | None = None  # deleting pruned checkpoints' files
         self.root.mkdir(parents=True, exist_ok=True)
 
     # ----- saving -------------------------------------------------------------------------
@@ -146,10 +142,11 @@ class CheckpointStore:
         return time.perf_counter() - start
 
     def wait(self) -> None:
-        """Block until the save in flight (if any) is committed; re-raise its error."""
+        """Block until the save in flight (if any) is committed and pruned; re-raise its error."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self._join_pruner()
         if self._error is not None:
             error, self._error = self._error, None
             if isinstance(error, CheckpointError):  # already one clear line
@@ -187,9 +184,12 @@ class CheckpointStore:
         (d / done_file(self.rank)).unlink(missing_ok=True)
         fault = crash_in_save(step, self.rank)  # hits this rank's first (largest) file
         files = dcpio.write_sharded(d, state, self.group, fault if dcpio.nbytes(state) else None)
+        # Durable, and its folder fsync also makes the names of the DCP files above durable.
         atomic_write(d / rank_file(self.rank), blob, fault=None if dcpio.nbytes(state) else fault)
-        files[rank_file(self.rank)] = _digest(blob)
-        atomic_write(d / done_file(self.rank), json.dumps(files))
+        files[rank_file(self.rank)] = rawio.digest(blob)
+        # Only rank 0 reads the record, before it commits, and the commit marker repeats it: a
+        # power cut that loses it loses nothing (whole, by the rename; no fsync needed).
+        atomic_write(d / done_file(self.rank), json.dumps(files), durable=False)
 
     @contextlib.contextmanager
     def _stage(self, step: int, d: Path, needed: int, peer_failure_discards: bool) -> Iterator[None]:
@@ -260,15 +260,36 @@ class CheckpointStore:
         return manifest
 
     def _prune(self) -> None:
-        """Keep the newest ``keep`` committed steps; drop uncommitted leftovers older than them."""
+        """Keep the newest ``keep`` committed steps; drop uncommitted leftovers older than them.
+        The commit markers go first, durably, here; deleting the files (a large checkpoint's
+        blocks take a while to free) goes on in a thread while training does, joined before
+        the next prune and by :meth:`wait`. A crash meanwhile leaves uncommitted folders, which
+        are never loaded and which the next prune removes."""
+        self._join_pruner()
         committed = self.committed_steps()
         keep = set(committed[-self.keep:])
         newest = committed[-1] if committed else -1
-        for step, d in self.layout.step_dirs().items():
-            if step in keep:
-                continue
-            if step in committed or step < newest:
+        doomed = [(step, d) for step, d in self.layout.step_dirs().items()
+                  if step not in keep and (step in committed or step < newest)]
+        for _, d in doomed:
+            _uncommit(d)
+        if doomed:
+            # Not a daemon: an interpreter that exits finishes the deletion first.
+            self._pruner = threading.Thread(target=self._remove_all, args=(doomed,), name="checkpoint-prune")
+            self._pruner.start()
+
+    @staticmethod
+    def _remove_all(doomed: list[tuple[int, Path]]) -> None:
+        for step, d in doomed:
+            try:
                 _remove_checkpoint(step, d)
+            except OSError as exc:  # an uncommitted leftover: the next prune tries again
+                _logger.warning("hpcorch: could not remove old checkpoint %s: %s", d, exc)
+
+    def _join_pruner(self) -> None:
+        if self._pruner is not None:
+            self._pruner.join()
+            self._pruner = None
 
     # ----- finding and loading --------------------------------------------------------------
     def committed_steps(self) -> list[int]:
@@ -281,7 +302,7 @@ class CheckpointStore:
         A DCP checkpoint loads into ``target`` in place (a collective on ``group``; resharded by
         name to whatever layout ``target`` has); without ``target`` the whole state is read in
         this one process. Each rank checks every file it reads (whole, against the size and
-        SHA-256 in the commit record) before using it; a mismatch on any rank fails the load on
+        digest in the commit record) before using it; a mismatch on any rank fails the load on
         every rank. A checkpoint of the format before DCP returns its full ``shared.pt`` state.
         """
         d = self.layout.step_dir(step)
@@ -348,21 +369,28 @@ def _first_failure(exc: BaseException) -> str:
 
 
 def _verified(d: Path, name: str, files: dict) -> bytes:
-    """``name``'s bytes, checked against the commit record's size and SHA-256."""
+    """``name``'s bytes, checked against the commit record's size and digest."""
     try:
         return dcpio.read_verified(d / name, files)
     except dcpio.DigestMismatch as exc:
         raise CheckpointError(str(exc)) from None
 
 
-def _remove_checkpoint(step: int, folder: Path) -> None:
-    """Delete a checkpoint folder, its commit marker first and durably: a crash halfway
-    through leaves an uncommitted folder (ignored, and removed by a later prune), never a
-    committed one with files missing."""
+def _uncommit(folder: Path) -> None:
+    """Remove a checkpoint's commit marker, durably: from here on it is never loaded."""
     marker = folder / COMMIT_MARKER
     if marker.exists():
         marker.unlink()
         fsync_dir(folder)
+
+
+def _remove_checkpoint(step: int, folder: Path) -> None:
+    """Delete a checkpoint folder, its commit marker first and durably: a crash halfway
+    through leaves an uncommitted folder (ignored, and removed by a later prune), never a
+    committed one with files missing."""
+    _uncommit(folder)
+    if not folder.exists():
+        return
     for path in sorted(folder.iterdir()):
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
