@@ -318,6 +318,30 @@ def _dtensor_parameters(layout: Layout, sharding: str) -> bool:
 def load_job(path: str | os.PathLike, overrides: list[str] | tuple = ()) -> JobSpec:
     """Load a job spec from a path, or a name (``gpt2-124m``: the user's jobs, then the shipped
     ones); ``overrides`` are ``KEY=VALUE`` strings applied before validation."""
+    path, data = _job_data(path, overrides)
+    try:
+        return build(JobSpec, data, str(path))
+    except ConfigError as exc:
+        raise _blame_override(exc, path, overrides) from None
+
+
+def resources_only(path: str | os.PathLike, overrides: list[str] | tuple = ()) -> JobSpec | None:
+    """The job's name, resources, launch and placement with a trainer whose batch arithmetic
+    always works (one sequence per rank): for checking what the site refuses before the
+    batch arithmetic (a plan reports those first). None when even that does not load."""
+    try:
+        path, data = _job_data(path, overrides)
+        keep = {k: data[k] for k in ("name", "resources", "launch", "placement", "health", "environment")
+                if k in data}
+        res = build(Resources, dict(keep.get("resources") or {}), str(path))
+        keep["trainer"] = {"global_batch": res.world_size, "micro_batch": 1}
+        return build(JobSpec, keep, str(path))
+    except ConfigError:
+        return None
+
+
+def _job_data(path: str | os.PathLike, overrides) -> tuple[Path, dict]:
+    """The job file (or named job) as data, with the ``--set`` overrides applied."""
     text = str(path)
     if catalog.is_name(text) and not Path(text).exists():
         found = catalog.find("jobs", text)
@@ -336,10 +360,7 @@ def load_job(path: str | os.PathLike, overrides: list[str] | tuple = ()) -> JobS
         if not sep:
             raise ConfigError("--set", item, "expected KEY=VALUE, such as trainer.steps=50")
         set_dotted(data, key.strip(), value, f"{path} (--set {key.strip()})")
-    try:
-        return build(JobSpec, data, str(path))
-    except ConfigError as exc:
-        raise _blame_override(exc, path, overrides) from None
+    return path, data
 
 
 def _blame_override(exc: ConfigError, path: Path, overrides) -> ConfigError:
