@@ -32,6 +32,7 @@ from hpcorch.spec.schema import (
 )
 from hpcorch.spec.yamlio import read_yaml
 
+MAX_MEMORY_MB = 2**40  # as a profile's node_types.*.memory_mb
 MAX_TASKS_PER_NODE = 1024  # ranks per node: one per GPU or a few per CPU socket, far below this
 
 # A typed GPU request as Slurm writes it: TYPE:COUNT (a40:4); TYPE is a GRES type name.
@@ -91,6 +92,9 @@ class Resources:
             self.mem_per_gpu_mb = None if self.mem_per_gpu is None else _memory_mb(self.mem_per_gpu)
         except ValueError as exc:
             raise Invalid("mem_per_gpu", str(exc)) from None
+        for key, mb in (("mem", self.mem_mb), ("mem_per_gpu", self.mem_per_gpu_mb)):
+            if mb is not None and mb > MAX_MEMORY_MB:
+                raise Invalid(key, f"expected at most {MAX_MEMORY_MB} MB (an exabyte), got {mb} MB")
         if self.mem_per_gpu is not None:
             # Slurm refuses --mem with --mem-per-gpu, and a per-GPU size needs GPUs to multiply.
             if self.mem is not None:
