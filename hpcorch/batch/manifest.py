@@ -44,7 +44,10 @@ def record_submission(run: RunDir, code_dir: str | os.PathLike, script: str | No
     """At submit time: where the job was submitted from (its code directory) and the hashes of
     the rendered script and of the resolved profile, for every attempt's manifest to copy."""
     run.manifests.mkdir(parents=True, exist_ok=True)
-    record = {"code_dir": str(Path(code_dir).absolute()), "time": time.time(),
+    from hpcorch import __version__
+
+    # hpcorch_version: the planner's, which the pre-flight compares with the one where ranks run.
+    record = {"code_dir": str(Path(code_dir).absolute()), "time": time.time(), "hpcorch_version": __version__,
               "script_sha256": sha256(script) if script is not None else None,
               "profile": profile.get("name"),
               "profile_sha256": sha256(json.dumps(profile, sort_keys=True, default=str))}

@@ -93,7 +93,10 @@ class Recovery:
             failure.clear_error, failure.nodes, failure.what = True, [], why
         elif stage == "preflight" and exit_code == protocol.CLEAR_ERROR:  # its options, not a node
             failure.clear_error, failure.nodes = True, []
-            failure.what = f"the pre-flight step could not start its checks (exit {exit_code}); see the batch log"
+            said = [ln for ln in _tail(self.run.batch_log("err", self.job_id)).splitlines()
+                    if ln.startswith("error: python -m hpcorch.batch.health: ")]
+            failure.what = (said[-1].removeprefix("error: python -m hpcorch.batch.health: ") if said else
+                            f"the pre-flight step could not start its checks (exit {exit_code}); see the batch log")
         if failure.protocol_stop:
             return failure
         when = "before training" if failure.step is None else f"at step {failure.step}"

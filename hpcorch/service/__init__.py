@@ -82,13 +82,42 @@ def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overr
     from hpcorch.state.quarantine import excluded_nodes
 
     profile = str(profile) if profile is not None else default_profile()
-    spec = load_job(job, list(overrides))
+    try:
+        spec = load_job(job, list(overrides))
+    except ConfigError as exc:
+        # The batch arithmetic (trainer.*) failed: what the site refuses of the resources
+        # comes first, then that error, in one list.
+        if exc.key.startswith("trainer."):
+            _site_refusals_first(job, overrides, profile, exc)
+        raise
     cluster = load_profile(profile)
     held = excluded_nodes(cluster.name, registry) if backend_of(cluster.scheduler).has_nodes else {}
     result = make_plan(spec, cluster, run_dir=run_dir, source=str(job), quarantined=held, nccl_debug=nccl_debug)
     result.profile_ref = profile
     check_fit(result, force)  # a GPU job that cannot fit is refused (force: a warning)
     return result
+
+
+def _site_refusals_first(job, overrides, profile: str, error: ConfigError) -> None:
+    """Raise the resources' plan errors followed by ``error`` (a batch-arithmetic error of the
+    job), if the resources alone are refused; else return (also when the profile is bad:
+    the job's own error is then the one to report)."""
+    from hpcorch.errors import PlanError, PlanErrors
+    from hpcorch.spec.job import resources_only
+
+    alone = resources_only(job, list(overrides))
+    try:
+        cluster = load_profile(profile)
+    except ConfigError:
+        return
+    if alone is None:
+        return
+    try:
+        make_plan(alone, cluster, run_dir="/", source=error.source)
+    except PlanErrors as found:
+        raise PlanErrors([*found.errors, error]) from None
+    except PlanError as found:
+        raise PlanErrors([found, error]) from None
 
 
 def render(plan: Plan, template_dir: str | os.PathLike | None = None) -> str:

@@ -32,6 +32,7 @@ from hpcorch.spec.schema import (
 )
 from hpcorch.spec.yamlio import read_yaml
 
+MAX_MEMORY_MB = 2**40  # as a profile's node_types.*.memory_mb
 MAX_TASKS_PER_NODE = 1024  # ranks per node: one per GPU or a few per CPU socket, far below this
 
 # A typed GPU request as Slurm writes it: TYPE:COUNT (a40:4); TYPE is a GRES type name.
@@ -91,6 +92,9 @@ class Resources:
             self.mem_per_gpu_mb = None if self.mem_per_gpu is None else _memory_mb(self.mem_per_gpu)
         except ValueError as exc:
             raise Invalid("mem_per_gpu", str(exc)) from None
+        for key, mb in (("mem", self.mem_mb), ("mem_per_gpu", self.mem_per_gpu_mb)):
+            if mb is not None and mb > MAX_MEMORY_MB:
+                raise Invalid(key, f"expected at most {MAX_MEMORY_MB} MB (an exabyte), got {mb} MB")
         if self.mem_per_gpu is not None:
             # Slurm refuses --mem with --mem-per-gpu, and a per-GPU size needs GPUs to multiply.
             if self.mem is not None:
@@ -321,6 +325,30 @@ def _dtensor_parameters(layout: Layout, sharding: str) -> bool:
 def load_job(path: str | os.PathLike, overrides: list[str] | tuple = ()) -> JobSpec:
     """Load a job spec from a path, or a name (``gpt2-124m``: the user's jobs, then the shipped
     ones); ``overrides`` are ``KEY=VALUE`` strings applied before validation."""
+    path, data = _job_data(path, overrides)
+    try:
+        return build(JobSpec, data, str(path))
+    except ConfigError as exc:
+        raise _blame_override(exc, path, overrides) from None
+
+
+def resources_only(path: str | os.PathLike, overrides: list[str] | tuple = ()) -> JobSpec | None:
+    """The job's name, resources, launch and placement with a trainer whose batch arithmetic
+    always works (one sequence per rank): for checking what the site refuses before the
+    batch arithmetic (a plan reports those first). None when even that does not load."""
+    try:
+        path, data = _job_data(path, overrides)
+        keep = {k: data[k] for k in ("name", "resources", "launch", "placement", "health", "environment")
+                if k in data}
+        res = build(Resources, dict(keep.get("resources") or {}), str(path))
+        keep["trainer"] = {"global_batch": res.world_size, "micro_batch": 1}
+        return build(JobSpec, keep, str(path))
+    except ConfigError:
+        return None
+
+
+def _job_data(path: str | os.PathLike, overrides) -> tuple[Path, dict]:
+    """The job file (or named job) as data, with the ``--set`` overrides applied."""
     text = str(path)
     if catalog.is_name(text) and not Path(text).exists():
         found = catalog.find("jobs", text)
@@ -339,10 +367,7 @@ def load_job(path: str | os.PathLike, overrides: list[str] | tuple = ()) -> JobS
         if not sep:
             raise ConfigError("--set", item, "expected KEY=VALUE, such as trainer.steps=50")
         set_dotted(data, key.strip(), value, f"{path} (--set {key.strip()})")
-    try:
-        return build(JobSpec, data, str(path))
-    except ConfigError as exc:
-        raise _blame_override(exc, path, overrides) from None
+    return path, data
 
 
 def _blame_override(exc: ConfigError, path: Path, overrides) -> ConfigError:

@@ -227,3 +227,18 @@ def test_a_preflight_whose_interpreter_never_started_is_named_as_such():
     assert "(exit 127)" in interpreter_failure(none, "", 127)
     assert interpreter_failure(none, "Killed", 1) is None  # silence alone may be a hang or a death
     assert interpreter_failure({"node1": {"ok": False}, "node2": None}, err, 2) is None  # a check ran
+
+
+def test_the_preflight_refuses_another_hpcorch_than_the_one_that_submitted(tmp_path, capsys):
+    import json
+
+    from hpcorch import __version__
+    from hpcorch.batch.health.__main__ import main
+
+    run = tmp_path / "run"
+    (run / "manifests").mkdir(parents=True)
+    (run / "manifests" / "submission.json").write_text(json.dumps({"hpcorch_version": "9.9.0"}))
+    assert main(["preflight", "--run-dir", str(run), "--gpus", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: python -m hpcorch.batch.health: hpcorch {__version__} runs here, but hpcorch 9.9.0 "
+                   "submitted the job; install hpcorch 9.9.0 where the ranks run (launch.python / the image)")

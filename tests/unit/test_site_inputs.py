@@ -73,6 +73,7 @@ def test_numbers_and_options_past_what_slurm_takes_are_refused_by_key(path, valu
     ("resources.nodes=70000", "resources.nodes", "expected at most 65533"),
     ("resources.tasks_per_node=5000", "resources.tasks_per_node", "expected at most 1024"),
     ("resources.time=4294967294", "resources.time", "Slurm reads 4294967294 minutes"),
+    ("resources.mem=999999999999999999999T", "resources.mem", "expected at most 1099511627776 MB"),
     ("resources.extra_directives=[--usage]", "resources.extra_directives[0]", "--usage changes what sbatch does"),
 ])
 def test_job_counts_and_times_within_slurms_ranges(override, key, expected):

@@ -188,3 +188,16 @@ def test_slurm_conf_mimics_the_sites_qos_and_partition_limits():
     job = _job(partition="debug", nodes=2, time="20", qos="big", account="bigproj")
     assert any("partition 'debug''s QOS 'normal'" in line or "QOS 'big' takes at least 4" in line
                for line in _errors(job, profile))
+
+
+def test_resource_refusals_come_before_the_batch_arithmetic(tmp_path):
+    from hpcorch import service
+
+    (tmp_path / "p.yaml").write_text(dump_yaml(PROFILE))
+    (tmp_path / "j.yaml").write_text(dump_yaml({"name": "j", "resources": {
+        "nodes": 1, "gpus_per_node": 4, "tasks_per_node": 6, "cpus_per_task": 4, "time": "1:00:00"},
+        "trainer": {"global_batch": 8, "micro_batch": 1}}))  # 8 sequences do not split over 6 ranks
+    with pytest.raises(PlanErrors) as info:
+        service.plan(tmp_path / "j.yaml", tmp_path / "p.yaml")
+    keys = [e.key for e in info.value.errors]
+    assert keys[:2] == ["resources.nodes", "resources.tasks_per_node"] and keys[-1].startswith("trainer."), keys

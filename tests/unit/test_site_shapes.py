@@ -139,3 +139,13 @@ def test_shape_refuses_what_the_site_would_refuse(repo, shape, overrides, key, m
         _render(repo, shape, *overrides)
     text = str(err.value)
     assert f": {key}: " in text and message in text and "\n" not in text, text
+
+
+@pytest.mark.parametrize("profile, option", [("gh200-uenv", "--uenv=pytorch/v2.6.0:v1 --view=default"),
+                                             ("efa-cloud", "--container-image=")])
+def test_the_preflight_starts_in_the_same_environment_as_the_ranks(repo, profile, option):
+    """Issue 27: these shapes rendered the pre-flight on the bare host (the wrapper's srun
+    options only on the training step): every srun step now carries them."""
+    text = _render(repo, profile)
+    steps = [ln for ln in text.replace(" \\\n  ", " ").splitlines() if ln.startswith("srun ")]
+    assert len(steps) == 2 and all(option in step for step in steps), steps

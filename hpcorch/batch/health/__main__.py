@@ -32,12 +32,30 @@ def _parser() -> _Parser:
     return p
 
 
+def _check_version(run_dir: str) -> None:
+    """The hpcorch here (inside the image) against the one that submitted the job (its
+    ``manifests/submission.json``): another major.minor is a clear error, not a node's fault."""
+    import json
+    from pathlib import Path
+
+    from hpcorch import __version__
+
+    try:
+        planned = json.loads((Path(run_dir) / "manifests" / "submission.json").read_text()).get("hpcorch_version")
+    except (OSError, ValueError, AttributeError):
+        return  # no record (a run submitted before the field existed): nothing to compare
+    if isinstance(planned, str) and planned.split(".")[:2] != __version__.split(".")[:2]:
+        raise HpcorchError(f"hpcorch {__version__} runs here, but hpcorch {planned} submitted the job; "
+                           f"install hpcorch {planned} where the ranks run (launch.python / the image)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the pre-flight on this node; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="hpcorch health: %(message)s", stream=sys.stderr)
     try:
         args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
         criteria = from_namespace(args)
+        _check_version(args.run_dir)
     except HpcorchError as exc:
         print(f"error: python -m hpcorch.batch.health: {exc}", file=sys.stderr)
         return CLEAR_ERROR
