@@ -32,8 +32,12 @@ class PrepareResult:
 def plan_prepare(inputs: list[str], out: str | os.PathLike, tokenizer: str = "gpt2", jsonl_field: str = "text",
                  on_error: str = "stop", shard_bytes: int = prep.DEFAULT_SHARD_BYTES) -> prep.PreparePlan:
     """The plan of a prepare (nothing written)."""
+    return _plan(inputs, out, load_tokenizer(tokenizer), jsonl_field, on_error, shard_bytes)
+
+
+def _plan(inputs, out, tok, jsonl_field, on_error, shard_bytes) -> prep.PreparePlan:
     options = prep.Options(jsonl_field=jsonl_field, on_error=on_error, shard_bytes=shard_bytes)
-    return prep.make_plan(list(inputs), Path(out), load_tokenizer(tokenizer), options)
+    return prep.make_plan(list(inputs), Path(out), tok, options)
 
 
 def prepare(inputs: list[str], out: str | os.PathLike, tokenizer: str = "gpt2", jsonl_field: str = "text",
@@ -46,7 +50,8 @@ def prepare(inputs: list[str], out: str | os.PathLike, tokenizer: str = "gpt2", 
     ``check`` asks Slurm (``sbatch --test-only``) without submitting."""
     if processes < 1:
         raise HpcorchError(f"--processes {processes}: expected a whole number of at least 1")
-    plan = plan_prepare(inputs, out, tokenizer, jsonl_field, on_error, shard_bytes)
+    tok = load_tokenizer(tokenizer)
+    plan = _plan(inputs, out, tok, jsonl_field, on_error, shard_bytes)
     result = PrepareResult(str(plan.out), len(plan.groups))
     if prep.is_finished(plan.out) and prep.plan_path(plan.out).exists():
         prep.save_plan(plan)  # refuses a folder of other inputs/options
@@ -56,7 +61,7 @@ def prepare(inputs: list[str], out: str | os.PathLike, tokenizer: str = "gpt2", 
         if dry_run or check:
             raise HpcorchError("--dry-run and --check show a Slurm array: name a cluster with --profile")
         prep.save_plan(plan)
-        result.ran = prep.run_here(plan, processes)
+        result.ran = prep.run_here(plan, processes, tok)
         result.finished = prep.is_finished(plan.out)
         return result
     return _submit(plan, result, profile, max_parallel, dry_run, check, cpus, time_limit)
