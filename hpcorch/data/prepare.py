@@ -181,6 +181,10 @@ def check_tokenizer(plan: PreparePlan) -> Tokenizer:
 def run_shard(plan: PreparePlan, index: int, tok: Tokenizer) -> ShardInfo:
     """Make shard ``index`` and mark it done (the marker last, after the shard is durable)."""
     name = shard_name(index)
+    # Temporary files of an earlier attempt at this shard that was killed mid-write (one task
+    # owns a shard, so nobody else is writing them).
+    for stale in plan.out.glob(f"{name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     sources = []
     try:
         with ShardWriter(plan.out / name, plan.dtype) as writer:

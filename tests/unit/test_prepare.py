@@ -72,9 +72,10 @@ def test_rerun_redoes_only_unfinished_shards(tmp_path):
     plan.tasks.marker("shard_00002").unlink()
     (out / "dataset.json").unlink()
     (out / "shard_00002.bin").write_bytes(b"junk")
+    (out / "shard_00002.bin.oldhost.123.tmp").write_bytes(b"a killed writer's temporary file")
     again = service.prepare([str(src)], out, shard_bytes=64 << 10, processes=2)
     assert again.ran == ["shard_00002"] and again.finished
-    assert _digest(out) == before
+    assert _digest(out) == before and not list(out.glob("*.tmp"))
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard_*")}
     changed = sorted(n for n in mtimes if mtimes[n] != after[n])
     assert changed == ["shard_00002.bin", "shard_00002.idx"]
