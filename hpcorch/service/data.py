@@ -136,3 +136,22 @@ def show(folder: str | os.PathLike) -> dict:
             "documents": index.documents, "shards": len(index.shards), "sources": len(index.sources),
             "skipped": index.skipped, "skipped_by_source": {s.path: s.skipped for s in index.sources if s.skipped},
             "options": index.options}
+
+
+def run_tokenizer(job) -> str | None:
+    """The tokenizer a job trains with: its ``trainer.data.tokenizer``, else the tokenizer its
+    first prepared dataset was made with; None when its data names none (bytes of files)."""
+    data = getattr(getattr(job, "trainer", None), "data", None)
+    name = getattr(data, "tokenizer", None)
+    if name:
+        return str(name)
+    for _key, folder in getattr(data, "datasets", None) or []:
+        return DatasetIndex.load(Path(folder)).tokenizer.name
+    return None
+
+
+def write_hf_tokenizer(job, out: str | os.PathLike) -> list[Path]:
+    """Beside an ``hpcorch export --format hf`` folder's weights: the files of the job's
+    tokenizer that ``AutoTokenizer.from_pretrained(out)`` loads (none when the job names none)."""
+    name = run_tokenizer(job)
+    return load_tokenizer(name).save_hf(Path(out)) if name else []

@@ -219,3 +219,23 @@ def test_data_commands_import_neither_torch_nor_submitit(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_export_writes_the_runs_tokenizer(tmp_path):
+    """``hpcorch export --format hf`` puts the job's tokenizer beside the weights: the named one,
+    else its prepared dataset's; nothing for a job that names none."""
+    from types import SimpleNamespace
+
+    transformers = pytest.importorskip("transformers")
+
+    def job(**data):
+        return SimpleNamespace(trainer=SimpleNamespace(data=SimpleNamespace(**data)))
+
+    (tmp_path / "a.txt").write_text("hello world")
+    service.prepare([str(tmp_path / "a.txt")], tmp_path / "ds", tokenizer="bytes")
+    assert service.run_tokenizer(job(tokenizer="gpt2", datasets=[("web", tmp_path / "ds")])) == "gpt2"
+    assert service.run_tokenizer(job(tokenizer=None, datasets=[("web", str(tmp_path / "ds"))])) == "bytes"
+    assert service.write_hf_tokenizer(job(tokenizer=None), tmp_path / "none") == []
+    written = service.write_hf_tokenizer(job(tokenizer="gpt2"), tmp_path / "hf")
+    assert {p.name for p in written} == {"vocab.json", "merges.txt", "tokenizer_config.json"}
+    assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))("hello world")["input_ids"] == [31373, 995]
