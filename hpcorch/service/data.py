@@ -3,6 +3,7 @@ a prepared dataset. The work is :mod:`hpcorch.data.prepare`'s; the array mechani
 :mod:`hpcorch.submit.array`'s (the one owner of "submit N tasks, know which are done")."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from hpcorch.data import prepare as prep
 from hpcorch.data.index import DatasetIndex
 from hpcorch.data.tokenizer import load_tokenizer
 from hpcorch.errors import HpcorchError
+from hpcorch.util.fileio import atomic_write
 
 
 @dataclass
@@ -89,6 +91,7 @@ def _submit(plan: prep.PreparePlan, result: PrepareResult, profile: str, max_par
         if prep.finish(plan) is not None:
             result.finished = True
             return result
+        _refuse_while_queued(plan, Slurm())
         todo = plan.tasks.remaining()
         batches = plan_arrays(plan.tasks, todo, max_parallel, Slurm().max_array_size())
     scripts = [render_prepare(plan, cluster, b, cpus, time_limit) for b in batches]
@@ -99,7 +102,35 @@ def _submit(plan: prep.PreparePlan, result: PrepareResult, profile: str, max_par
         return result
     plan.log_dir.mkdir(parents=True, exist_ok=True)
     result.arrays = submit_slurm(scripts)
+    arrays = _arrays_file(plan)
+    atomic_write(arrays, json.dumps(_submitted(plan) + result.arrays) + "\n")
     return result
+
+
+def _arrays_file(plan: prep.PreparePlan) -> Path:
+    return plan.out / prep.WORK / "arrays.json"
+
+
+def _submitted(plan: prep.PreparePlan) -> list[str]:
+    """The ids of the arrays submitted for ``plan.out`` so far."""
+    try:
+        return list(json.loads(_arrays_file(plan).read_text()))
+    except (OSError, ValueError):
+        return []
+
+
+_ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+           "RESIZING", "SIGNALING", "STAGE_OUT")
+
+
+def _refuse_while_queued(plan: prep.PreparePlan, slurm) -> None:
+    """A rerun while an earlier array of this folder still has tasks queued or running would run
+    their shards twice: refused with what to do."""
+    for array in _submitted(plan):
+        active = [t for t, state in slurm.array_tasks(array).items() if state.split()[0] in _ACTIVE]
+        if active:
+            raise HpcorchError(f"{plan.out}: array {array} still has {len(active)} task(s) queued or running; "
+                               f"wait for it (hpcorch data show {plan.out}) or cancel it (scancel {array})")
 
 
 def render_prepare(plan: prep.PreparePlan, cluster, batch, cpus: int = 1, time_limit: str = "60") -> str:

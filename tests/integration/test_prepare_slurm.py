@@ -61,6 +61,11 @@ def test_array_equals_local_and_reruns_only_the_cancelled_task(tmp_path, slurm, 
     assert result["ran"] == prep.load_plan(out).shard_names and len(result["arrays"]) == 1
     array = result["arrays"][0]
     slurm.run("scancel", f"{array}_3")
+    # While tasks of it are queued, a rerun would run their shards twice: refused.
+    slurm.run("scontrol", "hold", array, check=False)
+    busy = run_cli(*args, env=env)
+    slurm.run("scontrol", "release", array, check=False)  # tasks that finished meanwhile: an error line
+    assert busy.returncode == 2 and f"array {array} still has" in busy.stderr, busy.stdout + busy.stderr
     _wait_done(out, 3, slurm, array)
     assert not (out / "dataset.json").exists()
     shown = run_cli("data", "show", out, env=env)
