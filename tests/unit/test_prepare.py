@@ -93,6 +93,8 @@ BAD = {
     "no-field": ("bad.jsonl", b'{"text": "ok"}\n{"body": "x"}\n', "bad.jsonl:2: expected an object with a string field 'text'"),
     "not-string": ("bad.jsonl", b'{"text": 3}\n', "bad.jsonl:1: expected an object"),
     "bad-gzip": ("bad.jsonl.gz", b"\x1f\x8b\x08\x00garbage", "bad.jsonl.gz: unreadable after 0 documents"),
+    "bad-gzip-data": ("bad.txt.gz", gzip.compress(b"x" * 1000)[:12] + b"\xff" * 40, "bad.txt.gz: unreadable"),
+    "bad-zstd": ("bad.txt.zst", b"not zstd at all", "bad.txt.zst: unreadable after 0 documents"),
 }
 
 
