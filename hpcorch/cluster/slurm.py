@@ -86,7 +86,8 @@ class Slurm:
         """(state, reason) of each job the controller still holds, finished ones included (for
         MinJobAge), from one squeue call. A job missing from the answer is not held; raise if
         the controller cannot be asked."""
-        proc = self._call(["squeue", "-h", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
+        # -r: an array task (A_i) is a line of its own, pending ones too.
+        proc = self._call(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
         if proc.returncode != 0 and _FORGOTTEN not in proc.stderr:
             raise SlurmError(f"squeue failed: {proc.stderr.strip()}")
         held = {}

@@ -137,10 +137,13 @@ def environment(template_dir: str | Path | None = None):
 def render_sbatch(plan: Plan, template_dir: str | Path | None = None,
                   template: str = DEFAULT_TEMPLATE, **extra) -> str:
     """The sbatch script for ``plan``, exactly as a submit sends it. ``array`` (an
-    :class:`hpcorch.submit.array.ArrayBatch`) makes it a job array's script."""
+    :class:`hpcorch.submit.array.ArrayBatch`) makes it a job array's script; ``array_task=True``
+    a script one task of an array runs (a sweep point's: rank logs named ``A_i``)."""
     from hpcorch import __version__
 
     extra.setdefault("array", None)
+    # A sweep point's script runs as one array task: its submitit job id is A_i (srun's %A_%a).
+    extra.setdefault("rank_log_job", "%A_%a" if extra.pop("array_task", False) or extra["array"] else "%j")
     return render_template(template, template_dir, plan=plan, run=plan.run, job=plan.job,
                            res=plan.job.resources, profile=plan.profile, version=__version__, **extra)
 

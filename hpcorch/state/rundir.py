@@ -198,11 +198,12 @@ class RunDir:
         """submitit's folder per job, as a pattern (``%j``: the job id)."""
         return f"{self.root}/submitit/%j"
 
-    def rank_log_pattern(self, stream: str = "out") -> str:
+    def rank_log_pattern(self, stream: str = "out", job: str = "%j") -> str:
         """The per-rank log as srun's ``--output`` pattern. submitit's ``JobPaths`` spells
         the same name (a test checks that they agree); this copy keeps dry runs free of
-        importing submitit."""
-        return f"{self.submitit_folder}/%j_%t_log.{stream}"
+        importing submitit. ``job``: ``%A_%a`` for an array task, whose submitit job id is
+        ``A_i`` (srun's ``%j`` would be the task's own number)."""
+        return f"{self.root}/submitit/{job}/{job}_%t_log.{stream}"
 
     def rank_log(self, job_id: str, rank: int = 0, stream: str = "out") -> Path:
         """Rank ``rank``'s log of job ``job_id``, named by submitit's own ``JobPaths``."""
