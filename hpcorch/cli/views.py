@@ -348,3 +348,27 @@ def disconnected_line(hosts: list[str] | bool) -> str:
     if not hosts:
         return "no connection was open"
     return "disconnected" if hosts is True else f"disconnected {', '.join(hosts)}"
+
+
+# ----- sweeps ---------------------------------------------------------------------------------
+def point_lines(rows: list[dict]) -> list[str]:
+    """``hpcorch sweep --dry-run``'s point table: number, name, the values that vary, array."""
+    columns = list(rows[0]) if rows else []
+    return table([Column(c, number=c in ("point", "array")) for c in columns],
+                 [[str(r[c]) for c in columns] for r in rows])
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def sweep_status_lines(info: dict) -> list[str]:
+    """``hpcorch sweep status``: one aligned line per point."""
+    keys = info["keys"]
+    columns = [Column("#", True), *(Column(k.rsplit(".", 1)[-1]) for k in keys), Column("state"),
+               Column("restarts", True), Column("step", True), Column("loss", True), Column("val loss", True),
+               Column("tokens/s", True), Column("goodput", True), Column("job id")]
+    rows = [[str(r["point"]), *(str(r[k]) for k in keys), r["state"] + (" (done)" if r["done"] else ""),
+             str(r["restarts"]), _num(r["step"], ","), _num(r["final_loss"], ".4f"), _num(r["val_loss"], ".4f"),
+             _num(r["tokens_per_s"], ",.0f"), percent(r["goodput"]), r["job_id"] or "-"] for r in info["rows"]]
+    return [f"sweep {info['name']} ({info['root']})", *table(columns, rows)]

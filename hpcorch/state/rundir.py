@@ -21,6 +21,8 @@ Layout (``R`` the run directory)::
     R/manifests/attempt-N.json|.patch  what ran in the run's Nth attempt (submission.json: the submit's record)
     R/logs/%j.out|err        the batch script's own output; logs/controller.log (local)
     R/submitit/%j/           submitit's pickles and per-rank logs (submitit's JobPaths names)
+    R/submitit/task.pkl      a sweep point's task, copied to submitit/A_i/ by its array task
+    R/sbatch.sh              a sweep point's own script, which its array task runs
 """
 from __future__ import annotations
 
@@ -166,6 +168,8 @@ class RunDir:
     logs = property(lambda self: self.root / "logs")
     controller_log = property(lambda self: self.root / "logs" / "controller.log")
 
+    array_task_pickle = property(lambda self: self.root / "submitit" / "task.pkl")  # a sweep point's
+    array_script = property(lambda self: self.root / "sbatch.sh")
     failures = property(lambda self: self.root / "failures.jsonl")
     goodput_file = property(lambda self: self.root / "goodput.json")  # an ended job's figure, for ls
     manifests = property(lambda self: self.root / "manifests")
