@@ -224,9 +224,19 @@ def jobs(registry: Registry | None = None) -> list[dict]:
     found: dict[int, dict] = {}
     for backend, group in _by_backend(entries):
         found.update(backend.rows(group))
+    sweeps: dict[str, bool] = {}  # a point's run directory sits in its sweep's folder (sweep.json)
+
+    def sweep_of(e: Entry) -> str | None:
+        parent = str(Path(e.run_dir).parent)
+        if "/" not in e.name or e.remote:
+            return None
+        if parent not in sweeps:
+            sweeps[parent] = (Path(parent) / "sweep.json").is_file()
+        return e.name.split("/", 1)[0] if sweeps[parent] else None
+
     return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": found[e.key]["state"],
              "run_dir": e.run_dir, "host": found[e.key].get("host"), **observe.row(e),
-             "goodput": found[e.key]["goodput"]}
+             "goodput": found[e.key]["goodput"], "sweep": sweep_of(e)}
             for e in entries]
 
 
