@@ -22,8 +22,9 @@ class SweepGroup(click.Group):
 
 @click.group(cls=SweepGroup)
 def sweep():
-    """Run JOB at many points (learning rates, seeds, sizes) as Slurm job arrays, and operate them
-    as one: `hpcorch sweep JOB --grid KEY=V1,V2 ...`, then `hpcorch sweep status NAME`."""
+    """Run JOB at many points (learning rates, seeds, sizes) as Slurm job arrays, operated as one.
+
+    `hpcorch sweep JOB --grid KEY=V1,V2 [--grid ...]` submits; `hpcorch sweep status NAME` compares."""
 
 
 @sweep.command("submit")
