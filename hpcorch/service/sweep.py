@@ -368,3 +368,30 @@ def resume_sweep(ref: str, registry: Registry | None = None) -> tuple[Sweep, lis
     resumed = {n: entries[n].key for n in todo if n in entries}
     _submit_points(sweep, tasks, planned, Slurm(), registry, resumed)
     return sweep, todo, live
+
+
+def is_sweep(ref: str, registry: Registry | None = None) -> bool:
+    """Whether ``ref`` names a sweep (its folder, or its name) rather than one job."""
+    try:
+        find_sweep(ref, registry)
+    except HpcorchError:
+        return False
+    return True
+
+
+def sweep_curves(ref: str, registry: Registry | None = None):
+    """Every point's curves (those with metrics yet), labelled by the parameters that differ."""
+    from hpcorch.observe.plot import Overlay, curves
+
+    sweep = find_sweep(ref, registry)
+    keys = sweep.record.get("keys") or []
+    runs = []
+    for point in sweep.record["points"]:
+        run = RunDir(point["run_dir"])
+        if not run.metrics.is_file():
+            continue
+        label = " ".join(f"{k.rsplit('.', 1)[-1]}={point['params'].get(k)}" for k in keys) or point["name"]
+        runs.append((label, curves(run, point["name"])))
+    if not runs:
+        raise HpcorchError(f"sweep {sweep.name}: no point has metrics yet; nothing to plot")
+    return Overlay(sweep.name, runs)

@@ -96,3 +96,30 @@ def test_cli_dry_run_prints_scripts_and_table(tmp_path):
     assert out.stdout.count("#SBATCH --array=0-1%1\n") == 1 and "#SBATCH --job-name=s\n" in out.stdout
     assert "000-seed=1" in out.stdout and "001-seed=2" in out.stdout
     assert run_cli("sweep", "status", "nope").stderr.startswith("error: no sweep named 'nope'")
+
+
+def _fake_sweep(root):
+    """A sweep folder as a submission leaves it, with two points that trained a few steps."""
+    import json
+
+    points = []
+    for i, lr in enumerate(("1e-3", "3e-3")):
+        run = root / f"00{i}-lr={lr}"
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": s, "loss": 5.0 - s * float(lr) * 100, "lr": float(lr), "tokens_per_s": 1000.0 + i,
+                        **({"val_loss": 4.0} if s == 4 else {})}) + "\n" for s in range(1, 5)))
+        points.append({"index": i, "name": run.name, "params": {LR: lr}, "run_dir": str(run), "shape": []})
+    (root / "sweep.json").write_text(json.dumps({"name": "fake", "keys": [LR], "points": points, "arrays": []}))
+
+
+def test_plot_overlays_the_points_labelled_by_what_differs(tmp_path):
+    import json
+
+    _fake_sweep(tmp_path / "fake")
+    out = run_cli("plot", tmp_path / "fake", "--json")
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    assert [r["label"] for r in found["runs"]] == ["lr=1e-3", "lr=3e-3"] and found["runs"][1]["val_loss"] == [4.0]
+    out = run_cli("plot", tmp_path / "fake", "--width", "100", "--height", "30")
+    assert out.returncode == 0 and out.stdout.startswith("fake: 2 runs") and "lr=3e-3" in out.stdout, out.stderr
