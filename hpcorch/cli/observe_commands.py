@@ -47,7 +47,8 @@ def plot(ref, png_file, as_json, width, height):
 
     In the terminal (plotext), or as a PNG with --png (matplotlib); restarts are the lines
     labelled R1, R2 and so on."""
-    from hpcorch.service import manifests, sweep
+    from hpcorch.service import manifests
+    from hpcorch.service import sweepops as sweep
 
     if sweep.is_sweep(ref):  # a sweep: its points' curves on one plot, labelled by what differs
         found = sweep.sweep_curves(ref)

@@ -90,7 +90,7 @@ def status(name, sort, as_json):
     """One row per point of sweep NAME: parameters, state, restarts, step, final and validation
     loss, tokens/s, goodput."""
     from hpcorch.cli.views import sweep_status_lines, text
-    from hpcorch.service.sweep import sweep_status
+    from hpcorch.service.sweepops import sweep_status
 
     click.echo(text(sweep_status(name, sort=sort), as_json, sweep_status_lines))
 
@@ -100,7 +100,7 @@ def status(name, sort, as_json):
 @click.option("--point", "points", multiple=True, help="Only this point (its number or name; repeatable).")
 def cancel(name, points):
     """Cancel the points of sweep NAME (all, or --point ones); `hpcorch sweep resume` continues them."""
-    from hpcorch.service.sweep import cancel_sweep
+    from hpcorch.service.sweepops import cancel_sweep
 
     for line in cancel_sweep(name, list(points)):
         click.echo(line)
@@ -110,7 +110,7 @@ def cancel(name, points):
 @click.argument("name")
 def resume(name):
     """Submit again only the points of sweep NAME that did not complete (and are not running)."""
-    from hpcorch.service.sweep import resume_sweep
+    from hpcorch.service.sweepops import resume_sweep
 
     sw, submitted, live = resume_sweep(name)
     if live:
@@ -120,3 +120,12 @@ def resume(name):
         return
     click.echo(f"sweep {sw.name}: resubmitted {len(submitted)} point(s): {', '.join(submitted)} "
                f"(array {sw.record['arrays'][-1]['id']})")
+
+
+@sweep.command("run-point", hidden=True)
+@click.argument("root", type=click.Path(file_okay=False))
+def run_point(root):
+    """One point of a local sweep (the runner starts it with HPCORCH_ARRAY_TASK set)."""
+    from hpcorch.service.sweep import run_point as run
+
+    raise SystemExit(run(root))

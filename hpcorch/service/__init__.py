@@ -109,12 +109,13 @@ def check(plan: Plan, script: str | None = None) -> str:
 # ----- submit, resume ---------------------------------------------------------------------------
 def submit(plan: Plan, script: str | None = None, registry: Registry | None = None,
            resumed_from: int | None = None, allow_config_change: bool = False,
-           template_dir: str | os.PathLike | None = None) -> Submission:
+           template_dir: str | os.PathLike | None = None, name: str | None = None) -> Submission:
     """Submit ``plan`` (with ``script``, else rendered from ``template_dir`` or the shipped
     templates), take the run directory's lease for the new job, and record it in the registry
     (with ``template_dir``, which ``resume`` renders with again). A run directory whose checkpoint was
     trained under another config is refused before anything is submitted, unless
-    ``allow_config_change`` (see :func:`accept_config_changes`)."""
+    ``allow_config_change`` (see :func:`accept_config_changes`). ``name``: the registry's name for
+    it (a sweep point's ``SWEEP/POINT``; default the job's name)."""
     from hpcorch.submit.executor import SubmitError
 
     script = script if script is not None else render(plan, template_dir)
@@ -139,7 +140,7 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
             shutil.rmtree(run.root, ignore_errors=True)
         raise
     entry = (registry or Registry()).add(
-        job.job_id, plan.job.name, plan.profile_ref or plan.profile.name, scheduler,
+        job.job_id, name or plan.job.name, plan.profile_ref or plan.profile.name, scheduler,
         str(run.root), str(run.job_file), slurm_conf=os.environ.get("SLURM_CONF"),
         exclude=plan.job.resources.exclude, resumed_from=resumed_from, started=holder.started or None,
         template_dir=str(Path(template_dir).absolute()) if template_dir else None)

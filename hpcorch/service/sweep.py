@@ -3,7 +3,7 @@
     sp = plan_sweep("gpt-tiny", "devcluster", SweepAxes(grid=["trainer.seed=1,2,3"]), max_parallel=2)
     print(render_sweep(sp))            # the array script(s) and the point table
     sw = submit_sweep(sp)              # one sbatch per resource shape (and per MaxArraySize)
-    sweep_status(sw.name)              # one row per point; resume_sweep / cancel_sweep
+    sweepops.sweep_status(sw.name)     # one row per point; resume_sweep / cancel_sweep (sweepops)
 
 Each point is a whole hpcorch job: its own run directory ``SWEEP/POINT`` (its script, job file,
 lease, restart budgets, pre-flight, goodput, manifests) and its own registry entry, whose job id
@@ -28,7 +28,7 @@ from hpcorch.spec.sweep import Point, SweepAxes, check_point, expand, varying_ke
 from hpcorch.state import jobstate
 from hpcorch.state.arraytasks import ArrayTasks
 from hpcorch.state.registry import Registry
-from hpcorch.state.rundir import Lease, RunDir
+from hpcorch.state.rundir import Lease
 from hpcorch.util.fileio import atomic_write, read_json
 
 SWEEP_FILE = "sweep.json"
@@ -177,9 +177,9 @@ def submit_sweep(sp: SweepPlan, registry: Registry | None = None) -> Sweep:
     point's lease and registry entry written, then the arrays released."""
     from hpcorch.cluster.slurm import Slurm
 
-    if sp.scheduler != "slurm":
+    if sp.scheduler not in ("slurm", "local"):
         raise HpcorchError(f"profile {sp.profile!r} runs {sp.scheduler} jobs; a sweep runs as Slurm job arrays "
-                           "(use a Slurm profile, or loop over `hpcorch submit`)")
+                           "or on this machine (profile local)")
     if (sp.root / SWEEP_FILE).exists():
         raise HpcorchError(f"{sp.root} already holds a sweep; `hpcorch sweep resume {sp.name}`, or choose --name")
     sp.root.mkdir(parents=True, exist_ok=True)
@@ -191,11 +191,59 @@ def submit_sweep(sp: SweepPlan, registry: Registry | None = None) -> Sweep:
         "points": [{"index": pp.point.index, "name": pp.point.name, "params": pp.point.params,
                     "run_dir": str(pp.plan.run.root), "shape": list(pp.shape)} for pp in sp.points],
         "arrays": []})
-    _submit_points(sweep, tasks, sp.points, Slurm(), registry or Registry())
+    if sp.scheduler == "local":
+        start_local_points(sweep, tasks, [pp.point.name for pp in sp.points])
+    else:
+        submit_points(sweep, tasks, sp.points, Slurm(), registry or Registry())
     return sweep
 
 
-def _submit_points(sweep: Sweep, tasks: ArrayTasks, points: list[PointPlan], slurm, registry: Registry,
+def start_local_points(sweep: Sweep, tasks: ArrayTasks, names: list[str]) -> None:
+    """The local profile: a background runner starts ``hpcorch sweep run-point`` for the points,
+    K at a time (1 without --max-parallel); each submits its point as any local job and waits."""
+    import sys
+
+    from hpcorch.submit.array import plan_arrays, start_local
+
+    k = sweep.record["max_parallel"] or 1
+    batches = plan_arrays(tasks, names, k, max_array_size=len(names))
+    (sweep.root / "logs").mkdir(exist_ok=True)
+    pid = start_local(batches, [sys.executable, "-m", "hpcorch", "sweep", "run-point", str(sweep.root)],
+                      sweep.root / "logs", k)
+    sweep.record["arrays"].append({"id": f"local:{pid}", "run_list": str(batches[0].run_list), "offset": 0,
+                                   "tasks": names, "submitted": time.time()})
+    sweep.save()
+
+
+def run_point(root: str, registry: Registry | None = None) -> int:
+    """One point of a local sweep, in the runner's task (``HPCORCH_ARRAY_TASK`` names it): submit
+    it as a local job under the name ``SWEEP/POINT`` and wait for it; 0 when it completed."""
+    from hpcorch import service
+    from hpcorch.state.arraytasks import current_task
+
+    sweep = Sweep.open(Path(root))
+    name = current_task()
+    point = next(p for p in sweep.record["points"] if p["name"] == name)
+    registry = registry or Registry()
+    pp = plan_point(sweep.record, point, registry)
+    sub = service.submit(pp.plan, registry=registry, name=f"{sweep.name}/{name}",
+                         template_dir=sweep.record.get("template_dir"))
+    state = service.wait(sub.entry, lambda text: None)
+    return 0 if jobstate.base_state(state) == "COMPLETED" else 1
+
+
+def plan_point(rec: dict, point: dict, registry: Registry) -> PointPlan:
+    """Plan a recorded point again (resume, a local runner's task)."""
+    from hpcorch import service
+    from hpcorch.render.sbatch import render_sbatch
+
+    p = Point(point["index"], point["params"], point["name"])
+    plan = service.plan(rec["job"], rec["profile"], [*rec["overrides"], *p.overrides()], run_dir=point["run_dir"],
+                        registry=registry)
+    return PointPlan(p, plan, render_sbatch(plan, rec.get("template_dir"), array_task=True))
+
+
+def submit_points(sweep: Sweep, tasks: ArrayTasks, points: list[PointPlan], slurm, registry: Registry,
                    resumed: dict[str, int] | None = None) -> list[str]:
     """Prepare each point's run directory, sbatch one held array per shape, record the leases and
     registry entries under each point's ``A_i``, then release the arrays. Returns the array ids."""
@@ -260,7 +308,7 @@ def find_sweep(ref: str, registry: Registry | None = None) -> Sweep:
     raise HpcorchError(f"no sweep named {ref!r} (give its name or its folder, which holds {SWEEP_FILE})")
 
 
-def _entries(sweep: Sweep, registry: Registry) -> dict[str, object]:
+def point_entries(sweep: Sweep, registry: Registry) -> dict[str, object]:
     """Each point's newest registry entry, by point name."""
     latest = {}
     prefix = f"{sweep.name}/"
@@ -268,130 +316,3 @@ def _entries(sweep: Sweep, registry: Registry) -> dict[str, object]:
         if entry.name.startswith(prefix) and Path(entry.run_dir).parent == sweep.root:
             latest[entry.name.removeprefix(prefix)] = entry
     return latest
-
-
-# ----- operate the sweep as a whole -----------------------------------------------------------------
-STATUS_COLUMNS = ("point", "name", "state", "restarts", "step", "final_loss", "val_loss", "tokens_per_s", "goodput")
-
-
-def sweep_status(ref: str, registry: Registry | None = None, sort: str | None = None) -> dict:
-    """One row per point: its parameters (the keys that vary), its job's state (one scheduler
-    call per backend), restarts, step, final loss and validation loss (``summary.json``),
-    tokens/s (the last step's) and goodput. ``sort``: a column (``-col``: descending)."""
-    from hpcorch.service import _by_backend
-
-    registry = registry or Registry()
-    sweep = find_sweep(ref, registry)
-    entries = _entries(sweep, registry)
-    found: dict[int, dict] = {}
-    for backend, group in _by_backend(list(entries.values())):
-        found.update(backend.rows(group))
-    done = sweep.tasks.done() if sweep.tasks.tasks_file.exists() else set()
-    keys = sweep.record.get("keys") or []
-    rows = []
-    for point in sweep.record["points"]:
-        run = RunDir(point["run_dir"])
-        entry = entries.get(point["name"])
-        summary, progress = run.summary(), run.progress()
-        live = found.get(entry.key) if entry else None
-        rows.append({"point": point["index"], "name": point["name"],
-                     **{k: point["params"].get(k) for k in keys},
-                     "state": live["state"] if live else "NOT SUBMITTED", "job_id": entry.job_id if entry else None,
-                     "done": point["name"] in done,
-                     "restarts": progress.get("restarts", 0), "step": summary.get("final_step", progress.get("step")),
-                     "final_loss": summary.get("final_loss"), "val_loss": summary.get("val_loss"),
-                     "tokens_per_s": run.last_metrics().get("tokens_per_s"),
-                     "goodput": live["goodput"] if live else None, "run_dir": point["run_dir"]})
-    if sort:
-        column = sort.lstrip("-")
-        if rows and column not in rows[0]:
-            raise HpcorchError(f"--sort {sort!r}: expected one of {', '.join(rows[0])}")
-        present = [r for r in rows if r[column] is not None]
-        present.sort(key=lambda r: r[column], reverse=sort.startswith("-"))
-        rows = present + [r for r in rows if r[column] is None]
-    return {"name": sweep.name, "root": str(sweep.root), "keys": keys, "rows": rows}
-
-
-def cancel_sweep(ref: str, points: list[str] = (), registry: Registry | None = None) -> list[str]:
-    """Cancel the sweep's live points (``points``: only those, by number or name); what was done."""
-    from hpcorch import service
-
-    registry = registry or Registry()
-    sweep = find_sweep(ref, registry)
-    entries = _entries(sweep, registry)
-    chosen = _choose(sweep, points)
-    return [f"{name}: {service.backend_for(entries[name]).cancel(entries[name])}"
-            for name in chosen if name in entries]
-
-
-def _choose(sweep: Sweep, points: list[str]) -> list[str]:
-    names = [p["name"] for p in sweep.record["points"]]
-    if not points:
-        return names
-    chosen = []
-    for ref in points:
-        match = [n for n in names if n == ref or (ref.isdigit() and n.split("-", 1)[0].lstrip("0") == ref.lstrip("0"))]
-        if not match:
-            raise HpcorchError(f"sweep {sweep.name} has no point {ref!r} (points: {names[0]} .. {names[-1]})")
-        chosen += match
-    return chosen
-
-
-def resume_sweep(ref: str, registry: Registry | None = None) -> tuple[Sweep, list[str], list[str]]:
-    """Submit again only the points that did not complete (no marker) and are not live; returns
-    (sweep, the points submitted, the live points left alone). None to submit: nothing is."""
-    from hpcorch import service
-    from hpcorch.cluster.slurm import Slurm
-    from hpcorch.render.sbatch import render_sbatch
-
-    registry = registry or Registry()
-    sweep = find_sweep(ref, registry)
-    entries = _entries(sweep, registry)
-    tasks = sweep.tasks
-    remaining = tasks.remaining()
-    states = {}
-    for backend, group in service._by_backend([entries[n] for n in remaining if n in entries]):
-        states.update(backend.states(group))
-    live = [n for n in remaining if n in entries and not jobstate.has_ended(states[entries[n].key])]
-    todo = [n for n in remaining if n not in live]
-    if not todo:
-        return sweep, [], live
-    rec = sweep.record
-    by_name = {p["name"]: p for p in rec["points"]}
-    planned = []
-    for name in todo:
-        p = by_name[name]
-        point = Point(p["index"], p["params"], name)
-        plan = service.plan(rec["job"], rec["profile"], [*rec["overrides"], *point.overrides()],
-                            run_dir=p["run_dir"], registry=registry)
-        planned.append(PointPlan(point, plan, render_sbatch(plan, rec.get("template_dir"), array_task=True)))
-    resumed = {n: entries[n].key for n in todo if n in entries}
-    _submit_points(sweep, tasks, planned, Slurm(), registry, resumed)
-    return sweep, todo, live
-
-
-def is_sweep(ref: str, registry: Registry | None = None) -> bool:
-    """Whether ``ref`` names a sweep (its folder, or its name) rather than one job."""
-    try:
-        find_sweep(ref, registry)
-    except HpcorchError:
-        return False
-    return True
-
-
-def sweep_curves(ref: str, registry: Registry | None = None):
-    """Every point's curves (those with metrics yet), labelled by the parameters that differ."""
-    from hpcorch.observe.plot import Overlay, curves
-
-    sweep = find_sweep(ref, registry)
-    keys = sweep.record.get("keys") or []
-    runs = []
-    for point in sweep.record["points"]:
-        run = RunDir(point["run_dir"])
-        if not run.metrics.is_file():
-            continue
-        label = " ".join(f"{k.rsplit('.', 1)[-1]}={point['params'].get(k)}" for k in keys) or point["name"]
-        runs.append((label, curves(run, point["name"])))
-    if not runs:
-        raise HpcorchError(f"sweep {sweep.name}: no point has metrics yet; nothing to plot")
-    return Overlay(sweep.name, runs)
