@@ -31,6 +31,7 @@ Shipped templates are reachable as ``hpcorch/NAME``; a user's ``sbatch.sh.j2`` t
 """
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -116,13 +117,26 @@ def _template_search(template_dir: str | Path | None) -> list[str]:
 
 def environment(template_dir: str | Path | None = None):
     """A sandboxed Jinja environment over the user's template folder, with ours as the fallback
-    (and always reachable as ``hpcorch/NAME``). A missing ``template_dir`` is a RenderError."""
+    (and always reachable as ``hpcorch/NAME``). A missing ``template_dir`` is a RenderError.
+    Without a user folder the environment is made once per process, so the shipped templates are
+    compiled once (a sweep renders a script per point); a user's folder gets a fresh one each
+    time (a template edited within the file system's mtime granularity is still read anew)."""
+    search = tuple(_template_search(template_dir))
+    return _shipped_environment() if not search else _environment(search)
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_environment():
+    return _environment(())
+
+
+def _environment(search: tuple[str, ...]):
     import jinja2
 
     ours = jinja2.FileSystemLoader(str(TEMPLATES_DIR))
     # The prefix loader comes first so that a user folder holding hpcorch/ cannot shadow ours.
     loader = jinja2.ChoiceLoader([jinja2.PrefixLoader({SHIPPED_PREFIX: ours}),
-                                  jinja2.FileSystemLoader(_template_search(template_dir)), ours])
+                                  jinja2.FileSystemLoader(list(search)), ours])
     env = _sandbox_class()(
         loader=loader, undefined=jinja2.StrictUndefined, finalize=finalize,
         keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False,
