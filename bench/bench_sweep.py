@@ -67,6 +67,7 @@ def main() -> None:
     print(f"  CLI: 1 `hpcorch sweep --dry-run`  {one:7.2f} s;  {n} `hpcorch submit --dry-run`  {many:7.2f} s;  "
           f"ratio {many / one:.1f}x")
     axes = SweepAxes(grid=[f"trainer.seed={seeds}"])
+    service.render(service.plan("jobs/gpt-tiny.yaml", "devcluster", SETS, tmp / "warm"))  # imports, compiled template
     inproc = timed(lambda: render_sweep(plan_sweep("jobs/gpt-tiny.yaml", "devcluster", axes, "s", 8, SETS,
                                                    str(tmp / "s"))))
     loop = timed(lambda: [service.render(service.plan("jobs/gpt-tiny.yaml", "devcluster", [*SETS, f"trainer.seed={i}"],

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,17 +248,23 @@ def submit_points(sweep: Sweep, tasks: ArrayTasks, points: list[PointPlan], slur
                    resumed: dict[str, int] | None = None) -> list[str]:
     """Prepare each point's run directory, sbatch one held array per shape, record the leases and
     registry entries under each point's ``A_i``, then release the arrays. Returns the array ids."""
+    import submitit  # noqa: F401 - imported once here, not by the first threads at once
+
     from hpcorch.service import accept_config_changes
     from hpcorch.submit.array import plan_arrays
     from hpcorch.submit.executor import prepare_array_task
 
-    for pp in points:
+    def prepare(pp: PointPlan) -> None:
         run = pp.plan.run
         run.check_location()
         with run.lease_lock():
             run.ensure_free(Lease("slurm", ""), jobstate.lease_is_live)
             accept_config_changes(run, pp.plan.job)  # a point's checkpoint trained under another config: refused
         prepare_array_task(pp.plan, pp.script)
+
+    # Each point's files are written durably (fsync): in parallel, a sweep waits on the disk once.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(prepare, points))
     (sweep.root / "logs").mkdir(exist_ok=True)
     groups: dict[tuple[str, ...], list[PointPlan]] = {}
     for pp in points:
