@@ -223,6 +223,10 @@ class Slurm:
         out = self.run("squeue", "-h", "-r", "-t", "all", "-j", array_id, "-o", "%i|%T", check=False)
         return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
 
+    def release(self, job_id: str) -> None:
+        """Let a held job (``sbatch --hold``; every task of a held array) be scheduled."""
+        self.run("scontrol", "release", job_id)
+
     def array_throttle(self, array_id: str, running: int) -> None:
         """Change how many tasks of array ``array_id`` may run at once (0: no limit)."""
         self.run("scontrol", "update", f"JobId={array_id}", f"ArrayTaskThrottle={running}")

@@ -290,7 +290,7 @@ def submit_points(sweep: Sweep, tasks: ArrayTasks, points: list[PointPlan], slur
                                            "tasks": batch.task_ids(), "submitted": time.time()})
             sweep.save()
     for array_id in ids:
-        slurm.run("scontrol", "release", array_id)
+        slurm.release(array_id)
     return ids
 
 
