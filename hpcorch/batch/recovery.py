@@ -36,7 +36,7 @@ from hpcorch.batch.failure import (
     interpreter_failure,
     srun_ends,
 )
-from hpcorch.cluster.slurm import Slurm, SlurmError
+from hpcorch.cluster.slurm import Slurm, SlurmError, job_ref
 from hpcorch.errors import HpcorchError
 from hpcorch.protocol import Action, Cause, Decision, RestartBudget
 from hpcorch.spec.job import load_job
@@ -78,7 +78,9 @@ class Recovery:
         env = os.environ if environ is None else environ
         self.run, self.profile, self.hours = run, profile, quarantine_hours
         self.job = load_job(run.job_file)
-        self.job_id = env["SLURM_JOB_ID"]
+        # scontrol acts on job_id: the array task A_i, never the array's id (see job_ref); the
+        # batch script's own log is named by the allocation's raw id (%j).
+        self.job_id, self.batch_id = job_ref(env), env["SLURM_JOB_ID"]
         self.attempt = int(env.get("SLURM_RESTART_COUNT", "0") or 0)
         self.allocated = expand_hostlist(env.get("SLURM_JOB_NODELIST", ""))
         self.slurm = slurm or Slurm()
@@ -139,7 +141,7 @@ class Recovery:
         if stage == "preflight":
             reports = {n: read_json(self.run.health_report(self.attempt, n)) or None for n in self.allocated}
             return classify_preflight(reports, step)
-        ends, srun_failed = srun_ends(_tail(self.run.batch_log("err", self.job_id)))
+        ends, srun_failed = srun_ends(_tail(self.run.batch_log("err", self.batch_id)))
         records = exit_records(self.run.exit_record(self.attempt, 0).parent)
         down = [n for n in self.allocated if self.slurm.node_unhealthy(n)]
         failure = classify_training(ends, srun_failed, records, down, step)

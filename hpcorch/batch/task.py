@@ -106,6 +106,8 @@ class TrainTask:
         start_delay()
         outcome = run_rank(self.job_file, self.run_dir, self.scheduler, peak_tflops=self.peak_tflops)
         if outcome.exit_code == protocol.DONE:
+            if env.rank == 0:
+                _mark_array_task_done(run)
             return run.summary() if env.rank == 0 else {}
         if outcome.exit_code != protocol.CHECKPOINTED:
             raise RankFailed(outcome.exit_code)
@@ -178,6 +180,15 @@ class TrainTask:
         if decision.action is not Action.REQUEUE:
             return None
         return submitit.helpers.DelayedSubmission(self)
+
+
+def _mark_array_task_done(run: RunDir) -> None:
+    """A sweep point that completed: its array task's marker (after summary.json, which the
+    trainer wrote durably), so ``sweep resume`` submits it no more."""
+    from hpcorch.state.arraytasks import ENV_ROOT, current_task, current_tasks
+
+    if os.environ.get(ENV_ROOT):
+        current_tasks().mark_done(current_task(), {"run_dir": str(run.root)})
 
 
 def _slurm() -> Slurm:

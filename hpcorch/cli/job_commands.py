@@ -174,13 +174,16 @@ def train(job, nproc, resume_step, peak_tflops, overrides, run_dir, allow_config
 
 
 @click.command("ls")
+@click.option("--expand", is_flag=True, help="One line per sweep point, not one per sweep.")
 @json_option()
-def list_jobs(as_json):
-    """List submitted jobs with their states (one batched squeue/sacct call)."""
+def list_jobs(as_json, expand=False):
+    """List submitted jobs with their states (one batched squeue/sacct call), a sweep as one line.
+
+    `hpcorch sweep status NAME` (or --expand) shows a sweep's points."""
     from hpcorch import service
     from hpcorch.cli.views import jobs_lines, text
 
-    click.echo(text(service.jobs(), as_json, jobs_lines))
+    click.echo(text(service.jobs(), as_json, lambda rows: jobs_lines(rows, expand=expand)))
 
 
 @click.command()

@@ -20,6 +20,7 @@ from hpcorch.cli.node_commands import nodes
 from hpcorch.cli.observe_commands import manifest, plot
 from hpcorch.cli.profile_commands import profile
 from hpcorch.cli.remote_commands import remote
+from hpcorch.cli.sweep_commands import sweep
 from hpcorch.errors import HpcorchError
 
 
@@ -27,8 +28,8 @@ class HpcorchGroup(click.Group):
     """Prints hpcorch's errors as one line on stderr and exits 2, without a traceback, and lists
     commands in the order of the workflow rather than the alphabet."""
 
-    ORDER = ("plan", "render", "submit", "train", "ls", "status", "logs", "plot", "manifest", "cancel", "resume",
-             "pull", "export", "remote", "health", "nodes", "profile", "jobs", "devcluster", "completion")
+    ORDER = ("plan", "render", "submit", "sweep", "train", "ls", "status", "logs", "plot", "manifest", "cancel",
+             "resume", "pull", "export", "remote", "health", "nodes", "profile", "jobs", "devcluster", "completion")
 
     def list_commands(self, ctx):
         names = super().list_commands(ctx)
@@ -84,7 +85,7 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-for command in (*job_commands.COMMANDS, jobs, data, profile, nodes, devcluster, health, remote, manifest, plot):
+for command in (*job_commands.COMMANDS, sweep, jobs, data, profile, nodes, devcluster, health, remote, manifest, plot):
     main.add_command(command)
 
 

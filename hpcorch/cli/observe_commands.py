@@ -42,10 +42,23 @@ def manifest(ref, pair, as_json):
 def plot(ref, png_file, as_json, width, height):
     """Loss, val loss, learning rate, tokens/s and goodput of job REF over steps, restarts marked.
 
+    REF a sweep (its name or folder): every point's loss, val loss and tokens/s on one plot,
+    labelled by the parameters that differ.
+
     In the terminal (plotext), or as a PNG with --png (matplotlib); restarts are the lines
     labelled R1, R2 and so on."""
     from hpcorch.service import manifests
+    from hpcorch.service import sweepops as sweep
 
+    if sweep.is_sweep(ref):  # a sweep: its points' curves on one plot, labelled by what differs
+        found = sweep.sweep_curves(ref)
+        if as_json:
+            click.echo(json.dumps(found.as_dict(), indent=2))
+        elif png_file:
+            click.echo(f"wrote {manifests.overlay_png(found, png_file)}")
+        else:
+            click.echo(manifests.overlay_terminal(found, width, height, color=sys.stdout.isatty()))
+        return
     found = manifests.curves(ref)
     if as_json:
         click.echo(json.dumps(found.as_dict(), indent=2))

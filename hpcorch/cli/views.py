@@ -35,11 +35,41 @@ def progress_cell(step: int | None, steps: int | None) -> str:
     return f"{step:,}/{steps:,}" if steps else f"{step:,}"
 
 
-def jobs_lines(rows: list[dict], now: float | None = None) -> list[str]:
-    """``hpcorch ls``: one aligned line per job under a header."""
+def collapse_sweeps(rows: list[dict]) -> list[dict]:
+    """``hpcorch ls``'s rows with each sweep as one row (at its newest point's place): its points'
+    states counted (the newest entry of each point), progress summed, the newest submission."""
+    out: list[dict] = []
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("sweep"):
+            groups.setdefault(r["sweep"], []).append(r)
+    for r in rows:
+        name = r.get("sweep")
+        if not name:
+            out.append(r)
+            continue
+        group = groups[name]
+        if r is not group[-1]:
+            continue
+        latest = list({g["name"]: g for g in group}.values())
+        counts: dict[str, int] = {}
+        for g in latest:
+            state = g["state"].split()[0]
+            counts[state] = counts.get(state, 0) + 1
+        states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        steps = [g.get("step") or 0 for g in latest]
+        planned = [g.get("steps") or 0 for g in latest]
+        out.append({**r, "name": f"{name} (sweep, {len(latest)} points)", "job_id": r["job_id"].split("_")[0],
+                    "state": states, "step": sum(steps), "steps": sum(planned) or None,
+                    "run_dir": str(r["run_dir"]).rsplit("/", 1)[0], "goodput": None})
+    return out
+
+
+def jobs_lines(rows: list[dict], now: float | None = None, expand: bool = False) -> list[str]:
+    """``hpcorch ls``: one aligned line per job under a header; a sweep is one line unless ``expand``."""
     now = time.time() if now is None else now
     cells = []
-    for r in rows:
+    for r in rows if expand else collapse_sweeps(rows):
         where = f"{r['host']}:{r['run_dir']}" if r.get("host") else r["run_dir"]  # remote: on the login node
         submitted = r.get("submitted")
         cells.append([str(r["key"]), str(r["job_id"]), r["name"], r["profile"], r["state"],
@@ -348,3 +378,27 @@ def disconnected_line(hosts: list[str] | bool) -> str:
     if not hosts:
         return "no connection was open"
     return "disconnected" if hosts is True else f"disconnected {', '.join(hosts)}"
+
+
+# ----- sweeps ---------------------------------------------------------------------------------
+def point_lines(rows: list[dict]) -> list[str]:
+    """``hpcorch sweep --dry-run``'s point table: number, name, the values that vary, array."""
+    columns = list(rows[0]) if rows else []
+    return table([Column(c, number=c in ("point", "array")) for c in columns],
+                 [[str(r[c]) for c in columns] for r in rows])
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def sweep_status_lines(info: dict) -> list[str]:
+    """``hpcorch sweep status``: one aligned line per point."""
+    keys = info["keys"]
+    columns = [Column("#", True), *(Column(k.rsplit(".", 1)[-1]) for k in keys), Column("state"),
+               Column("restarts", True), Column("step", True), Column("loss", True), Column("val loss", True),
+               Column("tokens/s", True), Column("goodput", True), Column("job id")]
+    rows = [[str(r["point"]), *(str(r[k]) for k in keys), r["state"] + (" (done)" if r["done"] else ""),
+             str(r["restarts"]), _num(r["step"], ","), _num(r["final_loss"], ".4f"), _num(r["val_loss"], ".4f"),
+             _num(r["tokens_per_s"], ",.0f"), percent(r["goodput"]), r["job_id"] or "-"] for r in info["rows"]]
+    return [f"sweep {info['name']} ({info['root']})", *table(columns, rows)]

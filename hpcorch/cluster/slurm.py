@@ -86,7 +86,8 @@ class Slurm:
         """(state, reason) of each job the controller still holds, finished ones included (for
         MinJobAge), from one squeue call. A job missing from the answer is not held; raise if
         the controller cannot be asked."""
-        proc = self._call(["squeue", "-h", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
+        # -r: an array task (A_i) is a line of its own, pending ones too.
+        proc = self._call(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(job_ids)])
         if proc.returncode != 0 and _FORGOTTEN not in proc.stderr:
             raise SlurmError(f"squeue failed: {proc.stderr.strip()}")
         held = {}
@@ -221,6 +222,10 @@ class Slurm:
         (``squeue -r``: one line per task, pending ones too)."""
         out = self.run("squeue", "-h", "-r", "-t", "all", "-j", array_id, "-o", "%i|%T", check=False)
         return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+
+    def release(self, job_id: str) -> None:
+        """Let a held job (``sbatch --hold``; every task of a held array) be scheduled."""
+        self.run("scontrol", "release", job_id)
 
     def array_throttle(self, array_id: str, running: int) -> None:
         """Change how many tasks of array ``array_id`` may run at once (0: no limit)."""

@@ -230,3 +230,75 @@ def plot_curves(ref: str, registry=None) -> Curves:
             data = None
         name = data.get("name") if isinstance(data, dict) and isinstance(data.get("name"), str) else None
     return curves(run, name, entry)
+
+
+# ----- many runs on one plot (a sweep's points) ----------------------------------------------------
+@dataclass
+class Overlay:
+    """Several runs' curves, each labelled (a sweep's points by the parameters that differ)."""
+
+    name: str
+    runs: list[tuple[str, Curves]]
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "runs": [{"label": label, **c.as_dict()} for label, c in self.runs]}
+
+
+_OVERLAY_PANELS = (("loss", "steps", "loss"), ("val loss", "val_steps", "val_loss"),
+                   ("tokens/s", "steps", "tokens_per_s"))
+
+
+def overlay_terminal(o: Overlay, width: int | None = None, height: int | None = None, color: bool = True) -> str:
+    """Loss, validation loss and tokens/s of every run, one line per run, in the terminal."""
+    try:
+        import plotext as plt
+    except ImportError:
+        raise HpcorchError("plotting in the terminal needs plotext: pip install plotext") from None
+    size = shutil.get_terminal_size((120, 40))
+    width, height = width or min(size.columns, 160), height or max(24, min(size.lines - 2, 60))
+    plt.clear_figure()
+    plt.limitsize(False, False)
+    plt.subplots(len(_OVERLAY_PANELS), 1)
+    plt.plotsize(width, height)
+    for i, (title, xs, ys) in enumerate(_OVERLAY_PANELS, 1):
+        plt.subplot(i, 1)
+        plt.theme("clear")
+        plt.title(title)
+        for label, c in o.runs:
+            x, y = _points(getattr(c, xs), getattr(c, ys))
+            if x:
+                plt.plot(x, y, label=label, marker="hd")
+    text = plt.build()
+    return f"{o.name}: {len(o.runs)} runs\n" + (text if color else _ANSI.sub("", text))
+
+
+def overlay_png(o: Overlay, path: str | Path) -> Path:
+    """The same panels as :func:`overlay_terminal`, as a PNG (matplotlib, Agg)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise HpcorchError("--png needs matplotlib: pip install 'hpcorch[plot]'") from None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(len(_OVERLAY_PANELS), 1, figsize=PNG_SIZE_IN, dpi=PNG_DPI, sharex=True)
+    try:
+        for ax, (title, xs, ys) in zip(axes, _OVERLAY_PANELS, strict=True):
+            for label, c in o.runs:
+                x, y = _points(getattr(c, xs), getattr(c, ys))
+                if x:
+                    ax.plot(x, y, label=label, linewidth=1.2)
+            ax.set_title(title if ax.has_data() else f"{title}: no data", fontsize=10)
+            ax.grid(True, alpha=0.3)
+        if axes[0].has_data():
+            axes[0].legend(fontsize=8)
+        axes[-1].set_xlabel("step")
+        fig.suptitle(f"{o.name}: {len(o.runs)} runs", fontsize=9)
+        fig.tight_layout()
+        try:
+            fig.savefig(Path(path), dpi=PNG_DPI)
+        except (OSError, ValueError) as exc:
+            raise HpcorchError(f"--png {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    finally:
+        plt.close(fig)
+    return Path(path)

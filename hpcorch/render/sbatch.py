@@ -31,6 +31,7 @@ Shipped templates are reachable as ``hpcorch/NAME``; a user's ``sbatch.sh.j2`` t
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -121,13 +122,26 @@ def _template_search(template_dir: str | Path | None) -> list[str]:
 
 def environment(template_dir: str | Path | None = None):
     """A sandboxed Jinja environment over the user's template folder, with ours as the fallback
-    (and always reachable as ``hpcorch/NAME``). A missing ``template_dir`` is a RenderError."""
+    (and always reachable as ``hpcorch/NAME``). A missing ``template_dir`` is a RenderError.
+    Without a user folder the environment is made once per process, so the shipped templates are
+    compiled once (a sweep renders a script per point); a user's folder gets a fresh one each
+    time (a template edited within the file system's mtime granularity is still read anew)."""
+    search = tuple(_template_search(template_dir))
+    return _shipped_environment() if not search else _environment(search)
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_environment():
+    return _environment(())
+
+
+def _environment(search: tuple[str, ...]):
     import jinja2
 
     ours = jinja2.FileSystemLoader(str(TEMPLATES_DIR))
     # The prefix loader comes first so that a user folder holding hpcorch/ cannot shadow ours.
     loader = jinja2.ChoiceLoader([jinja2.PrefixLoader({SHIPPED_PREFIX: ours}),
-                                  jinja2.FileSystemLoader(_template_search(template_dir)), ours])
+                                  jinja2.FileSystemLoader(list(search)), ours])
     env = _sandbox_class()(loader=loader, undefined=jinja2.StrictUndefined, finalize=finalize,
                            bytecode_cache=_bytecode_cache(), **_ENV_OPTIONS)
     env.filters["q"] = shell_quote
@@ -179,10 +193,13 @@ def _bytecode_cache():
 def render_sbatch(plan: Plan, template_dir: str | Path | None = None,
                   template: str = DEFAULT_TEMPLATE, **extra) -> str:
     """The sbatch script for ``plan``, exactly as a submit sends it. ``array`` (an
-    :class:`hpcorch.submit.array.ArrayBatch`) makes it a job array's script."""
+    :class:`hpcorch.submit.array.ArrayBatch`) makes it a job array's script; ``array_task=True``
+    a script one task of an array runs (a sweep point's: rank logs named ``A_i``)."""
     from hpcorch import __version__
 
     extra.setdefault("array", None)
+    # A sweep point's script runs as one array task: its submitit job id is A_i (srun's %A_%a).
+    extra.setdefault("rank_log_job", "%A_%a" if extra.pop("array_task", False) or extra["array"] else "%j")
     return render_template(template, template_dir, plan=plan, run=plan.run, job=plan.job,
                            res=plan.job.resources, profile=plan.profile, version=__version__, **extra)
 

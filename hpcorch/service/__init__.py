@@ -142,12 +142,13 @@ def check(plan: Plan, script: str | None = None) -> str:
 # ----- submit, resume ---------------------------------------------------------------------------
 def submit(plan: Plan, script: str | None = None, registry: Registry | None = None,
            resumed_from: int | None = None, allow_config_change: bool = False,
-           template_dir: str | os.PathLike | None = None) -> Submission:
+           template_dir: str | os.PathLike | None = None, name: str | None = None) -> Submission:
     """Submit ``plan`` (with ``script``, else rendered from ``template_dir`` or the shipped
     templates), take the run directory's lease for the new job, and record it in the registry
     (with ``template_dir``, which ``resume`` renders with again). A run directory whose checkpoint was
     trained under another config is refused before anything is submitted, unless
-    ``allow_config_change`` (see :func:`accept_config_changes`)."""
+    ``allow_config_change`` (see :func:`accept_config_changes`). ``name``: the registry's name for
+    it (a sweep point's ``SWEEP/POINT``; default the job's name)."""
     from hpcorch.submit.executor import SubmitError
 
     script = script if script is not None else render(plan, template_dir)
@@ -172,7 +173,7 @@ def submit(plan: Plan, script: str | None = None, registry: Registry | None = No
             shutil.rmtree(run.root, ignore_errors=True)
         raise
     entry = (registry or Registry()).add(
-        job.job_id, plan.job.name, plan.profile_ref or plan.profile.name, scheduler,
+        job.job_id, name or plan.job.name, plan.profile_ref or plan.profile.name, scheduler,
         str(run.root), str(run.job_file), slurm_conf=os.environ.get("SLURM_CONF"),
         exclude=plan.job.resources.exclude, resumed_from=resumed_from, started=holder.started or None,
         template_dir=str(Path(template_dir).absolute()) if template_dir else None)
@@ -257,9 +258,19 @@ def jobs(registry: Registry | None = None) -> list[dict]:
     found: dict[int, dict] = {}
     for backend, group in _by_backend(entries):
         found.update(backend.rows(group))
+    sweeps: dict[str, bool] = {}  # a point's run directory sits in its sweep's folder (sweep.json)
+
+    def sweep_of(e: Entry) -> str | None:
+        parent = str(Path(e.run_dir).parent)
+        if "/" not in e.name or e.remote:
+            return None
+        if parent not in sweeps:
+            sweeps[parent] = (Path(parent) / "sweep.json").is_file()
+        return e.name.split("/", 1)[0] if sweeps[parent] else None
+
     return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": found[e.key]["state"],
              "run_dir": e.run_dir, "host": found[e.key].get("host"), **observe.row(e),
-             "goodput": found[e.key]["goodput"]}
+             "goodput": found[e.key]["goodput"], "sweep": sweep_of(e)}
             for e in entries]
 
 

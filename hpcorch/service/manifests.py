@@ -45,3 +45,17 @@ def terminal(found, width: int | None = None, height: int | None = None, color: 
     from hpcorch.observe.plot import terminal as draw
 
     return draw(found, width, height, color=color)
+
+
+def overlay_png(found, path: str | os.PathLike) -> Path:
+    """A sweep's points' curves on one PNG (:func:`hpcorch.observe.plot.overlay_png`)."""
+    from hpcorch.observe.plot import overlay_png as draw
+
+    return draw(found, path)
+
+
+def overlay_terminal(found, width: int | None = None, height: int | None = None, color: bool = True) -> str:
+    """A sweep's points' curves in the terminal (:func:`hpcorch.observe.plot.overlay_terminal`)."""
+    from hpcorch.observe.plot import overlay_terminal as draw
+
+    return draw(found, width, height, color)

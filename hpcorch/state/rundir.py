@@ -21,6 +21,8 @@ Layout (``R`` the run directory)::
     R/manifests/attempt-N.json|.patch  what ran in the run's Nth attempt (submission.json: the submit's record)
     R/logs/%j.out|err        the batch script's own output; logs/controller.log (local)
     R/submitit/%j/           submitit's pickles and per-rank logs (submitit's JobPaths names)
+    R/submitit/task.pkl      a sweep point's task, copied to submitit/A_i/ by its array task
+    R/sbatch.sh              a sweep point's own script, which its array task runs
 """
 from __future__ import annotations
 
@@ -166,6 +168,8 @@ class RunDir:
     logs = property(lambda self: self.root / "logs")
     controller_log = property(lambda self: self.root / "logs" / "controller.log")
 
+    array_task_pickle = property(lambda self: self.root / "submitit" / "task.pkl")  # a sweep point's
+    array_script = property(lambda self: self.root / "sbatch.sh")
     failures = property(lambda self: self.root / "failures.jsonl")
     goodput_file = property(lambda self: self.root / "goodput.json")  # an ended job's figure, for ls
     manifests = property(lambda self: self.root / "manifests")
@@ -198,11 +202,12 @@ class RunDir:
         """submitit's folder per job, as a pattern (``%j``: the job id)."""
         return f"{self.root}/submitit/%j"
 
-    def rank_log_pattern(self, stream: str = "out") -> str:
+    def rank_log_pattern(self, stream: str = "out", job: str = "%j") -> str:
         """The per-rank log as srun's ``--output`` pattern. submitit's ``JobPaths`` spells
         the same name (a test checks that they agree); this copy keeps dry runs free of
-        importing submitit."""
-        return f"{self.submitit_folder}/%j_%t_log.{stream}"
+        importing submitit. ``job``: ``%A_%a`` for an array task, whose submitit job id is
+        ``A_i`` (srun's ``%j`` would be the task's own number)."""
+        return f"{self.root}/submitit/{job}/{job}_%t_log.{stream}"
 
     def rank_log(self, job_id: str, rank: int = 0, stream: str = "out") -> Path:
         """Rank ``rank``'s log of job ``job_id``, named by submitit's own ``JobPaths``."""

@@ -58,10 +58,7 @@ def start(plan: Plan, script: str, hand_over: HandOver):
 
     _align_submitit_logging()
     run = plan.run
-    job_file = run.write_job(plan.job)
-    # Where this was submitted from: every attempt's manifest records that code directory's state.
-    record_submission(run, os.getcwd(), script, to_dict(plan.profile))
-    task = TrainTask(str(job_file), str(run.root), plan.profile.scheduler, plan.peak_tflops)
+    task = _prepare(plan, script)
     try:
         job = hand_over(plan, script, task)
     except submitit.core.utils.FailedJobError as exc:
@@ -73,6 +70,34 @@ def start(plan: Plan, script: str, hand_over: HandOver):
                           "or use -p local") from None
     log.info("submitted job %s with submitit (folder %s)", job.job_id, run.submitit_folder)
     return job
+
+
+def _prepare(plan: Plan, script: str) -> TrainTask:
+    """Write the run directory's job file and the submission's record; the task the ranks run."""
+    run = plan.run
+    job_file = run.write_job(plan.job)
+    # Where this was submitted from: every attempt's manifest records that code directory's state.
+    record_submission(run, os.getcwd(), script, to_dict(plan.profile))
+    return TrainTask(str(job_file), str(run.root), plan.profile.scheduler, plan.peak_tflops)
+
+
+def prepare_array_task(plan: Plan, script: str) -> Path:
+    """Everything of :func:`start` but the sbatch, for a run that one task of a job array runs (a
+    sweep point): the job file, the submission record, ``script`` (the point's own, run by the
+    array's script) and submitit's pickled task, which the array script copies to the name
+    submitit looks for under the task's id ``A_i``. Returns the pickle's path."""
+    import submitit
+
+    from hpcorch.util.fileio import atomic_write
+
+    run = plan.run
+    task = _prepare(plan, script)
+    delayed = submitit.helpers.DelayedSubmission(task)
+    delayed.set_timeout(plan.time_minutes, plan.job.requeue.max_timeouts)  # as submitit's executor does
+    run.array_task_pickle.parent.mkdir(parents=True, exist_ok=True)
+    delayed.dump(run.array_task_pickle)
+    atomic_write(run.array_script, script)
+    return run.array_task_pickle
 
 
 def submit_slurm(plan: Plan, script: str, task: TrainTask):

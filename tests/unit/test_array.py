@@ -112,3 +112,17 @@ def test_job_ref_names_the_array_task():
     # One task of every array has SLURM_JOB_ID == SLURM_ARRAY_JOB_ID: scontrol must get A_i.
     assert job_ref({"SLURM_JOB_ID": "40", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "3"}) == "40_3"
     assert job_ref({"SLURM_JOB_ID": "41"}) == "41"
+
+
+def test_recovery_of_an_array_task_acts_on_a_i(tmp_path):
+    """hpcorch.batch.recovery scontrols the task (A_i), reads the batch log by the raw job id."""
+    from hpcorch.batch.recovery import Recovery
+    from hpcorch.spec.job import load_job
+    from hpcorch.state.rundir import RunDir
+
+    job = load_job("gpt-tiny")
+    run = RunDir.for_job(tmp_path / "run", job)
+    run.write_job(job)
+    env = {"SLURM_JOB_ID": "40", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "5", "SLURM_JOB_NODELIST": "n1"}
+    rec = Recovery(run, "devcluster", 1.0, slurm=object(), environ=env)
+    assert (rec.job_id, rec.batch_id) == ("40_5", "40")

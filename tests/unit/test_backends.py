@@ -63,7 +63,7 @@ def test_ls_asks_squeue_once_and_sacct_once_for_what_the_controller_forgot(slurm
     rows = {r["job_id"]: r for r in service.jobs(registry=reg)}
     assert {j: r["state"] for j, r in rows.items()} == {
         "11": "RUNNING", "12": "PENDING (Priority)", "13": "COMPLETED", "14": "PENDING", "15": "ENDED"}
-    assert fake.calls("squeue") == [["squeue", "-h", "-t", "all", "-o", "%i|%T|%r", "-j", "11,12,13,14,15"]]
+    assert fake.calls("squeue") == [["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", "11,12,13,14,15"]]
     fields = ",".join(Slurm.ATTEMPT_FIELDS)  # then goodput: every job's runs in one sacct call
     assert fake.calls("sacct") == [["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", "13,15"],
                                    ["sacct", "-D", "-X", "-n", "-P", f"--format={fields}", "-j", "11,12,13,14,15"]]
