@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hpcorch.data.reader import DatasetError
 from hpcorch.errors import ConfigError
+from hpcorch.train.prepared import open_prepared
 from hpcorch.train.tokencache import TokenCache, fingerprint
 
 _SEPARATOR = b"\n\x00\n"  # between files: a byte that text never contains
@@ -64,10 +66,13 @@ def load_tokens(spec, path: str | None = None, cache: TokenCache | None = None) 
     :class:`DataSource` turns them into a :class:`DataError`."""
     path = spec.path if path is None else path
     if spec.source == "bin":
+        dtype = np.dtype(spec.tokens or "uint16")
         size = Path(path).stat().st_size  # FileNotFoundError before numpy's traceback
-        if size < 2 or size % 2:
-            raise ValueError(f"{path} holds {size} bytes; expected uint16 tokens (an even, nonzero size)")
-        return np.memmap(path, dtype=np.uint16, mode="r")
+        if size < dtype.itemsize or size % dtype.itemsize:
+            shape = "an even, nonzero size" if dtype.itemsize == 2 else f"a nonzero multiple of {dtype.itemsize} bytes"
+            raise ValueError(f"{path} holds {size} bytes; expected {dtype.name} tokens ({shape}; "
+                             "trainer.data.tokens names the width)")
+        return np.memmap(path, dtype=dtype, mode="r")
     files = stdlib_files() if spec.source == "stdlib" else text_files(Path(path))
     if not files:
         raise FileNotFoundError(f"no text files under {path}")
@@ -98,6 +103,10 @@ class SampleOrder:
             raise ValueError(f"{len(tokens)} tokens are too few for sequences of {seq_len}")
         self._epoch, self._perm = -1, None
 
+    def view(self) -> SampleOrder:
+        """The same order with a permutation cache of its own (for another thread)."""
+        return SampleOrder(self.tokens, self.seq_len, self.seed)
+
     def sample_id(self, position: int) -> int:
         epoch, offset = divmod(position, self.num_samples)
         if epoch != self._epoch:
@@ -115,11 +124,23 @@ class SampleOrder:
 
 class DataSource:
     """Train and validation splits: the last ``val_fraction`` of the tokens is validation, or,
-    with ``val_path``, the tokens of that file (nanoGPT's ``train.bin`` + ``val.bin``).
-    ``job`` names the job in errors; ``cache`` keeps text sources' tokens (see
-    :mod:`.tokencache`)."""
+    with ``val_path``, the tokens of that file (nanoGPT's ``train.bin`` + ``val.bin``); for
+    prepared datasets see :mod:`.prepared`. ``job`` names the job in errors; ``cache`` keeps
+    text sources' tokens (see :mod:`.tokencache`); ``vocab``, the model's, is checked against
+    the tokenizer's ids where the data knows them."""
 
-    def __init__(self, spec, seq_len: int, seed: int, job: str = "job", cache: TokenCache | None = None):
+    def __init__(self, spec, seq_len: int, seed: int, job: str = "job", cache: TokenCache | None = None,
+                 vocab: int | None = None):
+        self.tokenizer = None  # a prepared dataset's TokenizerRef
+        if spec.source == "prepared":
+            try:
+                self.train, self.val, self.tokenizer = open_prepared(spec, seq_len, seed, vocab)
+            except DatasetError as exc:
+                raise DataError(job, f"trainer.{exc.key}", exc.message) from None
+            return
+        if vocab is not None and spec.source != "bin" and vocab < 256:
+            raise DataError(job, "trainer.model.vocab", f"{vocab} is smaller than the 256 ids of byte tokens "
+                                                        f"(data source {spec.source!r}); expected vocab >= 256")
         train = _checked(job, "trainer.data.path", lambda: load_tokens(spec, cache=cache))
         if spec.val_path is not None:
             val = _checked(job, "trainer.data.val_path", lambda: load_tokens(spec, spec.val_path, cache))
