@@ -77,6 +77,17 @@ def load_index(key: str, folder: str) -> DatasetIndex:
         raise DatasetError(f"data.{key}", str(exc)) from None
 
 
+def check_indexes(spec, vocab: int, wanted: TokenizerRef | str | None = None) -> TokenizerRef:
+    """What can be checked of a ``prepared`` data section from its indexes alone (no shard is
+    opened): every index readable, one tokenizer, the job's, and ``vocab`` covering it."""
+    named = [(key, folder, load_index(key, folder)) for key, folder in spec.datasets]
+    if spec.val_path:
+        named.append(("val_path", spec.val_path, load_index("val_path", spec.val_path)))
+    ref = check_tokenizer(named, wanted if wanted is not None else spec.tokenizer)
+    check_vocab(ref, vocab)
+    return ref
+
+
 class TokenRange:
     """Tokens ``[start, stop)`` of shards' streams back to back, memory-mapped: only the
     windows read are ever paged in."""

@@ -161,6 +161,25 @@ def _check_loggers(job: JobSpec, profile: ClusterProfile, source: str, warnings:
         warnings.append(f"{exc}; needed only where the job runs")
 
 
+def _check_data(job: JobSpec, profile: ClusterProfile, source: str, warnings: list[str]) -> None:
+    """Prepared datasets' indexes, read here when they can be: one tokenizer, the job's, and a
+    model ``vocab`` that covers it. A folder missing here is an error, unless the job may be
+    submitted from a login node over SSH (``login:``), where the data lives."""
+    data = job.trainer.data
+    if data.source != "prepared":
+        return
+    from hpcorch.data.reader import DatasetError, check_indexes  # numpy: only for prepared data
+
+    try:
+        check_indexes(data, job.trainer.model.vocab)
+    except DatasetError as exc:
+        missing = exc.key.endswith("path") and "not found" in exc.message
+        if missing and profile.login is not None:
+            warnings.append(f"{source}: trainer.{exc.key}: {exc.message}; needed only where the job runs")
+            return
+        raise PlanError(source, f"trainer.{exc.key}", exc.message) from None
+
+
 def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None = None,
               source: str = "job", python: str | None = None, nccl_debug: str | None = None,
               quarantined: dict[str, str] | None = None) -> Plan:
@@ -227,6 +246,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     layoutplan.check_layout(job, eligible, fail, warnings)
     launch = resolve_launch(job, profile, eligible, python, fail, warnings)
     _check_loggers(job, profile, source, warnings)
+    _check_data(job, profile, source, warnings)
     # The nodes the job may land on: its eligible node groups' hosts, minus exclusions.
     hosts = [h for h in dict.fromkeys(h for g in eligible for h in g.hosts) if h not in excluded]
     placement = plan_placement(job.placement, profile, hosts, res.nodes, fail, notes, warnings)
