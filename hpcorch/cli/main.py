@@ -13,6 +13,7 @@ from hpcorch import __version__
 from hpcorch.cli import job_commands
 from hpcorch.cli.catalog_commands import jobs
 from hpcorch.cli.completion import script
+from hpcorch.cli.data_commands import data
 from hpcorch.cli.devcluster_commands import devcluster
 from hpcorch.cli.health_commands import health
 from hpcorch.cli.node_commands import nodes
@@ -82,7 +83,7 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-for command in (*job_commands.COMMANDS, jobs, profile, nodes, devcluster, health, remote, manifest, plot):
+for command in (*job_commands.COMMANDS, jobs, data, profile, nodes, devcluster, health, remote, manifest, plot):
     main.add_command(command)
 
 

@@ -9,6 +9,7 @@ Slurm's own message.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -202,6 +203,29 @@ class Slurm:
         Unchecked by default: the user may not be allowed to, and then the hold just stays."""
         self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=check)
 
+    def sbatch(self, script: str) -> str:
+        """Submit ``script`` (on stdin); the job id (an array's own id ``A``), from ``--parsable``
+        (``ID`` or ``ID;cluster``)."""
+        out = self.run("sbatch", "--parsable", input=script).strip()
+        return out.split(";")[0]
+
+    def max_array_size(self) -> int:
+        """``MaxArraySize`` of the cluster (an array's indices stay below it); Slurm's default 1001
+        when the controller does not say."""
+        out = self.run("scontrol", "show", "config", check=False)
+        found = re.search(r"^MaxArraySize\s*=\s*(\d+)\s*$", out, re.MULTILINE)
+        return int(found[1]) if found and int(found[1]) > 0 else 1001
+
+    def array_tasks(self, array_id: str) -> dict[str, str]:
+        """Each task of array ``array_id`` the controller holds, as ``{"A_i": state}``
+        (``squeue -r``: one line per task, pending ones too)."""
+        out = self.run("squeue", "-h", "-r", "-t", "all", "-j", array_id, "-o", "%i|%T", check=False)
+        return dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+
+    def array_throttle(self, array_id: str, running: int) -> None:
+        """Change how many tasks of array ``array_id`` may run at once (0: no limit)."""
+        self.run("scontrol", "update", f"JobId={array_id}", f"ArrayTaskThrottle={running}")
+
     def version(self, timeout_s: float = 1.0) -> str | None:
         """``sinfo --version`` (``slurm 24.05.4`` -> ``24.05.4``) where Slurm is installed;
         None without it, or without an answer within ``timeout_s`` (a manifest waits no longer)."""
@@ -220,3 +244,13 @@ class Slurm:
         if batch_only:
             args.append("--batch")
         self.run(*args, job_id)
+
+
+def job_ref(environ: dict) -> str:
+    """The id that names this allocation alone to ``scontrol``/``scancel``: ``A_i`` for an array
+    task, else ``SLURM_JOB_ID``. One task of every array has ``SLURM_JOB_ID`` equal to the
+    array's own id ``A``, and ``scontrol requeue A`` requeues *every* task of the array."""
+    array, task = environ.get("SLURM_ARRAY_JOB_ID"), environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return environ["SLURM_JOB_ID"]

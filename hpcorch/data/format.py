@@ -95,19 +95,30 @@ class ShardWriter:
         self._lengths.append(int(arr.size))
 
     def close(self) -> ShardInfo:
-        """Make the shard durable and visible: ``.bin`` first, ``.idx`` last."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self._bin_tmp, self.prefix.with_suffix(".bin"))
+        """Make the shard durable and visible: ``.bin`` first, ``.idx`` last. A failure on the way
+        (a full disk) removes what it wrote, so no part of the pair stays to fill the disk."""
         idx = self.prefix.with_suffix(".idx")
         idx_tmp = _private(idx)
-        with open(idx_tmp, "wb") as f:
-            f.write(index_bytes(np.asarray(self._lengths, dtype=np.int32), self.dtype))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(idx_tmp, idx)
-        fsync_dir(idx.parent)
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            # A stale .idx of an earlier attempt must not pair with the new .bin meanwhile.
+            with contextlib.suppress(FileNotFoundError):
+                idx.unlink()
+            os.replace(self._bin_tmp, self.prefix.with_suffix(".bin"))
+            with open(idx_tmp, "wb") as f:
+                f.write(index_bytes(np.asarray(self._lengths, dtype=np.int32), self.dtype))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(idx_tmp, idx)
+            fsync_dir(idx.parent)
+        except BaseException:
+            self._file.close()
+            for path in (self._bin_tmp, idx_tmp, self.prefix.with_suffix(".bin")):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
         self.info = ShardInfo(self.prefix.name, int(sum(self._lengths)), len(self._lengths), self._hash.hexdigest())
         return self.info
 

@@ -31,6 +31,7 @@ Shipped templates are reachable as ``hpcorch/NAME``; a user's ``sbatch.sh.j2`` t
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from hpcorch.errors import RenderError
@@ -48,6 +49,7 @@ from hpcorch.render.shell import (
 from hpcorch.spec.catalog import TEMPLATES_DIR
 
 DEFAULT_TEMPLATE = "sbatch.sh.j2"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SHIPPED_PREFIX = "hpcorch"
 
 # The only callables a template may reach on an hpcorch object: pure string builders.
@@ -134,17 +136,44 @@ def environment(template_dir: str | Path | None = None):
 
 def render_sbatch(plan: Plan, template_dir: str | Path | None = None,
                   template: str = DEFAULT_TEMPLATE, **extra) -> str:
-    """The sbatch script for ``plan``, exactly as a submit sends it."""
+    """The sbatch script for ``plan``, exactly as a submit sends it. ``array`` (an
+    :class:`hpcorch.submit.array.ArrayBatch`) makes it a job array's script."""
+    from hpcorch import __version__
+
+    extra.setdefault("array", None)
+    return render_template(template, template_dir, plan=plan, run=plan.run, job=plan.job,
+                           res=plan.job.resources, profile=plan.profile, version=__version__, **extra)
+
+
+def render_array_script(batch, name: str, command: list[str], log_dir: str | Path,
+                        directives: list[str] = (), environment: dict[str, str] | None = None) -> str:
+    """The generic array script (``hpcorch/array.sh.j2``) of ``batch`` (an
+    :class:`hpcorch.submit.array.ArrayBatch`): ``directives`` (``--time=10``, ``--cpus-per-task=4``,
+    each checked as any ``#SBATCH`` value), the ``--array`` line, logs ``LOG_DIR/%A_%a.out|err``,
+    ``environment`` exported (values quoted), then ``command`` (each word quoted) run with
+    ``HPCORCH_ARRAY_TASK`` set to the task's id."""
+    from hpcorch import __version__
+
+    for key in environment or {}:
+        if not _ENV_NAME.fullmatch(key):
+            raise RenderError(f"environment variable name {key!r}: expected letters, digits and _")
+    if not command:
+        raise RenderError("an array script needs a command to run")
+    return render_template("hpcorch/array.sh.j2", array=batch, name=name, command=list(command),
+                           log_dir=str(log_dir), directives=list(directives), environment=environment or {},
+                           version=__version__)
+
+
+def render_template(template: str, template_dir: str | Path | None = None, **context) -> str:
+    """Render ``template`` in the sandbox, then check where every filtered value landed and every
+    ``#SBATCH`` line; any mistake is one :class:`RenderError` line."""
     import jinja2
     from jinja2.sandbox import SecurityError
-
-    from hpcorch import __version__
 
     env = environment(template_dir)
     try:
         tmpl = env.get_template(template)
-        text = tmpl.render(plan=plan, run=plan.run, job=plan.job, res=plan.job.resources, profile=plan.profile,
-                           version=__version__, **extra)
+        text = tmpl.render(**context)
     except SecurityError as exc:
         raise RenderError(f"template {template} is not allowed to do that: {_one_line(exc)}") from None
     except jinja2.TemplateSyntaxError as exc:
