@@ -38,10 +38,25 @@ def describe(ref: TokenizerRef) -> str:
     return f"{ref.name} (sha256 {ref.sha256[:12]}, {ref.vocab_size} ids)"
 
 
+def wanted_tokenizer(name: str | None) -> TokenizerRef | str | None:
+    """The job's tokenizer as a dataset is compared with it: its ref (name and vocabulary files'
+    sha256) when it loads here, else only its name (its files may live only where the job runs;
+    a name that is no tokenizer at all is then refused as a mismatch)."""
+    if name is None:
+        return None
+    from hpcorch.data.tokenizer import TokenizerError, load_tokenizer
+
+    try:
+        return load_tokenizer(name).ref()
+    except TokenizerError:
+        return name
+
+
 def check_tokenizer(indexes: list[tuple[str, str, DatasetIndex]], wanted: TokenizerRef | str | None) -> TokenizerRef:
     """The tokenizer of datasets ``(key, folder, index)``: all the same (name and sha256) and
-    the job's ``wanted`` one (a loaded tokenizer's ref, or only its name when it cannot be
-    loaded here); raise :class:`DatasetError` naming both otherwise."""
+    the job's ``wanted`` one (a loaded tokenizer's ref: the same vocabulary files' sha256 and
+    end-of-text id, whatever path names them; or only its name); raise :class:`DatasetError`
+    naming both otherwise."""
     first_key, first_folder, first = indexes[0]
     for key, folder, index in indexes[1:]:
         ref = index.tokenizer
@@ -52,10 +67,11 @@ def check_tokenizer(indexes: list[tuple[str, str, DatasetIndex]], wanted: Tokeni
     ref = first.tokenizer
     if wanted is None:
         return ref
-    name = wanted if isinstance(wanted, str) else wanted.name
-    sha = None if isinstance(wanted, str) else wanted.sha256
-    if name != ref.name or (sha is not None and sha != ref.sha256):
-        shown = name if sha is None else f"{name} (sha256 {sha[:12]})"
+    if isinstance(wanted, str):
+        same, shown = wanted == ref.name, wanted
+    else:
+        same, shown = (wanted.sha256, wanted.eot_id) == (ref.sha256, ref.eot_id), describe(wanted)
+    if not same:
         raise DatasetError("data.tokenizer", f"the job trains with tokenizer {shown}, but {first_folder} "
                                              f"({first_key}) was prepared with {describe(ref)}; prepare it again "
                                              "with the job's tokenizer, or name the dataset's")
@@ -83,7 +99,7 @@ def check_indexes(spec, vocab: int, wanted: TokenizerRef | str | None = None) ->
     named = [(key, folder, load_index(key, folder)) for key, folder in spec.datasets]
     if spec.val_path:
         named.append(("val_path", spec.val_path, load_index("val_path", spec.val_path)))
-    ref = check_tokenizer(named, wanted if wanted is not None else spec.tokenizer)
+    ref = check_tokenizer(named, wanted if wanted is not None else wanted_tokenizer(spec.tokenizer))
     check_vocab(ref, vocab)
     return ref
 

@@ -20,7 +20,15 @@ import numpy as np
 import torch
 
 from hpcorch.data.index import TokenizerRef
-from hpcorch.data.reader import DatasetError, PreparedDataset, TokenRange, check_tokenizer, check_vocab, load_index
+from hpcorch.data.reader import (
+    DatasetError,
+    PreparedDataset,
+    TokenRange,
+    check_tokenizer,
+    check_vocab,
+    load_index,
+    wanted_tokenizer,
+)
 from hpcorch.data.sampling import Mixture, Permutation
 
 
@@ -78,7 +86,7 @@ def open_prepared(spec, seq_len: int, seed: int, vocab: int | None = None,
     :class:`DatasetError` keyed under ``trainer``."""
     named = [(key, folder, load_index(key, folder)) for key, folder in spec.datasets]
     val_named = [("val_path", spec.val_path, load_index("val_path", spec.val_path))] if spec.val_path else []
-    ref = check_tokenizer(named + val_named, tokenizer if tokenizer is not None else spec.tokenizer)
+    ref = check_tokenizer(named + val_named, tokenizer if tokenizer is not None else wanted_tokenizer(spec.tokenizer))
     if vocab is not None:
         check_vocab(ref, vocab)
     datasets = [PreparedDataset.open(key, folder, index) for key, folder, index in named]

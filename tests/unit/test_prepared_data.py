@@ -241,3 +241,16 @@ def test_plan_refuses_a_small_vocab_and_another_tokenizer_naming_the_job_file(tm
     assert other.returncode == 2 and "trainer.data.tokenizer" in other.stderr and "toy" in other.stderr
     missing = run_cli("plan", _job_file(tmp_path, f"{{source: prepared, path: {tmp_path / 'nowhere'}}}"))
     assert missing.returncode == 2 and "trainer.data.path" in missing.stderr and "dataset.json" in missing.stderr
+
+
+def test_a_named_tokenizer_is_compared_by_its_files(tmp_path):
+    from hpcorch.data.tokenizer import load_tokenizer
+
+    gpt2 = load_tokenizer("gpt2").ref()
+    real = write_dataset(tmp_path / "real", documents(30, 1), tokenizer=gpt2)
+    data = DataSource(_prepared(real, tokenizer="gpt2"), seq_len=8, seed=1, vocab=50304)
+    assert data.tokenizer == gpt2
+    fake = write_dataset(tmp_path / "fake", documents(30, 1), tokenizer=TokenizerRef("gpt2", "00" * 32, 50257, 50256))
+    with pytest.raises(DataError) as err:
+        DataSource(_prepared(fake, tokenizer="gpt2"), seq_len=8, seed=1, job="myjob", vocab=50304)
+    assert "sha256 000000000000" in _one_line(err, "myjob", "trainer.data.tokenizer")
