@@ -162,18 +162,28 @@ def _check_loggers(job: JobSpec, profile: ClusterProfile, source: str, warnings:
 
 
 def _check_data(job: JobSpec, profile: ClusterProfile, source: str, warnings: list[str]) -> None:
-    """Prepared datasets' indexes, read here when they can be: one tokenizer, the job's, and a
-    model ``vocab`` that covers it. A folder missing here is an error, unless the job may be
-    submitted from a login node over SSH (``login:``), where the data lives."""
+    """What can be checked of the data here: prepared datasets' indexes (one tokenizer, the
+    job's) and a model ``vocab`` that covers the tokenizer's ids. A dataset folder or tokenizer
+    file missing here is an error, unless the job may be submitted from a login node over SSH
+    (``login:``), where the data lives."""
     data = job.trainer.data
-    if data.source != "prepared":
+    if data.source not in ("prepared", "text", "stdlib") or (data.source != "prepared" and data.tokenizer is None):
         return
-    from hpcorch.data.reader import DatasetError, check_indexes  # numpy: only for prepared data
+    # numpy and the tokenizers: only for prepared data or a named tokenizer
+    from hpcorch.data.reader import DatasetError, check_indexes, check_vocab
+    from hpcorch.data.tokenizer import TokenizerError, load_tokenizer
 
     try:
-        check_indexes(data, job.trainer.model.vocab)
+        if data.source == "prepared":
+            check_indexes(data, job.trainer.model.vocab)
+        else:
+            try:
+                ref = load_tokenizer(data.tokenizer).ref()
+            except TokenizerError as exc:
+                raise DatasetError("data.tokenizer", str(exc)) from None
+            check_vocab(ref, job.trainer.model.vocab)
     except DatasetError as exc:
-        missing = exc.key.endswith("path") and "not found" in exc.message
+        missing = exc.key.endswith(("path", "tokenizer")) and "not found" in exc.message
         if missing and profile.login is not None:
             warnings.append(f"{source}: trainer.{exc.key}: {exc.message}; needed only where the job runs")
             return

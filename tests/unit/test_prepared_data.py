@@ -254,3 +254,43 @@ def test_a_named_tokenizer_is_compared_by_its_files(tmp_path):
     with pytest.raises(DataError) as err:
         DataSource(_prepared(fake, tokenizer="gpt2"), seq_len=8, seed=1, job="myjob", vocab=50304)
     assert "sha256 000000000000" in _one_line(err, "myjob", "trainer.data.tokenizer")
+
+
+# ----- text tokenized on the fly by a named tokenizer ---------------------------------------------
+def test_text_with_a_named_tokenizer_is_its_ids_with_end_of_text(tmp_path):
+    from hpcorch.data.tokenizer import load_tokenizer
+    from hpcorch.train.tokencache import TokenCache
+
+    (tmp_path / "src").mkdir()
+    texts = {"a.txt": "hello world\n" * 200, "b.txt": "def f(x):\n    return x + 1\n" * 100}
+    for name, text in texts.items():
+        (tmp_path / "src" / name).write_text(text)
+    gpt2 = load_tokenizer("gpt2")
+    want = [t for name in sorted(texts) for t in [*gpt2.encode(texts[name]), 50256]]
+    spec = DataSpec(source="text", path=str(tmp_path / "src"), tokenizer="gpt2", val_path=str(tmp_path / "src"))
+    cache = TokenCache(tmp_path / "cache")
+    for _ in range(2):  # built, then mapped
+        data = DataSource(spec, 16, 1, cache=cache, vocab=50304)
+        assert np.asarray(data.train.tokens).tolist() == want and data.tokenizer == gpt2.ref()
+    assert [p.suffix for p in (tmp_path / "cache").glob("tokens-*.u*")] == [".u16"]  # the tokenizer's own key
+    DataSource(DataSpec(source="text", path=str(tmp_path / "src")), 16, 1, cache=cache)
+    assert sorted(p.suffix for p in (tmp_path / "cache").glob("tokens-*.u*")) == [".u16", ".u8"]
+
+
+def test_a_named_tokenizer_needs_the_vocab_and_must_load(tmp_path):
+    with pytest.raises(DataError) as err:
+        DataSource(DataSpec(tokenizer="gpt2", max_bytes=10_000), 16, 1, job="myjob", vocab=256)
+    text = _one_line(err, "myjob", "trainer.model.vocab")
+    assert "256" in text and "50257" in text
+    with pytest.raises(DataError) as err:
+        DataSource(DataSpec(tokenizer="gtp2", max_bytes=10_000), 16, 1, job="myjob", vocab=256)
+    assert "gtp2" in _one_line(err, "myjob", "trainer.data.tokenizer")
+
+
+def test_plan_checks_a_named_tokenizer_against_the_vocab(tmp_path):
+    from conftest import run_cli
+
+    small = run_cli("plan", _job_file(tmp_path, "{source: stdlib, tokenizer: gpt2}", vocab=256))
+    assert small.returncode == 2 and small.stderr.count("\n") == 1, small.stderr
+    assert "trainer.model.vocab: 256 is smaller than tokenizer gpt2's 50257 ids" in small.stderr
+    assert run_cli("plan", _job_file(tmp_path, "{source: stdlib, tokenizer: gpt2}", vocab=50304)).returncode == 0
