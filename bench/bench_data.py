@@ -148,8 +148,8 @@ def memory(root: Path, steps: int, seq_len: int) -> None:
         f.truncate(1_000_000_000)
     cases.append(("bin", "1 GB", big_bin))
     print(f"\nmemory of one rank: {steps} steps of 16 x {seq_len} tokens read (MB; anon = private; "
-          "file = mapped file pages, shared and reclaimable: libraries, and the windows read with the kernel's "
-          "fault-around; hwm = peak resident)")
+          "file = mapped file pages, shared and reclaimable: libraries and the windows read; "
+          "hwm = peak resident)")
     print(f"{'source':<10}{'tokens':>8}{'samples':>12}{'anon':>9}{'file':>9}{'hwm':>9}{'anon growth':>13}")
     rows = {}
     for source, size, path in cases:

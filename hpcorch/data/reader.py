@@ -15,7 +15,9 @@ is the one the job names.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +136,17 @@ class TokenRange:
         return np.concatenate(parts)
 
 
+def _random_access(shard: Shard) -> None:
+    """Tell the kernel that the shard's tokens are read at random places (training windows):
+    no readahead around each window read. Without it, each window's page fault also paged in
+    and mapped its neighbours: in bench/bench_data.py a rank's resident file pages after 200
+    steps were 259 MB on 1 GB of tokens against 88 MB on 10 MB; with it, 93 MB."""
+    mapped = getattr(shard.tokens, "_mmap", None)  # numpy.memmap's mmap object
+    if mapped is not None and hasattr(mmap, "MADV_RANDOM"):
+        with contextlib.suppress(OSError, ValueError):
+            mapped.madvise(mmap.MADV_RANDOM)
+
+
 @dataclass
 class PreparedDataset:
     """One opened dataset: its index and shards, mapped."""
@@ -151,6 +164,8 @@ class PreparedDataset:
             shards = index.open_shards(folder_path)
         except (FormatError, OSError) as exc:
             raise DatasetError(f"data.{key}", str(exc)) from None
+        for shard in shards:
+            _random_access(shard)
         if not shards or index.tokens < 2:
             raise DatasetError(f"data.{key}", f"{folder_path}: holds {index.tokens} tokens; expected a non-empty "
                                               "dataset")
