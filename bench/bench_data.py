@@ -103,15 +103,24 @@ def step_times(root: Path, steps: int) -> None:
             start = time.perf_counter()
             t.train_step()
             times[k].append(time.perf_counter() - start)
+    # The data alone: building one step's batches (what the prefetch thread does off the step).
+    build = {k: [] for k in trainers}
+    for rep in range(200):
+        for k, t in trainers.items():
+            start = time.perf_counter()
+            t.batches.build(rep * t.tr.global_batch)
+            build[k].append(time.perf_counter() - start)
     for t in trainers.values():
         t.batches.close()
     tr = jobs["single .bin"].trainer
     print(f"step time: gpt-tiny ({tr.global_batch} x {tr.model.seq_len} tokens/step), one rank, "
           f"{steps} interleaved steps, torch threads {torch.get_num_threads()}")
-    print(f"{'data':<20}{'median step s':>14}{'ratio':>8}")
-    ref = statistics.median(times["single .bin"])
+    print(f"{'data':<20}{'median step s':>14}{'ratio':>8}{'batch build ms':>16}{'ratio':>8}")
+    ref, ref_build = statistics.median(times["single .bin"]), statistics.median(build["single .bin"])
     for k, ts in times.items():
-        print(f"{k:<20}{statistics.median(ts):>14.4f}{statistics.median(ts) / ref:>8.3f}")
+        b = statistics.median(build[k])
+        print(f"{k:<20}{statistics.median(ts):>14.4f}{statistics.median(ts) / ref:>8.3f}{b * 1e3:>16.3f}"
+              f"{b / ref_build:>8.2f}")
 
 
 # ----- 2. memory ------------------------------------------------------------------------------
