@@ -12,7 +12,8 @@ Sample ids (what ``HPCORCH_SAMPLE_TRACE`` records) number the samples of all dat
 mixture order: dataset ``d``'s sample ``s`` is ``base[d] + s``.
 
 Memory: the shards are mapped, never read whole; a rank keeps per dataset a few shard
-boundaries and four round keys, and per mixture one block of positions (a few KB).
+boundaries and four round keys, and per mixture one block of positions (9 bytes a position:
+9 KB for the usual block of 1,024).
 """
 from __future__ import annotations
 
