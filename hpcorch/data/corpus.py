@@ -94,6 +94,20 @@ class _Hashing(io.RawIOBase):
             self.size += n
 
 
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a file or its decompression may raise (zlib and zstandard raise their own)."""
+    import zlib
+
+    errors: tuple[type[BaseException], ...] = (OSError, EOFError, ValueError, zlib.error)
+    try:
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    except ImportError:
+        pass
+    return errors
+
+
 def _open(raw: _Hashing, path: Path):
     if path.name.endswith(".gz"):
         return gzip.GzipFile(fileobj=io.BufferedReader(raw, _CHUNK), mode="rb")
@@ -131,9 +145,7 @@ class Source:
                 try:
                     with _open(raw, self.path) as stream:
                         yield from (self._jsonl(stream) if is_jsonl(self.path) else self._text(stream))
-                except (OSError, EOFError, ValueError) as exc:
-                    if isinstance(exc, CorpusError):
-                        raise
+                except _read_errors() as exc:
                     # A broken .gz/.zst, or a read error: the rest of the file is lost.
                     self._bad(f"{self.path}: unreadable after {self.documents} documents "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")

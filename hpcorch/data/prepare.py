@@ -181,14 +181,20 @@ def check_tokenizer(plan: PreparePlan) -> Tokenizer:
 def run_shard(plan: PreparePlan, index: int, tok: Tokenizer) -> ShardInfo:
     """Make shard ``index`` and mark it done (the marker last, after the shard is durable)."""
     name = shard_name(index)
-    eot = np.asarray([tok.eot_id])
+    # Temporary files of an earlier attempt at this shard that was killed mid-write (one task
+    # owns a shard, so nobody else is writing them).
+    for stale in plan.out.glob(f"{name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     sources = []
     try:
         with ShardWriter(plan.out / name, plan.dtype) as writer:
             for i in plan.groups[index]:
                 source = Source(Path(plan.files[i]), plan.options.jsonl_field, plan.options.on_error)
                 for text in source:
-                    writer.add(np.concatenate([np.asarray(tok.encode(text), dtype=np.int64), eot]))
+                    ids = tok.encode_array(text)
+                    doc = np.empty(len(ids) + 1, dtype=ids.dtype)
+                    doc[:-1], doc[-1] = ids, tok.eot_id
+                    writer.add(doc)
                 sources.append(source.record())
     except OSError as exc:
         raise PrepareError(f"{plan.out / name}.bin: cannot write the shard ({exc.strerror or exc}); "
@@ -234,13 +240,14 @@ def _work(index: int) -> ShardInfo:
     return run_shard(_WORKER["plan"], index, _WORKER["tok"])
 
 
-def run_here(plan: PreparePlan, processes: int = 1) -> list[str]:
+def run_here(plan: PreparePlan, processes: int = 1, tok: Tokenizer | None = None) -> list[str]:
     """Run the plan's unfinished shards on this machine with ``processes`` worker processes, then
-    write ``dataset.json``; the names of the shards it made."""
+    write ``dataset.json``; the names of the shards it made. ``tok``: the plan's tokenizer if
+    already loaded (each worker process loads its own)."""
     todo = plan.tasks.remaining()
     indices = [plan.shard_names.index(name) for name in todo]
     if processes <= 1 or len(indices) <= 1:
-        tok = check_tokenizer(plan)
+        tok = tok if tok is not None and tok.ref() == plan.tokenizer else check_tokenizer(plan)
         for i in indices:
             run_shard(plan, i, tok)
     else:

@@ -331,8 +331,13 @@ def export(ref: str, out: str | os.PathLike, step: int | None = None, registry: 
     try:
         if format == "hpcorch":
             return export_weights(run.checkpoints, step, Path(out))
-        fallback = load_job(run.job_file).trainer.model if run.job_file.is_file() else None
+        job = load_job(run.job_file) if run.job_file.is_file() else None
+        fallback = job.trainer.model if job is not None else None
         export_hf(run.checkpoints, step, Path(out), parse_size(max_shard_size), fallback_model=fallback)
+        if job is not None:
+            from hpcorch.service.data import write_hf_tokenizer
+
+            write_hf_tokenizer(job, out)  # the tokenizer's files beside the weights
         return Path(out)
     except (CheckpointError, HFFolderError, ValueError, OSError) as exc:
         raise HpcorchError(str(exc)) from None

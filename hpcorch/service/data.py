@@ -3,6 +3,7 @@ a prepared dataset. The work is :mod:`hpcorch.data.prepare`'s; the array mechani
 :mod:`hpcorch.submit.array`'s (the one owner of "submit N tasks, know which are done")."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from hpcorch.data import prepare as prep
 from hpcorch.data.index import DatasetIndex
 from hpcorch.data.tokenizer import load_tokenizer
 from hpcorch.errors import HpcorchError
+from hpcorch.util.fileio import atomic_write
 
 
 @dataclass
@@ -32,8 +34,12 @@ class PrepareResult:
 def plan_prepare(inputs: list[str], out: str | os.PathLike, tokenizer: str = "gpt2", jsonl_field: str = "text",
                  on_error: str = "stop", shard_bytes: int = prep.DEFAULT_SHARD_BYTES) -> prep.PreparePlan:
     """The plan of a prepare (nothing written)."""
+    return _plan(inputs, out, load_tokenizer(tokenizer), jsonl_field, on_error, shard_bytes)
+
+
+def _plan(inputs, out, tok, jsonl_field, on_error, shard_bytes) -> prep.PreparePlan:
     options = prep.Options(jsonl_field=jsonl_field, on_error=on_error, shard_bytes=shard_bytes)
-    return prep.make_plan(list(inputs), Path(out), load_tokenizer(tokenizer), options)
+    return prep.make_plan(list(inputs), Path(out), tok, options)
 
 
 def prepare(inputs: list[str], out: str | os.PathLike, tokenizer: str = "gpt2", jsonl_field: str = "text",
@@ -46,7 +52,8 @@ def prepare(inputs: list[str], out: str | os.PathLike, tokenizer: str = "gpt2", 
     ``check`` asks Slurm (``sbatch --test-only``) without submitting."""
     if processes < 1:
         raise HpcorchError(f"--processes {processes}: expected a whole number of at least 1")
-    plan = plan_prepare(inputs, out, tokenizer, jsonl_field, on_error, shard_bytes)
+    tok = load_tokenizer(tokenizer)
+    plan = _plan(inputs, out, tok, jsonl_field, on_error, shard_bytes)
     result = PrepareResult(str(plan.out), len(plan.groups))
     if prep.is_finished(plan.out) and prep.plan_path(plan.out).exists():
         prep.save_plan(plan)  # refuses a folder of other inputs/options
@@ -56,7 +63,7 @@ def prepare(inputs: list[str], out: str | os.PathLike, tokenizer: str = "gpt2", 
         if dry_run or check:
             raise HpcorchError("--dry-run and --check show a Slurm array: name a cluster with --profile")
         prep.save_plan(plan)
-        result.ran = prep.run_here(plan, processes)
+        result.ran = prep.run_here(plan, processes, tok)
         result.finished = prep.is_finished(plan.out)
         return result
     return _submit(plan, result, profile, max_parallel, dry_run, check, cpus, time_limit)
@@ -84,6 +91,7 @@ def _submit(plan: prep.PreparePlan, result: PrepareResult, profile: str, max_par
         if prep.finish(plan) is not None:
             result.finished = True
             return result
+        _refuse_while_queued(plan, Slurm())
         todo = plan.tasks.remaining()
         batches = plan_arrays(plan.tasks, todo, max_parallel, Slurm().max_array_size())
     scripts = [render_prepare(plan, cluster, b, cpus, time_limit) for b in batches]
@@ -94,7 +102,35 @@ def _submit(plan: prep.PreparePlan, result: PrepareResult, profile: str, max_par
         return result
     plan.log_dir.mkdir(parents=True, exist_ok=True)
     result.arrays = submit_slurm(scripts)
+    arrays = _arrays_file(plan)
+    atomic_write(arrays, json.dumps(_submitted(plan) + result.arrays) + "\n")
     return result
+
+
+def _arrays_file(plan: prep.PreparePlan) -> Path:
+    return plan.out / prep.WORK / "arrays.json"
+
+
+def _submitted(plan: prep.PreparePlan) -> list[str]:
+    """The ids of the arrays submitted for ``plan.out`` so far."""
+    try:
+        return list(json.loads(_arrays_file(plan).read_text()))
+    except (OSError, ValueError):
+        return []
+
+
+_ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+           "RESIZING", "SIGNALING", "STAGE_OUT")
+
+
+def _refuse_while_queued(plan: prep.PreparePlan, slurm) -> None:
+    """A rerun while an earlier array of this folder still has tasks queued or running would run
+    their shards twice: refused with what to do."""
+    for array in _submitted(plan):
+        active = [t for t, state in slurm.array_tasks(array).items() if state.split()[0] in _ACTIVE]
+        if active:
+            raise HpcorchError(f"{plan.out}: array {array} still has {len(active)} task(s) queued or running; "
+                               f"wait for it (hpcorch data show {plan.out}) or cancel it (scancel {array})")
 
 
 def render_prepare(plan: prep.PreparePlan, cluster, batch, cpus: int = 1, time_limit: str = "60") -> str:
@@ -131,3 +167,22 @@ def show(folder: str | os.PathLike) -> dict:
             "documents": index.documents, "shards": len(index.shards), "sources": len(index.sources),
             "skipped": index.skipped, "skipped_by_source": {s.path: s.skipped for s in index.sources if s.skipped},
             "options": index.options}
+
+
+def run_tokenizer(job) -> str | None:
+    """The tokenizer a job trains with: its ``trainer.data.tokenizer``, else the tokenizer its
+    first prepared dataset was made with; None when its data names none (bytes of files)."""
+    data = getattr(getattr(job, "trainer", None), "data", None)
+    name = getattr(data, "tokenizer", None)
+    if name:
+        return str(name)
+    for _key, folder in getattr(data, "datasets", None) or []:
+        return DatasetIndex.load(Path(folder)).tokenizer.name
+    return None
+
+
+def write_hf_tokenizer(job, out: str | os.PathLike) -> list[Path]:
+    """Beside an ``hpcorch export --format hf`` folder's weights: the files of the job's
+    tokenizer that ``AutoTokenizer.from_pretrained(out)`` loads (none when the job names none)."""
+    name = run_tokenizer(job)
+    return load_tokenizer(name).save_hf(Path(out)) if name else []

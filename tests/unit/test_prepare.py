@@ -72,9 +72,10 @@ def test_rerun_redoes_only_unfinished_shards(tmp_path):
     plan.tasks.marker("shard_00002").unlink()
     (out / "dataset.json").unlink()
     (out / "shard_00002.bin").write_bytes(b"junk")
+    (out / "shard_00002.bin.oldhost.123.tmp").write_bytes(b"a killed writer's temporary file")
     again = service.prepare([str(src)], out, shard_bytes=64 << 10, processes=2)
     assert again.ran == ["shard_00002"] and again.finished
-    assert _digest(out) == before
+    assert _digest(out) == before and not list(out.glob("*.tmp"))
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard_*")}
     changed = sorted(n for n in mtimes if mtimes[n] != after[n])
     assert changed == ["shard_00002.bin", "shard_00002.idx"]
@@ -92,6 +93,8 @@ BAD = {
     "no-field": ("bad.jsonl", b'{"text": "ok"}\n{"body": "x"}\n', "bad.jsonl:2: expected an object with a string field 'text'"),
     "not-string": ("bad.jsonl", b'{"text": 3}\n', "bad.jsonl:1: expected an object"),
     "bad-gzip": ("bad.jsonl.gz", b"\x1f\x8b\x08\x00garbage", "bad.jsonl.gz: unreadable after 0 documents"),
+    "bad-gzip-data": ("bad.txt.gz", gzip.compress(b"x" * 1000)[:12] + b"\xff" * 40, "bad.txt.gz: unreadable"),
+    "bad-zstd": ("bad.txt.zst", b"not zstd at all", "bad.txt.zst: unreadable after 0 documents"),
 }
 
 
@@ -218,3 +221,23 @@ def test_data_commands_import_neither_torch_nor_submitit(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_export_writes_the_runs_tokenizer(tmp_path):
+    """``hpcorch export --format hf`` puts the job's tokenizer beside the weights: the named one,
+    else its prepared dataset's; nothing for a job that names none."""
+    from types import SimpleNamespace
+
+    transformers = pytest.importorskip("transformers")
+
+    def job(**data):
+        return SimpleNamespace(trainer=SimpleNamespace(data=SimpleNamespace(**data)))
+
+    (tmp_path / "a.txt").write_text("hello world")
+    service.prepare([str(tmp_path / "a.txt")], tmp_path / "ds", tokenizer="bytes")
+    assert service.run_tokenizer(job(tokenizer="gpt2", datasets=[("web", tmp_path / "ds")])) == "gpt2"
+    assert service.run_tokenizer(job(tokenizer=None, datasets=[("web", str(tmp_path / "ds"))])) == "bytes"
+    assert service.write_hf_tokenizer(job(tokenizer=None), tmp_path / "none") == []
+    written = service.write_hf_tokenizer(job(tokenizer="gpt2"), tmp_path / "hf")
+    assert {p.name for p in written} == {"vocab.json", "merges.txt", "tokenizer_config.json"}
+    assert transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))("hello world")["input_ids"] == [31373, 995]

@@ -43,6 +43,7 @@ files = sorted(p for p in list(root.glob("*.py")) + list(root.glob("*/*.py")) if
 texts = [p.read_text(encoding="utf-8", errors="replace") for p in files]
 texts.append("a literal <|endoftext|> inside a document is text")
 ours = tok.encode_batch(texts)
+assert all(list(tok.encode_array(t)) == o for t, o in zip(texts, ours))
 theirs = [e.ids for e in ref.encode_batch(texts)]
 bad = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
 assert not bad, [str(files[i]) for i in bad[:3]]
