@@ -172,7 +172,6 @@ class Shard:
         start = _HEADER.size
         self.lengths = np.frombuffer(idx, dtype=np.int32, count=count, offset=start)
         self.pointers = np.frombuffer(idx, dtype=np.int64, count=count, offset=start + 4 * count)
-        self.offsets = self.pointers // self.dtype.itemsize
         total = int(self.lengths.sum(dtype=np.int64))
         size = bin_path.stat().st_size if bin_path.exists() else -1
         if size != total * self.dtype.itemsize:
@@ -180,6 +179,12 @@ class Shard:
                               f"({total} tokens of {self.dtype.name}) as its index says")
         self.tokens = (np.memmap(bin_path, dtype=self.dtype, mode="r") if total
                        else np.zeros(0, dtype=self.dtype))
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Each document's first token (computed when asked: kept, it would be 8 bytes of a
+        rank's private memory per document)."""
+        return self.pointers // self.dtype.itemsize
 
     @property
     def num_tokens(self) -> int:
@@ -191,5 +196,5 @@ class Shard:
 
     def document(self, i: int) -> np.ndarray:
         """The tokens of document ``i`` (a view into the memory map)."""
-        start = int(self.offsets[i])
+        start = int(self.pointers[i]) // self.dtype.itemsize
         return self.tokens[start:start + int(self.lengths[i])]

@@ -169,6 +169,35 @@ def _check_loggers(job: JobSpec, profile: ClusterProfile, source: str, warnings:
         warnings.append(f"{exc}; needed only where the job runs")
 
 
+def _check_data(job: JobSpec, profile: ClusterProfile, source: str, warnings: list[str]) -> None:
+    """What can be checked of the data here: prepared datasets' indexes (one tokenizer, the
+    job's) and a model ``vocab`` that covers the tokenizer's ids. A dataset folder or tokenizer
+    file missing here is an error, unless the job may be submitted from a login node over SSH
+    (``login:``), where the data lives."""
+    data = job.trainer.data
+    if data.source not in ("prepared", "text", "stdlib") or (data.source != "prepared" and data.tokenizer is None):
+        return
+    # numpy and the tokenizers: only for prepared data or a named tokenizer
+    from hpcorch.data.reader import DatasetError, check_indexes, check_vocab
+    from hpcorch.data.tokenizer import TokenizerError, load_tokenizer
+
+    try:
+        if data.source == "prepared":
+            check_indexes(data, job.trainer.model.vocab)
+        else:
+            try:
+                ref = load_tokenizer(data.tokenizer).ref()
+            except TokenizerError as exc:
+                raise DatasetError("data.tokenizer", str(exc)) from None
+            check_vocab(ref, job.trainer.model.vocab)
+    except DatasetError as exc:
+        missing = exc.key.endswith(("path", "tokenizer")) and "not found" in exc.message
+        if missing and profile.login is not None:
+            warnings.append(f"{source}: trainer.{exc.key}: {exc.message}; needed only where the job runs")
+            return
+        raise PlanError(source, f"trainer.{exc.key}", exc.message) from None
+
+
 def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None = None,
               source: str = "job", python: str | None = None, nccl_debug: str | None = None,
               quarantined: dict[str, str] | None = None) -> Plan:
@@ -242,6 +271,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     layoutplan.check_layout(job, eligible, fail, warnings)
     launch = resolve_launch(job, profile, eligible, python, fail, warnings)
     _check_loggers(job, profile, source, warnings)
+    _check_data(job, profile, source, warnings)
     # The nodes the job may land on: its eligible node groups' hosts, minus exclusions.
     hosts = [h for h in dict.fromkeys(h for g in eligible for h in g.hosts) if h not in excluded]
     placement = plan_placement(job.placement, profile, hosts, res.nodes, fail, notes, warnings)

@@ -11,6 +11,7 @@ from typing import Literal
 
 from hpcorch.errors import ConfigError
 from hpcorch.spec import catalog, units
+from hpcorch.spec.data import DataMix, DataSpec  # noqa: F401 - DataMix re-exported with DataSpec
 from hpcorch.spec.expand import check_expandable
 from hpcorch.spec.health import JobHealth
 from hpcorch.spec.launch import Launch, check_directives
@@ -134,32 +135,6 @@ def _memory_mb(value: str | int, whole_node: bool = False) -> int:
     if whole_node and not isinstance(value, bool) and str(value).strip() == "0":
         return 0
     return units.parse_memory_mb(value)
-
-
-@dataclass
-class DataSpec:
-    """``stdlib``: the running Python's standard library sources as bytes (no download).
-    ``text``: text files under ``path``. ``bin``: a uint16 token file at ``path``.
-    ``val_path`` (``bin`` or ``text``): the validation data in its own file(s), as nanoGPT's
-    ``train.bin`` + ``val.bin``; then ``path`` is all training data and ``val_fraction`` unused."""
-
-    source: Literal["stdlib", "text", "bin"] = "stdlib"
-    path: str | None = None
-    val_path: str | None = None
-    val_fraction: float = 0.05
-    max_bytes: int = 8_000_000  # cap on text read, so a tiny job starts in a second
-
-    def __post_init__(self):
-        if self.source != "stdlib" and not self.path:
-            raise Invalid("path", f"expected a path for data source {self.source!r}")
-        if self.val_path is not None and self.source == "stdlib":
-            raise Invalid("val_path", "expected no val_path for data source 'stdlib' (it splits by "
-                          "val_fraction); use source bin or text")
-        if self.val_path is not None and not self.val_path:
-            raise Invalid("val_path", "expected a path, got an empty string")
-        if not 0 < self.val_fraction < 0.5:
-            raise Invalid("val_fraction", f"expected 0 < val_fraction < 0.5, got {self.val_fraction}")
-        check_positive(self, "max_bytes")
 
 
 @dataclass

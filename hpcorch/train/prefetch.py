@@ -9,7 +9,7 @@ building the step at ``c + global_batch`` (the cursor the trainer asks for next 
 stops). A request for any other cursor (the first step, a resume) is built synchronously and
 the stale prefetch is dropped.
 
-The worker thread owns its own :class:`SampleOrder` view (the permutation cache is per object),
+The worker thread owns its own view of the order (``order.view()``: caches are per object),
 so it never races with the trainer's evaluation reading the validation split. On CUDA the rows
 are copied to pinned host memory in the thread and moved with ``non_blocking=True`` in
 :meth:`StepBatches.get`, on the caller's stream, so the copy overlaps the step's kernels.
@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from hpcorch.train.data import SampleOrder
+from hpcorch.train.prepared import PreparedOrder
 
 Batch = tuple[list[int], torch.Tensor, torch.Tensor]
 
@@ -42,13 +43,13 @@ class StepBatches:
     a step's batches takes far less than training on them).
     """
 
-    def __init__(self, order: SampleOrder, dp_rank: int, dp_size: int, global_batch: int,
+    def __init__(self, order: SampleOrder | PreparedOrder, dp_rank: int, dp_size: int, global_batch: int,
                  micro_batch: int, device: torch.device, depth: int = 1):
         if global_batch % (dp_size * micro_batch):
             raise ValueError(f"global batch {global_batch} is not a multiple of dp size x micro batch "
                              f"= {dp_size} x {micro_batch}")
         # A private view of the order: same tokens, seed and permutation, its own cache.
-        self.order = SampleOrder(order.tokens, order.seq_len, order.seed)
+        self.order = order.view()
         self.dp_rank, self.dp_size = dp_rank, dp_size
         self.global_batch, self.micro_batch = global_batch, micro_batch
         self.device = torch.device(device)
@@ -60,7 +61,7 @@ class StepBatches:
         self._closed = False
 
     # ----- building (either thread) ----------------------------------------------------------
-    def build(self, cursor: int, order: SampleOrder | None = None) -> list[Batch]:
+    def build(self, cursor: int, order: SampleOrder | PreparedOrder | None = None) -> list[Batch]:
         """This rank's micro-batches of the step at ``cursor``, on the host."""
         order = order or self.order
         positions = step_positions(cursor, self.global_batch, self.dp_rank, self.dp_size)
@@ -89,7 +90,7 @@ class StepBatches:
             host = future.result()  # re-raises the worker's exception
         else:
             # Built here on a fresh view, so it cannot race a worker still finishing a stale job.
-            host = self.build(cursor, SampleOrder(self.order.tokens, self.order.seq_len, self.order.seed))
+            host = self.build(cursor, self.order.view())
         self._prefetch(cursor)
         return [(ids, self._to_device(x), self._to_device(y)) for ids, x, y in host]
 

@@ -32,13 +32,16 @@ log = logging.getLogger("hpcorch.train")
 # How text becomes tokens: one token per byte (the byte's value). Another tokenizer must
 # use another name, so that no cache built by this one is taken for its output.
 TOKENIZER = "bytes-v1"
+# A token file's suffix by its width: a named tokenizer's ids need more than a byte.
+_SUFFIXES = {"uint8": "u8", "uint16": "u16", "int32": "i32"}
 
 
-def fingerprint(kind: str, files: list[Path], max_bytes: int, separator: int) -> str:
+def fingerprint(kind: str, files: list[Path], max_bytes: int, separator: int, tokenizer: str = TOKENIZER) -> str:
     """The cache key of ``files`` (in reading order, each followed by ``separator`` bytes)
-    tokenized by :data:`TOKENIZER` up to ``max_bytes``: files past the cap are not read, so
-    they are not part of the key either."""
-    h = hashlib.sha256(json.dumps({"tokenizer": TOKENIZER, "source": kind, "max_bytes": max_bytes}).encode())
+    tokenized by ``tokenizer`` (:data:`TOKENIZER`, or a named tokenizer's name and vocabulary
+    sha256) up to ``max_bytes``: files past the cap are not read, so they are not part of the
+    key either."""
+    h = hashlib.sha256(json.dumps({"tokenizer": tokenizer, "source": kind, "max_bytes": max_bytes}).encode())
     total = 0
     for f in files:
         st = f.stat()
@@ -65,27 +68,28 @@ class TokenCache:
     def __init__(self, folder: str | os.PathLike | None = None):
         self.folder = Path(folder) if folder is not None else default_folder()
 
-    def path(self, key: str) -> Path:
-        return self.folder / f"tokens-{key}.u8"
+    def path(self, key: str, dtype: str = "uint8") -> Path:
+        return self.folder / f"tokens-{key}.{_SUFFIXES[dtype]}"
 
-    def tokens(self, key: str, build) -> np.ndarray:
-        """The tokens under ``key``: mapped from the cache, else ``build()`` (a uint8 array),
-        written once, then mapped, so that every caller gets the same kind of array."""
-        path = self.path(key)
+    def tokens(self, key: str, build, dtype: str = "uint8", tokenizer: str = TOKENIZER) -> np.ndarray:
+        """The tokens under ``key``: mapped from the cache, else ``build()`` (an array of
+        ``dtype``), written once, then mapped, so that every caller gets the same kind of array;
+        ``tokenizer`` is recorded in the side file."""
+        path = self.path(key, dtype)
         try:
             if not self._complete(path):
                 tokens = build()
                 try:
-                    self._write(path, tokens)
+                    self._write(path, tokens, dtype, tokenizer)
                 except OSError as exc:  # a full or read-only cache costs the cache, not the run
                     log.warning("warning: token cache %s not written (%s); tokens kept in memory",
                                 self.folder, exc.strerror or exc)
-                    return np.ascontiguousarray(tokens, dtype=np.uint8)
+                    return np.ascontiguousarray(tokens, dtype=dtype)
                 log.debug("token cache: wrote %s (%d tokens)", path, len(tokens))
-            return _map(path)
+            return _map(path, dtype)
         except PermissionError as exc:  # a cache folder this user may not read: no cache
             log.warning("warning: token cache %s unusable (%s)", self.folder, exc.strerror or exc)
-            return np.ascontiguousarray(build(), dtype=np.uint8)
+            return np.ascontiguousarray(build(), dtype=dtype)
 
     @staticmethod
     def _complete(path: Path) -> bool:
@@ -93,8 +97,8 @@ class TokenCache:
         does not (cut short by a crash the file system did not order) is removed, to be rebuilt:
         a short token array would silently change every sample after it."""
         try:
-            expected = json.loads(path.with_suffix(".json").read_text())["tokens"]
-            if path.stat().st_size == expected:
+            meta = json.loads(path.with_suffix(".json").read_text())
+            if path.stat().st_size == meta["tokens"] * np.dtype(meta.get("dtype", "uint8")).itemsize:
                 return True
         except (OSError, ValueError, KeyError, TypeError):
             if not path.exists():
@@ -104,10 +108,10 @@ class TokenCache:
             stale.unlink(missing_ok=True)
         return False
 
-    def _write(self, path: Path, tokens: np.ndarray) -> None:
+    def _write(self, path: Path, tokens: np.ndarray, dtype: str = "uint8", tokenizer: str = TOKENIZER) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        data = np.ascontiguousarray(tokens, dtype=np.uint8).tobytes()
-        meta = {"tokenizer": TOKENIZER, "tokens": len(data), "dtype": "uint8",
+        data = np.ascontiguousarray(tokens, dtype=dtype).tobytes()
+        meta = {"tokenizer": tokenizer, "tokens": len(data) // np.dtype(dtype).itemsize, "dtype": dtype,
                 "sha256": hashlib.sha256(data).hexdigest()}
         # The side file first: a token file never exists without its description.
         _publish(path.with_suffix(".json"), json.dumps(meta).encode())
@@ -146,8 +150,8 @@ def _umask() -> int:
     return 0o022
 
 
-def _map(path: Path) -> np.ndarray:
+def _map(path: Path, dtype: str = "uint8") -> np.ndarray:
     """A read-only map of a token file (an empty file cannot be mapped: an empty array)."""
     if path.stat().st_size == 0:
-        return np.zeros(0, dtype=np.uint8)
-    return np.memmap(path, dtype=np.uint8, mode="r")
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")

@@ -72,7 +72,8 @@ class Trainer:
         self.clock.mark("model")
         # Text is tokenized once per node into the user's token cache, then mapped by all.
         cache = TokenCache()
-        self.data = node_first(lambda: DataSource(tr.data, tr.model.seq_len, tr.seed, job=job.name, cache=cache),
+        self.data = node_first(lambda: DataSource(tr.data, tr.model.seq_len, tr.seed, job=job.name, cache=cache,
+                                                          vocab=tr.model.vocab),
                                env.local_rank, env.device)
         self.clock.mark("data")
         _, x, y = self.data.val.batch(range(tr.micro_batch))
