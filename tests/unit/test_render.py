@@ -130,17 +130,26 @@ def test_hostile_profile_fields_are_rejected(repo, tmp_path, patch):
 def test_compiled_template_cache_is_only_a_cache(repo, tmp_path, monkeypatch):
     """Compiled templates are kept across processes; a damaged entry or a cache folder that
     cannot be made only costs a compile, never a different script or an error."""
+    from hpcorch.render import sbatch
+
+    def render_as_a_new_process() -> str:
+        # The shipped environment is made once per process (it keeps its compiled templates);
+        # a new process starts with none and finds only the on-disk cache.
+        sbatch._shipped_environment.cache_clear()
+        return _render(repo, "gpt-tiny", "devcluster")
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with open(os.path.join(GOLDEN, "devcluster__gpt-tiny.sbatch")) as f:
         golden = f.read()
-    assert _render(repo, "gpt-tiny", "devcluster") == golden
+    assert render_as_a_new_process() == golden
     entries = list((tmp_path / "cache" / "hpcorch").glob("templates-*/*.cache"))
     assert entries, "the first render fills the cache"
-    assert _render(repo, "gpt-tiny", "devcluster") == golden  # from the cache
+    assert render_as_a_new_process() == golden  # from the cache
     for damage in (b"", b"garbage", entries[0].read_bytes()[:40]):
         for entry in entries:
             entry.write_bytes(damage)
-        assert _render(repo, "gpt-tiny", "devcluster") == golden
+        assert render_as_a_new_process() == golden
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # the folder cannot be made
-    assert _render(repo, "gpt-tiny", "devcluster") == golden
+    assert render_as_a_new_process() == golden
+    sbatch._shipped_environment.cache_clear()  # the next test's environment uses the real cache
