@@ -46,7 +46,8 @@ def run(rank: int, world: int, args, root: Path, port: int, out: dict) -> None:
 
     n = args.mb * 2**20 // 4
     torch.manual_seed(rank)
-    state = {"model": {f"layer{i}": torch.randn(n // 8) for i in range(8)}}
+    # Keys of this rank's own (DCP would write a key every rank holds once, as replicated).
+    state = {"model": {f"rank{rank}.layer{i}": torch.randn(n // 8) for i in range(8)}}
     nbytes = sum(t.numel() * 4 for t in state["model"].values())
     blob = os.urandom(nbytes)
     raw = root / f"raw{rank}.bin"
@@ -86,6 +87,20 @@ def _worker(rank, world, args, root, port, queue):
         queue.put(out)
 
 
+def _result(queue, procs) -> dict:
+    """Rank 0's figures; exits if a rank died first (instead of waiting for them forever)."""
+    import queue as queues
+
+    while True:
+        try:
+            return queue.get(timeout=1)
+        except queues.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+                sys.exit("a rank failed (its traceback is above)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=512, help="state size per rank in MiB")
@@ -112,7 +127,7 @@ def main() -> None:
                      for r in range(args.ranks)]
             for p in procs:
                 p.start()
-            out = queue.get(timeout=3600)
+            out = _result(queue, procs)
             for p in procs:
                 p.join(timeout=600)
     finally:
