@@ -18,6 +18,7 @@ from hpcorch.spec.model import ModelConfig, default_model
 from hpcorch.spec.parallel import Layout, ParallelSpec, resolve_layout
 from hpcorch.spec.placement import Placement
 from hpcorch.spec.profile import check_constraint
+from hpcorch.spec.program import ProgramSpec
 from hpcorch.spec.schema import (
     KIND_DEFAULT,
     Invalid,
@@ -261,6 +262,8 @@ class JobSpec:
     launch: Launch = field(default_factory=Launch)  # wins over the profile's, key by key
     placement: Placement = field(default_factory=Placement)  # leaf switches / segments (topology)
     health: JobHealth = field(default_factory=JobHealth)  # pre-flight check on or off
+    # The user's own training program instead of hpcorch's trainer (then ``trainer`` is unused).
+    program: ProgramSpec | None = None
 
     def __post_init__(self):
         check_name("name", self.name, "a job name")
@@ -270,6 +273,15 @@ class JobSpec:
             raise Invalid(f"environment.{exc.field}", exc.message) from None
         for name, value in self.environment.items():
             check_expandable(f"environment.{name}", value)
+        if self.program is None:
+            self._check_trainer()
+        res = self.resources
+        if self.requeue.signal_lead_s >= res.time_s:
+            raise Invalid("requeue.signal_lead_s",
+                          f"expected less than the time limit ({res.time_s} s), got {self.requeue.signal_lead_s}")
+
+    def _check_trainer(self) -> None:
+        """The trainer's layout on the job's ranks (not for a ``program:`` job, which has none)."""
         try:
             layout = self.trainer.layout(self.resources.world_size)
         except Invalid as exc:
@@ -282,10 +294,6 @@ class JobSpec:
             raise Invalid("trainer.optimizer.name", f"expected adamw for the layout {layout.describe()}, sharding "
                                                     f"{self.trainer.sharding}: torch's Adafactor cannot update sharded "
                                                     f"(DTensor) parameters; adafactor runs under ddp and pp only")
-        res = self.resources
-        if self.requeue.signal_lead_s >= res.time_s:
-            raise Invalid("requeue.signal_lead_s",
-                          f"expected less than the time limit ({res.time_s} s), got {self.requeue.signal_lead_s}")
 
     @property
     def layout(self) -> Layout:
@@ -328,6 +336,9 @@ def load_job(path: str | os.PathLike, overrides: list[str] | tuple = ()) -> JobS
         if not sep:
             raise ConfigError("--set", item, "expected KEY=VALUE, such as trainer.steps=50")
         set_dotted(data, key.strip(), value, f"{path} (--set {key.strip()})")
+    if data.get("program") is not None and data.get("trainer") is not None:
+        raise _blame_override(ConfigError(str(path), "program", "expected program or trainer, not both (a "
+                                          "program job runs your own code, with no hpcorch trainer)"), path, overrides)
     try:
         return build(JobSpec, data, str(path))
     except ConfigError as exc:

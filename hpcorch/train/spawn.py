@@ -36,19 +36,22 @@ def free_port() -> int:
 
 
 def launch_local(job_file: Path, run_dir: Path, nproc: int, extra_args: list[str] = (),
-                 env: dict | None = None, grace_s: float = 30.0) -> int:
-    """Run ranks 0..nproc-1 of ``python -m hpcorch.train`` and return the run's exit code:
-    DONE, CHECKPOINTED (every rank checkpointed on a signal), otherwise the first failing
-    rank's code."""
+                 env: dict | None = None, grace_s: float = 30.0, argv: list[str] | None = None,
+                 cwd: str | None = None) -> int:
+    """Run ranks 0..nproc-1 of ``python -m hpcorch.train`` (or of ``argv``, a ``program:`` job's
+    own program, in ``cwd``) and return the run's exit code: DONE, CHECKPOINTED (every rank
+    checkpointed on a signal), otherwise the first failing rank's code."""
+    from hpcorch.runtime.env import Rendezvous, torchrun_env
+
     port = free_port()
     procs = []
     for rank in range(nproc):
-        rank_env = {**os.environ, **(env or {}), "RANK": str(rank), "WORLD_SIZE": str(nproc),
-                    "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
-                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        cmd = [sys.executable, "-u", "-m", "hpcorch.train", "--job", str(job_file),
-               "--run-dir", str(run_dir), *extra_args]
-        procs.append(subprocess.Popen(cmd, env=rank_env, start_new_session=True))
+        # torchrun's variables, as a single-node torchrun sets them
+        where = Rendezvous(rank, rank, nproc, nproc, 0, 1, "127.0.0.1", port)
+        rank_env = {**os.environ, **(env or {}), **torchrun_env(where, str(os.getpid()))}
+        cmd = argv or [sys.executable, "-u", "-m", "hpcorch.train", "--job", str(job_file),
+                       "--run-dir", str(run_dir), *extra_args]
+        procs.append(subprocess.Popen(cmd, env=rank_env, cwd=cwd, start_new_session=True))
 
     def forward(signum, _frame):
         for p in procs:
