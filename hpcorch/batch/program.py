@@ -77,12 +77,12 @@ class ProgramTask(TrainTask):
                 self._count_unplanned_restart(job, budget)
         cause = "node_failure" if budget.load().get("node_failure", 0) > before else restart_cause(run, attempt)
         rv = self._rendezvous(job, dist)
-        argv = program_argv(program, rv, python=sys.executable)
-        check_startable(program, argv)
+        check_startable(program)
         deadline = self._deadline(job_id, dist.rank)
         env = {**os.environ, **(torchrun_env(rv, job_id) if program.launcher == "direct" else {}),
                **hpcorch_env(str(run.root), str(run.checkpoints), attempt, cause, deadline, program.signal,
                              job_id, program.steps, time.time())}
+        argv = program_argv(program, rv, python=sys.executable, env=env)
         if dist.rank == 0:
             run.checkpoints.mkdir(parents=True, exist_ok=True)
             run.append_event("process_start", durable=True, time=time.time(), step=run.progress().get("step", 0),
@@ -160,7 +160,7 @@ def restart_cause(run: RunDir, attempt: int) -> str:
     return cause or ("none" if attempt == 0 else "node_failure")
 
 
-def check_startable(program, argv: list[str]) -> None:
+def check_startable(program) -> None:
     """Raise one line if the program cannot start here: its code folder, its executable, its
     Python module (a requeue could never help)."""
     code = program.code_dir

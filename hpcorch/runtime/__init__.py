@@ -33,6 +33,7 @@ __all__ = ["should_stop", "report", "checkpoint_committed", "exit_requeue", "req
            "attempt", "restart_cause", "time_left_s", "checkpoint_dir", "run_dir"]
 
 _stop: dict = {"signum": None, "time": None}
+_IMPORTED = time.time()  # the first step's start, at the latest
 _reporter = None
 
 
@@ -116,9 +117,9 @@ def report(step: int, loss: float | None = None, tokens: int | None = None, **ex
     if not _is_main():
         return
     if _reporter is None:
-        from hpcorch.runtime.report import Reporter
+        from hpcorch.runtime.records import Reporter
 
-        _reporter = Reporter(run_dir())
+        _reporter = Reporter(run_dir(), _IMPORTED)
     _reporter.step(int(step), None if loss is None else float(loss), tokens, extra)
 
 
@@ -128,6 +129,6 @@ def checkpoint_committed(step: int, path: str | os.PathLike | None = None) -> No
     after it again counts them as recomputed."""
     if not _is_main():
         return
-    from hpcorch.runtime.report import commit
+    from hpcorch.runtime.records import commit
 
     commit(run_dir(), int(step), None if path is None else str(path))

@@ -74,16 +74,22 @@ def requeue_marker(run_dir: str, attempt: int) -> str:
     return os.path.join(run_dir, "exits", f"attempt-{attempt}", "requeue-me")
 
 
-def program_argv(program, rv: Rendezvous | None = None, python: str | None = None) -> list[str]:
-    """The argv that runs ``program`` (a ProgramSpec). With ``launcher: torchrun``, ``rv`` (this
-    node's rendezvous) makes it ``python -m torch.distributed.run ... PROGRAM``."""
+def program_argv(program, rv: Rendezvous | None = None, python: str | None = None,
+                 env: dict | None = None) -> list[str]:
+    """The argv that runs ``program`` (a ProgramSpec), its ``$NAME``s expanded against ``env``
+    (the program's environment: ``$HPCORCH_CHECKPOINT_DIR``; there is no shell). With
+    ``launcher: torchrun``, ``rv`` (this node's rendezvous) makes it ``python -m torch.distributed.run ...``."""
+    from hpcorch.spec.expand import expand_with
+
     python = python or sys.executable
+    words = [expand_with(w, env if env is not None else os.environ) for w in program.args]
     if program.command is not None:
-        inner, script_mode = [*program.command, *program.args], True
+        command = [expand_with(w, env if env is not None else os.environ) for w in program.command]
+        inner, script_mode = [*command, *words], True
     elif ":" in program.module:
-        inner, script_mode = ["-c", _CALL, program.module, *program.args], False
+        inner, script_mode = ["-c", _CALL, program.module, *words], False
     else:
-        inner, script_mode = ["-m", program.module, *program.args], False
+        inner, script_mode = ["-m", program.module, *words], False
     if program.launcher != "torchrun":
         return inner if script_mode else [python, "-u", *inner]
     run = [python, "-m", "torch.distributed.run", f"--nnodes={rv.nodes}", f"--nproc-per-node={rv.local_world_size}",

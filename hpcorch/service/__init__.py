@@ -325,8 +325,8 @@ def _train_program(spec, run: RunDir, job_file: Path, env: dict) -> int:
                            None, program.signal, str(os.getpid()), program.steps, time.time()))
     run.append_event("process_start", durable=True, time=time.time(), step=run.progress().get("step", 0),
                      attempt=attempt, program=program.describe)
-    return launch_local(job_file, run.root, spec.resources.tasks_per_node, env=env, argv=program_argv(program),
-                        cwd=program.code_dir)
+    argv = program_argv(program, env={**os.environ, **env})
+    return launch_local(job_file, run.root, spec.resources.tasks_per_node, env=env, argv=argv, cwd=program.code_dir)
 
 
 def pull(ref: str, into: str | os.PathLike | None = None, registry: Registry | None = None):

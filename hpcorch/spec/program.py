@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from hpcorch.spec.expand import check_expandable
 from hpcorch.spec.schema import Invalid, check_positive
 
 # ``package.module`` or ``package.module:function`` (what ``python -m`` / an entry point names).
@@ -43,6 +44,9 @@ class ProgramSpec:
                 raise Invalid("command", f"expected a non-empty list of words, got {self.command!r}")
         elif not _ENTRY.fullmatch(self.module):
             raise Invalid("module", f"expected package.module or package.module:function, got {self.module!r}")
+        for key, words in (("command", self.command or []), ("args", self.args)):
+            for i, word in enumerate(words):  # $NAME expands from the program's environment
+                check_expandable(f"{key}[{i}]", word)
         for key in ("code_dir", "checkpoint_dir"):
             value = getattr(self, key)
             if value is not None and not value.strip():

@@ -18,13 +18,13 @@ log = logging.getLogger("hpcorch.runtime")
 class Reporter:
     """Rank 0's step records for one process of a program."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, started: float):
         self.run = RunDir(root)
         self.prior = self.run.progress()
         self.restarts = self.prior.get("restarts", -1) + 1 if self.prior else 0
         self.recomputed = self.prior.get("steps_recomputed", 0)
         self.last: float | None = None
-        self.started = time.time()
+        self.started = started
         self.planned = int(os.environ.get("HPCORCH_STEPS") or 0) or None
         self._metrics = None
 
