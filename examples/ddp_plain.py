@@ -79,6 +79,11 @@ def setup(args) -> tuple[nn.Module, nn.parallel.DistributedDataParallel, torch.o
     optim = torch.optim.Adam(ddp.parameters(), lr=args.lr)
     path = os.path.join(args.ckpt_dir, "latest.pt")
     start = load(path, model, optim)
+    # DDP all-reduces its first backward in buckets of another layout than the later ones, so
+    # another summation order: one zero-gradient backward first makes a resumed process's first
+    # step sum as an uninterrupted run's does (bit for bit; see hpcorch/train/determinism.py).
+    (ddp(torch.zeros(1, 32)).sum() * 0).backward()
+    optim.zero_grad(set_to_none=True)
     return model, ddp, optim, start, path
 
 
