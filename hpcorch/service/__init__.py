@@ -312,7 +312,7 @@ def _train_program(spec, run: RunDir, job_file: Path, env: dict) -> int:
     import time
 
     from hpcorch.batch.program import restart_cause
-    from hpcorch.runtime.env import hpcorch_env, program_argv
+    from hpcorch.runtime.env import Rendezvous, hpcorch_env, program_argv, torchrun_env
     from hpcorch.train.spawn import launch_local
 
     program = spec.program
@@ -326,7 +326,12 @@ def _train_program(spec, run: RunDir, job_file: Path, env: dict) -> int:
     run.append_event("process_start", durable=True, time=time.time(), step=run.progress().get("step", 0),
                      attempt=attempt, program=program.describe)
     argv = program_argv(program, env={**os.environ, **env})
-    return launch_local(job_file, run.root, spec.resources.tasks_per_node, env=env, argv=argv, cwd=program.code_dir)
+
+    def rank_env(rank: int, nproc: int, port: int) -> dict:  # as a single-node torchrun sets them
+        return torchrun_env(Rendezvous(rank, rank, nproc, nproc, 0, 1, "127.0.0.1", port), str(os.getpid()))
+
+    return launch_local(job_file, run.root, spec.resources.tasks_per_node, env=env, argv=argv, cwd=program.code_dir,
+                        rank_env=rank_env)
 
 
 def pull(ref: str, into: str | os.PathLike | None = None, registry: Registry | None = None):
