@@ -14,12 +14,11 @@ _INTERPRETERS = ("python", "python3", "bash", "sh")
 
 
 def check_program(job: JobSpec, remote: bool, fail: Callable[[str, str], PlanError], warnings: list[str]) -> None:
-    """Resolve ``program.code_dir`` (default: this folder) to an absolute path and refuse, with
-    one line, a program that cannot start from it. ``remote``: the job runs from a login node's
-    copy of the code (``--code``), so a doubt here is a warning, not a refusal."""
+    """Refuse, with one line, a program that cannot start from its code folder (resolved as
+    :func:`code_dir` does). ``remote``: the job runs from a login node's copy of the code
+    (``--code``), so a doubt here is a warning, not a refusal."""
     program = job.program
-    code = os.path.abspath(os.path.expanduser(program.code_dir or os.getcwd()))
-    program.code_dir = code
+    code = code_dir(program)
     problem = _problem(program, code)
     if problem is None:
         return
@@ -28,6 +27,13 @@ def check_program(job: JobSpec, remote: bool, fail: Callable[[str, str], PlanErr
         warnings.append(f"{key}: {message} here; it must exist where the job runs")
         return
     raise fail(key, message)
+
+
+def code_dir(program) -> str:
+    """``program.code_dir`` as an absolute path: relative to the folder the job is submitted from
+    (the synced ``--code`` folder on a login node), which is the default. The job file in the run
+    directory records it so (:func:`hpcorch.submit.executor.start`), for every rank and attempt."""
+    return os.path.abspath(os.path.expanduser(program.code_dir or os.getcwd()))
 
 
 def _problem(program, code: str) -> tuple[str, str] | None:

@@ -282,9 +282,10 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
     if spec.program is None:
         check_available(spec.trainer.loggers, str(job))
     else:
-        from hpcorch.plan.program import check_program
+        from hpcorch.plan.program import check_program, code_dir
 
         check_program(spec, False, lambda key, message: PlanError(str(job), key, message), [])
+        spec.program.code_dir = code_dir(spec.program)
     if spec.resources.nodes != 1:
         raise ConfigError(str(job), "resources.nodes",
                           f"a local run uses one node, got {spec.resources.nodes}; pass --nproc")

@@ -28,6 +28,7 @@ from hpcorch.spec.schema import (
     check_name,
     check_positive,
     set_dotted,
+    to_dict,
 )
 from hpcorch.spec.yamlio import read_yaml
 
@@ -343,6 +344,15 @@ def load_job(path: str | os.PathLike, overrides: list[str] | tuple = ()) -> JobS
         return build(JobSpec, data, str(path))
     except ConfigError as exc:
         raise _blame_override(exc, path, overrides) from None
+
+
+def job_to_dict(job: JobSpec) -> dict:
+    """``job`` as plain data that :func:`load_job` reads back as the same job (a ``program:`` job
+    without the trainer section it does not use, which the loader would refuse beside it)."""
+    data = to_dict(job)
+    if job.program is not None:
+        del data["trainer"]
+    return data
 
 
 def _blame_override(exc: ConfigError, path: Path, overrides) -> ConfigError:

@@ -241,13 +241,12 @@ class RunDir:
 
     def write_job(self, job) -> Path:
         """``job.yaml``: the job exactly as validated (overrides applied)."""
-        from hpcorch.spec.schema import to_dict
+        from hpcorch.spec.job import job_to_dict
         from hpcorch.spec.yamlio import dump_yaml, parse_yaml
 
         self.create()
-        data = to_dict(job)
-        if getattr(job, "program", None) is not None:  # a program job has no trainer (both: refused)
-            del data["trainer"]
+        data = job_to_dict(job)
+        if job.program is not None:
             if job.program.checkpoint_dir:
                 data["program"]["checkpoint_dir"] = str(self.checkpoints)
         elif job.trainer.checkpoint.dir:  # absolute: every reader resolves it alike, wherever it runs

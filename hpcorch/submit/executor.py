@@ -59,6 +59,10 @@ def start(plan: Plan, script: str, hand_over: HandOver):
 
     _align_submitit_logging()
     run = plan.run
+    if plan.job.program is not None:  # the ranks run it in the folder it names from here
+        from hpcorch.plan.program import code_dir
+
+        plan.job.program.code_dir = code_dir(plan.job.program)
     job_file = run.write_job(plan.job)
     # Where this was submitted from: every attempt's manifest records that code directory's state.
     record_submission(run, os.getcwd(), script, to_dict(plan.profile))
