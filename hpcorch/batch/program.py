@@ -91,7 +91,7 @@ class ProgramTask(TrainTask):
                                             getattr(signal, f"SIG{program.signal}"))
         marker = Path(requeue_marker(str(run.root), attempt)).exists()
         if code == 0 and not marker:
-            return {"program": "completed"} if dist.rank == 0 else {}
+            return write_summary(run, program.describe, time.time()) if dist.rank == 0 else {}
         if code != protocol.CHECKPOINTED and not marker and got is None:
             self._last_error = f"the program exited with code {code}" + (f": {last_lines[-1]}" if last_lines else "")
             raise RankFailed(code if code > 0 else 128 - code)
@@ -143,6 +143,22 @@ class ProgramTask(TrainTask):
             log.warning("hpcorch: time left unknown (%s)", exc)
             return None
         return time.time() + left if left is not None else None
+
+
+def write_summary(run: RunDir, what: str, now: float) -> dict:
+    """``summary.json`` of a program that completed (exit 0): what says "completed" to ``ls`` and
+    ``status`` for every backend, with the progress the program reported, if any."""
+    import json
+
+    from hpcorch.util.fileio import atomic_write
+
+    progress = run.progress()
+    summary = {"program": what, "completed": now, "final_step": progress.get("step"),
+               "final_loss": progress.get("loss"), "restarts": progress.get("restarts", 0),
+               "steps_recomputed": progress.get("steps_recomputed", 0),
+               "latest_checkpoint": run.latest_checkpoint()}
+    atomic_write(run.summary_file, json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def restart_cause(run: RunDir, attempt: int) -> str:

@@ -331,8 +331,13 @@ def _train_program(spec, run: RunDir, job_file: Path, env: dict) -> int:
     def rank_env(rank: int, nproc: int, port: int) -> dict:  # as a single-node torchrun sets them
         return torchrun_env(Rendezvous(rank, rank, nproc, nproc, 0, 1, "127.0.0.1", port), str(os.getpid()))
 
-    return launch_local(job_file, run.root, spec.resources.tasks_per_node, env=env, argv=argv, cwd=program.code_dir,
+    code = launch_local(job_file, run.root, spec.resources.tasks_per_node, env=env, argv=argv, cwd=program.code_dir,
                         rank_env=rank_env)
+    if code == 0:
+        from hpcorch.batch.program import write_summary
+
+        write_summary(run, program.describe, time.time())
+    return code
 
 
 def pull(ref: str, into: str | os.PathLike | None = None, registry: Registry | None = None):
