@@ -16,14 +16,16 @@ from hpcorch.util.poll import poll_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
-STEPS = ["--steps", "120", "--ckpt-every", "10"]
+STEPS = ["--steps", "60", "--ckpt-every", "10"]
 JOB = "examples/ddp_plain.yaml"
+# pre-flight checks are tested elsewhere: here they would only add seconds to every attempt
+FAST = ["--set", "resources.time=5", "--set", "health.preflight=false"]
 
 
 def _args(*extra) -> list[str]:
     words = ", ".join(json.dumps(w) for w in ["python", "ddp_plain.py", *STEPS, *extra, "--ckpt-dir",
                                               "$HPCORCH_CHECKPOINT_DIR"])
-    return ["--set", f"program.command=[{words}]", "--set", "resources.time=5"]
+    return ["--set", f"program.command=[{words}]", *FAST]
 
 
 def _final(run) -> str:
@@ -62,9 +64,33 @@ def test_plain_script_completes_then_resumes_exactly_after_preemption(ctx, tmp_p
     assert status["state"] == "COMPLETED", status
 
 
+def test_runtime_helper_stops_at_its_step_and_reports_to_status(ctx, tmp_path, uninterrupted):
+    """examples/ddp_runtime.py: it catches the signal, checkpoints where it is (nothing recomputed),
+    exits 3; status shows its steps and checkpoint; the weights are the uninterrupted run's."""
+    from slurmhelp import wait_progress
+
+    run = tmp_path / "rt"
+    ctx.cli("submit", "examples/ddp_runtime.yaml", "-p", "devcluster", "--run-dir", run, *FAST,
+            "--set", f"program.args=[{', '.join(json.dumps(w) for w in [*STEPS, '--step-sleep', '0.1'])}]",
+            "--set", "program.steps=60")
+    job = ctx.entry(run)
+    wait_progress(run, 12, timeout_s=90)
+    ctx.slurm.run("scancel", "--signal=USR2", job["job_id"])
+    _finish(ctx, job["job_id"], timeout_s=150)
+    assert _final(run) == uninterrupted
+    progress = json.loads((run / "progress.json").read_text())
+    assert (progress["step"], progress["restarts"], progress["steps_recomputed"]) == (60, 1, 0), progress
+    status = json.loads(ctx.cli("status", job["job_id"], "--json").stdout)
+    assert (status["state"], status["step"], status["steps"], status["latest_checkpoint"]) == \
+        ("COMPLETED", 60, 60, 60), status
+    goodput = status["goodput"]
+    assert status["requeues"]["preemption"] == 1 and goodput["attempts"] == 2, status
+    assert goodput["buckets_s"]["productive"] > 0 and goodput["steps_recomputed"] == 0, goodput
+
+
 def test_crash_loop_stops_and_cannot_start_is_one_line(ctx, tmp_path):
     run = tmp_path / "loop"
-    ctx.cli("submit", JOB, "-p", "devcluster", "--run-dir", run, "--set", "requeue.crash_loop=2",
+    ctx.cli("submit", JOB, "-p", "devcluster", "--run-dir", run, "--set", "requeue.crash_loop=2", *FAST,
             "--set", 'program.command=[python, -c, "import sys; print(\'boom\', file=sys.stderr); sys.exit(1)"]')
     loop = ctx.entry(run)
     # a program that cannot start on the allocation (executable at plan time, not at run time)
@@ -73,7 +99,7 @@ def test_crash_loop_stops_and_cannot_start_is_one_line(ctx, tmp_path):
     script.write_text("#!/bin/sh\nexit 0\n")
     script.chmod(0o755)
     other = tmp_path / "broken"
-    ctx.cli("submit", JOB, "-p", "devcluster", "--run-dir", other, "--set", f"program.code_dir={script.parent}",
+    ctx.cli("submit", JOB, "-p", "devcluster", "--run-dir", other, *FAST, "--set", f"program.code_dir={script.parent}",
             "--set", "program.command=[./train.sh]")
     script.chmod(0o644)
     broken = ctx.entry(other)
