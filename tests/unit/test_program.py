@@ -182,3 +182,12 @@ def test_local_train_of_a_program_stops_and_resumes_to_the_same_weights(tmp_path
     assert status_cause == [None, None]  # hpcorch train records starts, not causes (nothing requeues it)
     assert (tmp_path / "b" / "program_checkpoint.json").exists()
     assert PlanError  # imported for the plan errors' class
+
+
+def test_planning_a_program_imports_neither_torch_nor_submitit():
+    code = ("import sys\nfrom hpcorch.cli.main import main\n"
+            "try:\n    main(['plan', 'examples/ddp_plain.yaml', '-p', 'devcluster'])\nexcept SystemExit:\n    pass\n"
+            "import hpcorch.runtime\n"
+            "print(sorted(m for m in ('torch', 'submitit', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
