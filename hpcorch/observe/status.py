@@ -33,13 +33,15 @@ def progress(entry: Entry) -> dict:
 
 
 def planned_steps(run: RunDir) -> int | None:
-    """``trainer.steps`` of the run's resolved job (None before job.yaml exists, or unreadable)."""
+    """``trainer.steps`` of the run's resolved job, or a program job's ``program.steps`` (None
+    before job.yaml exists, when unreadable, or for a program that gives none)."""
     from hpcorch.errors import HpcorchError
     from hpcorch.spec.yamlio import parse_yaml
 
     try:
-        steps = parse_yaml(run.job_file.read_text(), str(run.job_file))["trainer"]["steps"]
-    except (OSError, UnicodeDecodeError, HpcorchError, KeyError, TypeError):
+        job = parse_yaml(run.job_file.read_text(), str(run.job_file))
+        steps = job["program"]["steps"] if job.get("program") else job["trainer"]["steps"]
+    except (OSError, UnicodeDecodeError, HpcorchError, KeyError, TypeError, AttributeError):
         return None
     return steps if isinstance(steps, int) else None
 

@@ -126,6 +126,13 @@ class Plan:
         return self.job.resources.world_size
 
     @property
+    def launched_tasks_per_node(self) -> int:
+        """Tasks srun starts per node: one per rank, or one per node for a program that runs
+        torchrun itself (``program.launcher: torchrun``; torchrun then starts the node's ranks)."""
+        program = self.job.program
+        return 1 if program is not None and program.launcher == "torchrun" else self.job.resources.tasks_per_node
+
+    @property
     def landing_groups(self) -> list[NodeGroup]:
         """The node groups the job may land on (all of the partition's for a plan made without them)."""
         return self.node_groups or self.profile.groups_of(self.partition)
@@ -268,10 +275,16 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     environment.update({k: str(v) for k, v in profile.environment.variables.items()})
     environment.update({k: str(v) for k, v in job.environment.items()})
     _nccl_debugging(job, environment, nccl_debug, warnings, notes)
-    layoutplan.check_layout(job, eligible, fail, warnings)
+    if job.program is not None:  # the user's own program: no model, no layout, no loggers to check
+        from hpcorch.plan.program import check_program
+
+        check_program(job, profile.login is not None, fail, warnings)
+    else:
+        layoutplan.check_layout(job, eligible, fail, warnings)
     launch = resolve_launch(job, profile, eligible, python, fail, warnings)
-    _check_loggers(job, profile, source, warnings)
-    _check_data(job, profile, source, warnings)
+    if job.program is None:  # a program's loggers and data are its own
+        _check_loggers(job, profile, source, warnings)
+        _check_data(job, profile, source, warnings)
     # The nodes the job may land on: its eligible node groups' hosts, minus exclusions.
     hosts = [h for h in dict.fromkeys(h for g in eligible for h in g.hosts) if h not in excluded]
     placement = plan_placement(job.placement, profile, hosts, res.nodes, fail, notes, warnings)
@@ -300,7 +313,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     plan.notes += [f"environment {name}={profile.environment.variables[name]} from profile {profile.name!r} "
                    f"(site_tuned: the site documents it)" for name in profile.environment.site_tuned]
     plan.warnings += _unknown_exclusions(res.exclude_hosts, profile)
-    if job.trainer.checkpoint.interval > job.trainer.steps:
+    if job.program is None and job.trainer.checkpoint.interval > job.trainer.steps:
         plan.notes.append("checkpoint.interval exceeds steps: only the final checkpoint is written")
     return plan
 
@@ -336,6 +349,8 @@ def _unknown_exclusions(hosts: list[str], profile: ClusterProfile) -> list[str]:
 def summarize(plan: Plan) -> dict:
     """What the plan will use: resources, batch arithmetic, model size (raw numbers; the CLI
     adds separators and units, see :mod:`hpcorch.util.display`)."""
+    if plan.job.program is not None:
+        return _program_summary(plan)
     job, res, tr = plan.job, plan.job.resources, plan.job.trainer
     model, family = tr.model, spec_of(tr.model).shapes
     models = " or ".join(dict.fromkeys(str(g.spec.gpus.model) for g in plan.landing_groups if g.spec.gpus.count))
@@ -372,6 +387,29 @@ def summarize(plan: Plan) -> dict:
     from hpcorch.plan.verdict import summary as planner_summary
 
     summary.update(planner_summary(plan))  # memory per GPU, time, GPU-hours, checkpoint interval
+    for i, note in enumerate(plan.notes):
+        summary[f"note{i + 1}"] = note
+    return summary
+
+
+def _program_summary(plan: Plan) -> dict:
+    """:func:`summarize` for a ``program:`` job: the resources and the program, no model."""
+    from hpcorch.plan.program import summary as program_summary
+
+    job, res = plan.job, plan.job.resources
+    models = " or ".join(dict.fromkeys(str(g.spec.gpus.model) for g in plan.landing_groups if g.spec.gpus.count))
+    summary = {"job": job.name, "profile": plan.profile.name, "partition": plan.partition.name,
+               "nodes": res.nodes, "tasks_per_node": res.tasks_per_node, "world_size": plan.world_size,
+               "gpus": f"{res.nodes * res.gpus_per_node} x {models}" if res.gpus_per_node else "none (CPU)",
+               "time_limit": plan.time_limit, "account": plan.account or "-", "qos": plan.qos or "-",
+               **program_summary(job),
+               "requeue": (f"on, {job.requeue.signal} {job.requeue.signal_lead_s}s before the limit"
+                           if job.requeue.enabled else "off"),
+               "run_dir": str(plan.run_dir)}
+    if plan.placement is not None:
+        summary["placement"] = plan.placement.to_dict()
+    if plan.launch.wrapper != "none":
+        summary["launch"] = f"{plan.launch.wrapper} wrapper, {plan.python}"
     for i, note in enumerate(plan.notes):
         summary[f"note{i + 1}"] = note
     return summary

@@ -72,11 +72,12 @@ def submit(plan, profile_ref: str, code_dir: str | None = None, run_dir: str | N
     ``WORKDIR/code/NAME``, where the remote submission then runs, so relative paths in the job
     resolve against it) and ``template_dir``. ``run_dir``: a path on the login node. ``check``:
     only ask that cluster whether it would take the job; returns Slurm's answer."""
+    from hpcorch.spec.job import job_to_dict
     from hpcorch.spec.schema import to_dict
     from hpcorch.spec.yamlio import dump_yaml
 
     sess = session(profile_ref, accept_new)
-    texts = {"job.yaml": dump_yaml(to_dict(plan.job)), "profile.yaml": dump_yaml(to_dict(plan.profile))}
+    texts = {"job.yaml": dump_yaml(job_to_dict(plan.job)), "profile.yaml": dump_yaml(to_dict(plan.profile))}
     digest = hashlib.sha256("".join(texts.values()).encode()).hexdigest()[:12]
     spec_dir = f"{sess.workdir}/submit/{plan.job.name}-{digest}"
     with tempfile.TemporaryDirectory(prefix="hpcorch-submit-") as tmp:

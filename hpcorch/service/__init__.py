@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from hpcorch.errors import ConfigError, HpcorchError
+from hpcorch.errors import ConfigError, HpcorchError, PlanError
 from hpcorch.plan.plan import Plan, default_run_dir, make_plan
 from hpcorch.spec.compat import check_config_change, training_config
 from hpcorch.spec.job import load_job
@@ -36,6 +36,7 @@ from hpcorch.submit.backend import Backend, Resume, Submission
 from hpcorch.submit.local import LocalBackend
 from hpcorch.submit.process import ProcessBackend
 from hpcorch.submit.slurm import SlurmBackend
+from hpcorch.util.fileio import json_lines
 
 _BACKENDS: dict[str, type[Backend]] = {b.kind: b for b in (SlurmBackend, LocalBackend, ProcessBackend)}
 
@@ -94,7 +95,8 @@ def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overr
     held = excluded_nodes(cluster.name, registry) if backend_of(cluster.scheduler).has_nodes else {}
     result = make_plan(spec, cluster, run_dir=run_dir, source=str(job), quarantined=held, nccl_debug=nccl_debug)
     result.profile_ref = profile
-    check_fit(result, force)  # a GPU job that cannot fit is refused (force: a warning)
+    if spec.program is None:  # a program's memory is its own: nothing to estimate
+        check_fit(result, force)  # a GPU job that cannot fit is refused (force: a warning)
     return result
 
 
@@ -321,7 +323,13 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
         raise ConfigError(f"{exc.source} (--nproc {nproc})", exc.key, exc.message) from None
     from hpcorch.spec.job import check_available
 
-    check_available(spec.trainer.loggers, str(job))
+    if spec.program is None:
+        check_available(spec.trainer.loggers, str(job))
+    else:
+        from hpcorch.plan.program import check_program, code_dir
+
+        check_program(spec, False, lambda key, message: PlanError(str(job), key, message), [])
+        spec.program.code_dir = code_dir(spec.program)
     if spec.resources.nodes != 1:
         raise ConfigError(str(job), "resources.nodes",
                           f"a local run uses one node, got {spec.resources.nodes}; pass --nproc")
@@ -338,8 +346,44 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
     write_attempt(run, str(os.getpid()), kind, code_dir=os.getcwd())
     extra = (["--resume-step", str(resume_step)] if resume_step is not None else []) + \
         (["--peak-tflops", str(peak_tflops)] if peak_tflops else [])
-    code = launch_local(job_file, run.root, spec.resources.tasks_per_node, extra, env={LEASE_ENV: lease.token()})
+    env = {LEASE_ENV: lease.token()}
+    if spec.program is not None:
+        return _train_program(spec, run, job_file, env), run.root
+    code = launch_local(job_file, run.root, spec.resources.tasks_per_node, extra, env=env)
     return code, run.root
+
+
+def _train_program(spec, run: RunDir, job_file: Path, env: dict) -> int:
+    """``hpcorch train`` of a ``program:`` job: its own program in N local processes, with the
+    environment it gets on the cluster (a signal: it stops, and the user runs it again)."""
+    import time
+
+    from hpcorch.batch.program import restart_cause
+    from hpcorch.runtime.env import Rendezvous, hpcorch_env, program_argv, torchrun_env
+    from hpcorch.train.spawn import launch_local
+
+    program = spec.program
+    if program.launcher == "torchrun":
+        raise ConfigError(str(job_file), "program.launcher", "expected direct for hpcorch train, which starts "
+                                                             "the processes itself (--set program.launcher=direct)")
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    attempt = sum(1 for e in json_lines(run.events) if e.get("event") == "process_start")
+    env.update(hpcorch_env(str(run.root), str(run.checkpoints), attempt, restart_cause(run, attempt),
+                           None, program.signal, str(os.getpid()), program.steps, time.time()))
+    run.append_event("process_start", durable=True, time=time.time(), step=run.progress().get("step", 0),
+                     attempt=attempt, program=program.describe)
+    argv = program_argv(program, env={**os.environ, **env})
+
+    def rank_env(rank: int, nproc: int, port: int) -> dict:  # as a single-node torchrun sets them
+        return torchrun_env(Rendezvous(rank, rank, nproc, nproc, 0, 1, "127.0.0.1", port), str(os.getpid()))
+
+    code = launch_local(job_file, run.root, spec.resources.tasks_per_node, env=env, argv=argv, cwd=program.code_dir,
+                        rank_env=rank_env)
+    if code == 0:
+        from hpcorch.batch.program import write_summary
+
+        write_summary(run, program.describe, time.time())
+    return code
 
 
 def pull(ref: str, into: str | os.PathLike | None = None, registry: Registry | None = None):

@@ -19,6 +19,7 @@ from hpcorch.spec.model import ModelConfig, default_model
 from hpcorch.spec.parallel import Layout, ParallelSpec, resolve_layout
 from hpcorch.spec.placement import Placement
 from hpcorch.spec.profile import check_constraint
+from hpcorch.spec.program import ProgramSpec
 from hpcorch.spec.schema import (
     KIND_DEFAULT,
     SLURM_MAX16,
@@ -30,6 +31,7 @@ from hpcorch.spec.schema import (
     check_name,
     check_positive,
     set_dotted,
+    to_dict,
 )
 from hpcorch.spec.yamlio import read_yaml
 
@@ -251,6 +253,8 @@ class JobSpec:
     launch: Launch = field(default_factory=Launch)  # wins over the profile's, key by key
     placement: Placement = field(default_factory=Placement)  # leaf switches / segments (topology)
     health: JobHealth = field(default_factory=JobHealth)  # pre-flight check on or off
+    # The user's own training program instead of hpcorch's trainer (then ``trainer`` is unused).
+    program: ProgramSpec | None = None
 
     def __post_init__(self):
         check_name("name", self.name, "a job name")
@@ -260,6 +264,15 @@ class JobSpec:
             raise Invalid(f"environment.{exc.field}", exc.message) from None
         for name, value in self.environment.items():
             check_expandable(f"environment.{name}", value)
+        if self.program is None:
+            self._check_trainer()
+        res = self.resources
+        if self.requeue.signal_lead_s >= res.time_s:
+            raise Invalid("requeue.signal_lead_s",
+                          f"expected less than the time limit ({res.time_s} s), got {self.requeue.signal_lead_s}")
+
+    def _check_trainer(self) -> None:
+        """The trainer's layout on the job's ranks (not for a ``program:`` job, which has none)."""
         try:
             layout = self.trainer.layout(self.resources.world_size)
         except Invalid as exc:
@@ -272,10 +285,6 @@ class JobSpec:
             raise Invalid("trainer.optimizer.name", f"expected adamw for the layout {layout.describe()}, sharding "
                                                     f"{self.trainer.sharding}: torch's Adafactor cannot update sharded "
                                                     f"(DTensor) parameters; adafactor runs under ddp and pp only")
-        res = self.resources
-        if self.requeue.signal_lead_s >= res.time_s:
-            raise Invalid("requeue.signal_lead_s",
-                          f"expected less than the time limit ({res.time_s} s), got {self.requeue.signal_lead_s}")
 
     @property
     def layout(self) -> Layout:
@@ -342,7 +351,19 @@ def _job_data(path: str | os.PathLike, overrides) -> tuple[Path, dict]:
         if not sep:
             raise ConfigError("--set", item, "expected KEY=VALUE, such as trainer.steps=50")
         set_dotted(data, key.strip(), value, f"{path} (--set {key.strip()})")
+    if data.get("program") is not None and data.get("trainer") is not None:
+        raise _blame_override(ConfigError(str(path), "program", "expected program or trainer, not both (a "
+                                          "program job runs your own code, with no hpcorch trainer)"), path, overrides)
     return path, data
+
+
+def job_to_dict(job: JobSpec) -> dict:
+    """``job`` as plain data that :func:`load_job` reads back as the same job (a ``program:`` job
+    without the trainer section it does not use, which the loader would refuse beside it)."""
+    data = to_dict(job)
+    if job.program is not None:
+        del data["trainer"]
+    return data
 
 
 def _blame_override(exc: ConfigError, path: Path, overrides) -> ConfigError:

@@ -133,8 +133,10 @@ class RunDir:
 
     @classmethod
     def for_job(cls, root: str | os.PathLike, job) -> RunDir:
-        """The run directory of ``job`` (a JobSpec): honours ``trainer.checkpoint.dir``."""
-        return cls(root, job.trainer.checkpoint.dir)
+        """The run directory of ``job`` (a JobSpec): honours ``trainer.checkpoint.dir`` (a
+        program job's ``program.checkpoint_dir``)."""
+        program = getattr(job, "program", None)
+        return cls(root, program.checkpoint_dir if program is not None else job.trainer.checkpoint.dir)
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> RunDir:
@@ -172,6 +174,8 @@ class RunDir:
     array_script = property(lambda self: self.root / "sbatch.sh")
     failures = property(lambda self: self.root / "failures.jsonl")
     goodput_file = property(lambda self: self.root / "goodput.json")  # an ended job's figure, for ls
+    # A program job's latest checkpoint as it reported it (hpcorch.runtime.checkpoint_committed).
+    program_checkpoint_file = property(lambda self: self.root / "program_checkpoint.json")
     manifests = property(lambda self: self.root / "manifests")
 
     def manifest_file(self, attempt: int | None, suffix: str = "json") -> Path:
@@ -242,12 +246,15 @@ class RunDir:
 
     def write_job(self, job) -> Path:
         """``job.yaml``: the job exactly as validated (overrides applied)."""
-        from hpcorch.spec.schema import to_dict
+        from hpcorch.spec.job import job_to_dict
         from hpcorch.spec.yamlio import dump_yaml, parse_yaml
 
         self.create()
-        data = to_dict(job)
-        if job.trainer.checkpoint.dir:  # absolute: every reader resolves it alike, wherever it runs
+        data = job_to_dict(job)
+        if job.program is not None:
+            if job.program.checkpoint_dir:
+                data["program"]["checkpoint_dir"] = str(self.checkpoints)
+        elif job.trainer.checkpoint.dir:  # absolute: every reader resolves it alike, wherever it runs
             data["trainer"]["checkpoint"]["dir"] = str(self.checkpoints)
         text = dump_yaml(data)
         # Every rank rebuilds the job from this file: it must read back as exactly this job.
@@ -303,8 +310,12 @@ class RunDir:
         return read_json(self.summary_file)
 
     def latest_checkpoint(self) -> int | None:
+        """The latest committed checkpoint's step: the trainer's, else the one a program reported."""
         steps = self.checkpoint_layout.committed_steps()
-        return steps[-1] if steps else None
+        if steps:
+            return steps[-1]
+        step = read_json(self.program_checkpoint_file).get("step")
+        return step if isinstance(step, int) else None
 
     def recorded_config(self, step: int | None = None) -> tuple[int, dict] | None:
         """(step, training config) recorded with checkpoint ``step`` (default: the latest

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hpcorch.batch.manifest import record_submission
+from hpcorch.batch.program import ProgramTask
 from hpcorch.batch.task import TrainTask
 from hpcorch.errors import HpcorchError
 from hpcorch.plan.plan import Plan
@@ -36,7 +37,7 @@ def _executor_class():
                              max_num_timeout=plan.job.requeue.max_timeouts)
             self.plan, self.script = plan, script
             res = plan.job.resources
-            self.update_parameters(nodes=res.nodes, ntasks_per_node=res.tasks_per_node,
+            self.update_parameters(nodes=res.nodes, ntasks_per_node=plan.launched_tasks_per_node,
                                    time=plan.time_minutes)
 
         def _make_submission_file_text(self, command: str, uid: str) -> str:
@@ -75,10 +76,16 @@ def start(plan: Plan, script: str, hand_over: HandOver):
 def _prepare(plan: Plan, script: str) -> TrainTask:
     """Write the run directory's job file and the submission's record; the task the ranks run."""
     run = plan.run
+    if plan.job.program is not None:  # the ranks run it in the folder it names from here
+        from hpcorch.plan.program import code_dir
+
+        plan.job.program.code_dir = code_dir(plan.job.program)
     job_file = run.write_job(plan.job)
     # Where this was submitted from: every attempt's manifest records that code directory's state.
     record_submission(run, os.getcwd(), script, to_dict(plan.profile))
-    return TrainTask(str(job_file), str(run.root), plan.profile.scheduler, plan.peak_tflops)
+    # a program job runs the user's program on each task; otherwise hpcorch's trainer
+    kind = ProgramTask if plan.job.program is not None else TrainTask
+    return kind(str(job_file), str(run.root), plan.profile.scheduler, plan.peak_tflops)
 
 
 def prepare_array_task(plan: Plan, script: str) -> Path:
@@ -173,7 +180,8 @@ def _local_executor(plan: Plan):
         raise HpcorchError(f"{key}: {exc}; set it before submitting (on Slurm the script stops "
                            f"on it too: '{exc.name}: unbound variable')") from None
     executor = submitit.LocalExecutor(folder=plan.run.submitit_folder, python=shlex.join(argv))
-    executor.update_parameters(tasks_per_node=res.world_size, nodes=1, timeout_min=plan.time_minutes,
+    executor.update_parameters(tasks_per_node=res.nodes * plan.launched_tasks_per_node, nodes=1,
+                               timeout_min=plan.time_minutes,
                                signal_delay_s=plan.job.requeue.signal_lead_s,
                                gpus_per_node=res.gpus_per_node, **({"setup": setup} if setup else {}))
     return executor

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hpcorch.protocol import CHECKPOINTED, DONE, stop_signals
@@ -36,19 +37,22 @@ def free_port() -> int:
 
 
 def launch_local(job_file: Path, run_dir: Path, nproc: int, extra_args: list[str] = (),
-                 env: dict | None = None, grace_s: float = 30.0) -> int:
-    """Run ranks 0..nproc-1 of ``python -m hpcorch.train`` and return the run's exit code:
-    DONE, CHECKPOINTED (every rank checkpointed on a signal), otherwise the first failing
-    rank's code."""
+                 env: dict | None = None, grace_s: float = 30.0, argv: list[str] | None = None,
+                 cwd: str | None = None, rank_env: Callable[[int, int, int], dict] | None = None) -> int:
+    """Run ranks 0..nproc-1 of ``python -m hpcorch.train`` (or of ``argv``, a ``program:`` job's
+    own program, in ``cwd``, with ``rank_env(rank, nproc, port)``'s variables instead of the
+    rendezvous ones below) and return the run's exit code: DONE, CHECKPOINTED (every rank
+    checkpointed on a signal), otherwise the first failing rank's code."""
     port = free_port()
     procs = []
     for rank in range(nproc):
-        rank_env = {**os.environ, **(env or {}), "RANK": str(rank), "WORLD_SIZE": str(nproc),
-                    "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
-                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        cmd = [sys.executable, "-u", "-m", "hpcorch.train", "--job", str(job_file),
-               "--run-dir", str(run_dir), *extra_args]
-        procs.append(subprocess.Popen(cmd, env=rank_env, start_new_session=True))
+        where = rank_env(rank, nproc, port) if rank_env else {
+            "RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        rank_env_all = {**os.environ, **(env or {}), **where}
+        cmd = argv or [sys.executable, "-u", "-m", "hpcorch.train", "--job", str(job_file),
+                       "--run-dir", str(run_dir), *extra_args]
+        procs.append(subprocess.Popen(cmd, env=rank_env_all, cwd=cwd, start_new_session=True))
 
     def forward(signum, _frame):
         for p in procs:

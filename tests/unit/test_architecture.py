@@ -23,6 +23,7 @@ FLOORS = [
     ["batch"],                 # what the sbatch script runs on the allocation
     ["train"],                 # the trainer (torch)
     ["data"],                  # tokenizers, token shards, dataset indexes, corpus preparation
+    ["runtime"],               # what a user's own program (``program:``) sees: its env, its reports
     ["protocol"],              # the stop/requeue contract batch/ and train/ share
     ["state"],                 # the registry, run directories, whether a job runs
     ["cluster"],               # the Slurm adapter and the dev cluster
