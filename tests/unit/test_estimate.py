@@ -85,6 +85,8 @@ FOUR_RANKS = {
     "llama_pp2_dp2": ["trainer.global_batch=16", *LLAMA, "trainer.parallel.pp=2"],
     "llama_v32k_tp2_sp_fsdp2_chunked": ["trainer.global_batch=8", *LLAMA, V32K, CHUNKED, "trainer.parallel.tp=2",
                                         "trainer.parallel.sequence_parallel=true", "trainer.sharding=fsdp"],
+    "llama_v32k_pp4_gpipe_chunked": ["trainer.global_batch=16", *LLAMA, V32K, CHUNKED, "trainer.parallel.pp=4",
+                                     "trainer.parallel.pp_schedule=gpipe"],
 }
 WORLD = {**{n: 1 for n in ONE_RANK}, **{n: 4 for n in FOUR_RANKS}}
 SETS = {**ONE_RANK, **FOUR_RANKS}
