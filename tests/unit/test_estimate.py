@@ -152,7 +152,9 @@ def test_the_grid_has_teeth(measured):
     single = estimate("single").total
     gpt = [n for n in FOUR_RANKS if not n.startswith("llama")]
     off = [n for n in gpt if abs(single / measured[n] - 1) > TOLERANCE]
-    assert len(off) >= len(gpt) - 1, off
+    # Two land near the single rank's by coincidence: ddp4 (the same model and DDP's buckets) and
+    # pp4_gpipe (four micro-batches in flight on a quarter of the layers).
+    assert len(off) >= len(gpt) - 2, off
 
 
 def test_a_loss_in_chunks_no_longer_peaks_with_the_vocabulary(measured):

@@ -221,9 +221,13 @@ class _RankModel:
 
     def head_saved(self) -> float:
         """The last stage's: final norm output, logits, the loss's fp32 log-softmax (in chunks:
-        the norm's output alone, the logits are recomputed chunk by chunk in backward)."""
+        the norm's output alone, the logits are recomputed chunk by chunk in backward). Under
+        pp the schedule's loss makes the logits from the stage's output and keeps only the
+        log-softmax; the whole model returns its logits, which the step holds."""
         act = BF16 if self.setup.bf16 else FP32
-        return self.S * act + (0 if self.chunked else self.rows * self.vocab * (act + FP32))
+        if self.chunked:
+            return self.S * act
+        return self.S * act + self.rows * self.vocab * ((act if self.layout.pp == 1 else 0) + FP32)
 
     def ce_temp(self) -> float:
         """The cross-entropy's backward: gradients of the log-softmax and of the logits (one more

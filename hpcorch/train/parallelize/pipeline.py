@@ -121,7 +121,7 @@ def build_pipeline(stages: list[tuple[int, nn.Module]], layout: Layout, group: d
     num = layout.spec.num_stages
     loss_fn = family.loss
     for sid, part in stages:
-        if sid == num - 1 and part.loss_chunk > 0:
+        if sid == num - 1:
             part.head_in_loss = True
             loss_fn = part.lm_loss
     pstages = [pipelining.PipelineStage(part, sid, num, device, group=group) for sid, part in stages]
