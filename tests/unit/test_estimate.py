@@ -47,8 +47,9 @@ MODEL = ["trainer.model.layers=4", "trainer.model.heads=4", "trainer.model.width
 AC = "trainer.activation_checkpointing=true"
 # The Llama family on the same sizes: grouped-query attention (2 kv heads for 4), SwiGLU, untied output.
 LLAMA = ["trainer.model.kind=llama", "trainer.model.kv_heads=2"]
-# A real vocabulary's loss: 32k / 128k tokens, whole (the logits the peak) or in chunks of 64 tokens.
-V32K, V128K = "trainer.model.vocab=32768", "trainer.model.vocab=131072"
+# A real vocabulary's loss: 32k tokens, whole (the logits the peak) or in chunks of 64 tokens
+# (128k: bench/bench_llama.py --memory).
+V32K = "trainer.model.vocab=32768"
 WHOLE, CHUNKED = "trainer.loss_chunk=0", "trainer.loss_chunk=64"
 ONE_RANK = {
     "single": ["trainer.global_batch=4"],
@@ -63,7 +64,6 @@ ONE_RANK = {
     "llama_v32k_whole": ["trainer.global_batch=4", *LLAMA, V32K, WHOLE],
     "llama_v32k_chunked": ["trainer.global_batch=4", *LLAMA, V32K, CHUNKED],
     "llama_v32k_chunked_accumulating": ["trainer.global_batch=8", *LLAMA, V32K, CHUNKED],
-    "llama_v128k_chunked": ["trainer.global_batch=4", *LLAMA, V128K, CHUNKED],
 }
 FOUR_RANKS = {
     "ddp4": ["trainer.global_batch=16"],
@@ -85,6 +85,8 @@ FOUR_RANKS = {
     "llama_pp2_dp2": ["trainer.global_batch=16", *LLAMA, "trainer.parallel.pp=2"],
     "llama_v32k_tp2_sp_fsdp2_chunked": ["trainer.global_batch=8", *LLAMA, V32K, CHUNKED, "trainer.parallel.tp=2",
                                         "trainer.parallel.sequence_parallel=true", "trainer.sharding=fsdp"],
+    "llama_v32k_pp4_gpipe_chunked": ["trainer.global_batch=16", *LLAMA, V32K, CHUNKED, "trainer.parallel.pp=4",
+                                     "trainer.parallel.pp_schedule=gpipe"],
 }
 WORLD = {**{n: 1 for n in ONE_RANK}, **{n: 4 for n in FOUR_RANKS}}
 SETS = {**ONE_RANK, **FOUR_RANKS}
@@ -105,7 +107,7 @@ def _start(world: int, cases: dict, out: Path) -> list[subprocess.Popen]:
     for rank in range(world):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": str(REPO)}
+               "PYTHONPATH": str(REPO), "HPCORCH_MEMORY_WORKER_TIMEOUT": "220"}  # all its cases; below the wait
         procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out / "cases.json"), str(out)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return procs
@@ -150,7 +152,9 @@ def test_the_grid_has_teeth(measured):
     single = estimate("single").total
     gpt = [n for n in FOUR_RANKS if not n.startswith("llama")]
     off = [n for n in gpt if abs(single / measured[n] - 1) > TOLERANCE]
-    assert len(off) >= len(gpt) - 1, off
+    # Two land near the single rank's by coincidence: ddp4 (the same model and DDP's buckets) and
+    # pp4_gpipe (four micro-batches in flight on a quarter of the layers).
+    assert len(off) >= len(gpt) - 2, off
 
 
 def test_a_loss_in_chunks_no_longer_peaks_with_the_vocabulary(measured):

@@ -14,8 +14,8 @@ The trainer's own tensors, by what :mod:`hpcorch.train` keeps in which dtype:
 - activations: per block and micro-batch, Korthikanti et al.'s accounting with the family's
   coefficients (:class:`hpcorch.train.models.spec.BlockActivations`), then the final norm, the
   logits and the fp32 log-softmax of the loss. Activation checkpointing keeps each block's input
-  and recomputes the block in backward. A loss in chunks (``trainer.loss_chunk``; not on
-  pipeline stages) keeps only the final norm's output, and its backward holds one chunk's
+  and recomputes the block in backward. A loss in chunks (``trainer.loss_chunk``) keeps only
+  the final norm's output, and its backward holds one chunk's
   logits and their gradients (with the output layer's gradient, made by the first chunk).
 - pipeline stages hold their micro-batches in flight as the schedule runs them (GPipe all of
   them, 1F1B at most one per later stage) and the receive buffers torch's stages preallocate.
@@ -172,7 +172,7 @@ class _RankModel:
         self.rows = layout.micro_batch * cfg.seq_len  # tokens of a micro-batch
         # The loss's rows at once: a chunk of whole positions (decoder.head_and_loss), or all.
         chunk = setup.loss_chunk
-        self.chunked = layout.pp == 1 and 0 < chunk < self.rows
+        self.chunked = 0 < chunk < self.rows
         self.loss_rows = layout.micro_batch * max(1, chunk // layout.micro_batch) if self.chunked else self.rows
         self.S = self.rows * cfg.width
         self.shards = layout.dp_shard if setup.fsdp else 1
@@ -221,9 +221,13 @@ class _RankModel:
 
     def head_saved(self) -> float:
         """The last stage's: final norm output, logits, the loss's fp32 log-softmax (in chunks:
-        the norm's output alone, the logits are recomputed chunk by chunk in backward)."""
+        the norm's output alone, the logits are recomputed chunk by chunk in backward). Under
+        pp the schedule's loss makes the logits from the stage's output and keeps only the
+        log-softmax; the whole model returns its logits, which the step holds."""
         act = BF16 if self.setup.bf16 else FP32
-        return self.S * act + (0 if self.chunked else self.rows * self.vocab * (act + FP32))
+        if self.chunked:
+            return self.S * act
+        return self.S * act + self.rows * self.vocab * ((act if self.layout.pp == 1 else 0) + FP32)
 
     def ce_temp(self) -> float:
         """The cross-entropy's backward: gradients of the log-softmax and of the logits (one more
@@ -295,6 +299,13 @@ class _RankModel:
         moments.append(("loss backward" if stage.last else "first backward",
                         params + unsharded_root + (0 if self.reshard else unsharded_blocks), acc + buckets,
                         chunks * micro + self.buffers(), first_temp + (gather if self.reshard else 0)))
+        if stage.last and chunks > 1 and not acc:
+            # 1b. the second micro-batch's loss backward (GPipe): one micro-batch fewer alive, but
+            # the first one's gradients made; the larger where the output layer's gradient
+            # outweighs a micro-batch's activations (a large vocabulary, the loss in chunks).
+            moments.append(("loss backward", params + unsharded_root + (0 if self.reshard else unsharded_blocks),
+                            full_grads + buckets, (chunks - 1) * micro + self.buffers(),
+                            first_temp + (gather if self.reshard else 0)))
         # 2. each block's backward (the recomputed block under checkpointing). Its bytes are linear
         # in k (earlier blocks' activations grow as later blocks' gradients shrink): the first and
         # the last block bound them (every block would make a plan quadratic in the layers).

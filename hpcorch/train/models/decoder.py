@@ -42,8 +42,9 @@ def head_and_loss(hidden: torch.Tensor, output: nn.Module, targets: torch.Tensor
 
     With a vocabulary of 32k-128k the fp32 logits of a micro-batch and their gradients are a
     step's largest tensors (``batch x time x vocab``). Above ``chunk_tokens`` tokens (0: never)
-    the output layer and the cross-entropy run on chunks of the sequence of at most that many
-    tokens, each under activation checkpointing: the forward keeps only ``hidden``, and the
+    the output layer and the cross-entropy run on chunks of the sequence, ``max(1, chunk_tokens //
+    batch)`` positions of every sequence each (at most ``chunk_tokens`` tokens unless the batch
+    alone is more), each under activation checkpointing: the forward keeps only ``hidden``, and the
     backward recomputes one chunk's logits at a time (one more output-layer forward per step), so
     the peak holds one chunk's logits. Logits are then None (never whole). The sum of the chunks'
     sums over the token count is the mean up to fp32 summation order; the chunks are fixed by

@@ -15,7 +15,8 @@ The module a family builds keeps the contract the layouts rely on: ``blocks``, a
 ``nn.ModuleDict`` keyed by layer index (FSDP2 and ``torch.compile`` units, pipeline cuts),
 ``cfg`` (its config), ``keep_only(layers, first, last)`` to become one pipeline stage under the
 whole model's parameter names, and ``forward(idx, targets) -> (logits, loss)`` (a stage returns
-only its output).
+only its output; logits are None when the loss ran in chunks: ``build(cfg,
+activation_checkpointing=, loss_chunk=)``, :func:`hpcorch.train.models.decoder.head_and_loss`).
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ class Shapes(Protocol):
 class ModelParts:
     """A family's torch half.
 
-    ``build(cfg, activation_checkpointing)`` makes the whole module (seeded by the caller);
+    ``build(cfg, activation_checkpointing, loss_chunk)`` makes the whole module (seeded by the caller);
     ``apply_tp(module, mesh, parallel_spec)`` its tensor-parallel plan (the whole model or one
     stage); ``loss(logits, targets)`` the pipeline's loss; ``tied_weights(part)`` the part's
     ``(embedding copy, head copy)`` of a tied weight (None where it holds none; both None for an

@@ -113,11 +113,17 @@ class Pipeline:
 def build_pipeline(stages: list[tuple[int, nn.Module]], layout: Layout, group: dist.ProcessGroup,
                    tie_group: dist.ProcessGroup | None, device: torch.device, family: ModelParts) -> Pipeline:
     """Wrap the (already parallelized) stage modules of this rank and make the schedule (with
-    the ``family``'s loss and tied weights)."""
-    loss_fn = family.loss
+    the ``family``'s loss and tied weights). The last stage hands its final norm's output to
+    the loss, which applies the output layer (its :meth:`lm_loss`, in chunks above
+    ``trainer.loss_chunk`` tokens), so the whole micro-batch's logits need never exist."""
     from torch.distributed import pipelining
 
     num = layout.spec.num_stages
+    loss_fn = family.loss
+    for sid, part in stages:
+        if sid == num - 1:
+            part.head_in_loss = True
+            loss_fn = part.lm_loss
     pstages = [pipelining.PipelineStage(part, sid, num, device, group=group) for sid, part in stages]
     cls = getattr(pipelining, SCHEDULES[layout.spec.pp_schedule])
     n = layout.accumulation

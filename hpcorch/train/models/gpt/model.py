@@ -96,6 +96,9 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.activation_checkpointing = activation_checkpointing
         self.loss_chunk = loss_chunk  # tokens per chunk of the loss (decoder.head_and_loss); 0: whole
+        # A last pipeline stage whose pipeline applies the output layer in its loss (lm_loss), so
+        # that the loss can run in chunks: the stage returns the final norm's output.
+        self.head_in_loss = False
         self.is_stage = False  # a pipeline stage: forward returns one tensor, no loss
         self.wte: nn.Embedding | None = nn.Embedding(cfg.vocab, cfg.width)
         self.wpe: nn.Embedding | None = nn.Embedding(cfg.seq_len, cfg.width)
@@ -134,7 +137,7 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """``(logits, loss)`` for the whole model (loss None without targets; logits None when
         the loss ran in chunks); a pipeline stage returns only its output (hidden states, or
-        logits from the last stage)."""
+        logits from the last stage; its final norm's output with :attr:`head_in_loss`)."""
         if self.wte is not None:
             pos = torch.arange(idx.shape[1], device=idx.device)
             x = self.drop(self.wte(idx) + self.wpe(pos))
@@ -143,10 +146,18 @@ class GPT(nn.Module):
         x = run_blocks(self.blocks, x, checkpointing=self.activation_checkpointing and self.training)
         if self.head is None:
             return x
+        if self.is_stage and self.head_in_loss:
+            return self.ln_f(x)
         if self.is_stage or targets is None:
             logits = self.head(self.ln_f(x))
             return logits if self.is_stage else (logits, None)
         return head_and_loss(self.ln_f(x), self.head, targets, self.loss_chunk)
+
+    def lm_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of the final norm's output ``hidden`` (a last pipeline stage's, with
+        :attr:`head_in_loss`): the output layer and the cross-entropy, in chunks above
+        ``loss_chunk`` tokens."""
+        return head_and_loss(hidden, self.head, targets, self.loss_chunk)[1]
 
     @staticmethod
     def tied_weights(part: GPT) -> tuple[nn.Parameter | None, nn.Parameter | None]:
