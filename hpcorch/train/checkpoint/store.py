@@ -46,7 +46,7 @@ import torch
 
 from hpcorch.state.rundir import COMMIT_MARKER, CheckpointLayout
 from hpcorch.train.checkpoint import dcpio
-from hpcorch.train.faults import crash_in_prune, crash_in_save
+from hpcorch.train.faults import crash_in_commit, crash_in_prune, crash_in_save
 from hpcorch.util.diskspace import describe_write_failure
 from hpcorch.util.fileio import atomic_write, fsync_dir
 from hpcorch.util.poll import PollTimeout, poll_until
@@ -177,7 +177,7 @@ class CheckpointStore:
                 record = {"step": step, "world_size": self.world_size, "files": self._gather_manifest(d), **meta}
                 self.fence()
                 remove_dead_temporaries(d)  # every rank's part is written: what is left is a dead writer's
-                atomic_write(d / COMMIT_MARKER, json.dumps(record, indent=1))
+                atomic_write(d / COMMIT_MARKER, json.dumps(record, indent=1), fault=crash_in_commit(step))
         if self.rank == 0:
             self._prune()
 
