@@ -130,6 +130,29 @@ def test_run_logger_counts_restarts_and_recomputed_steps(tmp_path):
     assert run.progress()["restarts"] == 2
 
 
+@pytest.mark.parametrize("prior,job,attempt,restarts", [
+    (None, "7", 1, 1),                                    # attempt 0 preempted in its first second
+    ({"job": "7", "attempt": 0, "restarts": 0}, "7", 1, 1),  # an ordinary requeue
+    ({"job": "7", "attempt": 0, "restarts": 0}, "7", 3, 3),  # attempts 1 and 2 never got this far
+    ({"job": "7", "attempt": 2, "restarts": 4}, "9", 1, 6),  # resumed as job 9, its attempt 0 stopped early
+    ({"restarts": 1}, None, 0, 2),                        # hpcorch train, run again
+])
+def test_restarts_count_the_attempts_slurm_started_even_those_that_ended_early(tmp_path, monkeypatch, prior, job,
+                                                                                attempt, restarts):
+    """One count everywhere: restarts.json counts a requeue of an attempt stopped before it wrote
+    anything, so summary.json and status count that attempt too (Slurm's restart count)."""
+    for name, value in (("SLURM_JOB_ID", job), ("SLURM_RESTART_COUNT", str(attempt))):
+        monkeypatch.setenv(name, value) if value else monkeypatch.delenv(name, raising=False)
+    run = RunDir(tmp_path)
+    if prior:
+        run.progress_file.write_text(json.dumps({"step": 0, "steps_recomputed": 0, "loss": 3.0, **prior}))
+    state = TrainState()
+    log = RunLogger(run, state, is_main=True, total_steps=10, log_interval=10)
+    log.start(resumed=False, setup="")
+    log.close()
+    assert state.restarts == restarts and run.progress()["restarts"] == restarts
+
+
 def test_other_ranks_report_nothing(tmp_path, caplog):
     log = RunLogger(RunDir(tmp_path), TrainState(), is_main=False, total_steps=1, log_interval=1)
     with caplog.at_level(logging.INFO, logger="hpcorch.train"):
