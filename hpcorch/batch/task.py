@@ -209,21 +209,22 @@ def _what_slurm_does(job_id: str, decision: protocol.Decision) -> protocol.Decis
     requeues it itself (a node set down, a preemption it carries out), the next attempt counts
     the cause and this attempt cuts the requeue's hold; a cancel stays a cancel."""
     from hpcorch.cluster.slurm import SlurmError
-    from hpcorch.spec.units import expand_hostlist
 
     slurm = _slurm()
     try:
         info = slurm.job(job_id)
         requeued = int(info.get("Restarts", "0") or 0) > int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-        down = [n for n in expand_hostlist(os.environ.get("SLURM_JOB_NODELIST", "")) if slurm.node_unhealthy(n)]
+        nodes = os.environ.get("SLURM_JOB_NODELIST", "")
+        down = slurm.unhealthy_among(nodes) if nodes else []
     except (SlurmError, ValueError):
         return decision
     state = info.get("JobState", "")
     failed = f"node {', '.join(down)} failed (Slurm reports it down)" if down else ""
     if requeued:
         start_when_pending(job_id)
-        return protocol.Decision(Action.LEAVE, f"{failed or 'Slurm requeued the job'}; Slurm requeues it and "
-                                               f"the next attempt resumes from this checkpoint")
+        why = f"{failed}; Slurm requeues the job" if failed else \
+            "Slurm requeues the job itself (a preemption, or an operator's requeue)"
+        return protocol.Decision(Action.LEAVE, f"{why}; the next attempt resumes from this checkpoint")
     if failed:
         return protocol.Decision(Action.STOP, f"{failed}; Slurm ended the job without requeuing it")
     if state == "TIMEOUT":
