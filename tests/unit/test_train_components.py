@@ -92,7 +92,7 @@ def test_run_logger_feeds_every_sink_and_writes_the_run_files(tmp_path, caplog):
     assert extra.calls[0][:2] == ("event", "process_start")
     assert extra.calls[1:] == [("step", 1), ("step", 2), ("summary", 2), ("close",)]
     assert [json.loads(line)["step"] for line in run.metrics.read_text().splitlines()] == [1, 2]
-    assert run.progress() == {"step": 2, "restarts": 0, "steps_recomputed": 0, "loss": 1.5}
+    assert run.progress() == {"step": 2, "restarts": 0, "steps_recomputed": 0, "loss": 1.5, "job": None, "attempt": 0}
     assert run.summary()["final_step"] == 2
     assert [json.loads(line)["event"] for line in run.events.read_text().splitlines()] == ["process_start"]
     lines = [r.getMessage() for r in caplog.records]
