@@ -10,14 +10,24 @@
 4. **Checkpoint.** Every rank writes its part; rank 0 commits. Nothing of the step is lost.
 5. **Decision.** :func:`classify` names the cause (time left decides timeout versus
    preemption) and :func:`decide`, a pure function of cause x budget x scheduler x rank, says
-   what to do: requeue, stop, refuse (the cause's budget is spent), or follow rank 0.
+   what to do: requeue, stop, refuse (the cause's budget is spent), follow rank 0, or leave.
 6. **Action per scheduler.** :func:`carry_out`: on Slurm rank 0 runs ``scontrol requeue`` and
    leaves (Slurm ends the other ranks and queues the job); under submitit's local controller
    rank 0 exits :data:`LOCAL_REQUEUE` and the controller starts every task again; under
    ``hpcorch train`` the launcher exits :data:`CHECKPOINTED` and the user runs it again.
+   After a SIGTERM every rank leaves as soon as the checkpoint is committed: Slurm sends one
+   SIGTERM (a cancel, a node set down, a requeue or preemption it carries out itself) and then
+   only SIGKILL after ``KillWait``; a rank waiting for a second signal would hold the nodes.
+
+Before a rank can checkpoint (from its start until the trainer catches the signals) nothing is
+lost by stopping: SIGTERM ends it at once, and the requeue signal is kept
+(:func:`catch_early`) for the trainer's first step boundary. A rank killed by the requeue
+signal before any handler (its first second) is a preemption or time limit all the same: the
+batch host's recovery step reads srun's report and requeues within that budget.
 
 A node failure sends no signal: Slurm requeues the job itself, and the next attempt counts it
-(:func:`unplanned_restart`) against ``max_node_failures`` before it trains.
+(:func:`unplanned_restart`) against ``max_node_failures`` before it trains, unless accounting
+says that Slurm's requeue was a preemption or the time limit (:func:`requeue_cause`).
 
 Budgets are counted in the run directory (``restarts.json``), so they survive every restart.
 """
@@ -26,6 +36,7 @@ from __future__ import annotations
 import enum
 import json
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,6 +65,7 @@ class Action(str, enum.Enum):
     STOP = "stop"         # checkpoint committed; nothing restarts the job
     REFUSE = "refuse"     # the cause's budget is spent: stop, and say why
     FOLLOW = "follow"     # not rank 0: do what rank 0's action brings about
+    LEAVE = "leave"       # not rank 0, after a SIGTERM: Slurm ends the job already; exit now
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,8 @@ def decide(cause: Cause, spent: dict[str, int], policy, scheduler: str, rank: in
     if scheduler == "process":
         return Decision(Action.STOP, "checkpointed; run the same command again to resume")
     if rank != 0:
+        if cause is Cause.CANCEL:  # Slurm's one SIGTERM is spent: nothing else would end us but SIGKILL
+            return Decision(Action.LEAVE, "the scheduler ends the job; checkpoint committed")
         return Decision(Action.FOLLOW, "rank 0 decides")
     if cause is Cause.CANCEL:
         return Decision(Action.STOP, "cancelled")
@@ -98,6 +112,17 @@ def decide(cause: Cause, spent: dict[str, int], policy, scheduler: str, rank: in
     if used >= limit:
         return Decision(Action.REFUSE, f"{cause.value} budget spent ({used} of {limit}); not requeued")
     return Decision(Action.REQUEUE, f"{cause.value} {used + 1} of {limit}")
+
+
+# What accounting calls a run that Slurm ended and requeued itself (``sacct -D``'s State).
+_REQUEUE_CAUSES = {"PREEMPTED": Cause.PREEMPTION, "TIMEOUT": Cause.TIMEOUT}
+
+
+def requeue_cause(previous_state: str | None) -> Cause:
+    """Why Slurm requeued the job by itself, from accounting's state of the run before this
+    one: a preemption or the time limit is the scheduler's own stop, never a node failure;
+    anything else (NODE_FAIL, or no accounting) counts as a node failure."""
+    return _REQUEUE_CAUSES.get((previous_state or "").split(" ")[0], Cause.NODE_FAILURE)
 
 
 def unplanned_restart(restart_count: int, spent: dict[str, int]) -> bool:
@@ -142,6 +167,9 @@ def carry_out(decision: Decision, scheduler: str, requeue_on_slurm: Callable[[],
     action = decision.action
     if action in (Action.STOP, Action.REFUSE):
         raise NotRequeued(decision.reason)
+    if action is Action.LEAVE:
+        exit_now(CHECKPOINTED)
+        return
     if scheduler == "local":
         # The controller restarts every task if any exits LOCAL_REQUEUE: only rank 0 may.
         exit_now(LOCAL_REQUEUE if action is Action.REQUEUE else CHECKPOINTED)
@@ -150,3 +178,26 @@ def carry_out(decision: Decision, scheduler: str, requeue_on_slurm: Callable[[],
         exit_now(CHECKPOINTED)  # the requeue is registered: Slurm ends the others and queues the job
     else:
         wait_to_be_ended()      # rank 0 requeues or fails; srun --kill-on-bad-exit ends us
+
+
+# ----- before the trainer catches the signals ---------------------------------------------------
+_early: dict[str, float] = {}
+
+
+def catch_early(requeue_signum: int) -> None:
+    """From a rank's start until the trainer installs its own handlers: SIGTERM ends the rank
+    at once (nothing is trained yet, so nothing is lost, and a handler here would meet a rank
+    blocked in a C call, held until SIGKILL), and the requeue signal is kept for the trainer,
+    which stops at its first step boundary (:func:`early_signal`). Replaces submitit's handlers,
+    which would ignore SIGTERM and requeue without the protocol."""
+    def keep(signum: int, _frame=None) -> None:
+        _early.setdefault("signum", signum)
+        _early.setdefault("time", time.time())
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(requeue_signum, keep)
+
+
+def early_signal() -> tuple[int, float] | None:
+    """The signal :func:`catch_early` kept (and when it came), or None."""
+    return (int(_early["signum"]), _early["time"]) if _early else None

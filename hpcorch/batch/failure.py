@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class Failure:
     evidence: str = ""              # hard (killed, node down, pre-flight) or soft (an error exit)
     clear_error: bool = False       # a rank's own clear error (config, checkpoint): never retried
     protocol_stop: bool = False     # the ranks checkpointed and the protocol acted already
+    signalled: bool = False         # killed by the requeue signal before a handler: the scheduler's stop
     lines: list[str] = field(default_factory=list)  # the culprit's last error lines
 
     @property
@@ -82,10 +84,17 @@ class Failure:
         return {"attempt": attempt, "job_id": job_id, **asdict(self), "signature": self.signature}
 
 
-def srun_ends(err_text: str) -> tuple[list[TaskEnd], list[str]]:
+def srun_ends(err_text: str, stage: str = "train") -> tuple[list[TaskEnd], list[str]]:
     """srun's task-end lines and its node-failure nodes in the text after the last training
-    marker (this attempt's), in order."""
+    marker (this attempt's), in order; for the pre-flight step (before this attempt's marker),
+    srun's own lines that end the text."""
     text = err_text.rsplit(TRAIN_MARKER, 1)[-1]
+    if stage == "preflight":
+        lines = text.splitlines()
+        ours = len(lines)
+        while ours and lines[ours - 1].startswith(("srun:", "slurmstepd")):
+            ours -= 1
+        text = "\n".join(lines[ours:])
     ends, failed = [], []
     for line in text.splitlines():
         if m := SRUN_END.match(line.strip()):
@@ -93,6 +102,27 @@ def srun_ends(err_text: str) -> tuple[list[TaskEnd], list[str]]:
         elif m := SRUN_NODE_FAIL.match(line.strip()):
             failed.append(m["node"])
     return ends, failed
+
+
+def killed_by(ends: list[TaskEnd], signum: int) -> list[TaskEnd]:
+    """The task ends srun reports as deaths by ``signum`` (``User defined signal 2``)."""
+    name = signal.strsignal(signum) or ""
+    return [e for e in ends if name and e.what.startswith(name)]
+
+
+def scheduler_stop(ends: list[TaskEnd], stage: str, step: int | None, requeue_signum: int) -> Failure | None:
+    """The scheduler's stop signal, not a failure: a task killed by the job's requeue signal
+    before it had a handler (the first second of a rank or of the pre-flight: a preemption or
+    the time limit, ``signalled``), or every task ended by SIGTERM or checkpointed (Slurm ends
+    the job itself: a cancel, a node set down). None when something else failed."""
+    signalled = killed_by(ends, requeue_signum)
+    if signalled:
+        return Failure(stage, step, what=f"tasks {signalled[0].tasks} on {signalled[0].node}: "
+                                         f"{signalled[0].what} before their handler", signalled=True)
+    terminated = killed_by(ends, signal.SIGTERM)
+    if terminated and all(e in terminated or e.exit_code == protocol.CHECKPOINTED for e in ends):
+        return Failure(stage, step, what="the scheduler ended the tasks (SIGTERM)", protocol_stop=True)
+    return None
 
 
 def exit_records(folder: Path) -> list[dict]:

@@ -34,6 +34,7 @@ from hpcorch.batch.failure import (
     classify_training,
     exit_records,
     interpreter_failure,
+    scheduler_stop,
     srun_ends,
 )
 from hpcorch.cluster.slurm import Slurm, SlurmError, job_ref
@@ -95,12 +96,14 @@ class Recovery:
             failure.clear_error, failure.nodes, failure.what = True, [], why
         elif stage == "preflight" and exit_code == protocol.CLEAR_ERROR:  # its options, not a node
             failure.clear_error, failure.nodes = True, []
-            said = [ln for ln in _tail(self.run.batch_log("err", self.job_id)).splitlines()
+            said = [ln for ln in _tail(self.run.batch_log("err", self.batch_id)).splitlines()
                     if ln.startswith("error: python -m hpcorch.batch.health: ")]
             failure.what = (said[-1].removeprefix("error: python -m hpcorch.batch.health: ") if said else
                             f"the pre-flight step could not start its checks (exit {exit_code}); see the batch log")
         if failure.protocol_stop:
             return failure
+        if failure.signalled:
+            return self._signalled(failure)
         when = "before training" if failure.step is None else f"at step {failure.step}"
         log.error("%s step failed %s: %s", stage, when, failure.what)
         self._record(failure)
@@ -119,6 +122,18 @@ class Recovery:
                  f" without {compress_hostlist(held)}" if held else "", self.run.latest_checkpoint() or 0)
         return failure
 
+    def _signalled(self, failure: Failure) -> Failure:
+        """The requeue signal came before a handler: a preemption (or the time limit) all the
+        same, requeued within that budget, never a node failure; no node is blamed."""
+        policy, budget = self.job.requeue, RestartBudget(self.run)
+        cause = protocol.classify(policy.signum, policy, self.slurm.time_left(self.job_id))
+        decision = protocol.decide(cause, budget.load(), policy, "slurm", 0)
+        budget.record(cause, decision)
+        log.info("%s step stopped by the scheduler (%s): %s", failure.stage, failure.what, decision.reason)
+        if decision.action is Action.REQUEUE:
+            requeue_without(self.slurm, self.job_id, [])
+        return failure
+
     def _decide(self, failure: Failure, held: list[str], history: list[dict]) -> Decision:
         """Requeue within the node-failure budget, unless retrying cannot help or the job
         could not start again without ``held``."""
@@ -133,15 +148,18 @@ class Recovery:
     def _no_interpreter(self, exit_code: int) -> str | None:
         """Why the pre-flight never ran its checks anywhere, if its interpreter did not start."""
         reports = {n: read_json(self.run.health_report(self.attempt, n)) or None for n in self.allocated}
-        return interpreter_failure(reports, _tail(self.run.batch_log("err", self.job_id)), exit_code)
+        return interpreter_failure(reports, _tail(self.run.batch_log("err", self.batch_id)), exit_code)
 
     def classify(self, stage: str) -> Failure:
         done = self.run.progress().get("step")
         step = None if done is None else done + 1  # the step being trained when it failed
+        ends, srun_failed = srun_ends(_tail(self.run.batch_log("err", self.batch_id)), stage)
+        stopped = scheduler_stop(ends, stage, step, self.job.requeue.signum)
+        if stopped is not None:
+            return stopped
         if stage == "preflight":
             reports = {n: read_json(self.run.health_report(self.attempt, n)) or None for n in self.allocated}
             return classify_preflight(reports, step)
-        ends, srun_failed = srun_ends(_tail(self.run.batch_log("err", self.batch_id)))
         records = exit_records(self.run.exit_record(self.attempt, 0).parent)
         down = [n for n in self.allocated if self.slurm.node_unhealthy(n)]
         failure = classify_training(ends, srun_failed, records, down, step)

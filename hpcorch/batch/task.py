@@ -90,6 +90,7 @@ class TrainTask:
         from hpcorch.train.rank import run_rank
 
         job = load_job(self.job_file)
+        protocol.catch_early(job.requeue.signum)  # first: submitit's handlers would ignore SIGTERM
         env = submitit.helpers.TorchDistributedEnvironment()
         env.export(set_cuda_visible_devices=False)
         os.environ["MASTER_ADDR"] = resolve_address(env.master_addr)
@@ -114,8 +115,11 @@ class TrainTask:
         cause = protocol.classify(outcome.agreed_signal, job.requeue,
                                   self._time_left_s(job_id) if env.rank == 0 else None)
         decision = protocol.decide(cause, budget.load(), job.requeue, self.scheduler, env.rank)
+        if cause is Cause.CANCEL and self.scheduler == "slurm" and env.rank == 0:
+            decision = _what_slurm_does(job_id, decision)
         budget.record(cause, decision)
-        log.info("after %s: %s (%s)", cause.value, decision.action.value, decision.reason)
+        stopped_by = cause.value if cause is not Cause.CANCEL else signal.Signals(outcome.agreed_signal).name
+        log.info("after %s: %s (%s)", stopped_by, decision.action.value, decision.reason)
         try:
             protocol.carry_out(decision, self.scheduler,
                                requeue_on_slurm=lambda: _requeue(job_id),
@@ -147,12 +151,13 @@ class TrainTask:
 
     @staticmethod
     def _count_unplanned_restart(job, budget: RestartBudget) -> None:
-        """A restart no signal of ours asked for (Slurm requeued after a node failure)."""
+        """A restart no signal of ours asked for: Slurm requeued the job itself, after a node
+        failure, or after a preemption or the time limit whose signal came before any handler."""
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         spent = budget.load()
         if not protocol.unplanned_restart(restarts, spent):
             return
-        cause = Cause.NODE_FAILURE
+        cause = protocol.requeue_cause(_previous_run_state(os.environ.get("SLURM_JOB_ID", "")))
         decision = protocol.decide(cause, spent, job.requeue, "slurm", 0)
         budget.record(cause, decision)
         if decision.action is not Action.REQUEUE:
@@ -179,6 +184,9 @@ class TrainTask:
         log.warning("hpcorch: signalled before training started (%s): %s", cause.value, decision.reason)
         if decision.action is not Action.REQUEUE:
             return None
+        if self.scheduler == "slurm":  # our requeue, with its hold cut (submitit's would leave it)
+            _requeue(job_id)
+            os._exit(protocol.CHECKPOINTED)
         return submitit.helpers.DelayedSubmission(self)
 
 
@@ -193,6 +201,49 @@ def _mark_array_task_done(run: RunDir) -> None:
 
 def _slurm() -> Slurm:
     return Slurm()
+
+
+def _previous_run_state(job_id: str) -> str | None:
+    """Accounting's state of the job's run before this one (``PREEMPTED``, ``NODE_FAIL``, ...),
+    None where accounting cannot say."""
+    from hpcorch.cluster.slurm import SlurmError
+
+    try:
+        runs = _slurm().attempts([job_id]).get(job_id, [])
+    except SlurmError:
+        return None
+    return runs[-2]["State"] if len(runs) >= 2 else None
+
+
+def _what_slurm_does(job_id: str, decision: protocol.Decision) -> protocol.Decision:
+    """Rank 0 after a SIGTERM stop: what Slurm is doing to the job, in words. When Slurm
+    requeues it itself (a node set down, a preemption it carries out), the next attempt counts
+    the cause and this attempt cuts the requeue's hold; a cancel stays a cancel."""
+    from hpcorch.cluster.slurm import SlurmError
+
+    slurm = _slurm()
+    try:
+        info = slurm.job(job_id)
+        requeued = int(info.get("Restarts", "0") or 0) > int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+        nodes = os.environ.get("SLURM_JOB_NODELIST", "")
+        down = slurm.unhealthy_among(nodes) if nodes else []
+    except (SlurmError, ValueError):
+        return decision
+    state = info.get("JobState", "")
+    failed = f"node {', '.join(down)} failed (Slurm reports it down)" if down else ""
+    if requeued:
+        start_when_pending(job_id)
+        why = f"{failed}; Slurm requeues the job" if failed else \
+            "Slurm requeues the job itself (a preemption, or an operator's requeue)"
+        return protocol.Decision(Action.LEAVE, f"{why}; the next attempt resumes from this checkpoint")
+    if failed:
+        return protocol.Decision(Action.STOP, f"{failed}; Slurm ended the job without requeuing it")
+    if state == "TIMEOUT":
+        return protocol.Decision(Action.STOP, "the time limit ended the job before requeue.signal came; "
+                                              "raise requeue.signal_lead_s")
+    if state == "PREEMPTED":
+        return protocol.Decision(Action.STOP, "preempted, and Slurm cancels preempted jobs of this partition")
+    return decision
 
 
 def _requeue(job_id: str) -> None:

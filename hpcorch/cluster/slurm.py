@@ -169,6 +169,13 @@ class Slurm:
         """Whether the controller holds ``node`` down, drained or failing (a job should avoid it)."""
         return bool(self.node_flags(node) & UNHEALTHY_NODE_STATES)
 
+    def unhealthy_among(self, nodes: str) -> list[str]:
+        """The nodes of host list ``nodes`` that the controller holds down, drained or failing:
+        one sinfo call however many nodes (empty when Slurm cannot say)."""
+        out = self.run("sinfo", "-h", "-N", "-n", nodes, "-t", "down,drain,fail,no_respond", "-o", "%N",
+                       check=False)
+        return sorted(set(out.split()))
+
     def nodes_used(self, job_id: str) -> set[str]:
         """Every node that ran the job, in any of its runs (requeues included): accounting's
         (``sacct --duplicates``) and the controller's latest (accounting may lag it). Empty

@@ -164,6 +164,10 @@ class Backend(ABC):
         state = self.state(entry)
         if jobstate.base_state(state) == "COMPLETED":
             raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) completed; nothing to resume")
+        if jobstate.base_state(state) == "COMPLETING":  # ending, or Slurm is requeuing it: a cancel would lose that
+            raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) is COMPLETING: its processes are ending "
+                               f"and Slurm may be requeuing it; nothing to resume yet (hpcorch status "
+                               f"{entry.key} again in a minute)")
         if not jobstate.has_ended(state):
             next_step = observe.advice(entry, state) or "it is still live"
             raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) is {state}; nothing to resume "

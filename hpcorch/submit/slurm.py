@@ -43,6 +43,11 @@ class SlurmBackend(Backend):
         return rows
 
     def cancel(self, entry: Entry) -> str:
+        """scancel, unless the job has ended already (scancel would accept a job the controller
+        still holds, and say nothing)."""
+        state = self.state(entry)
+        if jobstate.has_ended(state):
+            return f"job {entry.job_id} has ended ({state}); nothing to cancel"
         Slurm(env=entry.env).cancel(entry.job_id)
         return f"cancel sent to job {entry.job_id}"
 

@@ -11,6 +11,9 @@ environment variable is set:
 ``HPCORCH_CRASH_IN_PRUNE=STEP``
     Rank 0 kills itself with SIGKILL halfway through deleting the old checkpoint of step
     ``STEP`` (:func:`crash_in_prune`): a pruned checkpoint must never look committed.
+``HPCORCH_CRASH_IN_COMMIT=STEP``
+    Rank 0 kills itself with SIGKILL halfway through writing step ``STEP``'s commit marker
+    (:func:`crash_in_commit`): its temporary file must not outlive the next start.
 ``HPCORCH_START_DELAY_S=SECONDS``
     A submitted rank waits this long before it starts training (:func:`start_delay`): a window
     in which a signal reaches submitit's own handler, as an early preemption does.
@@ -41,6 +44,7 @@ CRASH_IN_SAVE = "HPCORCH_CRASH_IN_SAVE"
 SAMPLE_TRACE = "HPCORCH_SAMPLE_TRACE"
 START_DELAY = "HPCORCH_START_DELAY_S"
 CRASH_IN_PRUNE = "HPCORCH_CRASH_IN_PRUNE"
+CRASH_IN_COMMIT = "HPCORCH_CRASH_IN_COMMIT"
 STEP_DELAY = "HPCORCH_STEP_DELAY_S"
 DROP_GRAD = "HPCORCH_DROP_GRAD"
 CRASH_AT_STEP = "HPCORCH_CRASH_AT_STEP"
@@ -66,6 +70,11 @@ def _kill_midway(f: IO[bytes], data: bytes) -> None:
     f.flush()
     os.fsync(f.fileno())
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash_in_commit(step: int) -> Fault | None:
+    """The ``fault`` hook for rank 0's commit marker of ``step``, if asked for; None otherwise."""
+    return _kill_midway if os.environ.get(CRASH_IN_COMMIT) == str(step) else None
 
 
 def crash_in_prune(step: int) -> None:

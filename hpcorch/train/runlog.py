@@ -73,12 +73,14 @@ class ProgressFile(Sink):
 
     def __init__(self, run: RunDir, state: TrainState):
         self.path, self.state = run.progress_file, state
+        self.job, self.attempt = slurm_attempt()
 
     def write(self) -> None:
         st = self.state
         atomic_write(self.path, json.dumps({"step": st.step, "restarts": st.restarts,
                                             "steps_recomputed": st.steps_recomputed,
-                                            "loss": st.last_loss}), durable=False)
+                                            "loss": st.last_loss, "job": self.job, "attempt": self.attempt}),
+                     durable=False)
 
     def on_step(self, record: dict) -> None:
         self.write()
@@ -134,6 +136,17 @@ class Console(Sink):
                  f"val {summary['val_loss']:.4f}, weights {(summary['weights_sha256'] or 'n/a')[:16]}")
 
 
+def slurm_attempt() -> tuple[str | None, int]:
+    """This process's Slurm job id (None outside Slurm) and attempt (Slurm's restart count)."""
+    import os
+
+    try:
+        attempt = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        attempt = 0
+    return os.environ.get("SLURM_JOB_ID") or None, attempt
+
+
 def placement_record(rank: int, local_rank: int) -> dict:
     """Where this rank runs: its node (Slurm's name for it, else the host name), Slurm's
     topology address (``spine.leaf1.node1``; None outside Slurm or without a topology plugin)
@@ -141,10 +154,7 @@ def placement_record(rank: int, local_rank: int) -> dict:
     import os
     import socket
 
-    try:
-        attempt = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-    except ValueError:
-        attempt = 0
+    _, attempt = slurm_attempt()
     return {"rank": rank, "local_rank": local_rank,
             "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
             "topology_addr": os.environ.get("SLURM_TOPOLOGY_ADDR") or None, "attempt": attempt}
@@ -191,13 +201,19 @@ class RunLogger:
                    steps_recomputed=st.steps_recomputed)
 
     def _account_restart(self, resumed: bool) -> None:
-        """Restarts and steps recomputed: an earlier process of this run left progress.json."""
+        """Restarts and steps recomputed: an earlier process of this run left progress.json.
+        Attempts of a Slurm job that ended before they got here (a preemption in their first
+        seconds) left nothing, but Slurm counted them: they are restarts too, as
+        ``restarts.json`` counts their requeues."""
         prior = self.run.progress()
+        job, attempt = self.progress.job, self.progress.attempt
         if prior:
-            self.state.restarts = prior["restarts"] + 1
+            same_job = job is not None and prior.get("job") == job
+            unseen = attempt - int(prior.get("attempt") or 0) - 1 if same_job else attempt
+            self.state.restarts = prior["restarts"] + 1 + max(0, unseen)
             self.state.steps_recomputed = prior["steps_recomputed"] + max(0, prior["step"] - self.state.step)
-        elif resumed:
-            self.state.restarts = 1
+        else:
+            self.state.restarts = max(attempt, 1 if resumed else 0)
 
     def placement(self, records: list[dict]) -> None:
         """Every rank's :func:`placement_record` (gathered by the caller), as one ``placement``

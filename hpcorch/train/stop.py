@@ -14,6 +14,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from hpcorch import protocol
+
 
 class StopAgreement:
     """The stop flag of one rank and the ranks' agreement on it."""
@@ -26,9 +28,13 @@ class StopAgreement:
         self.agreed_signal = 0      # the highest signal number any rank received
 
     def install(self) -> None:
-        """Route the stop signals to :meth:`on_signal`."""
+        """Route the stop signals to :meth:`on_signal`; a requeue signal that came before (kept
+        by :func:`hpcorch.protocol.catch_early`) stops the ranks at the first step boundary."""
         for signum in self.signals:
             signal.signal(signum, self.on_signal)
+        early = protocol.early_signal()
+        if early is not None and early[0] in self.signals and not self.requested:
+            self.requested, self.signal_time = early
 
     def committed(self) -> None:
         """The stop's checkpoint is committed on every rank: nothing is left to protect. From

@@ -152,8 +152,9 @@ def _second_writers_are_refused(ctx, run, job, why):
 
 
 def test_preemption_during_start_up_counts_as_preemption(ctx, tmp_path, reference):
-    """A signal that reaches submitit's own handler (before the trainer has started) is a
-    preemption within its budget, never a node failure, and loses nothing."""
+    """A signal before the trainer has started (kept from the rank's first moments, see
+    hpcorch.protocol.catch_early) is a preemption within its budget, never a node failure, and
+    loses nothing: the ranks stop at their first step boundary."""
     from hpcorch.state.rundir import RunDir
 
     run = tmp_path / "run"
@@ -164,8 +165,8 @@ def test_preemption_during_start_up_counts_as_preemption(ctx, tmp_path, referenc
         wait_for_file(RunDir(run).rank_log(job_id, rank, "err"), lambda text: "HPCORCH_START_DELAY_S: waiting" in text)
     ctx.slurm.run("scancel", "--signal=USR2", job_id)  # to the ranks, as a preemption sends it
     _finish(ctx, job_id)
-    log = RunDir(run).rank_log(job_id, 0, "err").read_text()
-    assert "signalled before training started (preemption)" in log, log[-2000:]
+    log = RunDir(run).rank_log(job_id, 0, "out").read_text()
+    assert "stopped by signal SIGUSR2 at step 1" in log and "after preemption: requeue" in log, log[-2000:]
     budget = json.loads((run / "restarts.json").read_text())
     assert (budget["preemption"], budget["node_failure"]) == (1, 0), budget
     got = _summary(run)

@@ -109,6 +109,22 @@ def test_sigkill_while_pruning_never_leaves_a_half_deleted_commit(baseline, tmp_
     assert not old.exists()  # a later prune removed the leftover
 
 
+@pytest.mark.parametrize("fault", ["HPCORCH_CRASH_IN_PRUNE=12", "HPCORCH_CRASH_IN_COMMIT=24"])
+def test_a_kill_in_the_last_prune_or_commit_leaves_nothing_after_the_next_start(baseline, tmp_path, fault):
+    """Killed while pruning step 12 after the last save (no later save would prune again), or
+    while writing the last commit marker: the next start leaves only the kept checkpoints, no
+    dead writer's file, and the weights of a run never stopped."""
+    name, value = fault.split("=")
+    crashed = train(tmp_path, 2, env={name: value})
+    assert crashed.returncode == 137, crashed.stdout + crashed.stderr
+    resumed = train(tmp_path, 2)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_000000018", "step_000000024"]
+    assert not list(ckpts.glob("*/*.tmp")) and (ckpts / "step_000000024" / "COMMITTED").exists()
+    assert summary(tmp_path)["weights_sha256"] == summary(baseline)["weights_sha256"]
+
+
 def test_config_mismatch_fails_loudly(baseline, tmp_path):
     first = train(tmp_path, 2, "trainer.steps=6")
     assert first.returncode == 0

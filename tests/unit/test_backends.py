@@ -92,6 +92,15 @@ def test_cancel_sends_scancel_to_the_jobs_cluster(slurm_path, tmp_path):
         service.cancel(str(_add(reg, tmp_path, "32").key), registry=reg)
 
 
+def test_cancel_of_a_slurm_job_that_has_ended_sends_nothing(slurm_path, tmp_path):
+    fake = slurm_path
+    fake.job("33", "CANCELLED")
+    reg = _registry(tmp_path)
+    assert service.cancel(str(_add(reg, tmp_path, "33").key), registry=reg) == \
+        "job 33 has ended (CANCELLED); nothing to cancel"
+    assert fake.calls("scancel") == []
+
+
 def test_cancel_of_a_local_job_that_is_gone_does_nothing(tmp_path):
     reg = _registry(tmp_path)
     entry = _add(reg, tmp_path, "999999999", scheduler="local")
@@ -126,6 +135,10 @@ def test_resume_refuses_a_live_or_completed_job_before_planning(slurm_path, tmp_
         service.resume(str(_add(reg, tmp_path, "51").key), registry=reg)
     with pytest.raises(service.HpcorchError, match="completed; nothing to resume"):
         service.resume(str(_add(reg, tmp_path, "52").key), registry=reg)
+    fake.job("53", "COMPLETING")  # ending, or being requeued by Slurm: a cancel would lose the requeue
+    with pytest.raises(service.HpcorchError, match="is COMPLETING: .*Slurm may be requeuing it") as refused:
+        service.resume(str(_add(reg, tmp_path, "53").key), registry=reg)
+    assert "cancel" not in str(refused.value)
     asked = len(fake.calls())
     with pytest.raises(service.ConfigError, match="--exclude"):  # the user's input first, before Slurm
         service.resume("no-such-job", exclude="node[", registry=reg)

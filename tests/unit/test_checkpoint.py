@@ -179,3 +179,34 @@ def test_old_format_checkpoints_still_load(tmp_path):
     atomic_write(d / COMMIT, json.dumps({"step": 7, "files": files}))
     step, shared, local, _ = CheckpointStore(tmp_path, rank=0, world_size=1).load_latest()
     assert step == 7 and torch.equal(shared["model"]["w"], torch.ones(2)) and local == {"rng": 1}
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_next_start_removes_what_dead_writers_left_and_nothing_of_a_live_one(tmp_path):
+    """A prune killed halfway (an uncommitted folder older than the newest commit) and a commit
+    marker's temporary file of a dead writer are removed at start; a live writer's file stays."""
+    import os
+    import socket
+
+    ck = CheckpointStore(tmp_path, rank=0, world_size=1, keep=2)
+    for step in (10, 20, 30):
+        _save(ck, step)
+    host = socket.gethostname().split(".")[0]
+    half_pruned = step_dir(tmp_path, 5)
+    half_pruned.mkdir()
+    (half_pruned / "__0_0.distcp").write_bytes(b"x")
+    dead = step_dir(tmp_path, 30) / f"{COMMIT}.{host}.{_dead_pid()}.1.tmp"
+    live = step_dir(tmp_path, 30) / f"rank_00000.pt.{host}.{os.getpid()}.1.tmp"
+    dead.write_text("{")
+    live.write_text("x")
+    ck.clean_leftovers()
+    assert not half_pruned.exists() and not dead.exists() and live.exists()
+    assert ck.committed_steps() == [20, 30] and ck.load_latest()[0] == 30

@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hpcorch import protocol
-from hpcorch.batch.failure import TRAIN_MARKER, classify_preflight, classify_training, exit_records, srun_ends
+from hpcorch.batch.failure import (
+    TRAIN_MARKER,
+    classify_preflight,
+    classify_training,
+    exit_records,
+    scheduler_stop,
+    srun_ends,
+)
 from hpcorch.batch.recovery import crash_loop
 from hpcorch.state.quarantine import excluded_nodes, lemons
 from hpcorch.state.registry import Quarantined, Registry
@@ -33,6 +40,30 @@ def test_only_this_attempts_srun_lines_count():
                                                         ("node1", "0", "Exited with exit code 1")]
     assert ends[0].hard and not ends[1].hard and ends[1].exit_code == 1
     assert failed == ["node4"]
+
+
+def test_the_requeue_signal_before_a_handler_is_the_schedulers_stop_not_a_failure():
+    """Tasks killed by the job's requeue signal (USR2) in their first second: a preemption, in
+    the training step and in the pre-flight (whose lines end the log, after the last attempt's
+    marker); every task ended by SIGTERM or checkpointed: Slurm ends the job itself."""
+    import signal
+
+    usr2 = signal.SIGUSR2
+    ends, _ = srun_ends(_err("srun: error: node1: tasks 0-1: User defined signal 2",
+                             "srun: error: node2: task 2: Exited with exit code 1"))
+    f = scheduler_stop(ends, "train", 3, usr2)
+    assert f.signalled and not f.protocol_stop and not f.nodes and "User defined signal 2" in f.what
+    preflight = _err("srun: error: node9: task 0: User defined signal 2", "hpcorch health: node1: healthy (2.0 s)",
+                     "srun: error: node2: task 1: User defined signal 2")
+    ends, _ = srun_ends(preflight, "preflight")
+    assert [e.node for e in ends] == ["node2"]  # only this pre-flight's own lines
+    assert scheduler_stop(ends, "preflight", None, usr2).signalled
+    ends, _ = srun_ends(_err("srun: error: node1: task 0: Exited with exit code 3",
+                             "srun: error: node2: tasks 2-3: Terminated"))
+    assert scheduler_stop(ends, "train", 3, usr2).protocol_stop
+    ends, _ = srun_ends(_err("srun: error: node1: task 0: Exited with exit code 1",
+                             "srun: error: node2: tasks 2-3: Terminated"))
+    assert scheduler_stop(ends, "train", 3, usr2) is None  # a rank's own failure stays a failure
 
 
 def test_the_killed_node_is_the_culprit_not_its_victims():

@@ -20,8 +20,8 @@ def expected(cause, spent, policy, scheduler, rank):
     """The table, written out independently of the implementation's order of checks."""
     if scheduler == "process":
         return Action.STOP
-    if rank != 0:
-        return Action.FOLLOW
+    if rank != 0:  # after a SIGTERM Slurm ends the job already: nothing to wait for
+        return Action.LEAVE if cause is Cause.CANCEL else Action.FOLLOW
     if cause is Cause.CANCEL or not policy.enabled:
         return Action.STOP
     limit = {Cause.PREEMPTION: policy.max_preemptions, Cause.TIMEOUT: policy.max_timeouts,
@@ -89,6 +89,8 @@ def test_budget_counts_granted_requeues_and_notes_refusals(tmp_path):
 @pytest.mark.parametrize("scheduler,action,code", [
     ("local", Action.REQUEUE, protocol.LOCAL_REQUEUE),
     ("local", Action.FOLLOW, protocol.CHECKPOINTED),
+    ("local", Action.LEAVE, protocol.CHECKPOINTED),
+    ("slurm", Action.LEAVE, protocol.CHECKPOINTED),
     ("slurm", Action.REQUEUE, protocol.CHECKPOINTED),
 ])
 def test_carry_out_exits(scheduler, action, code):
@@ -108,3 +110,30 @@ def test_carry_out_follow_on_slurm_waits_and_stop_raises():
         with pytest.raises(protocol.NotRequeued, match="why"):
             protocol.carry_out(Decision(action, "why"), "slurm", requeue_on_slurm=None, exit_now=None,
                                wait_to_be_ended=None)
+
+
+@pytest.mark.parametrize("state,cause", [("PREEMPTED", Cause.PREEMPTION), ("TIMEOUT", Cause.TIMEOUT),
+                                         ("NODE_FAIL", Cause.NODE_FAILURE), ("REQUEUED", Cause.NODE_FAILURE),
+                                         (None, Cause.NODE_FAILURE), ("CANCELLED by 0", Cause.NODE_FAILURE)])
+def test_slurms_own_requeue_is_a_node_failure_only_when_accounting_says_nothing_else(state, cause):
+    assert protocol.requeue_cause(state) is cause
+
+
+def test_a_requeue_signal_before_the_trainer_is_kept_and_sigterm_ends_the_rank():
+    """catch_early: the requeue signal is kept for the trainer's first step boundary; SIGTERM
+    has its default action (a rank with nothing trained yet ends at once)."""
+    import os
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR2)}
+    protocol._early.clear()
+    try:
+        protocol.catch_early(signal.SIGUSR2)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert protocol.early_signal() is None
+        os.kill(os.getpid(), signal.SIGUSR2)
+        got = protocol.early_signal()
+        assert got is not None and got[0] == signal.SIGUSR2
+    finally:
+        protocol._early.clear()
+        for s, h in before.items():
+            signal.signal(s, h)

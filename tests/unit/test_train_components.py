@@ -92,7 +92,7 @@ def test_run_logger_feeds_every_sink_and_writes_the_run_files(tmp_path, caplog):
     assert extra.calls[0][:2] == ("event", "process_start")
     assert extra.calls[1:] == [("step", 1), ("step", 2), ("summary", 2), ("close",)]
     assert [json.loads(line)["step"] for line in run.metrics.read_text().splitlines()] == [1, 2]
-    assert run.progress() == {"step": 2, "restarts": 0, "steps_recomputed": 0, "loss": 1.5}
+    assert run.progress() == {"step": 2, "restarts": 0, "steps_recomputed": 0, "loss": 1.5, "job": None, "attempt": 0}
     assert run.summary()["final_step"] == 2
     assert [json.loads(line)["event"] for line in run.events.read_text().splitlines()] == ["process_start"]
     lines = [r.getMessage() for r in caplog.records]
@@ -128,6 +128,29 @@ def test_run_logger_counts_restarts_and_recomputed_steps(tmp_path):
     log.close()
     assert (state.restarts, state.steps_recomputed) == (2, 5)
     assert run.progress()["restarts"] == 2
+
+
+@pytest.mark.parametrize("prior,job,attempt,restarts", [
+    (None, "7", 1, 1),                                    # attempt 0 preempted in its first second
+    ({"job": "7", "attempt": 0, "restarts": 0}, "7", 1, 1),  # an ordinary requeue
+    ({"job": "7", "attempt": 0, "restarts": 0}, "7", 3, 3),  # attempts 1 and 2 never got this far
+    ({"job": "7", "attempt": 2, "restarts": 4}, "9", 1, 6),  # resumed as job 9, its attempt 0 stopped early
+    ({"restarts": 1}, None, 0, 2),                        # hpcorch train, run again
+])
+def test_restarts_count_the_attempts_slurm_started_even_those_that_ended_early(tmp_path, monkeypatch, prior, job,
+                                                                                attempt, restarts):
+    """One count everywhere: restarts.json counts a requeue of an attempt stopped before it wrote
+    anything, so summary.json and status count that attempt too (Slurm's restart count)."""
+    for name, value in (("SLURM_JOB_ID", job), ("SLURM_RESTART_COUNT", str(attempt))):
+        monkeypatch.setenv(name, value) if value else monkeypatch.delenv(name, raising=False)
+    run = RunDir(tmp_path)
+    if prior:
+        run.progress_file.write_text(json.dumps({"step": 0, "steps_recomputed": 0, "loss": 3.0, **prior}))
+    state = TrainState()
+    log = RunLogger(run, state, is_main=True, total_steps=10, log_interval=10)
+    log.start(resumed=False, setup="")
+    log.close()
+    assert state.restarts == restarts and run.progress()["restarts"] == restarts
 
 
 def test_other_ranks_report_nothing(tmp_path, caplog):

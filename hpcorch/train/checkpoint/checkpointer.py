@@ -223,6 +223,8 @@ class Checkpointer:
     def restore(self, state: TrainState, resume_step: int | None = None) -> bool:
         """Load ``resume_step``, or the latest committed checkpoint that verifies, into the
         model parts, optimizers, RNG and ``state``. False if there is none (a fresh start)."""
+        if self.rank == 0:  # before the load's collective: no rank writes until the first save
+            self.store.clean_leftovers()
         target, maps = canonical_state(self.parts, self.optimizers, self.tied)
         found = self._find(resume_step, target)
         if found is None:

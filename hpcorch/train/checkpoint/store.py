@@ -32,7 +32,9 @@ import contextlib
 import io
 import json
 import logging
+import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,7 +45,7 @@ import torch
 
 from hpcorch.state.rundir import COMMIT_MARKER, CheckpointLayout
 from hpcorch.train.checkpoint import dcpio, rawio
-from hpcorch.train.faults import crash_in_prune, crash_in_save
+from hpcorch.train.faults import crash_in_commit, crash_in_prune, crash_in_save
 from hpcorch.util.diskspace import describe_write_failure
 from hpcorch.util.fileio import atomic_write, fsync_dir
 from hpcorch.util.poll import PollTimeout, poll_until
@@ -171,7 +173,8 @@ class CheckpointStore:
             if self.rank == 0:
                 record = {"step": step, "world_size": self.world_size, "files": self._gather_manifest(d), **meta}
                 self.fence()
-                atomic_write(d / COMMIT_MARKER, json.dumps(record, indent=1))
+                remove_dead_temporaries(d)  # every rank's part is written: what is left is a dead writer's
+                atomic_write(d / COMMIT_MARKER, json.dumps(record, indent=1), fault=crash_in_commit(step))
         if self.rank == 0:
             self._prune()
 
@@ -291,6 +294,19 @@ class CheckpointStore:
             self._pruner.join()
             self._pruner = None
 
+    def clean_leftovers(self) -> None:
+        """What writers killed halfway left (rank 0, at start, before any rank writes; the run
+        directory's lease says no other writer lives): uncommitted folders older than the
+        newest committed step (a prune or a save cut short, which no later prune of a finished
+        run would reach) and temporary files (a commit marker being written)."""
+        committed = self.committed_steps()
+        newest = committed[-1] if committed else -1
+        for step, d in self.layout.step_dirs().items():
+            if step < newest and step not in committed:
+                _remove_checkpoint(step, d)
+            else:
+                remove_dead_temporaries(d)
+
     # ----- finding and loading --------------------------------------------------------------
     def committed_steps(self) -> list[int]:
         """Steps with a commit marker, oldest first."""
@@ -374,6 +390,32 @@ def _verified(d: Path, name: str, files: dict) -> bytes:
         return dcpio.read_verified(d / name, files)
     except dcpio.DigestMismatch as exc:
         raise CheckpointError(str(exc)) from None
+
+
+def remove_dead_temporaries(folder: Path) -> None:
+    """Remove the temporary files in ``folder`` (``NAME.HOST.PID.THREAD.tmp``, see
+    :func:`hpcorch.util.fileio.atomic_write`; DCP's ``.metadata.tmp``) whose writer is gone;
+    never one of a process alive on this host. Call it when no writer of this run may be
+    writing there (the caller knows why)."""
+    host = socket.gethostname().split(".")[0]
+    for path in folder.glob("*.tmp"):
+        parts = path.name.split(".")
+        if len(parts) >= 5 and parts[-4] == host and parts[-3].isdigit() and _alive(int(parts[-3])):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+    with contextlib.suppress(OSError):
+        fsync_dir(folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _uncommit(folder: Path) -> None:
