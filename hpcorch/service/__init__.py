@@ -423,11 +423,13 @@ def export(ref: str, out: str | os.PathLike, step: int | None = None, registry: 
             return export_weights(run.checkpoints, step, Path(out))
         job = load_job(run.job_file) if run.job_file.is_file() else None
         fallback = job.trainer.model if job is not None else None
-        export_hf(run.checkpoints, step, Path(out), parse_size(max_shard_size), fallback_model=fallback)
-        if job is not None:
-            from hpcorch.service.data import write_hf_tokenizer
+        from hpcorch.service.data import load_tokenizer, run_tokenizer, submitted_from
 
-            write_hf_tokenizer(job, out)  # the tokenizer's files beside the weights
+        # Known before any weight is written, so a dataset that is gone fails the export first.
+        tokenizer = run_tokenizer(job, submitted_from(run)) if job is not None else None
+        export_hf(run.checkpoints, step, Path(out), parse_size(max_shard_size), fallback_model=fallback)
+        if tokenizer:
+            load_tokenizer(tokenizer).save_hf(Path(out))  # the tokenizer's files beside the weights
         return Path(out)
     except (CheckpointError, HFFolderError, ValueError, OSError) as exc:
         raise HpcorchError(str(exc)) from None

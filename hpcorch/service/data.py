@@ -11,9 +11,9 @@ from pathlib import Path
 
 from hpcorch.data import prepare as prep
 from hpcorch.data.index import DatasetIndex
-from hpcorch.data.tokenizer import load_tokenizer
+from hpcorch.data.tokenizer import NAMES, load_tokenizer
 from hpcorch.errors import HpcorchError
-from hpcorch.util.fileio import atomic_write
+from hpcorch.util.fileio import atomic_write, read_json
 
 
 @dataclass
@@ -169,20 +169,33 @@ def show(folder: str | os.PathLike) -> dict:
             "options": index.options}
 
 
-def run_tokenizer(job) -> str | None:
+def run_tokenizer(job, base: str | os.PathLike | None = None) -> str | None:
     """The tokenizer a job trains with: its ``trainer.data.tokenizer``, else the tokenizer its
-    first prepared dataset was made with; None when its data names none (bytes of files)."""
+    first prepared dataset was made with; None when its data names none (bytes of files).
+    Relative paths in the job are read under ``base`` (where the run was submitted from, whose
+    working directory its ranks resolved them in), else under this process's."""
     data = getattr(getattr(job, "trainer", None), "data", None)
     name = getattr(data, "tokenizer", None)
     if name:
-        return str(name)
+        name = str(name)
+        if base is not None and name not in NAMES and not Path(name).is_absolute():
+            name = str(Path(base) / name)  # a tokenizer.json path (PATH[:eot=TOKEN])
+        return name
     for _key, folder in getattr(data, "datasets", None) or []:
-        return DatasetIndex.load(Path(folder)).tokenizer.name
+        return DatasetIndex.load(Path(base or ".") / folder).tokenizer.name
     return None
 
 
-def write_hf_tokenizer(job, out: str | os.PathLike) -> list[Path]:
+def submitted_from(run) -> Path | None:
+    """The directory run ``run`` (a RunDir) was submitted from, as its submission manifest
+    records it; None when there is none (a run dir from elsewhere or an older hpcorch)."""
+    code_dir = read_json(run.manifest_file(None)).get("code_dir")
+    return Path(code_dir) if code_dir else None
+
+
+def write_hf_tokenizer(job, out: str | os.PathLike, base: str | os.PathLike | None = None) -> list[Path]:
     """Beside an ``hpcorch export --format hf`` folder's weights: the files of the job's
-    tokenizer that ``AutoTokenizer.from_pretrained(out)`` loads (none when the job names none)."""
-    name = run_tokenizer(job)
+    tokenizer that ``AutoTokenizer.from_pretrained(out)`` loads (none when the job names none).
+    ``base``: as :func:`run_tokenizer`'s."""
+    name = run_tokenizer(job, base)
     return load_tokenizer(name).save_hf(Path(out)) if name else []
