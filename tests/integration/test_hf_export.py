@@ -14,21 +14,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from hfhelp import load_hf, max_logit_diff  # noqa: E402
-
-from hpcorch.train.checkpoint.export import full_model, recorded_model  # noqa: E402
-from hpcorch.train.parallelize.build import load_whole  # noqa: E402
+from hfhelp import load_hf, max_logit_diff, ours_at  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
-
-
-def ours_at(run_dir: Path, step: int):
-    """Our model with step ``step``'s weights (assembled whole from the checkpoint), and its config."""
-    family, state, record = full_model(run_dir / "checkpoints", step)
-    cfg = recorded_model(record, family)
-    model = family.parts().build(cfg)
-    load_whole(model, state, family.tied, "test")
-    return model, cfg
 
 
 def export(run_dir: Path, out: Path, *options: str) -> Path:

@@ -237,6 +237,10 @@ def test_export_writes_the_runs_tokenizer(tmp_path):
     service.prepare([str(tmp_path / "a.txt")], tmp_path / "ds", tokenizer="bytes")
     assert service.run_tokenizer(job(tokenizer="gpt2", datasets=[("web", tmp_path / "ds")])) == "gpt2"
     assert service.run_tokenizer(job(tokenizer=None, datasets=[("web", str(tmp_path / "ds"))])) == "bytes"
+    # A run's relative paths are read where it was submitted from (base), not in this process's cwd.
+    assert service.run_tokenizer(job(tokenizer=None, datasets=[("web", "ds")]), base=tmp_path) == "bytes"
+    assert service.run_tokenizer(job(tokenizer="t/tokenizer.json"), base=tmp_path) == str(tmp_path / "t/tokenizer.json")
+    assert service.run_tokenizer(job(tokenizer="gpt2"), base=tmp_path) == "gpt2"
     assert service.write_hf_tokenizer(job(tokenizer=None), tmp_path / "none") == []
     written = service.write_hf_tokenizer(job(tokenizer="gpt2"), tmp_path / "hf")
     assert {p.name for p in written} == {"vocab.json", "merges.txt", "tokenizer_config.json"}
