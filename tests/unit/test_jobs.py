@@ -5,7 +5,7 @@ from hpcorch.plan.plan import make_plan, summarize
 from hpcorch.spec.job import load_job
 from hpcorch.spec.profile import load_profile
 
-JOBS = ["gpt-tiny", "gpt-tiny-gpt2", "gpt2-124m", "gpt-1.3b", "llama-tiny", "llama-350m", "llama-1b", "llama-8b"]
+JOBS = ["gpt-tiny", "gpt-tiny-gpt2", "gpt2-124m", "gpt-1.3b", "llama-tiny", "llama-tiny-gpt2", "llama-350m", "llama-1b", "llama-8b"]
 
 
 @pytest.mark.parametrize("name", JOBS)
