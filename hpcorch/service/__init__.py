@@ -426,10 +426,12 @@ def export(ref: str, out: str | os.PathLike, step: int | None = None, registry: 
         from hpcorch.service.data import load_tokenizer, run_tokenizer, submitted_from
 
         # Known before any weight is written, so a dataset that is gone fails the export first.
-        tokenizer = run_tokenizer(job, submitted_from(run)) if job is not None else None
-        export_hf(run.checkpoints, step, Path(out), parse_size(max_shard_size), fallback_model=fallback)
+        name = run_tokenizer(job, submitted_from(run)) if job is not None else None
+        tokenizer = load_tokenizer(name) if name else None
+        export_hf(run.checkpoints, step, Path(out), parse_size(max_shard_size), fallback_model=fallback,
+                  eos_token_id=tokenizer.eot_id if tokenizer else None)
         if tokenizer:
-            load_tokenizer(tokenizer).save_hf(Path(out))  # the tokenizer's files beside the weights
+            tokenizer.save_hf(Path(out))  # the tokenizer's files beside the weights
         return Path(out)
     except (CheckpointError, HFFolderError, ValueError, OSError) as exc:
         raise HpcorchError(str(exc)) from None

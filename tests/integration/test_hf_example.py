@@ -59,7 +59,10 @@ def test_prepare_train_llama_tiny_export_and_generate_with_transformers(tmp_path
     assert diff < 1e-5, diff
     assert max_logit_diff(ours, model, cfg.vocab, cfg.seq_len) < 1e-5
 
+    # generate() stops at the tokenizer's end of text: the export names it in both configs.
+    assert model.config.eos_token_id == model.generation_config.eos_token_id == tok.eos_token_id == 50256
     prompt = tok("import os\n", return_tensors="pt")
-    out = model.generate(**prompt, max_new_tokens=5, do_sample=False, pad_token_id=tok.eos_token_id)
+    out = model.generate(**prompt, max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                         pad_token_id=tok.eos_token_id)
     assert out.shape == (1, prompt["input_ids"].shape[1] + 5)
     assert tok.decode(out[0]).startswith("import os\n")

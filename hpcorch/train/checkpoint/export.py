@@ -95,15 +95,19 @@ def recorded_model(record: dict, family: ModelSpec, fallback=None):
 
 
 def export_hf(checkpoints: Path, step: int, out: Path, max_shard_size: str | int = DEFAULT_SHARD_SIZE,
-              fallback_model=None) -> list[Path]:
+              fallback_model=None, eos_token_id: int | None = None) -> list[Path]:
     """Write step ``step``'s model to the Hugging Face folder ``out`` (config, weights sharded
     above ``max_shard_size``, generation config). The model config is the checkpoint's own
-    (:func:`recorded_model`). Returns the files written."""
+    (:func:`recorded_model`). ``eos_token_id`` (the run's tokenizer's end-of-text id) goes into
+    both configs as end and start of text, as GPT-2's own, so ``generate()`` stops there.
+    Returns the files written."""
     family, model, record = full_model(checkpoints, step)
     mapping = family.hf()
     cfg = recorded_model(record, family, fallback_model)
     model = family.parts().upgrade_state(model, cfg)  # checkpoints of older shapes
     config, tensors = mapping.to_hf(model, cfg)
+    if eos_token_id is not None:
+        config.update(bos_token_id=eos_token_id, eos_token_id=eos_token_id)
     return write_folder(out, config, tensors, max_shard_size,
                         generation={"_from_model_config": True, "bos_token_id": config.get("bos_token_id"),
                                     "eos_token_id": config.get("eos_token_id")})
