@@ -136,3 +136,19 @@ def test_a_prepare_made_here_has_no_arrays(tmp_path, fake_slurm, monkeypatch):
     assert never.returncode == 2 and "never submitted" in never.stderr
     missing = run_cli("data", "status", tmp_path / "nothing", env=fake_slurm.env)
     assert missing.returncode == 2 and "no prepare here" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_status_logs_cancel_import_neither_torch_nor_submitit(tmp_path):
+    import subprocess
+    import sys
+
+    src = _corpus(tmp_path, 1)
+    service.prepare([str(src)], tmp_path / "out", tokenizer="bytes")
+    out = str(tmp_path / "out")
+    code = ("import sys\nfrom hpcorch.cli.main import main\n"
+            f"for args in (['data', 'status', {out!r}], ['data', 'cancel', {out!r}], ['data', 'logs', {out!r}]):\n"
+            "    try:\n        main(args)\n    except SystemExit as exc:\n        assert not exc.code, exc.code\n"
+            "print(sorted(m for m in ('torch', 'submitit', 'paramiko') if m in sys.modules))")
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip().splitlines()[-1] == "[]"
