@@ -118,12 +118,16 @@ def cancel(out: str | os.PathLike, slurm: Slurm | None = None) -> list[str]:
     Shards already done keep their files and markers; a rerun of the prepare redoes the rest."""
     plan = _plan(out)
     slurm = slurm or Slurm()
+    try:  # arrays.json: every array id, from folders submitted before submissions.json existed too
+        ids = list(json.loads((plan.out / prep.WORK / "arrays.json").read_text()))
+    except (OSError, ValueError):
+        ids = []
     cancelled = []
-    for row in submissions(plan.out):
-        active = [s for s in slurm.array_tasks(row["array"]).values() if s.split()[0] in PENDING + RUNNING]
+    for array in dict.fromkeys(ids + [row["array"] for row in submissions(plan.out)]):
+        active = [s for s in slurm.array_tasks(array).values() if s.split()[0] in PENDING + RUNNING]
         if active:
-            slurm.cancel(row["array"])
-            cancelled.append(row["array"])
+            slurm.cancel(array)
+            cancelled.append(array)
     return cancelled
 
 
@@ -135,6 +139,6 @@ def logs(out: str | os.PathLike, shard: int) -> dict[str, Path]:
     name = plan.shard_names[shard]
     task = _last_tasks(plan.out).get(name)
     if task is None:
-        raise HpcorchError(f"{plan.out}: {name} was never submitted as an array task "
-                           "(prepared here, its output went to the terminal)")
+        raise HpcorchError(f"{plan.out}: {name} was never run as an array task "
+                           "(a prepare made here writes no task logs: its output goes to the terminal)")
     return {kind: plan.log_dir / f"{task}.{kind}" for kind in ("out", "err")}

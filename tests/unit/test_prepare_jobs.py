@@ -133,7 +133,7 @@ def test_a_prepare_made_here_has_no_arrays(tmp_path, fake_slurm, monkeypatch):
     assert data_jobs.cancel(tmp_path / "out") == []
     assert fake_slurm.calls() == []  # nothing was submitted: Slurm is not asked
     never = run_cli("data", "logs", tmp_path / "out", "--task", "0", env=fake_slurm.env)
-    assert never.returncode == 2 and "never submitted" in never.stderr
+    assert never.returncode == 2 and "never run as an array task" in never.stderr
     missing = run_cli("data", "status", tmp_path / "nothing", env=fake_slurm.env)
     assert missing.returncode == 2 and "no prepare here" in missing.stderr and "Traceback" not in missing.stderr
 
@@ -152,3 +152,13 @@ def test_status_logs_cancel_import_neither_torch_nor_submitit(tmp_path):
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_cancel_finds_arrays_of_a_folder_without_submissions(tmp_path, fake_slurm, monkeypatch):
+    """A folder submitted before submissions.json existed: its arrays.json ids are cancelled."""
+    out = _submitted(tmp_path, fake_slurm, monkeypatch)
+    (out / prep.WORK / data_jobs.SUBMISSIONS).unlink()
+    fake_slurm.answer("squeue -h -r -t all -j 100 *", stdout="100_[0-2]|PENDING\n")
+    fake_slurm.job("100", "PENDING")
+    assert data_jobs.cancel(out) == ["100"] and ["scancel", "100"] in fake_slurm.calls()
+    assert {r.state for r in data_jobs.status(out)} == {"not submitted"}
