@@ -162,3 +162,34 @@ def test_cancel_finds_arrays_of_a_folder_without_submissions(tmp_path, fake_slur
     fake_slurm.job("100", "PENDING")
     assert data_jobs.cancel(out) == ["100"] and ["scancel", "100"] in fake_slurm.calls()
     assert {r.state for r in data_jobs.status(out)} == {"not submitted"}
+
+
+def test_rendered_task_runs_its_shard_through_the_wrapper(tmp_path):
+    """The rendered array script run by bash, with an ``srun`` that drops its options and runs
+    the step here: the command wrapper runs, then the task writes its shard and marker."""
+    import os
+    import subprocess
+    import sys
+
+    from hpcorch.submit.array import plan_arrays
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n')
+    wrap = tmp_path / "wrap.sh"
+    wrap.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/wrapped\nexec "$@"\n')
+    for f in (bin_dir / "srun", wrap):
+        f.chmod(0o755)
+    cluster = load_profile("devcluster")
+    cluster = dataclasses.replace(cluster, launch=Launch(python=sys.executable, wrapper=Command(argv=[str(wrap)])))
+    plan = service.plan_prepare([str(_corpus(tmp_path, 2))], tmp_path / "out", tokenizer="bytes", shard_bytes=1)
+    prep.save_plan(plan)
+    batch = plan_arrays(plan.tasks, plan.tasks.remaining())[0]
+    script = service.render_prepare(plan, cluster, batch)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": "1"}
+    ran = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "wrapped").read_text().split() == [sys.executable, "-u", "-m", "hpcorch.data.prepare",
+                                                          str(tmp_path / "out")]
+    assert prep.load_plan(tmp_path / "out").tasks.done() == {"shard_00001"}
+    assert [r.state for r in data_jobs.status(tmp_path / "out")] == ["not submitted", "done"]
