@@ -84,3 +84,64 @@ def _show_lines(info: dict) -> list[str]:
              f"  skipped    {info['skipped']}"]
     lines += [f"    {path}: {n}" for path, n in info["skipped_by_source"].items()]
     return lines
+
+
+@data.command("status")
+@click.argument("folder", type=click.Path(file_okay=False))
+@json_option()
+def status(folder, as_json):
+    """Each shard of a prepare: done, running, pending, failed or not submitted (its completion
+    marker, then Slurm's state of the array task that ran it last)."""
+    from dataclasses import asdict
+
+    from hpcorch.cli.views import text
+    from hpcorch.service import data_jobs
+
+    rows = [asdict(r) for r in data_jobs.status(folder)]
+    click.echo(text(rows, as_json, _status_lines))
+
+
+def _status_lines(rows: list[dict]) -> list[str]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    lines = [", ".join(f"{n} {state}" for state, n in counts.items()) + f" (of {len(rows)} shards)"]
+    lines += [f"  {r['shard']}  {r['state']:<13}" + (f" {r['task']} {r['slurm'] or 'UNKNOWN'}" if r["task"] else "")
+              for r in rows if r["state"] != "done"]
+    return lines
+
+
+@data.command("cancel")
+@click.argument("folder", type=click.Path(file_okay=False))
+def cancel(folder):
+    """Cancel the Slurm arrays this prepare submitted that still have tasks queued or running.
+    Finished shards stay; rerunning the prepare redoes the rest."""
+    from hpcorch.service import data_jobs
+
+    cancelled = data_jobs.cancel(folder)
+    click.echo(f"cancelled array {', '.join(cancelled)}" if cancelled
+               else f"{folder}: no array of this prepare is queued or running; nothing to cancel")
+
+
+@data.command("logs")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--task", "shard", type=click.IntRange(min=0), default=None,
+              help="The shard number whose array task's output to print (default: each failed shard's).")
+@click.option("--err/--out", "err_only", default=None, help="Only the error (or only the output) stream.")
+def logs(folder, shard, err_only):
+    """Print the Slurm output and error of the array task that ran a shard last."""
+    from hpcorch.service import data_jobs
+
+    if shard is None:
+        shards = [int(r.shard.rsplit("_", 1)[1]) for r in data_jobs.status(folder) if r.state == "failed"]
+        if not shards:
+            click.echo(f"{folder}: no failed shard; name one with --task N")
+            return
+    else:
+        shards = [shard]
+    for number in shards:
+        for kind, path in data_jobs.logs(folder, number).items():
+            if err_only is not None and (kind == "err") != err_only:
+                continue
+            click.echo(f"==> {path} <==")
+            click.echo(path.read_text(errors="replace") if path.exists() else "(no such file yet)")

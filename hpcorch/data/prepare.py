@@ -15,7 +15,9 @@ Layout of ``OUT``::
     OUT/dataset.json               written last (hpcorch.data.index)
     OUT/prepare/plan.json          inputs, their sizes, the tokenizer, options, groups
     OUT/prepare/tasks/             task list and completion markers (ArrayTasks)
-    OUT/prepare/logs/              an array's task logs
+    OUT/prepare/logs/              an array's task logs (A_i.out, A_i.err)
+    OUT/prepare/arrays.json        the ids of the arrays submitted (hpcorch.service.data)
+    OUT/prepare/submissions.json   which array ran which shards (hpcorch.service.data_jobs)
 
 Each document is its tokens followed by the tokenizer's end-of-text id.
 """

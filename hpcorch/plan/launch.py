@@ -60,3 +60,15 @@ def resolve_launch(job: JobSpec, profile: ClusterProfile, groups: list[NodeGroup
 def extra_directives(job: JobSpec, profile: ClusterProfile, part: Partition) -> list[str]:
     """Profile, then partition, then job: a later option of the same name replaces an earlier one."""
     return merge_options(profile.extra_directives, part.extra_directives, job.resources.extra_directives)
+
+
+def profile_launch(profile: ClusterProfile) -> LaunchPlan:
+    """The profile's own ``launch`` with no job over it: for an srun step that is no training
+    rank but must run where the ranks run (a data prepare array task: the same wrapper, srun
+    options, activation step and interpreter; no GPUs, so apptainer's ``gpu: auto`` adds none)."""
+    theirs = profile.launch
+    wrapper = theirs.wrapper or NoWrapper()
+    default = CONTAINER_PYTHON if wrapper.in_container or theirs.activate else sys.executable
+    return LaunchPlan(python=theirs.python or default, wrapper=wrapper.kind,
+                      prefix=wrapper.prefix(None) + theirs.activation(),
+                      srun_options=merge_options(wrapper.srun_options(), theirs.srun_options))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +71,7 @@ def prepare(inputs: list[str], out: str | os.PathLike, tokenizer: str = "gpt2", 
 def _submit(plan: prep.PreparePlan, result: PrepareResult, profile: str, max_parallel: int | None,
             dry_run: bool, check: bool, cpus: int, time_limit: str) -> PrepareResult:
     from hpcorch.cluster.slurm import Slurm
+    from hpcorch.service.data_jobs import record_submission
     from hpcorch.spec.profile import load_profile
     from hpcorch.submit.array import ArrayBatch, plan_arrays, submit_slurm
 
@@ -104,6 +104,7 @@ def _submit(plan: prep.PreparePlan, result: PrepareResult, profile: str, max_par
     result.arrays = submit_slurm(scripts)
     arrays = _arrays_file(plan)
     atomic_write(arrays, json.dumps(_submitted(plan) + result.arrays) + "\n")
+    record_submission(plan.out, batches, result.arrays)
     return result
 
 
@@ -130,21 +131,23 @@ def _refuse_while_queued(plan: prep.PreparePlan, slurm) -> None:
         active = [t for t, state in slurm.array_tasks(array).items() if state.split()[0] in _ACTIVE]
         if active:
             raise HpcorchError(f"{plan.out}: array {array} still has {len(active)} task(s) queued or running; "
-                               f"wait for it (hpcorch data show {plan.out}) or cancel it (scancel {array})")
+                               f"wait for it (hpcorch data status {plan.out}) "
+                               f"or cancel it (hpcorch data cancel {plan.out})")
 
 
 def render_prepare(plan: prep.PreparePlan, cluster, batch, cpus: int = 1, time_limit: str = "60") -> str:
     """The array script of ``batch`` (shards of ``plan``) on ``cluster``: the profile's account,
-    QOS, extra directives, modules, prepended folders and variables; one shard per task."""
+    QOS, extra directives, modules, prepended folders and variables; one shard per task, its
+    step started with the profile's launch wrapper and interpreter, as a training rank is."""
     from hpcorch import __version__
+    from hpcorch.plan.launch import profile_launch
     from hpcorch.render.sbatch import render_template
 
     partition = next((p.name for p in cluster.partitions if getattr(p, "default", False)), None)
-    python = cluster.launch.python or sys.executable
     return render_template("hpcorch/prepare.sh.j2", array=batch, profile=cluster, out=str(plan.out),
                            name=f"prepare-{plan.out.name}", partition=partition, cpus=int(cpus),
-                           time_limit=str(time_limit), log_dir=str(plan.log_dir), python=python,
-                           version=__version__)
+                           time_limit=str(time_limit), log_dir=str(plan.log_dir),
+                           launch=profile_launch(cluster), version=__version__)
 
 
 def show(folder: str | os.PathLike) -> dict:

@@ -1,6 +1,7 @@
 """``hpcorch data prepare -p devcluster``: one Slurm job array on the real dev cluster writes
 shards and dataset.json byte-identical to a local prepare; a cancelled task is rerun alone
-(the other shards untouched); a finished prepare submits nothing."""
+(the other shards untouched), and ``data status|logs|cancel`` see it so; a finished prepare
+submits nothing."""
 from __future__ import annotations
 
 import hashlib
@@ -70,6 +71,14 @@ def test_array_equals_local_and_reruns_only_the_cancelled_task(tmp_path, slurm, 
     assert not (out / "dataset.json").exists()
     shown = run_cli("data", "show", out, env=env)
     assert "3 of 4 shards done" in shown.stdout
+    # The prepare's own status and logs: the cancelled task failed (no marker), the others done.
+    status = run_cli("data", "status", out, "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    rows = {r["shard"]: r for r in json.loads(status.stdout)}
+    assert rows["shard_00003"]["state"] == "failed" and rows["shard_00003"]["task"] == f"{array}_3", rows
+    assert [rows[f"shard_0000{i}"]["state"] for i in range(3)] == ["done"] * 3, rows
+    logs = run_cli("data", "logs", out, "--task", "0", env=env)
+    assert logs.returncode == 0 and f"{array}_0.err <==" in logs.stdout, logs.stderr
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("shard_*")}
 
     # The rerun submits the cancelled task alone; the others' files stay as they were.
@@ -88,6 +97,8 @@ def test_array_equals_local_and_reruns_only_the_cancelled_task(tmp_path, slurm, 
     third = run_cli(*args[:-1], env=env)
     assert third.returncode == 0 and "nothing to do" in third.stdout, third.stdout + third.stderr
     assert sorted((out / "prepare" / "tasks" / "runs").iterdir()) == runs
+    idle = run_cli("data", "cancel", out, env=env)
+    assert idle.returncode == 0 and "nothing to cancel" in idle.stdout, idle.stdout + idle.stderr
 
 
 def test_four_task_array_equals_local(tmp_path, slurm, devcluster):
