@@ -57,6 +57,20 @@ def all_agree(ok: bool, device: torch.device) -> bool:
     return bool(flag.item())
 
 
+def first_to_fail(ok: bool, rank: int, device: torch.device, own: bool = True) -> int | None:
+    """None if every rank says ``ok``; else the lowest rank that failed on its own (``own``:
+    it has an error line of its own to say), or the world size when every failing rank only
+    saw another's failure. One MIN all-reduce; every rank must call it. Several ranks may fail
+    alike (a full disk under all of them): the lowest one says why, once, not once per rank."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return None if ok else (rank if own else 1)
+    world = dist.get_world_size()
+    flag = torch.tensor(2 * world if ok else (rank if own else world), dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    first = int(flag.item())
+    return None if first == 2 * world else first
+
+
 def node_first(make, local_rank: int, device: torch.device):
     """``make()`` on each node's first rank, then (after every node's first rank is through)
     on the others, which find what the first one left behind (a cache file) instead of

@@ -21,7 +21,7 @@ from hpcorch.train.checkpoint.hf import HFFolderError, init_state
 from hpcorch.train.checkpoint.store import CheckpointStore
 from hpcorch.train.data import DataSource
 from hpcorch.train.determinism import pin_threads
-from hpcorch.train.distributed import DistEnv, all_agree, gather_objects, node_first
+from hpcorch.train.distributed import DistEnv, first_to_fail, gather_objects, node_first
 from hpcorch.train.faults import SampleTrace, after_step, drop_grad
 from hpcorch.train.models import spec_of
 from hpcorch.train.optim import lr_at
@@ -89,7 +89,7 @@ class Trainer:
         store = CheckpointStore(self.run_dir.checkpoints, env.rank, self.world, keep=tr.checkpoint.keep,
                                 async_save=tr.checkpoint.async_save,
                                 commit_timeout_s=tr.collective_timeout_s, fence=self.run_dir.check_fence,
-                                agree=lambda ok: all_agree(ok, env.device),
+                                agree=lambda ok, own=True: first_to_fail(ok, env.rank, env.device, own),
                                 group=checkpoint_group(tr.collective_timeout_s))
         self.checkpointer = Checkpointer(store, job, env.rank, self.parallel.parts, self.parallel.optimizers,
                                          log=self.runlog.info, accepted_config=self.run_dir.accepted_config())

@@ -38,7 +38,7 @@ def test_full_disk_during_a_save_is_one_line_and_the_resume_is_exact(small_fs, t
     assert "Traceback" not in full.stdout + full.stderr
     pattern = (rf"error: checkpoint save to {run}/checkpoints/step_000000006 failed: no space left on device "
                rf"on {small_fs} \(tmpfs\): needs ~[\d.]+ kB, [\d.]+ kB free")
-    assert re.fullmatch(pattern, full.stderr.strip()), full.stderr
+    assert re.fullmatch(pattern, full.stderr.strip()), full.stdout + "\n---\n" + full.stderr
     assert not [p for p in small_fs.rglob("*") if p.name.endswith(".tmp")]
     assert not list((run / "checkpoints").glob("step_000000006/*"))  # nothing of the failed save stays
 

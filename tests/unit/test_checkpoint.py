@@ -101,7 +101,7 @@ def test_a_failed_save_cleans_up_says_why_and_keeps_the_previous(tmp_path, monke
 
     votes = []
     ck = CheckpointStore(tmp_path, rank=0, world_size=1, keep=2, async_save=async_save,
-                         agree=lambda ok: votes.append(ok) or ok)
+                         agree=lambda ok, own=True: votes.append(ok) or (None if ok else 0))
     _save(ck, 10)
     ck.wait()
     _disk_full_for(monkeypatch, "__0_0.distcp")
@@ -117,7 +117,7 @@ def test_a_failed_save_cleans_up_says_why_and_keeps_the_previous(tmp_path, monke
 def test_a_peers_failure_stops_this_rank_and_removes_its_part(tmp_path):
     from hpcorch.train.checkpoint.store import PeerSaveFailed
 
-    ck = CheckpointStore(tmp_path, rank=1, world_size=2, agree=lambda ok: False)
+    ck = CheckpointStore(tmp_path, rank=1, world_size=2, agree=lambda ok, own=True: 0)
     with pytest.raises(PeerSaveFailed, match="another rank could not write its part of step 20"):
         ck.save(20, None, {"rng": 1}, {})
     assert not list(step_dir(tmp_path, 20).iterdir())

@@ -214,9 +214,10 @@ class Checkpointer:
         except CheckpointError as exc:
             error = exc
         # agree() is a collective: every rank must reach it, whether its own save failed or not
-        peers_failed = self.store.async_save and self.store.agree is not None and not self.store.agree(error is None)
-        if peers_failed and error is None:
-            raise PeerSaveFailed(self.saved_step)
+        first = (self.store.agree(error is None) if self.store.async_save and self.store.agree is not None
+                 else None)
+        if first is not None and first != self.store.rank:  # a peer failed: its error line says why, once
+            raise PeerSaveFailed(self.saved_step) from error
         if error is not None:
             raise error
 

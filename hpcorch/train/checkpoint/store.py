@@ -107,12 +107,13 @@ class CheckpointStore:
 
     def __init__(self, root: Path, rank: int, world_size: int, keep: int = 2,
                  async_save: bool = False, commit_timeout_s: float = 600.0,
-                 fence: Callable[[], None] = lambda: None, agree: Callable[[bool], bool] | None = None,
+                 fence: Callable[[], None] = lambda: None, agree: Callable[..., int | None] | None = None,
                  group: Any = None):
         self.layout = CheckpointLayout(root)
         self.fence = fence  # raises if this process may no longer commit (the run dir's lease moved on)
-        # Every rank's word on a synchronous save (True if all say ok): a collective, so never
-        # called from the async thread; None: no agreement (one process, or async saves).
+        # Every rank's word on a synchronous save, ``agree(ok, own=True)``: None if all say ok,
+        # else the lowest rank that failed on its own (see train.distributed.first_to_fail); a
+        # collective, so never called from the async thread; None: no agreement (one process).
         self.agree = agree
         self.root, self.rank, self.world_size = self.layout.root, rank, world_size
         self.keep, self.async_save, self.commit_timeout_s = keep, async_save, commit_timeout_s
@@ -208,25 +209,31 @@ class CheckpointStore:
                 raise _own_failure(exc, self.rank) or _PeerFailed() from None
         except OSError as exc:
             self._discard(d)
-            self._agree(False)
+            first = self._agree(False)
             self._remove_if_empty(d)
+            if first is not None and first != self.rank:  # a lower rank failed too and says why (once)
+                raise PeerSaveFailed(step) from exc
             raise SaveFailed(describe_write_failure(f"checkpoint save to {d}", d, exc, needed)) from exc
         except _PeerFailed:
-            self._agree(False)
+            self._agree(False, own=False)
             self._discard(d)
             self._remove_if_empty(d)
             raise PeerSaveFailed(step) from None
         except BaseException:
-            self._agree(False)  # a bug or a busy run directory: its own error says so
+            self._agree(False, own=False)  # a bug or a busy run directory: its own error says so
             raise
-        if not self._agree(True):
+        if self._agree(True) is not None:
             if peer_failure_discards:
                 self._discard(d)
                 self._remove_if_empty(d)
             raise PeerSaveFailed(step)
 
-    def _agree(self, ok: bool) -> bool:
-        return self.agree(ok) if self.agree is not None and not self.async_save else ok
+    def _agree(self, ok: bool, own: bool = True) -> int | None:
+        """None if every rank says ``ok``, else the lowest rank that failed on its own (the
+        world size if none did)."""
+        if self.agree is not None and not self.async_save:
+            return self.agree(ok, own=own)
+        return None if ok else (self.rank if own else self.world_size)
 
     def _discard(self, d: Path) -> None:
         """Remove this rank's files of an uncommitted step (never of a committed one)."""
