@@ -93,6 +93,8 @@ class ProgramTask(TrainTask):
         if code == 0 and not marker:
             return write_summary(run, program.describe, time.time()) if dist.rank == 0 else {}
         if code != protocol.CHECKPOINTED and not marker and got is None:
+            if -code in HARD_SIGNALS:
+                die_of(-code)
             self._last_error = f"the program exited with code {code}" + (f": {last_lines[-1]}" if last_lines else "")
             raise RankFailed(code if code > 0 else 128 - code)
         return self._after_stop(job, run, budget, job_id, dist.rank, got)
@@ -143,6 +145,25 @@ class ProgramTask(TrainTask):
             log.warning("hpcorch: time left unknown (%s)", exc)
             return None
         return time.time() + left if left is not None else None
+
+
+# Deaths the kernel or the hardware deals (the OOM killer, a segfault; failure.HARD_DEATHS):
+# a program that dies of one takes its task with it by the same signal.
+HARD_SIGNALS = frozenset({signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL,
+                          signal.SIGFPE})
+
+
+def die_of(signum: int) -> None:
+    """End this task by ``signum``, as its program ended: srun then reports the task as it
+    reports a killed trainer rank ("tasks 2-3: Killed"), the hard evidence that convicts the
+    node (an exit code 137 would be a rank's own error, soft evidence: no quarantine)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    if signum != signal.SIGKILL:
+        signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    time.sleep(5)  # the signal is pending on this thread; never go on as if it had not come
+    os._exit(128 + signum)
 
 
 def write_summary(run: RunDir, what: str, now: float) -> dict:
