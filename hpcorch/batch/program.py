@@ -10,6 +10,9 @@ One task per rank (``launcher: direct``) starts the program once; one task per n
 * exit 3 (:data:`hpcorch.protocol.CHECKPOINTED`), or this attempt's requeue marker, or any end
   after our signal (a program that does not catch it was killed at a step boundary unknown):
   the cause is classified and the job requeued within that cause's budget, as the trainer's;
+* a program killed by the kernel or the hardware (SIGKILL, SIGSEGV, ...) takes its task with it
+  by the same signal, and one ended by Slurm's SIGTERM (a cancel, or srun ending the step after
+  another rank failed) by SIGTERM: srun reports them as it reports the trainer's ranks;
 * any other exit is a failure: the rank's exit record (with the program's last stderr line)
   and srun's lines go to :mod:`hpcorch.batch.recovery` (which node, crash loop, quarantine);
   a program that cannot start (not found, not executable, module not importable) is a clear
@@ -92,9 +95,19 @@ class ProgramTask(TrainTask):
         marker = Path(requeue_marker(str(run.root), attempt)).exists()
         if code == 0 and not marker:
             return write_summary(run, program.describe, time.time()) if dist.rank == 0 else {}
-        if code != protocol.CHECKPOINTED and not marker and got is None:
-            self._last_error = f"the program exited with code {code}" + (f": {last_lines[-1]}" if last_lines else "")
-            raise RankFailed(code if code > 0 else 128 - code)
+        if code != protocol.CHECKPOINTED and not marker:
+            if -code in HARD_SIGNALS:
+                die_of(-code)
+            if got is None:
+                said = f": {last_lines[-1]}" if last_lines else ""
+                self._last_error = f"the program exited with code {code}{said}"
+                raise RankFailed(code if code > 0 else 128 - code)
+            if got[0] != job.requeue.signum and self.scheduler == "slurm":
+                # Slurm ends the step (a cancel, or srun ending the others after a rank failed):
+                # the program's end is no checkpoint of the protocol's. Dying of the SIGTERM says so
+                # to recovery, where an exit 3 would claim the protocol acted (and the failed rank's
+                # node would go unjudged, the job unrequeued).
+                die_of(signal.SIGTERM)
         return self._after_stop(job, run, budget, job_id, dist.rank, got)
 
     def _after_stop(self, job, run: RunDir, budget: RestartBudget, job_id: str, rank: int,
@@ -143,6 +156,25 @@ class ProgramTask(TrainTask):
             log.warning("hpcorch: time left unknown (%s)", exc)
             return None
         return time.time() + left if left is not None else None
+
+
+# Deaths the kernel or the hardware deals (the OOM killer, a segfault; failure.HARD_DEATHS):
+# a program that dies of one takes its task with it by the same signal.
+HARD_SIGNALS = frozenset({signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL,
+                          signal.SIGFPE})
+
+
+def die_of(signum: int) -> None:
+    """End this task by ``signum``, as its program ended: srun then reports the task as it
+    reports a killed trainer rank ("tasks 2-3: Killed"), the hard evidence that convicts the
+    node (an exit code 137 would be a rank's own error, soft evidence: no quarantine)."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    if signum != signal.SIGKILL:
+        signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    time.sleep(5)  # the signal is pending on this thread; never go on as if it had not come
+    os._exit(128 + signum)
 
 
 def write_summary(run: RunDir, what: str, now: float) -> dict:

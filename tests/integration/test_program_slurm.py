@@ -1,13 +1,17 @@
 """``program:`` jobs on the real dev cluster: the user's own plain DDP script (torchrun's variables
 only, its own checkpoints) on 2 nodes x 2 processes with gloo; preempted, it is requeued and
 resumes from its own checkpoint to the same final weights as an uninterrupted run; a program that
-fails at start-up every time stops as a crash loop; one that cannot start is one line, no requeue."""
+fails at start-up every time stops as a crash loop; one that cannot start is one line, no requeue;
+a node's program ranks SIGKILLed: requeued without that node (quarantined) to the same weights;
+``launcher: torchrun`` (one torchrun per node) trains the same weights."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from test_submit import _finish, ctx  # noqa: F401 (fixture)
 from trainhelp import REPO
@@ -122,3 +126,55 @@ def _wait_ended(ctx, job_id, timeout_s=150):
         return state in ("FAILED", "COMPLETED", "CANCELLED") or None
 
     poll_until(ended, timeout_s, interval_s=0.5, what=f"job {job_id} ended")
+
+
+def _program_pids(job_id: str, node: str) -> list[int]:
+    """The program processes (``python ddp_plain.py``) of ``job_id`` on emulated ``node``."""
+    pids = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if (env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node
+                    and "ddp_plain.py" in " ".join(proc.cmdline())):
+                pids.append(proc.pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+def test_killed_program_requeues_without_its_node_and_resumes_exactly(ctx, tmp_path, uninterrupted):
+    """The plain script's two ranks on the job's last node SIGKILLed (an OOM kill): a node
+    failure, requeued within requeue.max_node_failures without that node, which is quarantined;
+    the requeued run resumes from the script's own checkpoint to the uninterrupted weights."""
+    from hpcorch.spec.units import expand_hostlist
+
+    run = tmp_path / "run"
+    ctx.cli("submit", JOB, "-p", "devcluster", "--run-dir", run, *_args("--step-sleep", "0.1"))
+    job = ctx.entry(run)
+    poll_until(lambda: (run / "checkpoints" / "latest.pt").exists() or None, 90, interval_s=0.2)
+    victim = expand_hostlist(ctx.slurm.job(job["job_id"])["NodeList"])[-1]
+    pids = _program_pids(job["job_id"], victim)
+    assert len(pids) == 2, pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    _finish(ctx, job["job_id"], timeout_s=150)
+    assert victim not in expand_hostlist(ctx.slurm.job(job["job_id"])["NodeList"])
+    assert _final(run) == uninterrupted
+    budget = json.loads((run / "restarts.json").read_text())
+    assert (budget["node_failure"], budget["preemption"]) == (1, 0), budget
+    failures = [json.loads(line) for line in (run / "failures.jsonl").read_text().splitlines()]
+    assert [(f["nodes"], f["evidence"]) for f in failures] == [([victim], "hard")], failures
+    listed = json.loads(ctx.cli("nodes", "list", "--json").stdout)
+    assert [q["node"] for q in listed] == [victim] and listed[0]["job_id"] == job["job_id"]
+
+
+def test_torchrun_launcher_trains_the_same_weights(ctx, tmp_path, uninterrupted):
+    """launcher: torchrun: one task per node runs torchrun, which starts the node's 2 ranks."""
+    run = tmp_path / "tr"
+    ctx.cli("submit", JOB, "-p", "devcluster", "--run-dir", run, *_args(), "--set", "program.launcher=torchrun")
+    job = ctx.entry(run)
+    _finish(ctx, job["job_id"], timeout_s=150)
+    assert _final(run) == uninterrupted
+    log = (run / "submitit" / job["job_id"] / f"{job['job_id']}_0_log.out").read_text()
+    assert "world 4, starting" in log, log[-2000:]
+    assert json.loads(ctx.cli("status", job["job_id"], "--json").stdout)["state"] == "COMPLETED"

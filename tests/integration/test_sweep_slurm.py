@@ -1,6 +1,7 @@
 """hpcorch sweep on the real dev cluster: one throttled array per resource shape, each point a
 whole job; resume submits only the points that did not complete; a requeue (USR2 to the task
-whose job id is the array's own id, a killed rank of another) restarts that task alone."""
+whose job id is the array's own id, a killed rank of another) restarts that task alone; --check
+asks Slurm (sbatch --test-only) and says yes or, in one line, why not."""
 import json
 import os
 import signal
@@ -8,8 +9,9 @@ import time
 
 import psutil
 import pytest
+import yaml
 from test_submit import ctx  # noqa: F401 (fixture)
-from trainhelp import TINY
+from trainhelp import REPO, TINY
 
 from hpcorch.util.poll import poll_until
 
@@ -152,3 +154,22 @@ def test_a_point_is_requeued_alone(sctx, tmp_path):
     assert node in ctx.slurm.job(f"{array}_{killed}").get("ExcNodeList", "")
     assert node not in ctx.slurm.job(f"{array}_{signalled}").get("ExcNodeList", "")
     assert node not in ctx.slurm.job(f"{array}_{left}").get("ExcNodeList", "")
+
+
+def test_check_answers_yes_or_one_line_why_not(ctx, tmp_path):
+    """A feasible sweep: Slurm's "to start at". One that a stale profile plans (it claims 6
+    nodes, the cluster has 4) but Slurm refuses: one line saying why, exit 2. Nothing submitted."""
+    args = ["--name", "chk", "--root", tmp_path / "chk", "--grid", "trainer.seed=1,2", "--check"]
+    ok = ctx.cli("sweep", "gpt-tiny", "-p", "devcluster", *args).stdout
+    assert ok.count("to start at") == 1, ok
+    stale = yaml.safe_load((REPO / "hpcorch/profiles/devcluster.yaml").read_text())
+    for partition in stale["partitions"]:
+        partition["node_groups"][1]["nodes"] = "node[3-6]"
+    profile = tmp_path / "stale.yaml"
+    profile.write_text(yaml.safe_dump(stale))
+    no = ctx.cli("sweep", "gpt-tiny", "-p", profile, *args, "--set", "resources.nodes=5",
+                 "--set", "trainer.global_batch=80", expect=2).stderr.strip().splitlines()
+    assert len(no) == 1 and no[0].startswith("error: sbatch --test-only rejected the script: "), no
+    assert "Requested node configuration is not available" in no[0], no
+    assert not (tmp_path / "chk").exists()
+    assert ctx.slurm.run("squeue", "-h", "-o", "%j").split().count("chk") == 0

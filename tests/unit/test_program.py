@@ -152,6 +152,17 @@ def test_run_program_passes_the_stop_signal_and_keeps_stderr(tmp_path):
     assert run_program  # imported at module level too: no torch, no submitit needed
 
 
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSEGV])
+def test_a_task_dies_of_its_programs_hard_death(signum):
+    """srun must report the task as "Killed" (hard evidence: the node is quarantined), not as
+    an exit code 137 (a rank's own error)."""
+    from hpcorch.batch.program import HARD_SIGNALS
+
+    code = f"from hpcorch.batch.program import die_of; die_of({int(signum)})"
+    assert signum in HARD_SIGNALS and signal.SIGTERM not in HARD_SIGNALS
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == -signum
+
+
 def test_local_train_of_a_program_stops_and_resumes_to_the_same_weights(tmp_path):
     """The shipped runtime example under ``hpcorch train --nproc 2``: stopped by SIGUSR2 (exit 3),
     run again, it ends with the uninterrupted run's weights."""

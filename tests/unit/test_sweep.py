@@ -98,6 +98,26 @@ def test_cli_dry_run_prints_scripts_and_table(tmp_path):
     assert run_cli("sweep", "status", "nope").stderr.startswith("error: no sweep named 'nope'")
 
 
+def test_check_asks_sbatch_test_only_per_array_and_a_refusal_is_one_line(tmp_path, fake_slurm):
+    """--check against the fake's sbatch: each array's script without its hold, Slurm's answer
+    printed; a refusal is one line, exit 2; nothing is written or submitted either way."""
+    env = {**fake_slurm.env, "HPCORCH_HOME": str(tmp_path / "home")}
+    args = ["sweep", "gpt-tiny", "-p", "devcluster", "--root", tmp_path / "s", "--name", "s", "--grid",
+            f"{SEED}=1,2", "--grid", "resources.nodes=1,2", "--set", "trainer.global_batch=64", "--check"]
+    ok = run_cli(*args, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.count("to start at") == 2, ok.stdout  # two shapes: two arrays, two answers
+    calls = fake_slurm.calls("sbatch")
+    assert len(calls) == 2 and all("--test-only" in c for c in calls)
+    fake_slurm.answer("sbatch --test-only*", stderr="sbatch: error: Batch job submission failed: Requested node "
+                                                    "configuration is not available\n", code=1)
+    no = run_cli(*args, env=env)
+    assert no.returncode == 2 and "Traceback" not in no.stderr
+    assert no.stderr.strip() == "error: sbatch --test-only rejected the script: sbatch: error: Batch job submission " \
+                                "failed: Requested node configuration is not available", no.stderr
+    assert not (tmp_path / "s").exists() and not (tmp_path / "home" / "registry.sqlite").exists()
+
+
 def _fake_sweep(root):
     """A sweep folder as a submission leaves it, with two points that trained a few steps."""
     import json
