@@ -81,6 +81,16 @@ def losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
+def traced_samples(trace_dir: Path) -> dict[int, list[int]]:
+    """Step -> the sorted sample ids every rank traced for it (``HPCORCH_TRACE_SAMPLES`` files)."""
+    per_step: dict[int, list[int]] = {}
+    for path in trace_dir.glob("rank*.jsonl"):
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            per_step.setdefault(rec["step"], []).extend(rec["samples"])
+    return {s: sorted(ids) for s, ids in per_step.items()}
+
+
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 

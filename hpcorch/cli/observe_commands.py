@@ -51,18 +51,12 @@ def plot(ref, png_file, as_json, width, height):
     from hpcorch.service import sweepops as sweep
 
     if sweep.is_sweep(ref):  # a sweep: its points' curves on one plot, labelled by what differs
-        found = sweep.sweep_curves(ref)
-        if as_json:
-            click.echo(json.dumps(found.as_dict(), indent=2))
-        elif png_file:
-            click.echo(f"wrote {manifests.overlay_png(found, png_file)}")
-        else:
-            click.echo(manifests.overlay_terminal(found, width, height, color=sys.stdout.isatty()))
-        return
-    found = manifests.curves(ref)
+        found, png, terminal = sweep.sweep_curves(ref), manifests.overlay_png, manifests.overlay_terminal
+    else:
+        found, png, terminal = manifests.curves(ref), manifests.png, manifests.terminal
     if as_json:
         click.echo(json.dumps(found.as_dict(), indent=2))
     elif png_file:
-        click.echo(f"wrote {manifests.png(found, png_file)}")
+        click.echo(f"wrote {png(found, png_file)}")
     else:
-        click.echo(manifests.terminal(found, width, height, color=sys.stdout.isatty()))
+        click.echo(terminal(found, width, height, color=sys.stdout.isatty()))

@@ -22,14 +22,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hpcorch.util.fileio import fsync_dir
+from hpcorch.util.fileio import fsync_dir, private_name
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -55,10 +54,6 @@ def _code_of(dtype: np.dtype) -> int:
     return next(code for code, t in DTYPE_CODES.items() if np.dtype(t) == np.dtype(dtype))
 
 
-def _private(path: Path) -> Path:
-    return path.with_name(f"{path.name}.{socket.gethostname().split('.')[0]}.{os.getpid()}.tmp")
-
-
 @dataclass(frozen=True)
 class ShardInfo:
     """What a finished shard holds; ``sha256`` is of the ``.bin`` bytes."""
@@ -80,7 +75,7 @@ class ShardWriter:
         self.dtype = np.dtype(TOKEN_DTYPES[dtype])
         self._lengths: list[int] = []
         self._hash = hashlib.sha256()
-        self._bin_tmp = _private(self.prefix.with_suffix(".bin"))
+        self._bin_tmp = private_name(self.prefix.with_suffix(".bin"))
         self._file = open(self._bin_tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
         self.info: ShardInfo | None = None
 
@@ -98,7 +93,7 @@ class ShardWriter:
         """Make the shard durable and visible: ``.bin`` first, ``.idx`` last. A failure on the way
         (a full disk) removes what it wrote, so no part of the pair stays to fill the disk."""
         idx = self.prefix.with_suffix(".idx")
-        idx_tmp = _private(idx)
+        idx_tmp = private_name(idx)
         try:
             self._file.flush()
             os.fsync(self._file.fileno())

@@ -132,17 +132,23 @@ def _panels(c: Curves) -> list[tuple[str, list[tuple[str, list, list]]]]:
              [("goodput", c.goodput_steps, [g * 100 for g in c.goodput])])]
 
 
-def terminal(c: Curves, width: int | None = None, height: int | None = None, color: bool = True) -> str:
-    """The four panels as terminal text (plotext), under :func:`headline`; restarts are dashed
-    vertical lines labelled R1, R2, ..."""
+def _plotext(width: int | None, height: int | None, max_height: int):
+    """plotext, cleared, and the figure's size: the one asked for, else the terminal's (capped)."""
     try:
         import plotext as plt
     except ImportError:
         raise HpcorchError("plotting in the terminal needs plotext: pip install plotext") from None
     size = shutil.get_terminal_size((120, 40))
-    width, height = width or min(size.columns, 160), height or max(24, min(size.lines - 2, 50))
+    width, height = width or min(size.columns, 160), height or max(24, min(size.lines - 2, max_height))
     plt.clear_figure()
     plt.limitsize(False, False)  # the size asked for, also when stdout is a pipe (plotext measures 80x24)
+    return plt, width, height
+
+
+def terminal(c: Curves, width: int | None = None, height: int | None = None, color: bool = True) -> str:
+    """The four panels as terminal text (plotext), under :func:`headline`; restarts are dashed
+    vertical lines labelled R1, R2, ..."""
+    plt, width, height = _plotext(width, height, max_height=50)
     plt.subplots(2, 2)
     plt.plotsize(width, height)
     for i, (title, series) in enumerate(_panels(c)):
@@ -250,14 +256,7 @@ _OVERLAY_PANELS = (("loss", "steps", "loss"), ("val loss", "val_steps", "val_los
 
 def overlay_terminal(o: Overlay, width: int | None = None, height: int | None = None, color: bool = True) -> str:
     """Loss, validation loss and tokens/s of every run, one line per run, in the terminal."""
-    try:
-        import plotext as plt
-    except ImportError:
-        raise HpcorchError("plotting in the terminal needs plotext: pip install plotext") from None
-    size = shutil.get_terminal_size((120, 40))
-    width, height = width or min(size.columns, 160), height or max(24, min(size.lines - 2, 60))
-    plt.clear_figure()
-    plt.limitsize(False, False)
+    plt, width, height = _plotext(width, height, max_height=60)
     plt.subplots(len(_OVERLAY_PANELS), 1)
     plt.plotsize(width, height)
     for i, (title, xs, ys) in enumerate(_OVERLAY_PANELS, 1):

@@ -26,6 +26,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def private_name(path: Path) -> Path:
+    """``path``'s temporary name for this writer, ``NAME.HOST.PID.THREAD.tmp``: two processes
+    (or a save thread), on this node or another one sharing the file system, never share one,
+    and :func:`writer_of` can tell whether its writer still lives."""
+    return path.with_name(f"{path.name}.{_HOST}.{os.getpid()}.{threading.get_ident() % 10**6}.tmp")
+
+
+def writer_of(tmp: Path) -> tuple[str, int] | None:
+    """(host, pid) of the writer of a :func:`private_name` temporary file; None for other names."""
+    parts = tmp.name.split(".")
+    if len(parts) >= 5 and parts[-3].isdigit():
+        return parts[-4], int(parts[-3])
+    return None
+
+
 def atomic_write(path: Path, data: bytes | str, durable: bool = True,
                  fault: Callable[[IO[bytes], bytes], None] | None = None) -> None:
     """Write ``data`` to ``path`` so that a crash at any moment leaves the old file or the new
@@ -37,9 +52,7 @@ def atomic_write(path: Path, data: bytes | str, durable: bool = True,
     """
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
-    # A name of this writer's own: two processes (or a save thread), on this node or another
-    # one sharing the file system, never share a temp file.
-    tmp = path.with_name(f"{path.name}.{_HOST}.{os.getpid()}.{threading.get_ident() % 10**6}.tmp")
+    tmp = private_name(path)
     try:
         with open(tmp, "wb") as f:
             if fault is not None:

@@ -5,7 +5,7 @@ import signal
 
 import pytest
 from datahelp import documents, write_dataset
-from trainhelp import losses, summary, train, train_and_signal
+from trainhelp import losses, summary, traced_samples, train, train_and_signal
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -59,15 +59,6 @@ def _expected(job_path, steps):
     return {s: sorted(order.sample_id(p) for p in range((s - 1) * 12, s * 12)) for s in steps}
 
 
-def _traced(trace_dir):
-    per_step = {}
-    for path in trace_dir.glob("rank*.jsonl"):
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            per_step.setdefault(rec["step"], []).extend(rec["samples"])
-    return {s: sorted(ids) for s, ids in per_step.items()}
-
-
 @pytest.mark.parametrize("after", [3, 1])
 def test_resume_on_another_world_size_sees_every_mixed_sample_once(mixed_job, tmp_path, after):
     trace, run = tmp_path / "trace", tmp_path / "run"
@@ -78,7 +69,7 @@ def test_resume_on_another_world_size_sees_every_mixed_sample_once(mixed_job, tm
                    flags=("--allow-config-change",))  # a longer schedule
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resumed at step 12" in second.stdout
-    got = _traced(trace)
+    got = traced_samples(trace)
     assert sorted(got) == list(range(1, 25))  # every step trained exactly once
     assert got == _expected(mixed_job, range(1, 25))  # the same global sample sequence
     assert summary(run)["world_size"] == after

@@ -3,7 +3,7 @@ import json
 import signal
 
 import pytest
-from trainhelp import losses, summary, train, train_and_signal
+from trainhelp import losses, summary, traced_samples, train, train_and_signal
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -53,15 +53,6 @@ def _expected_samples(steps, global_batch=8):
             for s in steps}
 
 
-def _traced(trace_dir):
-    per_step = {}
-    for path in trace_dir.glob("rank*.jsonl"):
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            per_step.setdefault(rec["step"], []).extend(rec["samples"])
-    return {s: sorted(ids) for s, ids in per_step.items()}
-
-
 @pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
 def test_resume_on_other_world_size_sees_every_sample_once(tmp_path, before, after):
     trace = tmp_path / "trace"
@@ -72,7 +63,7 @@ def test_resume_on_other_world_size_sees_every_sample_once(tmp_path, before, aft
     second = train(run, after, "trainer.steps=24", env=env, flags=("--allow-config-change",))  # a longer schedule
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resumed at step 12" in second.stdout
-    got = _traced(trace)
+    got = traced_samples(trace)
     assert sorted(got) == list(range(1, 25))  # every step trained exactly once
     assert got == _expected_samples(range(1, 25))  # the same global sample sequence
     assert summary(run)["world_size"] == after

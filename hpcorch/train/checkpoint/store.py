@@ -47,7 +47,7 @@ from hpcorch.state.rundir import COMMIT_MARKER, CheckpointLayout
 from hpcorch.train.checkpoint import dcpio, rawio
 from hpcorch.train.faults import crash_in_commit, crash_in_prune, crash_in_save
 from hpcorch.util.diskspace import describe_write_failure
-from hpcorch.util.fileio import atomic_write, fsync_dir
+from hpcorch.util.fileio import atomic_write, fsync_dir, writer_of
 from hpcorch.util.poll import PollTimeout, poll_until
 
 SHARED_FILE = "shared.pt"  # the format before DCP: rank 0's full model and optimizer state
@@ -406,8 +406,8 @@ def remove_dead_temporaries(folder: Path) -> None:
     writing there (the caller knows why)."""
     host = socket.gethostname().split(".")[0]
     for path in folder.glob("*.tmp"):
-        parts = path.name.split(".")
-        if len(parts) >= 5 and parts[-4] == host and parts[-3].isdigit() and _alive(int(parts[-3])):
+        writer = writer_of(path)
+        if writer is not None and writer[0] == host and _alive(writer[1]):
             continue
         with contextlib.suppress(OSError):
             path.unlink()
