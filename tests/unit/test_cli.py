@@ -110,6 +110,20 @@ def test_dry_run_imports_neither_torch_nor_submitit():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_dry_run_skips_what_it_does_not_use():
+    """A cold dry run (whose start is a cost users pay on every try) loads neither the other
+    command modules nor the pre-flight's argparse nor socket; the lazy commands still resolve."""
+    code = ("import sys\nfrom hpcorch.cli.main import main\n"
+            "try:\n    main(['submit', 'jobs/gpt-tiny.yaml', '-p', 'devcluster', '--dry-run'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('argparse', 'socket', 'hpcorch.cli.sweep_commands', "
+            "'hpcorch.cli.data_commands', 'hpcorch.cli.remote_commands') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=str(__import__("conftest").REPO))
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
+    assert "hpcorch sweep" in run_cli("sweep", "--help").stdout
+
+
 def test_status_and_ls_import_neither_torch_nor_submitit(tmp_path):
     """Observing a run reads its run directory and asks the scheduler: no torch, no submitit."""
     code = ("import sys\nfrom hpcorch.state.registry import Registry\nfrom hpcorch.cli.main import main\n"
