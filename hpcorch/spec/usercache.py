@@ -15,6 +15,7 @@ Everything here is a shortcut that can only be taken when it gives what the slow
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import marshal
 import os
@@ -73,6 +74,7 @@ def _store(entry: Path, key: str, value: Any) -> None:
             pass
 
 
+@functools.cache
 def _parser_version() -> str:
     """What a parsed entry depends on besides its text: the loader's own source (its rules: tags,
     duplicate keys, YAML 1.1's traps), the installed PyYAML (found without importing it; an
