@@ -9,6 +9,13 @@ class HpcorchError(Exception):
 
 
 _CUT = "... (cut)"
+MAX_SHOWN = 60
+
+
+def shown(value, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for echoing user input in one line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class ConfigError(HpcorchError):

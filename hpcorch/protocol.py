@@ -70,6 +70,8 @@ class Action(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Decision:
+    """What to do about a stop, and why."""
+
     action: Action
     reason: str
 

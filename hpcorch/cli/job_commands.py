@@ -68,11 +68,10 @@ def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run
     over SSH and operated from here like any other.
     """
     from hpcorch import service
-    from hpcorch.service.lifecycle import goes_remote
 
     plan = service.plan(job, profile_name, overrides, None if remote else run_dir, nccl_debug=nccl_debug, force=force)
     _warn(plan)
-    if not dry_run and goes_remote(plan, remote):
+    if not dry_run and _goes_remote(plan, remote):
         done = service.submit_remote(plan, code_dir, run_dir, template_dir, allow_config_change, nccl_debug,
                                      accept_new, check=check, force=force)
         if check:
@@ -92,6 +91,14 @@ def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run
         return
     _report(service.submit(plan, script, allow_config_change=allow_config_change, template_dir=template_dir),
             wait, as_json)
+
+
+def _goes_remote(plan, remote: bool | None) -> bool:
+    """:func:`hpcorch.service.lifecycle.goes_remote`, imported only when asked: a dry run never
+    goes over SSH, and lifecycle brings the stop protocol with it."""
+    from hpcorch.service.lifecycle import goes_remote
+
+    return goes_remote(plan, remote)
 
 
 def _warn(plan) -> None:

@@ -5,23 +5,30 @@ Imports stay lazy: listing, validating and dry runs must never import torch or s
 """
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from hpcorch import __version__
 from hpcorch.cli import job_commands
-from hpcorch.cli.catalog_commands import jobs
 from hpcorch.cli.completion import script
-from hpcorch.cli.data_commands import data
-from hpcorch.cli.devcluster_commands import devcluster
-from hpcorch.cli.health_commands import health
-from hpcorch.cli.node_commands import nodes
-from hpcorch.cli.observe_commands import manifest, plot
-from hpcorch.cli.profile_commands import profile
-from hpcorch.cli.remote_commands import remote
-from hpcorch.cli.sweep_commands import sweep
 from hpcorch.errors import HpcorchError
+
+# Commands whose module is imported only when the command is looked up (run, listed in --help,
+# completed): a cold `submit --dry-run` does not pay for the other command modules.
+LAZY_COMMANDS = {
+    "sweep": "hpcorch.cli.sweep_commands:sweep",
+    "jobs": "hpcorch.cli.catalog_commands:jobs",
+    "data": "hpcorch.cli.data_commands:data",
+    "profile": "hpcorch.cli.profile_commands:profile",
+    "nodes": "hpcorch.cli.node_commands:nodes",
+    "devcluster": "hpcorch.cli.devcluster_commands:devcluster",
+    "health": "hpcorch.cli.health_commands:health",
+    "remote": "hpcorch.cli.remote_commands:remote",
+    "manifest": "hpcorch.cli.observe_commands:manifest",
+    "plot": "hpcorch.cli.observe_commands:plot",
+}
 
 
 class HpcorchGroup(click.Group):
@@ -32,8 +39,21 @@ class HpcorchGroup(click.Group):
              "resume", "pull", "export", "remote", "health", "nodes", "profile", "jobs", "devcluster", "completion")
 
     def list_commands(self, ctx):
-        names = super().list_commands(ctx)
-        return sorted(names, key=lambda n: self.ORDER.index(n) if n in self.ORDER else len(self.ORDER))
+        names = set(super().list_commands(ctx)) | set(LAZY_COMMANDS)
+        return sorted(names, key=lambda n: (self.ORDER.index(n) if n in self.ORDER else len(self.ORDER), n))
+
+    def get_command(self, ctx, cmd_name):
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            module, attr = LAZY_COMMANDS[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in LAZY_COMMANDS:
+            # An unknown name: click suggests close matches among the loaded commands, so load all.
+            for name in LAZY_COMMANDS:
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx, formatter):
         # click cuts each one-liner at ~45 characters; wrapping keeps the whole sentence.
@@ -85,7 +105,7 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-for command in (*job_commands.COMMANDS, sweep, jobs, data, profile, nodes, devcluster, health, remote, manifest, plot):
+for command in job_commands.COMMANDS:
     main.add_command(command)
 
 

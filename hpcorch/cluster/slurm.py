@@ -11,14 +11,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hpcorch.errors import HpcorchError
 
 # At module level on purpose: time_left runs in submitit's checkpoint signal handler (see
 # hpcorch.batch.task), where an import could meet half-imported modules.
 from hpcorch.spec.units import expand_hostlist, parse_time
+
+if TYPE_CHECKING:
+    import subprocess
 
 # States after which a job runs no more (unless requeued by hand). ENDED: the controller no
 # longer holds the job and accounting cannot say how it ended (it is not pending or running:
@@ -46,6 +49,10 @@ class Slurm:
     def _call(self, args: list[str], input: str | None = None) -> subprocess.CompletedProcess:
         """The one subprocess call: ``env`` over this process's environment, ``timeout_s``,
         no terminal input (a command that would prompt gets end of file, not a hang)."""
+        # Imported here, not at module level: a plan or dry run imports this module but asks Slurm
+        # nothing. In the signal handler (time_left) submitit has long imported subprocess.
+        import subprocess
+
         env = {**os.environ, **(self.env or {})}
         stdin = None if input is not None else subprocess.DEVNULL
         try:

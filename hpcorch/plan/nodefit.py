@@ -68,6 +68,8 @@ def check_constraint(constraint: str | None, profile: ClusterProfile, part: Part
 # data so that another per-node check (GPU types, for one) is one more entry or one more filter.
 @dataclass(frozen=True)
 class _Need:
+    """One per-node amount the job asks for, and how to read it off a node type."""
+
     key: str
     asked: int | None
     phrase: str  # how the job asks: "2 tasks x 4 CPUs = 8 CPUs per node"

@@ -32,7 +32,6 @@ Shipped templates are reachable as ``hpcorch/NAME``; a user's ``sbatch.sh.j2`` t
 from __future__ import annotations
 
 import functools
-import os
 import re
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from hpcorch.render.shell import (
     step_command,
     step_options,
 )
+from hpcorch.spec import usercache
 from hpcorch.spec.catalog import TEMPLATES_DIR
 
 DEFAULT_TEMPLATE = "sbatch.sh.j2"
@@ -180,14 +180,9 @@ def _bytecode_cache():
             except OSError:
                 pass
 
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     version = hashlib.sha1(f"{__version__} {jinja2.__version__} {_ENV_OPTIONS}".encode()).hexdigest()[:12]
-    folder = Path(base) / "hpcorch" / f"templates-{version}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError:
-        return None
-    return Cache(str(folder))
+    folder = usercache.folder(f"templates-{version}")
+    return None if folder is None else Cache(str(folder))
 
 
 def render_sbatch(plan: Plan, template_dir: str | Path | None = None,

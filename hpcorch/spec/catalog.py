@@ -8,7 +8,6 @@ then the shipped jobs. ``HPCORCH_PROFILE`` names the default profile.
 """
 from __future__ import annotations
 
-import difflib
 import importlib.resources
 import os
 from pathlib import Path
@@ -57,6 +56,8 @@ def names(kind: str) -> dict[str, Path]:
 def unknown(kind: str, name: str) -> str:
     """The message for a name that resolves nowhere: a suggestion, and what exists."""
     known = list(names(kind))
+    import difflib  # only for a name that resolves nowhere
+
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"no such {kind[:-1]} {name!r}; {hint}known: {', '.join(known) or 'none'}"

@@ -19,6 +19,8 @@ _TOKEN = re.compile(r"(?:(?P<name>[A-Za-z0-9_.:\-]+)|(?P<op>[&,|])|(?P<open>[\[(
 
 @dataclass(frozen=True)
 class Feature:
+    """A node feature named in a constraint, with ``*N`` as its count."""
+
     name: str
     count: int | None = None
 

@@ -141,6 +141,8 @@ def _memory_mb(value: str | int, whole_node: bool = False) -> int:
 
 @dataclass
 class OptimizerSpec:
+    """``trainer.optimizer``: the optimizer, its learning-rate schedule and gradient clipping."""
+
     name: Literal["adamw", "adafactor"] = "adamw"
     lr: float = 3e-4
     min_lr: float = 3e-5
@@ -158,6 +160,8 @@ class OptimizerSpec:
 
 @dataclass
 class CheckpointSpec:
+    """``trainer.checkpoint``: where, how often and how many checkpoints are kept."""
+
     dir: str | None = None  # default: <run dir>/checkpoints
     interval: int = 100     # steps between checkpoints
     keep: int = 2
@@ -171,6 +175,8 @@ class CheckpointSpec:
 
 @dataclass
 class TrainerSpec:
+    """``trainer:``: model, data, optimizer, checkpoints and the batch arithmetic."""
+
     # A choice tagged on ``kind`` (hpcorch.spec.model.MODEL_CONFIGS); no kind: the default's.
     model: ModelConfig = field(default_factory=default_model, metadata={KIND_DEFAULT: True})
     data: DataSpec = field(default_factory=DataSpec)
@@ -221,6 +227,8 @@ class TrainerSpec:
 
 @dataclass
 class RequeuePolicy:
+    """``requeue:``: when an interrupted job is requeued, and when it gives up."""
+
     enabled: bool = True
     max_preemptions: int = 20
     max_timeouts: int = 5
@@ -244,6 +252,8 @@ class RequeuePolicy:
 
 @dataclass
 class JobSpec:
+    """A job file: what to train, on which resources, and how it is launched and placed."""
+
     name: str
     resources: Resources = field(default_factory=Resources)
     trainer: TrainerSpec = field(default_factory=TrainerSpec)

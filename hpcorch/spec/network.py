@@ -69,12 +69,16 @@ class NamedNodes:
 
 @dataclass
 class LeafSwitch(NamedNodes):
+    """A leaf switch of ``switches:`` and the nodes cabled to it."""
+
     kind: ClassVar[str] = "switch"
     if_empty: ClassVar[str] = "expected the leaf's nodes as a hostlist; Slurm refuses a leaf switch without nodes"
 
 
 @dataclass
 class SpineSwitch:
+    """A switch above the leaves: the child switches it connects."""
+
     name: str
     switches: list[str]
 
@@ -169,6 +173,8 @@ class SwitchTree:
 
 @dataclass
 class Block(NamedNodes):
+    """A block of ``blocks:`` (Slurm's topology/block) and its nodes."""
+
     kind: ClassVar[str] = "block"
     if_empty: ClassVar[str] = "expected the block's nodes as a hostlist"
 
@@ -225,6 +231,8 @@ VERBS_FABRICS = ("infiniband", "roce", "omnipath")
 
 @dataclass
 class Network:
+    """The profile's ``network:``: the fabric, its InfiniBand ports and the switch or block topology."""
+
     # Default: infiniband when an `infiniband` section is given, else ethernet.
     fabric: Literal["infiniband", "roce", "slingshot", "efa", "omnipath", "ethernet"] | None = None
     infiniband: InfiniBand | None = None

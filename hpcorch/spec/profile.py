@@ -43,6 +43,8 @@ MAX_MEMORY_MB = 2**40
 
 @dataclass
 class GPUs:
+    """A node type's GPUs: how many, which model, GRES type, vendor, MIG slicing and memory."""
+
     count: int = 0
     model: str | None = None
     # The Slurm GRES type (Gres=gpu:TYPE:N): what `--gpus-per-node=TYPE:N` names. None: untyped.
@@ -232,6 +234,8 @@ _RUN_ROOT_RE = re.compile(r"(~|\$\{?[A-Za-z_][A-Za-z0-9_]*\}?|[A-Za-z0-9_./+@:,=
 
 @dataclass
 class Defaults:
+    """The profile's ``defaults:``: account, QoS, constraint and run root of jobs that name none."""
+
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
@@ -261,6 +265,8 @@ def check_constraint(key: str, value: str | None) -> None:
 
 @dataclass
 class ClusterProfile:
+    """A cluster profile: its scheduler, node types, partitions, network, environment and policies."""
+
     name: str
     scheduler: Literal["slurm", "local"]
     node_types: dict[str, NodeType]

@@ -1,8 +1,8 @@
 """The one YAML reader and writer for profiles, jobs, ``--set`` values and resolved job files.
 
 Inputs come from users and from files edited by hand, so reading is bounded and strict:
-UTF-8 only, at most :data:`MAX_BYTES`, :data:`MAX_DEPTH` levels of nesting and
-:data:`MAX_NODES` values once aliases are expanded (an alias bomb fails in milliseconds instead
+UTF-8 only, at most :data:`MAX_BYTES`, :data:`~hpcorch.spec.yamlparse.MAX_DEPTH` levels of nesting and
+:data:`~hpcorch.spec.yamlparse.MAX_NODES` values once aliases are expanded (an alias bomb fails in milliseconds instead
 of filling memory), no duplicate keys (YAML would silently keep the last), only the plain tags
 (str, int, float, bool, null, map, seq), and every failure inside PyYAML (including the
 ``ValueError`` of an impossible date or a 5,000-digit integer) becomes a :class:`ConfigError`
@@ -13,150 +13,14 @@ written: a name ``"3e-4"`` stays a string, ``2:00:00`` stays a string.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-from yaml.nodes import ScalarNode
+from hpcorch.errors import ConfigError, shown
 
-from hpcorch.errors import ConfigError
+__all__ = ["MAX_BYTES", "dump_yaml", "parse_override", "parse_yaml", "read_yaml", "shown"]
 
 MAX_BYTES = 1 << 20
-MAX_DEPTH = 64
-MAX_NODES = 100_000
-MAX_SHOWN = 60
-
-_TAG = "tag:yaml.org,2002:"
-_INT, _FLOAT = _TAG + "int", _TAG + "float"
-_PLAIN_TAGS = {_TAG + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
-
-
-def shown(value: Any, limit: int = MAX_SHOWN) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for echoing user input in one line."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-class _Refused(yaml.MarkedYAMLError):
-    """A document this reader will not build; carries the node's position like PyYAML's own."""
-
-    def __init__(self, node_or_event, problem: str):
-        super().__init__(problem=problem, problem_mark=node_or_event.start_mark)
-
-
-class _Resolver(yaml.resolver.Resolver):
-    """YAML 1.1's implicit types without its traps for this domain: an unquoted ``2:00:00``
-    stays the string Slurm means (YAML 1.1 reads the base-60 integer 7200, which would become
-    7200 minutes), ``3e-4`` is a float (YAML 1.1 wants ``3.0e-4``) and ``2024-02-30`` is a
-    string (no field here is a date)."""
-
-
-_INT_RE = re.compile(r"^[-+]?(?:0|[1-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$")
-_FLOAT_RE = re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?"
-                       r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
-_Resolver.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT, _TAG + "timestamp")]
-    for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()
-}
-_Resolver.add_implicit_resolver(_INT, _INT_RE, list("-+0123456789"))
-_Resolver.add_implicit_resolver(_FLOAT, _FLOAT_RE, list("-+0123456789."))
-
-
-# Which node each plain tag stands on (every other plain tag is a scalar's).
-_TAG_KINDS = {_TAG + "map": yaml.MappingNode, _TAG + "seq": yaml.SequenceNode}
-_KIND_NAMES = {yaml.MappingNode: "mapping", yaml.SequenceNode: "list", ScalarNode: "scalar"}
-
-
-class _Constructor(yaml.constructor.SafeConstructor):
-    """Builds only plain values, refuses duplicate keys, and turns PyYAML's own ``ValueError``
-    (an impossible date, ``0x_``) or ``KeyError`` (``!!bool maybe``) into a marked error."""
-
-    def construct_object(self, node, deep=False):
-        if node.tag not in _PLAIN_TAGS:
-            raise _Refused(node, f"unsupported tag {node.tag.replace(_TAG, '!!')}; "
-                                 "expected plain strings, numbers, booleans, lists and mappings")
-        kind = _TAG_KINDS.get(node.tag, ScalarNode)
-        if not isinstance(node, kind):
-            # `!!map [1, 2]`: PyYAML would unpack the wrong node later, outside this guard.
-            raise _Refused(node, f"tag {node.tag.replace(_TAG, '!!')} expects a {_KIND_NAMES[kind]}, but the "
-                                 f"value is a {_KIND_NAMES[type(node)]}; drop the tag")
-        try:
-            return super().construct_object(node, deep)
-        except yaml.YAMLError:
-            raise
-        except (ValueError, KeyError, TypeError, OverflowError, ArithmeticError) as exc:
-            value = node.value if isinstance(node, ScalarNode) else node.tag
-            raise _Refused(node, f"cannot read {shown(value)} as {node.tag.replace(_TAG, '')}"
-                                 f" ({type(exc).__name__})") from None
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            if key_node.tag == _TAG + "merge":
-                continue  # `<<: *defaults` may repeat keys on purpose: the mapping's own win
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                first = seen.setdefault(key, key_node)
-            except TypeError:
-                raise _Refused(key_node, "a key must be a plain value, not a list or mapping") from None
-            if first is not key_node:
-                raise _Refused(key_node, f"duplicate key {shown(key)} (first at line "
-                                         f"{first.start_mark.line + 1}); YAML would keep only the last")
-        return super().construct_mapping(node, deep)
-
-
-if yaml.__with_libyaml__:  # libyaml's parser is about ten times faster than PyYAML's
-    from yaml._yaml import CParser as _Parser
-
-    class _Loader(_Parser, _Constructor, _Resolver):
-        def __init__(self, stream):
-            _Parser.__init__(self, stream)
-            _Constructor.__init__(self)
-            _Resolver.__init__(self)
-else:  # pragma: no cover - PyYAML without libyaml
-    class _Loader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser,
-                  yaml.composer.Composer, _Constructor, _Resolver):
-        def __init__(self, stream):
-            yaml.reader.Reader.__init__(self, stream)
-            yaml.scanner.Scanner.__init__(self)
-            yaml.parser.Parser.__init__(self)
-            yaml.composer.Composer.__init__(self)
-            _Constructor.__init__(self)
-            _Resolver.__init__(self)
-
-
-class _Dumper(yaml.SafeDumper):
-    """Quotes exactly the strings :class:`_Loader` would read as something else."""
-
-    yaml_implicit_resolvers = _Resolver.yaml_implicit_resolvers
-
-
-def _check_shape(text: str) -> None:
-    """Refuse deep nesting and alias bombs from the event stream, before anything is built:
-    libyaml's composer recurses in C (a few thousand ``[`` crash the process) and a built alias
-    bomb is small in memory but explodes in anything that walks it."""
-    sizes: dict[str, int] = {}
-    stack: list[list] = [[None, 0]]  # [anchor, expanded size] of each open collection
-    for event in yaml.parse(text, Loader=_Loader):
-        if isinstance(event, yaml.CollectionStartEvent):
-            if len(stack) > MAX_DEPTH:
-                raise _Refused(event, f"nested more than {MAX_DEPTH} levels deep")
-            stack.append([event.anchor, 1])
-            continue
-        if isinstance(event, yaml.CollectionEndEvent):
-            anchor, size = stack.pop()
-        elif isinstance(event, yaml.AliasEvent):
-            anchor, size = None, sizes.get(event.anchor, 1)
-        elif isinstance(event, yaml.ScalarEvent):
-            anchor, size = event.anchor, 1
-        else:
-            continue
-        if anchor is not None:
-            sizes[anchor] = size
-        stack[-1][1] += size
-        if stack[-1][1] > MAX_NODES:
-            raise _Refused(event, f"more than {MAX_NODES:,} values once aliases are expanded")
 
 
 def _check_size_and_text(text: str, source: str) -> None:
@@ -169,16 +33,19 @@ def _check_size_and_text(text: str, source: str) -> None:
                                       f"{shown(text[max(0, exc.start - 20):exc.start + 20])}") from None
 
 
-def _load(text: str) -> Any:
-    _check_shape(text)
-    return yaml.load(text, Loader=_Loader)
-
-
 def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML text; every failure is a ConfigError naming ``source``, line and column."""
     _check_size_and_text(text, source)
+    return _parse(text, source)
+
+
+def _parse(text: str, source: str) -> Any:
+    import yaml
+
+    from hpcorch.spec.yamlparse import MAX_DEPTH, load
+
     try:
-        return _load(text)
+        return load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -196,8 +63,12 @@ def parse_override(raw: str, source: str) -> Any:
     _check_size_and_text(raw, source)
     if "\n" in raw or "\r" in raw or not text:
         return raw
+    import yaml
+
+    from hpcorch.spec.yamlparse import _Refused, load
+
     try:
-        value = _load(raw)
+        value = load(raw)
     except _Refused as exc:
         raise ConfigError(source, "", f"invalid value: {exc.problem}") from None
     except yaml.YAMLError:
@@ -225,9 +96,16 @@ def read_yaml(path: Path) -> Any:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(str(path), "", f"line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8; "
                                          "expected a UTF-8 text file") from None
-    return parse_yaml(text, str(path))
+    _check_size_and_text(text, str(path))
+    # Profiles and jobs are read by every command, mostly unchanged since the last one: their
+    # parsed form is kept per text (see usercache), so that a cold command need not import PyYAML.
+    from hpcorch.spec.usercache import parsed
+
+    return parsed(text, lambda: _parse(text, str(path)))
 
 
 def dump_yaml(data: Any) -> str:
     """YAML that :func:`parse_yaml` reads back as ``data``."""
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+    from hpcorch.spec.yamlparse import dump
+
+    return dump(data)

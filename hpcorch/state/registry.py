@@ -61,6 +61,8 @@ NETWORK_FILE_SYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb3
 
 @dataclass
 class Entry:
+    """One submitted job as the registry records it."""
+
     key: int
     job_id: str
     name: str

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hpcorch.errors import HpcorchError
-from hpcorch.util.fileio import atomic_write, last_json_line, read_json
+from hpcorch.util.fileio import atomic_write, hostname, last_json_line, read_json
 
 COMMIT_MARKER = "COMMITTED"
 LEASE_ENV = "HPCORCH_LEASE"  # the holder's token, for the ranks it starts: see RunDir.check_fence
@@ -93,7 +92,7 @@ class Lease:
     scheduler: str          # "slurm", "local" (submitit's local controller) or "process" (hpcorch train)
     job_id: str             # Slurm job id, or the controller's / launcher's pid
     attempt: int = 0        # SLURM_RESTART_COUNT of the attempt that last claimed it
-    host: str = field(default_factory=socket.gethostname)
+    host: str = field(default_factory=hostname)
     started: float = 0.0    # the holder process's start time (guards against pid reuse)
     slurm_conf: str | None = None  # which cluster to ask
     claimed: float = field(default_factory=time.time)

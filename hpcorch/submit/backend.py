@@ -40,6 +40,8 @@ class Unsupported(HpcorchError):
 
 @dataclass
 class Submission:
+    """A job just submitted: its registry entry and submitit's job handle."""
+
     entry: Entry
     job: object  # submitit.Job (None for a job submitted on a login node)
 

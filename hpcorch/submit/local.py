@@ -4,7 +4,6 @@ time is recorded) is alive, and a cancel is a SIGTERM to it (it forwards it to e
 from __future__ import annotations
 
 import os
-import signal
 
 from hpcorch.state import jobstate
 from hpcorch.state.registry import Entry
@@ -25,5 +24,7 @@ class LocalBackend(Backend):
     def cancel(self, entry: Entry) -> str:
         if not jobstate.local_controller_alive(entry):
             return f"job {entry.job_id} is not running; nothing to cancel"
+        import signal  # here: its enums are a millisecond of every cold command that imports backends
+
         os.kill(int(entry.job_id), signal.SIGTERM)
         return f"cancel sent to job {entry.job_id}"

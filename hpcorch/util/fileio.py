@@ -6,7 +6,6 @@ import contextlib
 import json
 import math
 import os
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +13,14 @@ from typing import IO
 
 from hpcorch.util.diskspace import DiskFull
 
-_HOST = socket.gethostname().split(".")[0]
+
+def hostname() -> str:
+    """This machine's name, as ``socket.gethostname()`` (both are the kernel's nodename on POSIX)
+    without importing socket, which a cold CLI command would pay for."""
+    return os.uname().nodename
+
+
+_HOST = hostname().split(".")[0]
 
 
 def fsync_dir(path: Path) -> None:

@@ -110,6 +110,23 @@ def test_dry_run_imports_neither_torch_nor_submitit():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_dry_run_skips_what_it_does_not_use(tmp_path):
+    """A cold dry run (whose start is a cost users pay on every try) loads neither the other
+    command modules nor the pre-flight's argparse nor socket, and once the job and profile were
+    parsed (the user cache) not PyYAML either; the lazy commands still resolve."""
+    code = ("import sys\nfrom hpcorch.cli.main import main\n"
+            "try:\n    main(['submit', 'jobs/gpt-tiny.yaml', '-p', 'devcluster', '--dry-run'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('argparse', 'socket', 'yaml', 'hpcorch.cli.sweep_commands', "
+            "'hpcorch.cli.data_commands', 'hpcorch.cli.remote_commands') if m in sys.modules))")
+    env = {**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    for loaded in ("['yaml']", "[]"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             cwd=str(__import__("conftest").REPO), env=env)
+        assert out.stdout.strip().splitlines()[-1] == loaded, out.stderr
+    assert "hpcorch sweep" in run_cli("sweep", "--help").stdout
+
+
 def test_status_and_ls_import_neither_torch_nor_submitit(tmp_path):
     """Observing a run reads its run directory and asks the scheduler: no torch, no submitit."""
     code = ("import sys\nfrom hpcorch.state.registry import Registry\nfrom hpcorch.cli.main import main\n"

@@ -122,3 +122,22 @@ def test_set_typos_blame_the_set_not_the_file(repo):
     with pytest.raises(ConfigError) as err:
         load_job(repo / "jobs/gpt-tiny.yaml", ["trainer.steps=fifty"])
     assert "(--set trainer.steps)" in str(err.value)
+
+
+def test_schema_type_hints_match_typing():
+    """The schema's cached annotation evaluation gives what typing.get_type_hints gives, for
+    every config dataclass."""
+    import dataclasses
+    import importlib
+    import pkgutil
+    import typing
+
+    import hpcorch.spec
+    from hpcorch.spec.schema import type_hints
+
+    classes = [v for m in pkgutil.iter_modules(hpcorch.spec.__path__)
+               for v in vars(importlib.import_module(f"hpcorch.spec.{m.name}")).values()
+               if isinstance(v, type) and dataclasses.is_dataclass(v)]
+    assert len(classes) > 40
+    for cls in classes:
+        assert type_hints(cls) == typing.get_type_hints(cls), cls

@@ -7,14 +7,18 @@ checked, and :meth:`Criteria.from_args` reads them back on the node (no profile 
 """
 from __future__ import annotations
 
-import argparse
+import functools
 import math
 import os
 import re
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from hpcorch.errors import HpcorchError
 from hpcorch.spec.health import MAX_TIMEOUT_S, HealthPolicy, JobHealth
+
+if TYPE_CHECKING:
+    import argparse
 
 _PORT_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.+-]{0,127}):([0-9]{1,3})")
 
@@ -91,9 +95,22 @@ def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would print usage and exit; we want one line
-        raise BadCriteria(message)
+@functools.cache
+def _parser_class() -> type:
+    # argparse is imported only by the pre-flight itself: a plan only writes its options.
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message):  # argparse would print usage and exit; we want one line
+            raise BadCriteria(message)
+
+    return _Parser
+
+
+def __getattr__(name: str):
+    if name == "_Parser":
+        return _parser_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,7 +122,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="hpcorch.batch.health", add_help=False, allow_abbrev=False)
+    p = _parser_class()(prog="hpcorch.batch.health", add_help=False, allow_abbrev=False)
     add_arguments(p)
     return p
 
