@@ -23,9 +23,10 @@ RANGE = ["resources.nodes=2-4", "resources.tasks_per_node=1", "trainer.global_ba
 
 
 def _hold(ctx, nodes: str, count: int) -> str:
-    """A job that keeps ``nodes`` busy until cancelled (cancelled at teardown too)."""
-    return ctx.jobs.submit(script("sleep 600"), f"--nodelist={nodes}", f"--nodes={count}", "--time=15",
-                           "--output=/dev/null")
+    """A job that keeps ``nodes`` whole (a node's CPUs are shared otherwise) until cancelled
+    (cancelled at teardown too)."""
+    return ctx.jobs.submit(script("sleep 600"), f"--nodelist={nodes}", f"--nodes={count}", "--exclusive",
+                           "--time=15", "--output=/dev/null")
 
 
 def test_an_unusable_count_runs_on_the_largest_valid_one_and_hands_the_rest_back(ctx, tmp_path):
@@ -52,14 +53,17 @@ def test_an_unusable_count_runs_on_the_largest_valid_one_and_hands_the_rest_back
     assert time.monotonic() - started < 60
     kept = expand_hostlist(info["NodeList"])
     assert len(kept) == 2 and "node4" not in kept
+    # The node handed back is free for other work (the controller holds the job on two).
+    released = ({"node1", "node2", "node3"} - set(kept)).pop()
+    poll_until(lambda: ctx.slurm.node_state(released).startswith("idle") or None, 30, interval_s=0.5,
+               what=f"{released} idle again")
     _finish(ctx, job_id)
     err = _stderr_tail(ctx, job_id, 200)
     assert "the allocation holds 3 nodes, the trainer runs on 2; handing the others back" in err, err
-    # The node handed back is free for other work while the job still ran on the other two.
     rows = ctx.slurm.attempts([job_id])[job_id]
     assert rows and rows[-1]["NodeList"] == info["NodeList"]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["step"] == 12
+    assert summary["world_size"] == 2 and summary["final_step"] == 12
     manifest = json.loads((run / "manifests" / "attempt-0.json").read_text())
     assert (manifest["world_size"], manifest["node_count"]) == (2, 2)
     assert expand_hostlist(manifest["nodes"]) == kept
@@ -67,6 +71,6 @@ def test_an_unusable_count_runs_on_the_largest_valid_one_and_hands_the_rest_back
     assert status["world"] == f"2 ranks on {manifest['nodes']}"
     assert status["goodput"]["world_sizes"][-1] == 2
     # The trainer split the global batch over 2 data-parallel ranks: accumulation 8.
-    log = (run / "submitit").rglob("*_0_log.err")
+    log = (run / "submitit").rglob("*_0_log.*")
     text = "\n".join(p.read_text(errors="replace") for p in log)
     assert "world 2" in text and "accumulation 8" in text, text[-2000:]
