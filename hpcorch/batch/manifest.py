@@ -25,14 +25,13 @@ import logging
 import os
 import platform
 import re
-import socket
 import sys
 import time
 from pathlib import Path
 
 from hpcorch.batch.gitstate import git_state, sha256
 from hpcorch.state.rundir import RunDir
-from hpcorch.util.fileio import atomic_write, read_json
+from hpcorch.util.fileio import atomic_write, hostname, read_json
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +88,8 @@ def collect(run: RunDir, code_dir: Path, job_id: str, scheduler: str, submission
     data = {
         "time": time.time(), "job_id": str(job_id), "scheduler": scheduler,
         "restart_count": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
-        "host": env.get("SLURMD_NODENAME") or socket.gethostname(),
-        "nodes": env.get("SLURM_JOB_NODELIST") or socket.gethostname(),
+        "host": env.get("SLURMD_NODENAME") or hostname(),
+        "nodes": env.get("SLURM_JOB_NODELIST") or hostname(),
         # this attempt's size: a node range gets another world size each attempt
         "node_count": int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1),
         "world_size": int(env.get("WORLD_SIZE") or env.get("SLURM_NTASKS") or 1),

@@ -342,7 +342,7 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
         run.claim(lease, jobstate.lease_is_live)  # "in use" first, as in submit
         accept_config_changes(run, spec, allow_config_change, resume_step)
     job_file = run.write_job(spec)
-    from hpcorch.batch.manifest import write_attempt  # git and socket: not on a dry run's path
+    from hpcorch.batch.manifest import write_attempt  # git: not on a dry run's path
 
     write_attempt(run, str(os.getpid()), kind, code_dir=os.getcwd())
     extra = (["--resume-step", str(resume_step)] if resume_step is not None else []) + \
