@@ -1,0 +1,60 @@
+"""The node launcher's pieces that need no training: when forking is unsafe, how a forked rank
+is polled and reaped, where a forked rank's start-up is counted from, and its argv."""
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from hpcorch.train import forked, startup
+from hpcorch.train.spawn import wait_all
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _fork(then) -> forked.ForkedRank:
+    pid = os.fork()
+    if pid == 0:  # the child: only os calls, never back into pytest
+        try:
+            then()
+        finally:
+            os._exit(0)
+    return forked.ForkedRank(pid)
+
+
+def test_fork_is_refused_while_another_thread_runs():
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert "threads are running" in forked.fork_hazard()
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_a_forked_rank_reports_its_exit_code_or_signal_like_popen():
+    exits = _fork(lambda: os._exit(5))
+    assert exits.wait() == 5 and exits.poll() == 5
+    sleeper = _fork(lambda: time.sleep(30))
+    assert sleeper.poll() is None
+    sleeper.kill()
+    assert sleeper.wait() == -signal.SIGKILL
+    sleeper.kill()  # reaped: its pid may be another process's now, so nothing is sent
+
+
+def test_one_failing_rank_ends_the_others_with_its_code():
+    """wait_all on forked ranks: the failure's code, the sleeping peer terminated."""
+    ranks = [_fork(lambda: time.sleep(30)), _fork(lambda: os._exit(7))]
+    start = time.monotonic()
+    assert wait_all(ranks, grace_s=10) == 7
+    assert time.monotonic() - start < 10 and ranks[0].returncode == -signal.SIGTERM
+
+
+def test_a_forked_rank_counts_its_start_from_the_launcher(monkeypatch):
+    monkeypatch.setattr(startup, "_process_start", None)
+    own = startup.process_start_time()
+    startup.set_process_start(own - 5)
+    assert startup.process_start_time() == own - 5
+    assert startup.StartupClock().start == own - 5
