@@ -63,7 +63,7 @@ def preload() -> None:
 
 def fork_hazard() -> str | None:
     """Why forking the ranks from this process would be unsafe now (a thread besides the main
-    one, an initialised CUDA runtime), or None."""
+    one, an initialised CUDA runtime or a loaded CUDA driver), or None."""
     try:
         tasks = len(os.listdir("/proc/self/task"))  # native threads too (OpenMP, gloo, CUDA)
     except OSError:
@@ -73,6 +73,14 @@ def fork_hazard() -> str | None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         return "CUDA is initialised"
+    # Any CUDA runtime call (torch.cuda.is_available() too) loads the driver, which a child
+    # cannot use after a fork; torch's own flag above only sees its lazy initialisation.
+    try:
+        with open("/proc/self/maps") as f:
+            if "libcuda.so" in f.read():
+                return "the CUDA driver is loaded"
+    except OSError:
+        pass
     return None
 
 
