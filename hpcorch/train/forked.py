@@ -26,6 +26,7 @@ the imports it made for the rank are part of the rank's start-up.
 """
 from __future__ import annotations
 
+import ctypes  # imported by the launcher, not by each rank
 import logging
 import os
 import signal
@@ -58,7 +59,7 @@ def preload() -> None:
     from hpcorch.train.models import FAMILIES
 
     for spec in FAMILIES.values():  # each family's torch half (module, tp plan): a few ms each
-        spec.parts  # noqa: B018
+        spec.parts()
 
 
 def fork_hazard() -> str | None:
@@ -136,31 +137,41 @@ def launch_forked(nproc: int, rank_main: RankMain, rank_argv: list[str], clock: 
                             grace_s=grace_s)
     port = free_port()
     pristine = {s: signal.getsignal(s) for s in FORWARDED}  # a fresh interpreter's, before forwarding
+    launcher = os.getpid()
     ranks: list[ForkedRank] = []
     # Blocked across the forks: a stop signal waits until the launcher forwards to every rank
     # forked so far, and never reaches a child before it has its own dispositions back.
-    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    # SIGCHLD stays blocked in the launcher, so that it can wait for it (_until_a_rank_ends).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
     try:
         with forwarding(ranks):
             for rank in range(nproc):
                 pid = os.fork()
                 if pid == 0:
-                    _run_child(rank_main, clock, local_rank_env(rank, nproc, port), pristine)
+                    _run_child(rank_main, clock, local_rank_env(rank, nproc, port), pristine, launcher)
                 ranks.append(ForkedRank(pid))
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
-            return wait_all(ranks, grace_s)
+            return wait_all(ranks, grace_s, pause=_until_a_rank_ends)
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*FORWARDED, signal.SIGCHLD})
 
 
-def _run_child(rank_main: RankMain, clock: StartupClock, env: dict[str, str], pristine: dict) -> None:
+def _until_a_rank_ends(timeout_s: float) -> None:
+    """Sleep ``timeout_s`` or until a rank ends (SIGCHLD), whichever is first. Waking at once
+    matters: a rank killed outright makes its peers fail a collective milliseconds later; seen
+    in the same poll, the lowest rank's failure would be taken for the root cause."""
+    signal.sigtimedwait({signal.SIGCHLD}, timeout_s)
+
+
+def _run_child(rank_main: RankMain, clock: StartupClock, env: dict[str, str], pristine: dict,
+               launcher: int) -> None:
     """The forked child: become the rank, run it and exit with its code; never returns."""
     code = 1
     try:
         for signum, handler in pristine.items():
             signal.signal(signum, handler)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
-        _die_with_parent()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*FORWARDED, signal.SIGCHLD})
+        _die_with_parent(launcher)
         os.environ.update(env)
         clock.mark("fork")
         code = rank_main(clock)
@@ -191,18 +202,16 @@ def _flush() -> None:
             pass
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(launcher: int) -> None:
     """Ask the kernel for SIGKILL when the launcher dies (Linux), so that a launcher killed
     outright leaves no rank training on its own; elsewhere a no-op."""
     if not sys.platform.startswith("linux"):
         return
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() == 1:  # the launcher died before the request: too late to be told
+        if os.getppid() != launcher:  # it died before the request: too late to be told
             os._exit(128 + signal.SIGKILL)
     except (OSError, AttributeError):
         pass

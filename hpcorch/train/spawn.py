@@ -122,19 +122,20 @@ def supervise(procs: list[Supervised], grace_s: float, group: bool = False) -> i
         return wait_all(procs, grace_s)
 
 
-def wait_all(procs: list[Supervised], grace_s: float) -> int:
+def wait_all(procs: list[Supervised], grace_s: float, pause: Callable[[float], None] = time.sleep) -> int:
     """Wait for every process; when one fails, terminate the others (and kill those still
     running ``grace_s`` later). Returns DONE, CHECKPOINTED, or the first failure's code (a
-    signal's as 128 + its number)."""
+    signal's as 128 + its number). Between polls: ``pause(0.05)``, which may return as soon as
+    a process ends (then the first to fail is told from the peers that fail because of it)."""
     first_failure = None  # the root cause, not a rank we terminated because of it
     failed_at = None
     while True:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
             break
-        bad = [c for c in codes if c not in (None, DONE, CHECKPOINTED)]
-        if bad and failed_at is None:
-            first_failure, failed_at = bad[0], time.monotonic()
+        bad = _root_cause(codes)
+        if bad is not None and failed_at is None:
+            first_failure, failed_at = bad, time.monotonic()
             for p in procs:
                 if p.poll() is None:
                     p.terminate()
@@ -142,10 +143,18 @@ def wait_all(procs: list[Supervised], grace_s: float) -> int:
             for p in procs:
                 if p.poll() is None:
                     p.kill()
-        time.sleep(0.05)
+        pause(0.05)
     codes = [p.returncode for p in procs]
     if first_failure is None:
-        first_failure = next((c for c in codes if c not in (DONE, CHECKPOINTED)), None)
+        first_failure = _root_cause(codes)
     if first_failure is not None:
         return first_failure if first_failure > 0 else 128 - first_failure
     return CHECKPOINTED if CHECKPOINTED in codes else DONE
+
+
+def _root_cause(codes: list[int | None]) -> int | None:
+    """The failure to report of those first seen together: a process ended by a signal (the OOM
+    killer's or a GPU fault's SIGKILL, a segfault) before those that exited with an error,
+    which is how peers fail when a rank vanishes under them; else the lowest rank's."""
+    bad = [c for c in codes if c not in (None, DONE, CHECKPOINTED)]
+    return min(bad, key=lambda c: c >= 0) if bad else None

@@ -105,3 +105,12 @@ def test_a_launcher_killed_outright_leaves_no_rank(tmp_path):
             proc.kill()
             proc.wait()
         _kill(_left_behind(tmp_path))
+
+
+def test_a_launcher_that_cannot_fork_safely_starts_one_interpreter_per_rank(tmp_path):
+    """A thread at the fork (here numpy's OpenBLAS pool, which the user asked for) would be
+    inherited half-way: the launcher says so and starts the ranks as separate interpreters."""
+    out = train(tmp_path, 2, "trainer.steps=4", env={"OPENBLAS_NUM_THREADS": "4"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "forking them is unsafe (" in out.stderr and "threads are running" in out.stderr
+    assert summary(tmp_path)["final_step"] == 4

@@ -58,3 +58,42 @@ def test_a_forked_rank_counts_its_start_from_the_launcher(monkeypatch):
     startup.set_process_start(own - 5)
     assert startup.process_start_time() == own - 5
     assert startup.StartupClock().start == own - 5
+
+
+def _victim_and_peer() -> tuple[forked.ForkedRank, forked.ForkedRank]:
+    """A rank that kills itself when told, and a peer that exits 1 as soon as it sees it gone
+    (a closed pipe, as gloo sees a closed socket)."""
+    read, write = os.pipe()
+    go_r, go_w = os.pipe()
+
+    def victim():
+        os.close(read)
+        os.read(go_r, 1)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def peer():
+        os.read(read, 1)  # EOF: the victim is gone
+        os._exit(1)
+
+    killed = _fork(victim)
+    os.close(write)
+    first = _fork(peer)
+    os.close(read)
+    os.write(go_w, b"x")
+    os.close(go_r)
+    os.close(go_w)
+    return first, killed
+
+
+def test_the_rank_killed_is_the_root_cause_not_the_peer_that_fails_because_of_it():
+    """Rank 1 is killed and rank 0 exits 1 microseconds later, both before the launcher polls:
+    the launcher reports rank 1's 137, woken by SIGCHLD or not."""
+    for _ in range(3):
+        first, killed = _victim_and_peer()
+        assert wait_all([first, killed], grace_s=10) == 128 + signal.SIGKILL
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        first, killed = _victim_and_peer()
+        assert wait_all([first, killed], grace_s=10, pause=forked._until_a_rank_ends) == 128 + signal.SIGKILL
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
