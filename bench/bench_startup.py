@@ -113,13 +113,19 @@ def import_torch() -> float:
     return timed([[sys.executable, "-c", "import torch"]])
 
 
-def preload(tree: Path) -> float:
-    """Wall time of one fresh interpreter importing what the node launcher imports for its ranks
+def in_process(tree: Path, code: str) -> float:
+    """Seconds ``code`` takes inside a fresh interpreter (its start and exit not counted)."""
+    timer = f"import time; t = time.perf_counter(); {code}; print(time.perf_counter() - t)"
+    out = subprocess.run([sys.executable, "-c", timer], env={**os.environ, "PYTHONPATH": str(tree)},
+                         capture_output=True, text=True, check=True).stdout
+    return float(out.split()[-1])
+
+
+def floor(tree: Path) -> tuple[float, float]:
+    """In-process seconds of ``import torch`` and of the node launcher's imports for its ranks
     (:func:`hpcorch.train.forked.preload`): the floor of a forked rank's start-up."""
-    code = "from hpcorch.train.forked import preload; preload()"
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(tree)}, check=True)
-    return time.perf_counter() - start
+    return (in_process(tree, "import torch"),
+            in_process(tree, "from hpcorch.train.forked import preload; preload()"))
 
 
 def main() -> None:
@@ -138,10 +144,10 @@ def main() -> None:
         trees = {"before": (after, {"HPCORCH_FORK_RANKS": "0"}) if before == "exec" else
                  (export_tree(before, tmp / "before"), {}), "after": (after, {})}
         results: dict[str, list[dict]] = {f"{t} {k}": [] for k in ("fresh", "restart") for t in trees}
-        torch_s, preload_s = [], []
+        torch_s, floors = [], []
         for i in range(args.repeat):
             torch_s.append(import_torch())
-            preload_s.append(preload(after))
+            floors.append(floor(after))
             for name, (tree, env) in trees.items():
                 run = tmp / f"run-{name}-{i}"
                 results[f"{name} fresh"].append(train(tree, run, args.nproc, 2, tmp / "home", env))
@@ -155,9 +161,11 @@ def main() -> None:
     print(table({k: results[k] for k in ("before fresh", "after fresh", "before restart", "after restart")}))
     torch_median = statistics.median(torch_s)
     print(f"\n`import torch` alone, fresh interpreter, between the runs: {torch_median:.2f} s (median of "
-          f"{len(torch_s)}: {', '.join(f'{t:.2f}' for t in torch_s)}); the node launcher's imports "
-          f"(forked.preload: torch, torch._dynamo, dcp, the trainer) alone: {statistics.median(preload_s):.2f} s "
-          f"= {statistics.median(preload_s) / torch_median:.2f}x\n")
+          f"{len(torch_s)}: {', '.join(f'{t:.2f}' for t in torch_s)})\n")
+    inside_torch, inside_preload = (statistics.median(f[i] for f in floors) for i in (0, 1))
+    print(f"In-process, between the runs: `import torch` {inside_torch:.2f} s; the node launcher's imports "
+          f"(forked.preload: torch, torch._dynamo, dcp, the trainer) {inside_preload:.2f} s = "
+          f"{inside_preload / inside_torch:.2f}x, the floor of the forked start-up's ratio\n")
     print("| rank 0's startup_s / import torch (median) | fresh | restart |\n|---|---:|---:|")
     for name in trees:
         cells = [statistics.median(r["startup"] for r in results[f"{name} {k}"]) / torch_median
