@@ -153,8 +153,9 @@ def wait_all(procs: list[Supervised], grace_s: float, pause: Callable[[float], N
 
 
 def _root_cause(codes: list[int | None]) -> int | None:
-    """The failure to report of those first seen together: a process ended by a signal (the OOM
-    killer's or a GPU fault's SIGKILL, a segfault) before those that exited with an error,
-    which is how peers fail when a rank vanishes under them; else the lowest rank's."""
+    """The failure to report of those first seen together: a process killed outright (the OOM
+    killer's or a GPU fault's SIGKILL, a segfault) before those that exited with an error or
+    aborted, which is how peers fail when a rank vanishes under them (an exception from gloo;
+    gloo's destructors can abort); else the lowest rank's, as before."""
     bad = [c for c in codes if c not in (None, DONE, CHECKPOINTED)]
-    return min(bad, key=lambda c: c >= 0) if bad else None
+    return min(bad, key=lambda c: not (c < 0 and c != -signal.SIGABRT)) if bad else None

@@ -97,3 +97,14 @@ def test_the_rank_killed_is_the_root_cause_not_the_peer_that_fails_because_of_it
         assert wait_all([first, killed], grace_s=10, pause=forked._until_a_rank_ends) == 128 + signal.SIGKILL
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+
+
+def test_the_reported_failure_of_ranks_seen_ending_together():
+    """A rank killed outright beats the peers that exit 1 or abort because it vanished; an
+    abort does not beat a clear error (2); otherwise the lowest rank's, as before."""
+    from hpcorch.train.spawn import _root_cause
+
+    assert _root_cause([1, -signal.SIGKILL]) == -signal.SIGKILL
+    assert _root_cause([1, -signal.SIGSEGV, -signal.SIGKILL]) == -signal.SIGSEGV
+    assert _root_cause([2, -signal.SIGABRT]) == 2 and _root_cause([-signal.SIGABRT, 1]) == -signal.SIGABRT
+    assert _root_cause([None, 0, 3]) is None
