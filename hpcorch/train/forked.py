@@ -20,7 +20,9 @@ Each child is a rank exactly as if it had been started on its own:
 - it dies with the launcher (``PR_SET_PDEATHSIG``), so a launcher killed outright leaves no rank.
 
 The launcher forwards the stop signals to the ranks, reaps them by pid, and ends the others when
-one fails, with :func:`hpcorch.train.spawn.supervise`, the same code as for separate processes.
+one fails, with :func:`hpcorch.train.spawn.forwarding` and :func:`~hpcorch.train.spawn.wait_all`,
+the same code as for separate processes; it wakes on SIGCHLD, so the rank that failed first is
+told from the peers that fail milliseconds later because it vanished.
 Rank 0's ``startup_s`` counts from the launcher's own start (:func:`startup.set_process_start`):
 the imports it made for the rank are part of the rank's start-up.
 """
