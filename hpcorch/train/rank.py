@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcorch import protocol
+from hpcorch.train.startup import StartupClock
 
 # Who started the rank: `hpcorch train` (no scheduler), Slurm, or submitit's local controller.
 SCHEDULERS = ("process", "slurm", "local")
@@ -27,7 +28,8 @@ class RankOutcome:
 
 
 def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tflops: float | None = None,
-             resume_step: int | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RankOutcome:
+             resume_step: int | None = None, overrides: list[str] | tuple[str, ...] = (),
+             clock: StartupClock | None = None) -> RankOutcome:
     """Load the job, join the process group, train, leave the group together.
 
     ``scheduler`` ("process", "slurm" or "local") picks the stop signals
@@ -35,13 +37,14 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
     ``error: ...`` line on stderr and returned as :data:`protocol.CLEAR_ERROR`, no traceback.
     A rank that stops because another rank's checkpoint save failed prints no error of its own
     (the failing rank's line is the one that matters; rank 0 adds a short note to its log).
+    ``clock``: the start-up clock of a rank forked by the node launcher, which marked the
+    interpreter and the imports before the fork (a new one from this process's start otherwise).
     """
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
-    from hpcorch.train.startup import StartupClock
-
-    clock = StartupClock()
-    clock.mark("interpreter")
+    if clock is None:
+        clock = StartupClock()
+        clock.mark("interpreter")
     from hpcorch.errors import HpcorchError
     from hpcorch.spec.job import load_job
     from hpcorch.train.checkpoint.store import CheckpointError, PeerSaveFailed

@@ -16,18 +16,22 @@ stop, never requeue), so they cannot differ in restart semantics by accident.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from hpcorch.protocol import CHECKPOINTED, DONE, stop_signals
 
 FORWARDED = stop_signals("process", None)  # `hpcorch train` has no requeue policy
+# "0": start one interpreter per rank instead of forking the ranks from one node launcher.
+FORK_ENV = "HPCORCH_FORK_RANKS"
 
 
 def free_port() -> int:
@@ -42,18 +46,56 @@ def launch_local(job_file: Path, run_dir: Path, nproc: int, extra_args: list[str
     """Run ranks 0..nproc-1 of ``python -m hpcorch.train`` (or of ``argv``, a ``program:`` job's
     own program, in ``cwd``, with ``rank_env(rank, nproc, port)``'s variables instead of the
     rendezvous ones below) and return the run's exit code: DONE, CHECKPOINTED (every rank
-    checkpointed on a signal), otherwise the first failing rank's code."""
+    checkpointed on a signal), otherwise the first failing rank's code.
+
+    hpcorch's own trainer runs as one node launcher (``python -m hpcorch.train --nproc N``,
+    :mod:`hpcorch.train.forked`) that imports torch once and forks the ranks, unless
+    ``HPCORCH_FORK_RANKS=0`` asks for one interpreter per rank."""
+    if argv is None and os.environ.get(FORK_ENV, "1") != "0":
+        cmd = [sys.executable, "-u", "-m", "hpcorch.train", "--nproc", str(nproc), "--job", str(job_file),
+               "--run-dir", str(run_dir), *extra_args]
+        # Its own session (as each rank's was): a Ctrl-C reaches only this process, which forwards it.
+        procs = [subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)]
+        return supervise(procs, grace_s, group=True)
     port = free_port()
     procs = []
     for rank in range(nproc):
-        where = rank_env(rank, nproc, port) if rank_env else {
-            "RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        where = rank_env(rank, nproc, port) if rank_env else local_rank_env(rank, nproc, port)
         rank_env_all = {**os.environ, **(env or {}), **where}
         cmd = argv or [sys.executable, "-u", "-m", "hpcorch.train", "--job", str(job_file),
                        "--run-dir", str(run_dir), *extra_args]
         procs.append(subprocess.Popen(cmd, env=rank_env_all, cwd=cwd, start_new_session=True))
+    return supervise(procs, grace_s)
 
+
+def local_rank_env(rank: int, nproc: int, port: int) -> dict[str, str]:
+    """The rendezvous variables of rank ``rank`` of ``nproc`` on this machine."""
+    return {"RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(nproc),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+class Supervised(Protocol):
+    """What :func:`supervise` needs of a rank: :class:`subprocess.Popen`'s polling and signals."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, signum: int) -> None: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def wait(self) -> int: ...
+
+
+@contextlib.contextmanager
+def forwarding(procs: list[Supervised], group: bool = False) -> Iterator[None]:
+    """While inside: the stop signals this process gets go to every live process of ``procs``
+    (a list that may still grow). On the way out every process still running is killed (with
+    its process group if ``group``: a node launcher's forked ranks), so none is left behind."""
     def forward(signum, _frame):
         for p in procs:
             if p.poll() is None:
@@ -61,26 +103,39 @@ def launch_local(job_file: Path, run_dir: Path, nproc: int, extra_args: list[str
 
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
-        return _wait(procs, grace_s)
+        yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         for p in procs:  # never leave a rank behind
             if p.poll() is None:
+                if group:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, signal.SIGKILL)
                 p.kill()
                 p.wait()
 
 
-def _wait(procs: list[subprocess.Popen], grace_s: float) -> int:
+def supervise(procs: list[Supervised], grace_s: float, group: bool = False) -> int:
+    """Forward the stop signals to ``procs`` and wait for them all (:func:`wait_all`)."""
+    with forwarding(procs, group):
+        return wait_all(procs, grace_s)
+
+
+def wait_all(procs: list[Supervised], grace_s: float, pause: Callable[[float], None] = time.sleep) -> int:
+    """Wait for every process; when one fails, terminate the others (and kill those still
+    running ``grace_s`` later). Returns DONE, CHECKPOINTED, or the first failure's code (a
+    signal's as 128 + its number). Between polls: ``pause(0.05)``, which may return as soon as
+    a process ends (then the first to fail is told from the peers that fail because of it)."""
     first_failure = None  # the root cause, not a rank we terminated because of it
     failed_at = None
     while True:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
             break
-        bad = [c for c in codes if c not in (None, DONE, CHECKPOINTED)]
-        if bad and failed_at is None:
-            first_failure, failed_at = bad[0], time.monotonic()
+        bad = _root_cause(codes)
+        if bad is not None and failed_at is None:
+            first_failure, failed_at = bad, time.monotonic()
             for p in procs:
                 if p.poll() is None:
                     p.terminate()
@@ -88,10 +143,19 @@ def _wait(procs: list[subprocess.Popen], grace_s: float) -> int:
             for p in procs:
                 if p.poll() is None:
                     p.kill()
-        time.sleep(0.05)
+        pause(0.05)
     codes = [p.returncode for p in procs]
     if first_failure is None:
-        first_failure = next((c for c in codes if c not in (DONE, CHECKPOINTED)), None)
+        first_failure = _root_cause(codes)
     if first_failure is not None:
         return first_failure if first_failure > 0 else 128 - first_failure
     return CHECKPOINTED if CHECKPOINTED in codes else DONE
+
+
+def _root_cause(codes: list[int | None]) -> int | None:
+    """The failure to report of those first seen together: a process killed outright (the OOM
+    killer's or a GPU fault's SIGKILL, a segfault) before those that exited with an error or
+    aborted, which is how peers fail when a rank vanishes under them (an exception from gloo;
+    gloo's destructors can abort); else the lowest rank's, as before."""
+    bad = [c for c in codes if c not in (None, DONE, CHECKPOINTED)]
+    return min(bad, key=lambda c: not (c < 0 and c != -signal.SIGABRT)) if bad else None

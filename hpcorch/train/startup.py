@@ -10,6 +10,16 @@ from __future__ import annotations
 import os
 import time
 
+# Set in a rank forked by the node launcher (hpcorch.train.forked): the launcher's start.
+_process_start: float | None = None
+
+
+def set_process_start(start: float) -> None:
+    """Count this process (and the ranks it forks, which inherit this) as started at ``start``:
+    a forked rank's start-up began when its launcher started importing for it."""
+    global _process_start
+    _process_start = start
+
 
 def process_start_time() -> float:
     """When this process started (epoch s): the kernel's record, not when Python got going,
@@ -18,7 +28,10 @@ def process_start_time() -> float:
     On Linux, the process's age on the boot clock (``/proc/self/stat`` start ticks against
     CLOCK_BOOTTIME) subtracted from now: psutil's ``create_time`` adds the ticks to the boot
     time of ``/proc/stat``, which is whole seconds, so it can be up to 1 s early (0.86 s on
-    the machine this was measured on), which is most of a small job's start-up."""
+    the machine this was measured on), which is most of a small job's start-up. In a rank forked
+    by the node launcher: the launcher's start (:func:`set_process_start`)."""
+    if _process_start is not None:
+        return _process_start
     try:
         with open("/proc/self/stat") as f:
             start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])

@@ -139,8 +139,10 @@ def test_missing_resume_step_is_an_error(tmp_path):
     assert sys  # noqa
 
 
-def test_dead_peer_ends_the_run(tmp_path):
-    """A rank killed with SIGKILL mid-run must end the whole run, not leave the others hanging."""
+@pytest.mark.parametrize("fork", ["1", "0"], ids=["forked", "separate"])
+def test_dead_peer_ends_the_run(tmp_path, fork):
+    """A rank killed with SIGKILL mid-run must end the whole run, not leave the others hanging:
+    ranks forked by the node launcher, or one interpreter per rank (HPCORCH_FORK_RANKS=0)."""
     import os
     import subprocess
     import time
@@ -149,12 +151,17 @@ def test_dead_peer_ends_the_run(tmp_path):
     from trainhelp import REPO, train_cmd
 
     proc = subprocess.Popen(train_cmd(tmp_path, 2, "trainer.steps=100000"), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HPCORCH_FORK_RANKS": fork})
     try:
         from slurmhelp import wait_progress
 
         wait_progress(tmp_path, 3)
-        ranks = [p for p in psutil.Process(proc.pid).children() if "hpcorch.train" in " ".join(p.cmdline())]
+        children = psutil.Process(proc.pid).children()
+        launchers = [p for p in children if "--nproc" in p.cmdline()]  # the forked ranks' parent
+        ranks = launchers[0].children() if launchers else \
+            [p for p in children if "hpcorch.train" in " ".join(p.cmdline())]
+        assert len(launchers) == (fork == "1")
         assert len(ranks) == 2
         os.kill(ranks[1].pid, signal.SIGKILL)
         start = time.monotonic()
