@@ -1,0 +1,125 @@
+"""Slurm's own requeues on the real dev cluster are not held for its ~120 s ``BeginTime``: a hard
+failure of the batch host (its slurmd, step daemons and ranks SIGKILLed, as at a power loss: no
+recovery step of ours runs there) and a node set DOWN under a ``program:`` job. The requeued
+job starts again within seconds, with no help from the test, and counts one node failure
+everywhere. Nothing here lifts a hold for the job."""
+import json
+import os
+import signal
+import time
+from datetime import datetime
+
+import psutil
+import pytest
+from slurmhelp import wait_progress
+from test_submit import _summary, ctx  # noqa: F401 (fixture)
+
+from hpcorch.util.poll import poll_until
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(420)]
+
+HOLD_S = 120     # Slurm's hold on a requeued job (credential lifetime + 1 s)
+WELL_UNDER = 45  # what a lifted hold must beat: the helper polls, waits 2 s, and the scheduler starts it
+
+
+def _hard_fail(devcluster, job_id: str, node: str) -> list[int]:
+    """Emulated ``node`` dies at once: its slurmd, its step daemons and every process of the job
+    there are SIGKILLed (every emulated node is this machine: a process is told apart by the
+    environment Slurm gave it). Returns the pids killed."""
+    slurmd = next(d for d in devcluster.daemons() if d.name == f"slurmd {node}").pid()
+    assert slurmd, f"slurmd of {node} is not running"
+    victims = {slurmd}
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node:
+                victims.add(proc.pid)
+                parent = proc.parent()
+                if parent is not None and parent.name().startswith("slurmstepd"):
+                    victims.add(parent.pid)
+        except psutil.Error:
+            continue
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return sorted(victims)
+
+
+def _timestamp(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def _runs(ctx, job_id: str, count: int) -> list[dict]:
+    """Accounting's runs of the job, once it holds ``count`` of them, the last one ended."""
+    def ended():
+        rows = ctx.slurm.attempts([job_id])[job_id]
+        return rows if len(rows) >= count and rows[-1]["End"] not in ("", "Unknown") else None
+
+    return poll_until(ended, 60, interval_s=1, what=f"{count} runs of {job_id} in accounting")
+
+
+def _completed_without_help(ctx, job_id: str, timeout_s: float) -> None:
+    def done():
+        state = ctx.slurm.state(job_id)
+        assert state not in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"), state
+        return state == "COMPLETED" or None
+
+    poll_until(done, timeout_s, interval_s=1, what=f"job {job_id} COMPLETED")
+
+
+def test_a_hard_failure_of_the_batch_host_is_not_held(ctx, devcluster, tmp_path):
+    """The batch host dies with its slurmd: the ranks on the other node see their collective
+    fail and one of them (once per attempt) leaves the watcher that lifts the hold once Slurm
+    has requeued the job (here: the node set DOWN 3 s later, as the controller does after
+    SlurmdTimeout)."""
+    run = tmp_path / "run"
+    job = ctx.submit(run, "environment.HPCORCH_STEP_DELAY_S=0.05")
+    job_id = job["job_id"]
+    wait_progress(run, 30)
+    victim = ctx.slurm.job(job_id)["BatchHost"]
+    try:
+        killed_at = time.time()
+        _hard_fail(devcluster, job_id, victim)
+        time.sleep(3)
+        ctx.slurm.set_node(victim, "DOWN", reason="test-hard-failure-of-the-batch-host")
+        _completed_without_help(ctx, job_id, timeout_s=HOLD_S + 150)
+    finally:
+        devcluster._run_daemon(f"slurmd {victim}", ["slurmd", "-N", victim])
+    first, second = _runs(ctx, job_id, 2)[:2]
+    assert first["State"].startswith("NODE_FAIL"), first
+    wait = _timestamp(second["Start"]) - _timestamp(first["End"])
+    print(f"hard failure of the batch host: killed -> requeued {_timestamp(first['End']) - killed_at:.0f} s, "
+          f"requeued -> next start {wait:.0f} s")
+    assert wait < WELL_UNDER < HOLD_S, (wait, first, second)
+    budget = json.loads((run / "restarts.json").read_text())
+    assert (budget["node_failure"], budget["preemption"]) == (1, 0), budget
+    assert _summary(run)["restarts"] == 1
+    assert ctx.entry(job_id)["restarts"] == 1  # `hpcorch status`
+    watchers = list((run / "exits" / "attempt-0").glob("hold-watch*"))
+    assert [p.name for p in watchers] == ["hold-watch"], watchers  # one watcher for the attempt
+
+
+def test_a_program_job_slurm_requeues_is_not_held(ctx, tmp_path):
+    """A ``program:`` job whose batch host is set DOWN (its slurmd alive): Slurm SIGTERMs every
+    task and requeues the job itself; the program's tasks leave the watcher as they go."""
+    from test_program_slurm import JOB, _args
+
+    run = tmp_path / "run"
+    ctx.cli("submit", JOB, "-p", "devcluster", "--run-dir", run, *_args("--step-sleep", "0.1"))
+    job_id = ctx.entry(run)["job_id"]
+    poll_until(lambda: (run / "checkpoints" / "latest.pt").exists() or None, 90, interval_s=0.2)
+    victim = ctx.slurm.job(job_id)["BatchHost"]
+    ctx.slurm.set_node(victim, "DOWN", reason="test-program-node-failure")
+    _completed_without_help(ctx, job_id, timeout_s=HOLD_S + 120)
+    first, second = _runs(ctx, job_id, 2)[:2]
+    wait = _timestamp(second["Start"]) - _timestamp(first["End"])
+    print(f"program job, node DOWN: requeued -> next start {wait:.0f} s")
+    assert wait < WELL_UNDER < HOLD_S, (wait, first, second)
+    budget = json.loads((run / "restarts.json").read_text())
+    assert (budget["node_failure"], budget["preemption"]) == (1, 0), budget
+    starts = [e for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())
+              if e["event"] == "process_start"]
+    assert [(s["attempt"], s["cause"]) for s in starts] == [(0, "none"), (1, "node_failure")], starts
+    assert ctx.entry(job_id)["restarts"] == 1  # `hpcorch status`
