@@ -189,7 +189,7 @@ def write_summary(run: RunDir, what: str, now: float) -> dict:
 
     progress = run.progress()
     summary = {"program": what, "completed": now, "final_step": progress.get("step"),
-               "final_loss": progress.get("loss"), "restarts": progress.get("restarts", 0),
+               "final_loss": progress.get("loss"), "restarts": run.restart_count(),
                "steps_recomputed": progress.get("steps_recomputed", 0),
                "latest_checkpoint": run.latest_checkpoint()}
     atomic_write(run.summary_file, json.dumps(summary, indent=2) + "\n")

@@ -55,6 +55,8 @@ ERR_TAIL_BYTES = 256 * 1024
 def main(argv: list[str] | None = None) -> int:
     # Our own requeue signals every process of the job; this one must finish its update first.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if argv is None and sys.argv[1:2] == ["--watch-requeue"]:  # the batch shell's SIGTERM trap
+        return 0 if watch_for_slurms_requeue(RunDir(sys.argv[2])) else 1
     if argv is None and sys.argv[1:2] == ["--start-when-pending"]:
         after = int(sys.argv[3]) if len(sys.argv) > 3 else None
         return _start_when_pending(sys.argv[2], after_attempt=after,

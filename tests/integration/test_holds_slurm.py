@@ -12,7 +12,7 @@ from datetime import datetime
 import psutil
 import pytest
 from slurmhelp import wait_progress
-from test_submit import _summary, ctx  # noqa: F401 (fixture)
+from test_submit import _sets, _summary, ctx  # noqa: F401 (fixture)
 
 from hpcorch.util.poll import poll_until
 
@@ -122,4 +122,50 @@ def test_a_program_job_slurm_requeues_is_not_held(ctx, tmp_path):
     starts = [e for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())
               if e["event"] == "process_start"]
     assert [(s["attempt"], s["cause"]) for s in starts] == [(0, "none"), (1, "node_failure")], starts
+    assert _summary(run)["restarts"] == 1
+    assert ctx.entry(job_id)["restarts"] == 1  # `hpcorch status`
+
+
+SLOW_MODULE = """#!/bin/sh
+# A site's slow `module load` (a busy shared file system): the first attempt's set-up outlasts
+# the preemption's GraceTime (30 s), so no step has started when the requeue signal is due.
+[ "${SLURM_RESTART_COUNT:-0}" = 0 ] && exec sleep 90
+exit 0
+"""
+
+
+def test_a_preemption_before_any_step_is_not_held(ctx, tmp_path, monkeypatch):
+    """The requeue signal is due while the batch script still loads its modules: Slurm signals
+    only steps, so it is lost, and after GraceTime Slurm requeues the job itself, SIGTERMing the
+    batch shell, whose trap leaves the watcher."""
+    import yaml
+    from slurmhelp import script
+
+    from hpcorch.spec.catalog import find
+
+    profile = yaml.safe_load(find("profiles", "devcluster").read_text())
+    profile["environment"]["modules"] = ["slowsite/1"]
+    (tmp_path / "devcluster.yaml").write_text(yaml.safe_dump(profile))
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "module").write_text(SLOW_MODULE)
+    (tmp_path / "bin" / "module").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")  # sbatch passes it on
+    run = tmp_path / "run"
+    ctx.cli("submit", "jobs/gpt-tiny.yaml", "-p", tmp_path / "devcluster.yaml", "--run-dir", run,
+            *_sets(["requeue.max_node_failures=0", "trainer.steps=40"]))
+    job_id = ctx.entry(run)["job_id"]
+    ctx.slurm.wait_for(job_id, "RUNNING", timeout_s=60)
+    time.sleep(2)
+    urgent = ctx.jobs.submit(script("sleep 1", "--partition=urgent", "--nodes=4", "--exclusive", "--time=2",
+                                    f"--output={tmp_path}/urgent.out"))
+    assert ctx.slurm.wait_for(urgent, "COMPLETED", timeout_s=120) == "COMPLETED"
+    _completed_without_help(ctx, job_id, timeout_s=HOLD_S + 120)
+    first, second = _runs(ctx, job_id, 2)[:2]
+    assert first["State"].startswith("PREEMPTED"), first
+    wait = _timestamp(second["Start"]) - _timestamp(first["End"])
+    print(f"preemption before any step: requeued -> next start {wait:.0f} s")
+    assert wait < WELL_UNDER < HOLD_S, (wait, first, second)
+    budget = json.loads((run / "restarts.json").read_text())
+    assert (budget["preemption"], budget["node_failure"]) == (1, 0), budget
+    assert _summary(run)["restarts"] == 1
     assert ctx.entry(job_id)["restarts"] == 1  # `hpcorch status`
