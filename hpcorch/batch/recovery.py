@@ -388,6 +388,32 @@ def _start_when_pending(job_id: str, after_attempt: int | None = None, patience_
     return 0
 
 
+def lift_requeue_hold(slurm: Slurm, job_id: str, settle_s: float = 3.0) -> bool:
+    """The client's side of the hold, for sites where nothing started inside the job outlives
+    it (process tracking by cgroup ends every watcher with the job): any hpcorch command that
+    finds the job requeued (restart count above 0) and waiting out ``BeginTime`` lets it start
+    now, unless ``HPCORCH_REQUEUE_HOLD=keep``, and not within ``settle_s`` of the requeue (see
+    :func:`_start_when_pending`). Slurm refuses a user who may not update the job; the hold
+    then stays. Returns whether the hold was cut."""
+    from datetime import datetime
+
+    if os.environ.get(HOLD_ENV, "").strip().lower() == "keep":
+        return False
+    info = slurm.job(job_id)
+    if (info.get("JobState"), info.get("Reason")) != ("PENDING", "BeginTime") or \
+            int(info.get("Restarts", "0") or 0) < 1:
+        return False
+    try:  # a requeue resets the job's submit time
+        requeued = datetime.fromisoformat(info.get("SubmitTime", "")).timestamp()
+    except ValueError:
+        return False
+    if time.time() - requeued < settle_s:
+        return False
+    slurm.start_now(job_id)
+    log.info("job %s: Slurm's requeue hold cut", job_id)
+    return True
+
+
 def _tail(path, size: int = ERR_TAIL_BYTES) -> str:
     try:
         with open(path, "rb") as f:

@@ -29,6 +29,9 @@ class SlurmBackend(Backend):
         """Batched per cluster: one squeue call, one sacct call for what the controller forgot
         (see :func:`hpcorch.state.jobstate.slurm_states`); a job no one knows is UNKNOWN."""
         found = jobstate.slurm_states(entries)
+        for e in entries:  # the state stays what Slurm said: the job starts at its next scheduling
+            if found.get(e.job_id) == "PENDING (BeginTime)":
+                _lift_hold(e)
         return {e.key: found.get(e.job_id, "UNKNOWN") for e in entries}
 
     def accounting(self, entries: list[Entry]) -> dict[str, list[dict[str, str]]]:
@@ -83,3 +86,14 @@ class SlurmBackend(Backend):
         from hpcorch.batch.recovery import requeue_without
 
         requeue_without(Slurm(env=entry.env), entry.job_id, list(exclude))
+
+
+def _lift_hold(entry: Entry) -> bool:
+    """Cut Slurm's hold on a job it requeued, which nothing inside the job could (see
+    :func:`hpcorch.batch.recovery.lift_requeue_hold`); never fails the command that looked."""
+    from hpcorch.batch.recovery import lift_requeue_hold
+
+    try:
+        return lift_requeue_hold(Slurm(env=entry.env), entry.job_id)
+    except (SlurmError, ValueError):
+        return False

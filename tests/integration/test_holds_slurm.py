@@ -39,12 +39,32 @@ def _hard_fail(devcluster, job_id: str, node: str) -> list[int]:
                     victims.add(parent.pid)
         except psutil.Error:
             continue
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    # All stopped first, the daemons before the rest: a step daemon that saw its task die would
+    # still report it to the controller (and the job would end FAILED, not NODE_FAIL).
+    daemons = [pid for pid in victims if pid == slurmd or _is_stepd(pid)]
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in daemons + sorted(victims - set(daemons)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
     return sorted(victims)
+
+
+def _revive(ctx, devcluster, node: str) -> None:
+    """The failed node back: its slurmd started, and once it answers, the node resumed."""
+    devcluster._run_daemon(f"slurmd {node}", ["slurmd", "-N", node])
+    poll_until(lambda: not ctx.slurm.node_state(node).endswith("*") or None, 60, interval_s=0.5,
+               what=f"slurmd of {node} answering")
+    if ctx.slurm.node_state(node).startswith("down"):
+        ctx.slurm.set_node(node, "RESUME")
+
+
+def _is_stepd(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).name().startswith("slurmstepd")
+    except psutil.Error:
+        return False
 
 
 def _timestamp(text: str) -> float:
@@ -69,13 +89,20 @@ def _completed_without_help(ctx, job_id: str, timeout_s: float) -> None:
     poll_until(done, timeout_s, interval_s=1, what=f"job {job_id} COMPLETED")
 
 
-def test_a_hard_failure_of_the_batch_host_is_not_held(ctx, devcluster, tmp_path):
+@pytest.mark.parametrize("observer", ["ranks", "client"])
+def test_a_hard_failure_of_the_batch_host_is_not_held(ctx, devcluster, tmp_path, monkeypatch, observer):
     """The batch host dies with its slurmd: the ranks on the other node see their collective
     fail and one of them (once per attempt) leaves the watcher that lifts the hold once Slurm
     has requeued the job (here: the node set DOWN 3 s later, as the controller does after
-    SlurmdTimeout)."""
+    SlurmdTimeout). ``client``: where nothing inside the job outlives it (process tracking by
+    cgroup; emulated by HPCORCH_REQUEUE_HOLD=keep in the job), ``hpcorch status`` lifts it."""
+    from hpcorch.batch.recovery import HOLD_ENV
+
     run = tmp_path / "run"
+    if observer == "client":
+        monkeypatch.setenv(HOLD_ENV, "keep")  # sbatch passes it on to the job
     job = ctx.submit(run, "environment.HPCORCH_STEP_DELAY_S=0.05")
+    monkeypatch.delenv(HOLD_ENV, raising=False)
     job_id = job["job_id"]
     wait_progress(run, 30)
     victim = ctx.slurm.job(job_id)["BatchHost"]
@@ -84,21 +111,30 @@ def test_a_hard_failure_of_the_batch_host_is_not_held(ctx, devcluster, tmp_path)
         _hard_fail(devcluster, job_id, victim)
         time.sleep(3)
         ctx.slurm.set_node(victim, "DOWN", reason="test-hard-failure-of-the-batch-host")
+        if observer == "client":  # a user looking now and then, once Slurm has requeued the job
+            poll_until(lambda: int(ctx.slurm.job(job_id).get("Restarts", "0")) >= 1 or None, 60, interval_s=0.5,
+                       what=f"job {job_id} requeued")
+
+            def looked():
+                ctx.cli("status", job_id)
+                return ctx.slurm.state(job_id) in ("RUNNING", "COMPLETED") or None
+
+            poll_until(looked, HOLD_S + 60, interval_s=2, what=f"job {job_id} running again")
         _completed_without_help(ctx, job_id, timeout_s=HOLD_S + 150)
     finally:
-        devcluster._run_daemon(f"slurmd {victim}", ["slurmd", "-N", victim])
+        _revive(ctx, devcluster, victim)
     first, second = _runs(ctx, job_id, 2)[:2]
     assert first["State"].startswith("NODE_FAIL"), first
     wait = _timestamp(second["Start"]) - _timestamp(first["End"])
-    print(f"hard failure of the batch host: killed -> requeued {_timestamp(first['End']) - killed_at:.0f} s, "
-          f"requeued -> next start {wait:.0f} s")
+    print(f"hard failure of the batch host ({observer}): killed -> requeued "
+          f"{_timestamp(first['End']) - killed_at:.0f} s, requeued -> next start {wait:.0f} s")
     assert wait < WELL_UNDER < HOLD_S, (wait, first, second)
     budget = json.loads((run / "restarts.json").read_text())
     assert (budget["node_failure"], budget["preemption"]) == (1, 0), budget
     assert _summary(run)["restarts"] == 1
     assert ctx.entry(job_id)["restarts"] == 1  # `hpcorch status`
-    watchers = list((run / "exits" / "attempt-0").glob("hold-watch*"))
-    assert [p.name for p in watchers] == ["hold-watch"], watchers  # one watcher for the attempt
+    watchers = [p.name for p in (run / "exits" / "attempt-0").glob("hold-watch*")]
+    assert watchers == (["hold-watch"] if observer == "ranks" else []), watchers  # one per attempt
 
 
 def test_a_program_job_slurm_requeues_is_not_held(ctx, tmp_path):

@@ -67,3 +67,20 @@ def test_the_watcher_gives_up_when_the_job_ends_unrequeued(monkeypatch, state):
     assert slurm.started == []
     gone = _Slurm({})  # Slurm forgot the job
     assert recovery._start_when_pending("7", after_attempt=1, patience_s=30, slurm=gone) == 1
+
+
+def test_a_command_that_reads_the_job_cuts_slurms_requeue_hold(monkeypatch):
+    """Where no watcher outlives the job (process tracking by cgroup), the client cuts the hold:
+    only of a requeued job waiting out BeginTime, not in the requeue's first seconds, not with keep."""
+    from datetime import datetime, timedelta
+
+    monkeypatch.delenv(recovery.HOLD_ENV, raising=False)
+    long_ago = (datetime.now() - timedelta(seconds=30)).isoformat(timespec="seconds")
+    just_now = datetime.now().isoformat(timespec="seconds")
+    held = {"JobState": "PENDING", "Reason": "BeginTime", "Restarts": "1", "SubmitTime": long_ago}
+    for info, cut in [(held, True), ({**held, "SubmitTime": just_now}, False), ({**held, "Restarts": "0"}, False),
+                      ({**held, "Reason": "Priority"}, False), ({**held, "SubmitTime": "Unknown"}, False)]:
+        slurm = _Slurm(info)
+        assert recovery.lift_requeue_hold(slurm, "7") is cut and slurm.started == (["7"] if cut else []), info
+    monkeypatch.setenv(recovery.HOLD_ENV, "keep")
+    assert recovery.lift_requeue_hold(_Slurm(held), "7") is False
