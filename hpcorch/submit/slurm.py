@@ -90,9 +90,19 @@ class SlurmBackend(Backend):
 
 def _lift_hold(entry: Entry) -> bool:
     """Cut Slurm's hold on a job it requeued, which nothing inside the job could (see
-    :func:`hpcorch.batch.recovery.lift_requeue_hold`); never fails the command that looked."""
-    from hpcorch.batch.recovery import lift_requeue_hold
+    :func:`hpcorch.batch.recovery.lift_requeue_hold`), unless the job's own environment keeps
+    it (``HPCORCH_REQUEUE_HOLD: keep``); never fails the command that looked."""
+    from hpcorch.batch.recovery import HOLD_ENV, lift_requeue_hold
+    from hpcorch.errors import HpcorchError
+    from hpcorch.spec.yamlio import parse_yaml
+    from hpcorch.state.rundir import RunDir
 
+    try:
+        job = parse_yaml(RunDir(entry.run_dir).job_file.read_text(), entry.run_dir)
+        if str((job.get("environment") or {}).get(HOLD_ENV, "")).strip().lower() == "keep":
+            return False
+    except (OSError, UnicodeDecodeError, HpcorchError, AttributeError):
+        pass  # no readable job here (a remote run's folder): the environment of this command decides
     try:
         return lift_requeue_hold(Slurm(env=entry.env), entry.job_id)
     except (SlurmError, ValueError):

@@ -84,3 +84,16 @@ def test_a_command_that_reads_the_job_cuts_slurms_requeue_hold(monkeypatch):
         assert recovery.lift_requeue_hold(slurm, "7") is cut and slurm.started == (["7"] if cut else []), info
     monkeypatch.setenv(recovery.HOLD_ENV, "keep")
     assert recovery.lift_requeue_hold(_Slurm(held), "7") is False
+
+
+def test_the_client_honours_a_job_that_keeps_its_hold(tmp_path, monkeypatch):
+    from hpcorch.state.registry import Entry
+    from hpcorch.submit import slurm as backend
+
+    asked = []
+    monkeypatch.setattr(recovery, "lift_requeue_hold", lambda slurm, job_id: asked.append(job_id) or True)
+    entry = Entry(key=1, job_id="7", name="j", profile="p", scheduler="slurm", run_dir=str(tmp_path),
+                  job_file=str(tmp_path / "job.yaml"), slurm_conf=None, exclude=None, submitted=0.0, resumed_from=None)
+    assert backend._lift_hold(entry) is True and asked == ["7"]  # no job.yaml: this command's environment decides
+    (tmp_path / "job.yaml").write_text("name: j\nenvironment:\n  HPCORCH_REQUEUE_HOLD: keep\n")
+    assert backend._lift_hold(entry) is False and asked == ["7"]
