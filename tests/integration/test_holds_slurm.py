@@ -1,8 +1,9 @@
 """Slurm's own requeues on the real dev cluster are not held for its ~120 s ``BeginTime``: a hard
 failure of the batch host (its slurmd, step daemons and ranks SIGKILLed, as at a power loss: no
-recovery step of ours runs there) and a node set DOWN under a ``program:`` job. The requeued
-job starts again within seconds, with no help from the test, and counts one node failure
-everywhere. Nothing here lifts a hold for the job."""
+recovery step of ours runs there), seen by the ranks left or, where nothing inside the job
+outlives it, by ``hpcorch status``; a node set DOWN under a ``program:`` job; a preemption whose
+requeue signal came before any step started (lost by Slurm). The requeued job starts again
+within seconds and counts one restart everywhere. The test itself never lifts a hold."""
 import json
 import os
 import signal
