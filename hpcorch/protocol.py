@@ -27,7 +27,9 @@ batch host's recovery step reads srun's report and requeues within that budget.
 
 A node failure sends no signal: Slurm requeues the job itself, and the next attempt counts it
 (:func:`unplanned_restart`) against ``max_node_failures`` before it trains, unless accounting
-says that Slurm's requeue was a preemption or the time limit (:func:`requeue_cause`).
+says that Slurm's requeue was a preemption or the time limit (:func:`requeue_cause`). Slurm holds
+such a requeue ~120 s too: the failed ranks, the batch shell or the next hpcorch command that
+reads the job cut it (:func:`hpcorch.batch.recovery.watch_for_slurms_requeue`).
 
 Budgets are counted in the run directory (``restarts.json``), so they survive every restart.
 """

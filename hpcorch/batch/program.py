@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcorch import protocol
+from hpcorch.batch.recovery import watch_for_slurms_requeue
 from hpcorch.batch.task import RankFailed, TrainTask, _requeue, _wait_to_be_ended, resolve_address
 from hpcorch.errors import HpcorchError
 from hpcorch.protocol import NotRequeued, RestartBudget
@@ -106,7 +107,9 @@ class ProgramTask(TrainTask):
                 # Slurm ends the step (a cancel, or srun ending the others after a rank failed):
                 # the program's end is no checkpoint of the protocol's. Dying of the SIGTERM says so
                 # to recovery, where an exit 3 would claim the protocol acted (and the failed rank's
-                # node would go unjudged, the job unrequeued).
+                # node would go unjudged, the job unrequeued). If the SIGTERM was Slurm's own
+                # requeue (a node set down), nothing of ours requeues, so its hold is cut here.
+                watch_for_slurms_requeue(run)
                 die_of(signal.SIGTERM)
         return self._after_stop(job, run, budget, job_id, dist.rank, got)
 
@@ -187,7 +190,7 @@ def write_summary(run: RunDir, what: str, now: float) -> dict:
 
     progress = run.progress()
     summary = {"program": what, "completed": now, "final_step": progress.get("step"),
-               "final_loss": progress.get("loss"), "restarts": progress.get("restarts", 0),
+               "final_loss": progress.get("loss"), "restarts": run.restart_count(),
                "steps_recomputed": progress.get("steps_recomputed", 0),
                "latest_checkpoint": run.latest_checkpoint()}
     atomic_write(run.summary_file, json.dumps(summary, indent=2) + "\n")

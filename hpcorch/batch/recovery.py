@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from hpcorch import protocol
 from hpcorch.batch.failure import (
@@ -37,7 +38,7 @@ from hpcorch.batch.failure import (
     scheduler_stop,
     srun_ends,
 )
-from hpcorch.cluster.slurm import Slurm, SlurmError, job_ref
+from hpcorch.cluster.slurm import FINAL_STATES, Slurm, SlurmError, job_ref
 from hpcorch.errors import HpcorchError
 from hpcorch.protocol import Action, Cause, Decision, RestartBudget
 from hpcorch.spec.job import load_job
@@ -54,8 +55,12 @@ ERR_TAIL_BYTES = 256 * 1024
 def main(argv: list[str] | None = None) -> int:
     # Our own requeue signals every process of the job; this one must finish its update first.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if argv is None and sys.argv[1:2] == ["--watch-requeue"]:  # the batch shell's SIGTERM trap
+        return 0 if watch_for_slurms_requeue(RunDir(sys.argv[2])) else 1
     if argv is None and sys.argv[1:2] == ["--start-when-pending"]:
-        return _start_when_pending(sys.argv[2])
+        after = int(sys.argv[3]) if len(sys.argv) > 3 else None
+        return _start_when_pending(sys.argv[2], after_attempt=after,
+                                   patience_s=WATCH_PATIENCE_S if after is not None else 120.0)
     parser = argparse.ArgumentParser(prog="python -m hpcorch.batch.recovery", description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--stage", choices=("preflight", "train"), required=True)
@@ -280,31 +285,70 @@ def _exclude_once_pending(slurm: Slurm, job_id: str, hosts: str, patience_s: flo
 
 
 HOLD_ENV = "HPCORCH_REQUEUE_HOLD"  # "keep": leave Slurm's hold after our requeues (benchmarks compare)
+# How long a watcher left by a failed rank waits for Slurm to requeue the job: Slurm takes a
+# dead node down only after SlurmdTimeout (300 s by default), and then requeues the job.
+WATCH_PATIENCE_S = 600.0
 
 
-def start_when_pending(job_id: str) -> bool:
+def start_when_pending(job_id: str, after_attempt: int | None = None, once: Path | None = None) -> bool:
     """Cut the hold Slurm puts on a requeued job (``BeginTime``, about two minutes) once the
     job is pending: only then does ``StartTime=now`` stick, and the job stays completing while
     this process (one of its own) lives. So a detached process does it after we are gone. On
     sites whose process tracking is a cgroup it ends with the job, and the hold stays; where
     the user may not update the job, Slurm refuses and the hold stays too (nothing fails).
-    ``HPCORCH_REQUEUE_HOLD=keep`` leaves the hold (to measure what the cut gains). Returns
-    whether the helper was started."""
+    ``HPCORCH_REQUEUE_HOLD=keep`` leaves the hold (to measure what the cut gains).
+
+    With ``after_attempt`` the helper waits (up to :data:`WATCH_PATIENCE_S`) for a requeue that
+    Slurm has not made yet (the job's restart count above that attempt's), and gives up when
+    the job ends instead; ``once`` is a marker file that only its first creator gets to start
+    the helper with (every rank of an attempt may ask). Returns whether the helper was started."""
     import subprocess
 
     if os.environ.get(HOLD_ENV, "").strip().lower() == "keep":
         log.info("%s=keep: Slurm's hold on the requeued job stays", HOLD_ENV)
         return False
+    if once is not None and not _first_to_create(once):
+        return False
+    argv = [sys.executable, "-m", "hpcorch.batch.recovery", "--start-when-pending", job_id]
+    if after_attempt is not None:
+        argv.append(str(after_attempt))
     # The requeue SIGTERMs the job's processes, maybe while the helper is still starting (before
     # its own handler): an ignored signal is inherited through exec, so it is ignored from birth.
     previous = _ignore_sigterm()
     try:
-        subprocess.Popen([sys.executable, "-m", "hpcorch.batch.recovery", "--start-when-pending", job_id],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True, close_fds=True)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    return True
+
+
+def watch_for_slurms_requeue(run: RunDir, environ: dict | None = None) -> bool:
+    """A rank of a Slurm job that failed, or that Slurm's SIGTERM ended, leaves a watcher that
+    cuts the hold if Slurm requeues the job by itself: when the batch host failed outright, no
+    recovery step of ours runs there, and the ranks on the other nodes are the only ones left to
+    see it. One watcher per attempt, whichever rank comes first (``exits/attempt-N/hold-watch``);
+    it ends as soon as the job ends without a requeue."""
+    env = os.environ if environ is None else environ
+    if not env.get("SLURM_JOB_ID"):
+        return False
+    attempt = int(env.get("SLURM_RESTART_COUNT", "0") or 0)
+    try:
+        return start_when_pending(job_ref(env), after_attempt=attempt,
+                                  once=run.exit_record(attempt, 0).parent / "hold-watch")
+    except OSError as exc:  # on a failure path: never hide the failure being reported
+        log.warning("hpcorch: no watcher for Slurm's requeue hold: %s", exc)
+        return False
+
+
+def _first_to_create(marker: Path) -> bool:
+    """Create ``marker``; False if it exists already (another process created it first)."""
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return False
     return True
 
 
@@ -317,22 +361,57 @@ def _ignore_sigterm():
         return None
 
 
-def _start_when_pending(job_id: str, patience_s: float = 120.0) -> int:
-    slurm = Slurm()
+def _start_when_pending(job_id: str, after_attempt: int | None = None, patience_s: float = 120.0,
+                        slurm: Slurm | None = None) -> int:
+    """The helper's body: wait until the job is held for ``BeginTime`` after a requeue (after
+    ``after_attempt``, if given), then let it start now. Exit 1 if it never was (the job ended,
+    or the patience ran out)."""
+    slurm = slurm or Slurm()
 
-    def held_for_begin_time() -> bool:
+    def held_for_begin_time() -> bool | None:
         info = slurm.job(job_id)
-        return info.get("JobState") == "PENDING" and info.get("Reason") == "BeginTime"
+        state = info.get("JobState", "")
+        if after_attempt is not None and int(info.get("Restarts", "0") or 0) <= after_attempt:
+            if not info or state in FINAL_STATES:  # ended, and not requeued: nothing to watch for
+                raise PollTimeout(f"job {job_id} ended ({state or 'forgotten'}) without a requeue")
+            return None
+        return (state == "PENDING" and info.get("Reason") == "BeginTime") or None
 
     try:
-        poll_until(held_for_begin_time, patience_s, interval_s=0.5)
-    except PollTimeout:
+        poll_until(held_for_begin_time, patience_s, interval_s=0.5 if after_attempt is None else 1.0)
+    except (PollTimeout, SlurmError):
         return 1
     # slurmd refuses a credential made in the same second as the revoked one ("Job
     # credential revoked", and the job fails): the hold exists for that; two seconds suffice.
     time.sleep(2.0)
     slurm.start_now(job_id)
     return 0
+
+
+def lift_requeue_hold(slurm: Slurm, job_id: str, settle_s: float = 3.0) -> bool:
+    """The client's side of the hold, for sites where nothing started inside the job outlives
+    it (process tracking by cgroup ends every watcher with the job): any hpcorch command that
+    finds the job requeued (restart count above 0) and waiting out ``BeginTime`` lets it start
+    now, unless ``HPCORCH_REQUEUE_HOLD=keep``, and not within ``settle_s`` of the requeue (see
+    :func:`_start_when_pending`). Slurm refuses a user who may not update the job; the hold
+    then stays. Returns whether the hold was cut."""
+    from datetime import datetime
+
+    if os.environ.get(HOLD_ENV, "").strip().lower() == "keep":
+        return False
+    info = slurm.job(job_id)
+    if (info.get("JobState"), info.get("Reason")) != ("PENDING", "BeginTime") or \
+            int(info.get("Restarts", "0") or 0) < 1:
+        return False
+    try:  # a requeue resets the job's submit time
+        requeued = datetime.fromisoformat(info.get("SubmitTime", "")).timestamp()
+    except ValueError:
+        return False
+    if time.time() - requeued < settle_s:
+        return False
+    slurm.start_now(job_id)
+    log.info("job %s: Slurm's requeue hold cut", job_id)
+    return True
 
 
 def _tail(path, size: int = ERR_TAIL_BYTES) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import psutil
 
 from hpcorch import protocol
-from hpcorch.batch.recovery import start_when_pending
+from hpcorch.batch.recovery import start_when_pending, watch_for_slurms_requeue
 from hpcorch.cluster.slurm import Slurm
 from hpcorch.errors import HpcorchError
 from hpcorch.protocol import Action, Cause, NotRequeued, RestartBudget
@@ -59,8 +59,10 @@ class TrainTask:
         except RankFailed as exc:  # the rank printed its own one-line reason
             code = exc.exit_code
             self._record_exit(code, "")
+            self._watch_for_requeue()
         except BaseException as exc:  # a crash: recorded for recovery, then submitit logs the traceback
             self._record_exit(1, f"{type(exc).__name__}: {exc}")
+            self._watch_for_requeue()
             raise
         sys.exit(code)  # SystemExit passes through submitit's handler: no traceback, this exit code
 
@@ -83,6 +85,12 @@ class TrainTask:
             atomic_write(path, json.dumps(record), durable=False)
         except (OSError, HpcorchError) as exc:  # a full disk must not hide the failure it is recording
             log.warning("hpcorch: could not record this rank's exit: %s", exc)
+
+    def _watch_for_requeue(self) -> None:
+        """A failed rank on Slurm: if the batch host failed with it (its recovery step never
+        runs), Slurm requeues the job itself; cut that requeue's hold (one watcher per attempt)."""
+        if self.scheduler == "slurm":
+            watch_for_slurms_requeue(RunDir(self.run_dir))
 
     def _run(self) -> dict:
         import submitit

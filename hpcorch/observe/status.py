@@ -23,7 +23,7 @@ def progress(entry: Entry) -> dict:
     return {
         "step": prog.get("step"),
         "steps": planned_steps(run),
-        "restarts": prog.get("restarts", 0),
+        "restarts": run.restart_count(),
         "requeues": {k: budget.get(k, 0) for k in ("preemption", "timeout", "node_failure")},
         "latest_checkpoint": run.latest_checkpoint(),
         "loss": metrics.get("loss"),

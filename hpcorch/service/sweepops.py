@@ -37,7 +37,7 @@ def sweep_status(ref: str, registry: Registry | None = None, sort: str | None = 
                      **{k: point["params"].get(k) for k in keys},
                      "state": live["state"] if live else "NOT SUBMITTED", "job_id": entry.job_id if entry else None,
                      "done": point["name"] in done,
-                     "restarts": progress.get("restarts", 0), "step": summary.get("final_step", progress.get("step")),
+                     "restarts": run.restart_count(), "step": summary.get("final_step", progress.get("step")),
                      "final_loss": summary.get("final_loss"), "val_loss": summary.get("val_loss"),
                      "tokens_per_s": run.last_metrics().get("tokens_per_s"),
                      "goodput": live["goodput"] if live else None, "run_dir": point["run_dir"]})

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hpcorch.errors import HpcorchError
-from hpcorch.util.fileio import atomic_write, hostname, last_json_line, read_json
+from hpcorch.util.fileio import atomic_write, hostname, json_lines, last_json_line, read_json
 
 COMMIT_MARKER = "COMMITTED"
 LEASE_ENV = "HPCORCH_LEASE"  # the holder's token, for the ranks it starts: see RunDir.check_fence
@@ -306,6 +306,16 @@ class RunDir:
 
     def restarts(self) -> dict:
         return read_json(self.restarts_file)
+
+    def restart_count(self) -> int:
+        """How often the run started again: its progress's count (the trainer's, or a program's
+        through hpcorch's runtime helper), else its process starts less the first (a program
+        that reports no progress; every attempt records its start)."""
+        progress = self.progress()
+        if "restarts" in progress:
+            return int(progress["restarts"])
+        starts = sum(1 for e in json_lines(self.events) if e.get("event") == "process_start")
+        return max(0, starts - 1)
 
     def summary(self) -> dict:
         return read_json(self.summary_file)

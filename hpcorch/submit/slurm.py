@@ -29,6 +29,9 @@ class SlurmBackend(Backend):
         """Batched per cluster: one squeue call, one sacct call for what the controller forgot
         (see :func:`hpcorch.state.jobstate.slurm_states`); a job no one knows is UNKNOWN."""
         found = jobstate.slurm_states(entries)
+        for e in entries:  # the state stays what Slurm said: the job starts at its next scheduling
+            if found.get(e.job_id) == "PENDING (BeginTime)":
+                _lift_hold(e)
         return {e.key: found.get(e.job_id, "UNKNOWN") for e in entries}
 
     def accounting(self, entries: list[Entry]) -> dict[str, list[dict[str, str]]]:
@@ -83,3 +86,24 @@ class SlurmBackend(Backend):
         from hpcorch.batch.recovery import requeue_without
 
         requeue_without(Slurm(env=entry.env), entry.job_id, list(exclude))
+
+
+def _lift_hold(entry: Entry) -> bool:
+    """Cut Slurm's hold on a job it requeued, which nothing inside the job could (see
+    :func:`hpcorch.batch.recovery.lift_requeue_hold`), unless the job's own environment keeps
+    it (``HPCORCH_REQUEUE_HOLD: keep``); never fails the command that looked."""
+    from hpcorch.batch.recovery import HOLD_ENV, lift_requeue_hold
+    from hpcorch.errors import HpcorchError
+    from hpcorch.spec.yamlio import parse_yaml
+    from hpcorch.state.rundir import RunDir
+
+    try:
+        job = parse_yaml(RunDir(entry.run_dir).job_file.read_text(), entry.run_dir)
+        if str((job.get("environment") or {}).get(HOLD_ENV, "")).strip().lower() == "keep":
+            return False
+    except (OSError, UnicodeDecodeError, HpcorchError, AttributeError):
+        pass  # no readable job here (a remote run's folder): the environment of this command decides
+    try:
+        return lift_requeue_hold(Slurm(env=entry.env), entry.job_id)
+    except (SlurmError, ValueError):
+        return False

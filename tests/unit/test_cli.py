@@ -22,7 +22,7 @@ def test_dry_run_prints_the_golden_script(repo):
     assert out.returncode == 0, out.stderr
     golden = (repo / "tests/golden/h100-ndr__gpt2-124m.sbatch").read_text()
     assert out.stdout == golden.replace("python3 -u", f"{sys.executable} -u").replace(
-        "exec python3 -m", f"exec {sys.executable} -m")
+        "exec python3 -m", f"exec {sys.executable} -m").replace("\n  python3 -m", f"\n  {sys.executable} -m")
 
 
 def test_render_is_an_alias(repo):

@@ -235,3 +235,17 @@ def test_resume_with_a_bad_exclude_is_one_clear_error(tmp_path):
 
     out = run_cli("resume", "1", "--exclude", "bad[", env={"HPCORCH_HOME": str(tmp_path / "home")})
     assert out.returncode == 2 and out.stderr.startswith("error: --exclude: ") and "Traceback" not in out.stderr
+
+
+def test_restart_count_is_the_progress_count_else_the_process_starts(tmp_path):
+    import json
+
+    from hpcorch.state.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    assert run.restart_count() == 0  # nothing started yet
+    for attempt in range(3):  # a program that reports no progress: its attempts' starts
+        run.append_event("process_start", attempt=attempt)
+    assert run.restart_count() == 2
+    run.progress_file.write_text(json.dumps({"step": 5, "restarts": 1}))  # the trainer's word wins
+    assert run.restart_count() == 1

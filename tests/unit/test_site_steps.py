@@ -77,7 +77,8 @@ def _setup(repo, tmp_path, environment: dict) -> list[str]:
     plan = make_plan(load_job(repo / "jobs/gpt-tiny.yaml"), load_profile(path), run_dir="/scratch/runs/gpt-tiny",
                      python="/usr/bin/python3")
     lines = render_sbatch(plan).splitlines()
-    return lines[lines.index("set -euo pipefail") + 1:lines.index("export HPCORCH_RUN_DIR=/scratch/runs/gpt-tiny")]
+    # what follows the shell options and the requeue watch's SIGTERM trap (hpcorch.batch.recovery)
+    return lines[lines.index("trap hpcorch_requeue_watch TERM") + 1:lines.index("export HPCORCH_RUN_DIR=/scratch/runs/gpt-tiny")]
 
 
 def test_modules_purge_use_and_load_in_order_before_what_depends_on_them(repo, tmp_path):
