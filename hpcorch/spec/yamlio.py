@@ -13,6 +13,7 @@ written: a name ``"3e-4"`` stays a string, ``2:00:00`` stays a string.
 """
 from __future__ import annotations
 
+from codecs import BOM_UTF8
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +91,16 @@ def read_yaml(path: Path) -> Any:
     if len(raw) > MAX_BYTES:
         raise ConfigError(str(path), "", f"is larger than {MAX_BYTES:,} bytes; expected a "
                                          "profile or job file")
+    # The BOM is stripped here rather than by the "utf-8-sig" codec, whose error offsets count
+    # from after the BOM: the byte and offset named must be the file's own.
+    skip = len(BOM_UTF8) if raw.startswith(BOM_UTF8) else 0
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw[skip:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(str(path), "", f"line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8; "
-                                         "expected a UTF-8 text file") from None
+        at = skip + exc.start
+        line = raw[:at].count(b"\n") + 1
+        raise ConfigError(str(path), "", f"line {line}: byte 0x{raw[at]:02x} at offset {at} is not "
+                                         "UTF-8; expected a UTF-8 text file") from None
     _check_size_and_text(text, str(path))
     # Profiles and jobs are read by every command, mostly unchanged since the last one: their
     # parsed form is kept per text (see usercache), so that a cold command need not import PyYAML.

@@ -67,8 +67,29 @@ def test_merge_keys_may_repeat_on_purpose(tmp_path):
 
 def test_non_utf8_file_names_the_line_and_expected_encoding(tmp_path):
     path = _job(tmp_path, JOB.encode() + b"description: caf\xe9\n")
-    with pytest.raises(ConfigError, match=r"line 4: byte 0xe9 is not UTF-8; expected a UTF-8 text file"):
+    at = len(JOB) + len("description: caf")
+    with pytest.raises(ConfigError, match=rf"line 4: byte 0xe9 at offset {at} is not UTF-8; "
+                                          "expected a UTF-8 text file"):
         load_job(path)
+
+
+def test_non_utf8_byte_after_a_bom_is_named_at_its_place_in_the_file(tmp_path):
+    # The BOM's 3 bytes count: the offset and line are where the bad byte is in the file.
+    body = JOB.encode() + b"description: s\xff\n"
+    path = _job(tmp_path, b"\xef\xbb\xbf" + body)
+    at = 3 + len(body) - 2
+    with pytest.raises(ConfigError, match=rf"line 4: byte 0xff at offset {at} is not UTF-8"):
+        load_job(path)
+    # a bad byte just after a newline: without the BOM's 3 bytes the line would be wrong too
+    path = _job(tmp_path, b"\xef\xbb\xbfname: t\n\xfe: 1\n")
+    with pytest.raises(ConfigError, match=r"line 2: byte 0xfe at offset 11 is not UTF-8"):
+        load_job(path)
+
+
+def test_bom_prefixed_utf8_file_is_read(tmp_path):
+    path = _job(tmp_path, b"\xef\xbb\xbf" + JOB.encode() + "description: café\n".encode())
+    job = load_job(path)
+    assert job.name == "t" and job.description == "café"
 
 
 @pytest.mark.parametrize("text", [
