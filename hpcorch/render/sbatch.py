@@ -178,7 +178,8 @@ def _bytecode_cache():
             try:
                 super().dump_bytecode(bucket)
             except OSError:
-                pass
+                return
+            usercache.maybe_prune(Path(self.directory))  # edited user templates add entries
 
     version = hashlib.sha1(f"{__version__} {jinja2.__version__} {_ENV_OPTIONS}".encode()).hexdigest()[:12]
     folder = usercache.folder(f"templates-{version}")

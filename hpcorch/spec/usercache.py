@@ -11,7 +11,11 @@ Everything here is a shortcut that can only be taken when it gives what the slow
 * an entry is written under a private temporary name and renamed into place, so a reader sees
   a whole entry or none (no fsync: a lost entry is only recomputed);
 * a folder that cannot be made or written, or an entry that cannot be read back, costs only
-  the recomputation; errors are never cached (a bad file is parsed, and refused, every time).
+  the recomputation; errors are never cached (a bad file is parsed, and refused, every time);
+* every edited file text adds an entry, so about one write in :data:`PRUNE_EVERY` prunes its
+  folder (:func:`prune`): entries unused for :data:`MAX_AGE_S`, the oldest beyond
+  :data:`MAX_ENTRIES`, and folders of other versions left untouched as long. Reads never prune
+  (an entry read is not touched, so "unused" means "not written": at worst one reparse).
 """
 from __future__ import annotations
 
@@ -26,6 +30,15 @@ from pathlib import Path
 from typing import Any
 
 _MISSING = object()
+
+#: Entries a cache folder keeps at most; the oldest (by mtime) beyond it are removed.
+MAX_ENTRIES = 1000
+#: Entries, and folders of other versions, not written for this long are removed.
+MAX_AGE_S = 30 * 86400
+#: About one write in this many prunes (a scan of one folder: cheap, but not for every write).
+PRUNE_EVERY = 16
+#: A temporary file this old was left by a writer that died; a younger one may be being written.
+_TMP_AGE_S = 3600
 
 
 def base() -> Path:
@@ -68,10 +81,82 @@ def _store(entry: Path, key: str, value: Any) -> None:
             f.write(data)
         os.replace(tmp, entry)
     except OSError:
+        _unlink(tmp)
+        return
+    maybe_prune(entry.parent)
+
+
+def _unlink(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:  # gone already (another process pruned it), or not ours to remove
+        pass
+
+
+def maybe_prune(where: Path) -> None:
+    """:func:`prune` ``where`` about once in :data:`PRUNE_EVERY` calls (one call per entry
+    written), so that a folder stays bounded without scanning it on every write."""
+    if PRUNE_EVERY <= 1 or os.urandom(1)[0] % PRUNE_EVERY == 0:
+        prune(where)
+
+
+def prune(where: Path, max_entries: int | None = None, max_age_s: float | None = None) -> None:
+    """Remove from the cache folder ``where`` the entries older than ``max_age_s`` (default
+    :data:`MAX_AGE_S`) and the oldest beyond ``max_entries`` (default :data:`MAX_ENTRIES`), by
+    mtime; temporary files of writers that died; and sibling folders of other versions (same
+    name before the last ``-``) not written for ``max_age_s``. Never raises: two processes
+    pruning at once each find some files gone, which is fine."""
+    import time
+
+    max_entries = MAX_ENTRIES if max_entries is None else max_entries
+    max_age_s = MAX_AGE_S if max_age_s is None else max_age_s
+    now = time.time()
+    entries = []
+    for path, mtime, is_tmp in _files(where):
+        if now - mtime > (_TMP_AGE_S if is_tmp else max_age_s):
+            _unlink(path)
+        elif not is_tmp:
+            entries.append((mtime, path))
+    entries.sort()
+    for _, path in entries[: max(0, len(entries) - max_entries)]:
+        _unlink(path)
+    prefix = where.name.rpartition("-")[0]
+    if not prefix:
+        return
+    try:
+        siblings = [e for e in os.scandir(where.parent) if e.name.startswith(prefix + "-")
+                    and e.name != where.name and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    for sibling in siblings:
         try:
-            os.unlink(tmp)
+            if now - sibling.stat(follow_symlinks=False).st_mtime <= max_age_s:
+                continue
         except OSError:
+            continue
+        for path, _, _ in _files(Path(sibling.path)):
+            _unlink(path)
+        try:
+            os.rmdir(sibling.path)
+        except OSError:  # another process wrote to it meanwhile: it is in use after all
             pass
+
+
+def _files(where: Path) -> list[tuple[str, float, bool]]:
+    """``(path, mtime, is_temporary)`` of the plain files in ``where``; [] if it cannot be read."""
+    found = []
+    try:
+        with os.scandir(where) as it:
+            for e in it:
+                try:
+                    if e.is_file(follow_symlinks=False):
+                        found.append((e.path, e.stat(follow_symlinks=False).st_mtime,
+                                      e.name.startswith(".") and e.name.endswith(".tmp")))
+                except OSError:  # removed since the scan listed it
+                    continue
+    except OSError:
+        pass
+    return found
 
 
 @functools.cache
