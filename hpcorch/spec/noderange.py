@@ -11,39 +11,41 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from hpcorch.errors import shown
 from hpcorch.spec.schema import SLURM_MAX16, Invalid
 
 _RANGE = re.compile(r"\s*([0-9]{1,6})\s*-\s*([0-9]{1,6})\s*")
+# ASCII digits only: str.isdigit() accepts "²" (which int() refuses) and 5,000-digit strings
+# (beyond int()'s limit); both would end in a traceback instead of this module's message.
+_COUNT = re.compile(r"\s*([0-9]{1,6})\s*")
 _EXPECTED = "a node count, 'M-N' or {min: M, max: N} with 1 <= M <= N <= " + str(SLURM_MAX16)
 
 
 def parse_nodes(value: object, key: str = "nodes") -> tuple[int, int]:
     """``(min, max)`` of a ``resources.nodes`` value; raises :class:`Invalid` naming ``key``."""
     if isinstance(value, bool):
-        raise Invalid(key, f"expected {_EXPECTED}, got {value!r}")
+        raise Invalid(key, f"expected {_EXPECTED}, got {shown(value)}")
     if isinstance(value, int):
         lo = hi = value
     elif isinstance(value, str):
-        m = _RANGE.fullmatch(value)
-        if m is None:
-            if value.strip().isdigit():  # "4": a count written as text
-                lo = hi = int(value)
-            else:
-                raise Invalid(key, f"expected {_EXPECTED}, got {value!r}")
-        else:
+        if m := _RANGE.fullmatch(value):
             lo, hi = int(m[1]), int(m[2])
+        elif m := _COUNT.fullmatch(value):  # "4": a count written as text
+            lo = hi = int(m[1])
+        else:
+            raise Invalid(key, f"expected {_EXPECTED}, got {shown(value)}")
     elif isinstance(value, dict):
         if set(value) != {"min", "max"} or any(type(v) is not int for v in value.values()):
-            raise Invalid(key, f"expected {_EXPECTED}, got {value!r}")
+            raise Invalid(key, f"expected {_EXPECTED}, got {shown(value)}")
         lo, hi = value["min"], value["max"]
     else:
-        raise Invalid(key, f"expected {_EXPECTED}, got {value!r}")
+        raise Invalid(key, f"expected {_EXPECTED}, got {shown(value)}")
     if lo < 1 or hi < 1:
-        raise Invalid(key, f"expected a positive number of nodes ({_EXPECTED}), got {value!r}")
+        raise Invalid(key, f"expected a positive number of nodes ({_EXPECTED}), got {shown(value)}")
     if lo > hi:
-        raise Invalid(key, f"expected min <= max ({_EXPECTED}), got {value!r}")
+        raise Invalid(key, f"expected min <= max ({_EXPECTED}), got {shown(value)}")
     if hi > SLURM_MAX16:
-        raise Invalid(key, f"expected at most {SLURM_MAX16} (Slurm's largest node count), got {value!r}")
+        raise Invalid(key, f"expected at most {SLURM_MAX16} (Slurm's largest node count), got {shown(value)}")
     return lo, hi
 
 

@@ -10,7 +10,15 @@ from hpcorch.spec import units
 from hpcorch.spec.launch import check_directives
 from hpcorch.spec.noderange import parse_nodes, show
 from hpcorch.spec.profile import check_constraint
-from hpcorch.spec.schema import SLURM_MAX16, Invalid, check_account, check_at_most, check_name, check_positive
+from hpcorch.spec.schema import (
+    CHECKED_AFTER,
+    SLURM_MAX16,
+    Invalid,
+    check_account,
+    check_at_most,
+    check_name,
+    check_positive,
+)
 
 MAX_MEMORY_MB = 2**40  # as a profile's node_types.*.memory_mb
 MAX_TASKS_PER_NODE = 1024  # ranks per node: one per GPU or a few per CPU socket, far below this
@@ -26,7 +34,7 @@ class Resources:
     int, the most nodes the job asks for, with ``nodes_min`` the fewest (equal without a range:
     ``nodes: 4``; ``nodes: 2-4`` or ``{min: 2, max: 4}`` asks Slurm for ``--nodes=2-4``)."""
 
-    nodes: int | str | dict[str, Any] = 1
+    nodes: int | str | dict[str, Any] = field(default=1, metadata={CHECKED_AFTER: True})  # parse_nodes
     gpus_per_node: int | str = 0       # 4, or "a40:4" for a GRES type
     tasks_per_node: int | None = None  # default: one task per GPU, or 1 without GPUs
     cpus_per_task: int = 1

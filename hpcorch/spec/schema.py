@@ -26,6 +26,9 @@ MAX_INT = 2**64 - 1
 # Field metadata key: this field is a choice tagged on ``kind`` whose default's kind stands for
 # an absent ``kind`` (see _with_default_kind).
 KIND_DEFAULT = "hpcorch.kind_default"
+# Field metadata key: the dataclass's __post_init__ checks this field's value whatever its type
+# and says what it expects (a union's "expected an integer or a string or ..." would not).
+CHECKED_AFTER = "hpcorch.checked_after"
 
 
 class Invalid(ValueError):
@@ -296,7 +299,9 @@ def _build_dataclass(cls: type, value: Any, source: str, path: str) -> Any:
         raise ConfigError(source, _join(path, str(unknown[0])), _unknown_key(unknown[0], fields))
     kwargs = {}
     for name, f in fields.items():
-        if name in value:
+        if name in value and f.metadata.get(CHECKED_AFTER):
+            kwargs[name] = value[name]
+        elif name in value:
             kwargs[name] = _convert(hints[name], _with_default_kind(f, value[name]), source, _join(path, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(source, _join(path, name), f"missing; expected {_type_name(hints[name])}")

@@ -57,7 +57,7 @@ def _job(tmp_path, text):
     ("name: x\nenvironment: {'A;B': 1}", "environment.A;B", "environment variable name"),
     ("name: 'bad name'", "name", "job name"),
     ("resources: {nodes: 1}", "name", "missing"),
-    ("name: x\nresources: {nodes: yes}", "resources.nodes", "integer"),
+    ("name: x\nresources: {nodes: yes}", "resources.nodes", "a node count"),
     ("name: x\nresources: {partition: 'batch --uid=0'}", "resources.partition", "partition name"),
 ])
 def test_job_errors_name_key(tmp_path, text, key, expected):

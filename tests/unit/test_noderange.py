@@ -3,6 +3,7 @@ import os
 import subprocess
 
 import pytest
+from conftest import run_cli
 
 from hpcorch.errors import ConfigError, PlanError
 from hpcorch.plan.plan import make_plan, summarize
@@ -30,8 +31,11 @@ def test_forms_parse(value, expected):
 @pytest.mark.parametrize("text, expected", [
     ("4-2", "min <= max"), ("0-3", "positive"), ("a-b", "'M-N'"), ("{min: 2}", "{min: M, max: N}"),
     ("{min: 2, max: x}", "{min: M, max: N}"), ("1-70000", "at most 65533"), ("0", "positive"),
-    ("[1, 2]", "a mapping"),
-])
+    ("[1, 2]", "{min: M, max: N}"), ("{max: 1, min: 3}", "min <= max"), ("2-", "'M-N'"),
+    ("{min: 1, max: 2, x: 1}", "{min: M, max: N}"), ("2.5", "'M-N'"), ("true", "'M-N'"),
+    ("null", "'M-N'"), ("'²'", "'M-N'"), ("'٣'", "'M-N'"), ("'" + "1" * 5000 + "'", "'M-N'"),
+    ("{min: true, max: 2}", "{min: M, max: N}"),
+], ids=lambda v: v[:20])
 def test_bad_forms_are_one_line_naming_the_key(tmp_path, text, expected):
     path = tmp_path / "job.yaml"
     path.write_text(f"name: x\nresources: {{nodes: {text}}}\n")
@@ -39,6 +43,25 @@ def test_bad_forms_are_one_line_naming_the_key(tmp_path, text, expected):
         load_job(path)
     assert info.value.key == "resources.nodes" and expected in info.value.message
     assert "\n" not in str(info.value)
+
+
+# Each bad value through the real CLI, as --set and in a job file: one line, exit 2.
+BAD_CLI = ["4-2", "0-3", "a-b", "{min: 2}", "{max: 1, min: 3}", "{min: 1, max: 2, x: 1}", "2-", "2.5",
+           "true", "1-70000", "[1, 2]", "null", "²", "'" + "1" * 5000 + "'"]
+
+
+@pytest.mark.parametrize("value", BAD_CLI, ids=lambda v: v[:20])
+def test_bad_values_through_the_cli_are_one_line_exit_2(tmp_path, value):
+    got = run_cli("plan", "jobs/gpt-tiny.yaml", "-p", "devcluster", "--set", f"resources.nodes={value}")
+    assert got.returncode == 2 and "Traceback" not in got.stderr, got.stderr[-2000:]
+    (line,) = got.stderr.strip().splitlines()
+    assert "(--set resources.nodes): resources.nodes: expected " in line and len(line) < 400
+    path = tmp_path / "job.yaml"
+    path.write_text(f"name: x\nresources: {{nodes: {value}}}\n")
+    got = run_cli("plan", path, "-p", "devcluster")
+    assert got.returncode == 2 and "Traceback" not in got.stderr, got.stderr[-2000:]
+    (line,) = got.stderr.strip().splitlines()
+    assert f"{path}: resources.nodes: expected " in line and len(line) < 400
 
 
 def test_valid_counts_and_the_range_ends_move_to_them():
