@@ -310,8 +310,9 @@ def train(job: str | os.PathLike, nproc: int | None = None, overrides: Iterable[
     code (``protocol.CHECKPOINTED`` after a signal: run it again to resume) and the run dir.
     ``allow_config_change``: continue a checkpoint trained under another config (see
     :func:`accept_config_changes`; refused before any rank starts otherwise)."""
-    from hpcorch.train.spawn import launch_local
+    from hpcorch.train.spawn import fork_ranks, launch_local
 
+    fork_ranks()  # a bad HPCORCH_FORK_RANKS is refused before the run dir is claimed
     overrides = list(overrides)
     if nproc is not None:
         overrides += ["resources.nodes=1", f"resources.tasks_per_node={nproc}"]

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+from hpcorch.errors import ConfigError, shown
 from hpcorch.protocol import CHECKPOINTED, DONE, stop_signals
 
 FORWARDED = stop_signals("process", None)  # `hpcorch train` has no requeue policy
@@ -51,7 +52,7 @@ def launch_local(job_file: Path, run_dir: Path, nproc: int, extra_args: list[str
     hpcorch's own trainer runs as one node launcher (``python -m hpcorch.train --nproc N``,
     :mod:`hpcorch.train.forked`) that imports torch once and forks the ranks, unless
     ``HPCORCH_FORK_RANKS=0`` asks for one interpreter per rank."""
-    if argv is None and os.environ.get(FORK_ENV, "1") != "0":
+    if argv is None and fork_ranks():
         cmd = [sys.executable, "-u", "-m", "hpcorch.train", "--nproc", str(nproc), "--job", str(job_file),
                "--run-dir", str(run_dir), *extra_args]
         # Its own session (as each rank's was): a Ctrl-C reaches only this process, which forwards it.
@@ -66,6 +67,19 @@ def launch_local(job_file: Path, run_dir: Path, nproc: int, extra_args: list[str
                        "--run-dir", str(run_dir), *extra_args]
         procs.append(subprocess.Popen(cmd, env=rank_env_all, cwd=cwd, start_new_session=True))
     return supervise(procs, grace_s)
+
+
+def fork_ranks() -> bool:
+    """Whether hpcorch's trainer forks its ranks from one node launcher: ``HPCORCH_FORK_RANKS``
+    unset, empty or ``1`` (the default); ``0`` starts one interpreter per rank. Any other value
+    is a :class:`ConfigError` naming the variable: "false" or "no" would otherwise fork silently."""
+    value = os.environ.get(FORK_ENV, "").strip()
+    if value in ("", "1"):
+        return True
+    if value == "0":
+        return False
+    raise ConfigError(FORK_ENV, "", "expected 0 (one interpreter per rank) or 1 (ranks forked from one "
+                                    f"node launcher, the default), got {shown(value)}")
 
 
 def local_rank_env(rank: int, nproc: int, port: int) -> dict[str, str]:

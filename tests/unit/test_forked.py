@@ -108,3 +108,27 @@ def test_the_reported_failure_of_ranks_seen_ending_together():
     assert _root_cause([1, -signal.SIGSEGV, -signal.SIGKILL]) == -signal.SIGSEGV
     assert _root_cause([2, -signal.SIGABRT]) == 2 and _root_cause([-signal.SIGABRT, 1]) == -signal.SIGABRT
     assert _root_cause([None, 0, 3]) is None
+
+
+@pytest.mark.parametrize("value, forks", [(None, True), ("", True), ("1", True), (" 1 ", True), ("0", False)])
+def test_fork_ranks_setting(monkeypatch, value, forks):
+    from hpcorch.train.spawn import FORK_ENV, fork_ranks
+
+    if value is None:
+        monkeypatch.delenv(FORK_ENV, raising=False)
+    else:
+        monkeypatch.setenv(FORK_ENV, value)
+    assert fork_ranks() is forks
+
+
+@pytest.mark.parametrize("value", ["false", "no", "2", "00", "x" * 500])
+def test_a_bad_fork_ranks_value_is_one_line_exit_2_before_the_run_dir(tmp_path, value):
+    from conftest import run_cli
+
+    run_dir = tmp_path / "run"
+    got = run_cli("train", "jobs/gpt-tiny.yaml", "--nproc", "1", "--run-dir", run_dir,
+                  env={"HPCORCH_FORK_RANKS": value})
+    assert got.returncode == 2 and "Traceback" not in got.stderr, got.stderr[-2000:]
+    (line,) = got.stderr.strip().splitlines()
+    assert line.startswith("error: HPCORCH_FORK_RANKS: expected 0 (one interpreter per rank) or 1 ")
+    assert len(line) < 400 and not run_dir.exists()
