@@ -76,6 +76,7 @@ def submit(plan, profile_ref: str, code_dir: str | None = None, run_dir: str | N
     from hpcorch.spec.schema import to_dict
     from hpcorch.spec.yamlio import dump_yaml
 
+    check_code_dir(plan, code_dir)
     sess = session(profile_ref, accept_new)
     texts = {"job.yaml": dump_yaml(job_to_dict(plan.job)), "profile.yaml": dump_yaml(to_dict(plan.profile))}
     digest = hashlib.sha256("".join(texts.values()).encode()).hexdigest()[:12]
@@ -102,6 +103,19 @@ def submit(plan, profile_ref: str, code_dir: str | None = None, run_dir: str | N
         return out.decode(errors="replace").strip()
     info = _json(sess, out)
     return _record(info, profile_ref, sess.host, registry, resumed_from=None)
+
+
+def check_code_dir(plan, code_dir: str | None) -> None:
+    """A ``program:`` job's relative ``code_dir`` resolves in the folder the login node submits
+    from: the synced ``--code`` folder, else its bare workdir, where the program cannot be.
+    Refused here (one line, before connecting) rather than failing on the allocation."""
+    program = plan.job.program
+    if program is None or code_dir is not None or os.path.isabs(os.path.expanduser(program.code_dir or "")):
+        return
+    raise ConfigError(plan.source, "program.code_dir",
+                      f"{program.code_dir or '(default: the folder submitted from)'} is relative: a remote "
+                      f"program job runs from the --code folder synced to the login node; pass --code DIR "
+                      f"(or give an absolute path on the login node)")
 
 
 def push(sess, local: str | os.PathLike, remote: str):

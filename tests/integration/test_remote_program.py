@@ -1,0 +1,65 @@
+"""``program:`` jobs and sweeps operated from a laptop through a real OpenSSH sshd on loopback
+(the login node: this machine, the real dev cluster behind it, a registry of its own).
+
+A program job: its code folder (``--code``) is synced to the login node and the job's relative
+``program.code_dir`` resolves there; status (the program's steps, through hpcorch.runtime) and
+logs come back through the login node's own hpcorch. A sweep is planned and recorded on the
+login node: ``hpcorch sweep`` from a machine that would submit over SSH refuses in one line,
+and ``hpcorch remote run PROFILE -- python -m hpcorch sweep ...`` is the way (tested here)."""
+import json
+import shutil
+import sys
+
+import pytest
+import yaml
+from test_remote_slurm import _profile, _submitted, _wait_state, jobs, login_node  # noqa: F401 (fixtures)
+from test_remote_ssh import one_line_error
+from trainhelp import REPO, TINY
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(420)]
+
+STEPS = 20
+PROGRAM = ["resources.nodes=1", "resources.tasks_per_node=2", "resources.time=5", "health.preflight=false",
+           f"program.steps={STEPS}", "program.code_dir=.",
+           f'program.args=["--steps", "{STEPS}", "--ckpt-every", "10", "--step-sleep", "0.05"]']
+
+
+def _sets(values) -> list[str]:
+    return [a for s in values for a in ("--set", s)]
+
+
+def _code(tmp_path):
+    """The user's project folder: the runtime example and the plain script it builds on."""
+    code = tmp_path / "project"
+    code.mkdir()
+    for name in ("ddp_plain.py", "ddp_runtime.py"):
+        shutil.copy(REPO / "examples" / name, code / name)
+    return code
+
+
+def test_program_job_syncs_its_code_runs_and_reports_through_ssh(login_node, laptop, jobs, tmp_path):
+    laptop.add_host(login_node, "cluster")
+    profile = _profile(laptop, login_node, "cluster")
+    job = REPO / "examples" / "ddp_runtime.yaml"
+    # The job's code folder is relative: without --code it would resolve in the login node's
+    # workdir, where the program is not. Refused here, before anything connects.
+    line = one_line_error(laptop.cli("submit", job, "-p", profile, "--remote", *_sets(PROGRAM)))
+    assert "program.code_dir" in line and "--code" in line, line
+    code, run = _code(tmp_path), tmp_path / "run"
+    info = _submitted(laptop, laptop.cli("submit", job, "-p", profile, "--remote", "--code", code, "--run-dir", run,
+                                         "--json", *_sets(PROGRAM)), jobs)
+    key = str(info["key"])
+    assert info["host"].endswith(f"127.0.0.1:{login_node.port}") and info["run_dir"] == str(run)
+    synced = login_node.root / "work" / "code" / "project"
+    assert (synced / "ddp_runtime.py").read_bytes() == (code / "ddp_runtime.py").read_bytes()
+    done = _wait_state(laptop, key, {"COMPLETED"})
+    assert (done["step"], done["steps"], done["latest_checkpoint"]) == (STEPS, STEPS, STEPS), done
+    assert done["host"] == info["host"] and done["run_dir"] == str(run)
+    # the job ran in the synced copy, not in a folder of the laptop
+    assert yaml.safe_load((run / "job.yaml").read_text())["program"]["code_dir"] == str(synced)
+    logs = laptop.cli("logs", key)
+    assert logs.returncode == 0, logs.stderr
+    weights = (run / "checkpoints" / "final.sha256").read_text().strip()
+    assert f"done: step {STEPS}, weights {weights}" in logs.stdout, logs.stdout[-2000:]
+    listed = laptop.cli("ls").stdout
+    assert f"{info['host']}:{run}" in listed and "COMPLETED" in listed, listed
