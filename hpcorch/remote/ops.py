@@ -78,17 +78,9 @@ def submit(plan, profile_ref: str, code_dir: str | None = None, run_dir: str | N
 
     check_code_dir(plan, code_dir)
     sess = session(profile_ref, accept_new)
-    texts = {"job.yaml": dump_yaml(job_to_dict(plan.job)), "profile.yaml": dump_yaml(to_dict(plan.profile))}
-    digest = hashlib.sha256("".join(texts.values()).encode()).hexdigest()[:12]
-    spec_dir = f"{sess.workdir}/submit/{plan.job.name}-{digest}"
-    with tempfile.TemporaryDirectory(prefix="hpcorch-submit-") as tmp:
-        for name, text in texts.items():
-            Path(tmp, name).write_text(text)
-        push(sess, tmp, spec_dir)
-    cwd = sess.workdir
-    if code_dir is not None:
-        cwd = f"{sess.workdir}/code/{Path(code_dir).resolve().name}"
-        push(sess, code_dir, cwd)
+    spec_dir = push_spec(sess, plan.job.name, {"job.yaml": dump_yaml(job_to_dict(plan.job)),
+                                               "profile.yaml": dump_yaml(to_dict(plan.profile))})
+    cwd = push_code(sess, code_dir)
     args = ["submit", f"{spec_dir}/job.yaml", "-p", f"{spec_dir}/profile.yaml", "--here"]
     args += ["--check"] if check else ["--json", "--no-wait"]
     if template_dir is not None:
@@ -103,6 +95,28 @@ def submit(plan, profile_ref: str, code_dir: str | None = None, run_dir: str | N
         return out.decode(errors="replace").strip()
     info = _json(sess, out)
     return _record(info, profile_ref, sess.host, registry, resumed_from=None)
+
+
+def push_spec(sess, name: str, texts: dict[str, str]) -> str:
+    """Write ``texts`` (file name -> text: the resolved job, profile, ...) to a folder of the
+    login node named by their digest (the same files land in the same folder); returns it."""
+    digest = hashlib.sha256("".join(texts.values()).encode()).hexdigest()[:12]
+    spec_dir = f"{sess.workdir}/submit/{name}-{digest}"
+    with tempfile.TemporaryDirectory(prefix="hpcorch-submit-") as tmp:
+        for file, text in texts.items():
+            Path(tmp, file).write_text(text)
+        push(sess, tmp, spec_dir)
+    return spec_dir
+
+
+def push_code(sess, code_dir: str | None) -> str:
+    """Sync ``code_dir`` (``--code``) to ``WORKDIR/code/NAME``; returns the folder the login node
+    submits from (that copy, else the workdir), where relative paths of the job resolve."""
+    if code_dir is None:
+        return sess.workdir
+    cwd = f"{sess.workdir}/code/{Path(code_dir).resolve().name}"
+    push(sess, code_dir, cwd)
+    return cwd
 
 
 def check_code_dir(plan, code_dir: str | None) -> None:

@@ -8,7 +8,6 @@ login node: ``hpcorch sweep`` from a machine that would submit over SSH refuses 
 and ``hpcorch remote run PROFILE -- python -m hpcorch sweep ...`` is the way (tested here)."""
 import json
 import shutil
-import sys
 
 import pytest
 import yaml
@@ -63,3 +62,52 @@ def test_program_job_syncs_its_code_runs_and_reports_through_ssh(login_node, lap
     assert f"done: step {STEPS}, weights {weights}" in logs.stdout, logs.stdout[-2000:]
     listed = laptop.cli("ls").stdout
     assert f"{info['host']}:{run}" in listed and "COMPLETED" in listed, listed
+
+
+POINT = ["resources.nodes=1", "resources.tasks_per_node=1", "trainer.global_batch=4", "trainer.steps=12",
+         "health.preflight=false"]
+
+
+def _sweep_status(laptop, name) -> dict:
+    out = laptop.cli("sweep", "status", name, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_sweep_is_submitted_and_read_on_the_login_node_through_ssh(login_node, laptop, jobs, tmp_path):
+    laptop.add_host(login_node, "cluster")
+    profile = _profile(laptop, login_node, "cluster")
+    root = tmp_path / "sw"  # a path on the login node (the same disk here)
+    sets = _sets(TINY + POINT)
+    check = laptop.cli("sweep", "gpt-tiny", "-p", profile, "--remote", "--name", "sw", "--root", root,
+                       "--grid", "trainer.seed=1,2", "--check", *sets)
+    assert check.returncode == 0 and check.stdout.count("to start at") == 1, check.stdout + check.stderr
+    assert not root.exists()
+    out = laptop.cli("sweep", "gpt-tiny", "-p", profile, "--remote", "--name", "sw", "--root", root,
+                     "--grid", "trainer.seed=1,2", "--json", *sets)
+    assert out.returncode == 0, out.stdout + out.stderr
+    info = json.loads(out.stdout)
+    jobs.ids.extend(a["id"] for a in info["arrays"])
+    assert info["root"] == str(root) and info["host"].endswith(f"127.0.0.1:{login_node.port}"), info
+    # recorded on the login node (its registry, its sweep.json), not here
+    assert json.loads((root / "sweep.json").read_text())["name"] == "sw"
+    assert not (laptop.home / "registry.sqlite").exists() or "sw/" not in laptop.cli("ls").stdout
+
+    def completed():
+        rows = _sweep_status(laptop, "sw")["rows"]
+        states = {r["state"] for r in rows}
+        if states & {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}:
+            raise AssertionError(rows)
+        return rows if states == {"COMPLETED"} and all(r["done"] for r in rows) else None
+
+    from hpcorch.util.poll import poll_until
+
+    rows = poll_until(completed, 240, interval_s=1.0, what="remote sweep sw completed")
+    assert [r["name"] for r in rows] == ["000-seed=1", "001-seed=2"], rows
+    for row in rows:
+        summary = json.loads((root / row["name"] / "summary.json").read_text())
+        assert row["step"] == summary["final_step"] == 12 and row["final_loss"] == summary["final_loss"], row
+    table = laptop.cli("sweep", "status", "sw").stdout
+    assert table.startswith(f"sweep sw ({info['host']}:{root})") and table.count("COMPLETED (done)") == 2, table
+    resumed = laptop.cli("sweep", "resume", "sw")
+    assert resumed.returncode == 0 and resumed.stdout.startswith("sweep sw: nothing to resume"), resumed
