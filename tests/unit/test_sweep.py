@@ -143,3 +143,17 @@ def test_plot_overlays_the_points_labelled_by_what_differs(tmp_path):
     assert [r["label"] for r in found["runs"]] == ["lr=1e-3", "lr=3e-3"] and found["runs"][1]["val_loss"] == [4.0]
     out = run_cli("plot", tmp_path / "fake", "--width", "100", "--height", "30")
     assert out.returncode == 0 and out.stdout.startswith("fake: 2 runs") and "lr=3e-3" in out.stdout, out.stderr
+
+
+def test_remote_sweep_options_are_refused_in_one_line_before_connecting(tmp_path):
+    """``--code`` needs a sweep that goes to a login node; ``--remote`` needs a profile with login:."""
+    from conftest import run_cli
+
+    args = ["sweep", "jobs/gpt-tiny.yaml", "-p", "local", "--grid", "trainer.seed=1,2", "--root", tmp_path / "s"]
+    out = run_cli(*args, "--code", tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "--code syncs a folder to the login node: it needs --remote" in out.stderr
+    out = run_cli(*args, "--remote")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "login: expected a login: section" in out.stderr
+    assert not (tmp_path / "s").exists()
