@@ -68,7 +68,7 @@ def submit(job, profile_name, grid, zipped, list_file, sample, samples, seed, na
     from hpcorch.cli.views import point_lines
 
     sp = service.plan_sweep(job, profile_name, axes, name, max_parallel, list(overrides), root,
-                            template_dir=template_dir, force=force)
+                            template_dir=template_dir, force=force, code_root=code_dir)
     if not dry_run and _goes_remote(sp, remote):
         point_args = _point_args(grid, zipped, sample, samples, seed, max_parallel) + \
             (["--root", root] if root else [])

@@ -111,3 +111,34 @@ def test_sweep_is_submitted_and_read_on_the_login_node_through_ssh(login_node, l
     assert table.startswith(f"sweep sw ({info['host']}:{root})") and table.count("COMPLETED (done)") == 2, table
     resumed = laptop.cli("sweep", "resume", "sw")
     assert resumed.returncode == 0 and resumed.stdout.startswith("sweep sw: nothing to resume"), resumed
+
+
+def test_a_program_sweep_from_a_list_runs_its_synced_code_on_the_login_node(login_node, laptop, jobs, tmp_path):
+    """The user's own script as a sweep: --list's points and --code's folder travel; each point
+    runs the synced copy; status (the program's steps, via hpcorch.runtime) comes back."""
+    laptop.add_host(login_node, "cluster")
+    profile = _profile(laptop, login_node, "cluster")
+    points = tmp_path / "points.txt"
+    points.write_text("".join(f'\'program.args=[--steps,"10",--ckpt-every,"5",--seed,"{seed}"]\'\n' for seed in (1, 2)))
+    root = tmp_path / "psw"
+    sets = _sets([p for p in PROGRAM if not p.startswith(("program.args", "program.steps"))] + ["program.steps=10"])
+    out = laptop.cli("sweep", REPO / "examples" / "ddp_runtime.yaml", "-p", profile, "--remote", "--code",
+                     _code(tmp_path), "--name", "psw", "--root", root, "--list", points, "--json", *sets)
+    assert out.returncode == 0, out.stdout + out.stderr
+    jobs.ids.extend(a["id"] for a in json.loads(out.stdout)["arrays"])
+
+    def completed():
+        rows = _sweep_status(laptop, "psw")["rows"]
+        if {r["state"] for r in rows} & {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}:
+            raise AssertionError(rows)
+        return rows if all(r["state"] == "COMPLETED" for r in rows) else None
+
+    from hpcorch.util.poll import poll_until
+
+    rows = poll_until(completed, 240, interval_s=1.0, what="remote program sweep psw completed")
+    assert [r["step"] for r in rows] == [10, 10], rows
+    weights = {(root / r["name"] / "checkpoints" / "final.sha256").read_text() for r in rows}
+    assert len(weights) == 2  # two seeds, two models
+    synced = str(login_node.root / "work" / "code" / "project")
+    assert all(yaml.safe_load((root / r["name"] / "job.yaml").read_text())["program"]["code_dir"] == synced
+               for r in rows)
