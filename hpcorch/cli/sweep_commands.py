@@ -149,8 +149,9 @@ def status(name, sort, as_json):
 
     record = _remote_record(name)
     if record is not None:  # the login node answers, from its own records
-        data = json.loads(_forward(record, ["sweep", "status", name, "--json"] + (["--sort", sort] if sort else [])))
-        click.echo(text({**data, "host": record["host"]}, as_json, sweep_status_lines))
+        from hpcorch.service.sweepremote import status as remote_status
+
+        click.echo(text(remote_status(record, sort), as_json, sweep_status_lines))
         return
     from hpcorch.service.sweepops import sweep_status
 

@@ -93,7 +93,7 @@ def submit(plan, profile_ref: str, code_dir: str | None = None, run_dir: str | N
     out = hpcorch(sess, args, cwd=cwd)
     if check:
         return out.decode(errors="replace").strip()
-    info = _json(sess, out)
+    info = json_answer(sess, out)
     return _record(info, profile_ref, sess.host, registry, resumed_from=None)
 
 
@@ -162,7 +162,8 @@ def hpcorch(sess, args: list[str], cwd: str | None = None, on_stdout: Callable[[
     return done.stdout
 
 
-def _json(sess, out: bytes) -> dict | list:
+def json_answer(sess, out: bytes) -> dict | list:
+    """The login node's ``--json`` answer ``out``; anything else is a one-line RemoteError."""
     try:
         return json.loads(out)
     except ValueError:
@@ -182,7 +183,7 @@ def rows(entries: list[Entry]) -> dict[int, dict]:
     for profile_ref, group in by_profile.items():
         try:
             sess = session(profile_ref)
-            listed = {row["key"]: row for row in _json(sess, hpcorch(sess, ["ls", "--json"]))}
+            listed = {row["key"]: row for row in json_answer(sess, hpcorch(sess, ["ls", "--json"]))}
         except HpcorchError as exc:
             listed, why = {}, str(exc)
         else:
@@ -200,7 +201,7 @@ def status(entry: Entry) -> dict:
     ref = entry.remote_ref
     try:
         sess = session(ref.profile)
-        info = _json(sess, hpcorch(sess, ["status", str(ref.key), "--json"]))
+        info = json_answer(sess, hpcorch(sess, ["status", str(ref.key), "--json"]))
     except RemoteError as exc:
         mirror = entry.pulled_dir
         if not mirror.is_dir():
@@ -243,7 +244,7 @@ def resume(entry: Entry, exclude: str | None = None, allow_config_change: bool =
     sess = session(ref.profile)
     args = ["resume", str(ref.key), "--json", "--no-wait"] + (["--exclude", exclude] if exclude else []) + \
         (["--allow-config-change"] if allow_config_change else [])
-    return _record(_json(sess, hpcorch(sess, args)), ref.profile, ref.host, registry, resumed_from=entry.key)
+    return _record(json_answer(sess, hpcorch(sess, args)), ref.profile, ref.host, registry, resumed_from=entry.key)
 
 
 # ----- pull --------------------------------------------------------------------------------------

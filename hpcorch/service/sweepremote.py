@@ -70,7 +70,7 @@ def submit(sp, point_args: list[str], extra: RemoteSweep, check: bool = False, f
     args += ["--force"] if force else []
     if check:
         return ops.hpcorch(sess, [*args, "--check"], cwd=cwd).decode(errors="replace").strip()
-    info = json.loads(ops.hpcorch(sess, [*args, "--json"], cwd=cwd))
+    info = ops.json_answer(sess, ops.hpcorch(sess, [*args, "--json"], cwd=cwd))
     path = _record_path(sp.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a profile file named relative to this folder must still be found from another one
@@ -103,3 +103,13 @@ def forward(record: dict, args: list[str]) -> bytes:
 
     sess = ops.session(record["profile"])
     return ops.hpcorch(sess, args)
+
+
+def status(record: dict, sort: str | None = None) -> dict:
+    """``sweep status NAME`` of the sweep of ``record``, as its login node computes it (its
+    registry, its scheduler), with the node's name as ``host``."""
+    from hpcorch.remote import ops
+
+    sess = ops.session(record["profile"])
+    args = ["sweep", "status", record["name"], "--json"] + (["--sort", sort] if sort else [])
+    return {**ops.json_answer(sess, ops.hpcorch(sess, args)), "host": record["host"]}

@@ -111,6 +111,9 @@ def test_sweep_is_submitted_and_read_on_the_login_node_through_ssh(login_node, l
     assert table.startswith(f"sweep sw ({info['host']}:{root})") and table.count("COMPLETED (done)") == 2, table
     resumed = laptop.cli("sweep", "resume", "sw")
     assert resumed.returncode == 0 and resumed.stdout.startswith("sweep sw: nothing to resume"), resumed
+    cancelled = laptop.cli("sweep", "cancel", "sw", "--point", "1")  # forwarded too; nothing live to end
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert {r["state"] for r in _sweep_status(laptop, "sw")["rows"]} == {"COMPLETED"}
 
 
 def test_a_program_sweep_from_a_list_runs_its_synced_code_on_the_login_node(login_node, laptop, jobs, tmp_path):
