@@ -55,8 +55,7 @@ def submit(sp, point_args: list[str], extra: RemoteSweep, check: bool = False, f
              "profile.yaml": dump_yaml(to_dict(profile))}
     if extra.list_file is not None:
         texts["points.txt"] = Path(extra.list_file).read_text()
-    for pp in sp.points[:1]:  # every point shares the job's code folder
-        ops.check_code_dir(pp.plan, extra.code_dir)
+    ops.check_code_dir(sp.points[0].plan, extra.code_dir)  # every point shares the job's code folder
     sess = ops.session(sp.profile, extra.accept_new)
     spec_dir = ops.push_spec(sess, f"sweep-{sp.name}", texts)
     cwd = ops.push_code(sess, extra.code_dir)
