@@ -69,9 +69,11 @@ def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run
     """
     from hpcorch import service
 
-    plan = service.plan(job, profile_name, overrides, None if remote else run_dir, nccl_debug=nccl_debug, force=force)
+    plan = service.plan(job, profile_name, overrides, None if remote else run_dir, nccl_debug=nccl_debug, force=force,
+                        code_root=code_dir)
+    going = not dry_run and _goes_remote(plan, remote, code_dir)  # its refusals come before the warnings
     _warn(plan)
-    if not dry_run and _goes_remote(plan, remote):
+    if going:
         done = service.submit_remote(plan, code_dir, run_dir, template_dir, allow_config_change, nccl_debug,
                                      accept_new, check=check, force=force)
         if check:
@@ -93,12 +95,12 @@ def submit(job, profile_name, dry_run, check, template_dir, wait, overrides, run
             wait, as_json)
 
 
-def _goes_remote(plan, remote: bool | None) -> bool:
+def _goes_remote(plan, remote: bool | None, code_dir: str | None = None) -> bool:
     """:func:`hpcorch.service.lifecycle.goes_remote`, imported only when asked: a dry run never
     goes over SSH, and lifecycle brings the stop protocol with it."""
     from hpcorch.service.lifecycle import goes_remote
 
-    return goes_remote(plan, remote)
+    return goes_remote(plan, remote, code_dir)
 
 
 def _warn(plan) -> None:

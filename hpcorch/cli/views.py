@@ -405,4 +405,5 @@ def sweep_status_lines(info: dict) -> list[str]:
     rows = [[str(r["point"]), *(str(r[k]) for k in keys), r["state"] + (" (done)" if r["done"] else ""),
              str(r["restarts"]), _num(r["step"], ","), _num(r["final_loss"], ".4f"), _num(r["val_loss"], ".4f"),
              _num(r["tokens_per_s"], ",.0f"), percent(r["goodput"]), r["job_id"] or "-"] for r in info["rows"]]
-    return [f"sweep {info['name']} ({info['root']})", *table(columns, rows)]
+    where = f"{info['host']}:{info['root']}" if info.get("host") else info["root"]  # a login node's sweep
+    return [f"sweep {info['name']} ({where})", *table(columns, rows)]

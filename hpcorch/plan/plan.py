@@ -216,12 +216,13 @@ def _check_data(job: JobSpec, profile: ClusterProfile, source: str, warnings: li
 
 def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None = None,
               source: str = "job", python: str | None = None, nccl_debug: str | None = None,
-              quarantined: dict[str, str] | None = None) -> Plan:
+              quarantined: dict[str, str] | None = None, code_root: str | None = None) -> Plan:
     """Check that ``job`` fits ``profile`` and resolve defaults; raise PlanError if not.
 
     ``source`` names the job file in error messages; ``nccl_debug`` (a level such as INFO)
     sets NCCL_DEBUG for this submission only (``submit --nccl-debug``); ``quarantined``
-    (node -> why) are nodes to exclude as well (see :meth:`hpcorch.state.registry.Registry.quarantined`).
+    (node -> why) are nodes to exclude as well (see :meth:`hpcorch.state.registry.Registry.quarantined`);
+    ``code_root``: where a ``program:`` job's relative code folder resolves (``submit --code``).
     """
     res = job.resources
 
@@ -287,7 +288,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     if job.program is not None:  # the user's own program: no model, no layout, no loggers to check
         from hpcorch.plan.program import check_program
 
-        check_program(job, profile.login is not None, fail, warnings)
+        check_program(job, profile.login is not None, fail, warnings, base=code_root)
     else:
         layoutplan.check_layout(job, eligible, fail, warnings)
     launch = resolve_launch(job, profile, eligible, python, fail, warnings)

@@ -76,18 +76,11 @@ def submit(plan, profile_ref: str, code_dir: str | None = None, run_dir: str | N
     from hpcorch.spec.schema import to_dict
     from hpcorch.spec.yamlio import dump_yaml
 
+    check_code_dir(plan, code_dir)
     sess = session(profile_ref, accept_new)
-    texts = {"job.yaml": dump_yaml(job_to_dict(plan.job)), "profile.yaml": dump_yaml(to_dict(plan.profile))}
-    digest = hashlib.sha256("".join(texts.values()).encode()).hexdigest()[:12]
-    spec_dir = f"{sess.workdir}/submit/{plan.job.name}-{digest}"
-    with tempfile.TemporaryDirectory(prefix="hpcorch-submit-") as tmp:
-        for name, text in texts.items():
-            Path(tmp, name).write_text(text)
-        push(sess, tmp, spec_dir)
-    cwd = sess.workdir
-    if code_dir is not None:
-        cwd = f"{sess.workdir}/code/{Path(code_dir).resolve().name}"
-        push(sess, code_dir, cwd)
+    spec_dir = push_spec(sess, plan.job.name, {"job.yaml": dump_yaml(job_to_dict(plan.job)),
+                                               "profile.yaml": dump_yaml(to_dict(plan.profile))})
+    cwd = push_code(sess, code_dir)
     args = ["submit", f"{spec_dir}/job.yaml", "-p", f"{spec_dir}/profile.yaml", "--here"]
     args += ["--check"] if check else ["--json", "--no-wait"]
     if template_dir is not None:
@@ -100,8 +93,43 @@ def submit(plan, profile_ref: str, code_dir: str | None = None, run_dir: str | N
     out = hpcorch(sess, args, cwd=cwd)
     if check:
         return out.decode(errors="replace").strip()
-    info = _json(sess, out)
+    info = json_answer(sess, out)
     return _record(info, profile_ref, sess.host, registry, resumed_from=None)
+
+
+def push_spec(sess, name: str, texts: dict[str, str]) -> str:
+    """Write ``texts`` (file name -> text: the resolved job, profile, ...) to a folder of the
+    login node named by their digest (the same files land in the same folder); returns it."""
+    digest = hashlib.sha256("".join(texts.values()).encode()).hexdigest()[:12]
+    spec_dir = f"{sess.workdir}/submit/{name}-{digest}"
+    with tempfile.TemporaryDirectory(prefix="hpcorch-submit-") as tmp:
+        for file, text in texts.items():
+            Path(tmp, file).write_text(text)
+        push(sess, tmp, spec_dir)
+    return spec_dir
+
+
+def push_code(sess, code_dir: str | None) -> str:
+    """Sync ``code_dir`` (``--code``) to ``WORKDIR/code/NAME``; returns the folder the login node
+    submits from (that copy, else the workdir), where relative paths of the job resolve."""
+    if code_dir is None:
+        return sess.workdir
+    cwd = f"{sess.workdir}/code/{Path(code_dir).resolve().name}"
+    push(sess, code_dir, cwd)
+    return cwd
+
+
+def check_code_dir(plan, code_dir: str | None) -> None:
+    """A ``program:`` job's relative ``code_dir`` resolves in the folder the login node submits
+    from: the synced ``--code`` folder, else its bare workdir, where the program cannot be.
+    Refused here (one line, before connecting) rather than failing on the allocation."""
+    program = plan.job.program
+    if program is None or code_dir is not None or os.path.isabs(os.path.expanduser(program.code_dir or "")):
+        return
+    raise ConfigError(plan.source, "program.code_dir",
+                      f"{program.code_dir or '(default: the folder submitted from)'} is relative: a remote "
+                      f"program job runs from the --code folder synced to the login node; pass --code DIR "
+                      f"(or give an absolute path on the login node)")
 
 
 def push(sess, local: str | os.PathLike, remote: str):
@@ -134,7 +162,8 @@ def hpcorch(sess, args: list[str], cwd: str | None = None, on_stdout: Callable[[
     return done.stdout
 
 
-def _json(sess, out: bytes) -> dict | list:
+def json_answer(sess, out: bytes) -> dict | list:
+    """The login node's ``--json`` answer ``out``; anything else is a one-line RemoteError."""
     try:
         return json.loads(out)
     except ValueError:
@@ -154,7 +183,7 @@ def rows(entries: list[Entry]) -> dict[int, dict]:
     for profile_ref, group in by_profile.items():
         try:
             sess = session(profile_ref)
-            listed = {row["key"]: row for row in _json(sess, hpcorch(sess, ["ls", "--json"]))}
+            listed = {row["key"]: row for row in json_answer(sess, hpcorch(sess, ["ls", "--json"]))}
         except HpcorchError as exc:
             listed, why = {}, str(exc)
         else:
@@ -172,7 +201,7 @@ def status(entry: Entry) -> dict:
     ref = entry.remote_ref
     try:
         sess = session(ref.profile)
-        info = _json(sess, hpcorch(sess, ["status", str(ref.key), "--json"]))
+        info = json_answer(sess, hpcorch(sess, ["status", str(ref.key), "--json"]))
     except RemoteError as exc:
         mirror = entry.pulled_dir
         if not mirror.is_dir():
@@ -215,7 +244,7 @@ def resume(entry: Entry, exclude: str | None = None, allow_config_change: bool =
     sess = session(ref.profile)
     args = ["resume", str(ref.key), "--json", "--no-wait"] + (["--exclude", exclude] if exclude else []) + \
         (["--allow-config-change"] if allow_config_change else [])
-    return _record(_json(sess, hpcorch(sess, args)), ref.profile, ref.host, registry, resumed_from=entry.key)
+    return _record(json_answer(sess, hpcorch(sess, args)), ref.profile, ref.host, registry, resumed_from=entry.key)
 
 
 # ----- pull --------------------------------------------------------------------------------------

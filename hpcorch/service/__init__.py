@@ -73,12 +73,13 @@ def _by_backend(entries: list[Entry]) -> list[tuple[Backend, list[Entry]]]:
 # ----- spec -> plan -> script -------------------------------------------------------------------
 def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overrides: Iterable[str] = (),
          run_dir: str | os.PathLike | None = None, nccl_debug: str | None = None,
-         registry: Registry | None = None, force: bool = False) -> Plan:
+         registry: Registry | None = None, force: bool = False, code_root: str | os.PathLike | None = None) -> Plan:
     """Load ``job`` (a path or a job name) and ``profile`` (a name or a path; default
     ``$HPCORCH_PROFILE`` or ``local``), apply ``overrides`` (``KEY=VALUE``), check the fit.
     ``nccl_debug``: NCCL_DEBUG's level for this submission only (INFO, WARN, ...). On Slurm,
     the nodes the registry holds in quarantine for the profile are excluded. A GPU job whose
-    memory estimate exceeds its GPUs is refused unless ``force`` (:mod:`hpcorch.plan.verdict`)."""
+    memory estimate exceeds its GPUs is refused unless ``force`` (:mod:`hpcorch.plan.verdict`).
+    ``code_root``: the folder a ``program:`` job's relative code folder resolves in (``--code``)."""
     from hpcorch.plan.verdict import check_fit
     from hpcorch.spec.catalog import default_profile
     from hpcorch.state.quarantine import excluded_nodes
@@ -94,7 +95,8 @@ def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overr
         raise
     cluster = load_profile(profile)
     held = excluded_nodes(cluster.name, registry) if backend_of(cluster.scheduler).has_nodes else {}
-    result = make_plan(spec, cluster, run_dir=run_dir, source=str(job), quarantined=held, nccl_debug=nccl_debug)
+    result = make_plan(spec, cluster, run_dir=run_dir, source=str(job), quarantined=held, nccl_debug=nccl_debug,
+                       code_root=None if code_root is None else str(code_root))
     result.profile_ref = profile
     if spec.program is None:  # a program's memory is its own: nothing to estimate
         check_fit(result, force)  # a GPU job that cannot fit is refused (force: a warning)

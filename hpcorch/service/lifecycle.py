@@ -15,9 +15,13 @@ def summary(plan: Plan) -> dict:
     return summarize(plan)
 
 
-def goes_remote(plan: Plan, remote: bool | None) -> bool:
+def goes_remote(plan: Plan, remote: bool | None, code_dir: str | None = None) -> bool:
     """Whether submitting ``plan`` goes to the profile's login node over SSH: ``remote`` True or
-    False decides; None: when the profile has ``login:`` and this machine has no ``sbatch``."""
-    from hpcorch.remote.ops import wanted
+    False decides; None: when the profile has ``login:`` and this machine has no ``sbatch``.
+    Going there, a ``program:`` job must be able to find its code there (``code_dir``: ``--code``)."""
+    from hpcorch.remote.ops import check_code_dir, wanted
 
-    return wanted(plan.profile, remote, str(plan.profile_ref or plan.profile.name))
+    going = wanted(plan.profile, remote, str(plan.profile_ref or plan.profile.name))
+    if going:
+        check_code_dir(plan, code_dir)
+    return going

@@ -100,9 +100,10 @@ class Sweep:
 def plan_sweep(job: str, profile: str | None, axes: SweepAxes, name: str | None = None,
                max_parallel: int | None = None, overrides: list[str] = (), root: str | None = None,
                registry: Registry | None = None, template_dir: str | None = None,
-               force: bool = False) -> SweepPlan:
+               force: bool = False, code_root: str | None = None) -> SweepPlan:
     """Expand ``axes`` into points and plan each as a job (``--set``-style checks: a bad value is
-    one line naming its point and key, before anything is submitted)."""
+    one line naming its point and key, before anything is submitted). ``code_root``: where a
+    ``program:`` job's relative code folder resolves (``--code``, synced to a login node)."""
     from hpcorch import service
     from hpcorch.render.sbatch import render_sbatch
     from hpcorch.spec.catalog import default_profile
@@ -126,7 +127,7 @@ def plan_sweep(job: str, profile: str | None, axes: SweepAxes, name: str | None 
     for point in points:
         try:
             plan = service.plan(job, profile, [*overrides, *point.overrides()], run_dir=sweep_root / point.name,
-                                registry=registry, force=force)
+                                registry=registry, force=force, code_root=code_root)
         except ConfigError as exc:
             raise check_point(point, exc) from None
         planned.append(PointPlan(point, plan, render_sbatch(plan, template_dir, array_task=True)))

@@ -202,3 +202,33 @@ def test_planning_a_program_imports_neither_torch_nor_submitit():
             "print(sorted(m for m in ('torch', 'submitit', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(REPO))
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+def test_a_remote_programs_code_is_checked_in_the_code_folder_it_syncs(tmp_path):
+    """Going to a login node, a relative ``program.code_dir`` resolves in the ``--code`` folder:
+    a script missing there is refused here (one line, nothing connects); without ``--code`` the
+    job is refused, since nothing of the program would be on the login node."""
+    from hpcorch.plan.program import check_program, code_dir
+
+    code = tmp_path / "proj"
+    code.mkdir()
+    (code / "t.py").write_text("")
+    job = tmp_path / "j.yaml"
+    job.write_text("name: p\nresources: {nodes: 1, tasks_per_node: 1, time: 5}\n"
+                   "program: {command: [python, t.py], code_dir: .}\n")
+    profile = tmp_path / "login.yaml"  # a login node no test reaches: every case stops before connecting
+    profile.write_text((REPO / "hpcorch/profiles/devcluster.yaml").read_text() +
+                       "\nlogin: {host: 127.0.0.1, port: 1}\n")
+    out = run_cli("submit", job, "-p", profile, "--remote", "--code", code, "--set",
+                  "program.command=[python, missing.py]", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert f"the script missing.py does not exist in {code}" in out.stderr, out.stderr
+    out = run_cli("submit", job, "-p", profile, "--remote", cwd=code)  # t.py is here, but not there
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "program.code_dir: . is relative" in out.stderr and "--code DIR" in out.stderr, out.stderr
+    spec = load_job(job, ["program.command=null", "program.module=only_there:main"])
+    warnings: list[str] = []
+    check_program(spec, True, lambda key, message: PlanError(str(job), key, message), warnings, base=str(code))
+    assert len(warnings) == 1 and "no module named 'only_there'" in warnings[0]  # the login node may have it
+    assert code_dir(spec.program, str(code)) == str(code)
+    assert code_dir(spec.program) == os.getcwd()  # a local submission: the folder submitted from

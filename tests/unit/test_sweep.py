@@ -143,3 +143,48 @@ def test_plot_overlays_the_points_labelled_by_what_differs(tmp_path):
     assert [r["label"] for r in found["runs"]] == ["lr=1e-3", "lr=3e-3"] and found["runs"][1]["val_loss"] == [4.0]
     out = run_cli("plot", tmp_path / "fake", "--width", "100", "--height", "30")
     assert out.returncode == 0 and out.stdout.startswith("fake: 2 runs") and "lr=3e-3" in out.stdout, out.stderr
+
+
+def test_remote_sweep_options_are_refused_in_one_line_before_connecting(tmp_path):
+    """``--code`` needs a sweep that goes to a login node; ``--remote`` needs a profile with login:."""
+    from conftest import run_cli
+
+    args = ["sweep", "jobs/gpt-tiny.yaml", "-p", "local", "--grid", "trainer.seed=1,2", "--root", tmp_path / "s"]
+    out = run_cli(*args, "--code", tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "--code syncs a folder to the login node: it needs --remote" in out.stderr
+    out = run_cli(*args, "--remote")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "login: expected a login: section" in out.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_remote_sweeps_status_goes_to_its_login_node_without_torch(tmp_path):
+    """``sweep status NAME`` of a sweep submitted with --remote asks the login node its record
+    names (here one that refuses the connection: one line), importing neither torch nor submitit."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "ssh_config").write_text(f"Host gone\n  HostName 127.0.0.1\n  Port {port}\n")
+    (tmp_path / "gone.yaml").write_text("name: gone\nscheduler: slurm\nlogin: {host: gone}\n"
+                                        "node_types: {n: {cpus: 4, memory_mb: 1000}}\n"
+                                        "partitions: [{name: q, nodes: n1, node_type: n}]\n")
+    (tmp_path / "home" / "remote-sweeps").mkdir(parents=True)
+    (tmp_path / "home" / "remote-sweeps" / "sw.json").write_text(
+        f'{{"name": "sw", "profile": "{tmp_path / "gone.yaml"}", "host": "gone", "root": "/r"}}')
+    code = ("import sys\nfrom hpcorch.cli.main import main\n"
+            "try:\n    main(['sweep', 'status', 'sw'])\nexcept SystemExit as exc:\n    print('exit', exc.code)\n"
+            "print(sorted(m for m in ('torch', 'submitit', 'numpy') if m in sys.modules))")
+    env = {**os.environ, "HPCORCH_HOME": str(tmp_path / "home"), "HPCORCH_SSH_CONFIG": str(tmp_path / "ssh_config")}
+    env.pop("SSH_AUTH_SOCK", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(REPO),
+                         env=env, start_new_session=True)
+    assert out.stdout.strip().splitlines()[-2:] == ["exit 2", "[]"], out.stdout + out.stderr
+    assert f"127.0.0.1:{port} refused the connection" in out.stderr and out.stderr.count("\n") == 1, out.stderr
