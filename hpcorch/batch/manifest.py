@@ -6,7 +6,8 @@ rank 0's task writes ``RUN/manifests/attempt-N.json`` once per attempt, as the a
 (:func:`write_attempt`): the code directory's git commit and a patch of its staged, unstaged and
 untracked changes (``attempt-N.patch``, capped, its sha256 recorded), the installed packages,
 Python/torch/CUDA/NCCL versions, the GPU model and driver when NVML answers, Slurm's version, the
-hashes of the script, the resolved job and the profile, the node list and topology address.
+hashes of the script, the resolved job and the profile, the node list, node count, world size
+and topology address.
 
 N counts the run directory's attempts (0, 1, ...) across requeues *and* resumes, so a resumed
 job (a new Slurm job whose restart count starts at 0 again) never overwrites the first attempt;
@@ -90,6 +91,9 @@ def collect(run: RunDir, code_dir: Path, job_id: str, scheduler: str, submission
         "restart_count": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
         "host": env.get("SLURMD_NODENAME") or socket.gethostname(),
         "nodes": env.get("SLURM_JOB_NODELIST") or socket.gethostname(),
+        # this attempt's size: a node range gets another world size each attempt
+        "node_count": int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1),
+        "world_size": int(env.get("WORLD_SIZE") or env.get("SLURM_NTASKS") or 1),
         "topology_addr": env.get("SLURM_TOPOLOGY_ADDR"),
         "code_dir": str(code_dir), "git": git,
         "python": platform.python_version(), "python_executable": sys.executable, "platform": platform.platform(),

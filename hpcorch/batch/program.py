@@ -140,7 +140,8 @@ class ProgramTask(TrainTask):
                               master_addr=addr, master_port=dist.master_port)
         return Rendezvous(rank=dist.rank, local_rank=dist.local_rank, world_size=dist.world_size,
                           local_world_size=dist.local_world_size, node_rank=node_rank,
-                          nodes=job.resources.nodes, master_addr=addr, master_port=dist.master_port)
+                          nodes=dist.world_size // max(dist.local_world_size, 1),  # a node range: this attempt's
+                          master_addr=addr, master_port=dist.master_port)
 
     def _deadline(self, job_id: str, rank: int) -> float | None:
         """When the allocation ends: Slurm's SLURM_JOB_END_TIME where it sets it, else asked once

@@ -216,7 +216,7 @@ class Recovery:
         if not partition or partition == "(null)":
             return None  # cannot tell: let Slurm judge
         left = [n for n in expand_hostlist(partition) if n not in excluded]
-        need = self.job.resources.nodes
+        need = self.job.resources.nodes_min  # a node range starts on its fewest
         if len(left) >= need:
             return None
         return (f"without {compress_hostlist(sorted(excluded))} partition {info.get('Partition')} has "

@@ -82,6 +82,7 @@ def jobs_lines(rows: list[dict], now: float | None = None, expand: bool = False)
 # The labels of the keys status knows, in the order shown; the rest follow under their own names.
 _LABELS = {"state": "state", "progress": "progress", "latest_checkpoint": "latest checkpoint",
            "loss": "loss", "tokens_per_s": "tokens/s", "restarts": "restarts", "placement": "placement",
+           "world": "world size",
            "note": "note", "host": "host", "remote_key": "number there", "pulled": "pulled into",
            "run_dir": "run dir", "next": "next"}
 _SHOWN_ELSEWHERE = {"key", "job_id", "name", "step", "steps", "requeues", "goodput", "warnings"}
@@ -149,6 +150,9 @@ def goodput_lines(g: dict) -> list[str]:
         rows.append(["queue wait", duration(g["queue_wait_s"]), "(not allocated)"])
     if g.get("steps_recomputed"):
         rows.append(["steps recomputed", f"{g['steps_recomputed']:,}", ""])
+    sizes = g.get("world_sizes") or []
+    if any(w is not None for w in sizes):  # a node range trains each attempt on what it got
+        rows.append(["world size per attempt", ", ".join("?" if w is None else str(w) for w in sizes), ""])
     body = table((Column("where the time went"), Column("time", number=True), Column("share", number=True)), rows)
     return [head, *(f"  {line}" for line in body)]
 

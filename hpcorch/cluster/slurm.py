@@ -258,6 +258,14 @@ class Slurm:
         self.run(*args, job_id)
 
 
+def shrink_command(job_id: str, nodes: str) -> list[str]:
+    """The words that shrink a running job to ``nodes`` nodes, handing the others back:
+    ``scontrol update JobId=ID NumNodes=N``. Slurm then writes ``slurm_job_ID_resize.sh`` in
+    the current folder, which sets the ``SLURM_*`` node variables of the smaller allocation.
+    The batch script of a node range runs it (``job_id`` and ``nodes`` as shell variables)."""
+    return ["scontrol", "update", f"JobId={job_id}", f"NumNodes={nodes}"]
+
+
 def job_ref(environ: dict) -> str:
     """The id that names this allocation alone to ``scontrol``/``scancel``: ``A_i`` for an array
     task, else ``SLURM_JOB_ID``. One task of every array has ``SLURM_JOB_ID`` equal to the

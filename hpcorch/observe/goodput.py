@@ -61,6 +61,7 @@ class Attempt:
     ready: float | None = None  # since when it waited in the queue (None: unknown)
     gpus: int = 0               # GPUs of the whole allocation
     nodes: int = 1
+    world_size: int | None = None  # the ranks it trained on (its manifest's; a node range varies it)
 
     @property
     def end(self) -> float:
@@ -185,7 +186,8 @@ class Goodput:
         """The shape ``hpcorch status`` shows (raw numbers; seconds and hours)."""
         return {"source": self.source, "unit": self.unit, "allocated_hours": self.allocated_hours,
                 "queue_wait_s": self.queue_wait_s, "attempts": len(self.attempts), "goodput": self.goodput,
-                "buckets_s": dict(self.buckets_s), "steps_recomputed": self.steps_recomputed}
+                "buckets_s": dict(self.buckets_s), "steps_recomputed": self.steps_recomputed,
+                "world_sizes": [a.world_size for a in self.attempts]}
 
 
 # ----- the arithmetic ---------------------------------------------------------------------------
@@ -348,9 +350,21 @@ def measure(ref: Entry | RunDir | str | Path, slurm: Slurm | None = None,
                 rows = []
         attempts = sacct_attempts(rows)
         if attempts:
-            return summarize("sacct", attempts, log), log
+            return summarize("sacct", _sized(attempts, run), log), log
     attempts = run_attempts(run, log, entry.submitted if entry else None, running=running)
-    return (summarize("registry", attempts, log), log) if attempts else None
+    return (summarize("registry", _sized(attempts, run), log), log) if attempts else None
+
+
+def _sized(attempts: list[Attempt], run: RunDir, slack_s: float = 5.0) -> list[Attempt]:
+    """Each attempt's world size from the manifest written as it started (within it)."""
+    from hpcorch.observe.manifest import attempt_sizes
+
+    sizes = [s for s in attempt_sizes(run) if isinstance(s.get("time"), (int, float))]
+    for a in attempts:
+        found = next((s for s in sizes if a.start - slack_s <= s["time"] <= a.end + slack_s), None)
+        if found is not None:
+            a.world_size = found.get("world_size")
+    return attempts
 
 
 def goodput(ref: Entry | RunDir | str | Path, slurm: Slurm | None = None,

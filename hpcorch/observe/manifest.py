@@ -162,6 +162,30 @@ def field_changes(a: dict, b: dict) -> list[str]:
     return list(walk(a, b, ""))
 
 
+def attempt_sizes(run: RunDir) -> list[dict]:
+    """Each attempt's size as its manifest recorded it, in order: ``attempt``, ``time`` (when it
+    started), ``world_size``, ``node_count`` and ``nodes`` (None where an older manifest has none)."""
+    out = []
+    for n in attempt_numbers(run):
+        m = read_json(run.manifest_file(n)) or {}
+        out.append({"attempt": n, "time": m.get("time"), "world_size": m.get("world_size"),
+                    "node_count": m.get("node_count"), "nodes": m.get("nodes")})
+    return out
+
+
+def sizes_text(sizes: list[dict], shown: int = 4) -> str | None:
+    """``hpcorch status``'s line: ``attempt 0: 4 ranks on node[1-4]; attempt 1: 2 ranks on
+    node[1-2]`` (the last ``shown`` attempts), or ``2 ranks on node[1-2], every attempt``."""
+    known = [s for s in sizes if s.get("world_size") is not None]
+    if not known:
+        return None
+    phrase = [f"{s['world_size']} rank{'s' if s['world_size'] != 1 else ''} on {s.get('nodes')}" for s in known]
+    if len(set(phrase)) == 1:
+        return phrase[0] + (f", every attempt ({len(known)})" if len(known) > 1 else "")
+    parts = [f"attempt {s['attempt']}: {p}" for s, p in zip(known, phrase, strict=True)][-shown:]
+    return ("..., " if len(known) > shown else "") + "; ".join(parts)
+
+
 # ----- what `hpcorch manifest` shows -------------------------------------------------------------
 def manifests(ref: str | RunDir, registry=None) -> list[dict]:
     """Every attempt's manifest of job ``ref`` (or of a run directory already found), in order."""

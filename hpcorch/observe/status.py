@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from hpcorch.observe.manifest import attempt_sizes, sizes_text
 from hpcorch.state.jobstate import base_state, has_ended
 from hpcorch.state.registry import Entry
 from hpcorch.state.rundir import RunDir
@@ -29,6 +30,7 @@ def progress(entry: Entry) -> dict:
         "tokens_per_s": metrics.get("tokens_per_s"),
         "note": budget.get("refused") or None,
         "placement": placement_summary(run),
+        "world": sizes_text(attempt_sizes(run)),  # each attempt's world size and nodes
     }
 
 

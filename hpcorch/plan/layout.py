@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from hpcorch.errors import PlanError
 from hpcorch.spec.job import JobSpec
+from hpcorch.spec.noderange import show
 from hpcorch.spec.parallel import Layout
 from hpcorch.spec.profile import NodeGroup
 
@@ -75,3 +76,35 @@ def layout_summary(job: JobSpec) -> dict:
         info["sequence_parallel"] = tr.parallel.sequence_parallel
         info["loss_parallel"] = tr.parallel.loss_parallel
     return info
+
+
+def node_range_notes(job: JobSpec) -> tuple[list[str], list[str]]:
+    """For a job with a node range: a note listing the counts the trainer can run on (data
+    parallelism and accumulation on each), and a warning when counts of the range as written
+    cannot run (an allocation of one of those runs on the largest valid count below it and
+    hands the other nodes back). ``([], [])`` for one node count."""
+    res = job.resources
+    if not res.is_range and job.nodes_asked == (res.nodes_min, res.nodes):
+        return [], []
+    asked = show(*job.nodes_asked)
+    if job.program is not None:
+        return [f"resources.nodes {res.nodes_directive}: the program runs on the node count Slurm gives "
+                "(SLURM_JOB_NUM_NODES)"], []
+    each = ", ".join(f"{n} (dp {job.layout_on(n).dp}, accumulation {job.layout_on(n).accumulation})"
+                     for n in job.node_counts)
+    notes = [f"resources.nodes {asked}: the trainer can run on {each}; global_batch "
+             f"{job.trainer.global_batch} on every count"]
+    bad = [n for n in range(job.nodes_asked[0], job.nodes_asked[1] + 1) if n not in job.node_counts]
+    warnings = []
+    if bad:
+        warnings.append(f"resources.nodes {asked}: the trainer cannot run on {_counts(bad)} nodes "
+                        f"(global_batch {job.trainer.global_batch} over the data-parallel ranks); Slurm is asked "
+                        f"for {res.nodes_directive}, and an allocation of a count between runs on the largest "
+                        f"valid count below it, handing the other nodes back")
+    return notes, warnings
+
+
+def _counts(counts: list[int]) -> str:
+    """``1, 3 and 5``."""
+    words = [str(n) for n in counts]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]

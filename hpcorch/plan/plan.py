@@ -123,7 +123,16 @@ class Plan:
 
     @property
     def world_size(self) -> int:
+        """Ranks on the most nodes the job asks for (a node range: its largest valid count)."""
         return self.job.resources.world_size
+
+    @property
+    def shrink_command(self) -> list[str]:
+        """A node range's batch script: the command that hands back the nodes its trainer
+        cannot use (the node count in ``$HPCORCH_NODES``), see :func:`hpcorch.cluster.slurm.shrink_command`."""
+        from hpcorch.cluster.slurm import shrink_command
+
+        return shrink_command("${SLURM_JOB_ID}", "${HPCORCH_NODES}")
 
     @property
     def launched_tasks_per_node(self) -> int:
@@ -313,6 +322,9 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     plan.notes += [f"environment {name}={profile.environment.variables[name]} from profile {profile.name!r} "
                    f"(site_tuned: the site documents it)" for name in profile.environment.site_tuned]
     plan.warnings += _unknown_exclusions(res.exclude_hosts, profile)
+    range_notes, range_warnings = layoutplan.node_range_notes(job)
+    plan.notes += range_notes
+    plan.warnings += range_warnings
     if job.program is None and job.trainer.checkpoint.interval > job.trainer.steps:
         plan.notes.append("checkpoint.interval exceeds steps: only the final checkpoint is written")
     return plan
@@ -359,7 +371,7 @@ def summarize(plan: Plan) -> dict:
         "job": job.name,
         "profile": plan.profile.name,
         "partition": plan.partition.name,
-        "nodes": res.nodes,
+        "nodes": res.nodes_directive if res.is_range else res.nodes,
         "tasks_per_node": res.tasks_per_node,
         "world_size": plan.world_size,
         "gpus": f"{res.nodes * res.gpus_per_node} x {models}" if res.gpus_per_node else "none (CPU)",
@@ -378,6 +390,8 @@ def summarize(plan: Plan) -> dict:
                     if job.requeue.enabled else "off"),
         "run_dir": str(plan.run_dir),
     }
+    if res.is_range:
+        summary["node_counts"] = job.node_counts
     if plan.placement is not None:
         summary["placement"] = plan.placement.to_dict()
     if plan.launch.wrapper != "none":  # what starts the ranks, when it is not plain python
@@ -399,7 +413,8 @@ def _program_summary(plan: Plan) -> dict:
     job, res = plan.job, plan.job.resources
     models = " or ".join(dict.fromkeys(str(g.spec.gpus.model) for g in plan.landing_groups if g.spec.gpus.count))
     summary = {"job": job.name, "profile": plan.profile.name, "partition": plan.partition.name,
-               "nodes": res.nodes, "tasks_per_node": res.tasks_per_node, "world_size": plan.world_size,
+               "nodes": res.nodes_directive if res.is_range else res.nodes, "tasks_per_node": res.tasks_per_node,
+               "world_size": plan.world_size,
                "gpus": f"{res.nodes * res.gpus_per_node} x {models}" if res.gpus_per_node else "none (CPU)",
                "time_limit": plan.time_limit, "account": plan.account or "-", "qos": plan.qos or "-",
                **program_summary(job),

@@ -49,6 +49,9 @@ def gpu_request(res, requests: Requests, part: Partition, groups: list[NodeGroup
     if requests.gpus == "gres":
         return f"--gres=gpu:{typed}{n}", gpu_type
     if requests.gpus == "gpus":
+        if res.is_range:  # a total over a count Slurm picks at the start cannot be written ahead
+            raise fail("resources.nodes", f"expected one node count, got the range {res.nodes_directive}: profile "
+                       "requests.gpus is 'gpus' (the job's total GPUs), which a node range cannot say")
         if res.nodes > 1:
             # --gpus is the job's total: nothing in it says "n per node", and Slurm may split it unevenly.
             notes.append(f"GPUs asked as --gpus={typed}{res.nodes * n}, the job's total (profile requests.gpus): "
@@ -163,8 +166,8 @@ def _check_span(res, name: str, limits, fail, qos: bool = True) -> None:
     if limits.max_nodes is not None and res.nodes > limits.max_nodes:
         problems.add(fail("resources.nodes", f"asks for {res.nodes} nodes, but {name} allows at most "
                           f"{limits.max_nodes} ({spelled[1]})"))
-    if limits.min_nodes is not None and res.nodes < limits.min_nodes:
-        problems.add(fail("resources.nodes", f"asks for {res.nodes} node{'s' * (res.nodes != 1)}, but {name} "
+    if limits.min_nodes is not None and res.nodes_min < limits.min_nodes:  # a range: its fewest
+        problems.add(fail("resources.nodes", f"asks for {res.nodes_min} node{'s' * (res.nodes_min != 1)}, but {name} "
                           f"takes at least {limits.min_nodes} ({spelled[0]})"))
     problems.raise_any()
 

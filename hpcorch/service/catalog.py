@@ -14,7 +14,8 @@ def jobs() -> list[dict]:
     for name, path in names("jobs").items():
         job = load_job(path)
         model = job.trainer.model
-        rows.append({"name": name, "path": str(path), "nodes": job.resources.nodes,
+        res = job.resources
+        rows.append({"name": name, "path": str(path), "nodes": res.nodes_directive if res.is_range else res.nodes,
                      "gpus_per_node": job.resources.gpus_per_node,
                      "parameters": spec_of(model).shapes.num_params(model),
                      "description": job.description})

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from hpcorch.errors import ConfigError
 from hpcorch.spec import catalog, units
@@ -16,6 +16,7 @@ from hpcorch.spec.expand import check_expandable
 from hpcorch.spec.health import JobHealth
 from hpcorch.spec.launch import Launch, check_directives
 from hpcorch.spec.model import ModelConfig, default_model
+from hpcorch.spec.noderange import nearby, parse_nodes, show, valid_counts
 from hpcorch.spec.parallel import Layout, ParallelSpec, resolve_layout
 from hpcorch.spec.placement import Placement
 from hpcorch.spec.profile import check_constraint
@@ -45,9 +46,11 @@ _TYPED_GPUS = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.+-]{0,127}):([0-9]{1,6})")
 @dataclass
 class Resources:
     """After validation ``gpus_per_node`` is an int and ``gpu_type`` a str or None, however
-    the file wrote them (``gpus_per_node: a40:4`` or ``gpu_type: a40``)."""
+    the file wrote them (``gpus_per_node: a40:4`` or ``gpu_type: a40``), and ``nodes`` is an
+    int, the most nodes the job asks for, with ``nodes_min`` the fewest (equal without a range:
+    ``nodes: 4``; ``nodes: 2-4`` or ``{min: 2, max: 4}`` asks Slurm for ``--nodes=2-4``)."""
 
-    nodes: int = 1
+    nodes: int | str | dict[str, Any] = 1
     gpus_per_node: int | str = 0       # 4, or "a40:4" for a GRES type
     tasks_per_node: int | None = None  # default: one task per GPU, or 1 without GPUs
     cpus_per_task: int = 1
@@ -67,10 +70,10 @@ class Resources:
     def __post_init__(self):
         self._parse_gpus()
         check_directives("extra_directives", self.extra_directives)
-        check_positive(self, "nodes", "cpus_per_task", "tasks_per_node")
+        self.nodes_min, self.nodes = parse_nodes(self.nodes)
+        check_positive(self, "cpus_per_task", "tasks_per_node")
         check_positive(self, "gpus_per_node", allow_zero=True)
-        # #SBATCH counts within Slurm's ranges; nodes and ranks also become per-node lists.
-        check_at_most(self, SLURM_MAX16, "Slurm's largest node count", "nodes")
+        # #SBATCH counts within Slurm's ranges; ranks also become per-node lists.
         check_at_most(self, SLURM_MAX16, "Slurm's 16-bit per-node counts", "cpus_per_task", "gpus_per_node")
         check_at_most(self, MAX_TASKS_PER_NODE, "ranks per node", "tasks_per_node")
         if self.gpu_type is not None and not self.gpus_per_node:
@@ -129,7 +132,18 @@ class Resources:
 
     @property
     def world_size(self) -> int:
+        """The ranks on the most nodes the job asks for (``nodes``)."""
         return self.nodes * self.tasks_per_node
+
+    @property
+    def is_range(self) -> bool:
+        """Whether the job asks for a node range (Slurm picks the count at each start)."""
+        return self.nodes_min < self.nodes
+
+    @property
+    def nodes_directive(self) -> str:
+        """The value of ``#SBATCH --nodes=``: ``"4"``, or ``"2-4"`` for a range."""
+        return show(self.nodes_min, self.nodes)
 
 
 def _memory_mb(value: str | int, whole_node: bool = False) -> int:
@@ -267,17 +281,47 @@ class JobSpec:
             raise Invalid(f"environment.{exc.field}", exc.message) from None
         for name, value in self.environment.items():
             check_expandable(f"environment.{name}", value)
-        if self.program is None:
-            self._check_trainer()
         res = self.resources
+        # The node counts the job can run on (ascending): for a range, those whose world size
+        # holds the trainer's layout and global batch; the range shrinks to the valid ends.
+        self.nodes_asked = (res.nodes_min, res.nodes)  # as written, before the ends move to valid counts
+        self.node_counts = list(range(res.nodes_min, res.nodes + 1))
+        if self.program is None:
+            if res.is_range:
+                self._check_range()
+            else:
+                self._check_trainer(res.world_size)
         if self.requeue.signal_lead_s >= res.time_s:
             raise Invalid("requeue.signal_lead_s",
                           f"expected less than the time limit ({res.time_s} s), got {self.requeue.signal_lead_s}")
 
-    def _check_trainer(self) -> None:
-        """The trainer's layout on the job's ranks (not for a ``program:`` job, which has none)."""
+    def _check_range(self) -> None:
+        """Keep the counts of the node range on which the trainer can run; none: refused,
+        naming valid counts nearby. The range's ends become the first and last valid count."""
+        res, errors = self.resources, {}
+
+        def runs(nodes: int) -> bool:
+            try:
+                self._check_trainer(nodes * res.tasks_per_node)
+            except Invalid as exc:
+                errors.setdefault(nodes, exc)
+                return False
+            return True
+
+        self.node_counts = valid_counts(res.nodes_min, res.nodes, runs)
+        if not self.node_counts:
+            first = errors[res.nodes]
+            near = nearby(res.nodes_min, res.nodes, runs)
+            hint = f"valid counts nearby: {', '.join(map(str, near))}" if near else "no valid count nearby"
+            raise Invalid("resources.nodes", f"expected a range holding a node count the trainer can run on; none of "
+                                             f"{res.nodes_directive} can ({res.nodes} nodes: {first.field}: "
+                                             f"{first.message}); {hint}")
+        res.nodes_min, res.nodes = self.node_counts[0], self.node_counts[-1]
+
+    def _check_trainer(self, world_size: int) -> None:
+        """The trainer's layout on ``world_size`` ranks (not for a ``program:`` job, which has none)."""
         try:
-            layout = self.trainer.layout(self.resources.world_size)
+            layout = self.trainer.layout(world_size)
         except Invalid as exc:
             raise Invalid(f"trainer.{exc.field}", exc.message) from None
         if self.trainer.grad_compression != "none" and (layout.kind != "ddp" or self.trainer.sharding != "ddp"):
@@ -291,8 +335,13 @@ class JobSpec:
 
     @property
     def layout(self) -> Layout:
-        """The parallel layout on the job's own ranks (nodes x tasks per node)."""
+        """The parallel layout on the job's own ranks (nodes x tasks per node; for a node
+        range, on its most nodes, a valid count)."""
         return self.trainer.layout(self.resources.world_size)
+
+    def layout_on(self, nodes: int) -> Layout:
+        """The parallel layout on ``nodes`` nodes (one of :attr:`node_counts`)."""
+        return self.trainer.layout(nodes * self.resources.tasks_per_node)
 
     @property
     def grad_accum(self) -> int:
@@ -329,6 +378,8 @@ def resources_only(path: str | os.PathLike, overrides: list[str] | tuple = ()) -
                 if k in data}
         res = build(Resources, dict(keep.get("resources") or {}), str(path))
         keep["trainer"] = {"global_batch": res.world_size, "micro_batch": 1}
+        if res.is_range:  # its most nodes: a batch that holds every count would be huge
+            keep["resources"] = {**keep["resources"], "nodes": res.nodes}
         return build(JobSpec, keep, str(path))
     except ConfigError:
         return None
@@ -364,6 +415,7 @@ def job_to_dict(job: JobSpec) -> dict:
     """``job`` as plain data that :func:`load_job` reads back as the same job (a ``program:`` job
     without the trainer section it does not use, which the loader would refuse beside it)."""
     data = to_dict(job)
+    data["resources"]["nodes"] = job.resources.nodes if not job.resources.is_range else job.resources.nodes_directive
     if job.program is not None:
         del data["trainer"]
     return data

@@ -177,6 +177,8 @@ class RunDir:
     # A program job's latest checkpoint as it reported it (hpcorch.runtime.checkpoint_committed).
     program_checkpoint_file = property(lambda self: self.root / "program_checkpoint.json")
     manifests = property(lambda self: self.root / "manifests")
+    # Where a node range's batch script shrinks its allocation: Slurm writes slurm_job_ID_resize.sh here.
+    resize_folder = property(lambda self: self.root / "resize")
 
     def manifest_file(self, attempt: int | None, suffix: str = "json") -> Path:
         """The Nth attempt's manifest (``json``) or code patch (``patch``); None: the submission's record."""

@@ -126,7 +126,7 @@ def test_buckets_of_two_attempts_from_sacct_rows(tmp_path):
     assert got.goodput == pytest.approx(tl.want["productive"] / allocated)
     d = got.as_dict()
     assert set(d) == {"source", "unit", "allocated_hours", "queue_wait_s", "attempts", "goodput", "buckets_s",
-                      "steps_recomputed"}
+                      "steps_recomputed", "world_sizes"}
     assert d["attempts"] == 2 and d["source"] == "sacct" and set(d["buckets_s"]) == set(gp.BUCKETS)
     # committed checkpoint (the signal's save of step 14) -> attempt 2's first step
     assert got.restart_gaps_s == [pytest.approx(T0 + 250 + 12.0 + 2.0 - tl.committed)]
@@ -313,3 +313,24 @@ def test_hand_edited_records_skip_the_field_not_the_listing(tmp_path):
     kept = json.loads(tl.run.goodput_file.read_text())
     tl.run.goodput_file.write_text(json.dumps({**kept, "goodput": "abc"}))
     assert gp.goodput_of([done], ended={1}) == first and isinstance(first[1], float)
+
+
+def test_each_attempt_carries_the_world_size_its_manifest_recorded(tmp_path):
+    """A node range trains each attempt on what it got: the goodput table and status say so."""
+    import json
+
+    from hpcorch.cli.views import goodput_lines
+    from hpcorch.observe.manifest import attempt_sizes, sizes_text
+    from hpcorch.state.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    run.manifests.mkdir(parents=True)
+    for n, (t, world, nodes) in enumerate([(1005.0, 4, "node[1-4]"), (2003.0, 2, "node[1-2]")]):
+        run.manifest_file(n).write_text(json.dumps({"time": t, "world_size": world, "node_count": world,
+                                                    "nodes": nodes}))
+    attempts = [gp.Attempt(1000.0, 500.0), gp.Attempt(2000.0, 100.0), gp.Attempt(3000.0, 10.0)]
+    assert [a.world_size for a in gp._sized(attempts, run)] == [4, 2, None]
+    assert sizes_text(attempt_sizes(run)) == "attempt 0: 4 ranks on node[1-4]; attempt 1: 2 ranks on node[1-2]"
+    g = gp.summarize("sacct", attempts, gp.RunLog()).as_dict()
+    assert g["world_sizes"] == [4, 2, None]
+    assert any("world size per attempt" in line and "4, 2, ?" in line for line in goodput_lines(g))
