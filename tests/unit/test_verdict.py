@@ -109,3 +109,29 @@ def test_recovery_stops_a_job_whose_attempts_commit_nothing_and_status_shows_why
                   run_dir=str(run.root), job_file=str(run.job_file), slurm_conf=None, exclude=None,
                   submitted=0.0, resumed_from=None)
     assert progress(entry)["note"] == budget["refused"]
+
+
+@pytest.mark.parametrize("excluded,requeued", [("", True), ("node1", False)])
+def test_recovery_requeues_a_node_range_while_its_fewest_nodes_are_left(tmp_path, monkeypatch, excluded, requeued):
+    """``resources.nodes: 3-4``: after node2 fails, 3 nodes left start it again (a fixed 4
+    would wait for ever); with node1 excluded already, 2 are left and the job stops, saying so."""
+    from hpcorch.batch.recovery import Recovery
+    from hpcorch.cluster.slurm import Slurm
+
+    monkeypatch.setenv("HPCORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HPCORCH_REQUEUE_HOLD", "keep")
+    fake = FakeSlurm(tmp_path).partition("batch", "node[1-4]")
+    job = load_job("gpt-tiny", ["resources.nodes=3-4", "resources.tasks_per_node=1", "trainer.global_batch=12",
+                                "trainer.micro_batch=1"])
+    assert (job.resources.nodes_min, job.resources.nodes) == (3, 4)
+    run = RunDir.for_job(tmp_path / "run", job)
+    run.write_job(job)
+    env = _attempt(run, fake, 0, "node2", step=5, exc=excluded)
+    Recovery(run, "devcluster", 1.0, slurm=Slurm(env=fake.env), environ=env).after("train", 1)
+    refused = json.loads(run.restarts_file.read_text())["refused"]
+    if requeued:
+        assert fake.state("7") == "PENDING" and fake.excluded("7") == "node2" and not refused
+    else:
+        assert fake.state("7") == "RUNNING"
+        assert refused == ("without node[1-2] partition batch has 2 of the 3 nodes this job needs at least "
+                           "(resources.nodes 3-4); release a node (hpcorch nodes clear NODE) and resume"), refused
