@@ -15,6 +15,8 @@ from test_recovery_slurm import _rank_pids
 from test_submit import ctx  # noqa: F401 (fixture)
 from trainhelp import REPO, TINY, losses, traced_samples
 
+from hpcorch.util.poll import poll_until
+
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(540)]
 
 STEPS, INTERVAL = 40, 10
@@ -53,6 +55,14 @@ def test_a_node_range_job_goes_on_at_once_on_the_nodes_left_after_a_hard_node_fa
     run, trace = tmp_path / "run", tmp_path / "trace"
     monkeypatch.setenv("HPCORCH_STEP_DELAY_S", "0.3")  # the failure lands mid-run however fast the machine
     monkeypatch.setenv("HPCORCH_SAMPLE_TRACE", str(trace))
+    # A range starts on what is free: all 4 nodes must be (an earlier test's job may still complete).
+    states = {}
+
+    def all_idle():
+        states.update({f"node{i}": ctx.slurm.node_state(f"node{i}") for i in range(1, 5)})
+        return all(s == "idle" for s in states.values()) or None
+
+    poll_until(all_idle, 180, interval_s=1, what=lambda: f"the 4 nodes idle (seen: {states})")
     ctx.cli("submit", "jobs/gpt-tiny.yaml", "-p", "devcluster", "--run-dir", run,
             *_sets("resources.nodes=2-4", "placement.switches=off"))
     job = ctx.entry(run)
