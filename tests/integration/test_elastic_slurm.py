@@ -79,6 +79,10 @@ def test_a_node_range_job_goes_on_at_once_on_the_nodes_left_after_a_hard_node_fa
     assert len(pids) == 1, pids
     failed_at = time.time()
     os.kill(pids[0], signal.SIGKILL)  # the node dies: its rank at once, then Slurm's view of it
+    # Two seconds later, as test_recovery_slurm does: a node Slurm downs at once cancels the job
+    # itself (NODE_FAIL) before the batch host's recovery runs, and then nothing of hpcorch lifts
+    # the requeued job's ~120 s BeginTime hold (measured: see the report of issue 28).
+    time.sleep(2)
     ctx.slurm.set_node(victim, "DOWN", reason="test-elastic-shrink")
     state = ctx.slurm.wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED"}, timeout_s=300, poll_s=1)
     assert state == "COMPLETED", (run / "logs" / f"{job_id}.err").read_text()[-3000:]
