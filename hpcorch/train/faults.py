@@ -104,6 +104,7 @@ class SampleTrace:
         if self._file:
             self._file.write(json.dumps({"step": step, "rank": self.rank, "attempt": self.attempt,
                                          "samples": samples}) + "\n")
+            self._file.flush()  # a rank killed outright (a node failure test) keeps its lines
 
     def close(self) -> None:
         if self._file:
