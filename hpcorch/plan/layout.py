@@ -98,7 +98,7 @@ def node_range_notes(job: JobSpec) -> tuple[list[str], list[str]]:
     warnings = []
     if bad:
         warnings.append(f"resources.nodes {asked}: the trainer cannot run on {_counts(bad)} nodes "
-                        f"(global_batch {job.trainer.global_batch} over the data-parallel ranks); Slurm is asked "
+                        f"({job.node_refusals.get(bad[0], 'its layout')}); Slurm is asked "
                         f"for {res.nodes_directive}, and an allocation of a count between runs on the largest "
                         f"valid count below it, handing the other nodes back")
     return notes, warnings

@@ -286,6 +286,7 @@ class JobSpec:
         # holds the trainer's layout and global batch; the range shrinks to the valid ends.
         self.nodes_asked = (res.nodes_min, res.nodes)  # as written, before the ends move to valid counts
         self.node_counts = list(range(res.nodes_min, res.nodes + 1))
+        self.node_refusals: dict[int, str] = {}
         if self.program is None:
             if res.is_range:
                 self._check_range()
@@ -309,6 +310,7 @@ class JobSpec:
             return True
 
         self.node_counts = valid_counts(res.nodes_min, res.nodes, runs)
+        self.node_refusals = {n: f"{exc.field}: {exc.message}" for n, exc in errors.items()}  # why not n nodes
         if not self.node_counts:
             first = errors[res.nodes]
             near = nearby(res.nodes_min, res.nodes, runs)
