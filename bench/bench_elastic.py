@@ -49,7 +49,7 @@ ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL")
 def run_variant(variant: str, work: Path, steps: int, fail_after: float, replacement_after: float) -> dict:
     slurm = Slurm()
     home, run = work / f"home-{variant}", work / f"run-{variant}"
-    blocker = slurm.run("sbatch", "--parsable", "-w", "node4", "-J", "bench-blocker", "-o", "/dev/null",
+    blocker = slurm.run("sbatch", "--parsable", "-w", "node4", "--exclusive", "-J", "bench-blocker", "-o", "/dev/null",
                         "--wrap", "sleep 3000").strip().split(";")[0]
     poll_until(lambda: slurm.state(blocker) == "RUNNING" or None, 60, interval_s=0.5, what="blocker running")
     sets = MODEL + CLUSTER + [f"trainer.steps={steps}", f"resources.nodes={NODES[variant]}"]
