@@ -135,19 +135,24 @@ def run_variant(variant: str, work: Path, preempt_after: float, steps: int, time
             return state if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") else None
 
         final = poll_until(ended, 900, interval_s=2, what=f"job {job_id} ended")
-        rows = poll_until(lambda: (lambda r: r if r and r[-1]["State"] == final else None)(
-            slurm.attempts([job_id])[job_id]), 120, interval_s=1, what="accounting")
     finally:
         if slurm.state(job_id) not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
             slurm.cancel(job_id)
         if victim:
             resume_node(slurm, victim)
+    return {"variant": variant, **account(slurm, job_id, final, run)}
+
+
+def account(slurm: Slurm, job_id: str, final: str, run: Path) -> dict:
+    """Goodput of the ended job ``job_id`` (its final state ``final``) from sacct -D and ``run``."""
     from hpcorch.observe import goodput as gp
 
+    rows = poll_until(lambda: (lambda r: r if r and r[-1]["State"] == final else None)(
+        slurm.attempts([job_id])[job_id]), 120, interval_s=1, what="accounting")
     log = gp.RunLog.read(gp.RunDir.open(run))
     g = gp.summarize("sacct", gp.sacct_attempts(rows), log)
     budget = json.loads((run / "restarts.json").read_text())
-    return {"variant": variant, "job_id": job_id, "final": final, "states": [r["State"] for r in rows],
+    return {"job_id": job_id, "final": final, "states": [r["State"] for r in rows],
             "goodput": g.as_dict(), "allocated_s": g.allocated_s, "restart_gaps_s": g.restart_gaps_s,
             "queue_waits_s": [a.queue_wait_s for a in g.attempts],
             "requeues": {k: budget.get(k, 0) for k in ("preemption", "node_failure", "timeout")}}

@@ -31,7 +31,10 @@ says that Slurm's requeue was a preemption or the time limit (:func:`requeue_cau
 such a requeue ~120 s too: the failed ranks, the batch shell or the next hpcorch command that
 reads the job cut it (:func:`hpcorch.batch.recovery.watch_for_slurms_requeue`).
 
-Budgets are counted in the run directory (``restarts.json``), so they survive every restart.
+Budgets are counted in the run directory (``restarts.json``), so they survive every restart,
+with the latest committed checkpoint at each granted requeue: attempts that commit nothing new
+(``requeue.no_progress_attempts`` in a row) stop the job (:func:`no_progress`) at a failure or
+the time limit, rather than requeue it until the budgets are spent.
 """
 from __future__ import annotations
 
@@ -100,7 +103,7 @@ def budget_limit(policy, cause: Cause) -> int:
             Cause.NODE_FAILURE: policy.max_node_failures}[cause]
 
 
-def decide(cause: Cause, spent: dict[str, int], policy, scheduler: str, rank: int) -> Decision:
+def decide(cause: Cause, spent: dict, policy, scheduler: str, rank: int) -> Decision:
     """What a rank does after the signal's checkpoint (or, for a node failure, at start-up)."""
     if scheduler == "process":
         return Decision(Action.STOP, "checkpointed; run the same command again to resume")
@@ -112,10 +115,32 @@ def decide(cause: Cause, spent: dict[str, int], policy, scheduler: str, rank: in
         return Decision(Action.STOP, "cancelled")
     if not policy.enabled:
         return Decision(Action.STOP, "requeue.enabled is false; not requeued")
+    # A preemption is the scheduler's choice, not the job failing to progress: never a verdict.
+    stuck = no_progress(spent, policy.no_progress_attempts) if cause is not Cause.PREEMPTION else None
+    if stuck:
+        return Decision(Action.REFUSE, stuck)
     limit, used = budget_limit(policy, cause), spent.get(cause.value, 0)
     if used >= limit:
         return Decision(Action.REFUSE, f"{cause.value} budget spent ({used} of {limit}); not requeued")
     return Decision(Action.REQUEUE, f"{cause.value} {used + 1} of {limit}")
+
+
+def no_progress(spent: dict, attempts: int) -> str | None:
+    """The stop verdict when the last ``attempts`` attempts (this one included) committed no new
+    checkpoint, else None (also when ``attempts`` is 0: never). ``spent["checkpoints"]`` holds
+    the latest committed checkpoint at each earlier granted requeue, ``spent["latest_checkpoint"]``
+    the one now (:meth:`RestartBudget.load`); the first attempt's start is not recorded, so the
+    window opens at the first requeue."""
+    history = spent.get("checkpoints") or []
+    if attempts < 1 or len(history) < attempts:
+        return None
+    latest = spent.get("latest_checkpoint")
+    if history[-attempts] != latest:
+        return None
+    where = "no checkpoint committed yet" if latest is None else f"still at the checkpoint of step {latest}"
+    return (f"no progress: {attempts} attempt{'s' if attempts != 1 else ''} in a row committed no new "
+            f"checkpoint ({where}); see failures.jsonl and the rank logs, fix the cause and resume "
+            f"(requeue.no_progress_attempts: 0 turns this off)")
 
 
 # What accounting calls a run that Slurm ended and requeued itself (``sacct -D``'s State).
@@ -137,21 +162,27 @@ def unplanned_restart(restart_count: int, spent: dict[str, int]) -> bool:
 
 
 class RestartBudget:
-    """Requeues spent per cause and the last refusal, in ``restarts.json``."""
+    """Requeues spent per cause, the latest committed checkpoint at each granted requeue, and
+    the last refusal (the job's stop verdict), in ``restarts.json``."""
 
-    EMPTY = {"preemption": 0, "timeout": 0, "node_failure": 0, "refused": ""}
+    EMPTY = {"preemption": 0, "timeout": 0, "node_failure": 0, "refused": "", "checkpoints": []}
 
     def __init__(self, run: RunDir):
         self.run = run
 
     def load(self) -> dict:
-        return {**self.EMPTY, **self.run.restarts()}
+        """The recorded budget, and the latest committed checkpoint now (``latest_checkpoint``,
+        read from the run, never stored): what :func:`decide` weighs."""
+        return {**self.EMPTY, **self.run.restarts(), "latest_checkpoint": self.run.latest_checkpoint()}
 
     def record(self, cause: Cause, decision: Decision) -> None:
-        """Count a granted requeue, or note a refusal (``hpcorch status`` shows it)."""
+        """Count a granted requeue (and the checkpoint it resumes from), or note a refusal
+        (``hpcorch status`` shows it)."""
         data = self.load()
+        latest = data.pop("latest_checkpoint")
         if decision.action is Action.REQUEUE:
             data[cause.value] += 1
+            data["checkpoints"] = [*data["checkpoints"], latest]
             data["refused"] = ""
         elif decision.action is Action.REFUSE:
             data["refused"] = decision.reason

@@ -82,13 +82,15 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 def traced_samples(trace_dir: Path) -> dict[int, list[int]]:
-    """Step -> the sorted sample ids every rank traced for it (``HPCORCH_TRACE_SAMPLES`` files)."""
-    per_step: dict[int, list[int]] = {}
+    """Step -> the sorted sample ids every rank traced for it (``HPCORCH_TRACE_SAMPLES`` files).
+    A step trained again after a failure (a later Slurm attempt) counts as the later attempt's
+    ranks trained it: the optimizer only kept that one."""
+    per_step: dict[int, dict[int, list[int]]] = {}
     for path in trace_dir.glob("rank*.jsonl"):
         for line in path.read_text().splitlines():
             rec = json.loads(line)
-            per_step.setdefault(rec["step"], []).extend(rec["samples"])
-    return {s: sorted(ids) for s, ids in per_step.items()}
+            per_step.setdefault(rec["step"], {}).setdefault(rec.get("attempt", 0), []).extend(rec["samples"])
+    return {s: sorted(by_attempt[max(by_attempt)]) for s, by_attempt in per_step.items()}
 
 
 def summary(run_dir: Path) -> dict:

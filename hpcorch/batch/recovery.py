@@ -221,12 +221,14 @@ class Recovery:
         if not partition or partition == "(null)":
             return None  # cannot tell: let Slurm judge
         left = [n for n in expand_hostlist(partition) if n not in excluded]
-        need = self.job.resources.nodes_min  # a node range starts on its fewest
+        res = self.job.resources
+        need = res.nodes_min  # a node range starts on its fewest
         if len(left) >= need:
             return None
         return (f"without {compress_hostlist(sorted(excluded))} partition {info.get('Partition')} has "
-                f"{len(left)} of the {need} nodes this job needs; release a node (hpcorch nodes clear NODE) "
-                f"and resume")
+                f"{len(left)} of the {need} nodes this job needs"
+                f"{f' at least (resources.nodes {res.nodes_directive})' if res.is_range else ''}; release a node "
+                f"(hpcorch nodes clear NODE) and resume")
 
     def _record(self, failure: Failure) -> None:
         record = failure.record(self.attempt, self.job_id)

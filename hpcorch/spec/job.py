@@ -131,6 +131,8 @@ class RequeuePolicy:
     signal_lead_s: int = 120  # before the time limit: enough for one step and one checkpoint
     # The same failure at the same step this many times in a row stops the job (0: never).
     crash_loop: int = 3
+    # This many attempts in a row that commit no new checkpoint stop the job (0: never).
+    no_progress_attempts: int = 3
 
     @property
     def signum(self) -> int:
@@ -139,7 +141,8 @@ class RequeuePolicy:
         return getattr(signal, f"SIG{self.signal}")
 
     def __post_init__(self):
-        check_positive(self, "max_preemptions", "max_timeouts", "max_node_failures", "crash_loop", allow_zero=True)
+        check_positive(self, "max_preemptions", "max_timeouts", "max_node_failures", "crash_loop",
+                       "no_progress_attempts", allow_zero=True)
         if not 10 <= self.signal_lead_s <= 65535:
             raise Invalid("signal_lead_s", f"expected 10 to 65535 seconds, got {self.signal_lead_s}")
 

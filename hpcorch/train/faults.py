@@ -7,7 +7,8 @@ environment variable is set:
     survive (:func:`crash_in_save`, used as :func:`hpcorch.util.fileio.atomic_write`'s ``fault``).
 ``HPCORCH_SAMPLE_TRACE=DIR``
     Each rank appends the sample ids it trained on per step to ``DIR/rankN.jsonl``
-    (:class:`SampleTrace`), to check that a resume on another world size sees every sample once.
+    (:class:`SampleTrace`), with its attempt (Slurm's restart count), to check that a resume on
+    another world size sees every sample once.
 ``HPCORCH_CRASH_IN_PRUNE=STEP``
     Rank 0 kills itself with SIGKILL halfway through deleting the old checkpoint of step
     ``STEP`` (:func:`crash_in_prune`): a pruned checkpoint must never look committed.
@@ -90,6 +91,8 @@ class SampleTrace:
     def __init__(self, rank: int, folder: str | None = None):
         folder = folder if folder is not None else os.environ.get(SAMPLE_TRACE)
         self.rank = rank
+        # Which attempt traced a line: a step trained again after a failure is the later one's.
+        self.attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         self._file = None
         if folder:
             Path(folder).mkdir(parents=True, exist_ok=True)
@@ -99,7 +102,9 @@ class SampleTrace:
     def write(self, step: int, samples: list[int]) -> None:
         """Record the samples this rank trained on at ``step``."""
         if self._file:
-            self._file.write(json.dumps({"step": step, "rank": self.rank, "samples": samples}) + "\n")
+            self._file.write(json.dumps({"step": step, "rank": self.rank, "attempt": self.attempt,
+                                         "samples": samples}) + "\n")
+            self._file.flush()  # a rank killed outright (a node failure test) keeps its lines
 
     def close(self) -> None:
         if self._file:

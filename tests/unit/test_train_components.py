@@ -176,13 +176,15 @@ def test_crash_hook_only_at_the_asked_step_and_rank(monkeypatch):
 
 def test_sample_trace_is_off_unless_asked(tmp_path, monkeypatch):
     monkeypatch.delenv("HPCORCH_SAMPLE_TRACE", raising=False)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")  # a requeued Slurm attempt
     off = SampleTrace(0)
     off.write(1, [1, 2])
     off.close()
     on = SampleTrace(3, str(tmp_path / "trace"))
     on.write(1, [5, 6])
     on.close()
-    assert json.loads((tmp_path / "trace" / "rank3.jsonl").read_text()) == {"step": 1, "rank": 3, "samples": [5, 6]}
+    assert json.loads((tmp_path / "trace" / "rank3.jsonl").read_text()) == {"step": 1, "rank": 3, "attempt": 2,
+                                                                             "samples": [5, 6]}
 
 
 # ----- stop agreement ------------------------------------------------------------------------------
