@@ -34,8 +34,8 @@ def check_gpu_type(res, part: Partition, groups: list[NodeGroup], excluded: set[
         raise fail("resources.gpus_per_node", f"asks for {res.gpus_per_node} {res.gpu_type} GPUs per node, but "
                    f"partition {part.name!r} {res.gpu_type} nodes have at most {most}")
     hosts = [h for g in typed if g.spec.gpus.count >= res.gpus_per_node for h in g.hosts if h not in excluded]
-    if count_nodes and res.nodes > len(hosts):  # (not when the partition as a whole is too small)
-        raise fail("resources.nodes", f"asks for {res.nodes} nodes with GPU type {res.gpu_type}, but partition "
+    if count_nodes and res.nodes_min > len(hosts):  # (not when the partition as a whole is too small)
+        raise fail("resources.nodes", f"asks for {res.nodes_needed} nodes with GPU type {res.gpu_type}, but partition "
                    f"{part.name!r} has {len(hosts)}{' after exclusions' if excluded else ''}")
     return typed
 
@@ -146,7 +146,7 @@ def check_node_counts(res: Resources, part: Partition, groups: list[NodeGroup], 
     best = choices[ranked[0][1]]
     groups_ok = eligible(best)
     hosts = hosts_of(groups_ok)
-    if res.nodes > len(hosts):
+    if res.nodes_min > len(hosts):
         qualifiers = []
         if expr is not None:
             one_feature = len(csyntax.features(expr)) == 1 and not csyntax.counted(expr)
@@ -159,7 +159,7 @@ def check_node_counts(res: Resources, part: Partition, groups: list[NodeGroup], 
             qualifiers.append(f"with {_per_node(needs)}")
         where = f" ({units.compress_hostlist(hosts)})" if hosts else ""
         raise fail("resources.constraint" if expr is not None else "resources.nodes",
-                   f"asks for {res.nodes} nodes {' and '.join(qualifiers)}, but partition {part.name!r} has "
+                   f"asks for {res.nodes_needed} nodes {' and '.join(qualifiers)}, but partition {part.name!r} has "
                    f"{len(hosts)}{' after exclusions' if excluded & set(part.hosts) else ''}{where}")
     for term, count in csyntax.counted(best) if best is not None else []:
         have = hosts_of([g for g in groups_ok if csyntax.matches(term, frozenset(g.spec.features))])
@@ -168,7 +168,7 @@ def check_node_counts(res: Resources, part: Partition, groups: list[NodeGroup], 
                        f"({constraint}), but partition {part.name!r} has {len(have)}"
                        f"{f' ({units.compress_hostlist(have)})' if have else ''}")
     # With a matching OR, the job may land on any alternative that has enough nodes.
-    fits = [alt for alt in choices if len(hosts_of(eligible(alt))) >= res.nodes]
+    fits = [alt for alt in choices if len(hosts_of(eligible(alt))) >= res.nodes_min]
     return [g for g in fitting if any(g in eligible(alt) for alt in fits)]
 
 

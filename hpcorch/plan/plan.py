@@ -23,6 +23,7 @@ from hpcorch.plan.placement import PlacementPlan, plan_placement
 from hpcorch.plan.problems import Problems
 from hpcorch.spec import units
 from hpcorch.spec.job import JobSpec
+from hpcorch.spec.noderange import largest_valid
 from hpcorch.spec.placement import NCCL_DEBUG_LEVELS, debugging_in
 from hpcorch.spec.profile import ClusterProfile, NodeGroup, Partition
 from hpcorch.state.rundir import RunDir
@@ -241,21 +242,29 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     usable = [h for h in part.hosts if h not in excluded]
     # Independent checks: each kept, so that one run names every problem of the job.
     problems = Problems()
-    if res.nodes > len(usable):
+    notes: list[str] = []
+    # A node range starts on what is usable (Slurm is asked for the range, the quarantined
+    # nodes excluded): it needs only its fewest valid count.
+    enough = res.nodes_min <= len(usable)
+    if not enough:
         held = (f" ({units.brief_hosts(sorted(quarantined))} quarantined; see hpcorch nodes, "
                 f"hpcorch nodes clear NODE)") if quarantined else ""
-        problems.add(fail("resources.nodes", f"asks for {res.nodes} nodes, but partition {part.name!r} has "
+        problems.add(fail("resources.nodes", f"asks for {res.nodes_needed} nodes, but partition {part.name!r} has "
                           f"{len(usable)}{' after exclusions' if excluded else ''}{held}"))
+    elif res.nodes > len(usable):
+        notes.append(f"nodes: {len(usable)} of the range's {res.nodes_directive} are usable now"
+                     f"{' after exclusions' if excluded else ''}; the job starts on the largest valid "
+                     f"count they hold ({largest_valid(job.node_counts, len(usable))})")
     problems.check(siterequests.check_partition_limits, res, part, fail)
     candidates = groups
-    typed = problems.check(check_gpu_type, res, part, groups, excluded, fail, res.nodes <= len(usable))
+    typed = problems.check(check_gpu_type, res, part, groups, excluded, fail, enough)
     # What depends on a check that failed is not checked: its error would say the same again.
     fitting = problems.check(fit_node_groups, res, part, typed, fail) if typed else None
     groups = typed = typed or groups
     constraint = res.constraint or profile.defaults.constraint
     eligible = fitting or groups
     # The local executor has no features to match; too many nodes is said once, above.
-    if profile.scheduler != "local" and fitting and res.nodes <= len(usable):
+    if profile.scheduler != "local" and fitting and enough:
         problems.check(check_constraint, constraint, profile, part, from_profile=not res.constraint, fail=fail)
         eligible = problems.check(check_node_counts, res, part, groups, fitting, constraint, excluded, fail,
                                   fallback=fitting)
@@ -271,7 +280,6 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         raise PlanError("--run-dir", "", f"expected a path of letters, digits and _./+@:,=- "
                         f"(it reaches #SBATCH lines), got {str(run_dir)!r}")
 
-    notes: list[str] = []
     requests = profile.requests_for(part)
     gpu_request, gpu_type = problems.check(siterequests.gpu_request, res, requests, part, candidates, fail,
                                            notes, fallback=(None, None))
@@ -297,7 +305,8 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         _check_data(job, profile, source, warnings)
     # The nodes the job may land on: its eligible node groups' hosts, minus exclusions.
     hosts = [h for h in dict.fromkeys(h for g in eligible for h in g.hosts) if h not in excluded]
-    placement = plan_placement(job.placement, profile, hosts, res.nodes, fail, notes, warnings)
+    placement = plan_placement(job.placement, profile, hosts, largest_valid(job.node_counts, len(hosts)) or res.nodes,
+                               fail, notes, warnings)
     plan = Plan(
         job=job, profile=profile, partition=part, run_dir=run_dir,
         account=account,

@@ -125,6 +125,12 @@ class Resources:
         return self.nodes_min < self.nodes
 
     @property
+    def nodes_needed(self) -> str:
+        """How many nodes the job cannot start without, for messages: ``4``, or ``at least 2
+        (2-4)`` for a range, which starts on what is usable."""
+        return f"at least {self.nodes_min} ({self.nodes_directive})" if self.is_range else str(self.nodes)
+
+    @property
     def nodes_directive(self) -> str:
         """The value of ``#SBATCH --nodes=``: ``"4"``, or ``"2-4"`` for a range."""
         return show(self.nodes_min, self.nodes)

@@ -174,3 +174,21 @@ def test_the_shrink_block_runs_in_bash(tmp_path, allocated, nodes, shrunk):
     if shrunk:
         assert calls.read_text().split() == ["update", "JobId=7", f"NumNodes={nodes}"]
         assert "handing the others back" in out.stderr
+
+
+def test_a_range_plans_on_the_nodes_left_after_quarantine():
+    """A range needs only its fewest valid count of usable nodes: with one node quarantined a
+    1-4 job (counts 1, 2, 4) is planned, excludes the node and says it starts on 2; a plain count
+    that no longer fits is refused as before, and a range whose minimum no longer fits too."""
+    profile = load_profile("devcluster")
+    hosts = profile.partitions[0].hosts
+    plan = make_plan(_tiny("1-4"), profile, run_dir="/r", quarantined={hosts[-1]: "preflight: gpu"})
+    assert plan.exclude == hosts[-1]
+    assert any("3 of the range's 1-4 are usable now" in n and "largest valid count they hold (2)" in n
+               for n in plan.notes)
+    with pytest.raises(PlanError) as info:
+        make_plan(_tiny("4"), profile, run_dir="/r", quarantined={hosts[-1]: "preflight: gpu"})
+    assert "asks for 4 nodes" in info.value.message
+    with pytest.raises(PlanError) as info:
+        make_plan(_tiny("2-4"), profile, run_dir="/r", quarantined={h: "x" for h in hosts[1:]})
+    assert "asks for at least 2 (2-4) nodes" in info.value.message and "quarantined" in info.value.message
