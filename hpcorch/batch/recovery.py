@@ -292,6 +292,13 @@ HOLD_ENV = "HPCORCH_REQUEUE_HOLD"  # "keep": leave Slurm's hold after our requeu
 WATCH_PATIENCE_S = 600.0
 
 
+def keeps_hold(value: str | None = None) -> bool:
+    """Whether ``value`` of :data:`HOLD_ENV` (default: this process's environment) keeps
+    Slurm's hold on requeued jobs."""
+    value = os.environ.get(HOLD_ENV, "") if value is None else value
+    return str(value).strip().lower() == "keep"
+
+
 def start_when_pending(job_id: str, after_attempt: int | None = None, once: Path | None = None) -> bool:
     """Cut the hold Slurm puts on a requeued job (``BeginTime``, about two minutes) once the
     job is pending: only then does ``StartTime=now`` stick, and the job stays completing while
@@ -306,7 +313,7 @@ def start_when_pending(job_id: str, after_attempt: int | None = None, once: Path
     the helper with (every rank of an attempt may ask). Returns whether the helper was started."""
     import subprocess
 
-    if os.environ.get(HOLD_ENV, "").strip().lower() == "keep":
+    if keeps_hold():
         log.info("%s=keep: Slurm's hold on the requeued job stays", HOLD_ENV)
         return False
     if once is not None and not _first_to_create(once):
@@ -399,7 +406,7 @@ def lift_requeue_hold(slurm: Slurm, job_id: str, settle_s: float = 3.0) -> bool:
     then stays. Returns whether the hold was cut."""
     from datetime import datetime
 
-    if os.environ.get(HOLD_ENV, "").strip().lower() == "keep":
+    if keeps_hold():
         return False
     info = slurm.job(job_id)
     if (info.get("JobState"), info.get("Reason")) != ("PENDING", "BeginTime") or \

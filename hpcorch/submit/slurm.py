@@ -92,14 +92,14 @@ def _lift_hold(entry: Entry) -> bool:
     """Cut Slurm's hold on a job it requeued, which nothing inside the job could (see
     :func:`hpcorch.batch.recovery.lift_requeue_hold`), unless the job's own environment keeps
     it (``HPCORCH_REQUEUE_HOLD: keep``); never fails the command that looked."""
-    from hpcorch.batch.recovery import HOLD_ENV, lift_requeue_hold
+    from hpcorch.batch.recovery import HOLD_ENV, keeps_hold, lift_requeue_hold
     from hpcorch.errors import HpcorchError
     from hpcorch.spec.yamlio import parse_yaml
     from hpcorch.state.rundir import RunDir
 
     try:
         job = parse_yaml(RunDir(entry.run_dir).job_file.read_text(), entry.run_dir)
-        if str((job.get("environment") or {}).get(HOLD_ENV, "")).strip().lower() == "keep":
+        if keeps_hold((job.get("environment") or {}).get(HOLD_ENV, "")):
             return False
     except (OSError, UnicodeDecodeError, HpcorchError, AttributeError):
         pass  # no readable job here (a remote run's folder): the environment of this command decides
