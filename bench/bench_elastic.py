@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +30,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_goodput import account, hpcorch, kill_node, report, resume_node, wait_first_step  # noqa: E402
+from bench_goodput import (  # noqa: E402
+    account,
+    hpcorch,
+    kill_node,
+    publish,
+    report,
+    resume_node,
+    run_variants,
+    wait_first_step,
+)
 
 from hpcorch.cluster.slurm import Slurm  # noqa: E402
 from hpcorch.util.poll import poll_until  # noqa: E402
@@ -93,20 +100,13 @@ def main() -> None:
                         help="fixed: seconds after the failure until a third node frees up")
     parser.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     args = parser.parse_args()
-    os.environ.setdefault("SLURM_CONF", "/tmp/hpcorch-devcluster/etc/slurm.conf")
-    results = []
-    with tempfile.TemporaryDirectory(prefix="bench-elastic-") as tmp:
-        for variant in args.variants.split(","):
-            results.append(run_variant(variant, Path(tmp), args.steps, args.fail_after, args.replacement_after))
+    results = run_variants("bench-elastic-", args.variants, lambda variant, tmp: run_variant(
+        variant, tmp, args.steps, args.fail_after, args.replacement_after))
     lines = [report(results), "| nodes after the failure | " + " | ".join(r["nodes_after"] for r in results) + " |",
              "| **failure -> first step on the next allocation s** | "
              + " | ".join(f"**{r['failure_to_step_s']:.1f}**" for r in results) + " |",
              "| wall s, submission to end | " + " | ".join(f"{r['wall_s']:.0f}" for r in results) + " |"]
-    table = "\n".join(lines)
-    print(table)
-    print(json.dumps(results, indent=1))
-    if args.out:
-        args.out.write_text(table + "\n")
+    publish("\n".join(lines), results, args.out)
 
 
 if __name__ == "__main__":

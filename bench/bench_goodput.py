@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,19 +195,30 @@ def main() -> None:
                              "left counts as the time limit, so keep preempt-after + start-up below it by that")
     parser.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     args = parser.parse_args()
-    if "SLURM_CONF" not in os.environ:
-        os.environ["SLURM_CONF"] = "/tmp/hpcorch-devcluster/etc/slurm.conf"
+    results = run_variants("bench-goodput-", args.variants, lambda variant, tmp: run_variant(
+        variant, tmp, args.preempt_after, args.steps, args.time_min))
+    publish(report(results), results, args.out)
+
+
+def run_variants(prefix: str, variants: str, run: Callable[[str, Path], dict]) -> list[dict]:
+    """Run each of the comma-separated ``variants`` on the dev cluster (``run(variant, tmp)``)
+    in one temporary folder; their results in order."""
+    os.environ.setdefault("SLURM_CONF", "/tmp/hpcorch-devcluster/etc/slurm.conf")
     results = []
-    with tempfile.TemporaryDirectory(prefix="bench-goodput-") as tmp:
-        for variant in args.variants.split(","):
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        for variant in variants.split(","):
             start = time.time()
-            results.append(run_variant(variant, Path(tmp), args.preempt_after, args.steps, args.time_min))
+            results.append(run(variant, Path(tmp)))
             print(f"[{variant}] {time.time() - start:.0f} s of bench", flush=True)
-    table = report(results)
+    return results
+
+
+def publish(table: str, results: list[dict], out: Path | None) -> None:
+    """Print the markdown ``table`` and the raw ``results``; also write the table to ``out``."""
     print(table)
     print(json.dumps(results, indent=1))
-    if args.out:
-        args.out.write_text(table + "\n")
+    if out:
+        out.write_text(table + "\n")
 
 
 if __name__ == "__main__":
