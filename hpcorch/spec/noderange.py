@@ -62,15 +62,20 @@ def valid_counts(lo: int, hi: int, runs: Callable[[int], bool]) -> list[int]:
 def nearby(lo: int, hi: int, runs: Callable[[int], bool], count: int = 2) -> list[int]:
     """Up to ``count`` valid node counts below ``lo`` and above ``hi`` (nearest first), for an
     error that says which ranges would work. Looks no further than 4 x ``hi`` (+64)."""
-    below = [n for n in range(lo - 1, 0, -1) if runs(n)][:count]
-    limit = min(SLURM_MAX16, 4 * hi + 64)
-    above = []
-    for n in range(hi + 1, limit + 1):
-        if len(above) == count:
+    below = _first(range(lo - 1, 0, -1), runs, count)
+    above = _first(range(hi + 1, min(SLURM_MAX16, 4 * hi + 64) + 1), runs, count)
+    return sorted(below) + above
+
+
+def _first(candidates: range, runs: Callable[[int], bool], count: int) -> list[int]:
+    """The first ``count`` of ``candidates`` that ``runs``, trying no more than needed."""
+    found = []
+    for n in candidates:
+        if len(found) == count:
             break
         if runs(n):
-            above.append(n)
-    return sorted(below) + above
+            found.append(n)
+    return found
 
 
 def largest_valid(counts: list[int], allocated: int) -> int | None:
