@@ -151,7 +151,7 @@ def account(slurm: Slurm, job_id: str, final: str, run: Path) -> dict:
     rows = poll_until(lambda: (lambda r: r if r and r[-1]["State"] == final else None)(
         slurm.attempts([job_id])[job_id]), 120, interval_s=1, what="accounting")
     log = gp.RunLog.read(gp.RunDir.open(run))
-    g = gp.summarize("sacct", gp.sacct_attempts(rows), log)
+    g = gp.summarize("sacct", gp.with_world_sizes(gp.sacct_attempts(rows), gp.RunDir.open(run)), log)
     budget = json.loads((run / "restarts.json").read_text())
     return {"job_id": job_id, "final": final, "states": [r["State"] for r in rows],
             "goodput": g.as_dict(), "allocated_s": g.allocated_s, "restart_gaps_s": g.restart_gaps_s,

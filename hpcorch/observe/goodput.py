@@ -350,12 +350,12 @@ def measure(ref: Entry | RunDir | str | Path, slurm: Slurm | None = None,
                 rows = []
         attempts = sacct_attempts(rows)
         if attempts:
-            return summarize("sacct", _sized(attempts, run), log), log
+            return summarize("sacct", with_world_sizes(attempts, run), log), log
     attempts = run_attempts(run, log, entry.submitted if entry else None, running=running)
-    return (summarize("registry", _sized(attempts, run), log), log) if attempts else None
+    return (summarize("registry", with_world_sizes(attempts, run), log), log) if attempts else None
 
 
-def _sized(attempts: list[Attempt], run: RunDir, slack_s: float = 5.0) -> list[Attempt]:
+def with_world_sizes(attempts: list[Attempt], run: RunDir, slack_s: float = 5.0) -> list[Attempt]:
     """Each attempt's world size from the manifest written as it started (within it)."""
     from hpcorch.observe.manifest import attempt_sizes
 

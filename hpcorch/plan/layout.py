@@ -90,11 +90,11 @@ def node_range_notes(job: JobSpec) -> tuple[list[str], list[str]]:
     if job.program is not None:
         return [f"resources.nodes {res.nodes_directive}: the program runs on the node count Slurm gives "
                 "(SLURM_JOB_NUM_NODES)"], []
-    each = ", ".join(f"{n} (dp {job.layout_on(n).dp}, accumulation {job.layout_on(n).accumulation})"
-                     for n in job.node_counts)
+    layouts = {n: job.layout_on(n) for n in job.node_counts}
+    each = ", ".join(f"{n} (dp {lay.dp}, accumulation {lay.accumulation})" for n, lay in layouts.items())
     notes = [f"resources.nodes {asked}: the trainer can run on {each}; global_batch "
              f"{job.trainer.global_batch} on every count"]
-    bad = [n for n in range(job.nodes_asked[0], job.nodes_asked[1] + 1) if n not in job.node_counts]
+    bad = [n for n in range(job.nodes_asked[0], job.nodes_asked[1] + 1) if n not in layouts]
     warnings = []
     if bad:
         warnings.append(f"resources.nodes {asked}: the trainer cannot run on {_counts(bad)} nodes "

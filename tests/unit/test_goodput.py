@@ -329,7 +329,7 @@ def test_each_attempt_carries_the_world_size_its_manifest_recorded(tmp_path):
         run.manifest_file(n).write_text(json.dumps({"time": t, "world_size": world, "node_count": world,
                                                     "nodes": nodes}))
     attempts = [gp.Attempt(1000.0, 500.0), gp.Attempt(2000.0, 100.0), gp.Attempt(3000.0, 10.0)]
-    assert [a.world_size for a in gp._sized(attempts, run)] == [4, 2, None]
+    assert [a.world_size for a in gp.with_world_sizes(attempts, run)] == [4, 2, None]
     assert sizes_text(attempt_sizes(run)) == "attempt 0: 4 ranks on node[1-4]; attempt 1: 2 ranks on node[1-2]"
     g = gp.summarize("sacct", attempts, gp.RunLog()).as_dict()
     assert g["world_sizes"] == [4, 2, None]
