@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import ClassVar
 
 from hpcorch.errors import HpcorchError
-from hpcorch.observe import status as observe
 from hpcorch.state import jobstate
 from hpcorch.state.registry import Entry, Registry
 from hpcorch.state.rundir import RunDir
@@ -107,6 +106,7 @@ class Backend(ABC):
 
     def status(self, entry: Entry) -> dict:
         """State, progress from the run directory, advice, warnings and goodput."""
+        from hpcorch.observe import status as observe  # git and manifests: not on a dry run's path
         from hpcorch.observe.goodput import goodput_dict
         from hpcorch.observe.manifest import differences
 
@@ -124,6 +124,7 @@ class Backend(ABC):
     def logs(self, entry: Entry, write: Write, rank: int = 0, stream: str = "out", follow: bool = False,
              show_submitit: bool = False) -> None:
         """Pass the log to ``write``; with ``follow`` as it grows, until the job ends."""
+        from hpcorch.observe import status as observe
         path = self.log_path(entry, rank, stream)
         if not path.exists() and not follow:
             raise HpcorchError(f"no log yet at {path}")
@@ -171,6 +172,8 @@ class Backend(ABC):
                                f"and Slurm may be requeuing it; nothing to resume yet (hpcorch status "
                                f"{entry.key} again in a minute)")
         if not jobstate.has_ended(state):
+            from hpcorch.observe import status as observe
+
             next_step = observe.advice(entry, state) or "it is still live"
             raise HpcorchError(f"job {entry.job_id} (hpcorch #{entry.key}) is {state}; nothing to resume "
                                f"(next: {next_step}; cancel it first to start it anew)")
