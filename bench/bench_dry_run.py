@@ -11,12 +11,15 @@ hpcorch's case runs this checkout (PYTHONPATH set to it) with its user cache fil
 run, as after any earlier command; "empty user cache" runs it with a fresh $XDG_CACHE_HOME each time
 (a first command ever: templates compiled, YAML parsed). ``--before DIR`` adds the same command run
 from another checkout (e.g. ``git archive COMMIT | tar -x -C DIR``), interleaved with the others,
-so that before and after are measured in the same run.
-Usage: python bench/bench_dry_run.py [--repeat N] [--before DIR]
+so that before and after are measured in the same run. ``--stages`` prints instead where a warm
+dry run's time goes (in-process timers around each import and call, minimum over N fresh processes),
+next to submitit's import and call, for this checkout and the ``--before`` one.
+Usage: python bench/bench_dry_run.py [--repeat N] [--before DIR] [--stages]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -38,6 +41,29 @@ print(_make_sbatch_string(command="python -u -m submitit.core._submit /tmp/x", f
 DRY_RUN = [sys.executable, "-m", "hpcorch.cli.main", "submit", "jobs/gpt-tiny.yaml", "--profile", "devcluster",
            "--dry-run"]
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+# --stages: each stage of a warm dry run timed in the child; printed as a JSON list of seconds.
+STAGES = """
+import json, time
+t = [time.perf_counter()]
+import click; t.append(time.perf_counter())
+import hpcorch.cli.main; t.append(time.perf_counter())
+from hpcorch import service; t.append(time.perf_counter())
+plan = service.plan("jobs/gpt-tiny.yaml", "devcluster", [], None); t.append(time.perf_counter())
+import jinja2, jinja2.sandbox; t.append(time.perf_counter())
+service.render(plan); t.append(time.perf_counter())
+print(json.dumps([b - a for a, b in zip(t, t[1:])]))
+"""
+STAGE_NAMES = ["import click", "rest of hpcorch.cli.main", "from hpcorch import service", "service.plan",
+               "import jinja2, jinja2.sandbox", "service.render"]
+SUBMITIT_STAGES = """
+import json, time
+t0 = time.perf_counter()
+from submitit.slurm.slurm import _make_sbatch_string
+t1 = time.perf_counter()
+""" + SUBMITIT_SCRIPT.replace("print(", "(") + """
+print(json.dumps([t1 - t0, time.perf_counter() - t1]))
+"""
 
 
 class Case:
@@ -76,11 +102,35 @@ def run_once(cmd: list[str], cwd: Path = REPO, env: dict | None = None) -> tuple
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def stage_minima(script: str, cwd: Path, repeat: int) -> list[float]:
+    """The minimum over ``repeat`` fresh processes of each stage ``script`` times (seconds)."""
+    env = {**ENV, "PYTHONPATH": str(cwd)}
+    runs = [json.loads(subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, check=True, timeout=120,
+                                      capture_output=True, text=True).stdout) for _ in range(repeat)]
+    return [min(stage) for stage in zip(*runs, strict=True)]
+
+
+def print_stages(before: Path | None, repeat: int) -> None:
+    trees = {"this checkout": REPO, **({"--before": before} if before else {})}
+    found = {name: stage_minima(STAGES, tree, repeat) for name, tree in trees.items()}
+    print(f"load average {os.getloadavg()[0]:.2f}; minima of {repeat} processes, ms")
+    print(f"{'stage':<34}" + "".join(f"{name:>16}" for name in found))
+    for i, stage in enumerate(STAGE_NAMES):
+        print(f"{stage:<34}" + "".join(f"{1e3 * t[i]:>16.1f}" for t in found.values()))
+    print(f"{'hpcorch total':<34}" + "".join(f"{1e3 * sum(t):>16.1f}" for t in found.values()))
+    theirs = stage_minima(SUBMITIT_STAGES, REPO, repeat)
+    print(f"{'submitit import / call':<34}{1e3 * theirs[0]:>16.1f}{1e3 * theirs[1]:>16.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=21)
     parser.add_argument("--before", type=Path, help="Another checkout of hpcorch to run the same dry run from.")
+    parser.add_argument("--stages", action="store_true", help="Where a warm dry run's time goes, in-process.")
     args = parser.parse_args()
+    if args.stages:
+        print_stages(args.before, args.repeat)
+        return
     todo = cases(args.before)
     load = f"{os.getloadavg()[0]:.2f}"
     for case in todo.values():  # warm the page cache (and write .pyc files, fill the user cache) first
