@@ -4,8 +4,9 @@
 and compiles it with ``exec`` when the class is defined: about 270 compiles for the ~70 config
 classes a cold ``submit --dry-run`` defines, a fifth of its time. :func:`install` gives the
 ``dataclasses`` module its own ``exec`` (a module global, which shadows the builtin for that
-module only and leaves its code untouched) that takes the compiled code of a source text
-from ``$XDG_CACHE_HOME/hpcorch/classes-V/methods`` when that exact text was compiled before.
+module only and leaves its code untouched) that takes the compiled code of a source text from
+``$XDG_CACHE_HOME/hpcorch/classes-V/MODULE`` when that exact text was compiled before (one file
+per module, read when the module defines its first class: a command reads only its own modules').
 
 It can only give what ``exec`` gives:
 
@@ -15,45 +16,50 @@ It can only give what ``exec`` gives:
   magic) and marshal's format, so an entry is never run by another Python;
 * only hpcorch's own classes go through the cache (their module's name starts with
   ``hpcorch.``); every other call is the builtin ``exec``, unchanged;
-* a file that cannot be read or is damaged is ignored (everything compiles as before); the
-  new entries of a process are written once at its exit, to a temporary name renamed into
-  place, and a folder that cannot be written only costs the compiles next time.
+* a file that cannot be read or is damaged is ignored (its module's methods compile as before);
+  the new entries of a process are written once at its exit, each file under a temporary name
+  renamed into place, and a folder that cannot be written only costs the compiles next time.
 """
 from __future__ import annotations
 
 import builtins
+import functools
 import marshal
 import os
 import sys
 import tempfile
 from importlib.util import MAGIC_NUMBER
+from pathlib import Path
 from types import CodeType
 
 from hpcorch.spec.usercache import base, folder, maybe_prune
 
-#: Entries the file keeps at most; past it a process writes only the texts it used itself
+#: Entries a module's file keeps at most; past it a process writes only the texts it used itself
 #: (classes edited again and again leave old texts behind).
-MAX_ENTRIES = 4000
-_FILE = "methods"
+MAX_ENTRIES = 500
 _PREFIX = "hpcorch."
 
-_codes: dict[str, CodeType] = {}   # source text -> its compiled code (loaded, then added to)
-_used: set[str] = set()            # the texts this process compiled or took from the cache
-_added = False                     # this process compiled a text the file lacked
+_codes: dict[str, dict[str, CodeType]] = {}  # module -> source text -> its compiled code
+_used: dict[str, set[str]] = {}              # module -> the texts this process compiled or took
+_added: set[str] = set()                     # modules of which this process compiled a new text
 
 
-def _folder_name() -> str:
-    # One "-": usercache.prune takes the name before the last one as the family of versions.
-    version = f"{sys.implementation.cache_tag}_{MAGIC_NUMBER.hex()}_{marshal.version}".replace("-", "_")
-    return f"classes-{version}"
+# One "-": usercache.prune takes the name before the last one as the family of versions.
+_FOLDER = "classes-" + f"{sys.implementation.cache_tag}_{MAGIC_NUMBER.hex()}_{marshal.version}".replace("-", "_")
 
 
-def _load() -> dict[str, CodeType]:
-    """The stored entries; {} when absent, unreadable or damaged."""
-    path = base() / _folder_name() / _FILE
+@functools.lru_cache(maxsize=4)
+def _where(xdg_cache_home: str | None, home: str | None) -> str:
+    """The cache folder's path for this ``$XDG_CACHE_HOME`` and ``$HOME`` (a string: ~25 reads per command)."""
+    return str(base() / _FOLDER)
+
+
+def _load(module: str) -> dict[str, CodeType]:
+    """The stored entries of ``module``; {} when absent, unreadable or damaged."""
     try:
-        stored = marshal.loads(path.read_bytes())
-    except Exception:  # absent, damaged, cut short: compile everything, as without a cache
+        with open(os.path.join(_where(os.environ.get("XDG_CACHE_HOME"), os.environ.get("HOME")), module), "rb") as f:
+            stored = marshal.loads(f.read())
+    except Exception:  # absent, damaged, cut short: compile its methods, as without a cache
         return {}
     if not isinstance(stored, dict):
         return {}
@@ -62,44 +68,52 @@ def _load() -> dict[str, CodeType]:
 
 def _exec(source, globals=None, locals=None, /, **kwargs):  # noqa: A002 - exec's own parameter names
     """``exec`` for the ``dataclasses`` module: the cached code of an hpcorch class's source."""
-    name = globals.get("__name__", "") if isinstance(globals, dict) else ""
-    if kwargs or not isinstance(source, str) or not name.startswith(_PREFIX):
+    module = globals.get("__name__", "") if isinstance(globals, dict) else ""
+    if kwargs or not isinstance(source, str) or not isinstance(module, str) or not module.startswith(_PREFIX):
         return builtins.exec(source, globals, locals, **kwargs)
-    global _added
-    code = _codes.get(source)
+    codes = _codes.get(module)
+    if codes is None:
+        codes = _codes[module] = _load(module)
+        _used[module] = set()
+    code = codes.get(source)
     if code is None:
         # What exec(source) compiles: file "<string>", no flags inherited (dataclasses has none).
-        code = _codes[source] = compile(source, "<string>", "exec", dont_inherit=True)
-        _added = True
-    _used.add(source)
+        code = codes[source] = compile(source, "<string>", "exec", dont_inherit=True)
+        _added.add(module)
+    _used[module].add(source)
     return builtins.exec(code, globals, locals)
 
 
 def _save() -> None:
-    """At exit: write the entries (this process's new ones added) if it compiled any."""
+    """At exit: rewrite the file of each module of which this process compiled a new text."""
     if not _added:
         return
-    where = folder(_folder_name())
+    where = folder(_FOLDER)
     if where is None:
         return
-    entries = {**_load(), **_codes}
-    if len(entries) > MAX_ENTRIES:
-        entries = {text: _codes[text] for text in _used}
+    for module in sorted(_added):
+        entries = {**_load(module), **_codes[module]}  # what another process wrote meanwhile, kept
+        if len(entries) > MAX_ENTRIES:
+            entries = {text: _codes[module][text] for text in _used[module]}
+        _write(where / module, entries)
+    maybe_prune(where)  # also removes the folders of other Pythons left unused
+
+
+def _write(path: Path, entries: dict[str, CodeType]) -> None:
     try:
         data = marshal.dumps(entries)
-        fd, tmp = tempfile.mkstemp(dir=where, prefix=f".{_FILE}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except (ValueError, OSError):
         return
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, where / _FILE)
+        os.replace(tmp, path)
     except OSError:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-    maybe_prune(where)  # removes folders of other Pythons left unused
 
 
 def install() -> None:
@@ -109,6 +123,5 @@ def install() -> None:
 
     if getattr(dataclasses, "exec", None) is _exec:
         return
-    _codes.update(_load())
     dataclasses.exec = _exec
     atexit.register(_save)

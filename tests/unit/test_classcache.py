@@ -15,7 +15,7 @@ from hpcorch.spec import classcache
 PROBE = """
 import contextlib, dataclasses, io, json, sys, types
 if sys.argv[1:] == ["off"]:  # the cache never installed: dataclasses' own exec of every source text
-    sys.modules["hpcorch.spec.classcache"] = types.SimpleNamespace(install=lambda: None, _used=(), _added=None)
+    sys.modules["hpcorch.spec.classcache"] = types.SimpleNamespace(install=lambda: None, _used={}, _added=None)
 from hpcorch.cli.main import main
 out = io.StringIO()
 with contextlib.redirect_stdout(out):
@@ -36,8 +36,8 @@ for name, module in sorted(sys.modules.items()):
             for attr, fn in sorted(vars(cls).items()):
                 if attr.startswith("__") and hasattr(fn, "__code__") and fn.__code__.co_filename == "<string>":
                     methods[f"{name}.{cls.__qualname__}.{attr}"] = sig(fn.__code__)
-print(json.dumps({"script": out.getvalue(), "methods": methods, "used": len(classcache._used),
-                  "added": classcache._added}))
+print(json.dumps({"script": out.getvalue(), "methods": methods, "used": sum(map(len, classcache._used.values())),
+                  "added": None if classcache._added is None else sorted(classcache._added)}))
 """
 
 
@@ -49,37 +49,37 @@ def probe(repo, cache_home, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
-def methods_file(cache_home):
-    found = list((cache_home / "hpcorch").glob("classes-*/methods"))
-    assert len(found) <= 1
-    return found[0] if found else None
+def method_files(cache_home) -> list:
+    return sorted((cache_home / "hpcorch").glob("classes-*/*"))
 
 
 def test_cached_methods_are_what_a_compile_gives(repo, tmp_path):
     off = probe(repo, tmp_path / "off", "off")  # no cache at all: dataclasses' exec of the texts
-    assert off["added"] is None and methods_file(tmp_path / "off") is None and len(off["methods"]) > 100
+    assert off["added"] is None and not method_files(tmp_path / "off") and len(off["methods"]) > 100
     (tmp_path / "file").write_text("")
     plain = probe(repo, tmp_path / "file")  # no cache folder can be made: every method compiled
-    assert plain["added"] and methods_file(tmp_path / "file") is None
-    first = probe(repo, tmp_path / "cache")  # compiles and fills the cache at exit
-    assert first["added"] and methods_file(tmp_path / "cache") is not None
+    assert plain["added"] and not method_files(tmp_path / "file")
+    first = probe(repo, tmp_path / "cache")  # compiles and fills the cache at exit, a file per module
+    files = method_files(tmp_path / "cache")
+    assert [f.name for f in files] == first["added"] and len(files) > 10
     warm = probe(repo, tmp_path / "cache")
     assert not warm["added"] and warm["used"] > 100, "a second process compiles nothing"
     assert off["methods"] == plain["methods"] == first["methods"] == warm["methods"]
     assert off["script"] == plain["script"] == first["script"] == warm["script"]
 
 
-def test_a_damaged_file_is_ignored_and_rewritten(repo, tmp_path):
-    probe(repo, tmp_path / "cache")
-    path = methods_file(tmp_path / "cache")
-    good = path.read_bytes()
-    texts = set(marshal.loads(good))
-    for damage in (b"", b"garbage", good[: len(good) // 2], b"\x00" * 64,
-                   marshal.dumps(["not", "a", "dict"]), marshal.dumps({"text": 1})):
-        path.write_bytes(damage)
+def test_damaged_files_are_ignored_and_rewritten(repo, tmp_path):
+    want = probe(repo, tmp_path / "cache")
+    files = method_files(tmp_path / "cache")
+    good = {f: f.read_bytes() for f in files}
+    for damage in (lambda b: b"", lambda b: b"garbage", lambda b: b[: len(b) // 2], lambda b: b"\x00" * 64,
+                   lambda b: marshal.dumps(["not", "a", "dict"]), lambda b: marshal.dumps({"text": 1})):
+        for f in files:
+            f.write_bytes(damage(good[f]))
         got = probe(repo, tmp_path / "cache")
-        assert got["added"] and got["script"].startswith("#!/bin/bash")
-        assert set(marshal.loads(path.read_bytes())) >= texts  # written whole again at exit
+        assert got["added"] == want["added"] and got["script"] == want["script"] and got["methods"] == want["methods"]
+        for f in files:  # each written whole again at exit
+            assert set(marshal.loads(f.read_bytes())) == set(marshal.loads(good[f]))
 
 
 def test_other_modules_classes_are_compiled_as_always():
@@ -93,3 +93,23 @@ def test_other_modules_classes_are_compiled_as_always():
         a: int = 3
 
     assert Local() == Local(3) and len(classcache._codes) == before
+
+
+def test_a_module_file_stays_bounded(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(classcache, "MAX_ENTRIES", 3)
+    codes = {f"x = {i}\n": compile(f"x = {i}\n", "<string>", "exec", dont_inherit=True) for i in range(5)}
+    texts = list(codes)
+    monkeypatch.setattr(classcache, "_codes", {"hpcorch.fake": dict(list(codes.items())[:2])})
+    monkeypatch.setattr(classcache, "_used", {"hpcorch.fake": set(texts[:2])})
+    monkeypatch.setattr(classcache, "_added", {"hpcorch.fake"})
+    classcache._save()
+    assert set(classcache._load("hpcorch.fake")) == set(texts[:2])
+    classcache._codes["hpcorch.fake"] = dict(list(codes.items())[2:])  # another process, other texts
+    classcache._used["hpcorch.fake"] = set(texts[2:])
+    classcache._save()  # 5 entries with the stored ones: past the bound, only the texts used are kept
+    assert set(classcache._load("hpcorch.fake")) == set(texts[2:])
+    unwritable = tmp_path / "file"
+    unwritable.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(unwritable))
+    classcache._save()  # no folder: nothing written, no error
