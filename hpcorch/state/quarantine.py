@@ -13,7 +13,6 @@ import time
 from collections import Counter
 
 from hpcorch.state.registry import Quarantined, Registry
-from hpcorch.util.display import when
 
 # A node quarantined this often within this window is a lemon: worth telling the site about.
 LEMON_TIMES = 2
@@ -25,7 +24,12 @@ def excluded_nodes(profile: str, registry: Registry | None = None) -> dict[str, 
     registry = registry or Registry()
     if not registry.path.exists():  # nothing was ever quarantined; a dry run creates no registry
         return {}
-    return {q.node: f"{q.reason} (until {when(q.until)})" for q in registry.quarantined(profile)}
+    held = registry.quarantined(profile)
+    if not held:
+        return {}
+    from hpcorch.util.display import when  # the table helpers: only once a node is held
+
+    return {q.node: f"{q.reason} (until {when(q.until)})" for q in held}
 
 
 def lemons(history: list[Quarantined], now: float | None = None) -> set[tuple[str, str]]:
