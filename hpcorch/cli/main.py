@@ -10,10 +10,16 @@ import sys
 
 import click
 
-from hpcorch import __version__
-from hpcorch.cli import job_commands
-from hpcorch.cli.completion import script
-from hpcorch.errors import HpcorchError
+from hpcorch.spec import classcache
+
+# Before any hpcorch module defines its dataclasses. Only the CLI, a short process run again and
+# again on a login node: ranks on compute nodes never read or write the user's home cache.
+classcache.install()
+
+from hpcorch import __version__  # noqa: E402
+from hpcorch.cli import job_commands  # noqa: E402
+from hpcorch.cli.completion import script  # noqa: E402
+from hpcorch.errors import HpcorchError  # noqa: E402
 
 # Commands whose module is imported only when the command is looked up (run, listed in --help,
 # completed): a cold `submit --dry-run` does not pay for the other command modules.

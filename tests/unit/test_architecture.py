@@ -162,6 +162,8 @@ CLI_MAY_IMPORT = {
     # shell completion runs on every <TAB>: it reads the catalog's folders and the registry file
     # directly, without importing the service (and the planner with it)
     "hpcorch.cli.completion": {"hpcorch.spec.catalog", "hpcorch.state.registry"},
+    # the class cache must be installed before any module defines its dataclasses
+    "hpcorch.cli.main": {"hpcorch.spec", "hpcorch.spec.classcache"},
 }
 
 
