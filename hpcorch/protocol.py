@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -50,6 +51,11 @@ from hpcorch.state.rundir import RunDir
 from hpcorch.util.fileio import atomic_write
 
 # Exit codes, named once.
+# A rank that lost a peer (gloo's "Connection closed by peer", NCCL's watchdog): its error is a
+# consequence, not a cause. Recovery (batch/failure.py) and `hpcorch train`'s ranks both tell it so.
+PEER_LOST = re.compile(r"connection closed by peer|connection reset by peer|broken pipe|"
+                       r"connection refused|socket (timeout|closed)|timed out|watchdog|"
+                       r"communicator was aborted|remote process exited|peer .* (closed|died)", re.I)
 DONE = 0
 CLEAR_ERROR = HpcorchError.exit_code  # 2: a one-line error was printed (config, checkpoint, busy run dir)
 CHECKPOINTED = 3       # every rank checkpointed on a signal: start the same command again

@@ -23,16 +23,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hpcorch import protocol
+from hpcorch.protocol import PEER_LOST
 
 # srun's report of tasks that ended badly: "srun: error: node2: tasks 2-3: Killed".
 SRUN_END = re.compile(r"^srun: error: (?P<node>[^\s:]+): tasks? (?P<tasks>[\d,\-]+): (?P<what>.+?)\s*$")
 SRUN_NODE_FAIL = re.compile(r"^srun: error: Node failure on (?P<node>\S+)")
 # The marker the batch script writes to stderr right before the training step of an attempt.
 TRAIN_MARKER = "hpcorch: training step starts"
-# A rank that lost a peer: its error is a consequence, not a cause.
-PEER_LOST = re.compile(r"connection closed by peer|connection reset by peer|broken pipe|"
-                       r"connection refused|socket (timeout|closed)|timed out|watchdog|"
-                       r"communicator was aborted|remote process exited|peer .* (closed|died)", re.I)
 # Deaths srun does not cause: a signal from the kernel (OOM killer), the driver or the hardware.
 HARD_DEATHS = ("Killed", "Segmentation fault", "Bus error", "Aborted", "Illegal instruction",
                "Floating point exception")
