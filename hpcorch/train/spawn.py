@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hpcorch.errors import ConfigError, shown
-from hpcorch.protocol import CHECKPOINTED, DONE, stop_signals
+from hpcorch.protocol import CHECKPOINTED, DONE, killed_by_text, stop_signals
 
 FORWARDED = stop_signals("process", None)  # `hpcorch train` has no requeue policy
 # "0": start one interpreter per rank instead of forking the ranks from one node launcher.
@@ -198,30 +198,13 @@ def _root_cause(codes: list[int | None]) -> int | None:
     return None if rank is None else codes[rank]
 
 
-# What most often sends each signal to a rank nobody asked to stop: the line's "likely cause".
-LIKELY_SENDER = {
-    signal.SIGKILL: "the kernel's OOM killer, or a kill -9",
-    signal.SIGSEGV: "a crash in native code: torch, a CUDA library or an extension",
-    signal.SIGBUS: "a bad memory access: a truncated memory-mapped file, or a full /dev/shm",
-    signal.SIGABRT: "an abort in native code (its log has the message)",
-    signal.SIGILL: "an instruction this CPU lacks: a build for another CPU",
-    signal.SIGFPE: "an arithmetic fault in native code",
-}
-
-
 def death_line(rank: int, code: int, checkpoints: Path | None) -> str | None:
     """One line for a rank killed by a signal (``code`` < 0, as :meth:`Popen.poll` says it):
     the rank, the signal, its likely sender and, with ``checkpoints`` (a checkpoint root), the
     step a run again resumes from. None for a rank that exited (its own output says why)."""
     if code >= 0:
         return None
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    line = f"rank {rank} was killed by {name}"
-    if -code in LIKELY_SENDER:
-        line += f" ({LIKELY_SENDER[-code]})"
+    line = f"rank {rank} was killed by {killed_by_text(-code)}"
     if checkpoints is not None:
         from hpcorch.state.rundir import CheckpointLayout
 
