@@ -81,7 +81,7 @@ def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overr
     memory estimate exceeds its GPUs is refused unless ``force`` (:mod:`hpcorch.plan.verdict`).
     ``code_root``: the folder a ``program:`` job's relative code folder resolves in (``--code``)."""
     from hpcorch.plan.verdict import check_fit
-    from hpcorch.spec.catalog import default_profile
+    from hpcorch.spec.catalog import default_profile, lasting
     from hpcorch.state.quarantine import excluded_nodes
 
     profile = str(profile) if profile is not None else default_profile()
@@ -97,7 +97,7 @@ def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overr
     held = excluded_nodes(cluster.name, registry) if backend_of(cluster.scheduler).has_nodes else {}
     result = make_plan(spec, cluster, run_dir=run_dir, source=str(job), quarantined=held, nccl_debug=nccl_debug,
                        code_root=None if code_root is None else str(code_root))
-    result.profile_ref = profile
+    result.profile_ref = lasting(profile)  # recorded: status, resume from any folder
     if spec.program is None:  # a program's memory is its own: nothing to estimate
         check_fit(result, force)  # a GPU job that cannot fit is refused (force: a warning)
     return result

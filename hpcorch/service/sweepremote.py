@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcorch.errors import HpcorchError
-from hpcorch.spec.catalog import hpcorch_home
+from hpcorch.spec.catalog import hpcorch_home, lasting
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ def submit(sp, point_args: list[str], extra: RemoteSweep, check: bool = False, f
     info = ops.json_answer(sess, ops.hpcorch(sess, [*args, "--json"], cwd=cwd))
     path = _record_path(sp.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a profile file named relative to this folder must still be found from another one
-    profile_ref = str(Path(sp.profile).resolve()) if Path(sp.profile).is_file() else str(sp.profile)
+    profile_ref = lasting(str(sp.profile))  # a relative profile path must still be found from another folder
     path.write_text(json.dumps({"name": sp.name, "profile": profile_ref, "host": sess.host,
                                 "root": info["root"]}))
     return {**info, "host": sess.host}

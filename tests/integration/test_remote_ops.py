@@ -90,3 +90,43 @@ def test_login_values_that_would_reach_ssh_or_a_shell_are_checked(tmp_path, key,
                                     "partitions": [{"name": "q", "nodes": "n1", "node_type": "n"}]}))
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         load_profile(path)
+
+
+def test_a_relative_profile_path_is_recorded_so_that_any_folder_reaches_the_job(sshd, laptop, tmp_path):
+    """``submit --remote -p profs/mine.yaml`` typed in one folder (a profile file outside the
+    catalog, the login node a real sshd on loopback running the local scheduler): the record
+    holds the path as any folder finds it, and status from another folder reconnects with it."""
+    import json
+    import subprocess
+    import sys
+
+    from trainhelp import TINY
+
+    from hpcorch.util.poll import poll_until
+
+    laptop.add_host(sshd, "cluster")
+    laptop.profile("mine", sshd.login_block("cluster"))
+    (laptop.root / "profs").mkdir()
+    (laptop.home / "profiles" / "mine.yaml").rename(laptop.root / "profs" / "mine.yaml")
+    sets = [a for s in [*TINY, "trainer.steps=8"] for a in ("--set", s)]
+    out = laptop.cli("submit", JOB, "-p", "profs/mine.yaml", "--remote", "--json", "--run-dir",
+                     tmp_path / "run", *sets, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # the first line: a local scheduler behind ssh lets its ranks' lines through too (noted, not ours here)
+    info = json.loads(out.stdout.splitlines()[0])
+    assert info["profile"] == str(laptop.root / "profs" / "mine.yaml"), info
+    key = str(info["key"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def status() -> dict | None:
+        got = subprocess.run([sys.executable, "-m", "hpcorch", "status", key, "--json"], env=laptop.env,
+                             cwd=elsewhere, capture_output=True, text=True, timeout=120, start_new_session=True)
+        assert got.returncode == 0, got.stderr[-2000:]
+        info = json.loads(got.stdout)
+        return info if info["state"] in ("COMPLETED", "STOPPED") else None
+
+    assert poll_until(status, 180, interval_s=2, what=f"job {key} ended")["state"] == "COMPLETED"
+    listed = subprocess.run([sys.executable, "-m", "hpcorch", "ls", "--json"], env=laptop.env, cwd=elsewhere,
+                            capture_output=True, text=True, timeout=120).stdout
+    assert str(laptop.root / "profs" / "mine.yaml") in listed, listed
