@@ -140,6 +140,11 @@ def push(sess, local: str | os.PathLike, remote: str):
     return stats
 
 
+def record_remote(info: dict, profile_ref: str, host: str, registry: Registry | None = None) -> Entry:
+    """Register here the login node's job ``info`` (a row of its ``ls --json``: a sweep's point)."""
+    return _record(info, profile_ref, host, registry, resumed_from=None)
+
+
 def _record(info: dict, profile_ref: str, host: str, registry: Registry | None, resumed_from: int | None) -> Entry:
     """Record the job the login node answered ``info`` for, with the profile as any folder
     finds it again (``status``, ``resume`` reconnect through it)."""

@@ -258,8 +258,11 @@ def jobs(registry: Registry | None = None) -> list[dict]:
     """Every registered job with its state and goodput (0..1 or None): batched squeue/sacct
     calls per cluster; a remote job's, its login node's ``ls`` (one call per login node)."""
     from hpcorch.observe import status as observe
+    from hpcorch.service.sweepremote import adopt_pending, recorded
 
-    entries = (registry or Registry()).all()
+    registry = registry or Registry()
+    adopt_pending(registry)  # the points of sweeps submitted from here to a login node
+    entries = registry.all()
     found: dict[int, dict] = {}
     for backend, group in _by_backend(entries):
         found.update(backend.rows(group))
@@ -267,8 +270,11 @@ def jobs(registry: Registry | None = None) -> list[dict]:
 
     def sweep_of(e: Entry) -> str | None:
         parent = str(Path(e.run_dir).parent)
-        if "/" not in e.name or e.remote:
+        if "/" not in e.name:
             return None
+        if e.remote:  # a point of a sweep submitted from here to its login node
+            prefix = e.name.split("/", 1)[0]
+            return prefix if (recorded(prefix) or {}).get("root") == parent else None
         if parent not in sweeps:
             sweeps[parent] = (Path(parent) / "sweep.json").is_file()
         return e.name.split("/", 1)[0] if sweeps[parent] else None
