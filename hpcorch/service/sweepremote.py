@@ -163,6 +163,14 @@ def forward(record: dict, args: list[str]) -> bytes:
     return ops.hpcorch(sess, args)
 
 
+def resume(record: dict) -> str:
+    """``sweep resume NAME`` on the login node holding the sweep of ``record``, then the points
+    it resubmitted registered here (:func:`adopt`); its answer."""
+    out = forward(record, ["sweep", "resume", record["name"]]).decode(errors="replace")
+    adopt([record])
+    return out
+
+
 def status(record: dict, sort: str | None = None) -> dict:
     """``sweep status NAME`` of the sweep of ``record``, as its login node computes it (its
     registry, its scheduler), with the node's name as ``host``."""
