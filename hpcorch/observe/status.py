@@ -48,21 +48,30 @@ def last_failure(run: RunDir) -> str | None:
 
 
 def local_failure(entry: Entry) -> str | None:
-    """Which ranks of an ended local job (submitit's local controller) were killed outright:
-    each task that returned, even with an exception, left submitit a result file; one killed by
-    a signal left none, and the controller records no exit code. None when every task left one."""
+    """Which ranks of an ended local job (submitit's local controller, which records no exit
+    codes) were killed outright, told from the others: a task that returned, even with an
+    exception, left submitit a result file, and one that failed with an error it could see an
+    exit record (``RUN/exits``); one killed by a signal leaves neither. Only when another rank
+    left either: ranks that all stopped on a signal (a cancel, a requeue) leave neither too."""
     from hpcorch.protocol import killed_by_text
 
-    folder = Path(RunDir(entry.run_dir).submitit_folder.replace("%j", str(entry.job_id)))
+    run = RunDir(entry.run_dir)
+    folder = Path(run.submitit_folder.replace("%j", str(entry.job_id)))
     tasks = sorted(int(m[1]) for f in (folder.glob("*_log.out") if folder.is_dir() else [])
                    if (m := re.fullmatch(rf"{re.escape(str(entry.job_id))}_(\d+)_log\.out", f.name)))
-    silent = [t for t in tasks if not (folder / f"{entry.job_id}_{t}_result.pkl").exists()]
-    if not silent:
+
+    def spoke(task: int) -> bool:
+        if (folder / f"{entry.job_id}_{task}_result.pkl").exists():
+            return True
+        records = run.exit_record(0, task).parent.parent.glob(f"attempt-*/rank-{task}.json")
+        return any(r.stat().st_mtime >= entry.submitted for r in records)
+
+    silent = [t for t in tasks if not spoke(t)]
+    if not silent or len(silent) == len(tasks):
         return None
     import signal
 
-    who = "every rank was" if len(silent) == len(tasks) else \
-        f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} {'were' if len(silent) > 1 else 'was'}"
+    who = f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} {'were' if len(silent) > 1 else 'was'}"
     return f"{who} killed outright, likely by {killed_by_text(signal.SIGKILL)}: no result, no exit record"
 
 

@@ -106,6 +106,7 @@ def test_local_cancel_stops_for_good_and_resume_continues(tmp_path, reference):
                             text=True, timeout=60)
     info = json.loads(status.stdout)
     assert info["state"] == "STOPPED" and info["latest_checkpoint"] == stopped
+    assert info["failure"] is None, info  # every rank stopped on the cancel: none was killed
     assert info["next"] == f"hpcorch resume {info['key']}"
     resumed = subprocess.run(cli + ["resume", str(run)], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=300)
