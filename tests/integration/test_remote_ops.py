@@ -130,3 +130,33 @@ def test_a_relative_profile_path_is_recorded_so_that_any_folder_reaches_the_job(
     listed = subprocess.run([sys.executable, "-m", "hpcorch", "ls", "--json"], env=laptop.env, cwd=elsewhere,
                             capture_output=True, text=True, timeout=120).stdout
     assert str(laptop.root / "profs" / "mine.yaml") in listed, listed
+
+
+def test_a_remote_sweeps_points_under_the_local_runner_are_listed_here_as_they_start(sshd, laptop, tmp_path):
+    """The login node's local runner registers a point when it starts it, after the submission
+    has answered: ``ls`` here adopts them then (one sweep line, a number for each point)."""
+    import json
+
+    from trainhelp import TINY
+
+    from hpcorch.util.poll import poll_until
+
+    laptop.add_host(sshd, "cluster")
+    profile = laptop.profile("mine", sshd.login_block("cluster"))
+    root = tmp_path / "lsw"
+    sets = [a for s in [*TINY, "trainer.steps=8", "resources.tasks_per_node=1", "trainer.global_batch=4"]
+            for a in ("--set", s)]
+    out = laptop.cli("sweep", "gpt-tiny", "-p", profile, "--remote", "--name", "lsw", "--root", root,
+                     "--grid", "trainer.seed=1,2", "--json", *sets, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    def both_done():
+        rows = json.loads(laptop.cli("ls", "--json").stdout)
+        done = [r for r in rows if r["state"] == "COMPLETED"]
+        return rows if len(rows) == 2 and len(done) == 2 else None
+
+    rows = poll_until(both_done, 180, interval_s=2, what="both points listed here, completed")
+    assert sorted(r["name"] for r in rows) == ["lsw/000-seed=1", "lsw/001-seed=2"], rows
+    assert {r["sweep"] for r in rows} == {"lsw"} and all(r["host"] for r in rows), rows
+    record = json.loads((laptop.home / "remote-sweeps" / "lsw.json").read_text())
+    assert record["adopted"] == record["points"] == 2, record  # ls asks the login node no more
