@@ -269,15 +269,12 @@ def jobs(registry: Registry | None = None) -> list[dict]:
     sweeps: dict[str, bool] = {}  # a point's run directory sits in its sweep's folder (sweep.json)
 
     def sweep_of(e: Entry) -> str | None:
-        parent = str(Path(e.run_dir).parent)
         if "/" not in e.name:
             return None
-        if e.remote:  # a point of a sweep submitted from here to its login node
-            prefix = e.name.split("/", 1)[0]
-            return prefix if (recorded(prefix) or {}).get("root") == parent else None
-        if parent not in sweeps:
-            sweeps[parent] = (Path(parent) / "sweep.json").is_file()
-        return e.name.split("/", 1)[0] if sweeps[parent] else None
+        prefix, parent = e.name.split("/", 1)[0], str(Path(e.run_dir).parent)
+        if parent not in sweeps:  # a sweep of this machine, or one submitted from here to its login node
+            sweeps[parent] = (Path(parent) / "sweep.json").is_file() or (recorded(prefix) or {}).get("root") == parent
+        return prefix if sweeps[parent] else None
 
     return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": found[e.key]["state"],
              "run_dir": e.run_dir, "host": found[e.key].get("host"), **observe.row(e),
