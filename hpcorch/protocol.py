@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -50,6 +51,32 @@ from hpcorch.state.rundir import RunDir
 from hpcorch.util.fileio import atomic_write
 
 # Exit codes, named once.
+# A rank that lost a peer (gloo's "Connection closed by peer", NCCL's watchdog): its error is a
+# consequence, not a cause. Recovery (batch/failure.py) and `hpcorch train`'s ranks both tell it so.
+PEER_LOST = re.compile(r"connection closed by peer|connection reset by peer|broken pipe|"
+                       r"connection refused|socket (timeout|closed)|timed out|watchdog|"
+                       r"communicator was aborted|remote process exited|peer .* (closed|died)", re.I)
+# What most often sends each signal to a rank nobody asked to stop: the "likely cause" every
+# report of a rank killed outright gives (hpcorch train's launcher, recovery, status).
+LIKELY_SENDER = {
+    signal.SIGKILL: "the kernel's OOM killer, or a kill -9",
+    signal.SIGSEGV: "a crash in native code: torch, a CUDA library or an extension",
+    signal.SIGBUS: "a bad memory access: a truncated memory-mapped file, or a full /dev/shm",
+    signal.SIGABRT: "an abort in native code (its log has the message)",
+    signal.SIGILL: "an instruction this CPU lacks: a build for another CPU",
+    signal.SIGFPE: "an arithmetic fault in native code",
+}
+
+
+def killed_by_text(signum: int) -> str:
+    """``SIGKILL (the kernel's OOM killer, or a kill -9)``: a signal's name and likely sender."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    return f"{name} ({LIKELY_SENDER[signum]})" if signum in LIKELY_SENDER else name
+
+
 DONE = 0
 CLEAR_ERROR = HpcorchError.exit_code  # 2: a one-line error was printed (config, checkpoint, busy run dir)
 CHECKPOINTED = 3       # every rank checkpointed on a signal: start the same command again

@@ -23,16 +23,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hpcorch import protocol
+from hpcorch.protocol import PEER_LOST
 
 # srun's report of tasks that ended badly: "srun: error: node2: tasks 2-3: Killed".
 SRUN_END = re.compile(r"^srun: error: (?P<node>[^\s:]+): tasks? (?P<tasks>[\d,\-]+): (?P<what>.+?)\s*$")
 SRUN_NODE_FAIL = re.compile(r"^srun: error: Node failure on (?P<node>\S+)")
 # The marker the batch script writes to stderr right before the training step of an attempt.
 TRAIN_MARKER = "hpcorch: training step starts"
-# A rank that lost a peer: its error is a consequence, not a cause.
-PEER_LOST = re.compile(r"connection closed by peer|connection reset by peer|broken pipe|"
-                       r"connection refused|socket (timeout|closed)|timed out|watchdog|"
-                       r"communicator was aborted|remote process exited|peer .* (closed|died)", re.I)
 # Deaths srun does not cause: a signal from the kernel (OOM killer), the driver or the hardware.
 HARD_DEATHS = ("Killed", "Segmentation fault", "Bus error", "Aborted", "Illegal instruction",
                "Floating point exception")
@@ -161,7 +158,8 @@ def classify_training(ends: list[TaskEnd], srun_failed: list[str], records: list
     elif hard:
         first = hard[0]
         failure.nodes, failure.evidence = sorted(dict.fromkeys(e.node for e in hard if e.what == first.what)), "hard"
-        failure.what = f"tasks {first.tasks} on {first.node}: {first.what} (died first; the other ranks lost it)"
+        failure.what = (f"tasks {first.tasks} on {first.node}: {first.what}{_likely_sender(first.what)} "
+                        f"(died first; the other ranks lost it)")
     elif own:
         first = own[0]
         failure.nodes, failure.evidence = [first["node"]], "soft"
@@ -173,6 +171,16 @@ def classify_training(ends: list[TaskEnd], srun_failed: list[str], records: list
     else:
         failure.what = "the training step failed and no task end was reported"
     return failure
+
+
+def _likely_sender(what: str) -> str:
+    """`` by SIGKILL (the kernel's OOM killer, or a kill -9)`` for srun's ``Killed`` (its words
+    are strsignal's), as ``hpcorch train`` says it; empty for a death it does not name."""
+    for signum in protocol.LIKELY_SENDER:
+        name = signal.strsignal(signum) or ""
+        if name and what.startswith(name):
+            return f" by {protocol.killed_by_text(signum)}"
+    return ""
 
 
 def _hard_deaths(ends: list[TaskEnd], after_an_error_of_its_own: bool) -> list[TaskEnd]:

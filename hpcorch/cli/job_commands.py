@@ -125,6 +125,8 @@ def _report(submission, wait, as_json: bool = False) -> None:
         info = service.status(str(entry.key))
         click.echo(f"job {entry.job_id}: {state}; step {info['step']}, latest checkpoint "
                    f"{info['latest_checkpoint']}, loss {info['loss']}", err=True)
+        if state != "COMPLETED" and info.get("failure"):
+            click.echo(f"error: {info['failure']}", err=True)
         sys.exit(0 if state == "COMPLETED" else 1)
 
 

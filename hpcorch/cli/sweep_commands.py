@@ -178,8 +178,10 @@ def cancel(name, points):
 def resume(name):
     """Submit again only the points of sweep NAME that did not complete (and are not running)."""
     record = _remote_record(name)
-    if record is not None:
-        click.echo(_forward(record, ["sweep", "resume", name]), nl=False)
+    if record is not None:  # forwarded; the points it resubmits are registered here too
+        from hpcorch.service.sweepremote import resume as remote_resume
+
+        click.echo(remote_resume(record), nl=False)
         return
     from hpcorch.service.sweepops import resume_sweep
 

@@ -82,7 +82,7 @@ def jobs_lines(rows: list[dict], now: float | None = None, expand: bool = False)
 # The labels of the keys status knows, in the order shown; the rest follow under their own names.
 _LABELS = {"state": "state", "progress": "progress", "latest_checkpoint": "latest checkpoint",
            "loss": "loss", "tokens_per_s": "tokens/s", "restarts": "restarts", "placement": "placement",
-           "world": "world size",
+           "world": "world size", "failure": "last failure",
            "note": "note", "host": "host", "remote_key": "number there", "pulled": "pulled into",
            "run_dir": "run dir", "next": "next"}
 _SHOWN_ELSEWHERE = {"key", "job_id", "name", "step", "steps", "requeues", "goodput", "warnings"}

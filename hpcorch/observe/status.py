@@ -34,6 +34,47 @@ def progress(entry: Entry) -> dict:
     }
 
 
+def last_failure(run: RunDir) -> str | None:
+    """The last failure recovery recorded (``failures.jsonl``: Slurm's batch script), as one
+    line with its attempt and step; None before any."""
+    from hpcorch.util.fileio import json_lines
+
+    records = list(json_lines(run.failures)) if run.failures.exists() else []
+    if not records:
+        return None
+    last = records[-1]
+    step = f", step {last['step']}" if last.get("step") is not None else ""
+    return f"attempt {last.get('attempt', '?')}{step}: {last.get('what', '?')}"
+
+
+def local_failure(entry: Entry) -> str | None:
+    """Which ranks of an ended local job (submitit's local controller, which records no exit
+    codes) were killed outright, told from the others: a task that returned, even with an
+    exception, left submitit a result file, and one that failed with an error it could see an
+    exit record (``RUN/exits``); one killed by a signal leaves neither. Only when another rank
+    left either: ranks that all stopped on a signal (a cancel, a requeue) leave neither too."""
+    from hpcorch.protocol import killed_by_text
+
+    run = RunDir(entry.run_dir)
+    folder = Path(run.submitit_folder.replace("%j", str(entry.job_id)))
+    tasks = sorted(int(m[1]) for f in (folder.glob("*_log.out") if folder.is_dir() else [])
+                   if (m := re.fullmatch(rf"{re.escape(str(entry.job_id))}_(\d+)_log\.out", f.name)))
+
+    def spoke(task: int) -> bool:
+        if (folder / f"{entry.job_id}_{task}_result.pkl").exists():
+            return True
+        records = run.exit_record(0, task).parent.parent.glob(f"attempt-*/rank-{task}.json")
+        return any(r.stat().st_mtime >= entry.submitted for r in records)
+
+    silent = [t for t in tasks if not spoke(t)]
+    if not silent or len(silent) == len(tasks):
+        return None
+    import signal
+
+    who = f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} {'were' if len(silent) > 1 else 'was'}"
+    return f"{who} killed outright, likely by {killed_by_text(signal.SIGKILL)}: no result, no exit record"
+
+
 def planned_steps(run: RunDir) -> int | None:
     """``trainer.steps`` of the run's resolved job, or a program job's ``program.steps`` (None
     before job.yaml exists, when unreadable, or for a program that gives none)."""

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from hpcorch.errors import ConfigError, HpcorchError, RemoteError
+from hpcorch.spec import catalog
 from hpcorch.spec.profile import ClusterProfile, load_profile
 from hpcorch.state.registry import Entry, Registry, RemoteRef
 from hpcorch.util.fileio import number
@@ -41,8 +42,6 @@ def wanted(profile: ClusterProfile, remote: bool | None, source: str = "") -> bo
 
 def login_of(profile_ref: str):
     """The ``login:`` of a profile (name or path); ConfigError naming the file when absent."""
-    from hpcorch.spec import catalog
-
     prof = load_profile(profile_ref)
     if prof.login is None:
         where = profile_ref
@@ -141,8 +140,16 @@ def push(sess, local: str | os.PathLike, remote: str):
     return stats
 
 
+def record_remote(info: dict, profile_ref: str, host: str, registry: Registry | None = None) -> Entry:
+    """Register here the login node's job ``info`` (a row of its ``ls --json``: a sweep's point)."""
+    return _record(info, profile_ref, host, registry, resumed_from=None)
+
+
 def _record(info: dict, profile_ref: str, host: str, registry: Registry | None, resumed_from: int | None) -> Entry:
-    ref = RemoteRef(profile=str(profile_ref), key=int(info["key"]), host=host)
+    """Record the job the login node answered ``info`` for, with the profile as any folder
+    finds it again (``status``, ``resume`` reconnect through it)."""
+    profile_ref = catalog.lasting(str(profile_ref))
+    ref = RemoteRef(profile=profile_ref, key=int(info["key"]), host=host)
     return (registry or Registry()).add(
         str(info["job_id"]), info["name"], str(profile_ref), info.get("scheduler", "slurm"), info["run_dir"],
         info.get("job_file", ""), resumed_from=resumed_from, remote=ref)

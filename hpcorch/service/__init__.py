@@ -81,7 +81,7 @@ def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overr
     memory estimate exceeds its GPUs is refused unless ``force`` (:mod:`hpcorch.plan.verdict`).
     ``code_root``: the folder a ``program:`` job's relative code folder resolves in (``--code``)."""
     from hpcorch.plan.verdict import check_fit
-    from hpcorch.spec.catalog import default_profile
+    from hpcorch.spec.catalog import default_profile, lasting
     from hpcorch.state.quarantine import excluded_nodes
 
     profile = str(profile) if profile is not None else default_profile()
@@ -97,7 +97,7 @@ def plan(job: str | os.PathLike, profile: str | os.PathLike | None = None, overr
     held = excluded_nodes(cluster.name, registry) if backend_of(cluster.scheduler).has_nodes else {}
     result = make_plan(spec, cluster, run_dir=run_dir, source=str(job), quarantined=held, nccl_debug=nccl_debug,
                        code_root=None if code_root is None else str(code_root))
-    result.profile_ref = profile
+    result.profile_ref = lasting(profile)  # recorded: status, resume from any folder
     if spec.program is None:  # a program's memory is its own: nothing to estimate
         check_fit(result, force)  # a GPU job that cannot fit is refused (force: a warning)
     return result
@@ -258,20 +258,23 @@ def jobs(registry: Registry | None = None) -> list[dict]:
     """Every registered job with its state and goodput (0..1 or None): batched squeue/sacct
     calls per cluster; a remote job's, its login node's ``ls`` (one call per login node)."""
     from hpcorch.observe import status as observe
+    from hpcorch.service.sweepremote import adopt_pending, recorded
 
-    entries = (registry or Registry()).all()
+    registry = registry or Registry()
+    adopt_pending(registry)  # the points of sweeps submitted from here to a login node
+    entries = registry.all()
     found: dict[int, dict] = {}
     for backend, group in _by_backend(entries):
         found.update(backend.rows(group))
     sweeps: dict[str, bool] = {}  # a point's run directory sits in its sweep's folder (sweep.json)
 
     def sweep_of(e: Entry) -> str | None:
-        parent = str(Path(e.run_dir).parent)
-        if "/" not in e.name or e.remote:
+        if "/" not in e.name:
             return None
-        if parent not in sweeps:
-            sweeps[parent] = (Path(parent) / "sweep.json").is_file()
-        return e.name.split("/", 1)[0] if sweeps[parent] else None
+        prefix, parent = e.name.split("/", 1)[0], str(Path(e.run_dir).parent)
+        if parent not in sweeps:  # a sweep of this machine, or one submitted from here to its login node
+            sweeps[parent] = (Path(parent) / "sweep.json").is_file() or (recorded(prefix) or {}).get("root") == parent
+        return prefix if sweeps[parent] else None
 
     return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": found[e.key]["state"],
              "run_dir": e.run_dir, "host": found[e.key].get("host"), **observe.row(e),

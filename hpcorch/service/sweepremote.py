@@ -6,6 +6,12 @@ the login node, whose own ``hpcorch sweep`` submits the arrays and keeps the swe
 points' registry entries, with its own paths, as a sweep submitted there would. This side keeps
 only which login node holds the sweep (``HPCORCH_HOME/remote-sweeps/NAME.json``), so that ``sweep
 status``, ``cancel`` and ``resume`` NAME run there too (:func:`recorded`, :func:`forward`).
+
+Each point the login node registers is registered here too, as a remote submit's job is
+(:func:`adopt`): ``hpcorch ls`` lists them (as one sweep line, ``--expand`` one per point) and
+``status``, ``logs``, ``cancel`` take their numbers. On Slurm the login node registers every point
+when it submits the arrays; under the local runner a point when it starts, so ``ls`` adopts the
+points of a sweep that has fewer here than it was submitted with (one ``ls`` per login node).
 """
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcorch.errors import HpcorchError
-from hpcorch.spec.catalog import hpcorch_home
+from hpcorch.spec.catalog import hpcorch_home, lasting
+from hpcorch.state.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +79,63 @@ def submit(sp, point_args: list[str], extra: RemoteSweep, check: bool = False, f
     info = ops.json_answer(sess, ops.hpcorch(sess, [*args, "--json"], cwd=cwd))
     path = _record_path(sp.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a profile file named relative to this folder must still be found from another one
-    profile_ref = str(Path(sp.profile).resolve()) if Path(sp.profile).is_file() else str(sp.profile)
-    path.write_text(json.dumps({"name": sp.name, "profile": profile_ref, "host": sess.host,
-                                "root": info["root"]}))
+    profile_ref = lasting(str(sp.profile))  # a relative profile path must still be found from another folder
+    record = {"name": sp.name, "profile": profile_ref, "host": sess.host, "root": info["root"],
+              "points": len(sp.points), "adopted": 0, "last_key": 0}
+    path.write_text(json.dumps(record))
+    adopt([record])
     return {**info, "host": sess.host}
+
+
+def adopt(records: list[dict], registry: Registry | None = None) -> int:
+    """Register here, as remote jobs, the points of the sweeps of ``records`` that their login
+    node has registered since the last adoption (named ``SWEEP/POINT``, in the sweep's folder,
+    a number above the last adopted); one ``ls`` per login node, which may be unreachable (then
+    nothing now, the next ``ls`` tries again). Returns how many points were registered."""
+    from hpcorch.remote import ops
+
+    registry = registry or Registry()
+    known = {(e.remote_ref.host, e.remote_ref.key) for e in registry.all() if e.remote}
+    by_profile: dict[str, list[dict]] = {}
+    for record in records:
+        by_profile.setdefault(record["profile"], []).append(record)
+    added = 0
+    for profile_ref, group in by_profile.items():
+        try:
+            sess = ops.session(profile_ref)
+            rows = ops.json_answer(sess, ops.hpcorch(sess, ["ls", "--json"]))
+        except HpcorchError as exc:
+            log.info("remote sweep points not adopted from %s: %s", profile_ref, exc)
+            continue
+        for record in group:
+            mine = sorted((r for r in rows if str(r.get("name", "")).startswith(f"{record['name']}/")
+                           and str(Path(r.get("run_dir", "/")).parent) == record["root"]
+                           and int(r["key"]) > record.get("last_key", 0)), key=lambda r: int(r["key"]))
+            for row in mine:
+                if (sess.host, int(row["key"])) not in known:
+                    ops.record_remote(row, profile_ref, sess.host, registry)
+                    added += 1
+                record["adopted"] = record.get("adopted", 0) + 1
+                record["last_key"] = int(row["key"])
+            if mine:
+                _record_path(record["name"]).write_text(json.dumps(record))
+    return added
+
+
+def adopt_pending(registry: Registry | None = None) -> None:
+    """:func:`adopt` the sweeps submitted from here whose points are not all registered here
+    yet (none when every remote sweep is complete here: no connection)."""
+    folder = hpcorch_home() / RECORDS
+    pending = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("adopted", 0) < record.get("points", 0):
+            pending.append(record)
+    if pending:
+        adopt(pending, registry)
 
 
 def _record_path(name: str) -> Path:
@@ -102,6 +161,14 @@ def forward(record: dict, args: list[str]) -> bytes:
 
     sess = ops.session(record["profile"])
     return ops.hpcorch(sess, args)
+
+
+def resume(record: dict) -> str:
+    """``sweep resume NAME`` on the login node holding the sweep of ``record``, then the points
+    it resubmitted registered here (:func:`adopt`); its answer."""
+    out = forward(record, ["sweep", "resume", record["name"]]).decode(errors="replace")
+    adopt([record])
+    return out
 
 
 def status(record: dict, sort: str | None = None) -> dict:

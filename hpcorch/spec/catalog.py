@@ -36,6 +36,12 @@ def is_name(text: str) -> bool:
     return os.sep not in text and not text.endswith((".yaml", ".yml"))
 
 
+def lasting(ref: str) -> str:
+    """``ref`` (a profile or job as typed) as it means the same from any folder, for a record
+    that later commands read elsewhere: a name as it is, a path made absolute."""
+    return ref if is_name(ref) else str(Path(ref).expanduser().absolute())
+
+
 def find(kind: str, name: str) -> Path | None:
     for folder in search_path(kind):
         candidate = folder / f"{name}.yaml"

@@ -38,7 +38,7 @@ MAX_AGE_S = 30 * 86400
 #: About one write in this many prunes (a scan of one folder: cheap, but not for every write).
 PRUNE_EVERY = 16
 #: A temporary file this old was left by a writer that died; a younger one may be being written.
-_TMP_AGE_S = 3600
+TMP_AGE_S = 3600
 
 
 def base() -> Path:
@@ -112,8 +112,8 @@ def prune(where: Path, max_entries: int | None = None, max_age_s: float | None =
     max_age_s = MAX_AGE_S if max_age_s is None else max_age_s
     now = time.time()
     entries = []
-    for path, mtime, is_tmp in _files(where):
-        if now - mtime > (_TMP_AGE_S if is_tmp else max_age_s):
+    for path, mtime, _, is_tmp in scan(where):
+        if now - mtime > (TMP_AGE_S if is_tmp else max_age_s):
             _unlink(path)
         elif not is_tmp:
             entries.append((mtime, path))
@@ -134,7 +134,7 @@ def prune(where: Path, max_entries: int | None = None, max_age_s: float | None =
                 continue
         except OSError:
             continue
-        for path, _, _ in _files(Path(sibling.path)):
+        for path, _, _, _ in scan(Path(sibling.path)):
             _unlink(path)
         try:
             os.rmdir(sibling.path)
@@ -142,15 +142,17 @@ def prune(where: Path, max_entries: int | None = None, max_age_s: float | None =
             pass
 
 
-def _files(where: Path) -> list[tuple[str, float, bool]]:
-    """``(path, mtime, is_temporary)`` of the plain files in ``where``; [] if it cannot be read."""
+def scan(where: Path) -> list[tuple[str, float, int, bool]]:
+    """``(path, mtime, size, is_temporary)`` of the plain files in ``where`` (a temporary file:
+    ``.NAME.*.tmp``, mkstemp's name for an entry being written); [] if it cannot be read."""
     found = []
     try:
         with os.scandir(where) as it:
             for e in it:
                 try:
                     if e.is_file(follow_symlinks=False):
-                        found.append((e.path, e.stat(follow_symlinks=False).st_mtime,
+                        st = e.stat(follow_symlinks=False)
+                        found.append((e.path, st.st_mtime, st.st_size,
                                       e.name.startswith(".") and e.name.endswith(".tmp")))
                 except OSError:  # removed since the scan listed it
                     continue

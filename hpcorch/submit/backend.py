@@ -112,9 +112,14 @@ class Backend(ABC):
 
         state = self.state(entry)
         return {"key": entry.key, "job_id": entry.job_id, "name": entry.name, "state": state,
-                **observe.progress(entry), "next": observe.advice(entry, state), "run_dir": entry.run_dir,
+                **observe.progress(entry), "failure": self.failure(entry, state),
+                "next": observe.advice(entry, state), "run_dir": entry.run_dir,
                 "warnings": differences(RunDir.open(entry.run_dir)),
                 "goodput": goodput_dict(entry, running=not jobstate.has_ended(state))}
+
+    def failure(self, entry: Entry, state: str) -> str | None:
+        """The job's last failure as one line (what failed, where, the likely cause), or None."""
+        return observe.last_failure(RunDir.open(entry.run_dir))
 
     # ----- logs ---------------------------------------------------------------------------------
     def log_path(self, entry: Entry, rank: int = 0, stream: str = "out") -> Path:

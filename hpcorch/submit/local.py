@@ -21,6 +21,15 @@ class LocalBackend(Backend):
     def states(self, entries: list[Entry]) -> dict[int, str]:
         return {e.key: jobstate.local_state(e) for e in entries}
 
+    def failure(self, entry: Entry, state: str) -> str | None:
+        """No recovery step runs here to record failures: a stopped job's ranks killed outright
+        are told from submitit's own files (:func:`hpcorch.observe.status.local_failure`)."""
+        from hpcorch.observe import status as observe
+
+        if state != "STOPPED":
+            return super().failure(entry, state)
+        return observe.local_failure(entry) or super().failure(entry, state)
+
     def cancel(self, entry: Entry) -> str:
         if not jobstate.local_controller_alive(entry):
             return f"job {entry.job_id} is not running; nothing to cancel"

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rank_argv = [a for i, a in enumerate(argv)
                  if a != "--nproc" and not a.startswith("--nproc=") and (i == 0 or argv[i - 1] != "--nproc")]
-    return launch_forked(args.nproc, rank_main, rank_argv, clock)
+    return launch_forked(args.nproc, rank_main, rank_argv, clock, job_file=args.job, run_dir=args.run_dir)
 
 
 if __name__ == "__main__":

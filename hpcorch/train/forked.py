@@ -37,7 +37,7 @@ import threading
 import traceback
 from collections.abc import Callable
 
-from hpcorch.train.spawn import FORWARDED, forwarding, free_port, launch_local, local_rank_env, wait_all
+from hpcorch.train.spawn import FORWARDED, forwarding, free_port, launch_local, local_rank_env, report_death, wait_all
 from hpcorch.train.startup import StartupClock, set_process_start
 
 log = logging.getLogger("hpcorch.train")
@@ -124,19 +124,21 @@ RankMain = Callable[[StartupClock], int]
 
 
 def launch_forked(nproc: int, rank_main: RankMain, rank_argv: list[str], clock: StartupClock,
-                  grace_s: float = 30.0) -> int:
+                  grace_s: float = 30.0, job_file: str | None = None, run_dir: str | None = None) -> int:
     """Run ranks 0..nproc-1 of this node, each ``rank_main(clock)`` in a child forked from this
     process after :func:`preload`, and return the run's exit code as
     :func:`hpcorch.train.spawn.launch_local` does. If forking is unsafe here (:func:`fork_hazard`),
-    each rank is ``python -m hpcorch.train *rank_argv`` in an interpreter of its own instead."""
+    each rank is ``python -m hpcorch.train *rank_argv`` in an interpreter of its own instead.
+    A rank killed by a signal is said as one line naming it and the run's last checkpoint
+    (``job_file``, ``run_dir``: :func:`hpcorch.train.spawn.report_death`)."""
     set_process_start(clock.start)
     preload()
     clock.mark("imports")
     hazard = fork_hazard()
     if hazard is not None:
         log.warning("hpcorch: starting one interpreter per rank: forking them is unsafe (%s)", hazard)
-        return launch_local(None, None, nproc, argv=[sys.executable, "-u", "-m", "hpcorch.train", *rank_argv],
-                            grace_s=grace_s)
+        return launch_local(job_file, run_dir, nproc, argv=[sys.executable, "-u", "-m", "hpcorch.train", *rank_argv],
+                            grace_s=grace_s, report_checkpoints=True)
     port = free_port()
     pristine = {s: signal.getsignal(s) for s in FORWARDED}  # a fresh interpreter's, before forwarding
     launcher = os.getpid()
@@ -153,7 +155,7 @@ def launch_forked(nproc: int, rank_main: RankMain, rank_argv: list[str], clock: 
                     _run_child(rank_main, clock, local_rank_env(rank, nproc, port), pristine, launcher)
                 ranks.append(ForkedRank(pid))
             signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
-            return wait_all(ranks, grace_s, pause=_until_a_rank_ends)
+            return wait_all(ranks, grace_s, pause=_until_a_rank_ends, on_failure=report_death(job_file, run_dir))
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {*FORWARDED, signal.SIGCHLD})
 

@@ -67,6 +67,16 @@ def run_rank(job_file: str | Path, run_dir: str | Path, scheduler: str, peak_tfl
         return _leave_on_error(abandon)
     except (HpcorchError, CheckpointError) as exc:
         return _leave_on_error(abandon, exc)
+    except RuntimeError as exc:
+        # `hpcorch train`: a peer that vanished is said by the launcher, one line naming it and
+        # its signal; this rank's gloo error is its consequence, not worth a traceback. Under a
+        # scheduler the traceback stays, and recovery reads the error from the exit record.
+        if scheduler != "process" or not protocol.PEER_LOST.search(str(exc)):
+            raise
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        logging.getLogger("hpcorch.train").info("hpcorch: stopping: lost a peer rank (%s)", first[:300])
+        abandon()
+        return RankOutcome(1)
     except OSError as exc:
         if not DiskFull.applies(exc):
             raise

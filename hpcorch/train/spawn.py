@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hpcorch.errors import ConfigError, shown
-from hpcorch.protocol import CHECKPOINTED, DONE, stop_signals
+from hpcorch.protocol import CHECKPOINTED, DONE, killed_by_text, stop_signals
 
 FORWARDED = stop_signals("process", None)  # `hpcorch train` has no requeue policy
 # "0": start one interpreter per rank instead of forking the ranks from one node launcher.
@@ -43,7 +43,8 @@ def free_port() -> int:
 
 def launch_local(job_file: Path, run_dir: Path, nproc: int, extra_args: list[str] = (),
                  env: dict | None = None, grace_s: float = 30.0, argv: list[str] | None = None,
-                 cwd: str | None = None, rank_env: Callable[[int, int, int], dict] | None = None) -> int:
+                 cwd: str | None = None, rank_env: Callable[[int, int, int], dict] | None = None,
+                 report_checkpoints: bool | None = None) -> int:
     """Run ranks 0..nproc-1 of ``python -m hpcorch.train`` (or of ``argv``, a ``program:`` job's
     own program, in ``cwd``, with ``rank_env(rank, nproc, port)``'s variables instead of the
     rendezvous ones below) and return the run's exit code: DONE, CHECKPOINTED (every rank
@@ -51,13 +52,17 @@ def launch_local(job_file: Path, run_dir: Path, nproc: int, extra_args: list[str
 
     hpcorch's own trainer runs as one node launcher (``python -m hpcorch.train --nproc N``,
     :mod:`hpcorch.train.forked`) that imports torch once and forks the ranks, unless
-    ``HPCORCH_FORK_RANKS=0`` asks for one interpreter per rank."""
+    ``HPCORCH_FORK_RANKS=0`` asks for one interpreter per rank.
+
+    A rank killed by a signal is said as one ``error:`` line (:func:`report_death`), with the
+    run's last checkpoint when ``report_checkpoints`` (default: hpcorch's trainer, no ``argv``;
+    a program's checkpoints are its own)."""
     if argv is None and fork_ranks():
         cmd = [sys.executable, "-u", "-m", "hpcorch.train", "--nproc", str(nproc), "--job", str(job_file),
                "--run-dir", str(run_dir), *extra_args]
         # Its own session (as each rank's was): a Ctrl-C reaches only this process, which forwards it.
         procs = [subprocess.Popen(cmd, env={**os.environ, **(env or {})}, start_new_session=True)]
-        return supervise(procs, grace_s, group=True)
+        return supervise(procs, grace_s, group=True)  # the node launcher reports a rank's death itself
     port = free_port()
     procs = []
     for rank in range(nproc):
@@ -66,7 +71,9 @@ def launch_local(job_file: Path, run_dir: Path, nproc: int, extra_args: list[str
         cmd = argv or [sys.executable, "-u", "-m", "hpcorch.train", "--job", str(job_file),
                        "--run-dir", str(run_dir), *extra_args]
         procs.append(subprocess.Popen(cmd, env=rank_env_all, cwd=cwd, start_new_session=True))
-    return supervise(procs, grace_s)
+    report = report_death(job_file, run_dir, checkpoints=argv is None if report_checkpoints is None
+                          else report_checkpoints)
+    return supervise(procs, grace_s, on_failure=report)
 
 
 def fork_ranks() -> bool:
@@ -130,26 +137,33 @@ def forwarding(procs: list[Supervised], group: bool = False) -> Iterator[None]:
                 p.wait()
 
 
-def supervise(procs: list[Supervised], grace_s: float, group: bool = False) -> int:
+OnFailure = Callable[[int, int], None]
+
+
+def supervise(procs: list[Supervised], grace_s: float, group: bool = False,
+              on_failure: OnFailure | None = None) -> int:
     """Forward the stop signals to ``procs`` and wait for them all (:func:`wait_all`)."""
     with forwarding(procs, group):
-        return wait_all(procs, grace_s)
+        return wait_all(procs, grace_s, on_failure=on_failure)
 
 
-def wait_all(procs: list[Supervised], grace_s: float, pause: Callable[[float], None] = time.sleep) -> int:
+def wait_all(procs: list[Supervised], grace_s: float, pause: Callable[[float], None] = time.sleep,
+             on_failure: OnFailure | None = None) -> int:
     """Wait for every process; when one fails, terminate the others (and kill those still
     running ``grace_s`` later). Returns DONE, CHECKPOINTED, or the first failure's code (a
     signal's as 128 + its number). Between polls: ``pause(0.05)``, which may return as soon as
-    a process ends (then the first to fail is told from the peers that fail because of it)."""
+    a process ends (then the first to fail is told from the peers that fail because of it).
+    ``on_failure(rank, code)``: called once every process has ended, with the index and the
+    raw code (negative: the signal that killed it) of that first failure."""
     first_failure = None  # the root cause, not a rank we terminated because of it
+    first_rank = None
     failed_at = None
     while True:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
             break
-        bad = _root_cause(codes)
-        if bad is not None and failed_at is None:
-            first_failure, failed_at = bad, time.monotonic()
+        if failed_at is None and (first_rank := _root_cause_rank(codes)) is not None:
+            first_failure, failed_at = codes[first_rank], time.monotonic()
             for p in procs:
                 if p.poll() is None:
                     p.terminate()
@@ -160,16 +174,65 @@ def wait_all(procs: list[Supervised], grace_s: float, pause: Callable[[float], N
         pause(0.05)
     codes = [p.returncode for p in procs]
     if first_failure is None:
-        first_failure = _root_cause(codes)
+        first_rank = _root_cause_rank(codes)
+        first_failure = None if first_rank is None else codes[first_rank]
     if first_failure is not None:
+        if on_failure is not None:
+            on_failure(first_rank, first_failure)
         return first_failure if first_failure > 0 else 128 - first_failure
     return CHECKPOINTED if CHECKPOINTED in codes else DONE
 
 
-def _root_cause(codes: list[int | None]) -> int | None:
-    """The failure to report of those first seen together: a process killed outright (the OOM
-    killer's or a GPU fault's SIGKILL, a segfault) before those that exited with an error or
+def _root_cause_rank(codes: list[int | None]) -> int | None:
+    """Which process's failure to report of those first seen together: one killed outright (the
+    OOM killer's or a GPU fault's SIGKILL, a segfault) before those that exited with an error or
     aborted, which is how peers fail when a rank vanishes under them (an exception from gloo;
     gloo's destructors can abort); else the lowest rank's, as before."""
-    bad = [c for c in codes if c not in (None, DONE, CHECKPOINTED)]
-    return min(bad, key=lambda c: not (c < 0 and c != -signal.SIGABRT)) if bad else None
+    bad = [i for i, c in enumerate(codes) if c not in (None, DONE, CHECKPOINTED)]
+    return min(bad, key=lambda i: not (codes[i] < 0 and codes[i] != -signal.SIGABRT)) if bad else None
+
+
+def _root_cause(codes: list[int | None]) -> int | None:
+    """The code of :func:`_root_cause_rank`'s process, or None."""
+    rank = _root_cause_rank(codes)
+    return None if rank is None else codes[rank]
+
+
+def death_line(rank: int, code: int, checkpoints: Path | None) -> str | None:
+    """One line for a rank killed by a signal (``code`` < 0, as :meth:`Popen.poll` says it):
+    the rank, the signal, its likely sender and, with ``checkpoints`` (a checkpoint root), the
+    step a run again resumes from. None for a rank that exited (its own output says why)."""
+    if code >= 0:
+        return None
+    line = f"rank {rank} was killed by {killed_by_text(-code)}"
+    if checkpoints is not None:
+        from hpcorch.state.rundir import CheckpointLayout
+
+        steps = CheckpointLayout(checkpoints).committed_steps()
+        line += f"; the run's last checkpoint is step {steps[-1]}" if steps else "; the run has no checkpoint yet"
+    return line
+
+
+def report_death(job_file: str | os.PathLike | None, run_dir: str | os.PathLike | None,
+                 checkpoints: bool = True) -> OnFailure:
+    """The ``on_failure`` of a launcher: a rank killed by a signal is said as one ``error:`` line
+    on stderr (:func:`death_line`), with the run's last checkpoint when ``checkpoints`` (the
+    checkpoint root from ``job_file``, the run directory's resolved job, as the ranks read it)."""
+    def say(rank: int, code: int) -> None:
+        root = _checkpoint_root(job_file, run_dir) if checkpoints and run_dir is not None else None
+        line = death_line(rank, code, root)
+        if line is not None:
+            print(f"error: {line}", file=sys.stderr, flush=True)  # the user's line, not a log record
+    return say
+
+
+def _checkpoint_root(job_file, run_dir) -> Path:
+    """The run's checkpoint root: the job's ``trainer.checkpoint.dir``, else ``RUN/checkpoints``."""
+    from hpcorch.errors import HpcorchError
+    from hpcorch.spec.job import load_job
+    from hpcorch.state.rundir import RunDir
+
+    try:
+        return RunDir.for_job(run_dir, load_job(job_file)).checkpoints
+    except (HpcorchError, OSError, TypeError):
+        return RunDir(run_dir).checkpoints

@@ -13,18 +13,29 @@ the side file, whose token count is checked against the file's size on every sta
 written whole and fsynced under a unique temporary name, then linked to their name unless a
 racing builder (one per node on a shared cache folder) linked the same bytes first: a reader
 sees a complete file or none, and no file is ever replaced under a rank that has it mapped.
+
+The folder is bounded (:meth:`TokenCache.prune`, after each file written, as the user YAML
+cache prunes its own, :func:`hpcorch.spec.usercache.prune`): token files not used for
+:data:`MAX_AGE_S`, then the least recently used beyond :data:`MAX_BYTES` in all, and temporary
+files of writers that died. A file in use is never removed: every process that maps one holds a
+shared ``flock`` on it for its life, and the pruner removes only what it can lock exclusively
+(then the token file before its side file: a prune cut short leaves an entry that looks
+incomplete, which the next start rebuilds). Each use marks the file used (its mtime).
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
+from hpcorch.spec.usercache import TMP_AGE_S, scan
 from hpcorch.util.fileio import fsync_dir
 
 log = logging.getLogger("hpcorch.train")
@@ -34,6 +45,14 @@ log = logging.getLogger("hpcorch.train")
 TOKENIZER = "bytes-v1"
 # A token file's suffix by its width: a named tokenizer's ids need more than a byte.
 _SUFFIXES = {"uint8": "u8", "uint16": "u16", "int32": "i32"}
+#: Token files not used (mapped by a start) for this long are removed by a prune.
+MAX_AGE_S = 30 * 86400
+#: The token files of a cache folder together are kept under this size, least recently used out
+#: first: a few corpora (the stdlib's top level is ~3 MB as bytes; a prepared corpus is no cache).
+MAX_BYTES = 8 * 2**30
+# Token files this process has mapped, each with the descriptor that holds its shared lock
+# (for the process's life: its mapping lives as long) so that no prune removes it meanwhile.
+_held: dict[str, int] = {}
 
 
 def fingerprint(kind: str, files: list[Path], max_bytes: int, separator: int, tokenizer: str = TOKENIZER) -> str:
@@ -77,7 +96,10 @@ class TokenCache:
         ``tokenizer`` is recorded in the side file."""
         path = self.path(key, dtype)
         try:
-            if not self._complete(path):
+            wrote = False
+            for _ in range(4):  # a prune may remove the file between the check and the lock
+                if self._complete(path) and _hold(path):
+                    break
                 tokens = build()
                 try:
                     self._write(path, tokens, dtype, tokenizer)
@@ -86,10 +108,46 @@ class TokenCache:
                                 self.folder, exc.strerror or exc)
                     return np.ascontiguousarray(tokens, dtype=dtype)
                 log.debug("token cache: wrote %s (%d tokens)", path, len(tokens))
+                wrote = True
+            else:
+                return np.ascontiguousarray(tokens, dtype=dtype)
+            _mark_used(path)
+            if wrote:  # the folder grew: bound it (the file just written is held, so it stays)
+                self.prune()
             return _map(path, dtype)
         except PermissionError as exc:  # a cache folder this user may not read: no cache
             log.warning("warning: token cache %s unusable (%s)", self.folder, exc.strerror or exc)
             return np.ascontiguousarray(build(), dtype=dtype)
+
+    def prune(self, max_bytes: int | None = None, max_age_s: float | None = None) -> list[Path]:
+        """Remove the token files (with their side files) not used for ``max_age_s`` (default
+        :data:`MAX_AGE_S`), then the least recently used while those left exceed ``max_bytes``
+        (default :data:`MAX_BYTES`), and temporary files of writers that died; never a file some
+        process holds (maps). Returns the token files removed. Never raises: another process
+        pruning at once finds some files gone."""
+        max_bytes = MAX_BYTES if max_bytes is None else max_bytes
+        max_age_s = MAX_AGE_S if max_age_s is None else max_age_s
+        now = time.time()
+        entries = []  # (last used, size, token file)
+        for name, mtime, size, is_tmp in scan(self.folder):
+            path = Path(name)
+            if is_tmp:
+                if now - mtime > TMP_AGE_S:
+                    path.unlink(missing_ok=True)
+            elif path.name.startswith("tokens-") and path.suffix != ".json":
+                entries.append((mtime, size, path))
+        entries.sort()
+        total = sum(size for _, size, _ in entries)
+        removed = []
+        for mtime, size, path in entries:
+            if now - mtime <= max_age_s and total <= max_bytes:
+                break
+            if _remove_unless_held(path):
+                removed.append(path)
+                total -= size
+        if removed:
+            log.info("token cache: pruned %d file(s) from %s", len(removed), self.folder)
+        return removed
 
     @staticmethod
     def _complete(path: Path) -> bool:
@@ -137,6 +195,57 @@ def _publish(path: Path, data: bytes) -> None:
         fsync_dir(path.parent)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _hold(path: Path) -> bool:
+    """Take a shared lock on token file ``path`` for this process's life (once per file);
+    False if the file was removed before the lock was held (a prune won: build it again)."""
+    if str(path) in _held:
+        return True
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits out a pruner's exclusive lock (a few unlinks)
+        mine, there = os.fstat(fd), os.stat(path)
+        if (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino):
+            raise FileNotFoundError(path)
+    except FileNotFoundError:  # the pruner removed it while we waited
+        os.close(fd)
+        return False
+    except BaseException:
+        os.close(fd)
+        raise
+    _held[str(path)] = fd
+    return True
+
+
+def _remove_unless_held(path: Path) -> bool:
+    """Remove token file ``path`` and then its side file, if no process holds it (an
+    exclusive lock taken without waiting); whether it was removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink()  # the tokens first: a side file alone is an incomplete entry, rebuilt
+        path.with_suffix(".json").unlink(missing_ok=True)
+        return True
+    except OSError:  # held (in use), or removed by another pruner meanwhile
+        return False
+    finally:
+        os.close(fd)
+
+
+def _mark_used(path: Path) -> None:
+    """Set ``path``'s mtime to now: the prune's "last used" (a shared cache another user owns
+    may refuse it; then the file looks older than it is, and a holder still keeps it)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 def _umask() -> int:

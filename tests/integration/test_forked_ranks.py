@@ -87,6 +87,23 @@ def test_a_failing_forked_rank_ends_the_others_with_its_code(tmp_path, how, code
         _kill(_left_behind(tmp_path))
 
 
+@pytest.mark.parametrize("fork", ["1", "0"])
+def test_a_rank_killed_outright_is_one_line_naming_it_its_signal_and_the_last_checkpoint(tmp_path, fork):
+    """Rank 1 is SIGKILLed after step 8 (as the OOM killer would), forked or one interpreter per
+    rank: the run ends 137 with one line naming the rank, the signal, its likely sender and the
+    step a run again resumes from (6), and no traceback (rank 0's gloo error is its consequence)."""
+    got = train(tmp_path, 2, env={FORK_ENV: fork, "HPCORCH_CRASH_AT_STEP": "8:1:kill"}, timeout=180)
+    try:
+        assert got.returncode == 128 + signal.SIGKILL, got.stderr[-3000:]
+        assert "Traceback" not in got.stdout + got.stderr, got.stderr[-3000:]
+        assert got.stderr.strip().splitlines()[-1] == (
+            "error: rank 1 was killed by SIGKILL (the kernel's OOM killer, or a kill -9); "
+            "the run's last checkpoint is step 6")
+        assert not _wait_gone(tmp_path)
+    finally:
+        _kill(_left_behind(tmp_path))
+
+
 def test_a_launcher_killed_outright_leaves_no_rank(tmp_path):
     """SIGKILL to the node launcher (no chance to clean up): its ranks die with it."""
     proc = subprocess.Popen(train_cmd(tmp_path, 2, "trainer.steps=100000"), cwd=REPO,

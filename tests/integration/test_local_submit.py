@@ -17,13 +17,28 @@ LOCAL = ["trainer.steps=100", "trainer.checkpoint.interval=40", "trainer.model.w
          "trainer.model.layers=2", "trainer.model.seq_len=64"]
 
 
-def _submit(run_dir, home, *extra, wait=True):
+def _submit(run_dir, home, *extra, wait=True, env=None):
     sets = [a for s in TINY + LOCAL + list(extra) for a in ("--set", s)]
     cmd = [sys.executable, "-m", "hpcorch.cli.main", "submit", "jobs/gpt-tiny.yaml", "--run-dir", str(run_dir), *sets]
     if not wait:
         cmd.append("--no-wait")
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HPCORCH_HOME": str(home)})
+                          env={**os.environ, "HPCORCH_HOME": str(home), **(env or {})})
+
+
+def test_a_rank_killed_outright_is_named_at_the_end_and_in_status(tmp_path):
+    """Rank 1 SIGKILLs itself after step 8 (as the OOM killer would): submit's last line and
+    status's ``last failure`` name it and the likely cause; exit 1, no hpcorch traceback."""
+    run, home = tmp_path / "run", tmp_path / "home"
+    out = _submit(run, home, "trainer.checkpoint.interval=6", env={"HPCORCH_CRASH_AT_STEP": "8:1:kill"})
+    said = "rank 1 was killed outright, likely by SIGKILL (the kernel's OOM killer, or a kill -9)"
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {said}"), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    status = subprocess.run([sys.executable, "-m", "hpcorch.cli.main", "status", str(run), "--json"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "HPCORCH_HOME": str(home)})
+    info = json.loads(status.stdout)
+    assert info["state"] == "STOPPED" and info["failure"].startswith(said) and info["latest_checkpoint"] == 6
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +106,7 @@ def test_local_cancel_stops_for_good_and_resume_continues(tmp_path, reference):
                             text=True, timeout=60)
     info = json.loads(status.stdout)
     assert info["state"] == "STOPPED" and info["latest_checkpoint"] == stopped
+    assert info["failure"] is None, info  # every rank stopped on the cancel: none was killed
     assert info["next"] == f"hpcorch resume {info['key']}"
     resumed = subprocess.run(cli + ["resume", str(run)], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=300)

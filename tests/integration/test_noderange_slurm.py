@@ -74,3 +74,37 @@ def test_an_unusable_count_runs_on_the_largest_valid_one_and_hands_the_rest_back
     log = (run / "submitit").rglob("*_0_log.*")
     text = "\n".join(p.read_text(errors="replace") for p in log)
     assert "world 2" in text and "accumulation 8" in text, text[-2000:]
+
+
+def test_after_a_shrink_a_requeue_is_allowed_the_whole_range_again(ctx, tmp_path, monkeypatch):  # noqa: F811
+    """Slurm (22.05) shrinks the allocation, not the job's request: after ``scontrol update
+    NumNodes=2`` the job keeps its 2-4 (``scontrol show job`` of the requeued, pending job says
+    NumNodes=2: the last allocation's count, not its request). A preemption's requeue after a
+    shrink starts on all 4 nodes once they are free, with no update of ours."""
+    monkeypatch.setenv("HPCORCH_STEP_DELAY_S", "0.2")  # still training when the signal comes
+    holder4 = _hold(ctx, "node4", 1)
+    ctx.slurm.wait_for(holder4, "RUNNING", timeout_s=60)
+    run = tmp_path / "run"
+    job_id = ctx.submit(run, *RANGE, "trainer.steps=60", "placement.switches=off")["job_id"]
+
+    def running_on(count: int, restarts: int):
+        def check():
+            info = ctx.slurm.job(job_id)
+            return info if (info.get("JobState"), info.get("NumNodes")) == ("RUNNING", str(count)) \
+                and int(info.get("Restarts", "0")) >= restarts else None
+        return check
+
+    poll_until(running_on(2, 0), 90, interval_s=0.5, what=f"job {job_id} shrunk from 3 nodes to 2")
+    ctx.slurm.cancel(holder4)
+    from slurmhelp import wait_progress
+
+    wait_progress(run, 8, timeout_s=120)  # step 6's checkpoint is committed
+    ctx.slurm.run("scancel", "--signal=USR2", job_id)  # to the ranks, as a preemption sends it
+    info = poll_until(running_on(4, 1), 120, interval_s=0.5, what=f"job {job_id} requeued onto 4 nodes")
+    assert expand_hostlist(info["NodeList"]) == ["node1", "node2", "node3", "node4"]
+    _finish(ctx, job_id)
+    err = _stderr_tail(ctx, job_id, 400)
+    assert "the allocation holds 3 nodes, the trainer runs on 2; handing the others back" in err, err
+    manifests = [json.loads((run / "manifests" / f"attempt-{i}.json").read_text()) for i in (0, 1)]
+    assert [(m["world_size"], m["node_count"]) for m in manifests] == [(2, 2), (4, 4)], manifests
+    assert json.loads((run / "summary.json").read_text())["final_step"] == 60

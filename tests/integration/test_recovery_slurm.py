@@ -67,6 +67,9 @@ def test_killed_ranks_requeue_without_their_node_and_resume_exactly(ctx, tmp_pat
     assert budget["node_failure"] == 1, budget  # counted once, whoever requeued first
     failures = [json.loads(line) for line in (run / "failures.jsonl").read_text().splitlines()]
     assert [f["nodes"] for f in failures] == [[victim]] and failures[0]["evidence"] == "hard"
+    if not then_down:  # status says which ranks died, how, and the likely cause, as `hpcorch train` does
+        said = ctx.entry(run)["failure"]
+        assert f"on {victim}: Killed by SIGKILL (the kernel's OOM killer, or a kill -9)" in said, said
     # The node is quarantined: the next submission's dry run leaves it out, until cleared.
     listed = json.loads(ctx.cli("nodes", "list", "--json").stdout)
     assert [q["node"] for q in listed] == [victim] and listed[0]["job_id"] == job["job_id"]

@@ -90,3 +90,73 @@ def test_login_values_that_would_reach_ssh_or_a_shell_are_checked(tmp_path, key,
                                     "partitions": [{"name": "q", "nodes": "n1", "node_type": "n"}]}))
     with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")):
         load_profile(path)
+
+
+def test_a_relative_profile_path_is_recorded_so_that_any_folder_reaches_the_job(sshd, laptop, tmp_path):
+    """``submit --remote -p profs/mine.yaml`` typed in one folder (a profile file outside the
+    catalog, the login node a real sshd on loopback running the local scheduler): the record
+    holds the path as any folder finds it, and status from another folder reconnects with it."""
+    import json
+    import subprocess
+    import sys
+
+    from trainhelp import TINY
+
+    from hpcorch.util.poll import poll_until
+
+    laptop.add_host(sshd, "cluster")
+    laptop.profile("mine", sshd.login_block("cluster"))
+    (laptop.root / "profs").mkdir()
+    (laptop.home / "profiles" / "mine.yaml").rename(laptop.root / "profs" / "mine.yaml")
+    sets = [a for s in [*TINY, "trainer.steps=8"] for a in ("--set", s)]
+    out = laptop.cli("submit", JOB, "-p", "profs/mine.yaml", "--remote", "--json", "--run-dir",
+                     tmp_path / "run", *sets, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    # the first line: a local scheduler behind ssh lets its ranks' lines through too (noted, not ours here)
+    info = json.loads(out.stdout.splitlines()[0])
+    assert info["profile"] == str(laptop.root / "profs" / "mine.yaml"), info
+    key = str(info["key"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def status() -> dict | None:
+        got = subprocess.run([sys.executable, "-m", "hpcorch", "status", key, "--json"], env=laptop.env,
+                             cwd=elsewhere, capture_output=True, text=True, timeout=120, start_new_session=True)
+        assert got.returncode == 0, got.stderr[-2000:]
+        info = json.loads(got.stdout)
+        return info if info["state"] in ("COMPLETED", "STOPPED") else None
+
+    assert poll_until(status, 180, interval_s=2, what=f"job {key} ended")["state"] == "COMPLETED"
+    listed = subprocess.run([sys.executable, "-m", "hpcorch", "ls", "--json"], env=laptop.env, cwd=elsewhere,
+                            capture_output=True, text=True, timeout=120).stdout
+    assert str(laptop.root / "profs" / "mine.yaml") in listed, listed
+
+
+def test_a_remote_sweeps_points_under_the_local_runner_are_listed_here_as_they_start(sshd, laptop, tmp_path):
+    """The login node's local runner registers a point when it starts it, after the submission
+    has answered: ``ls`` here adopts them then (one sweep line, a number for each point)."""
+    import json
+
+    from trainhelp import TINY
+
+    from hpcorch.util.poll import poll_until
+
+    laptop.add_host(sshd, "cluster")
+    profile = laptop.profile("mine", sshd.login_block("cluster"))
+    root = tmp_path / "lsw"
+    sets = [a for s in [*TINY, "trainer.steps=8", "resources.tasks_per_node=1", "trainer.global_batch=4"]
+            for a in ("--set", s)]
+    out = laptop.cli("sweep", "gpt-tiny", "-p", profile, "--remote", "--name", "lsw", "--root", root,
+                     "--grid", "trainer.seed=1,2", "--json", *sets, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    def both_done():
+        rows = json.loads(laptop.cli("ls", "--json").stdout)
+        done = [r for r in rows if r["state"] == "COMPLETED"]
+        return rows if len(rows) == 2 and len(done) == 2 else None
+
+    rows = poll_until(both_done, 180, interval_s=2, what="both points listed here, completed")
+    assert sorted(r["name"] for r in rows) == ["lsw/000-seed=1", "lsw/001-seed=2"], rows
+    assert {r["sweep"] for r in rows} == {"lsw"} and all(r["host"] for r in rows), rows
+    record = json.loads((laptop.home / "remote-sweeps" / "lsw.json").read_text())
+    assert record["adopted"] == record["points"] == 2, record  # ls asks the login node no more

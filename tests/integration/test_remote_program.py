@@ -8,6 +8,7 @@ login node: ``hpcorch sweep`` from a machine that would submit over SSH refuses 
 and ``hpcorch remote run PROFILE -- python -m hpcorch sweep ...`` is the way (tested here)."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -89,9 +90,17 @@ def test_sweep_is_submitted_and_read_on_the_login_node_through_ssh(login_node, l
     info = json.loads(out.stdout)
     jobs.ids.extend(a["id"] for a in info["arrays"])
     assert info["root"] == str(root) and info["host"].endswith(f"127.0.0.1:{login_node.port}"), info
-    # recorded on the login node (its registry, its sweep.json), not here
+    # recorded on the login node (its registry, its sweep.json); its points registered here as
+    # remote jobs, as a remote submit's job is: ls lists them (one sweep line), status takes their numbers
     assert json.loads((root / "sweep.json").read_text())["name"] == "sw"
-    assert not (laptop.home / "registry.sqlite").exists() or "sw/" not in laptop.cli("ls").stdout
+    listed = json.loads(laptop.cli("ls", "--json").stdout)
+    assert sorted(r["name"] for r in listed) == ["sw/000-seed=1", "sw/001-seed=2"], listed
+    assert {(r["sweep"], r["host"], r["profile"]) for r in listed} == {("sw", info["host"], str(profile))}, listed
+    assert {str(Path(r["run_dir"]).parent) for r in listed} == {str(root)}, listed
+    line = [ln for ln in laptop.cli("ls").stdout.splitlines()[1:] if ln.strip()]
+    assert len(line) == 1 and " sw " in f" {line[0]} ", line  # one sweep line; --expand: one per point
+    point = laptop.cli("status", str(listed[0]["key"]), "--json")
+    assert point.returncode == 0 and json.loads(point.stdout)["run_dir"] == listed[0]["run_dir"], point.stderr
 
     def completed():
         rows = _sweep_status(laptop, "sw")["rows"]
@@ -114,6 +123,8 @@ def test_sweep_is_submitted_and_read_on_the_login_node_through_ssh(login_node, l
     cancelled = laptop.cli("sweep", "cancel", "sw", "--point", "1")  # forwarded too; nothing live to end
     assert cancelled.returncode == 0, cancelled.stderr
     assert {r["state"] for r in _sweep_status(laptop, "sw")["rows"]} == {"COMPLETED"}
+    listed = json.loads(laptop.cli("ls", "--json").stdout)
+    assert [r["state"] for r in listed] == ["COMPLETED", "COMPLETED"], listed  # adopted once, not again
 
 
 def test_a_program_sweep_from_a_list_runs_its_synced_code_on_the_login_node(login_node, laptop, jobs, tmp_path):

@@ -73,7 +73,7 @@ def test_the_killed_node_is_the_culprit_not_its_victims():
     records = [{"rank": 0, "node": "node1", "exit_code": 1, "error": PEER, "time": 1.0}]
     f = classify_training(ends, failed, records, down=[], step=42)
     assert (f.nodes, f.evidence, f.step) == (["node2"], "hard", 42)
-    assert "node2: Killed" in f.what and not f.clear_error
+    assert "node2: Killed by SIGKILL (the kernel's OOM killer, or a kill -9)" in f.what and not f.clear_error
 
 
 def test_a_node_slurm_took_down_outweighs_srun_lines():
