@@ -119,6 +119,8 @@ class Backend(ABC):
 
     def failure(self, entry: Entry, state: str) -> str | None:
         """The job's last failure as one line (what failed, where, the likely cause), or None."""
+        from hpcorch.observe import status as observe
+
         return observe.last_failure(RunDir.open(entry.run_dir))
 
     # ----- logs ---------------------------------------------------------------------------------
