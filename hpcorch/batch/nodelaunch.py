@@ -153,7 +153,8 @@ def end_as(code: int, procs: list[Supervised]) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the rank's death, not a core of ours
-        signal.signal(signum, signal.SIG_DFL)
+        if signum not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no disposition to reset
+            signal.signal(signum, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
         os.kill(os.getpid(), signum)
     return code
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return end_as(_subprocess_ranks(args, procs), procs)
     clock.mark("imports")
     first = int(rank_identity(dict(os.environ), 0, args.tasks_per_node)["SLURM_PROCID"])
-    log.info("hpcorch: node launcher %d on %s forks ranks %d-%d (imports took %.1f s)", os.getpid(),
+    log.info("hpcorch: node launcher %d on %s forks ranks %d-%d, %.1f s after its start", os.getpid(),
              os.environ.get("SLURMD_NODENAME", "?"), first, first + args.tasks_per_node - 1,
              sum(clock.phases().values()))
     children = [lambda r=r: _forked_rank(args, r) for r in range(args.tasks_per_node)]
