@@ -59,10 +59,12 @@ def test_one_launcher_per_node_starts_its_ranks_and_the_run_matches(ctx, tmp_pat
     wait_progress(run, 5)
     seen = _launchers_and_ranks(job["job_id"])
     assert len(seen) == 2 and all(len(ranks) == 2 for _, ranks in seen.values()), seen
-    for _, ranks in seen.values():
-        cmds = {" ".join(psutil.Process(pid).cmdline()) for pid in ranks}
-        # Forked: the launcher's own command line; else each rank is submitit's own interpreter.
-        assert all(("hpcorch.batch.nodelaunch" if fork == "1" else "submitit.core._submit") in c for c in cmds)
+    for launcher, ranks in seen.values():
+        # Each rank shows as submitit's task (a forked one retitles itself). Its /proc environ is
+        # the one it was started with: a forked rank's is its launcher's, an exec'd one's its own.
+        assert all("submitit.core._submit" in " ".join(psutil.Process(pid).cmdline()) for pid in ranks)
+        task = psutil.Process(launcher).environ()["SLURM_PROCID"]
+        assert all((psutil.Process(pid).environ()["SLURM_PROCID"] == task) == (fork == "1") for pid in ranks)
     _finish(ctx, job["job_id"], timeout_s=300)
     # Bit-identical to per-rank interpreters: the local run of the same world size (and each
     # variant here to the other, through it).
