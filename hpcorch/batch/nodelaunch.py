@@ -16,7 +16,9 @@ per-rank task srun would have started:
 - the signals: Slurm signals every process of a step (proctrack walks the launcher's children
   too), so the ranks get ``--signal``'s requeue signal, a cancel's SIGTERM, once, from Slurm,
   as each task did; the launcher only keeps them from ending itself
-  (:func:`hpcorch.train.forked.fork_and_wait` with ``forward=False``);
+  (:func:`hpcorch.train.forked.fork_and_wait` with ``forward=False``). A signal before the
+  forks ends the launcher as it ended a rank without its handler yet; one that lands during
+  the forks (milliseconds) reaches only the ranks that exist by then;
 - its end: a rank that fails ends its siblings (:func:`hpcorch.train.spawn.wait_all`), and the
   launcher then ends the way that rank did: with its exit code, or killed by its signal (so
   srun's line reads ``Killed``, which :mod:`hpcorch.batch.failure` takes as a hard death of
