@@ -63,8 +63,9 @@ def test_one_launcher_per_node_starts_its_ranks_and_the_run_matches(ctx, tmp_pat
         # Each rank shows as submitit's task (a forked one retitles itself). Its /proc environ is
         # the one it was started with: a forked rank's is its launcher's, an exec'd one's its own.
         assert all("submitit.core._submit" in " ".join(psutil.Process(pid).cmdline()) for pid in ranks)
-        task = psutil.Process(launcher).environ()["SLURM_PROCID"]
-        assert all((psutil.Process(pid).environ()["SLURM_PROCID"] == task) == (fork == "1") for pid in ranks)
+        # (SLURM_GTIDS: the launcher's task alone, or the node's ranks "2,3" as the launcher set them)
+        task = psutil.Process(launcher).environ()["SLURM_GTIDS"]
+        assert all((psutil.Process(pid).environ()["SLURM_GTIDS"] == task) == (fork == "1") for pid in ranks)
     _finish(ctx, job["job_id"], timeout_s=300)
     # Bit-identical to per-rank interpreters: the local run of the same world size (and each
     # variant here to the other, through it).
