@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcorch.errors import HpcorchError, PlanError
-from hpcorch.plan import fabric, siterequests
+from hpcorch.plan import fabric, nodestep, siterequests
 from hpcorch.plan import layout as layoutplan
 from hpcorch.plan.launch import LaunchPlan, extra_directives, resolve_launch
 from hpcorch.plan.nodefit import (
@@ -71,6 +71,9 @@ class Plan:
     host_python: str = sys.executable
     # Nodes the registry keeps out of this profile's jobs (node -> why), excluded with the job's own.
     quarantined: dict[str, str] = field(default_factory=dict)
+    # One node launcher per node forks the ranks (hpcorch.plan.nodestep; opt-in while new);
+    # off: one srun task per rank. hpcorch's own trainer only, not a program.
+    node_launcher: bool = False
 
     @property
     def recovery_args(self) -> list[str]:
@@ -134,6 +137,12 @@ class Plan:
         from hpcorch.cluster.slurm import shrink_command
 
         return shrink_command("${SLURM_JOB_ID}", "${HPCORCH_NODES}")
+
+    @property
+    def node_step_options(self) -> list[str]:
+        """The training step's srun options with a node launcher: one task per node holding the
+        node's CPUs (and GPUs, where the site asks them per task) for all of its ranks."""
+        return nodestep.step_options(self.job.resources, self.gpu_request)
 
     @property
     def launched_tasks_per_node(self) -> int:
@@ -323,6 +332,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         prepend={k: list(v) for k, v in profile.environment.prepend.items()},
         quarantined=quarantined,
         placement=placement,
+        node_launcher=job.program is None and nodestep.asked(),
     )
     plan.notes += [f"excluding quarantined node {h}: {why}" for h, why in sorted(quarantined.items())]
     if part.implicit and res.partition is not None:

@@ -37,7 +37,16 @@ import threading
 import traceback
 from collections.abc import Callable
 
-from hpcorch.train.spawn import FORWARDED, forwarding, free_port, launch_local, local_rank_env, report_death, wait_all
+from hpcorch.train.spawn import (
+    FORWARDED,
+    OnFailure,
+    forwarding,
+    free_port,
+    launch_local,
+    local_rank_env,
+    report_death,
+    wait_all,
+)
 from hpcorch.train.startup import StartupClock, set_process_start
 
 log = logging.getLogger("hpcorch.train")
@@ -140,24 +149,42 @@ def launch_forked(nproc: int, rank_main: RankMain, rank_argv: list[str], clock: 
         return launch_local(job_file, run_dir, nproc, argv=[sys.executable, "-u", "-m", "hpcorch.train", *rank_argv],
                             grace_s=grace_s, report_checkpoints=True)
     port = free_port()
-    pristine = {s: signal.getsignal(s) for s in FORWARDED}  # a fresh interpreter's, before forwarding
+
+    def child(rank: int) -> int:
+        os.environ.update(local_rank_env(rank, nproc, port))
+        clock.mark("fork")
+        return rank_main(clock)
+
+    return fork_and_wait([lambda r=r: child(r) for r in range(nproc)], [], grace_s,
+                         on_failure=report_death(job_file, run_dir))
+
+
+def fork_and_wait(children: list[Callable[[], int]], ranks: list[ForkedRank], grace_s: float,
+                  signals: tuple[int, ...] = FORWARDED, forward: bool = True,
+                  on_failure: OnFailure | None = None) -> int:
+    """Fork one child per entry of ``children`` (each runs it and exits with its code), append
+    them to ``ranks``, and wait for them all with :func:`hpcorch.train.spawn.wait_all`: the run's
+    exit code. ``signals`` are the stop signals a child must see as a fresh interpreter would:
+    blocked across the forks, then forwarded to the children, or (``forward=False``, where the
+    scheduler signals every process of the step itself, as Slurm does) only kept from ending
+    this process while the children handle their own. ``on_failure``: as for ``wait_all``."""
+    pristine = {s: signal.getsignal(s) for s in signals}  # a fresh interpreter's, before forwarding
     launcher = os.getpid()
-    ranks: list[ForkedRank] = []
     # Blocked across the forks: a stop signal waits until the launcher forwards to every rank
     # forked so far, and never reaches a child before it has its own dispositions back.
     # SIGCHLD stays blocked in the launcher, so that it can wait for it (_until_a_rank_ends).
-    signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
+    signal.pthread_sigmask(signal.SIG_BLOCK, {*signals, signal.SIGCHLD})
     try:
-        with forwarding(ranks):
-            for rank in range(nproc):
+        with forwarding(ranks, signals=signals, forward=forward):
+            for main in children:
                 pid = os.fork()
                 if pid == 0:
-                    _run_child(rank_main, clock, local_rank_env(rank, nproc, port), pristine, launcher)
+                    _run_child(main, pristine, launcher, signals)
                 ranks.append(ForkedRank(pid))
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
-            return wait_all(ranks, grace_s, pause=_until_a_rank_ends, on_failure=report_death(job_file, run_dir))
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+            return wait_all(ranks, grace_s, pause=_until_a_rank_ends, on_failure=on_failure)
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*FORWARDED, signal.SIGCHLD})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*signals, signal.SIGCHLD})
 
 
 def _until_a_rank_ends(timeout_s: float) -> None:
@@ -167,18 +194,15 @@ def _until_a_rank_ends(timeout_s: float) -> None:
     signal.sigtimedwait({signal.SIGCHLD}, timeout_s)
 
 
-def _run_child(rank_main: RankMain, clock: StartupClock, env: dict[str, str], pristine: dict,
-               launcher: int) -> None:
+def _run_child(main: Callable[[], int], pristine: dict, launcher: int, signals: tuple[int, ...]) -> None:
     """The forked child: become the rank, run it and exit with its code; never returns."""
     code = 1
     try:
         for signum, handler in pristine.items():
             signal.signal(signum, handler)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*FORWARDED, signal.SIGCHLD})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*signals, signal.SIGCHLD})
         _die_with_parent(launcher)
-        os.environ.update(env)
-        clock.mark("fork")
-        code = rank_main(clock)
+        code = main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, (int, type(None))):

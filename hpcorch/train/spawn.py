@@ -113,16 +113,22 @@ class Supervised(Protocol):
 
 
 @contextlib.contextmanager
-def forwarding(procs: list[Supervised], group: bool = False) -> Iterator[None]:
-    """While inside: the stop signals this process gets go to every live process of ``procs``
-    (a list that may still grow). On the way out every process still running is killed (with
-    its process group if ``group``: a node launcher's forked ranks), so none is left behind."""
-    def forward(signum, _frame):
+def forwarding(procs: list[Supervised], group: bool = False, signals: tuple[int, ...] = FORWARDED,
+               forward: bool = True) -> Iterator[None]:
+    """While inside: the stop signals this process gets (``signals``) go to every live process of
+    ``procs`` (a list that may still grow), or with ``forward=False`` are only kept from ending
+    this process (the scheduler signals every process itself). On the way out every process
+    still running is killed (with its process group if ``group``: a node launcher's forked
+    ranks), so none is left behind."""
+    def relay(signum, _frame):
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    def keep(_signum, _frame):  # a Python handler, not SIG_IGN: an exec'd rank must not inherit it
+        pass
+
+    previous = {s: signal.signal(s, relay if forward else keep) for s in signals}
     try:
         yield
     finally:
