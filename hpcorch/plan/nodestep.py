@@ -9,14 +9,34 @@ from hpcorch.errors import PlanError
 ENV = "HPCORCH_NODE_LAUNCHER"
 
 
+# srun options that place or bind each task (its CPUs, GPUs, its slot on the node): with one
+# task per node they would bind the node's ranks together, so such a step keeps a task per rank.
+PER_TASK_OPTIONS = ("--cpu-bind", "--gpu-bind", "--distribution", "-m", "--mem-bind", "--ntasks-per-gpu",
+                    "--ntasks-per-core", "--ntasks-per-socket", "--gpus-per-task", "--cpus-per-gpu",
+                    "--mem-per-gpu", "--tres-per-task", "--accel-bind")
+
+
 def asked() -> bool:
-    """``HPCORCH_NODE_LAUNCHER=1`` when planning asks for the node launcher; unset, empty or 0:
-    one srun task per rank (the default while the launcher is new). Another value is an error
-    naming the variable, so that "yes" is not silently "no"."""
+    """Whether planning asks for the node launcher: yes unless ``HPCORCH_NODE_LAUNCHER=0`` (one
+    srun task per rank, each importing torch itself, as before the launcher). Another value than
+    0, 1 or empty is an error naming the variable, so that "no" is never silently "yes"."""
     value = os.environ.get(ENV, "").strip()
     if value not in ("", "0", "1"):
         raise PlanError(ENV, "", f"expected 0 (one srun task per rank) or 1 (a node launcher), got {value!r}")
-    return value == "1"
+    return value != "0"
+
+
+def chosen(job, srun_options: list[str], notes: list[str]) -> bool:
+    """Whether the training step of ``job`` runs a node launcher: hpcorch's own trainer, asked
+    (:func:`asked`), and no srun option of the site's or the job's binds tasks one by one (then a
+    note says why each rank stays a task of its own). A ``program:`` runs as it always did."""
+    if job.program is not None or not asked():
+        return False
+    binding = [o for o in srun_options if o.split("=", 1)[0] in PER_TASK_OPTIONS]
+    if binding:
+        notes.append(f"one srun task per rank, not a node launcher: launch.srun_options {' '.join(binding)} "
+                     "place each task")
+    return not binding
 
 
 def step_options(res, gpu_request: str | None) -> list[str]:

@@ -71,8 +71,8 @@ class Plan:
     host_python: str = sys.executable
     # Nodes the registry keeps out of this profile's jobs (node -> why), excluded with the job's own.
     quarantined: dict[str, str] = field(default_factory=dict)
-    # One node launcher per node forks the ranks (hpcorch.plan.nodestep; opt-in while new);
-    # off: one srun task per rank. hpcorch's own trainer only, not a program.
+    # One node launcher per node forks the ranks (hpcorch.plan.nodestep; HPCORCH_NODE_LAUNCHER=0
+    # when planning: one srun task per rank). hpcorch's own trainer only, not a program.
     node_launcher: bool = False
 
     @property
@@ -332,7 +332,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         prepend={k: list(v) for k, v in profile.environment.prepend.items()},
         quarantined=quarantined,
         placement=placement,
-        node_launcher=job.program is None and nodestep.asked(),
+        node_launcher=nodestep.chosen(job, launch.srun_options, notes),
     )
     plan.notes += [f"excluding quarantined node {h}: {why}" for h, why in sorted(quarantined.items())]
     if part.implicit and res.partition is not None:

@@ -61,7 +61,9 @@ def test_preflight_and_training_both_run_through_the_wrappers_options(ctx, tmp_p
     assert len(reports) == 2 and all(json.loads(p.read_text())["ok"] for p in reports)
     lines = log.read_text().splitlines()
     assert sum("hpcorch.batch.health preflight" in ln for ln in lines) == 2, lines  # one task per node
-    assert sum("submitit.core._submit" in ln for ln in lines) == 4, lines  # 2 nodes x 2 ranks
+    # One node launcher per node through the wrapper; each forks its node's 2 ranks.
+    assert sum("hpcorch.batch.nodelaunch" in ln for ln in lines) == 2, lines
+    assert len(list(run.glob("submitit/*/*_log.out"))) == 4  # 2 nodes x 2 ranks
 
 
 def test_a_preflight_whose_interpreter_cannot_start_stops_with_that_reason(ctx, tmp_path):

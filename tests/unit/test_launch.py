@@ -58,8 +58,9 @@ def _script(repo, tmp_path, **kw):
 
 
 def _srun_line(text):
+    """The training step's srun line and its command."""
     lines = text.splitlines()
-    i = next(i for i, line in enumerate(lines) if line.startswith("srun --unbuffered "))  # the training step
+    i = next(i for i, line in enumerate(lines) if "training step starts" in line) + 1
     return lines[i] + "\n" + lines[i + 1].removesuffix(" \\")
 
 
@@ -91,7 +92,12 @@ def test_wrapper_renders(repo, tmp_path, wrapper, gpus, srun, prefix):
                                                    "resources.tasks_per_node": gpus or 2})
     # Inside a container the image's python3 runs, not this machine's interpreter.
     python = shlex.quote(sys.executable) if wrapper["kind"] == "command" else "python3"
-    assert _srun_line(text) == f"{HOST}{srun} \\\n  {prefix}{python} -u -m submitit.core._submit {FOLDER}"
+    step, command = _srun_line(text).split("\n")
+    # One node launcher per node (it forks the node's ranks), started through the wrapper.
+    assert step.startswith("srun --nodes=1 --ntasks=1 --ntasks-per-node=1 --cpus-per-task=")
+    assert step.endswith(f" --unbuffered --kill-on-bad-exit=1{srun} \\")
+    assert command == (f"  {prefix}{python} -u -m hpcorch.batch.nodelaunch {FOLDER} --tasks-per-node {gpus or 2} "
+                       f"--output {FOLDER}/%j_%t_log.out --error {FOLDER}/%j_%t_log.err")
 
 
 def test_apptainer_gpu_auto_follows_the_vendor(repo, tmp_path):
@@ -116,7 +122,7 @@ def test_python_profile_wins_over_sys_executable_and_job_over_profile(repo, tmp_
     plan = _plan(repo, tmp_path, profile=profile, python=None, **{"launch.python": "/home/me/venv/bin/python3"})
     assert plan.python == "/home/me/venv/bin/python3"
     assert plan.submitit_command.startswith("/home/me/venv/bin/python3 -u -m submitit.core._submit ")
-    assert "  /home/me/venv/bin/python3 -u -m submitit" in render_sbatch(plan)
+    assert "  /home/me/venv/bin/python3 -u -m hpcorch.batch.nodelaunch " in render_sbatch(plan)
     # A container's interpreter unless launch.python names one (which then wins there too).
     apptainer = {"kind": "apptainer", "image": "/sw/torch.sif"}
     assert _plan(repo, tmp_path, python=None, **{"launch.wrapper": apptainer}).python == "python3"

@@ -1,5 +1,5 @@
 """The Slurm node launcher's pieces without a cluster: the per-rank identity srun would give,
-srun's log patterns, the training step it renders (opt-in), and its srun options. The launcher
+srun's log patterns, the training step it renders (by default), and its srun options. The launcher
 itself runs on the dev cluster in tests/integration/test_nodelaunch_slurm.py."""
 from types import SimpleNamespace
 
@@ -37,10 +37,11 @@ def _script(repo, monkeypatch, launcher: str, **sets) -> str:
     return render_sbatch(plan)
 
 
-def test_the_training_step_is_one_launcher_per_node_only_when_asked(repo, monkeypatch):
+def test_the_training_step_is_one_launcher_per_node_unless_told_not_to(repo, monkeypatch):
     sets = {"resources.nodes": 2, "resources.tasks_per_node": 2, "trainer.global_batch": 32}
-    off = _script(repo, monkeypatch, "", **sets)
-    on = _script(repo, monkeypatch, "1", **sets)
+    off = _script(repo, monkeypatch, "0", **sets)
+    on = _script(repo, monkeypatch, "", **sets)
+    assert on == _script(repo, monkeypatch, "1", **sets)
     assert "submitit.core._submit /scratch/run/submitit/%j" in off and "nodelaunch" not in off
     changed = [(a, b) for a, b in zip(off.splitlines(), on.splitlines(), strict=True) if a != b]
     assert len(changed) == 2, changed  # the srun line and its command, nothing else
@@ -49,6 +50,18 @@ def test_the_training_step_is_one_launcher_per_node_only_when_asked(repo, monkey
     assert changed[1][1].endswith("-u -m hpcorch.batch.nodelaunch /scratch/run/submitit/%j --tasks-per-node 2 "
                                   "--output /scratch/run/submitit/%j/%j_%t_log.out "
                                   "--error /scratch/run/submitit/%j/%j_%t_log.err \\")
+
+
+@pytest.mark.parametrize("option", ["--cpu-bind=map_cpu:0,1", "--gpu-bind=closest", "--distribution=*:block",
+                                    "--mem-bind=local"])
+def test_srun_options_that_place_each_task_keep_a_task_per_rank(repo, monkeypatch, option):
+    """Bound one by one, a node launcher's ranks would all share the first task's CPUs or GPU."""
+    monkeypatch.setenv(nodestep.ENV, "")
+    job = load_job(repo / "jobs/gpt-tiny.yaml", overrides=[f"launch.srun_options=[{option!r}]"])
+    plan = make_plan(job, load_profile(repo / "cluster_profiles/devcluster.yaml"), run_dir="/scratch/run", python=None)
+    assert not plan.node_launcher
+    assert "-m submitit.core._submit /scratch/run/submitit/%j" in render_sbatch(plan)
+    assert any(option in note and "one srun task per rank" in note for note in plan.notes), plan.notes
 
 
 def test_a_node_range_launches_one_task_per_allocated_node(repo, monkeypatch):

@@ -136,7 +136,9 @@ def test_script_asks_for_the_range_and_shrinks_to_a_valid_count():
     assert 'scontrol update "JobId=${SLURM_JOB_ID}" "NumNodes=${HPCORCH_NODES}"' in script
     assert 'source /r/resize/"slurm_job_${SLURM_JOB_ID}_resize.sh"' in script
     assert 'srun --nodes="$HPCORCH_NODES" --ntasks="$HPCORCH_NODES" --ntasks-per-node=1' in script
-    assert 'srun --nodes="$HPCORCH_NODES" --ntasks="$HPCORCH_TASKS" --ntasks-per-node=1 --unbuffered' in script
+    # The training step: one node launcher per node it runs on, forking that node's ranks.
+    assert 'srun --nodes="$HPCORCH_NODES" --ntasks="$HPCORCH_NODES" --ntasks-per-node=1 --cpus-per-task=' in script
+    assert "-m hpcorch.batch.nodelaunch /r/submitit/%j --tasks-per-node 1 " in script
     # Not in the header: Slurm would derive the tasks from the range's minimum and allocate only that.
     assert "#SBATCH --ntasks-per-node" not in script
     plain = render_sbatch(make_plan(load_job("gpt-tiny"), load_profile("devcluster"), run_dir="/r"))

@@ -163,11 +163,13 @@ def test_an_activation_step_puts_the_environments_python_first(repo, tmp_path):
     plan = make_plan(load_job(repo / "jobs/gpt-tiny.yaml"), load_profile(path), run_dir="/scratch/runs/gpt-tiny")
     assert plan.python == "python3"
     lines = render_sbatch(plan).splitlines()
-    train = lines[next(i for i, ln in enumerate(lines) if ln.startswith("srun --unbuffered")) + 1]
+    train = lines[next(i for i, ln in enumerate(lines) if "training step starts" in ln) + 2]
     command = train.strip().removesuffix(" \\")
     out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30,
                          env={"PATH": "/usr/bin:/bin"})
-    assert out.stdout == f"venv python3 in {venv}: -u -m submitit.core._submit /scratch/runs/gpt-tiny/submitit/%j\n"
+    folder = "/scratch/runs/gpt-tiny/submitit/%j"
+    assert out.stdout == (f"venv python3 in {venv}: -u -m hpcorch.batch.nodelaunch {folder} --tasks-per-node 2 "
+                          f"--output {folder}/%j_%t_log.out --error {folder}/%j_%t_log.err\n")
 
 
 def test_the_image_check_is_one_line_either_way(repo, tmp_path):
