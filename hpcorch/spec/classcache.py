@@ -70,6 +70,8 @@ def _exec(source, globals=None, locals=None, /, **kwargs):  # noqa: A002 - exec'
     """``exec`` for the ``dataclasses`` module: the cached code of an hpcorch class's source."""
     module = globals.get("__name__", "") if isinstance(globals, dict) else ""
     if kwargs or not isinstance(source, str) or not isinstance(module, str) or not module.startswith(_PREFIX):
+        if isinstance(source, str):  # else exec would inherit this module's `annotations` future
+            source = compile(source, "<string>", "exec", dont_inherit=True)
         return builtins.exec(source, globals, locals, **kwargs)
     codes = _codes.get(module)
     if codes is None:

@@ -95,6 +95,16 @@ def test_other_modules_classes_are_compiled_as_always():
     assert Local() == Local(3) and len(classcache._codes) == before
 
 
+def test_other_modules_methods_keep_real_annotations(tmp_path):
+    """Routed through the cache's exec, another module's generated methods must not inherit its
+    ``from __future__ import annotations`` (their annotations would become strings)."""
+    probe = ("import typing\nfrom hpcorch.spec import classcache\nclasscache.install()\n"
+             "from dataclasses import dataclass\n@dataclass\nclass P:\n    x: int = 1\n"
+             "assert typing.get_type_hints(P.__init__) == {'x': int, 'return': type(None)}, P.__init__.__annotations__\n")
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=60,
+                   env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+
+
 def test_a_module_file_stays_bounded(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(classcache, "MAX_ENTRIES", 3)
