@@ -39,7 +39,7 @@ import subprocess
 import sys
 
 from hpcorch.train.forked import ForkedRank, fork_and_wait, fork_hazard, preload
-from hpcorch.train.spawn import Supervised, fork_ranks, forwarding, wait_all
+from hpcorch.train.spawn import Supervised, death_line, fork_ranks, forwarding, wait_all
 from hpcorch.train.startup import StartupClock, set_process_start
 
 log = logging.getLogger("hpcorch.batch.nodelaunch")
@@ -82,22 +82,43 @@ def log_path(pattern: str, env: dict[str, str], rank: int) -> str:
     return "".join(out)
 
 
-def _cpu_share(local_rank: int, tasks_per_node: int) -> set[int] | None:
-    """This rank's slice of the launcher's CPUs, as srun binds a task to its own CPUs: only when
-    the launcher holds exactly the node's share for all its ranks (else no binding is implied)."""
+def _core_order(cpu: int) -> tuple[int, int, int]:
+    """Where ``cpu`` sits: (socket, core, cpu). Sorted by it, a core's hardware threads are
+    neighbours, so a contiguous slice is whole cores on one socket, as Slurm binds a task."""
+    topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
     try:
-        cpus = sorted(os.sched_getaffinity(0))
+        with open(f"{topology}/physical_package_id") as package, open(f"{topology}/core_id") as core:
+            return int(package.read()), int(core.read()), cpu
+    except (OSError, ValueError):
+        return 0, cpu, cpu
+
+
+def _cpu_share(local_rank: int, tasks_per_node: int, launcher_cpus: int) -> set[int] | None:
+    """This rank's slice of the launcher's CPUs, as srun binds a task to its own CPUs: only when
+    the launcher holds exactly ``launcher_cpus`` (its step's ``--cpus-per-task``, the node's
+    share for all its ranks); otherwise no binding is implied and none is made."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0), key=_core_order)
     except (AttributeError, OSError):
         return None
-    per = int(os.environ.get("SLURM_CPUS_PER_TASK") or 0) // tasks_per_node
+    per = launcher_cpus // tasks_per_node
     if not per or len(cpus) != per * tasks_per_node:
         return None
     return set(cpus[local_rank * per:(local_rank + 1) * per])
 
 
+def _launcher_cpus() -> int:
+    """The CPUs srun gave the launcher's task (read before a rank's identity replaces it)."""
+    try:
+        return int(os.environ.get("SLURM_CPUS_PER_TASK") or 0)
+    except ValueError:
+        return 0
+
+
 def _become_rank(args: argparse.Namespace, local_rank: int) -> dict[str, str]:
     """In the forked child: the rank's identity in os.environ, its logs on fds 1 and 2, its
     CPUs; returns the identity (also for a subprocess)."""
+    share = _cpu_share(local_rank, args.tasks_per_node, _launcher_cpus())  # before the rank's own count
     identity = rank_identity(dict(os.environ), local_rank, args.tasks_per_node)
     os.environ.update(identity)
     os.environ["SLURM_TASK_PID"] = str(os.getpid())
@@ -108,7 +129,6 @@ def _become_rank(args: argparse.Namespace, local_rank: int) -> dict[str, str]:
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)  # --open-mode=append
         os.dup2(target, fd)
         os.close(target)
-    share = _cpu_share(local_rank, args.tasks_per_node)
     if share:
         os.sched_setaffinity(0, share)
     return identity
@@ -156,12 +176,25 @@ def _subprocess_ranks(args: argparse.Namespace, procs: list[Supervised]) -> int:
             for f in files:
                 f.close()
     with forwarding(procs, signals=STEP_SIGNALS, forward=False):
-        return wait_all(procs, GRACE_S)
+        return wait_all(procs, GRACE_S, on_failure=_report_death(args))
 
 
 def _pin(local_rank: int, tasks_per_node: int):
-    share = _cpu_share(local_rank, tasks_per_node)
+    share = _cpu_share(local_rank, tasks_per_node, _launcher_cpus())
     return (lambda: os.sched_setaffinity(0, share)) if share else None
+
+
+def _report_death(args: argparse.Namespace):
+    """The ``on_failure`` of this node's ranks: a rank killed by a signal is one line in the batch
+    log naming its global rank (srun's own line names only the launcher's task, the node)."""
+    first = int(rank_identity(dict(os.environ), 0, args.tasks_per_node)["SLURM_PROCID"])
+    node = os.environ.get("SLURMD_NODENAME", "?")
+
+    def say(index: int, code: int) -> None:
+        line = death_line(first + index, code, None)
+        if line is not None:
+            log.error("hpcorch: %s on %s", line, node)
+    return say
 
 
 def end_as(code: int, procs: list[Supervised]) -> int:
@@ -212,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
              sum(clock.phases().values()))
     children = [lambda r=r: _forked_rank(args, r) for r in range(args.tasks_per_node)]
     ranks: list[ForkedRank] = []
-    return end_as(fork_and_wait(children, ranks, GRACE_S, signals=STEP_SIGNALS, forward=False), ranks)
+    return end_as(fork_and_wait(children, ranks, GRACE_S, signals=STEP_SIGNALS, forward=False,
+                                on_failure=_report_death(args)), ranks)
 
 
 def _log_to_stderr() -> None:

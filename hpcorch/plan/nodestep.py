@@ -26,16 +26,23 @@ def asked() -> bool:
     return value != "0"
 
 
-def chosen(job, srun_options: list[str], notes: list[str]) -> bool:
+def _binds(option: str) -> bool:
+    name, _, value = option.partition("=")
+    return name in PER_TASK_OPTIONS and value.strip().lower() != "none"  # =none binds nothing
+
+
+def chosen(job, options: list[str], notes: list[str]) -> bool:
     """Whether the training step of ``job`` runs a node launcher: hpcorch's own trainer, asked
-    (:func:`asked`), and no srun option of the site's or the job's binds tasks one by one (then a
-    note says why each rank stays a task of its own). A ``program:`` runs as it always did."""
+    (:func:`asked`), and no srun option or extra directive among ``options`` binds tasks one by
+    one (sbatch exports its own as the variables srun reads; then a note says why each rank
+    stays a task of its own). A ``program:`` runs as it always did. (SLURM_* variables cannot be
+    set through a profile's or job's environment: spec refuses them.)"""
     if job.program is not None or not asked():
         return False
-    binding = [o for o in srun_options if o.split("=", 1)[0] in PER_TASK_OPTIONS]
+    binding = [o for o in options if _binds(o)]
     if binding:
-        notes.append(f"one srun task per rank, not a node launcher: launch.srun_options {' '.join(binding)} "
-                     "place each task")
+        notes.append(f"one srun task per rank, not a node launcher: {' '.join(binding)} place each task "
+                     "(with one task per node all its ranks would share the first one's CPUs or GPU)")
     return not binding
 
 

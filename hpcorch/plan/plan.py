@@ -71,8 +71,7 @@ class Plan:
     host_python: str = sys.executable
     # Nodes the registry keeps out of this profile's jobs (node -> why), excluded with the job's own.
     quarantined: dict[str, str] = field(default_factory=dict)
-    # One node launcher per node forks the ranks (hpcorch.plan.nodestep; HPCORCH_NODE_LAUNCHER=0
-    # when planning: one srun task per rank). hpcorch's own trainer only, not a program.
+    # One node launcher per node forks the ranks, else one srun task per rank (hpcorch.plan.nodestep).
     node_launcher: bool = False
 
     @property
@@ -316,6 +315,7 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
     hosts = [h for h in dict.fromkeys(h for g in eligible for h in g.hosts) if h not in excluded]
     placement = plan_placement(job.placement, profile, hosts, largest_valid(job.node_counts, len(hosts)) or res.nodes,
                                fail, notes, warnings)
+    directives = extra_directives(job, profile, part)
     plan = Plan(
         job=job, profile=profile, partition=part, run_dir=run_dir,
         account=account,
@@ -328,11 +328,11 @@ def make_plan(job: JobSpec, profile: ClusterProfile, run_dir: str | Path | None 
         gpu_request=gpu_request, memory_request=memory_request, gpu_type=gpu_type,
         exclusive=requests.exclusive if res.exclusive is None else res.exclusive,
         python=launch.python, launch=launch, warnings=warnings, host_python=python or sys.executable,
-        extra_directives=extra_directives(job, profile, part),
+        extra_directives=directives,
         prepend={k: list(v) for k, v in profile.environment.prepend.items()},
         quarantined=quarantined,
         placement=placement,
-        node_launcher=nodestep.chosen(job, launch.srun_options, notes),
+        node_launcher=nodestep.chosen(job, [*launch.srun_options, *directives], notes),
     )
     plan.notes += [f"excluding quarantined node {h}: {why}" for h, why in sorted(quarantined.items())]
     if part.implicit and res.partition is not None:

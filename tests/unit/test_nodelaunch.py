@@ -1,10 +1,14 @@
 """The Slurm node launcher's pieces without a cluster: the per-rank identity srun would give,
 srun's log patterns, the training step it renders (by default), and its srun options. The launcher
 itself runs on the dev cluster in tests/integration/test_nodelaunch_slurm.py."""
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 
+from hpcorch.batch import nodelaunch
 from hpcorch.batch.nodelaunch import log_path, rank_identity
 from hpcorch.errors import PlanError
 from hpcorch.plan import nodestep
@@ -28,6 +32,31 @@ def test_log_patterns_expand_as_srun_does():
     assert log_path("/r/submitit/%j/%j_%t_log.out", env, 5) == "/r/submitit/77/77_5_log.out"
     assert log_path("/r/%A_%a/%A_%a_%t_log.err", env, 0) == "/r/70_3/70_3_0_log.err"
     assert log_path("/r/100%%_%x", env, 1) == "/r/100%_%x"
+
+
+def test_cpu_shares_are_contiguous_slices_of_the_launchers_cpus(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert [nodelaunch._cpu_share(r, 4, 8) for r in range(4)] == [{0, 1}, {2, 3}, {4, 5}, {6, 7}]
+    assert nodelaunch._cpu_share(0, 4, 16) is None  # the launcher holds another count: no binding implied
+
+
+BECOME = """
+import argparse, os, sys
+from hpcorch.batch.nodelaunch import _become_rank
+args = argparse.Namespace(tasks_per_node=int(sys.argv[1]), output=sys.argv[2], error=sys.argv[2] + ".err")
+_become_rank(args, int(sys.argv[3]))
+print(sorted(os.sched_getaffinity(0)), os.environ["SLURM_PROCID"], os.environ["SLURM_CPUS_PER_TASK"])
+"""
+
+
+def test_a_forked_rank_takes_its_cpu_share_from_the_launchers_allocation(tmp_path):
+    """The rank's own SLURM_CPUS_PER_TASK (its share) must not hide the launcher's (the node's)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    env = {**os.environ, "SLURM_CPUS_PER_TASK": str(len(cpus)), "SLURM_NNODES": "1", "SLURM_NODEID": "0"}
+    last = len(cpus) - 1
+    subprocess.run([sys.executable, "-c", BECOME, str(len(cpus)), str(tmp_path / "%t.out"), str(last)],
+                   env=env, check=True, timeout=60)
+    assert (tmp_path / f"{last}.out").read_text().split("]")[0] + "]" == str([cpus[last]])
 
 
 def _script(repo, monkeypatch, launcher: str, **sets) -> str:
@@ -62,6 +91,23 @@ def test_srun_options_that_place_each_task_keep_a_task_per_rank(repo, monkeypatc
     assert not plan.node_launcher
     assert "-m submitit.core._submit /scratch/run/submitit/%j" in render_sbatch(plan)
     assert any(option in note and "one srun task per rank" in note for note in plan.notes), plan.notes
+
+
+@pytest.mark.parametrize("sets", [{"resources.extra_directives": '["--gpu-bind=closest"]'},
+                                  {"resources.extra_directives": '["--distribution=block:cyclic"]'}])
+def test_binding_in_a_directive_keeps_a_task_per_rank(repo, monkeypatch, sets):
+    """sbatch exports its --gpu-bind/--distribution as the variables srun reads for its steps."""
+    monkeypatch.setenv(nodestep.ENV, "")
+    job = load_job(repo / "jobs/gpt-tiny.yaml", overrides=[f"{k}={v}" for k, v in sets.items()])
+    plan = make_plan(job, load_profile(repo / "cluster_profiles/devcluster.yaml"), run_dir="/scratch/run", python=None)
+    assert not plan.node_launcher and any("one srun task per rank" in note for note in plan.notes), plan.notes
+
+
+def test_binding_to_none_binds_nothing(repo, monkeypatch):
+    monkeypatch.setenv(nodestep.ENV, "")
+    job = load_job(repo / "jobs/gpt-tiny.yaml", overrides=['launch.srun_options=["--cpu-bind=none"]'])
+    assert make_plan(job, load_profile(repo / "cluster_profiles/devcluster.yaml"), run_dir="/scratch/run",
+                     python=None).node_launcher
 
 
 def test_a_node_range_launches_one_task_per_allocated_node(repo, monkeypatch):
