@@ -214,6 +214,10 @@ def _hold(path: Path) -> bool:
     except FileNotFoundError:  # the pruner removed it while we waited
         os.close(fd)
         return False
+    except OSError as exc:
+        # No flock on this file system (Lustre mounted noflock, NFS without its lock daemon): use
+        # the file unlocked; a pruner there cannot lock it either, so it never removes it.
+        log.debug("token cache: cannot lock %s (%s); using it unlocked", path, exc)
     except BaseException:
         os.close(fd)
         raise
@@ -225,7 +229,13 @@ def _remove_unless_held(path: Path) -> bool:
     """Remove token file ``path`` and then its side file, if no process holds it (an
     exclusive lock taken without waiting); whether it was removed."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # Writable: NFS carries flock as a POSIX lock, whose exclusive form needs a writable file.
+        fd = os.open(path, os.O_RDWR)
+    except PermissionError:  # another user's shared cache: a read-only descriptor still locks locally
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
     except OSError:
         return False
     try:

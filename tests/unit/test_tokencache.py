@@ -51,6 +51,22 @@ def test_a_use_marks_the_file_used_and_a_write_prunes_the_folder(tmp_path, monke
     assert _keys(cache) == {"kept", "new"}  # the write pruned "stale"; "kept" was used just now
 
 
+def test_a_file_system_without_flock_still_serves_tokens_and_prunes_nothing(tmp_path, monkeypatch):
+    """Lustre mounted noflock answers flock with ENOSYS, NFS without its lock daemon with ENOLCK:
+    a rank must still train, and a prune that cannot lock must not remove anything."""
+    import errno
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    cache = TokenCache(tmp_path)
+    _entry(cache, "stale", 1000, 40)
+    monkeypatch.setattr(tokencache.fcntl, "flock", no_flock)
+    monkeypatch.setattr(tokencache, "_held", {})
+    assert len(cache.tokens("new", lambda: np.arange(10, dtype=np.uint8))) == 10
+    assert cache.prune(max_bytes=0, max_age_s=0) == [] and _keys(cache) == {"stale", "new"}
+
+
 HOLDER = """
 import sys, time
 import numpy as np
