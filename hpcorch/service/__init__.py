@@ -273,7 +273,11 @@ def jobs(registry: Registry | None = None) -> list[dict]:
             return None
         prefix, parent = e.name.split("/", 1)[0], str(Path(e.run_dir).parent)
         if parent not in sweeps:  # a sweep of this machine, or one submitted from here to its login node
-            sweeps[parent] = (Path(parent) / "sweep.json").is_file() or (recorded(prefix) or {}).get("root") == parent
+            try:
+                remote = (recorded(prefix) or {}).get("root") == parent
+            except HpcorchError:  # a damaged record: its own commands say so; `ls` lists the rest
+                remote = False
+            sweeps[parent] = (Path(parent) / "sweep.json").is_file() or remote
         return prefix if sweeps[parent] else None
 
     return [{"key": e.key, "job_id": e.job_id, "name": e.name, "profile": e.profile, "state": found[e.key]["state"],

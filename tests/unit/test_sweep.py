@@ -188,3 +188,23 @@ def test_a_remote_sweeps_status_goes_to_its_login_node_without_torch(tmp_path):
                          env=env, start_new_session=True)
     assert out.stdout.strip().splitlines()[-2:] == ["exit 2", "[]"], out.stdout + out.stderr
     assert f"127.0.0.1:{port} refused the connection" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_ls_lists_the_jobs_beside_a_damaged_remote_sweep_record(tmp_path):
+    """One bad record file in remote-sweeps/ is that sweep's problem (its own commands say so):
+    `hpcorch ls` still lists every job."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    (home / "remote-sweeps").mkdir(parents=True)
+    (home / "remote-sweeps" / "sw.json").write_text("{not json")
+    code = ("from hpcorch.state.registry import Registry\n"
+            f"Registry().add('999999999', 'sw/000-seed=1', 'local', 'local', {str(tmp_path / 'sw' / '000')!r}, 'job.yaml')\n"
+            "from hpcorch.cli.main import main\nmain(['ls', '--json'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "HPCORCH_HOME": str(home)})
+    assert out.returncode == 0, out.stderr
+    assert [row["name"] for row in json.loads(out.stdout)] == ["sw/000-seed=1"]
