@@ -82,8 +82,10 @@ def test_a_sigterm_stop_frees_the_nodes_within_seconds_of_the_commit(ctx, tmp_pa
                          ids=["0.5s-preflight", "2s-ranks-starting", "5s-ranks-starting"])
 def test_a_preemption_in_the_first_seconds_is_a_preemption(ctx, tmp_path, after_s, preflight):
     run = tmp_path / "run"
-    # Enough steps that the job still runs 5 s in: forked ranks reach their first step ~3 s after the start.
-    job = ctx.submit(run, "requeue.max_node_failures=0", "trainer.steps=200", f"health.preflight={str(preflight).lower()}")
+    # Enough steps that the job still runs well after 5 s: forked ranks reach their first step ~3 s
+    # after the start, and 200 steps then took 3 s on the dev cluster.
+    job = ctx.submit(run, "requeue.max_node_failures=0", "trainer.steps=1000",
+                     f"health.preflight={str(preflight).lower()}")
     job_id = job["job_id"]
     ctx.slurm.wait_for(job_id, "RUNNING", timeout_s=60, poll_s=0.05)
     time.sleep(after_s)

@@ -235,7 +235,7 @@ def test_the_script_runs_preflight_then_training_each_followed_by_recovery(tmp_p
     text = _cli("submit", "gpt-tiny", "-p", "devcluster", *sets, "--dry-run", home=tmp_path).stdout
     lines = text.splitlines()
     first = next(i for i, ln in enumerate(lines) if ln.startswith("srun --nodes=2 --ntasks=2 --ntasks-per-node=1"))
-    train = next(i for i, ln in enumerate(lines) if ln.startswith("srun --unbuffered"))
+    train = next(i for i, ln in enumerate(lines) if ln.startswith("srun ") and "--unbuffered" in ln)
     assert first < train
     assert "-m hpcorch.batch.health preflight --run-dir" in lines[first + 1]
     assert lines[first + 2].strip().endswith("--stage preflight --exit-code $?")
