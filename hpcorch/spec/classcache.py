@@ -27,12 +27,11 @@ import functools
 import marshal
 import os
 import sys
-import tempfile
 from importlib.util import MAGIC_NUMBER
 from pathlib import Path
 from types import CodeType
 
-from hpcorch.spec.usercache import base, folder, maybe_prune
+from hpcorch.spec.usercache import base, folder, maybe_prune, replace_quietly
 
 #: Entries a module's file keeps at most; past it a process writes only the texts it used itself
 #: (classes edited again and again leave old texts behind).
@@ -104,18 +103,9 @@ def _save() -> None:
 def _write(path: Path, entries: dict[str, CodeType]) -> None:
     try:
         data = marshal.dumps(entries)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except (ValueError, OSError):
+    except ValueError:
         return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    replace_quietly(path, data)
 
 
 def install() -> None:

@@ -72,18 +72,26 @@ def _store(entry: Path, key: str, value: Any) -> None:
         data = marshal.dumps((key, value))
     except ValueError:  # not plain data: nothing to keep
         return
+    if replace_quietly(entry, data):
+        maybe_prune(entry.parent)
+
+
+def replace_quietly(path: Path, data: bytes) -> bool:
+    """Put ``data`` at ``path`` whole or not at all (a temporary file of mkstemp's name, which
+    :func:`prune` knows, renamed over it); whether it was written. A cache's write: a folder
+    that cannot be written only costs the shortcut next time."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError:
-        return
+        return False
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, entry)
+        os.replace(tmp, path)
     except OSError:
         _unlink(tmp)
-        return
-    maybe_prune(entry.parent)
+        return False
+    return True
 
 
 def _unlink(path: str | Path) -> None:
