@@ -2,9 +2,8 @@
 node, which imports torch once and forks the node's ranks, instead of one task per rank."""
 from __future__ import annotations
 
-import os
-
 from hpcorch.errors import PlanError
+from hpcorch.util.envswitch import on_unless_zero
 
 ENV = "HPCORCH_NODE_LAUNCHER"
 
@@ -20,10 +19,7 @@ def asked() -> bool:
     """Whether planning asks for the node launcher: yes unless ``HPCORCH_NODE_LAUNCHER=0`` (one
     srun task per rank, each importing torch itself, as before the launcher). Another value than
     0, 1 or empty is an error naming the variable, so that "no" is never silently "yes"."""
-    value = os.environ.get(ENV, "").strip()
-    if value not in ("", "0", "1"):
-        raise PlanError(ENV, "", f"expected 0 (one srun task per rank) or 1 (a node launcher), got {value!r}")
-    return value != "0"
+    return on_unless_zero(ENV, "one srun task per rank", "a node launcher", PlanError)
 
 
 def _binds(option: str) -> bool:

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from hpcorch.errors import ConfigError, shown
 from hpcorch.protocol import CHECKPOINTED, DONE, killed_by_text, stop_signals
+from hpcorch.util.envswitch import on_unless_zero
 
 FORWARDED = stop_signals("process", None)  # `hpcorch train` has no requeue policy
 # "0": start one interpreter per rank instead of forking the ranks from one node launcher.
@@ -80,13 +80,7 @@ def fork_ranks() -> bool:
     """Whether hpcorch's trainer forks its ranks from one node launcher: ``HPCORCH_FORK_RANKS``
     unset, empty or ``1`` (the default); ``0`` starts one interpreter per rank. Any other value
     is a :class:`ConfigError` naming the variable: "false" or "no" would otherwise fork silently."""
-    value = os.environ.get(FORK_ENV, "").strip()
-    if value in ("", "1"):
-        return True
-    if value == "0":
-        return False
-    raise ConfigError(FORK_ENV, "", "expected 0 (one interpreter per rank) or 1 (ranks forked from one "
-                                    f"node launcher, the default), got {shown(value)}")
+    return on_unless_zero(FORK_ENV, "one interpreter per rank", "ranks forked from one node launcher, the default")
 
 
 def local_rank_env(rank: int, nproc: int, port: int) -> dict[str, str]:
@@ -161,15 +155,14 @@ def wait_all(procs: list[Supervised], grace_s: float, pause: Callable[[float], N
     a process ends (then the first to fail is told from the peers that fail because of it).
     ``on_failure(rank, code)``: called once every process has ended, with the index and the
     raw code (negative: the signal that killed it) of that first failure."""
-    first_failure = None  # the root cause, not a rank we terminated because of it
-    first_rank = None
+    first_rank = None  # the root cause, not a rank we terminated because of it
     failed_at = None
     while True:
         codes = [p.poll() for p in procs]
         if all(c is not None for c in codes):
             break
         if failed_at is None and (first_rank := _root_cause_rank(codes)) is not None:
-            first_failure, failed_at = codes[first_rank], time.monotonic()
+            failed_at = time.monotonic()
             for p in procs:
                 if p.poll() is None:
                     p.terminate()
@@ -179,14 +172,14 @@ def wait_all(procs: list[Supervised], grace_s: float, pause: Callable[[float], N
                     p.kill()
         pause(0.05)
     codes = [p.returncode for p in procs]
-    if first_failure is None:
+    if first_rank is None:
         first_rank = _root_cause_rank(codes)
-        first_failure = None if first_rank is None else codes[first_rank]
-    if first_failure is not None:
-        if on_failure is not None:
-            on_failure(first_rank, first_failure)
-        return first_failure if first_failure > 0 else 128 - first_failure
-    return CHECKPOINTED if CHECKPOINTED in codes else DONE
+    if first_rank is None:
+        return CHECKPOINTED if CHECKPOINTED in codes else DONE
+    code = codes[first_rank]
+    if on_failure is not None:
+        on_failure(first_rank, code)
+    return code if code > 0 else 128 - code
 
 
 def _root_cause_rank(codes: list[int | None]) -> int | None:
@@ -196,12 +189,6 @@ def _root_cause_rank(codes: list[int | None]) -> int | None:
     gloo's destructors can abort); else the lowest rank's, as before."""
     bad = [i for i, c in enumerate(codes) if c not in (None, DONE, CHECKPOINTED)]
     return min(bad, key=lambda i: not (codes[i] < 0 and codes[i] != -signal.SIGABRT)) if bad else None
-
-
-def _root_cause(codes: list[int | None]) -> int | None:
-    """The code of :func:`_root_cause_rank`'s process, or None."""
-    rank = _root_cause_rank(codes)
-    return None if rank is None else codes[rank]
 
 
 def death_line(rank: int, code: int, checkpoints: Path | None) -> str | None:
