@@ -50,7 +50,6 @@ from hpcorch.errors import HpcorchError
 from hpcorch.state.rundir import RunDir
 from hpcorch.util.fileio import atomic_write
 
-# Exit codes, named once.
 # A rank that lost a peer (gloo's "Connection closed by peer", NCCL's watchdog): its error is a
 # consequence, not a cause. Recovery (batch/failure.py) and `hpcorch train`'s ranks both tell it so.
 PEER_LOST = re.compile(r"connection closed by peer|connection reset by peer|broken pipe|"
@@ -77,6 +76,7 @@ def killed_by_text(signum: int) -> str:
     return f"{name} ({LIKELY_SENDER[signum]})" if signum in LIKELY_SENDER else name
 
 
+# Exit codes, named once.
 DONE = 0
 CLEAR_ERROR = HpcorchError.exit_code  # 2: a one-line error was printed (config, checkpoint, busy run dir)
 CHECKPOINTED = 3       # every rank checkpointed on a signal: start the same command again

@@ -102,7 +102,11 @@ def test_the_rank_killed_is_the_root_cause_not_the_peer_that_fails_because_of_it
 def test_the_reported_failure_of_ranks_seen_ending_together():
     """A rank killed outright beats the peers that exit 1 or abort because it vanished; an
     abort does not beat a clear error (2); otherwise the lowest rank's, as before."""
-    from hpcorch.train.spawn import _root_cause
+    from hpcorch.train.spawn import _root_cause_rank
+
+    def _root_cause(codes):  # the code of the process reported
+        rank = _root_cause_rank(codes)
+        return None if rank is None else codes[rank]
 
     assert _root_cause([1, -signal.SIGKILL]) == -signal.SIGKILL
     assert _root_cause([1, -signal.SIGSEGV, -signal.SIGKILL]) == -signal.SIGSEGV
